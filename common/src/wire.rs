@@ -1,0 +1,228 @@
+//! JSON types exchanged between processes (storage <-> tracker, gateway -> tracker/storage) and returned to
+//! users. Every process serialises these same structs, so a field renamed here is renamed everywhere.
+//!
+//! Internal routes (see `docs/PROTOCOL.md`) carry the cluster secret in [`CLUSTER_SECRET_HEADER`] when one is
+//! configured.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::fileid::{FileId, GroupName, NameInfo};
+
+/// Header carrying the shared cluster secret on internal (node-to-node) routes.
+pub const CLUSTER_SECRET_HEADER: &str = "x-fdfs-cluster-secret";
+/// Header carrying the client API key on protected public routes.
+pub const API_KEY_HEADER: &str = "x-api-key";
+/// Header on replicated writes: the node id that originally accepted the operation.
+pub const ORIGIN_HEADER: &str = "x-fdfs-origin";
+/// Header on replicated writes: modification time (unix seconds) to give the replica.
+pub const MTIME_HEADER: &str = "x-fdfs-mtime";
+
+/// Lifecycle of a storage member as the tracker sees it (FastDFS: INIT/WAIT_SYNC/SYNCING/ACTIVE/OFFLINE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberState {
+    /// Registered, still copying the group's files from a peer; not offered for uploads or reads.
+    Syncing,
+    /// Holds the group's files; offered for uploads and reads.
+    Active,
+    /// Missed heartbeats.
+    Offline,
+}
+
+/// Space of one store path on a storage node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorePathStat {
+    /// Index in the node's store path list (`M00` = 0).
+    pub index: u8,
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+}
+
+/// Replication progress of one node towards one peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerSync {
+    pub peer_id: u32,
+    /// Binlog records this node has that the peer has not acknowledged yet.
+    pub pending_records: u64,
+    /// Unix seconds of the newest record the peer acknowledged (0 = none).
+    pub synced_until: u64,
+}
+
+/// What a storage node tells every tracker, every heartbeat interval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub node_id: u32,
+    pub group: GroupName,
+    /// `host:port` other processes use to reach the node's HTTP server.
+    pub addr: String,
+    /// Base URL users download from (no trailing slash), e.g. `http://127.0.0.1:23001`.
+    pub public_url: String,
+    /// True while the node is still catching up with its group (a new or wiped member).
+    pub syncing: bool,
+    pub store_paths: Vec<StorePathStat>,
+    #[serde(default)]
+    pub sync: Vec<PeerSync>,
+    /// Files stored on this node.
+    #[serde(default)]
+    pub file_count: u64,
+    pub version: String,
+}
+
+/// A storage member as the tracker describes it to others.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub node_id: u32,
+    pub group: GroupName,
+    pub addr: String,
+    pub public_url: String,
+    pub state: MemberState,
+    pub store_paths: Vec<StorePathStat>,
+    #[serde(default)]
+    pub sync: Vec<PeerSync>,
+    #[serde(default)]
+    pub file_count: u64,
+    /// Milliseconds since the tracker last heard from the member.
+    pub last_seen_ms: u64,
+}
+
+impl MemberInfo {
+    pub fn free_bytes(&self) -> u64 {
+        self.store_paths.iter().map(|p| p.free_bytes).sum()
+    }
+    pub fn total_bytes(&self) -> u64 {
+        self.store_paths.iter().map(|p| p.total_bytes).sum()
+    }
+}
+
+/// Tracker reply to a heartbeat: the other members of the node's group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    pub peers: Vec<MemberInfo>,
+}
+
+/// Tracker reply to `GET /v1/assign`: where to upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub group: GroupName,
+    pub node_id: u32,
+    pub addr: String,
+    pub public_url: String,
+    /// Store path index to write to.
+    pub store_path: u8,
+}
+
+/// Tracker reply to `GET /v1/locate/{file_id}`: members that can serve the file, best first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Locations {
+    pub group: GroupName,
+    pub members: Vec<MemberInfo>,
+}
+
+/// One group in the cluster view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupInfo {
+    pub name: GroupName,
+    /// Free space of the group: its emptiest member's free space (FastDFS rule).
+    pub free_bytes: u64,
+    pub total_bytes: u64,
+    pub members: Vec<MemberInfo>,
+}
+
+/// `GET /cluster`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterView {
+    pub groups: Vec<GroupInfo>,
+    /// Trackers known to whoever answered (the gateway lists its configured trackers and whether they answer).
+    #[serde(default)]
+    pub trackers: Vec<TrackerStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackerStatus {
+    pub addr: String,
+    pub up: bool,
+}
+
+/// User metadata: string keys and values (FastDFS meta is name=value pairs).
+pub type Metadata = BTreeMap<String, String>;
+
+/// Result of storing one file, returned by the storage node and passed through by the gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadResult {
+    pub file_id: FileId,
+    /// Absolute download URL on a storage node.
+    pub url: String,
+    pub group: GroupName,
+    pub size: u64,
+    /// CRC32 of the content, 8 lower-case hex digits.
+    pub crc32: String,
+    pub content_type: String,
+    /// Original file name given by the client, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+    /// Members that hold the file durably at acknowledgement time.
+    #[serde(default)]
+    pub replicas: u32,
+}
+
+/// `GET /info/{file_id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileInfo {
+    pub file_id: FileId,
+    pub group: GroupName,
+    pub source_id: u32,
+    /// Creation time, unix seconds, and RFC 3339.
+    pub created: u32,
+    pub created_at: String,
+    pub size: u64,
+    pub crc32: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    /// Public URLs of the members known to hold the file (empty when decoded offline).
+    #[serde(default)]
+    pub locations: Vec<String>,
+    #[serde(default)]
+    pub metadata: Metadata,
+}
+
+impl FileInfo {
+    /// What can be known from the ID alone, without asking anyone.
+    pub fn decoded(id: &FileId) -> Self {
+        let NameInfo {
+            source_id,
+            created,
+            size,
+            crc32,
+        } = id.info();
+        FileInfo {
+            file_id: id.clone(),
+            group: id.group.clone(),
+            source_id,
+            created,
+            created_at: crate::time::rfc3339(u64::from(created)),
+            size,
+            crc32: format!("{crc32:08x}"),
+            prefix: id.name.prefix().map(str::to_owned),
+            content_type: Some(crate::content_type_for(id.name.ext()).to_owned()),
+            locations: Vec::new(),
+            metadata: Metadata::new(),
+        }
+    }
+}
+
+/// Error body every process returns: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `not_found`, `payload_too_large`.
+    pub code: String,
+    pub message: String,
+}
