@@ -4,6 +4,7 @@
 pub mod config;
 pub mod error;
 pub mod fileid;
+pub mod metrics;
 pub mod telemetry;
 pub mod token;
 pub mod wire;
