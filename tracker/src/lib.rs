@@ -1,1 +1,209 @@
-//! fdfs tracker.
+//! fdfs tracker: keeps an in-memory view of the storage members (rebuilt from their heartbeats within one
+//! interval after a restart) and answers where to upload (`/v1/assign`) and where to read (`/v1/locate`).
+//! Trackers are equal peers and never talk to each other; every storage node heartbeats to all of them.
+//!
+//! This module owns the config, the HTTP routes and the cluster-secret check; [`registry`] owns the
+//! scheduling decisions and [`error`] the error responses.
+
+pub mod cli;
+pub mod error;
+pub mod registry;
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use fdfs_common::config::Size;
+use fdfs_common::wire::{
+    Assignment, ClusterView, Heartbeat, HeartbeatReply, Locations, CLUSTER_SECRET_HEADER,
+};
+use fdfs_common::{FileId, GroupName};
+use serde::Deserialize;
+use tower_http::trace::TraceLayer;
+
+pub use error::Error;
+use registry::Registry;
+
+/// How a group is chosen for an upload that names none (FastDFS `store_lookup` 0, 1, 2).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum StoreLookup {
+    #[default]
+    RoundRobin,
+    FixedGroup,
+    MostFree,
+}
+
+/// How a store path is chosen on the assigned member (FastDFS `store_path` 0, 2).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum StorePathPolicy {
+    #[default]
+    RoundRobin,
+    MostFree,
+}
+
+/// Tracker settings (TOML file, `FDFS_*` env and flags; see [`cli::Args`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// A member that has not sent a heartbeat for this long is offline.
+    pub heartbeat_timeout_ms: u64,
+    pub store_lookup: StoreLookup,
+    /// The group every upload goes to with `store_lookup = "fixed_group"`.
+    pub store_group: Option<GroupName>,
+    pub store_path: StorePathPolicy,
+    /// Space a store path keeps free: bytes, or a percentage of the path's total.
+    pub reserved_storage_space: Size,
+    /// When set, internal routes require it in the `x-fdfs-cluster-secret` header.
+    pub cluster_secret: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            heartbeat_timeout_ms: 6000,
+            store_lookup: StoreLookup::RoundRobin,
+            store_group: None,
+            store_path: StorePathPolicy::RoundRobin,
+            reserved_storage_space: Size::Percent(10),
+            cluster_secret: None,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    registry: Arc<Mutex<Registry>>,
+    secret: Option<Arc<str>>,
+}
+
+impl AppState {
+    /// The registry, held only for one synchronous call (never across an await).
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Serve the tracker on `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        config.store_lookup != StoreLookup::FixedGroup || config.store_group.is_some(),
+        "store_lookup = fixed_group needs store_group"
+    );
+    anyhow::ensure!(
+        config.heartbeat_timeout_ms > 0,
+        "heartbeat_timeout_ms must be positive"
+    );
+    let state = AppState {
+        secret: config.cluster_secret.as_deref().map(Arc::from),
+        registry: Arc::new(Mutex::new(Registry::new(&config))),
+    };
+    let internal = Router::new()
+        .route("/v1/heartbeat", post(heartbeat))
+        .route("/v1/assign", get(assign))
+        .route("/v1/locate/{*file_id}", get(locate))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_secret,
+        ));
+    let app = Router::new()
+        .route("/cluster", get(cluster))
+        .route("/health", get(health))
+        .merge(internal)
+        .fallback(|| async { Error::NoRoute })
+        .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(1 << 20))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state);
+    tracing::info!(addr = %listener.local_addr()?, "tracker serving");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}
+
+/// Reject internal requests without the configured cluster secret.
+async fn require_secret(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(secret) = &state.secret {
+        let given = req.headers().get(CLUSTER_SECRET_HEADER);
+        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), secret.as_bytes())) {
+            return Error::Unauthorized.into_response();
+        }
+    }
+    next.run(req).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn heartbeat(
+    State(state): State<AppState>,
+    body: Result<Json<Heartbeat>, JsonRejection>,
+) -> Result<Json<HeartbeatReply>, Error> {
+    let Json(hb) = body?;
+    let peers = state.registry().heartbeat(hb, Instant::now());
+    Ok(Json(HeartbeatReply { peers }))
+}
+
+#[derive(Deserialize)]
+struct AssignQuery {
+    group: Option<String>,
+    #[serde(default)]
+    size: u64,
+}
+
+async fn assign(
+    State(state): State<AppState>,
+    query: Result<Query<AssignQuery>, QueryRejection>,
+) -> Result<Json<Assignment>, Error> {
+    let Query(q) = query?;
+    let group = match q.group.as_deref() {
+        None | Some("") => None,
+        Some(g) => Some(g.parse::<GroupName>()?),
+    };
+    let assignment = state
+        .registry()
+        .assign(group.as_ref(), q.size, Instant::now())?;
+    Ok(Json(assignment))
+}
+
+async fn locate(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Locations>, Error> {
+    let Path(file_id) = path?;
+    let id: FileId = file_id.parse()?;
+    Ok(Json(state.registry().locate(&id, Instant::now())?))
+}
+
+async fn cluster(State(state): State<AppState>) -> Json<ClusterView> {
+    Json(state.registry().cluster(Instant::now()))
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "status": "ok",
+        "role": "tracker",
+        "version": fdfs_common::VERSION,
+    }))
+}
+
+impl Config {
+    fn heartbeat_timeout(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_timeout_ms)
+    }
+}

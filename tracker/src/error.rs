@@ -1,0 +1,70 @@
+//! The tracker's error enum, its status and code mapping, and its one JSON [`IntoResponse`].
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use fdfs_common::error::code_for;
+use fdfs_common::{error_response, GroupName, IdError};
+
+/// Everything a tracker request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A malformed file ID or group name.
+    #[error("{0}")]
+    Invalid(#[from] IdError),
+    /// A request axum could not extract (bad JSON body, bad query string), with axum's status.
+    #[error("{1}")]
+    Rejected(StatusCode, String),
+    #[error("missing or wrong cluster secret")]
+    Unauthorized,
+    #[error("unknown group {0}")]
+    UnknownGroup(GroupName),
+    #[error("no such route")]
+    NoRoute,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("no active storage node{}", .0.as_ref().map(|g| format!(" in group {g}")).unwrap_or_default())]
+    NoStorage(Option<GroupName>),
+    #[error("no store path has {0} bytes free above the reserved space")]
+    InsufficientStorage(u64),
+}
+
+impl Error {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::Invalid(_) => StatusCode::BAD_REQUEST,
+            Error::Rejected(status, _) => *status,
+            Error::Unauthorized => StatusCode::UNAUTHORIZED,
+            Error::UnknownGroup(_) | Error::NoRoute => StatusCode::NOT_FOUND,
+            Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Error::NoStorage(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::UnknownGroup(_) => "unknown_group",
+            Error::NoStorage(_) => "no_storage",
+            other => code_for(other.status()),
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        // Every variant is an expected condition with a message safe to show; none hides an internal fault.
+        error_response(self.status(), self.code(), self.to_string())
+    }
+}
+
+macro_rules! from_rejection {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Error {
+            fn from(r: $t) -> Self {
+                Error::Rejected(r.status(), r.body_text())
+            }
+        }
+    )*};
+}
+from_rejection!(JsonRejection, QueryRejection, PathRejection);

@@ -1,0 +1,526 @@
+//! The tracker's in-memory view of storage members, fed by heartbeats, and the scheduling decisions made on it:
+//! which group, member and store path receive an upload ([`Registry::assign`]) and which members can serve a
+//! file ([`Registry::locate`]). Synchronous and clock-free: callers pass `now`, so tests control time.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use fdfs_common::config::Size;
+use fdfs_common::wire::{
+    Assignment, ClusterView, GroupInfo, Heartbeat, Locations, MemberInfo, MemberState,
+    StorePathStat,
+};
+use fdfs_common::{FileId, GroupName};
+
+use crate::{Config, Error, StoreLookup, StorePathPolicy};
+
+/// What the tracker remembers of one storage node: its latest heartbeat.
+struct Member {
+    hb: Heartbeat,
+    last_seen: Instant,
+    /// Round-robin position over this member's store paths.
+    path_cursor: usize,
+}
+
+impl Member {
+    fn state(&self, timeout: Duration, now: Instant) -> MemberState {
+        if now.saturating_duration_since(self.last_seen) > timeout {
+            MemberState::Offline
+        } else if self.hb.syncing {
+            MemberState::Syncing
+        } else {
+            MemberState::Active
+        }
+    }
+}
+
+/// All members (any state, any group), keyed by node id, plus the round-robin cursors.
+pub struct Registry {
+    timeout: Duration,
+    store_lookup: StoreLookup,
+    store_group: Option<GroupName>,
+    store_path: StorePathPolicy,
+    reserved: Size,
+    members: BTreeMap<u32, Member>,
+    /// Round-robin position over groups (`store_lookup = round_robin`).
+    group_cursor: usize,
+    /// Round-robin position over each group's active members.
+    member_cursors: HashMap<GroupName, usize>,
+}
+
+impl Registry {
+    pub fn new(config: &Config) -> Self {
+        Registry {
+            timeout: config.heartbeat_timeout(),
+            store_lookup: config.store_lookup,
+            store_group: config.store_group.clone(),
+            store_path: config.store_path,
+            reserved: config.reserved_storage_space,
+            members: BTreeMap::new(),
+            group_cursor: 0,
+            member_cursors: HashMap::new(),
+        }
+    }
+
+    /// Record a heartbeat; returns the other members of the sender's group.
+    pub fn heartbeat(&mut self, hb: Heartbeat, now: Instant) -> Vec<MemberInfo> {
+        let (id, group) = (hb.node_id, hb.group.clone());
+        match self.members.get_mut(&id) {
+            Some(m) => {
+                if m.hb.addr != hb.addr || m.hb.group != hb.group {
+                    tracing::info!(node_id = id, group = %hb.group, addr = %hb.addr, "member moved");
+                } else if m.state(self.timeout, now) == MemberState::Offline {
+                    tracing::info!(node_id = id, group = %hb.group, "member back online");
+                }
+                m.hb = hb;
+                m.last_seen = now;
+            }
+            None => {
+                tracing::info!(node_id = id, group = %hb.group, addr = %hb.addr, "new member");
+                let member = Member {
+                    hb,
+                    last_seen: now,
+                    path_cursor: 0,
+                };
+                self.members.insert(id, member);
+            }
+        }
+        self.in_group(&group)
+            .filter(|m| m.hb.node_id != id)
+            .map(|m| self.info(m, now))
+            .collect()
+    }
+
+    /// Choose a group, an active member and a store path for an upload of `size` bytes.
+    pub fn assign(
+        &mut self,
+        group: Option<&GroupName>,
+        size: u64,
+        now: Instant,
+    ) -> Result<Assignment, Error> {
+        let named = group.or(match self.store_lookup {
+            StoreLookup::FixedGroup => self.store_group.as_ref(),
+            _ => None,
+        });
+        let candidates: Vec<GroupName> = match named {
+            Some(g) if self.in_group(g).next().is_none() => {
+                return Err(Error::UnknownGroup(g.clone()))
+            }
+            Some(g) => vec![g.clone()],
+            None => {
+                let mut groups: Vec<GroupName> = self.group_names().into_iter().collect();
+                if self.store_lookup == StoreLookup::MostFree {
+                    // Stable sort: equal free space keeps name order.
+                    groups.sort_by_key(|g| Reverse(self.group_free(g, now).0));
+                } else if !groups.is_empty() {
+                    let start = self.group_cursor % groups.len();
+                    self.group_cursor = self.group_cursor.wrapping_add(1);
+                    groups.rotate_left(start);
+                }
+                groups
+            }
+        };
+        let mut any_active = false;
+        for g in candidates {
+            let active: Vec<u32> = self
+                .in_group(&g)
+                .filter(|m| m.state(self.timeout, now) == MemberState::Active)
+                .map(|m| m.hb.node_id)
+                .collect();
+            any_active |= !active.is_empty();
+            let cursor = self.member_cursors.entry(g.clone()).or_default();
+            for i in 0..active.len() {
+                let pos = cursor.wrapping_add(i);
+                let member = self
+                    .members
+                    .get_mut(&active[pos % active.len()])
+                    .expect("listed above");
+                if let Some(index) = pick_path(member, size, self.store_path, self.reserved) {
+                    *cursor = pos.wrapping_add(1);
+                    return Ok(Assignment {
+                        group: g,
+                        node_id: member.hb.node_id,
+                        addr: member.hb.addr.clone(),
+                        public_url: member.hb.public_url.clone(),
+                        store_path: index,
+                    });
+                }
+            }
+        }
+        if any_active {
+            Err(Error::InsufficientStorage(size))
+        } else {
+            Err(Error::NoStorage(named.cloned()))
+        }
+    }
+
+    /// Active members of the file's group that can serve it, holders first (the source, then by how far its
+    /// source has synced to them), then the others, which proxy the read to a holder.
+    pub fn locate(&self, id: &FileId, now: Instant) -> Result<Locations, Error> {
+        if self.in_group(&id.group).next().is_none() {
+            return Err(Error::UnknownGroup(id.group.clone()));
+        }
+        let info = id.info();
+        let source = self
+            .members
+            .get(&info.source_id)
+            .filter(|s| s.hb.group == id.group);
+        // A member holds the file when this reaches the file's creation time.
+        let synced_until = |m: &Member| {
+            if m.hb.node_id == info.source_id {
+                return u64::MAX;
+            }
+            source
+                .and_then(|s| s.hb.sync.iter().find(|p| p.peer_id == m.hb.node_id))
+                .map_or(0, |p| p.synced_until)
+        };
+        let mut active: Vec<&Member> = self
+            .in_group(&id.group)
+            .filter(|m| m.state(self.timeout, now) == MemberState::Active)
+            .collect();
+        if active.is_empty() {
+            return Err(Error::NoStorage(Some(id.group.clone())));
+        }
+        // Stable: ties stay in node id order. Holders (>= created) sort before non-holders (< created).
+        active.sort_by_key(|m| Reverse(synced_until(m)));
+        Ok(Locations {
+            group: id.group.clone(),
+            members: active.into_iter().map(|m| self.info(m, now)).collect(),
+        })
+    }
+
+    /// Every group (sorted by name) with every member (sorted by node id), offline ones included.
+    pub fn cluster(&self, now: Instant) -> ClusterView {
+        let groups = self
+            .group_names()
+            .into_iter()
+            .map(|name| {
+                let (free_bytes, total_bytes) = self.group_free(&name, now);
+                let members = self.in_group(&name).map(|m| self.info(m, now)).collect();
+                GroupInfo {
+                    name,
+                    free_bytes,
+                    total_bytes,
+                    members,
+                }
+            })
+            .collect();
+        ClusterView {
+            groups,
+            trackers: Vec::new(),
+        }
+    }
+
+    fn info(&self, m: &Member, now: Instant) -> MemberInfo {
+        let last_seen = now.saturating_duration_since(m.last_seen);
+        MemberInfo {
+            node_id: m.hb.node_id,
+            group: m.hb.group.clone(),
+            addr: m.hb.addr.clone(),
+            public_url: m.hb.public_url.clone(),
+            state: m.state(self.timeout, now),
+            store_paths: m.hb.store_paths.clone(),
+            sync: m.hb.sync.clone(),
+            file_count: m.hb.file_count,
+            last_seen_ms: u64::try_from(last_seen.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    fn in_group<'a>(&'a self, group: &'a GroupName) -> impl Iterator<Item = &'a Member> + 'a {
+        self.members.values().filter(move |m| m.hb.group == *group)
+    }
+
+    fn group_names(&self) -> BTreeSet<GroupName> {
+        self.members.values().map(|m| m.hb.group.clone()).collect()
+    }
+
+    /// (free, total) of a group: a group can only take what its fullest active member can, so this is the
+    /// smallest free space and the smallest capacity among its active members (FastDFS rule); 0 with none.
+    fn group_free(&self, group: &GroupName, now: Instant) -> (u64, u64) {
+        let active = || {
+            self.in_group(group)
+                .filter(|m| m.state(self.timeout, now) == MemberState::Active)
+                .map(|m| (sum(&m.hb.store_paths, |p| p.free_bytes), &m.hb.store_paths))
+        };
+        let free = active().map(|(free, _)| free).min().unwrap_or(0);
+        let total = active()
+            .map(|(_, paths)| sum(paths, |p| p.total_bytes))
+            .min()
+            .unwrap_or(0);
+        (free, total)
+    }
+}
+
+fn sum(paths: &[StorePathStat], f: impl Fn(&StorePathStat) -> u64) -> u64 {
+    paths.iter().map(f).fold(0, u64::saturating_add)
+}
+
+/// A store path of `member` that can take `size` bytes and keep its reserve, by policy; advances the cursor.
+fn pick_path(
+    member: &mut Member,
+    size: u64,
+    policy: StorePathPolicy,
+    reserved: Size,
+) -> Option<u8> {
+    let paths = &member.hb.store_paths;
+    let fits = |p: &StorePathStat| {
+        let reserve = match reserved {
+            Size::Bytes(b) => b,
+            Size::Percent(pct) => {
+                u64::try_from(u128::from(p.total_bytes) * u128::from(pct) / 100).unwrap_or(u64::MAX)
+            }
+        };
+        p.free_bytes
+            .checked_sub(size)
+            .is_some_and(|left| left >= reserve)
+    };
+    match policy {
+        StorePathPolicy::MostFree => paths
+            .iter()
+            .filter(|p| fits(p))
+            .min_by_key(|p| (Reverse(p.free_bytes), p.index))
+            .map(|p| p.index),
+        StorePathPolicy::RoundRobin => {
+            let n = paths.len();
+            let pos = (0..n)
+                .map(|i| member.path_cursor.wrapping_add(i))
+                .find(|pos| fits(&paths[pos % n]))?;
+            member.path_cursor = pos.wrapping_add(1);
+            Some(paths[pos % n].index)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fdfs_common::wire::PeerSync;
+    use fdfs_common::NameInfo;
+
+    const GB: u64 = 1 << 30;
+
+    fn hb(group: &str, node_id: u32, free: &[u64]) -> Heartbeat {
+        Heartbeat {
+            node_id,
+            group: group.parse().unwrap(),
+            addr: format!("127.0.0.1:{}", 20000 + node_id),
+            public_url: format!("http://127.0.0.1:{}", 20000 + node_id),
+            syncing: false,
+            store_paths: (0u8..)
+                .zip(free)
+                .map(|(index, &free_bytes)| StorePathStat {
+                    index,
+                    total_bytes: 100 * GB,
+                    free_bytes,
+                })
+                .collect(),
+            sync: Vec::new(),
+            file_count: 0,
+            version: "test".into(),
+        }
+    }
+
+    fn registry(config: Config, beats: Vec<Heartbeat>, now: Instant) -> Registry {
+        let mut r = Registry::new(&config);
+        for b in beats {
+            r.heartbeat(b, now);
+        }
+        r
+    }
+
+    fn picks(r: &mut Registry, n: usize, now: Instant) -> Vec<(String, u32, u8)> {
+        (0..n)
+            .map(|_| {
+                let a = r.assign(None, 1, now).unwrap();
+                (a.group.to_string(), a.node_id, a.store_path)
+            })
+            .collect()
+    }
+
+    fn g(s: &str) -> GroupName {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn round_robin_spreads_over_groups_members_and_paths() {
+        let now = Instant::now();
+        let beats = vec![
+            hb("g1", 1, &[50 * GB, 50 * GB]),
+            hb("g1", 2, &[50 * GB]),
+            hb("g2", 3, &[50 * GB]),
+        ];
+        let mut r = registry(Config::default(), beats, now);
+        let got = picks(&mut r, 6, now);
+        let expect = [
+            ("g1", 1, 0),
+            ("g2", 3, 0),
+            ("g1", 2, 0),
+            ("g2", 3, 0),
+            ("g1", 1, 1),
+            ("g2", 3, 0),
+        ];
+        for (got, (eg, en, ep)) in got.iter().zip(expect) {
+            assert_eq!((got.0.as_str(), got.1, got.2), (eg, en, ep), "{got:?}");
+        }
+    }
+
+    #[test]
+    fn fixed_group_and_named_group() {
+        let now = Instant::now();
+        let config = Config {
+            store_lookup: StoreLookup::FixedGroup,
+            store_group: Some(g("g2")),
+            ..Config::default()
+        };
+        let beats = vec![hb("g1", 1, &[50 * GB]), hb("g2", 2, &[50 * GB])];
+        let mut r = registry(config, beats, now);
+        assert!(picks(&mut r, 3, now).iter().all(|p| p.0 == "g2"));
+        assert_eq!(r.assign(Some(&g("g1")), 1, now).unwrap().node_id, 1);
+        assert!(matches!(
+            r.assign(Some(&g("nope")), 1, now),
+            Err(Error::UnknownGroup(_))
+        ));
+    }
+
+    #[test]
+    fn most_free_group_uses_its_fullest_member_and_most_free_path() {
+        let now = Instant::now();
+        let config = Config {
+            store_lookup: StoreLookup::MostFree,
+            store_path: StorePathPolicy::MostFree,
+            ..Config::default()
+        };
+        // g1's members have 90 and 20 GB free: the group counts as 20. g2 has 40.
+        let beats = vec![
+            hb("g1", 1, &[90 * GB]),
+            hb("g1", 2, &[20 * GB]),
+            hb("g2", 3, &[15 * GB, 25 * GB]),
+        ];
+        let mut r = registry(config, beats, now);
+        assert!(picks(&mut r, 3, now)
+            .iter()
+            .all(|p| *p == ("g2".into(), 3, 1)));
+        assert_eq!(r.cluster(now).groups[0].free_bytes, 20 * GB);
+    }
+
+    #[test]
+    fn reserved_space_percent_and_bytes() {
+        let now = Instant::now();
+        // 100 GB total, 12 GB free: 10% reserve leaves room for 2 GB.
+        let mut r = registry(Config::default(), vec![hb("g1", 1, &[12 * GB])], now);
+        assert!(r.assign(None, 2 * GB, now).is_ok());
+        assert!(matches!(
+            r.assign(None, 2 * GB + 1, now),
+            Err(Error::InsufficientStorage(_))
+        ));
+        let config = Config {
+            reserved_storage_space: Size::Bytes(GB),
+            ..Config::default()
+        };
+        let mut r = registry(config, vec![hb("g1", 1, &[GB, 3 * GB])], now);
+        // The first path is skipped, the second has room.
+        assert_eq!(r.assign(None, 2 * GB, now).unwrap().store_path, 1);
+        assert!(matches!(
+            r.assign(None, 3 * GB, now),
+            Err(Error::InsufficientStorage(_))
+        ));
+    }
+
+    #[test]
+    fn offline_and_syncing_members_are_not_assigned() {
+        let now = Instant::now();
+        let mut syncing = hb("g1", 2, &[50 * GB]);
+        syncing.syncing = true;
+        let mut r = registry(
+            Config::default(),
+            vec![hb("g1", 1, &[50 * GB]), syncing],
+            now,
+        );
+        assert!(picks(&mut r, 4, now).iter().all(|p| p.1 == 1));
+        let later = now + Duration::from_millis(6001);
+        assert!(matches!(
+            r.assign(None, 1, later),
+            Err(Error::NoStorage(None))
+        ));
+        let view = r.cluster(later);
+        let states: Vec<_> = view.groups[0].members.iter().map(|m| m.state).collect();
+        assert_eq!(states, [MemberState::Offline, MemberState::Offline]);
+        // A fresh heartbeat brings the member back; peers are the rest of the group.
+        let peers = r.heartbeat(hb("g1", 1, &[50 * GB]), later);
+        assert_eq!(peers.len(), 1);
+        assert_eq!(peers[0].state, MemberState::Offline);
+        assert_eq!(r.assign(None, 1, later).unwrap().node_id, 1);
+    }
+
+    #[test]
+    fn empty_registry_has_no_storage() {
+        let mut r = Registry::new(&Config::default());
+        assert!(matches!(
+            r.assign(None, 1, Instant::now()),
+            Err(Error::NoStorage(None))
+        ));
+    }
+
+    #[test]
+    fn locate_orders_holders_by_synced_until() {
+        let now = Instant::now();
+        let created = 1_700_000_000u32;
+        let mut source = hb("g1", 2, &[50 * GB]);
+        source.sync = vec![
+            PeerSync {
+                peer_id: 1,
+                pending_records: 3,
+                synced_until: u64::from(created) - 1,
+            },
+            PeerSync {
+                peer_id: 3,
+                pending_records: 0,
+                synced_until: u64::from(created) + 5,
+            },
+        ];
+        let mut syncing = hb("g1", 5, &[50 * GB]);
+        syncing.syncing = true;
+        let beats = vec![
+            hb("g1", 1, &[50 * GB]),
+            source,
+            hb("g1", 3, &[50 * GB]),
+            hb("g1", 4, &[50 * GB]),
+            syncing,
+        ];
+        let r = registry(Config::default(), beats, now);
+        let info = NameInfo {
+            source_id: 2,
+            created,
+            size: 10,
+            crc32: 7,
+        };
+        let name = fdfs_common::FileName::generate(&info, Some("txt")).unwrap();
+        let id: FileId = format!("g1/M00/00/00/{}", name.as_str()).parse().unwrap();
+        let order: Vec<u32> = r
+            .locate(&id, now)
+            .unwrap()
+            .members
+            .iter()
+            .map(|m| m.node_id)
+            .collect();
+        assert_eq!(order, [2, 3, 1, 4]);
+
+        let other: FileId = format!("g9/M00/00/00/{}", name.as_str()).parse().unwrap();
+        assert!(matches!(r.locate(&other, now), Err(Error::UnknownGroup(_))));
+        let later = now + Duration::from_secs(7);
+        assert!(matches!(r.locate(&id, later), Err(Error::NoStorage(_))));
+    }
+
+    #[test]
+    fn address_change_updates_the_member() {
+        let now = Instant::now();
+        let mut r = registry(Config::default(), vec![hb("g1", 1, &[50 * GB])], now);
+        let mut moved = hb("g1", 1, &[50 * GB]);
+        moved.addr = "10.0.0.9:23000".into();
+        r.heartbeat(moved, now);
+        let view = r.cluster(now);
+        assert_eq!(view.groups[0].members.len(), 1);
+        assert_eq!(view.groups[0].members[0].addr, "10.0.0.9:23000");
+    }
+}
