@@ -1,1 +1,235 @@
-//! fdfs gateway.
+//! fdfs gateway: the public HTTP API of a cluster (see `openapi.yaml` and `docs/PROTOCOL.md`).
+//!
+//! Uploads are streamed to the storage node a tracker assigns, downloads are redirected (or proxied) to a
+//! member that holds the file. The gateway keeps no state of its own beyond which tracker answered last.
+
+pub mod cli;
+pub mod error;
+mod files;
+mod page;
+pub mod storage;
+pub mod tracker;
+pub mod upload;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
+use axum::routing::{get, post, put};
+use axum::Router;
+use serde::{Deserialize, Deserializer};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::timeout::TimeoutLayer;
+
+pub use error::GatewayError;
+
+/// How `GET /{file_id}` serves a file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum DownloadMode {
+    /// 302 to the storage node's public URL (the gateway moves no file bytes).
+    #[default]
+    Redirect,
+    /// Stream the file through the gateway.
+    Proxy,
+}
+
+/// Gateway configuration (TOML keys; flags and `FDFS_*` env override them, see [`cli::Args`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on (used by the binary; `run` takes a bound listener).
+    pub listen: Option<String>,
+    /// Tracker peers, `host:port`, tried in order starting from the last one that answered.
+    pub trackers: Vec<String>,
+    /// Largest upload accepted, in bytes (TOML accepts sizes such as `"8GiB"`). Over it: 413.
+    #[serde(deserialize_with = "de_size")]
+    pub max_upload_size: u64,
+    /// Shared secret sent to trackers and storage nodes on internal routes.
+    pub cluster_secret: Option<String>,
+    /// When set, uploads, deletes and metadata writes need header `x-api-key` with this value.
+    pub api_key: Option<String>,
+    /// When set, download redirects carry a FastDFS anti-leech `?token=&ts=`.
+    pub anti_leech_secret: Option<String>,
+    /// Origins allowed by CORS; empty disables CORS, `"*"` allows any origin.
+    pub cors_origins: Vec<String>,
+    /// Redirect (default) or proxy downloads.
+    pub download_mode: DownloadMode,
+    /// A request body that sends nothing for this long is cut with 408.
+    pub body_timeout_secs: u64,
+    /// Bound on requests that carry no file stream (everything but uploads and proxied downloads), and on
+    /// connecting to / asking trackers and storage nodes.
+    pub request_timeout_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            trackers: Vec::new(),
+            max_upload_size: 8 << 30,
+            cluster_secret: None,
+            api_key: None,
+            anti_leech_secret: None,
+            cors_origins: Vec::new(),
+            download_mode: DownloadMode::Redirect,
+            body_timeout_secs: 60,
+            request_timeout_secs: 30,
+        }
+    }
+}
+
+fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match fdfs_common::config::Size::deserialize(d)? {
+        fdfs_common::config::Size::Bytes(n) => Ok(n),
+        fdfs_common::config::Size::Percent(_) => Err(serde::de::Error::custom(
+            "max_upload_size must be a size, not a percentage",
+        )),
+    }
+}
+
+/// Shared state of the handlers.
+#[derive(Debug)]
+pub(crate) struct App {
+    pub(crate) config: Config,
+    pub(crate) tracker: tracker::TrackerClient,
+    pub(crate) storage: storage::StorageClient,
+}
+
+impl App {
+    pub(crate) fn body_timeout(&self) -> Duration {
+        Duration::from_secs(self.config.body_timeout_secs.max(1))
+    }
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("no tracker configured (--tracker ADDR[,ADDR..])")]
+    NoTracker,
+    #[error("invalid CORS origin {0:?}")]
+    CorsOrigin(String),
+    #[error("building the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+    #[error("serving: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// The gateway's routes with their layers.
+pub fn router(config: Config) -> Result<Router, StartError> {
+    if config.trackers.is_empty() {
+        return Err(StartError::NoTracker);
+    }
+    let timeout = Duration::from_secs(config.request_timeout_secs.max(1));
+    let app = Arc::new(App {
+        tracker: tracker::TrackerClient::new(
+            config.trackers.clone(),
+            config.cluster_secret.clone(),
+            timeout,
+        )?,
+        storage: storage::StorageClient::new(config.cluster_secret.clone(), timeout)?,
+        config,
+    });
+    let cors = cors_layer(&app.config.cors_origins)?;
+
+    // Uploads stream for as long as the client keeps sending: no body limit from axum (the handler enforces
+    // `max_upload_size`) and no total timeout (the handler cuts stalls).
+    let uploads = Router::new()
+        .route("/upload", post(upload::multipart_upload))
+        .route("/upload/{filename}", put(upload::raw_upload))
+        .layer(DefaultBodyLimit::disable());
+    // Downloads in proxy mode stream their answer; the timeout covers only getting the headers.
+    let bounded = Router::new()
+        .route("/", get(page::index))
+        .route("/health", get(files::health))
+        .route("/cluster", get(files::cluster))
+        .route("/info/{*file_id}", get(files::info))
+        .route(
+            "/meta/{*file_id}",
+            get(files::get_meta)
+                .put(files::set_meta)
+                .patch(files::set_meta),
+        )
+        .route(
+            "/{*file_id}",
+            get(files::download)
+                .head(files::download)
+                .delete(files::delete),
+        )
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ));
+    let mut router = uploads.merge(bounded).with_state(app);
+    if let Some(cors) = cors {
+        router = router.layer(cors);
+    }
+    Ok(router.layer(tower_http::trace::TraceLayer::new_for_http()))
+}
+
+fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, StartError> {
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        let list = origins
+            .iter()
+            .map(|o| HeaderValue::from_str(o).map_err(|_| StartError::CorsOrigin(o.clone())))
+            .collect::<Result<Vec<_>, _>>()?;
+        AllowOrigin::list(list)
+    };
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([
+                Method::GET,
+                Method::HEAD,
+                Method::POST,
+                Method::PUT,
+                Method::PATCH,
+                Method::DELETE,
+            ])
+            .allow_headers([
+                header::CONTENT_TYPE,
+                header::RANGE,
+                HeaderName::from_static(fdfs_common::wire::API_KEY_HEADER),
+            ])
+            .expose_headers([header::LOCATION, header::CONTENT_LENGTH, header::ETAG]),
+    ))
+}
+
+/// Serve the gateway on `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let router = router(config)?;
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_parses_sizes_and_rejects_unknown_keys() {
+        let c: Config = toml::from_str(
+            "trackers = [\"127.0.0.1:22122\"]\nmax_upload_size = \"10MiB\"\ndownload_mode = \"proxy\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.max_upload_size, 10 << 20);
+        assert_eq!(c.download_mode, DownloadMode::Proxy);
+        assert_eq!(c.body_timeout_secs, 60);
+        assert!(toml::from_str::<Config>("max_upload_size = \"10%\"").is_err());
+        assert!(toml::from_str::<Config>("max_uplod_size = 1").is_err());
+        assert_eq!(Config::default().max_upload_size, 8 << 30);
+    }
+}

@@ -1,0 +1,112 @@
+//! Command line of the gateway server: flags (each also an `FDFS_*` env variable) over the TOML config file
+//! over defaults. `fdfs gateway` flattens the same [`Args`].
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::{Config, DownloadMode};
+
+/// Flags of `fdfs-gateway` / `fdfs gateway`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Args {
+    /// Address to listen on, e.g. 127.0.0.1:8080 (port 0 picks a free port) [default: 127.0.0.1:8080].
+    #[arg(long, env = "FDFS_LISTEN")]
+    pub listen: Option<String>,
+    /// Tracker addresses, host:port, comma separated.
+    #[arg(long = "tracker", env = "FDFS_TRACKER", value_delimiter = ',')]
+    pub trackers: Option<Vec<String>>,
+    /// TOML config file.
+    #[arg(long, env = "FDFS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Largest upload, e.g. 8GiB or 500MB.
+    #[arg(long, env = "FDFS_MAX_UPLOAD_SIZE")]
+    pub max_upload_size: Option<fdfs_common::config::Size>,
+    /// Shared secret for the cluster's internal routes.
+    #[arg(long, env = "FDFS_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// API key required (header x-api-key) on uploads, deletes and metadata writes.
+    #[arg(long, env = "FDFS_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Secret for FastDFS anti-leech tokens on download redirects.
+    #[arg(long, env = "FDFS_ANTI_LEECH_SECRET", hide_env_values = true)]
+    pub anti_leech_secret: Option<String>,
+    /// Origins allowed by CORS, comma separated ("*" for any).
+    #[arg(long, env = "FDFS_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Option<Vec<String>>,
+    /// How downloads are served.
+    #[arg(long, env = "FDFS_DOWNLOAD_MODE", value_enum)]
+    pub download_mode: Option<DownloadMode>,
+    /// Seconds a request body may stall before the request is cut with 408.
+    #[arg(long, env = "FDFS_BODY_TIMEOUT_SECS")]
+    pub body_timeout_secs: Option<u64>,
+    /// Seconds allowed for non-streaming requests and for each call to a tracker or storage node.
+    #[arg(long, env = "FDFS_REQUEST_TIMEOUT_SECS")]
+    pub request_timeout_secs: Option<u64>,
+}
+
+impl Args {
+    /// The config file (if any) with these flags applied over it.
+    pub fn config(&self) -> anyhow::Result<Config> {
+        let mut c: Config = fdfs_common::config::load(self.config.as_deref())?;
+        if let Some(v) = &self.listen {
+            c.listen = Some(v.clone());
+        }
+        if let Some(v) = &self.trackers {
+            c.trackers = v.iter().filter(|s| !s.is_empty()).cloned().collect();
+        }
+        if let Some(v) = self.max_upload_size {
+            c.max_upload_size = match v {
+                fdfs_common::config::Size::Bytes(n) => n,
+                fdfs_common::config::Size::Percent(_) => {
+                    anyhow::bail!("--max-upload-size must be a size, not a percentage")
+                }
+            };
+        }
+        if let Some(v) = &self.cluster_secret {
+            c.cluster_secret = Some(v.clone());
+        }
+        if let Some(v) = &self.api_key {
+            c.api_key = Some(v.clone());
+        }
+        if let Some(v) = &self.anti_leech_secret {
+            c.anti_leech_secret = Some(v.clone());
+        }
+        if let Some(v) = &self.cors_origins {
+            c.cors_origins = v.iter().filter(|s| !s.is_empty()).cloned().collect();
+        }
+        if let Some(v) = self.download_mode {
+            c.download_mode = v;
+        }
+        if let Some(v) = self.body_timeout_secs {
+            c.body_timeout_secs = v;
+        }
+        if let Some(v) = self.request_timeout_secs {
+            c.request_timeout_secs = v;
+        }
+        Ok(c)
+    }
+}
+
+/// Run the gateway until ctrl-c / SIGTERM.
+pub async fn main(args: Args) -> anyhow::Result<()> {
+    let config = args.config()?;
+    fdfs_common::telemetry::init();
+    let listen = config
+        .listen
+        .clone()
+        .unwrap_or_else(|| "127.0.0.1:8080".to_owned());
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let addr = listener.local_addr()?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on {addr}")?;
+        out.flush()?;
+    }
+    tracing::info!(%addr, trackers = ?config.trackers, "gateway started");
+    crate::run(listener, config, fdfs_common::shutdown_signal()).await?;
+    Ok(())
+}

@@ -1,0 +1,120 @@
+//! The gateway's one error type, its HTTP status mapping and its JSON rendering.
+//!
+//! Errors that come back from a tracker or storage node as JSON keep their status and code
+//! ([`GatewayError::Upstream`]); failures to reach them become 502/503 with a short message, the detail going
+//! to the log.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use fdfs_common::wire::ErrorBody;
+use fdfs_common::{error_response, IdError};
+
+/// Everything a gateway request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The request itself is malformed (bad query, bad field, bad multipart framing).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The path is not a valid file ID.
+    #[error("{0}")]
+    InvalidId(#[from] IdError),
+    /// An API key is configured and the request did not carry it.
+    #[error("missing or invalid x-api-key header")]
+    Unauthorized,
+    /// The upload is larger than `max_upload_size`.
+    #[error("upload exceeds the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    /// The client stopped sending the body for longer than `body_timeout_secs`.
+    #[error("request body stalled for more than {0} seconds")]
+    BodyTimeout(u64),
+    /// Nothing to serve (for example an upload request without a file part).
+    #[error("{0}")]
+    NotFound(String),
+    /// No configured tracker could be reached.
+    #[error("no tracker reachable")]
+    NoTracker,
+    /// A storage node (or tracker) could not be reached or answered garbage; detail already logged.
+    #[error("{0}")]
+    BadGateway(String),
+    /// A tracker or storage node answered with an error, passed through with its status and code.
+    #[error("{message}")]
+    Upstream {
+        status: StatusCode,
+        code: String,
+        message: String,
+    },
+}
+
+/// Result alias used across the crate.
+pub type Result<T, E = GatewayError> = std::result::Result<T, E>;
+
+impl GatewayError {
+    /// HTTP status of the error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) | Self::InvalidId(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::NoTracker => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            Self::Upstream { status, .. } => *status,
+        }
+    }
+
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &str {
+        match self {
+            Self::BadRequest(_) => "bad_request",
+            Self::InvalidId(_) => "invalid_file_id",
+            Self::Unauthorized => "unauthorized",
+            Self::TooLarge { .. } => "payload_too_large",
+            Self::BodyTimeout(_) => "request_timeout",
+            Self::NotFound(_) => "not_found",
+            Self::NoTracker => "no_tracker",
+            Self::BadGateway(_) => "bad_gateway",
+            Self::Upstream { code, .. } => code,
+        }
+    }
+
+    /// Turn an error answer from a tracker or storage node into a gateway error. 4xx, 503 and 507 keep their
+    /// status and code; a 401/403 on an internal route means the cluster secret is wrong, which is the
+    /// gateway's misconfiguration, not the user's, so it becomes a 502; other 5xx become 502 as well.
+    pub async fn from_upstream(what: &str, resp: reqwest::Response) -> Self {
+        let status = resp.status();
+        let body: Option<ErrorBody> = resp.json().await.ok();
+        let (code, message) = match body {
+            Some(b) => (b.error.code, b.error.message),
+            None => (
+                fdfs_common::error::code_for(status).to_owned(),
+                format!("{what} answered {status}"),
+            ),
+        };
+        match status.as_u16() {
+            401 | 403 => {
+                tracing::error!(%status, %message, "{what} refused the cluster secret");
+                Self::BadGateway(format!("{what} refused the gateway's cluster secret"))
+            }
+            400..=499 | 503 | 507 => Self::Upstream {
+                status,
+                code,
+                message,
+            },
+            _ => {
+                tracing::error!(%status, %code, %message, "{what} failed");
+                Self::BadGateway(format!("{what} failed"))
+            }
+        }
+    }
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(%status, error = %self, "request failed");
+        }
+        error_response(status, self.code(), self.to_string())
+    }
+}

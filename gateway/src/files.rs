@@ -1,0 +1,260 @@
+//! Routes on existing files: download (`GET|HEAD /{file_id}`, redirect or proxy), `DELETE /{file_id}`,
+//! `GET /info/{file_id}` and `GET|PUT|PATCH /meta/{file_id}`; plus `/cluster` and `/health`.
+//!
+//! Each locates the file's group through a tracker first; the members come back best first (holders, then
+//! members that would proxy the read).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use fdfs_common::wire::{ClusterView, FileInfo, Metadata};
+use fdfs_common::FileId;
+use serde_json::Value;
+
+use crate::error::{GatewayError, Result};
+use crate::{App, DownloadMode};
+
+/// Request headers passed to the storage node in proxy mode.
+const PROXY_REQUEST_HEADERS: [header::HeaderName; 5] = [
+    header::RANGE,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_RANGE,
+    header::ACCEPT,
+];
+
+/// Response headers that belong to one connection, never passed on.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+fn parse_id(raw: &str) -> Result<FileId> {
+    Ok(raw.parse::<FileId>()?)
+}
+
+impl App {
+    /// `?token=..&ts=..` when an anti-leech secret is configured, with the leading `?`.
+    fn token_query(&self, id: &FileId) -> String {
+        match &self.config.anti_leech_secret {
+            Some(secret) => format!(
+                "?{}",
+                fdfs_common::token::query(id, secret, fdfs_common::time::unix_now())
+            ),
+            None => String::new(),
+        }
+    }
+
+    /// Addresses of the members that can serve `id`, best first, with their public URLs.
+    async fn members(&self, id: &FileId) -> Result<Vec<(String, String)>> {
+        let loc = self.tracker.locate(id).await?;
+        Ok(loc
+            .members
+            .into_iter()
+            .map(|m| (m.addr, m.public_url.trim_end_matches('/').to_owned()))
+            .collect())
+    }
+
+    async fn member_addrs(&self, id: &FileId) -> Result<Vec<String>> {
+        Ok(self
+            .members(id)
+            .await?
+            .into_iter()
+            .map(|(a, _)| a)
+            .collect())
+    }
+}
+
+/// `GET|HEAD /{file_id}`.
+pub async fn download(
+    State(app): State<Arc<App>>,
+    method: Method,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let id = parse_id(&raw)?;
+    let members = app.members(&id).await?;
+    let token = app.token_query(&id);
+    match app.config.download_mode {
+        DownloadMode::Redirect => {
+            let (_, public_url) = &members[0];
+            let location = format!("{public_url}/{id}{token}");
+            let location = HeaderValue::from_str(&location).map_err(|_| {
+                tracing::error!(%location, "storage public_url makes an invalid Location");
+                GatewayError::BadGateway("storage node has an invalid public URL".into())
+            })?;
+            Ok((
+                StatusCode::FOUND,
+                [
+                    (header::LOCATION, location),
+                    (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+                ],
+            )
+                .into_response())
+        }
+        DownloadMode::Proxy => proxy(&app, method, &id, &members, &token, &headers).await,
+    }
+}
+
+/// Stream the file from the first member that has it, passing status and headers through.
+async fn proxy(
+    app: &App,
+    method: Method,
+    id: &FileId,
+    members: &[(String, String)],
+    token: &str,
+    headers: &HeaderMap,
+) -> Result<Response> {
+    let mut forward = HeaderMap::new();
+    for name in PROXY_REQUEST_HEADERS {
+        if let Some(v) = headers.get(&name) {
+            forward.insert(name, v.clone());
+        }
+    }
+    let mut not_found = None;
+    for (addr, _) in members {
+        let url = format!("http://{addr}/{id}{token}");
+        let resp = match app
+            .storage
+            .fetch(method.clone(), &url, forward.clone())
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(storage = %addr, error = %e, "storage node unreachable");
+                continue;
+            }
+        };
+        if resp.status() == StatusCode::NOT_FOUND {
+            not_found = Some(resp);
+            continue;
+        }
+        return Ok(pass_through(resp));
+    }
+    match not_found {
+        Some(resp) => Ok(pass_through(resp)),
+        None => Err(GatewayError::BadGateway(
+            "no storage member of the group could be reached".into(),
+        )),
+    }
+}
+
+fn pass_through(resp: reqwest::Response) -> Response {
+    let mut builder = Response::builder().status(resp.status());
+    for (name, value) in resp.headers() {
+        if !HOP_BY_HOP.contains(&name.as_str()) {
+            builder = builder.header(name, value);
+        }
+    }
+    builder
+        .body(Body::from_stream(resp.bytes_stream()))
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "building the proxied response");
+            GatewayError::BadGateway("bad answer from storage node".into()).into_response()
+        })
+}
+
+/// `DELETE /{file_id}`.
+pub async fn delete(
+    State(app): State<Arc<App>>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>> {
+    app.check_api_key(&headers)?;
+    let id = parse_id(&raw)?;
+    let addrs = app.member_addrs(&id).await?;
+    let answer: Value = app
+        .storage
+        .on_holder(
+            &addrs,
+            Method::DELETE,
+            &format!("/v1/files/{id}"),
+            None::<&()>,
+        )
+        .await?;
+    Ok(Json(answer))
+}
+
+/// `GET /info/{file_id}`: the holder's description, with `locations` = download URLs on every member that
+/// has the file.
+pub async fn info(State(app): State<Arc<App>>, Path(raw): Path<String>) -> Result<Json<FileInfo>> {
+    let id = parse_id(&raw)?;
+    let members = app.members(&id).await?;
+    let addrs: Vec<String> = members.iter().map(|(a, _)| a.clone()).collect();
+    let found: Vec<(usize, FileInfo)> = app
+        .storage
+        .on_all(&addrs, &format!("/v1/files/{id}"))
+        .await?;
+    let locations = found
+        .iter()
+        .map(|(i, _)| format!("{}/{id}", members[*i].1))
+        .collect();
+    let (_, mut info) = found
+        .into_iter()
+        .next()
+        .expect("on_all returns at least one");
+    info.locations = locations;
+    Ok(Json(info))
+}
+
+/// `GET /meta/{file_id}`.
+pub async fn get_meta(
+    State(app): State<Arc<App>>,
+    Path(raw): Path<String>,
+) -> Result<Json<Metadata>> {
+    let id = parse_id(&raw)?;
+    let addrs = app.member_addrs(&id).await?;
+    let meta = app
+        .storage
+        .on_holder(&addrs, Method::GET, &format!("/v1/meta/{id}"), None::<&()>)
+        .await?;
+    Ok(Json(meta))
+}
+
+/// `PUT /meta/{file_id}` (overwrite) and `PATCH /meta/{file_id}` (merge).
+pub async fn set_meta(
+    State(app): State<Arc<App>>,
+    method: Method,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<Metadata>, JsonRejection>,
+) -> Result<Json<Metadata>> {
+    app.check_api_key(&headers)?;
+    let id = parse_id(&raw)?;
+    let Json(meta) = body.map_err(|e| {
+        GatewayError::BadRequest(format!(
+            "metadata must be a JSON object of strings: {}",
+            e.body_text()
+        ))
+    })?;
+    let addrs = app.member_addrs(&id).await?;
+    let meta = app
+        .storage
+        .on_holder(&addrs, method, &format!("/v1/meta/{id}"), Some(&meta))
+        .await?;
+    Ok(Json(meta))
+}
+
+/// `GET /cluster`.
+pub async fn cluster(State(app): State<Arc<App>>) -> Result<Json<ClusterView>> {
+    Ok(Json(app.tracker.cluster().await?))
+}
+
+/// `GET /health`.
+pub async fn health() -> Json<Value> {
+    Json(serde_json::json!({
+        "status": "ok",
+        "role": "gateway",
+        "version": fdfs_common::VERSION,
+    }))
+}

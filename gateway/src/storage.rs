@@ -1,0 +1,216 @@
+//! Client for the storage nodes' internal routes (`/v1/upload`, `/v1/files`, `/v1/meta`) and their public
+//! download route (proxy mode).
+//!
+//! Operations on an existing file go to the members the tracker located, in order: a member that cannot be
+//! reached or does not have the file (404, perhaps not synced yet) is skipped; any other answer is final.
+
+use std::time::Duration;
+
+use fdfs_common::wire::{Metadata, UploadResult, CLUSTER_SECRET_HEADER};
+use fdfs_common::FileId;
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{GatewayError, Result};
+
+/// Where and how to store one upload.
+#[derive(Debug, Clone, Default)]
+pub struct UploadParams {
+    /// Lower-cased extension, validated by [`fdfs_common::fileid::ext_from_filename`].
+    pub ext: Option<String>,
+    /// Master file of a slave upload, with its prefix.
+    pub master: Option<(FileId, String)>,
+    /// Metadata stored with the file.
+    pub meta: Metadata,
+}
+
+/// HTTP clients for storage nodes.
+#[derive(Debug, Clone)]
+pub struct StorageClient {
+    /// For streamed bodies (uploads, proxied downloads): connect timeout only.
+    streaming: reqwest::Client,
+    /// For small requests: bounded end to end.
+    small: reqwest::Client,
+    cluster_secret: Option<String>,
+}
+
+impl StorageClient {
+    pub fn new(cluster_secret: Option<String>, timeout: Duration) -> Result<Self, reqwest::Error> {
+        let streaming = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        let small = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(timeout)
+            .timeout(timeout)
+            .build()?;
+        Ok(Self {
+            streaming,
+            small,
+            cluster_secret,
+        })
+    }
+
+    fn with_secret(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.cluster_secret {
+            Some(s) => req.header(CLUSTER_SECRET_HEADER, s),
+            None => req,
+        }
+    }
+
+    /// `POST http://{addr}/v1/upload` with a streamed body.
+    pub async fn upload(
+        &self,
+        addr: &str,
+        store_path: u8,
+        params: &UploadParams,
+        body: reqwest::Body,
+    ) -> Result<UploadResult> {
+        let mut query = vec![("store_path", store_path.to_string())];
+        if let Some(ext) = &params.ext {
+            query.push(("ext", ext.clone()));
+        }
+        if let Some((master, prefix)) = &params.master {
+            query.push(("master", master.to_string()));
+            query.push(("prefix", prefix.clone()));
+        }
+        if !params.meta.is_empty() {
+            let json = serde_json::to_string(&params.meta)
+                .map_err(|e| GatewayError::BadRequest(format!("metadata: {e}")))?;
+            query.push(("meta", json));
+        }
+        let req = self
+            .streaming
+            .post(format!("http://{addr}/v1/upload"))
+            .query(&query)
+            .body(body);
+        let resp = self.with_secret(req).send().await.map_err(|e| {
+            tracing::warn!(storage = addr, error = %e, "upload to storage node failed");
+            GatewayError::BadGateway("storage node unreachable or upload interrupted".into())
+        })?;
+        if !resp.status().is_success() {
+            return Err(GatewayError::from_upstream("storage node", resp).await);
+        }
+        resp.json().await.map_err(|e| {
+            tracing::warn!(storage = addr, error = %e, "bad upload answer");
+            GatewayError::BadGateway("bad answer from storage node".into())
+        })
+    }
+
+    /// Send an internal request about `id` to the located members in turn; see the module doc.
+    pub async fn on_holder<T: DeserializeOwned>(
+        &self,
+        addrs: &[String],
+        method: Method,
+        path: &str,
+        body: Option<&(impl Serialize + Sync)>,
+    ) -> Result<T> {
+        let mut not_found = None;
+        for addr in addrs {
+            match self.one(addr, method.clone(), path, body).await {
+                MemberAnswer::Ok(v) => return Ok(v),
+                MemberAnswer::NotFound(e) => not_found = Some(e),
+                MemberAnswer::Final(e) => return Err(e),
+                MemberAnswer::Unreachable => {}
+            }
+        }
+        Err(not_found.unwrap_or_else(|| {
+            GatewayError::BadGateway("no storage member of the group could be reached".into())
+        }))
+    }
+
+    /// GET `path` on every address at once; the indexes of the addresses that answered 200, with their
+    /// answers, in order. Errors other than 404 and unreachable members are logged and skipped.
+    pub async fn on_all<T: DeserializeOwned>(
+        &self,
+        addrs: &[String],
+        path: &str,
+    ) -> Result<Vec<(usize, T)>> {
+        let answers = futures_util::future::join_all(
+            addrs
+                .iter()
+                .map(|a| self.one::<T>(a, Method::GET, path, None::<&()>)),
+        )
+        .await;
+        let mut found = Vec::new();
+        let mut not_found = None;
+        for (i, answer) in answers.into_iter().enumerate() {
+            match answer {
+                MemberAnswer::Ok(v) => found.push((i, v)),
+                MemberAnswer::NotFound(e) => not_found = Some(e),
+                MemberAnswer::Final(e) => {
+                    tracing::warn!(storage = %addrs[i], error = %e, "skipping member");
+                }
+                MemberAnswer::Unreachable => {}
+            }
+        }
+        if found.is_empty() {
+            return Err(not_found.unwrap_or_else(|| {
+                GatewayError::BadGateway("no storage member of the group could be reached".into())
+            }));
+        }
+        Ok(found)
+    }
+
+    async fn one<T: DeserializeOwned>(
+        &self,
+        addr: &str,
+        method: Method,
+        path: &str,
+        body: Option<&(impl Serialize + Sync)>,
+    ) -> MemberAnswer<T> {
+        let mut req = self.small.request(method, format!("http://{addr}{path}"));
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = match self.with_secret(req).send().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(storage = addr, error = %e, "storage node unreachable");
+                return MemberAnswer::Unreachable;
+            }
+        };
+        let status = resp.status();
+        if status.is_success() {
+            return match resp.json().await {
+                Ok(v) => MemberAnswer::Ok(v),
+                Err(e) => {
+                    tracing::warn!(storage = addr, error = %e, "bad answer from storage node");
+                    MemberAnswer::Final(GatewayError::BadGateway(
+                        "bad answer from storage node".into(),
+                    ))
+                }
+            };
+        }
+        let err = GatewayError::from_upstream("storage node", resp).await;
+        if status == StatusCode::NOT_FOUND {
+            MemberAnswer::NotFound(err)
+        } else {
+            MemberAnswer::Final(err)
+        }
+    }
+
+    /// Start a public download request (GET or HEAD) on `url`, for proxy mode; the caller streams the answer.
+    pub async fn fetch(
+        &self,
+        method: Method,
+        url: &str,
+        headers: reqwest::header::HeaderMap,
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        self.streaming
+            .request(method, url)
+            .headers(headers)
+            .send()
+            .await
+    }
+}
+
+enum MemberAnswer<T> {
+    Ok(T),
+    NotFound(GatewayError),
+    Final(GatewayError),
+    Unreachable,
+}

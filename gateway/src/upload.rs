@@ -1,0 +1,478 @@
+//! Uploads: `POST /upload` (multipart/form-data) and `PUT /upload/{filename}` (raw body).
+//!
+//! Nothing is buffered: each file part is read chunk by chunk in the handler and handed over a small bounded
+//! channel to the streamed request body going to the storage node, both sides awaited together. The size
+//! limit and the stall timeout are enforced on every chunk; when either trips, the storage request body ends
+//! with an error (never a clean end), so the storage node discards its partial file.
+//!
+//! Multipart fields are state that accumulates in order: `group`, `meta.<key>`, `master_file_id` and `prefix`
+//! apply to every file part that follows them. `meta.*` fields after the last file part are applied to every
+//! file of the request with a follow-up metadata PUT. Other fields after the last file part, and fields with
+//! unknown names, are ignored.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::multipart::{Field, MultipartRejection};
+use axum::extract::{Multipart, Path, Query, State};
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use fdfs_common::fileid::{ext_from_filename, validate_prefix};
+use fdfs_common::wire::{Metadata, UploadResult};
+use fdfs_common::{FileId, GroupName};
+use futures_util::StreamExt;
+use reqwest::Method;
+use tokio::sync::mpsc;
+
+use crate::error::{GatewayError, Result};
+use crate::storage::UploadParams;
+use crate::App;
+
+/// Longest accepted text field (`group`, `meta.*`, ...), in bytes.
+pub const MAX_FIELD_LEN: usize = 64 * 1024;
+/// Multipart framing a request may carry on top of `max_upload_size` before the up-front Content-Length check
+/// refuses it (the exact limit is enforced on the content while streaming).
+const MULTIPART_SLACK: u64 = 1 << 20;
+/// Chunks in flight between the client side and the storage side of one upload.
+const CHANNEL_CHUNKS: usize = 8;
+
+/// Fields that shape the next file parts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UploadFields {
+    pub group: Option<GroupName>,
+    pub meta: Metadata,
+    pub master: Option<FileId>,
+    pub prefix: Option<String>,
+}
+
+/// What a text field did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldKind {
+    /// `meta.<key>`.
+    Meta,
+    /// `group`, `master_file_id` or `prefix`.
+    Placement,
+    /// A name the gateway does not know; ignored.
+    Unknown,
+}
+
+impl UploadFields {
+    /// Apply one text field (multipart field or query parameter).
+    pub fn apply(&mut self, name: &str, value: &str) -> Result<FieldKind> {
+        let value = value.trim();
+        if let Some(key) = name.strip_prefix("meta.") {
+            if key.is_empty() {
+                return Err(GatewayError::BadRequest(
+                    "metadata field needs a key: meta.<key>".into(),
+                ));
+            }
+            self.meta.insert(key.to_owned(), value.to_owned());
+            return Ok(FieldKind::Meta);
+        }
+        match name {
+            "group" => {
+                self.group = if value.is_empty() {
+                    None
+                } else {
+                    Some(value.parse()?)
+                };
+            }
+            "master_file_id" => {
+                self.master = if value.is_empty() {
+                    None
+                } else {
+                    Some(value.parse()?)
+                };
+            }
+            "prefix" => {
+                if value.is_empty() {
+                    self.prefix = None;
+                } else {
+                    validate_prefix(value)?;
+                    self.prefix = Some(value.to_owned());
+                }
+            }
+            _ => return Ok(FieldKind::Unknown),
+        }
+        Ok(FieldKind::Placement)
+    }
+
+    /// Storage parameters for a file named `filename`.
+    pub fn params(&self, filename: Option<&str>) -> Result<UploadParams> {
+        let master = match (&self.master, &self.prefix) {
+            (Some(m), Some(p)) => {
+                if self.group.as_ref().is_some_and(|g| *g != m.group) {
+                    return Err(GatewayError::BadRequest(format!(
+                        "a slave file goes to its master's group {}, not the requested group",
+                        m.group
+                    )));
+                }
+                Some((m.clone(), p.clone()))
+            }
+            (None, None) => None,
+            _ => {
+                return Err(GatewayError::BadRequest(
+                    "master_file_id and prefix go together".into(),
+                ))
+            }
+        };
+        Ok(UploadParams {
+            ext: filename.and_then(ext_from_filename),
+            master,
+            meta: self.meta.clone(),
+        })
+    }
+}
+
+/// Byte budget of one request (`max_upload_size`).
+#[derive(Debug)]
+pub struct Budget {
+    limit: u64,
+    used: u64,
+}
+
+impl Budget {
+    pub fn new(limit: u64) -> Self {
+        Self { limit, used: 0 }
+    }
+
+    /// Account for `n` more bytes; 413 once past the limit.
+    pub fn take(&mut self, n: usize) -> Result<()> {
+        self.used = self.used.saturating_add(n as u64);
+        if self.used > self.limit {
+            Err(GatewayError::TooLarge { limit: self.limit })
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Something an upload reads its bytes from, chunk by chunk.
+trait ChunkSource: Send {
+    fn next_chunk(&mut self) -> impl std::future::Future<Output = Result<Option<Bytes>>> + Send;
+}
+
+impl ChunkSource for Field<'_> {
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>> {
+        self.chunk().await.map_err(multipart_error)
+    }
+}
+
+/// A raw request body.
+struct BodySource(axum::body::BodyDataStream);
+
+impl ChunkSource for BodySource {
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>> {
+        match self.0.next().await {
+            None => Ok(None),
+            Some(Ok(b)) => Ok(Some(b)),
+            Some(Err(e)) => Err(GatewayError::BadRequest(format!(
+                "reading the request body: {e}"
+            ))),
+        }
+    }
+}
+
+fn multipart_error(e: axum::extract::multipart::MultipartError) -> GatewayError {
+    let status = e.status();
+    if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        return GatewayError::BadRequest(e.body_text());
+    }
+    GatewayError::BadRequest(format!("malformed multipart body: {}", e.body_text()))
+}
+
+impl App {
+    /// Refuse the request unless it carries the configured API key.
+    pub(crate) fn check_api_key(&self, headers: &HeaderMap) -> Result<()> {
+        let Some(expected) = &self.config.api_key else {
+            return Ok(());
+        };
+        let given = headers
+            .get(fdfs_common::wire::API_KEY_HEADER)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        let same = given.len() == expected.len()
+            && given
+                .iter()
+                .zip(expected.as_bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if same {
+            Ok(())
+        } else {
+            Err(GatewayError::Unauthorized)
+        }
+    }
+
+    /// Where the next file goes: the master's holder for a slave file, else a tracker assignment.
+    async fn target(
+        &self,
+        params: &UploadParams,
+        fields: &UploadFields,
+        size: Option<u64>,
+    ) -> Result<(String, u8)> {
+        if let Some((master, _)) = &params.master {
+            let loc = self.tracker.locate(master).await?;
+            let addr = loc.members[0].addr.clone();
+            return Ok((addr, master.store_path));
+        }
+        let a = self.tracker.assign(fields.group.as_ref(), size).await?;
+        Ok((a.addr, a.store_path))
+    }
+
+    /// Stream one file from `src` to a storage node.
+    async fn store<S: ChunkSource>(
+        &self,
+        src: &mut S,
+        budget: &mut Budget,
+        fields: &UploadFields,
+        filename: Option<String>,
+        size: Option<u64>,
+    ) -> Result<(UploadResult, String)> {
+        let params = fields.params(filename.as_deref())?;
+        let (addr, store_path) = self.target(&params, fields, size).await?;
+        let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(CHANNEL_CHUNKS);
+        let body =
+            reqwest::Body::wrap_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|item| (item, rx))
+            }));
+        let send = self.storage.upload(&addr, store_path, &params, body);
+        let timeout = self.body_timeout();
+        let timeout_secs = self.config.body_timeout_secs;
+        let pump = async move {
+            loop {
+                let next = match tokio::time::timeout(timeout, src.next_chunk()).await {
+                    Ok(r) => r,
+                    Err(_) => Err(GatewayError::BodyTimeout(timeout_secs)),
+                };
+                let chunk = match next.and_then(|c| {
+                    if let Some(b) = &c {
+                        budget.take(b.len())?;
+                    }
+                    Ok(c)
+                }) {
+                    Ok(Some(b)) => b,
+                    Ok(None) => return Ok(()),
+                    Err(e) => {
+                        // End the storage body with an error so the partial file is discarded.
+                        let _ = tx.send(Err(std::io::Error::other("upload aborted"))).await;
+                        return Err(e);
+                    }
+                };
+                if tx.send(Ok(chunk)).await.is_err() {
+                    // The storage request ended early; its outcome says why.
+                    return Ok(());
+                }
+            }
+        };
+        let (pumped, sent) = tokio::join!(pump, send);
+        pumped?;
+        let mut result = sent?;
+        result.filename = filename;
+        if let Some(secret) = &self.config.anti_leech_secret {
+            if !result.url.contains('?') {
+                let q = fdfs_common::token::query(
+                    &result.file_id,
+                    secret,
+                    fdfs_common::time::unix_now(),
+                );
+                result.url = format!("{}?{q}", result.url);
+            }
+        }
+        Ok((result, addr))
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// `POST /upload`.
+pub(crate) async fn multipart_upload(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<Response> {
+    app.check_api_key(&headers)?;
+    let limit = app.config.max_upload_size;
+    let length = content_length(&headers);
+    if length.is_some_and(|l| l > limit.saturating_add(MULTIPART_SLACK)) {
+        return Err(GatewayError::TooLarge { limit });
+    }
+    let mut multipart = multipart.map_err(|e| GatewayError::BadRequest(e.body_text()))?;
+    let mut budget = Budget::new(limit);
+    let mut fields = UploadFields::default();
+    let mut uploaded: Vec<(UploadResult, String)> = Vec::new();
+    let mut trailing_meta = false;
+    let timeout = app.body_timeout();
+    loop {
+        let next = tokio::time::timeout(timeout, multipart.next_field())
+            .await
+            .map_err(|_| GatewayError::BodyTimeout(app.config.body_timeout_secs))?;
+        let Some(mut field) = next.map_err(multipart_error)? else {
+            break;
+        };
+        let name = field.name().unwrap_or_default().to_owned();
+        if name == "file" {
+            let filename = field.file_name().map(str::to_owned);
+            // With a single file the request length bounds its size; the tracker uses it to skip full paths.
+            let done = app
+                .store(&mut field, &mut budget, &fields, filename, length)
+                .await?;
+            uploaded.push(done);
+            trailing_meta = false;
+            continue;
+        }
+        let value = read_text(&mut field, &mut budget, &app).await?;
+        let kind = fields.apply(&name, &value)?;
+        match kind {
+            FieldKind::Meta if !uploaded.is_empty() => trailing_meta = true,
+            FieldKind::Placement if !uploaded.is_empty() => {
+                tracing::debug!(field = %name, "field after the last file part ignored");
+            }
+            FieldKind::Unknown => tracing::debug!(field = %name, "unknown upload field ignored"),
+            _ => {}
+        }
+    }
+    if uploaded.is_empty() {
+        return Err(GatewayError::BadRequest(
+            "no file part: send the file in a multipart field named \"file\"".into(),
+        ));
+    }
+    if trailing_meta {
+        for (result, addr) in &uploaded {
+            let path = format!("/v1/meta/{}", result.file_id);
+            let _: Metadata = app
+                .storage
+                .on_holder(
+                    std::slice::from_ref(addr),
+                    Method::PUT,
+                    &path,
+                    Some(&fields.meta),
+                )
+                .await?;
+        }
+    }
+    let mut results: Vec<UploadResult> = uploaded.into_iter().map(|(r, _)| r).collect();
+    if results.len() == 1 {
+        Ok(Json(results.remove(0)).into_response())
+    } else {
+        Ok(Json(serde_json::json!({ "files": results })).into_response())
+    }
+}
+
+/// Read a text field whole, bounded by [`MAX_FIELD_LEN`] and the request budget.
+async fn read_text(field: &mut Field<'_>, budget: &mut Budget, app: &App) -> Result<String> {
+    let mut buf = Vec::new();
+    loop {
+        let chunk = tokio::time::timeout(app.body_timeout(), field.next_chunk())
+            .await
+            .map_err(|_| GatewayError::BodyTimeout(app.config.body_timeout_secs))??;
+        let Some(chunk) = chunk else { break };
+        budget.take(chunk.len())?;
+        if buf.len() + chunk.len() > MAX_FIELD_LEN {
+            return Err(GatewayError::BadRequest(format!(
+                "field {:?} is longer than {MAX_FIELD_LEN} bytes",
+                field.name().unwrap_or_default()
+            )));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    String::from_utf8(buf).map_err(|_| {
+        GatewayError::BadRequest(format!(
+            "field {:?} is not UTF-8 text",
+            field.name().unwrap_or_default()
+        ))
+    })
+}
+
+/// `PUT /upload/{filename}`: the raw body is the file; query `group`, `meta.<key>`, `master_file_id`, `prefix`.
+pub(crate) async fn raw_upload(
+    State(app): State<Arc<App>>,
+    Path(filename): Path<String>,
+    query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<UploadResult>> {
+    app.check_api_key(&headers)?;
+    let limit = app.config.max_upload_size;
+    let length = content_length(&headers);
+    if length.is_some_and(|l| l > limit) {
+        return Err(GatewayError::TooLarge { limit });
+    }
+    let Query(query) = query.map_err(|e| GatewayError::BadRequest(e.body_text()))?;
+    let mut fields = UploadFields::default();
+    for (k, v) in &query {
+        fields.apply(k, v)?;
+    }
+    let mut src = BodySource(body.into_data_stream());
+    let (result, _) = app
+        .store(
+            &mut src,
+            &mut Budget::new(limit),
+            &fields,
+            Some(filename),
+            length,
+        )
+        .await?;
+    Ok(Json(result))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_accumulate_and_validate() {
+        let mut f = UploadFields::default();
+        assert_eq!(f.apply("meta.author", " ann ").unwrap(), FieldKind::Meta);
+        assert_eq!(f.apply("group", "group2").unwrap(), FieldKind::Placement);
+        assert_eq!(f.apply("colour", "blue").unwrap(), FieldKind::Unknown);
+        assert_eq!(f.meta.get("author").map(String::as_str), Some("ann"));
+        assert_eq!(f.group.as_ref().map(GroupName::as_str), Some("group2"));
+        assert!(f.apply("group", "bad/group").is_err());
+        assert!(f.apply("meta.", "x").is_err());
+        assert!(f.apply("prefix", "1bad").is_err());
+        assert!(f.apply("master_file_id", "nope").is_err());
+        f.apply("group", "").unwrap();
+        assert_eq!(f.group, None);
+    }
+
+    #[test]
+    fn params_take_ext_and_pair_master_with_prefix() {
+        let mut f = UploadFields::default();
+        let p = f.params(Some("Photo.JPG")).unwrap();
+        assert_eq!(p.ext.as_deref(), Some("jpg"));
+        assert_eq!(f.params(Some("README")).unwrap().ext, None);
+        assert_eq!(f.params(None).unwrap().ext, None);
+        f.apply("prefix", "_150x150").unwrap();
+        assert!(matches!(f.params(None), Err(GatewayError::BadRequest(_))));
+        f.apply(
+            "master_file_id",
+            "group1/M00/00/00/wKgAA1qCJbeAQ3sLAABe0xvpx3Q419.jpg",
+        )
+        .unwrap();
+        let p = f.params(Some("thumb.png")).unwrap();
+        let (master, prefix) = p.master.unwrap();
+        assert_eq!(master.group.as_str(), "group1");
+        assert_eq!(prefix, "_150x150");
+        f.apply("group", "group2").unwrap();
+        assert!(f.params(None).is_err(), "slave in another group");
+    }
+
+    #[test]
+    fn budget_trips_past_the_limit() {
+        let mut b = Budget::new(10);
+        b.take(4).unwrap();
+        b.take(6).unwrap();
+        let e = b.take(1).unwrap_err();
+        assert_eq!(e.status(), axum::http::StatusCode::PAYLOAD_TOO_LARGE);
+    }
+}
