@@ -162,11 +162,12 @@ pub fn router(config: Config) -> Result<Router, StartError> {
             StatusCode::REQUEST_TIMEOUT,
             timeout,
         ));
-    let mut router = uploads.merge(bounded).with_state(app);
+    let mut router =
+        fdfs_common::metrics::instrument(uploads.merge(bounded).with_state(app), "gateway");
     if let Some(cors) = cors {
         router = router.layer(cors);
     }
-    Ok(router.layer(tower_http::trace::TraceLayer::new_for_http()))
+    Ok(router)
 }
 
 fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, StartError> {
