@@ -25,7 +25,6 @@ use fdfs_common::wire::{
 };
 use fdfs_common::{FileId, GroupName};
 use serde::Deserialize;
-use tower_http::trace::TraceLayer;
 
 pub use error::Error;
 use registry::Registry;
@@ -80,6 +79,12 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    fn heartbeat_timeout(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_timeout_ms)
+    }
+}
+
 #[derive(Clone)]
 struct AppState {
     registry: Arc<Mutex<Registry>>,
@@ -126,8 +131,8 @@ pub async fn run(
         .fallback(|| async { Error::NoRoute })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(1 << 20))
-        .layer(TraceLayer::new_for_http())
         .with_state(state);
+    let app = fdfs_common::metrics::instrument(app, "tracker");
     tracing::info!(addr = %listener.local_addr()?, "tracker serving");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
@@ -200,10 +205,4 @@ async fn health() -> Json<serde_json::Value> {
         "role": "tracker",
         "version": fdfs_common::VERSION,
     }))
-}
-
-impl Config {
-    fn heartbeat_timeout(&self) -> Duration {
-        Duration::from_millis(self.heartbeat_timeout_ms)
-    }
 }

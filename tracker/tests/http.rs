@@ -1,0 +1,359 @@
+//! The real tracker on 127.0.0.1:0, driven over HTTP with the wire protocol storage nodes and gateways use.
+
+use std::time::{Duration, Instant};
+
+use fdfs_common::wire::{
+    Assignment, ClusterView, ErrorBody, Heartbeat, HeartbeatReply, Locations, MemberState,
+    PeerSync, StorePathStat, CLUSTER_SECRET_HEADER,
+};
+use fdfs_common::{FileName, NameInfo};
+use fdfs_tracker::{Config, StoreLookup};
+use reqwest::{Client, StatusCode};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const GB: u64 = 1 << 30;
+
+struct Tracker {
+    base: String,
+    client: Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Tracker {
+    async fn start(config: Config) -> Tracker {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(fdfs_tracker::run(listener, config, async {
+            let _ = rx.await;
+        }));
+        Tracker {
+            base,
+            client: Client::new(),
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.get(format!("{}{path}", self.base))
+    }
+
+    async fn beat(&self, hb: &Heartbeat) -> HeartbeatReply {
+        let r = self
+            .client
+            .post(format!("{}/v1/heartbeat", self.base))
+            .json(hb)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json().await.unwrap()
+    }
+
+    async fn cluster(&self) -> ClusterView {
+        self.get("/cluster")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn stop(mut self) {
+        self.stop.take().unwrap().send(()).unwrap();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+fn hb(group: &str, node_id: u32, free: u64) -> Heartbeat {
+    Heartbeat {
+        node_id,
+        group: group.parse().unwrap(),
+        addr: format!("127.0.0.1:{}", 30000 + node_id),
+        public_url: format!("http://127.0.0.1:{}", 30000 + node_id),
+        syncing: false,
+        store_paths: vec![StorePathStat {
+            index: 0,
+            total_bytes: 100 * GB,
+            free_bytes: free,
+        }],
+        sync: Vec::new(),
+        file_count: 0,
+        version: fdfs_common::VERSION.into(),
+    }
+}
+
+async fn error_code(r: reqwest::Response) -> (StatusCode, String) {
+    let status = r.status();
+    let body: ErrorBody = r.json().await.unwrap();
+    (status, body.error.code)
+}
+
+fn file_id(group: &str, source_id: u32, created: u32) -> String {
+    let info = NameInfo {
+        source_id,
+        created,
+        size: 3,
+        crc32: 1,
+    };
+    let name = FileName::generate(&info, Some("txt")).unwrap();
+    format!("{group}/M00/00/00/{}", name.as_str())
+}
+
+#[tokio::test]
+async fn assigns_round_robin_and_locates_holders_first() {
+    let t = Tracker::start(Config::default()).await;
+    assert_eq!(
+        error_code(t.get("/v1/assign?size=1").send().await.unwrap()).await,
+        (StatusCode::SERVICE_UNAVAILABLE, "no_storage".into())
+    );
+
+    let mut source = hb("g1", 1, 50 * GB);
+    source.sync = vec![PeerSync {
+        peer_id: 2,
+        pending_records: 0,
+        synced_until: 2_000,
+    }];
+    assert!(t.beat(&source).await.peers.is_empty());
+    let peers = t.beat(&hb("g1", 2, 50 * GB)).await.peers;
+    assert_eq!(peers.len(), 1);
+    assert_eq!(peers[0].node_id, 1);
+    t.beat(&hb("g2", 3, 50 * GB)).await;
+    t.beat(&hb("g1", 4, 50 * GB)).await;
+
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        let a: Assignment = t
+            .get("/v1/assign?size=1024")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        seen.push((a.group.to_string(), a.node_id));
+    }
+    let g1: Vec<u32> = seen.iter().filter(|s| s.0 == "g1").map(|s| s.1).collect();
+    assert_eq!(seen.iter().filter(|s| s.0 == "g2").count(), 3, "{seen:?}");
+    assert_eq!(g1, [1, 2, 4], "{seen:?}");
+
+    let a: Assignment = t
+        .get("/v1/assign?group=g2&size=1")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!((a.node_id, a.addr.as_str()), (3, "127.0.0.1:30003"));
+    let r = t.get("/v1/assign?group=nope").send().await.unwrap();
+    assert_eq!(error_code(r).await.0, StatusCode::NOT_FOUND);
+    let r = t.get("/v1/assign?size=-1").send().await.unwrap();
+    assert_eq!(error_code(r).await.0, StatusCode::BAD_REQUEST);
+    let r = t
+        .get(&format!("/v1/assign?size={}", 60 * GB))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(r).await,
+        (
+            StatusCode::INSUFFICIENT_STORAGE,
+            "insufficient_storage".into()
+        )
+    );
+
+    // Node 1 created the file at t=1500 and has synced it to node 2, not yet to node 4.
+    let id = file_id("g1", 1, 1_500);
+    let loc: Locations = t
+        .get(&format!("/v1/locate/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let order: Vec<u32> = loc.members.iter().map(|m| m.node_id).collect();
+    assert_eq!(order, [1, 2, 4]);
+    let r = t
+        .get("/v1/locate/g1/M00/00/00/short.txt")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await.0, StatusCode::BAD_REQUEST);
+    let r = t
+        .get(&format!("/v1/locate/{}", file_id("g7", 1, 1)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await.0, StatusCode::NOT_FOUND);
+
+    let view = t.cluster().await;
+    let names: Vec<&str> = view.groups.iter().map(|g| g.name.as_str()).collect();
+    assert_eq!(names, ["g1", "g2"]);
+    let ids: Vec<u32> = view.groups[0].members.iter().map(|m| m.node_id).collect();
+    assert_eq!(ids, [1, 2, 4]);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn silent_members_go_offline_and_stay_listed() {
+    let config = Config {
+        heartbeat_timeout_ms: 300,
+        store_lookup: StoreLookup::MostFree,
+        ..Config::default()
+    };
+    let t = Tracker::start(config).await;
+    t.beat(&hb("g1", 1, 50 * GB)).await;
+    let alive = Instant::now();
+    let deadline = alive + Duration::from_secs(10);
+    // Keep node 2 alive while node 1 goes silent.
+    let view = loop {
+        t.beat(&hb("g1", 2, 40 * GB)).await;
+        let view = t.cluster().await;
+        if view.groups[0].members[0].state == MemberState::Offline {
+            break view;
+        }
+        assert!(Instant::now() < deadline, "node 1 never went offline");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(alive.elapsed() >= Duration::from_millis(300));
+    let members = &view.groups[0].members;
+    assert_eq!(members.len(), 2);
+    assert_eq!(members[1].state, MemberState::Active);
+    assert_eq!(view.groups[0].free_bytes, 40 * GB);
+    let a: Assignment = t
+        .get("/v1/assign")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(a.node_id, 2);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn internal_routes_need_the_cluster_secret() {
+    let config = Config {
+        cluster_secret: Some("s3cret".into()),
+        ..Config::default()
+    };
+    let t = Tracker::start(config).await;
+    let beat = |secret: Option<&str>| {
+        let mut req = t
+            .client
+            .post(format!("{}/v1/heartbeat", t.base))
+            .json(&hb("g1", 1, 50 * GB));
+        if let Some(s) = secret {
+            req = req.header(CLUSTER_SECRET_HEADER, s);
+        }
+        req.send()
+    };
+    for secret in [None, Some("wrong")] {
+        let r = beat(secret).await.unwrap();
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::UNAUTHORIZED, "unauthorized".into())
+        );
+    }
+    let r = t.get("/v1/assign").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = t
+        .get(&format!("/v1/locate/{}", file_id("g1", 1, 1)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(beat(Some("s3cret")).await.unwrap().status(), StatusCode::OK);
+    let r = t
+        .get("/v1/assign")
+        .header(CLUSTER_SECRET_HEADER, "s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // Public routes stay open.
+    assert_eq!(t.cluster().await.groups.len(), 1);
+    let health: serde_json::Value = t.get("/health").send().await.unwrap().json().await.unwrap();
+    assert_eq!(health["role"], "tracker");
+    assert_eq!(health["status"], "ok");
+    let metrics = t
+        .get("/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("fdfs_http_requests_total"), "{metrics}");
+    let r = t.get("/nothing/here").send().await.unwrap();
+    assert_eq!(error_code(r).await.0, StatusCode::NOT_FOUND);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn bad_heartbeats_are_json_errors() {
+    let t = Tracker::start(Config::default()).await;
+    let r = t
+        .client
+        .post(format!("{}/v1/heartbeat", t.base))
+        .header("content-type", "application/json")
+        .body(r#"{"node_id": 1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error());
+    error_code(r).await;
+    let r = t
+        .client
+        .delete(format!("{}/cluster", t.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await.0, StatusCode::METHOD_NOT_ALLOWED);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn binary_prints_its_address_and_serves() {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_fdfs-tracker"))
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let addr = line.strip_prefix("listening on ").expect(&line);
+    let r = Client::new()
+        .get(format!("http://{addr}/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // SIGTERM stops it gracefully with status 0.
+    let pid = child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
