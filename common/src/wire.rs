@@ -124,7 +124,8 @@ pub struct Locations {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupInfo {
     pub name: GroupName,
-    /// Free space of the group: its emptiest member's free space (FastDFS rule).
+    /// Free space of the group: the least free space among its active members (FastDFS rule: a group can
+    /// only take what its fullest member can still hold).
     pub free_bytes: u64,
     pub total_bytes: u64,
     pub members: Vec<MemberInfo>,
