@@ -1,1 +1,75 @@
-//! fdfs CLI.
+//! The `fdfs` command line: runs any fdfs server in-process (`fdfs tracker|storage|gateway`), a whole local
+//! cluster (`fdfs up`), and client commands against a gateway (`upload`, `download`, `delete`, `info`, `meta`,
+//! `monitor`, `bench`).
+
+pub mod client;
+pub mod commands;
+pub mod error;
+pub mod pattern;
+pub mod up;
+
+use clap::{Parser, Subcommand};
+
+pub use client::{Client, DEFAULT_GATEWAY};
+pub use error::CliError;
+
+use commands::{bench, download, files, monitor, upload};
+
+/// fdfs: a FastDFS-style distributed file system.
+#[derive(Debug, Parser)]
+#[command(name = "fdfs", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Gateway URL for client commands.
+    #[arg(long, global = true, env = "FDFS_GATEWAY", default_value = DEFAULT_GATEWAY, value_name = "URL")]
+    pub gateway: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a whole local cluster (trackers, storage groups, gateway) until ctrl-c.
+    Up(up::Args),
+    /// Upload files (directories recursively); prints one JSON answer per file.
+    Upload(upload::Args),
+    /// Download a file (resumes an interrupted download).
+    Download(download::Args),
+    /// Delete a file.
+    Delete(files::DeleteArgs),
+    /// Describe a file: size, CRC32, creation time, source node, locations, metadata.
+    Info(files::InfoArgs),
+    /// Read, replace (--set) or merge (--merge) a file's metadata.
+    Meta(files::MetaArgs),
+    /// Show the cluster: groups, members, state, space, files, sync lag.
+    Monitor(monitor::Args),
+    /// Upload then download-and-verify many generated files; print throughput and latency.
+    Bench(bench::Args),
+}
+
+/// Run a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = || Client::new(&cli.gateway);
+    match cli.command {
+        Command::Up(a) => up::run(a).await?,
+        Command::Upload(a) => upload::run(&client()?, a).await?,
+        Command::Download(a) => download::run(&client()?, a).await?,
+        Command::Delete(a) => files::delete(&client()?, a).await?,
+        Command::Info(a) => {
+            if a.offline {
+                files::info(None, a).await?;
+            } else {
+                files::info(Some(&client()?), a).await?;
+            }
+        }
+        Command::Meta(a) => files::meta(&client()?, a).await?,
+        Command::Monitor(a) => monitor::run(&client()?, a).await?,
+        Command::Bench(a) => bench::run(&client()?, a).await?,
+    }
+    Ok(())
+}
+
+/// Exit code for an error returned by [`run`].
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    err.downcast_ref::<CliError>()
+        .map_or(1, CliError::exit_code)
+}

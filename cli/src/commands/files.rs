@@ -1,0 +1,73 @@
+//! `fdfs delete`, `fdfs info` and `fdfs meta`: one request each about a single file.
+
+use fdfs_common::wire::FileInfo;
+
+use crate::client::{parse_file_id, Client};
+use crate::commands::parse_pairs;
+use crate::error::{CliError, Result};
+
+#[derive(Debug, clap::Args)]
+pub struct DeleteArgs {
+    /// File ID to delete.
+    pub id: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InfoArgs {
+    /// File ID to describe.
+    pub id: String,
+    /// Decode the ID locally (source node, creation time, size, CRC32) without asking the cluster.
+    #[arg(long)]
+    pub offline: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MetaArgs {
+    /// File ID whose metadata to read or change.
+    pub id: String,
+    /// Replace all metadata with these `key=value` pairs.
+    #[arg(long, value_name = "KEY=VALUE", num_args = 1.., conflicts_with = "merge")]
+    pub set: Vec<String>,
+    /// Add or overwrite these `key=value` pairs, keeping the others.
+    #[arg(long, value_name = "KEY=VALUE", num_args = 1..)]
+    pub merge: Vec<String>,
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    let s = serde_json::to_string_pretty(v)
+        .map_err(|e| CliError::Usage(format!("cannot print JSON: {e}")))?;
+    println!("{s}");
+    Ok(())
+}
+
+pub async fn delete(client: &Client, args: DeleteArgs) -> Result<()> {
+    let id = parse_file_id(&args.id)?;
+    client.delete(&id).await?;
+    println!("deleted {id}");
+    Ok(())
+}
+
+pub async fn info(client: Option<&Client>, args: InfoArgs) -> Result<()> {
+    let id = parse_file_id(&args.id)?;
+    let info = match client {
+        Some(c) if !args.offline => c.info(&id).await?,
+        _ => FileInfo::decoded(&id),
+    };
+    print_json(&info)
+}
+
+pub async fn meta(client: &Client, args: MetaArgs) -> Result<()> {
+    let id = parse_file_id(&args.id)?;
+    let meta = if !args.set.is_empty() {
+        client
+            .meta_set(&id, &parse_pairs(&args.set)?, false)
+            .await?
+    } else if !args.merge.is_empty() {
+        client
+            .meta_set(&id, &parse_pairs(&args.merge)?, true)
+            .await?
+    } else {
+        client.meta_get(&id).await?
+    };
+    print_json(&meta)
+}

@@ -1,0 +1,70 @@
+//! The CLI's error type: what went wrong talking to the gateway or the local disk, and the exit code for it.
+//! Messages are one line; `main` prints the whole `source()` chain joined by `: `.
+
+use fdfs_common::IdError;
+
+/// Everything a CLI command can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The server answered with an error; `message` is the server's own JSON `error.message`.
+    #[error("{message} (HTTP {status} {code})")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// No HTTP answer at all (connection refused, reset, timeout).
+    #[error("request to {url} failed")]
+    Http {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The server answered 2xx but the body was not what the protocol promises.
+    #[error("unexpected answer from {url}: {why}")]
+    Protocol { url: String, why: String },
+    #[error("invalid file id {input:?}")]
+    InvalidId {
+        input: String,
+        #[source]
+        source: IdError,
+    },
+    #[error("{path}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A command-line value that clap could not check by itself.
+    #[error("{0}")]
+    Usage(String),
+    /// Downloaded bytes do not match the size/CRC32 encoded in the file ID.
+    #[error("downloaded data is corrupt: {0}")]
+    Corrupt(String),
+    /// `fdfs up` could not start or keep the local cluster.
+    #[error("{0}")]
+    Up(String),
+    /// A benchmark phase had failed requests.
+    #[error("{0}")]
+    Bench(String),
+}
+
+impl CliError {
+    /// Process exit code: 2 for bad input (like clap's usage errors), 1 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) | CliError::InvalidId { .. } => 2,
+            _ => 1,
+        }
+    }
+
+    pub(crate) fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
+        CliError::Io {
+            path: path.as_ref().display().to_string(),
+            source,
+        }
+    }
+}
+
+/// Result alias for CLI internals.
+pub type Result<T, E = CliError> = std::result::Result<T, E>;

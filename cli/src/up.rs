@@ -1,0 +1,524 @@
+//! `fdfs up`: a whole local cluster on loopback, as child processes of this same executable
+//! (`fdfs tracker|storage|gateway ...`). Trackers start first, then the storage nodes (group1..groupN, each with
+//! its own store path under the data dir), then the gateway; each child's `listening on ADDR` stdout line gives
+//! its address. Ready when the gateway's `/cluster` shows every member active. ctrl-c / SIGTERM stops the
+//! children in reverse order (SIGTERM, then SIGKILL after a grace period); a child that dies is reported.
+//!
+//! Children run in their own process group (so a terminal's ctrl-c reaches only us and the shutdown is
+//! ordered) and, on Linux, get SIGTERM if this process dies.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use fdfs_common::wire::{ClusterView, MemberState};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::time::Instant;
+
+use crate::client::Client;
+use crate::error::{CliError, Result};
+
+/// How long a child may take to print its `listening on` line.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a child gets to exit after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Directory for all node data and logs (created if missing).
+    #[arg(long, default_value = "./fdfs-data", value_name = "DIR")]
+    pub data: PathBuf,
+    /// Number of storage groups (group1, group2, ...).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub groups: u16,
+    /// Storage nodes per group (replicas of each file).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub members: u16,
+    /// Base port: gateway on PORT, trackers on PORT+1.., storage nodes on PORT+10..; 0 picks free ports.
+    #[arg(long, default_value_t = 8080, value_name = "PORT")]
+    pub port: u16,
+    /// Number of trackers (storage nodes heartbeat to all of them).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=9))]
+    pub trackers: u16,
+    /// Seconds to wait for the whole cluster to become ready.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Tracker,
+    Storage,
+    Gateway,
+}
+
+/// One child server.
+#[derive(Debug)]
+struct Proc {
+    name: String,
+    role: Role,
+    /// Storage nodes: group name and store path.
+    group: Option<String>,
+    data: Option<PathBuf>,
+    addr: SocketAddr,
+    log: PathBuf,
+    child: tokio::process::Child,
+    exited: Option<ExitStatus>,
+}
+
+/// Port for the n-th process of a role (all 0 when the base is 0).
+fn port_for(base: u16, offset: u32) -> Result<u16> {
+    if base == 0 {
+        return Ok(0);
+    }
+    u16::try_from(u32::from(base) + offset).map_err(|_| {
+        CliError::Usage(format!(
+            "--port {base} leaves no room for {offset} more ports"
+        ))
+    })
+}
+
+/// Last lines of a child's log, for error reports.
+fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut tail: VecDeque<&str> = VecDeque::new();
+    for l in text.lines() {
+        if tail.len() == lines {
+            tail.pop_front();
+        }
+        tail.push_back(l);
+    }
+    tail.into_iter().map(|l| format!("    | {l}\n")).collect()
+}
+
+fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(s)) => format!("signal {s}"),
+        _ => status.to_string(),
+    }
+}
+
+/// Start one child and wait for its `listening on ADDR` line.
+async fn spawn(
+    exe: &Path,
+    name: &str,
+    role: Role,
+    args: Vec<OsString>,
+    logs: &Path,
+    secret: &str,
+) -> Result<(tokio::process::Child, SocketAddr, PathBuf)> {
+    let log = logs.join(format!("{name}.log"));
+    let log_file = std::fs::File::create(&log).map_err(|e| CliError::io(&log, e))?;
+    let sub = match role {
+        Role::Tracker => "tracker",
+        Role::Storage => "storage",
+        Role::Gateway => "gateway",
+    };
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.arg(sub)
+        .args(args)
+        .env_remove("FDFS_CONFIG")
+        .env("FDFS_CLUSTER_SECRET", secret)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log_file))
+        .kill_on_drop(true)
+        .process_group(0);
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| CliError::Up(format!("cannot start {name} ({}): {e}", exe.display())))?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = Instant::now() + LISTEN_TIMEOUT;
+    let addr = loop {
+        match tokio::time::timeout_at(deadline, lines.next_line()).await {
+            Err(_) => {
+                return Err(CliError::Up(format!(
+                    "{name} did not report `listening on` within {}s; log {}:\n{}",
+                    LISTEN_TIMEOUT.as_secs(),
+                    log.display(),
+                    log_tail(&log, 20)
+                )))
+            }
+            Ok(Ok(Some(line))) => {
+                if let Some(a) = line.trim().strip_prefix("listening on ") {
+                    let addr = a.trim().parse().map_err(|_| {
+                        CliError::Up(format!("{name} printed a bad address: {line:?}"))
+                    })?;
+                    break addr;
+                }
+            }
+            Ok(Ok(None) | Err(_)) => {
+                let status = child.wait().await.ok().map(describe).unwrap_or_default();
+                return Err(CliError::Up(format!(
+                    "{name} exited ({status}) before listening; log {}:\n{}",
+                    log.display(),
+                    log_tail(&log, 20)
+                )));
+            }
+        }
+    };
+    // Keep draining stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok((child, addr, log))
+}
+
+fn arg(s: impl Into<OsString>) -> OsString {
+    s.into()
+}
+
+/// Start every child (pushed onto `procs` as they come up).
+async fn start(a: &Args, procs: &mut Vec<Proc>, secret: &str) -> Result<()> {
+    let exe = std::env::current_exe()
+        .map_err(|e| CliError::Up(format!("cannot find my own executable: {e}")))?;
+    let logs = a.data.join("logs");
+    std::fs::create_dir_all(&logs).map_err(|e| CliError::io(&logs, e))?;
+
+    for t in 1..=a.trackers {
+        let name = format!("tracker-{t}");
+        let port = port_for(a.port, u32::from(t))?;
+        let (child, addr, log) = spawn(
+            &exe,
+            &name,
+            Role::Tracker,
+            vec![arg("--listen"), arg(format!("127.0.0.1:{port}"))],
+            &logs,
+            secret,
+        )
+        .await?;
+        procs.push(Proc {
+            name,
+            role: Role::Tracker,
+            group: None,
+            data: None,
+            addr,
+            log,
+            child,
+            exited: None,
+        });
+    }
+    let trackers: Vec<String> = procs.iter().map(|p| p.addr.to_string()).collect();
+    let trackers = trackers.join(",");
+
+    for g in 1..=a.groups {
+        for m in 1..=a.members {
+            let name = format!("storage-g{g}-m{m}");
+            let offset = 10 + u32::from(g - 1) * u32::from(a.members) + u32::from(m - 1);
+            let port = port_for(a.port, offset)?;
+            let dir = a.data.join(&name);
+            std::fs::create_dir_all(&dir).map_err(|e| CliError::io(&dir, e))?;
+            let group = format!("group{g}");
+            let mut args = vec![
+                arg("--listen"),
+                arg(format!("127.0.0.1:{port}")),
+                arg("--group"),
+                arg(&group),
+                arg("--tracker"),
+                arg(&trackers),
+                arg("--store-path"),
+                arg(&dir),
+            ];
+            if port != 0 {
+                args.extend([arg("--public-url"), arg(format!("http://127.0.0.1:{port}"))]);
+            }
+            let (child, addr, log) = spawn(&exe, &name, Role::Storage, args, &logs, secret).await?;
+            procs.push(Proc {
+                name,
+                role: Role::Storage,
+                group: Some(group),
+                data: Some(dir),
+                addr,
+                log,
+                child,
+                exited: None,
+            });
+        }
+    }
+
+    let port = port_for(a.port, 0)?;
+    let (child, addr, log) = spawn(
+        &exe,
+        "gateway",
+        Role::Gateway,
+        vec![
+            arg("--listen"),
+            arg(format!("127.0.0.1:{port}")),
+            arg("--tracker"),
+            arg(&trackers),
+        ],
+        &logs,
+        secret,
+    )
+    .await?;
+    procs.push(Proc {
+        name: "gateway".into(),
+        role: Role::Gateway,
+        group: None,
+        data: None,
+        addr,
+        log,
+        child,
+        exited: None,
+    });
+    Ok(())
+}
+
+/// Count of storage members the view shows active in the expected groups.
+fn active_members(view: &ClusterView, procs: &[Proc]) -> usize {
+    procs
+        .iter()
+        .filter(|p| p.role == Role::Storage)
+        .filter(|p| {
+            view.groups.iter().any(|g| {
+                Some(g.name.as_str()) == p.group.as_deref()
+                    && g.members
+                        .iter()
+                        .any(|m| m.state == MemberState::Active && addr_matches(&m.addr, p.addr))
+            })
+        })
+        .count()
+}
+
+fn addr_matches(reported: &str, addr: SocketAddr) -> bool {
+    reported
+        .parse::<SocketAddr>()
+        .is_ok_and(|r| r.port() == addr.port())
+        || reported.ends_with(&format!(":{}", addr.port()))
+}
+
+/// Fail if any child has exited.
+fn check_alive(procs: &mut [Proc]) -> Result<()> {
+    for p in procs.iter_mut() {
+        if let Ok(Some(st)) = p.child.try_wait() {
+            p.exited = Some(st);
+            return Err(CliError::Up(format!(
+                "{} exited ({}) during start-up; log {}:\n{}",
+                p.name,
+                describe(st),
+                p.log.display(),
+                log_tail(&p.log, 20)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Poll the gateway's `/cluster` until every storage member is active.
+async fn wait_ready(client: &Client, procs: &mut [Proc], timeout: Duration) -> Result<ClusterView> {
+    let want = procs.iter().filter(|p| p.role == Role::Storage).count();
+    let deadline = Instant::now() + timeout;
+    let mut last_report = usize::MAX;
+    let mut last_err = String::new();
+    loop {
+        check_alive(procs)?;
+        match client.cluster().await {
+            Ok(view) => {
+                let n = active_members(&view, procs);
+                if n == want {
+                    return Ok(view);
+                }
+                if n != last_report {
+                    eprintln!("fdfs up: {n}/{want} storage nodes active");
+                    last_report = n;
+                }
+            }
+            Err(e) => last_err = e.to_string(),
+        }
+        if Instant::now() >= deadline {
+            let why = if last_err.is_empty() {
+                String::new()
+            } else {
+                format!(" (last error: {last_err})")
+            };
+            return Err(CliError::Up(format!(
+                "cluster not ready after {}s: {last_report}/{want} storage nodes active{why}; logs in {}",
+                timeout.as_secs(),
+                procs.first().map_or_else(String::new, |p| p
+                    .log
+                    .parent()
+                    .map_or_else(String::new, |d| d.display().to_string()))
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Stop the children: gateway, then storage nodes, then trackers; SIGTERM, wait, SIGKILL after the grace.
+async fn stop(procs: &mut [Proc]) {
+    for role in [Role::Gateway, Role::Storage, Role::Tracker] {
+        let tier: Vec<&mut Proc> = procs
+            .iter_mut()
+            .filter(|p| p.role == role && p.exited.is_none())
+            .collect();
+        for p in &tier {
+            if let Some(pid) = p.child.id().and_then(|id| i32::try_from(id).ok()) {
+                // SAFETY: plain syscall on a pid we spawned and have not reaped yet.
+                unsafe {
+                    libc::kill(pid, libc::SIGTERM);
+                }
+            }
+        }
+        let waits = tier.into_iter().map(|p| async move {
+            let status = match tokio::time::timeout(STOP_GRACE, p.child.wait()).await {
+                Ok(Ok(st)) => Some(st),
+                _ => {
+                    eprintln!(
+                        "fdfs up: {} did not stop within {}s, killing it",
+                        p.name,
+                        STOP_GRACE.as_secs()
+                    );
+                    let _ = p.child.start_kill();
+                    p.child.wait().await.ok()
+                }
+            };
+            if let Some(st) = status {
+                if !st.success() {
+                    eprintln!("fdfs up: {} stopped with {}", p.name, describe(st));
+                }
+                p.exited = Some(st);
+            }
+        });
+        futures_util::future::join_all(waits).await;
+    }
+}
+
+fn print_layout(a: &Args, gateway: &str, procs: &[Proc], view: &ClusterView) {
+    let mut s = format!(
+        "fdfs cluster is up: {} group(s) x {} member(s), {} tracker(s); data in {}\n\n",
+        a.groups,
+        a.members,
+        a.trackers,
+        a.data.display()
+    );
+    s.push_str(&format!("  gateway   {gateway}\n"));
+    for p in procs.iter().filter(|p| p.role == Role::Tracker) {
+        s.push_str(&format!("  tracker   {}\n", p.addr));
+    }
+    let mut last_group = None;
+    for p in procs.iter().filter(|p| p.role == Role::Storage) {
+        let node = view
+            .groups
+            .iter()
+            .flat_map(|g| &g.members)
+            .find(|m| addr_matches(&m.addr, p.addr))
+            .map_or_else(String::new, |m| format!("node {:<10}", m.node_id));
+        let label = if last_group == p.group.as_ref() {
+            String::new()
+        } else {
+            p.group.clone().unwrap_or_default()
+        };
+        last_group = p.group.as_ref();
+        s.push_str(&format!(
+            "  {label:<9} http://{}  {node}  {}\n",
+            p.addr,
+            p.data
+                .as_deref()
+                .map_or_else(String::new, |d| d.display().to_string())
+        ));
+    }
+    let exe = std::env::current_exe().map_or_else(|_| "fdfs".into(), |p| p.display().to_string());
+    s.push_str(&format!(
+        "  logs      {}\n\nTry:\n  curl -F file=@photo.jpg {gateway}/upload\n  curl -T notes.txt {gateway}/upload/notes.txt\n  {exe} --gateway {gateway} monitor\n\nctrl-c stops the cluster.\n",
+        a.data.join("logs").display()
+    ));
+    print!("{s}");
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+}
+
+/// Run the local cluster until ctrl-c / SIGTERM.
+pub async fn run(a: Args) -> Result<()> {
+    std::fs::create_dir_all(&a.data).map_err(|e| CliError::io(&a.data, e))?;
+    let secret = std::env::var("FDFS_CLUSTER_SECRET")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
+    let mut procs: Vec<Proc> = Vec::new();
+    let shutdown = fdfs_common::shutdown_signal();
+    tokio::pin!(shutdown);
+
+    let started = tokio::select! {
+        r = async {
+            start(&a, &mut procs, &secret).await?;
+            let gw = procs.last().map(|p| p.addr).expect("gateway started");
+            let gateway = format!("http://{gw}");
+            let client = Client::new(&gateway)?;
+            let view = wait_ready(&client, &mut procs, Duration::from_secs(a.timeout)).await?;
+            Ok::<_, CliError>((gateway, view))
+        } => Some(r),
+        () = &mut shutdown => None,
+    };
+    let (gateway, view) = match started {
+        Some(Ok(v)) => v,
+        Some(Err(e)) => {
+            stop(&mut procs).await;
+            return Err(e);
+        }
+        None => {
+            eprintln!("fdfs up: interrupted during start-up, stopping");
+            stop(&mut procs).await;
+            return Ok(());
+        }
+    };
+    print_layout(&a, &gateway, &procs, &view);
+
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = tick.tick() => {
+                for p in procs.iter_mut().filter(|p| p.exited.is_none()) {
+                    if let Ok(Some(st)) = p.child.try_wait() {
+                        p.exited = Some(st);
+                        eprintln!(
+                            "fdfs up: {} ({}) died unexpectedly ({}); last log lines from {}:\n{}",
+                            p.name, p.addr, describe(st), p.log.display(), log_tail(&p.log, 10)
+                        );
+                    }
+                }
+                if procs.iter().all(|p| p.exited.is_some()) {
+                    return Err(CliError::Up("every node has died".into()));
+                }
+            }
+        }
+    }
+    eprintln!("fdfs up: stopping");
+    stop(&mut procs).await;
+    eprintln!("fdfs up: stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports() {
+        assert_eq!(port_for(8080, 10).unwrap(), 8090);
+        assert_eq!(port_for(0, 10).unwrap(), 0);
+        assert!(port_for(65530, 10).is_err());
+        assert!(addr_matches(
+            "127.0.0.1:8090",
+            "127.0.0.1:8090".parse().unwrap()
+        ));
+        assert!(!addr_matches(
+            "127.0.0.1:8091",
+            "127.0.0.1:8090".parse().unwrap()
+        ));
+    }
+}
