@@ -28,6 +28,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run a tracker server in this process (same flags as `fdfs-tracker`).
+    Tracker(fdfs_tracker::cli::Args),
+    /// Run the HTTP gateway in this process (same flags as `fdfs-gateway`).
+    Gateway(fdfs_gateway::cli::Args),
     /// Run a whole local cluster (trackers, storage groups, gateway) until ctrl-c.
     Up(up::Args),
     /// Upload files (directories recursively); prints one JSON answer per file.
@@ -50,6 +54,8 @@ pub enum Command {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = || Client::new(&cli.gateway);
     match cli.command {
+        Command::Tracker(a) => fdfs_tracker::cli::main(a).await?,
+        Command::Gateway(a) => fdfs_gateway::cli::main(a).await?,
         Command::Up(a) => up::run(a).await?,
         Command::Upload(a) => upload::run(&client()?, a).await?,
         Command::Download(a) => download::run(&client()?, a).await?,

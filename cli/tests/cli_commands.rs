@@ -1,0 +1,249 @@
+//! The `fdfs` client commands as a user runs them (a separate process per command) against a real cluster:
+//! upload (files, directories, metadata, group), download (to file, to stdout, resumed), info (online and
+//! --offline), meta, delete, monitor, bench, and one-line errors with non-zero exit codes.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+
+use common::{Cluster, ClusterSpec, BIN};
+use fdfs::pattern::Pattern;
+use fdfs_common::wire::{ClusterView, MemberState};
+use serde_json::Value;
+
+/// Run `fdfs ARGS` against `gateway`.
+async fn fdfs(gateway: &str, args: &[&str]) -> Output {
+    let mut cmd = tokio::process::Command::new(BIN);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("FDFS_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("FDFS_GATEWAY", gateway)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("run fdfs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[track_caller]
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "status {:?}\nstdout: {}\nstderr: {}",
+        o.status,
+        stdout(o),
+        stderr(o)
+    );
+    stdout(o)
+}
+
+/// A failed command: non-zero exit and exactly one line on stderr, which is returned.
+#[track_caller]
+fn failed(o: &Output, code: i32) -> String {
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "stdout: {}\nstderr: {}",
+        stdout(o),
+        stderr(o)
+    );
+    let err = stderr(o);
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "one line expected: {err}"
+    );
+    assert!(err.starts_with("fdfs: error: "), "{err}");
+    err
+}
+
+fn write(path: &Path, data: &[u8]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, data).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_commands_against_a_real_cluster() {
+    let c = Cluster::start(ClusterSpec::default()).await;
+    let gw = c.gateway_url();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+
+    // upload: a 5 MiB file with metadata, streamed from disk.
+    let big = Pattern::bytes(11, 5 << 20);
+    let big_path = w.join("in/big.bin");
+    write(&big_path, &big);
+    let out = ok(&fdfs(
+        &gw,
+        &[
+            "upload",
+            big_path.to_str().unwrap(),
+            "--meta",
+            "author=me",
+            "--meta",
+            "k=v",
+        ],
+    )
+    .await);
+    let j: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let id = j["file_id"].as_str().unwrap().to_owned();
+    assert!(id.ends_with(".bin"), "{id}");
+    assert_eq!(j["size"], 5 << 20);
+    assert_eq!(j["crc32"], format!("{:08x}", crc32fast::hash(&big)));
+
+    // upload a directory recursively, --quiet prints only IDs; --group pins the group.
+    write(&w.join("tree/a.txt"), b"a");
+    write(&w.join("tree/sub/b.txt"), b"bb");
+    write(&w.join("tree/sub/deeper/c.jpg"), b"ccc");
+    let out = ok(&fdfs(
+        &gw,
+        &[
+            "upload",
+            "-q",
+            "--group",
+            "group2",
+            w.join("tree").to_str().unwrap(),
+        ],
+    )
+    .await);
+    let ids: Vec<&str> = out.lines().collect();
+    assert_eq!(ids.len(), 3, "{out}");
+    assert!(ids.iter().all(|i| i.starts_with("group2/M00/")), "{out}");
+    assert!(ids[2].ends_with(".jpg"), "{out}");
+
+    // download to a file, and to stdout.
+    let dl = w.join("out/big.bin");
+    std::fs::create_dir_all(dl.parent().unwrap()).unwrap();
+    let o = fdfs(&gw, &["download", &id, "-o", dl.to_str().unwrap()]).await;
+    ok(&o);
+    assert!(stderr(&o).contains("saved"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&dl).unwrap(), &big[..]);
+    assert!(!fdfs::commands::download::part_path(&dl).exists());
+    let o = fdfs(&gw, &["download", ids[1], "-o", "-"]).await;
+    ok(&o);
+    assert_eq!(o.stdout, b"bb");
+
+    // Resume: a partial file is completed with a Range request ...
+    let partial = w.join("out/partial.bin");
+    std::fs::write(&partial, &big[..1_000_000]).unwrap();
+    ok(&fdfs(&gw, &["download", &id, "-o", partial.to_str().unwrap()]).await);
+    assert_eq!(std::fs::read(&partial).unwrap(), &big[..]);
+    // ... and so is an interrupted FILE.part; wrong leftover bytes prove only the rest was fetched (the CRC
+    // check in the ID catches them and the bad partial is discarded), after which a retry succeeds.
+    let resumed = w.join("out/resumed.bin");
+    let part = fdfs::commands::download::part_path(&resumed);
+    std::fs::write(&part, vec![0u8; 3_000_000]).unwrap();
+    let o = fdfs(&gw, &["download", &id, "-o", resumed.to_str().unwrap()]).await;
+    let err = failed(&o, 1);
+    assert!(err.contains("corrupt"), "{err}");
+    assert!(!part.exists() && !resumed.exists());
+    std::fs::write(&part, &big[..3_000_000]).unwrap();
+    ok(&fdfs(&gw, &["download", &id, "-o", resumed.to_str().unwrap()]).await);
+    assert_eq!(std::fs::read(&resumed).unwrap(), &big[..]);
+
+    // info online shows metadata; --offline decodes without any network (the gateway URL is unreachable).
+    let info: Value = serde_json::from_str(&ok(&fdfs(&gw, &["info", &id]).await)).unwrap();
+    assert_eq!(info["size"], 5 << 20);
+    assert_eq!(info["metadata"]["author"], "me", "{info}");
+    let off: Value = serde_json::from_str(&ok(&fdfs(
+        "http://127.0.0.1:9",
+        &["info", "--offline", &id],
+    )
+    .await))
+    .unwrap();
+    assert_eq!(off["size"], 5 << 20);
+    assert_eq!(off["crc32"], j["crc32"]);
+    assert_eq!(off["group"], id.split('/').next().unwrap());
+
+    // meta: get, merge, replace.
+    let m: Value = serde_json::from_str(&ok(&fdfs(&gw, &["meta", &id]).await)).unwrap();
+    assert_eq!(m, serde_json::json!({"author": "me", "k": "v"}));
+    let m: Value = serde_json::from_str(&ok(
+        &fdfs(&gw, &["meta", &id, "--merge", "k=w", "x=1"]).await
+    ))
+    .unwrap();
+    assert_eq!(m, serde_json::json!({"author": "me", "k": "w", "x": "1"}));
+    let m: Value =
+        serde_json::from_str(&ok(&fdfs(&gw, &["meta", &id, "--set", "only=1"]).await)).unwrap();
+    assert_eq!(m, serde_json::json!({"only": "1"}));
+
+    // delete, then the file is gone: one-line errors with the server's message.
+    let out = ok(&fdfs(&gw, &["delete", &id]).await);
+    assert!(out.contains(&id), "{out}");
+    let gone = w.join("out/gone.bin");
+    let err = failed(
+        &fdfs(&gw, &["download", &id, "-o", gone.to_str().unwrap()]).await,
+        1,
+    );
+    assert!(err.contains("404"), "{err}");
+    failed(&fdfs(&gw, &["delete", &id]).await, 1);
+
+    // monitor: a table with both groups and 4 active members; --json is the cluster view.
+    let table = ok(&fdfs(&gw, &["monitor"]).await);
+    assert!(
+        table.contains("group1") && table.contains("group2"),
+        "{table}"
+    );
+    assert_eq!(table.matches(" active ").count(), 4, "{table}");
+    assert!(table.contains("4 storage node(s), 4 active"), "{table}");
+    let v: ClusterView =
+        serde_json::from_str(&ok(&fdfs(&gw, &["monitor", "--json"]).await)).unwrap();
+    assert_eq!(v.groups.len(), 2);
+    assert!(v
+        .groups
+        .iter()
+        .flat_map(|g| &g.members)
+        .all(|m| m.state == MemberState::Active));
+
+    // bench: upload, download-and-verify, delete.
+    let out = ok(&fdfs(
+        &gw,
+        &[
+            "bench",
+            "--count",
+            "40",
+            "--size",
+            "10KiB",
+            "--concurrency",
+            "4",
+            "--delete",
+        ],
+    )
+    .await);
+    for phase in ["upload", "download", "delete"] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(phase) && l.contains(" 40 ")),
+            "{out}"
+        );
+    }
+    let out = ok(&fdfs(
+        &gw,
+        &["bench", "-n", "3", "-s", "3MiB", "-c", "2", "--json"],
+    )
+    .await);
+    let phases: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(phases[1]["phase"], "download");
+    assert_eq!(phases[1]["failed"], 0);
+
+    // Usage errors: exit 2; unreachable gateway: exit 1; always one line.
+    let err = failed(&fdfs(&gw, &["info", "group1/M00/00/00/nope"]).await, 2);
+    assert!(err.contains("invalid file id"), "{err}");
+    failed(
+        &fdfs(&gw, &["upload", w.join("missing.txt").to_str().unwrap()]).await,
+        1,
+    );
+    let err = failed(&fdfs("http://127.0.0.1:9", &["monitor"]).await, 1);
+    assert!(err.contains("127.0.0.1:9"), "{err}");
+}

@@ -1,0 +1,570 @@
+//! Test harness: a real fdfs cluster made of child processes of the `fdfs` binary (`fdfs tracker|storage|
+//! gateway`), each on `127.0.0.1:0` with its data in a tempdir. The port of each child comes from its
+//! `listening on ADDR` stdout line; its stderr goes to a log file that is printed when a test fails.
+//! Helpers: kill -9 / restart a node on the same port and data dir, wait for member states via `/cluster`
+//! (polling with a deadline), and read a child's peak RSS (`VmHWM`).
+//!
+//! Children are killed when the [`Cluster`] is dropped, and (Linux) also if the test thread dies first.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use fdfs_common::wire::{ClusterView, MemberInfo, MemberState};
+
+/// The `fdfs` binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_fdfs");
+/// Cluster secret every test cluster uses (so internal routes are exercised with auth on).
+pub const SECRET: &str = "test-cluster-secret";
+/// How long a child may take to print `listening on`.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default deadline for cluster state changes.
+pub const STATE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    pub groups: usize,
+    pub members: usize,
+    pub trackers: usize,
+    /// Extra flags for every storage node.
+    pub storage_args: Vec<String>,
+    /// Extra flags for the gateway.
+    pub gateway_args: Vec<String>,
+    /// Extra flags for every tracker.
+    pub tracker_args: Vec<String>,
+}
+
+impl Default for ClusterSpec {
+    /// `fdfs up` shape: 1 tracker, 2 groups x 2 members, with fast heartbeats so state changes show quickly.
+    fn default() -> Self {
+        ClusterSpec {
+            groups: 2,
+            members: 2,
+            trackers: 1,
+            storage_args: args(&["--heartbeat-interval-ms", "200"]),
+            gateway_args: Vec::new(),
+            tracker_args: args(&["--heartbeat-timeout-ms", "2000"]),
+        }
+    }
+}
+
+/// `&["a", "b"]` as owned strings.
+pub fn args(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Tracker,
+    Storage,
+    Gateway,
+}
+
+impl Role {
+    fn subcommand(self) -> &'static str {
+        match self {
+            Role::Tracker => "tracker",
+            Role::Storage => "storage",
+            Role::Gateway => "gateway",
+        }
+    }
+}
+
+/// One server process.
+#[derive(Debug)]
+pub struct Node {
+    pub name: String,
+    pub role: Role,
+    /// Bound address (stays the same across [`Node::restart`]).
+    pub addr: SocketAddr,
+    /// Data directory (the store path for storage nodes).
+    pub dir: PathBuf,
+    /// Flags other than `--listen`.
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+    /// How many times the node was restarted.
+    restarts: u32,
+}
+
+/// Spawn `fdfs <role> --listen <listen> <args>` and wait for its `listening on` line; panics on failure.
+pub fn spawn_server(role: Role, listen: &str, args: &[String], log: &Path) -> (Child, SocketAddr) {
+    try_spawn_server(role, listen, args, log).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Like [`spawn_server`], returning the failure (with the log tail) instead of panicking.
+pub fn try_spawn_server(
+    role: Role,
+    listen: &str,
+    args: &[String],
+    log: &Path,
+) -> Result<(Child, SocketAddr), String> {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open log");
+    let log_start = log_file.metadata().map_or(0, |m| m.len());
+    let mut cmd = Command::new(BIN);
+    cmd.arg(role.subcommand())
+        .args(["--listen", listen])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log_file));
+    hermetic_env(&mut cmd);
+    let mut child = cmd.spawn().expect("spawn fdfs");
+    let stdout = child.stdout.take().expect("piped stdout");
+    match read_listening(stdout, LISTEN_TIMEOUT) {
+        Ok(addr) => Ok((child, addr)),
+        Err(e) => {
+            let _ = child.kill();
+            let status = child.wait().ok();
+            let log = std::fs::read(log).unwrap_or_default();
+            let new = String::from_utf8_lossy(&log[(log_start as usize).min(log.len())..]);
+            Err(format!(
+                "fdfs {} --listen {listen} {args:?}: {e} (status {status:?}); log:\n{new}",
+                role.subcommand()
+            ))
+        }
+    }
+}
+
+/// Clean `FDFS_*` environment (so a developer's settings do not leak in), the test secret, and death of
+/// the child with the test thread.
+pub fn hermetic_env(cmd: &mut Command) {
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("FDFS_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("FDFS_CLUSTER_SECRET", SECRET);
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.env("RUST_LOG", "info");
+    }
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl is async-signal-safe and touches no parent memory.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Read stdout lines until `listening on ADDR`; keep draining the pipe in a thread afterwards.
+/// Every line is also sent on, so callers that want later lines (`fdfs up`) can use [`read_lines`].
+pub fn read_listening(
+    stdout: std::process::ChildStdout,
+    timeout: Duration,
+) -> Result<SocketAddr, String> {
+    let rx = read_lines(stdout);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                if let Some(a) = line.trim().strip_prefix("listening on ") {
+                    return a
+                        .trim()
+                        .parse()
+                        .map_err(|e| format!("bad address in {line:?}: {e}"));
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                return Err(format!("no `listening on` line within {timeout:?}"))
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err("exited before printing `listening on`".into())
+            }
+        }
+    }
+}
+
+/// Every stdout line of a child, on a channel, read by a background thread until EOF.
+pub fn read_lines(stdout: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            // The receiver may be gone; keep draining anyway so the child never blocks.
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+/// Last `n` lines of a file.
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut q = VecDeque::new();
+    for l in text.lines() {
+        if q.len() == n {
+            q.pop_front();
+        }
+        q.push_back(l);
+    }
+    q.into_iter().collect::<Vec<_>>().join("\n")
+}
+
+/// Peak resident set size (`VmHWM`) of a process, in bytes.
+pub fn peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+impl Node {
+    fn start(name: String, role: Role, dir: PathBuf, args: Vec<String>, log: PathBuf) -> Node {
+        std::fs::create_dir_all(&dir).expect("create node dir");
+        let (child, addr) = spawn_server(role, "127.0.0.1:0", &args, &log);
+        Node {
+            name,
+            role,
+            addr,
+            dir,
+            args,
+            log,
+            child: Some(child),
+            restarts: 0,
+        }
+    }
+
+    /// `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Peak RSS of the running process, in bytes.
+    pub fn peak_rss(&self) -> Option<u64> {
+        self.pid().and_then(peak_rss)
+    }
+
+    /// SIGKILL the process and reap it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit (panics after `timeout`).
+    pub fn stop(&mut self, timeout: Duration) -> ExitStatus {
+        let mut c = self.child.take().expect("node is running");
+        // SAFETY: plain syscall on a child we have not reaped.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = c.try_wait().expect("wait") {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("{} did not exit within {timeout:?} of SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Start the node again on the same address with the same data dir and flags.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "{} is still running", self.name);
+        let listen = self.addr.to_string();
+        // The old socket may linger briefly; retry the bind for a while.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match try_spawn_server(self.role, &listen, &self.args, &self.log) {
+                Ok((child, addr)) => {
+                    assert_eq!(addr, self.addr);
+                    self.child = Some(child);
+                    self.restarts += 1;
+                    return;
+                }
+                Err(e) if e.contains("in use") && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("restarting {}: {e}", self.name),
+            }
+        }
+    }
+
+    /// The last lines of this node's log.
+    pub fn log_tail(&self, n: usize) -> String {
+        tail(&self.log, n)
+    }
+}
+
+/// A running cluster.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub trackers: Vec<Node>,
+    /// `storage[g][m]` is member m+1 of group g+1 (named `group{g+1}`).
+    pub storage: Vec<Vec<Node>>,
+    pub gateway: Node,
+    /// Does not follow redirects (to inspect the gateway's 302s).
+    pub http: reqwest::Client,
+    /// Follows redirects.
+    pub follow: reqwest::Client,
+}
+
+impl Cluster {
+    /// Start trackers, storage nodes, then the gateway; return once every tracker sees every member active.
+    pub async fn start(spec: ClusterSpec) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("fdfs-test-")
+            .tempdir()
+            .expect("tempdir");
+        let logs = dir.path().join("logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let trackers: Vec<Node> = (1..=spec.trackers)
+            .map(|t| {
+                let name = format!("tracker-{t}");
+                Node::start(
+                    name.clone(),
+                    Role::Tracker,
+                    dir.path().join(&name),
+                    spec.tracker_args.clone(),
+                    logs.join(format!("{name}.log")),
+                )
+            })
+            .collect();
+        let tracker_list = trackers
+            .iter()
+            .map(|t| t.addr.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let storage: Vec<Vec<Node>> = (1..=spec.groups)
+            .map(|g| {
+                (1..=spec.members)
+                    .map(|m| {
+                        let name = format!("storage-g{g}-m{m}");
+                        let data = dir.path().join(&name);
+                        let mut a = args(&["--group", &format!("group{g}"), "--tracker"]);
+                        a.push(tracker_list.clone());
+                        a.push("--store-path".into());
+                        a.push(data.display().to_string());
+                        a.extend(spec.storage_args.iter().cloned());
+                        Node::start(
+                            name.clone(),
+                            Role::Storage,
+                            data,
+                            a,
+                            logs.join(format!("{name}.log")),
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut ga = vec!["--tracker".to_owned(), tracker_list];
+        ga.extend(spec.gateway_args.iter().cloned());
+        let gateway = Node::start(
+            "gateway".into(),
+            Role::Gateway,
+            dir.path().join("gateway"),
+            ga,
+            logs.join("gateway.log"),
+        );
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let follow = reqwest::Client::new();
+        let cluster = Cluster {
+            dir,
+            trackers,
+            storage,
+            gateway,
+            http,
+            follow,
+        };
+        for t in 0..cluster.trackers.len() {
+            cluster
+                .wait_tracker(t, "every member active", STATE_TIMEOUT, |c, v| {
+                    c.all_storage()
+                        .all(|n| member_in(v, n).is_some_and(|m| m.state == MemberState::Active))
+                })
+                .await;
+        }
+        cluster
+    }
+
+    /// Gateway base URL.
+    pub fn gateway_url(&self) -> String {
+        self.gateway.url()
+    }
+
+    /// `groupN` name of group index `g` (0-based).
+    pub fn group_name(g: usize) -> String {
+        format!("group{}", g + 1)
+    }
+
+    pub fn all_storage(&self) -> impl Iterator<Item = &Node> {
+        self.storage.iter().flatten()
+    }
+
+    /// Every process: trackers, storage nodes, gateway.
+    pub fn all_nodes(&self) -> impl Iterator<Item = &Node> {
+        self.trackers
+            .iter()
+            .chain(self.all_storage())
+            .chain(std::iter::once(&self.gateway))
+    }
+
+    pub fn all_nodes_mut(&mut self) -> impl Iterator<Item = &mut Node> {
+        self.trackers
+            .iter_mut()
+            .chain(self.storage.iter_mut().flatten())
+            .chain(std::iter::once(&mut self.gateway))
+    }
+
+    /// `GET {base}/cluster` parsed.
+    pub async fn view_at(&self, base: &str) -> Result<ClusterView, String> {
+        let resp = self
+            .http
+            .get(format!("{base}/cluster"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!("/cluster answered {}", resp.status()));
+        }
+        resp.json().await.map_err(|e| e.to_string())
+    }
+
+    /// The cluster as the gateway shows it.
+    pub async fn view(&self) -> ClusterView {
+        self.view_at(&self.gateway_url())
+            .await
+            .expect("gateway /cluster")
+    }
+
+    /// Poll tracker `t`'s `/cluster` until `pred` holds; panics with the last view after `timeout`.
+    pub async fn wait_tracker(
+        &self,
+        t: usize,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Cluster, &ClusterView) -> bool,
+    ) -> ClusterView {
+        let base = self.trackers[t].url();
+        self.wait_at(&base, what, timeout, pred).await
+    }
+
+    /// Poll the gateway's `/cluster` until `pred` holds.
+    pub async fn wait_gateway(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Cluster, &ClusterView) -> bool,
+    ) -> ClusterView {
+        let base = self.gateway_url();
+        self.wait_at(&base, what, timeout, pred).await
+    }
+
+    async fn wait_at(
+        &self,
+        base: &str,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Cluster, &ClusterView) -> bool,
+    ) -> ClusterView {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last = self.view_at(base).await;
+            if let Ok(v) = &last {
+                if pred(self, v) {
+                    return v.clone();
+                }
+            }
+            if Instant::now() > deadline {
+                panic!("timed out after {timeout:?} waiting for {what} at {base}; last view: {last:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Wait until tracker 0 reports member (g, m) in `state`.
+    pub async fn wait_state(&self, g: usize, m: usize, state: MemberState) -> MemberInfo {
+        let node = &self.storage[g][m];
+        let what = format!("{} to be {state:?}", node.name);
+        let v = self
+            .wait_tracker(0, &what, STATE_TIMEOUT, |_, v| {
+                member_in(v, node).is_some_and(|i| i.state == state)
+            })
+            .await;
+        member_in(&v, node).cloned().expect("member present")
+    }
+
+    /// kill -9 storage member (g, m).
+    pub fn kill9(&mut self, g: usize, m: usize) {
+        self.storage[g][m].kill9();
+    }
+
+    /// Restart storage member (g, m) on the same port and data dir.
+    pub fn restart(&mut self, g: usize, m: usize) {
+        self.storage[g][m].restart();
+    }
+
+    /// Peak RSS of every running process, by name.
+    pub fn peak_rss(&self) -> Vec<(String, u64)> {
+        self.all_nodes()
+            .filter_map(|n| n.peak_rss().map(|r| (n.name.clone(), r)))
+            .collect()
+    }
+}
+
+/// The member entry for a storage node in a view (matched by port).
+pub fn member_in<'a>(v: &'a ClusterView, node: &Node) -> Option<&'a MemberInfo> {
+    let port = format!(":{}", node.addr.port());
+    v.groups
+        .iter()
+        .flat_map(|g| &g.members)
+        .find(|m| m.addr.ends_with(&port))
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for n in self.all_nodes() {
+                eprintln!(
+                    "----- {} ({}) log tail -----\n{}",
+                    n.name,
+                    n.addr,
+                    n.log_tail(40)
+                );
+            }
+            if std::env::var_os("FDFS_KEEP_TEST_DIR").is_some() {
+                eprintln!("keeping {}", self.dir.path().display());
+                let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+                std::mem::forget(dir);
+            }
+        }
+        for n in self.all_nodes_mut() {
+            n.kill9();
+        }
+    }
+}

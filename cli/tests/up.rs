@@ -1,0 +1,144 @@
+//! `fdfs up` as a user runs it: a process that starts a whole cluster (here on free ports, in a tempdir),
+//! prints the gateway URL once every member is active, serves an upload, and on SIGTERM stops every child
+//! and exits 0.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{hermetic_env, read_lines, BIN};
+
+/// PIDs of live processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmd).contains(needle) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fdfs_up_starts_serves_and_stops_cleanly() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("cluster");
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "up",
+        "--port",
+        "0",
+        "--groups",
+        "2",
+        "--members",
+        "2",
+        "--data",
+    ])
+    .arg(&dir)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    hermetic_env(&mut cmd);
+    let mut up = cmd.spawn().unwrap();
+    let lines = read_lines(up.stdout.take().unwrap());
+    let err_lines = read_lines(up.stderr.take().unwrap());
+    let mut printed = Vec::new();
+
+    // Wait for the layout, which is printed once the cluster is ready.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let gateway = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(l) => {
+                printed.push(l.clone());
+                if let Some(url) = l.trim().strip_prefix("gateway ") {
+                    break url.trim().to_owned();
+                }
+            }
+            Err(e) => {
+                let _ = up.kill();
+                let errs: Vec<String> = err_lines.try_iter().collect();
+                panic!("no gateway line ({e}); stdout: {printed:#?}\nstderr: {errs:#?}");
+            }
+        }
+    };
+    assert!(gateway.starts_with("http://127.0.0.1:"), "{gateway}");
+    // The rest of the layout: trackers, both groups, the example curl.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !printed.iter().any(|l| l.contains("ctrl-c")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        printed.push(lines.recv_timeout(left).expect("layout"));
+    }
+    let text = printed.join("\n");
+    assert!(text.contains("tracker "), "{text}");
+    assert!(text.contains("group1") && text.contains("group2"), "{text}");
+    assert!(
+        text.contains(&format!("curl -F file=@photo.jpg {gateway}/upload")),
+        "{text}"
+    );
+    for d in [
+        "storage-g1-m1",
+        "storage-g1-m2",
+        "storage-g2-m1",
+        "storage-g2-m2",
+        "logs",
+    ] {
+        assert!(dir.join(d).is_dir(), "{d} missing");
+    }
+
+    // It serves: upload and read back.
+    let http = reqwest::Client::new();
+    let r = http
+        .put(format!("{gateway}/upload/hello.txt"))
+        .body("hello from fdfs up")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let j: serde_json::Value = r.json().await.unwrap();
+    let id = j["file_id"].as_str().unwrap();
+    let body = http
+        .get(format!("{gateway}/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, "hello from fdfs up");
+    let children = processes_mentioning(dir.to_str().unwrap());
+    assert!(
+        children.len() >= 5,
+        "expected the up process and its children: {children:?}"
+    );
+
+    // SIGTERM: every child stops, then `fdfs up` exits 0.
+    // SAFETY: plain syscall on our own child.
+    unsafe {
+        libc::kill(up.id() as i32, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(st) = up.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fdfs up did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let errs: Vec<String> = err_lines.try_iter().collect();
+    assert!(status.success(), "{status:?}; stderr: {errs:#?}");
+    assert!(errs.iter().any(|l| l.contains("stopped")), "{errs:#?}");
+    let left = processes_mentioning(dir.to_str().unwrap());
+    assert!(left.is_empty(), "children still running: {left:?}");
+}
