@@ -1,1 +1,224 @@
-//! fdfs storage.
+//! fdfs storage node: keeps a group's files on local store paths, serves them nginx-style, accepts uploads and
+//! metadata changes from the gateway on internal routes, and heartbeats to every tracker.
+//!
+//! Modules: [`store`] (the disk and the dedup index), [`api`] (internal `/v1` routes), [`serve`] (public
+//! downloads and the read proxy), [`heartbeat`] (tracker reports, peer list), [`replication`] (the hook the
+//! replication engine plugs into), [`cli`] (flags), [`error`].
+
+pub mod api;
+pub mod binlog;
+pub mod cli;
+pub mod error;
+pub mod heartbeat;
+pub mod replication;
+pub mod serve;
+pub mod store;
+pub mod sync;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::{middleware, Json, Router};
+use fdfs_common::config::Size;
+use fdfs_common::GroupName;
+use serde::Deserialize;
+use tower_http::trace::TraceLayer;
+
+pub use error::StorageError;
+pub use heartbeat::Peers;
+pub use replication::{NoReplication, Replication};
+pub use store::Store;
+
+/// Storage node configuration (TOML file, overridden by `FDFS_*` env and flags; see [`cli::Args`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to bind (used by [`cli::main`]; `run` takes an already bound listener).
+    pub listen: Option<String>,
+    /// Group this node belongs to.
+    pub group: GroupName,
+    /// Tracker addresses (`host:port` or a base URL); the node heartbeats to every one.
+    pub trackers: Vec<String>,
+    /// Store path roots, `M00` first. Store path 0 also holds the node state (`.fdfs/`).
+    pub store_paths: Vec<PathBuf>,
+    /// Base URL users download from; defaults to `http://<bound addr>`.
+    pub public_url: Option<String>,
+    /// Node id; defaults to crc32 of `group + "/" + address` (stable across restarts and wipes).
+    pub node_id: Option<u32>,
+    /// Milliseconds between heartbeats.
+    pub heartbeat_interval_ms: u64,
+    /// Shared secret required on internal routes (`x-fdfs-cluster-secret`) and sent to trackers.
+    pub cluster_secret: Option<String>,
+    /// Largest accepted upload; larger bodies get 413.
+    pub max_file_size: Size,
+    /// Members that must hold an upload before it is acknowledged (used by replication).
+    pub write_quorum: u32,
+    /// When set, public downloads need a FastDFS anti-leech token (`?token=&ts=`).
+    pub anti_leech_secret: Option<String>,
+    /// Lifetime of an anti-leech token.
+    pub token_ttl_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: None,
+            group: "group1".parse().expect("valid group name"),
+            trackers: Vec::new(),
+            store_paths: Vec::new(),
+            public_url: None,
+            node_id: None,
+            heartbeat_interval_ms: 2000,
+            cluster_secret: None,
+            max_file_size: Size::Bytes(16 << 30),
+            write_quorum: 2,
+            anti_leech_secret: None,
+            token_ttl_secs: 900,
+        }
+    }
+}
+
+/// Everything a request handler needs; shared as [`AppState`].
+pub struct Node {
+    pub config: Config,
+    pub group: GroupName,
+    pub node_id: u32,
+    /// `host:port` other processes reach this node at.
+    pub addr: String,
+    /// Base URL of public downloads, no trailing slash.
+    pub public_url: String,
+    /// Effective upload limit in bytes.
+    pub max_file_size: u64,
+    pub store: Arc<Store>,
+    /// The other members of the group, from the latest heartbeat replies.
+    pub peers: Arc<Peers>,
+    /// The replication hook (see [`replication`]).
+    pub replication: Arc<dyn Replication>,
+    /// Client for trackers and peers.
+    pub http: reqwest::Client,
+}
+
+/// Shared application state.
+pub type AppState = Arc<Node>;
+
+/// `host:port` part of a URL such as `http://host:port/prefix`.
+fn authority(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split('/').next().unwrap_or(rest)
+}
+
+/// Default node id: crc32 of `group/addr`.
+pub fn default_node_id(group: &GroupName, addr: &str) -> u32 {
+    crc32fast::hash(format!("{group}/{addr}").as_bytes())
+}
+
+/// Run a storage node on an already bound listener until `shutdown` resolves.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let bound = listener.local_addr()?;
+    let public_url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{bound}"))
+        .trim_end_matches('/')
+        .to_owned();
+    let addr = if config.public_url.is_some() {
+        authority(&public_url).to_owned()
+    } else {
+        bound.to_string()
+    };
+    let node_id = config
+        .node_id
+        .unwrap_or_else(|| default_node_id(&config.group, &addr));
+    let max_file_size = match config.max_file_size {
+        Size::Bytes(n) => n.min(fdfs_common::fileid::MAX_FILE_SIZE),
+        Size::Percent(_) => anyhow::bail!("max_file_size must be a size, not a percentage"),
+    };
+    anyhow::ensure!(
+        !config.store_paths.is_empty(),
+        "at least one --store-path is required"
+    );
+    let store = Store::open(
+        config.group.clone(),
+        config.store_paths.clone(),
+        max_file_size,
+    )
+    .await
+    .context("opening the store")?;
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .context("building the HTTP client")?;
+    let peers = Arc::new(Peers::default());
+
+    // >>> REPLICATION HOOK: install the replication engine (sync.rs) here, built from `store`, `peers`, `http`
+    // and `config`; it must implement `Replication`.
+    let replication: Arc<dyn Replication> = Arc::new(NoReplication);
+
+    let node = Arc::new(Node {
+        group: config.group.clone(),
+        config,
+        node_id,
+        addr,
+        public_url,
+        max_file_size,
+        store,
+        peers,
+        replication,
+        http,
+    });
+    tracing::info!(node_id, group = %node.group, public_url = %node.public_url, "storage node started");
+    let heartbeats = tokio::spawn(heartbeat::run(node.clone()));
+    let result = axum::serve(listener, router(node))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    heartbeats.abort();
+    let _ = heartbeats.await;
+    result.context("serving HTTP")
+}
+
+/// All routes of the storage node.
+pub fn router(node: AppState) -> Router {
+    let internal = Router::new()
+        .route(
+            "/v1/upload",
+            post(api::upload).layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/v1/files/{*file_id}",
+            get(api::file_info).delete(api::delete),
+        )
+        .route(
+            "/v1/meta/{*file_id}",
+            get(api::get_meta).put(api::put_meta).patch(api::patch_meta),
+        )
+        // >>> REPLICATION HOOK: merge the replica/sync routes (`/v1/replica/...`, `/v1/sync/...`) here so they
+        // sit behind the cluster secret.
+        .route_layer(middleware::from_fn_with_state(
+            node.clone(),
+            api::require_secret,
+        ));
+    Router::new()
+        .route("/health", get(health))
+        .merge(internal)
+        .route("/{*path}", get(serve::serve))
+        .fallback(api::not_found)
+        .with_state(node)
+        .layer(TraceLayer::new_for_http())
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "status": "ok",
+        "role": "storage",
+        "version": fdfs_common::VERSION,
+    }))
+}

@@ -1,0 +1,290 @@
+//! Internal `/v1` routes (cluster secret): upload, file info, delete, metadata. Each change is made durable
+//! through [`crate::store::Store`] first, then reported to the replication hook
+//! ([`crate::replication::Replication`]) before it is acknowledged.
+
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use fdfs_common::fileid::ext_from_filename;
+use fdfs_common::wire::{FileInfo, Metadata, UploadResult, CLUSTER_SECRET_HEADER};
+use fdfs_common::{content_type_for, FileId, FileName, NameInfo};
+use serde::Deserialize;
+
+use crate::error::{Result, StorageError};
+use crate::store::{Committed, MetaUpdate, META_SUFFIX};
+use crate::AppState;
+
+/// Constant-time byte comparison for secrets.
+fn secret_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Middleware: internal routes need `x-fdfs-cluster-secret` when a cluster secret is configured.
+pub async fn require_secret(State(node): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(secret) = &node.config.cluster_secret {
+        let ok = req
+            .headers()
+            .get(CLUSTER_SECRET_HEADER)
+            .is_some_and(|v| secret_eq(v.as_bytes(), secret.as_bytes()));
+        if !ok {
+            return StorageError::Unauthorized.into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// JSON 404 for unknown routes.
+pub async fn not_found() -> StorageError {
+    StorageError::NotFound("no such route".into())
+}
+
+fn parse_id(raw: &str, node: &AppState) -> Result<FileId> {
+    let id: FileId = raw.parse()?;
+    if id.group != node.group {
+        return Err(StorageError::BadRequest(format!(
+            "file {id} belongs to group {}, this node serves {}",
+            id.group, node.group
+        )));
+    }
+    Ok(id)
+}
+
+/// Query of `POST /v1/upload`.
+#[derive(Debug, Deserialize)]
+pub struct UploadQuery {
+    /// Store path index (default 0); ignored for slave files, which live next to their master.
+    pub store_path: Option<u8>,
+    /// Extension without the dot.
+    pub ext: Option<String>,
+    /// Master file ID, for a slave file (with `prefix`).
+    pub master: Option<String>,
+    /// Slave prefix such as `_150x150`.
+    pub prefix: Option<String>,
+    /// JSON object of string metadata.
+    pub meta: Option<String>,
+}
+
+fn parse_ext(ext: Option<&str>) -> Result<Option<String>> {
+    match ext.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(e) => match ext_from_filename(&format!("f.{e}")) {
+            Some(norm) if norm.eq_ignore_ascii_case(e) => Ok(Some(norm)),
+            _ => Err(StorageError::BadRequest(format!(
+                "invalid extension {e:?}: 1-6 characters of A-Z a-z 0-9"
+            ))),
+        },
+    }
+}
+
+/// `POST /v1/upload`: stream the raw body into the store and answer [`UploadResult`].
+pub async fn upload(
+    State(node): State<AppState>,
+    query: std::result::Result<Query<UploadQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<UploadResult>> {
+    let Query(q) = query.map_err(|e| StorageError::BadRequest(e.body_text()))?;
+    let ext = parse_ext(q.ext.as_deref())?;
+    let meta: Metadata = match q.meta.as_deref() {
+        None | Some("") => Metadata::new(),
+        Some(m) => serde_json::from_str(m).map_err(|e| {
+            StorageError::BadRequest(format!("meta must be a JSON object of strings: {e}"))
+        })?,
+    };
+    let slave = match (q.master.as_deref(), q.prefix.as_deref()) {
+        (None, None) => None,
+        (Some(master), Some(prefix)) => {
+            let master = parse_id(master, &node)?;
+            if master.name.prefix().is_some() {
+                return Err(StorageError::BadRequest(
+                    "a slave file cannot have slave files".into(),
+                ));
+            }
+            let id = master.slave(prefix, ext.as_deref())?;
+            if id.name.as_str().ends_with(META_SUFFIX) {
+                return Err(StorageError::BadRequest(format!(
+                    "slave names ending in {META_SUFFIX:?} are reserved"
+                )));
+            }
+            if !node.store.exists(&master).await? {
+                return Err(StorageError::NotFound(format!(
+                    "master file {master} is not on this node"
+                )));
+            }
+            if node.store.exists(&id).await? {
+                return Err(StorageError::Conflict(format!("slave file {id} exists")));
+            }
+            Some(id)
+        }
+        _ => {
+            return Err(StorageError::BadRequest(
+                "master and prefix go together".into(),
+            ))
+        }
+    };
+    let store_path = match &slave {
+        Some(id) => id.store_path,
+        None => q.store_path.unwrap_or(0),
+    };
+    if usize::from(store_path) >= node.store.store_path_count() {
+        return Err(StorageError::BadRequest(format!(
+            "store path {store_path} does not exist on this node"
+        )));
+    }
+    let limit = node.max_file_size;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(StorageError::TooLarge { limit });
+    }
+
+    let staged = node
+        .store
+        .receive(store_path, body.into_data_stream(), limit)
+        .await?;
+    let (size, crc32) = (staged.size, staged.crc32);
+    let id = match slave {
+        Some(id) => {
+            if node.store.commit(staged, &id, None).await? == Committed::AlreadyExists {
+                return Err(StorageError::Conflict(format!("slave file {id} exists")));
+            }
+            id
+        }
+        None => {
+            let info = NameInfo {
+                source_id: node.node_id,
+                created: u32::try_from(fdfs_common::time::unix_now()).unwrap_or(u32::MAX),
+                size,
+                crc32,
+            };
+            let (dir1, dir2) = node.store.pick_dirs();
+            let id = FileId {
+                group: node.group.clone(),
+                store_path,
+                dir1,
+                dir2,
+                name: FileName::generate(&info, ext.as_deref())?,
+            };
+            if node.store.commit(staged, &id, None).await? == Committed::AlreadyExists {
+                return Err(StorageError::Internal(format!(
+                    "generated name {id} collided with an existing file"
+                )));
+            }
+            id
+        }
+    };
+    if !meta.is_empty() {
+        node.store
+            .set_meta(&id, MetaUpdate::Replace(meta.clone()))
+            .await?;
+    }
+    // >>> REPLICATION HOOK (upload): the file is durable locally.
+    let replicas = node.replication.on_upload(&id, &meta).await?;
+    tracing::info!(file_id = %id, size, replicas, "stored");
+    Ok(Json(UploadResult {
+        url: format!("{}/{id}", node.public_url),
+        group: id.group.clone(),
+        size,
+        crc32: format!("{crc32:08x}"),
+        content_type: content_type_for(id.name.ext()).to_owned(),
+        filename: None,
+        replicas,
+        file_id: id,
+    }))
+}
+
+/// `GET /v1/files/{file_id}`: decoded ID, content type, metadata, and this node as the location.
+pub async fn file_info(
+    State(node): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<FileInfo>> {
+    let id = parse_id(&raw, &node)?;
+    let Some(stat) = node.store.stat(&id).await? else {
+        return Err(StorageError::NotFound(format!("no such file {id}")));
+    };
+    let metadata = node.store.get_meta(&id).await?.unwrap_or_default();
+    let mut info = FileInfo::decoded(&id);
+    // A slave's name carries its master's size; report what is stored.
+    info.size = stat.len();
+    info.metadata = metadata;
+    info.locations = vec![node.public_url.clone()];
+    Ok(Json(info))
+}
+
+/// `DELETE /v1/files/{file_id}`.
+pub async fn delete(
+    State(node): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<serde_json::Value>> {
+    let id = parse_id(&raw, &node)?;
+    if !node.store.remove(&id).await? {
+        return Err(StorageError::NotFound(format!("no such file {id}")));
+    }
+    // >>> REPLICATION HOOK (delete).
+    node.replication.on_delete(&id).await?;
+    tracing::info!(file_id = %id, "deleted");
+    Ok(Json(serde_json::json!({ "file_id": id, "deleted": true })))
+}
+
+/// `GET /v1/meta/{file_id}`.
+pub async fn get_meta(
+    State(node): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<Metadata>> {
+    let id = parse_id(&raw, &node)?;
+    match node.store.get_meta(&id).await? {
+        Some(m) => Ok(Json(m)),
+        None => Err(StorageError::NotFound(format!("no such file {id}"))),
+    }
+}
+
+async fn change_meta(node: &AppState, raw: &str, update: MetaUpdate) -> Result<Json<Metadata>> {
+    let id = parse_id(raw, node)?;
+    let meta = node.store.set_meta(&id, update).await?;
+    // >>> REPLICATION HOOK (metadata).
+    node.replication.on_meta(&id, &meta).await?;
+    Ok(Json(meta))
+}
+
+/// `PUT /v1/meta/{file_id}`: overwrite with a JSON object of strings.
+pub async fn put_meta(
+    State(node): State<AppState>,
+    Path(raw): Path<String>,
+    body: std::result::Result<Json<Metadata>, JsonRejection>,
+) -> Result<Json<Metadata>> {
+    let Json(meta) = body.map_err(|e| StorageError::BadRequest(e.body_text()))?;
+    change_meta(&node, &raw, MetaUpdate::Replace(meta)).await
+}
+
+/// `PATCH /v1/meta/{file_id}`: merge a JSON object; a `null` value deletes the key.
+pub async fn patch_meta(
+    State(node): State<AppState>,
+    Path(raw): Path<String>,
+    body: std::result::Result<Json<BTreeMap<String, Option<String>>>, JsonRejection>,
+) -> Result<Json<Metadata>> {
+    let Json(changes) = body.map_err(|e| StorageError::BadRequest(e.body_text()))?;
+    change_meta(&node, &raw, MetaUpdate::Merge(changes)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extensions() {
+        assert_eq!(parse_ext(None).unwrap(), None);
+        assert_eq!(parse_ext(Some("")).unwrap(), None);
+        assert_eq!(parse_ext(Some("JPG")).unwrap().as_deref(), Some("jpg"));
+        assert!(parse_ext(Some("tar.gz")).is_err());
+        assert!(parse_ext(Some("toolong1")).is_err());
+        assert!(parse_ext(Some("a/b")).is_err());
+    }
+}

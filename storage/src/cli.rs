@@ -1,0 +1,104 @@
+//! Command-line flags of `fdfs-storage` (also flattened into `fdfs storage`), merged over the TOML config.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use fdfs_common::config::Size;
+use fdfs_common::GroupName;
+
+use crate::Config;
+
+/// Flags and `FDFS_*` environment variables; each overrides the config file.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Args {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "FDFS_LISTEN")]
+    pub listen: Option<String>,
+    /// Group this node belongs to.
+    #[arg(long, env = "FDFS_GROUP")]
+    pub group: Option<GroupName>,
+    /// Tracker addresses, comma separated or repeated.
+    #[arg(long = "tracker", env = "FDFS_TRACKER", value_delimiter = ',')]
+    pub trackers: Option<Vec<String>>,
+    /// Store path directories (M00 first), comma separated or repeated.
+    #[arg(long = "store-path", env = "FDFS_STORE_PATH", value_delimiter = ',')]
+    pub store_paths: Option<Vec<PathBuf>>,
+    /// Base URL users download from (default `http://<bound addr>`).
+    #[arg(long, env = "FDFS_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// TOML config file.
+    #[arg(long, env = "FDFS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Node id (default: crc32 of group/address).
+    #[arg(long, env = "FDFS_NODE_ID")]
+    pub node_id: Option<u32>,
+    /// Milliseconds between heartbeats.
+    #[arg(long, env = "FDFS_HEARTBEAT_INTERVAL_MS")]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// Shared secret of internal routes.
+    #[arg(long, env = "FDFS_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// Largest accepted upload, e.g. `16GiB`.
+    #[arg(long, env = "FDFS_MAX_FILE_SIZE")]
+    pub max_file_size: Option<Size>,
+    /// Members that must hold an upload before it is acknowledged.
+    #[arg(long, env = "FDFS_WRITE_QUORUM")]
+    pub write_quorum: Option<u32>,
+    /// Anti-leech token secret (downloads need `?token=&ts=` when set).
+    #[arg(long, env = "FDFS_ANTI_LEECH_SECRET", hide_env_values = true)]
+    pub anti_leech_secret: Option<String>,
+    /// Anti-leech token lifetime in seconds.
+    #[arg(long, env = "FDFS_TOKEN_TTL_SECS")]
+    pub token_ttl_secs: Option<u64>,
+}
+
+impl Args {
+    /// Apply the flags over a config loaded from the file.
+    pub fn apply(self, mut c: Config) -> Config {
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { c.$f = v; } )* };
+        }
+        macro_rules! set_opt {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { c.$f = Some(v); } )* };
+        }
+        set!(
+            group,
+            trackers,
+            store_paths,
+            heartbeat_interval_ms,
+            max_file_size,
+            write_quorum,
+            token_ttl_secs
+        );
+        set_opt!(
+            listen,
+            public_url,
+            node_id,
+            cluster_secret,
+            anti_leech_secret
+        );
+        c
+    }
+}
+
+/// Load the config, bind, print `listening on ADDR`, serve until ctrl-c / SIGTERM.
+pub async fn main(args: Args) -> anyhow::Result<()> {
+    fdfs_common::telemetry::init();
+    let file: Config = fdfs_common::config::load(args.config.as_deref())?;
+    let config = args.apply(file);
+    let listen = config
+        .listen
+        .clone()
+        .unwrap_or_else(|| "127.0.0.1:23000".to_owned());
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let addr = listener.local_addr()?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on {addr}")?;
+        out.flush()?;
+    }
+    crate::run(listener, config, fdfs_common::shutdown_signal()).await
+}

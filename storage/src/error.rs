@@ -1,0 +1,105 @@
+//! The storage node's one error type, its HTTP status mapping and its JSON rendering.
+
+use std::io;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use fdfs_common::error::code_for;
+use fdfs_common::error_response;
+
+/// Everything that can go wrong in the storage node.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("missing or wrong cluster secret")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(#[from] fdfs_common::token::TokenError),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("precondition failed")]
+    PreconditionFailed,
+    #[error("body exceeds the maximum file size of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("no space left on the store path")]
+    InsufficientStorage,
+    #[error("upload body aborted: {0}")]
+    BodyAborted(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("i/o error: {0}")]
+    Io(#[source] io::Error),
+    #[error("index error: {0}")]
+    Db(#[from] sled::Error),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Result alias for the crate.
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+impl From<io::Error> for StorageError {
+    fn from(e: io::Error) -> Self {
+        match e.kind() {
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
+                StorageError::InsufficientStorage
+            }
+            _ => StorageError::Io(e),
+        }
+    }
+}
+
+impl From<fdfs_common::IdError> for StorageError {
+    fn from(e: fdfs_common::IdError) -> Self {
+        StorageError::BadRequest(e.to_string())
+    }
+}
+
+impl From<tokio::task::JoinError> for StorageError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        StorageError::Internal(format!("blocking task failed: {e}"))
+    }
+}
+
+impl StorageError {
+    /// HTTP status of the error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            StorageError::BadRequest(_) | StorageError::BodyAborted(_) => StatusCode::BAD_REQUEST,
+            StorageError::Unauthorized => StatusCode::UNAUTHORIZED,
+            StorageError::Forbidden(_) => StatusCode::FORBIDDEN,
+            StorageError::NotFound(_) => StatusCode::NOT_FOUND,
+            StorageError::Conflict(_) => StatusCode::CONFLICT,
+            StorageError::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            StorageError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            StorageError::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
+            StorageError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            StorageError::Io(_) | StorageError::Db(_) | StorageError::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+}
+
+impl IntoResponse for StorageError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let code = match &self {
+            StorageError::BodyAborted(_) => "body_aborted",
+            StorageError::PreconditionFailed => "precondition_failed",
+            _ => code_for(status),
+        };
+        if status.is_server_error() && status != StatusCode::INSUFFICIENT_STORAGE {
+            tracing::error!(error = %self, "request failed");
+            let message = match self {
+                StorageError::Unavailable(m) => m,
+                _ => "internal error".to_owned(),
+            };
+            return error_response(status, code, message);
+        }
+        error_response(status, code, self.to_string())
+    }
+}
