@@ -304,3 +304,39 @@ async fn fails_over_to_a_live_tracker() {
     let r = c.get(gw.url(&format!("/{SOME_ID}"))).send().await.unwrap();
     assert_eq!(error_of(r).await.0, 404);
 }
+
+#[tokio::test]
+async fn stalled_body_is_cut_with_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = gateway(Config {
+        body_timeout_secs: 1,
+        ..config(vec![closed_addr()])
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let part = "--XYZ\r\nContent-Disposition: form-data; name=\"meta.a\"\r\n\r\nval";
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nhost: x\r\ncontent-type: multipart/form-data; boundary=XYZ\r\ncontent-length: 1000\r\n\r\n{part}"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    // Send nothing more; the gateway must answer on its own, within a bounded time.
+    let mut buf = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = s.read(&mut chunk).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.ends_with(b"}") {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("gateway answered a stalled body");
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("request_timeout"), "{text}");
+}
