@@ -4,6 +4,7 @@
 //! Each locates the file's group through a tracker first; the members come back best first (holders, then
 //! members that would proxy the read).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -221,26 +222,49 @@ pub async fn get_meta(
     Ok(Json(meta))
 }
 
-/// `PUT /meta/{file_id}` (overwrite) and `PATCH /meta/{file_id}` (merge).
-pub async fn set_meta(
+/// `PUT /meta/{file_id}`: replace the metadata with a JSON object of strings.
+pub async fn put_meta(
     State(app): State<Arc<App>>,
-    method: Method,
     Path(raw): Path<String>,
     headers: HeaderMap,
     body: Result<Json<Metadata>, JsonRejection>,
 ) -> Result<Json<Metadata>> {
     app.check_api_key(&headers)?;
     let id = parse_id(&raw)?;
-    let Json(meta) = body.map_err(|e| {
-        GatewayError::BadRequest(format!(
-            "metadata must be a JSON object of strings: {}",
-            e.body_text()
-        ))
-    })?;
-    let addrs = app.member_addrs(&id).await?;
+    let Json(meta) = body.map_err(|e| meta_body_error("strings", &e))?;
+    write_meta(&app, Method::PUT, &id, &meta).await
+}
+
+/// `PATCH /meta/{file_id}`: merge a JSON object of strings; a `null` value removes the key.
+pub async fn patch_meta(
+    State(app): State<Arc<App>>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<BTreeMap<String, Option<String>>>, JsonRejection>,
+) -> Result<Json<Metadata>> {
+    app.check_api_key(&headers)?;
+    let id = parse_id(&raw)?;
+    let Json(changes) = body.map_err(|e| meta_body_error("strings or nulls", &e))?;
+    write_meta(&app, Method::PATCH, &id, &changes).await
+}
+
+fn meta_body_error(what: &str, e: &JsonRejection) -> GatewayError {
+    GatewayError::BadRequest(format!(
+        "metadata must be a JSON object of {what}: {}",
+        e.body_text()
+    ))
+}
+
+async fn write_meta(
+    app: &App,
+    method: Method,
+    id: &FileId,
+    body: &(impl serde::Serialize + Sync),
+) -> Result<Json<Metadata>> {
+    let addrs = app.member_addrs(id).await?;
     let meta = app
         .storage
-        .on_holder(&addrs, method, &format!("/v1/meta/{id}"), Some(&meta))
+        .on_holder(&addrs, method, &format!("/v1/meta/{id}"), Some(body))
         .await?;
     Ok(Json(meta))
 }

@@ -149,8 +149,8 @@ pub fn router(config: Config) -> Result<Router, StartError> {
         .route(
             "/meta/{*file_id}",
             get(files::get_meta)
-                .put(files::set_meta)
-                .patch(files::set_meta),
+                .put(files::put_meta)
+                .patch(files::patch_meta),
         )
         .route(
             "/{*file_id}",

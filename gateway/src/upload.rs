@@ -6,9 +6,9 @@
 //! with an error (never a clean end), so the storage node discards its partial file.
 //!
 //! Multipart fields are state that accumulates in order: `group`, `meta.<key>`, `master_file_id` and `prefix`
-//! apply to every file part that follows them. `meta.*` fields after the last file part are applied to every
-//! file of the request with a follow-up metadata PUT. Other fields after the last file part, and fields with
-//! unknown names, are ignored.
+//! apply to every file part that follows them. `meta.*` fields after the last file part are applied to that
+//! last file with a follow-up metadata PUT (its whole accumulated metadata). Other fields after the last file
+//! part, and fields with unknown names, are ignored.
 
 use std::sync::Arc;
 
@@ -347,7 +347,7 @@ pub(crate) async fn multipart_upload(
         ));
     }
     if trailing_meta {
-        for (result, addr) in &uploaded {
+        if let Some((result, addr)) = uploaded.last() {
             let path = format!("/v1/meta/{}", result.file_id);
             let _: Metadata = app
                 .storage

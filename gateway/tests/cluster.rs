@@ -92,6 +92,13 @@ async fn multipart_upload_download_info_meta_delete() {
         json!({"author": "ann", "width": "640"})
     );
     let r = c
+        .patch(gw.url(&format!("/meta/{id}")))
+        .json(&json!({"author": null}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"width": "640"}));
+    let r = c
         .put(gw.url(&format!("/meta/{id}")))
         .json(&json!({"only": "this"}))
         .send()
@@ -147,7 +154,12 @@ async fn several_file_parts_and_trailing_meta() {
     assert_eq!(files[0]["filename"], "a.bin");
     assert_eq!(files[1]["filename"], "notes.txt");
     assert!(files[1]["file_id"].as_str().unwrap().ends_with(".txt"));
-    for (f, data) in files.iter().zip([&a, &b]) {
+    // Fields accumulate; the trailing meta field lands on the last file.
+    let expected = [
+        json!({"kind": "batch"}),
+        json!({"kind": "batch", "late": "yes"}),
+    ];
+    for ((f, data), want) in files.iter().zip([&a, &b]).zip(expected) {
         let id = f["file_id"].as_str().unwrap();
         assert!(download(&c, gw, id).await.1 == *data);
         let meta: Value = c
@@ -158,7 +170,7 @@ async fn several_file_parts_and_trailing_meta() {
             .json()
             .await
             .unwrap();
-        assert_eq!(meta, json!({"kind": "batch", "late": "yes"}), "{id}");
+        assert_eq!(meta, want, "{id}");
     }
 }
 
