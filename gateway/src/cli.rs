@@ -92,6 +92,7 @@ impl Args {
 /// Run the gateway until ctrl-c / SIGTERM.
 pub async fn main(args: Args) -> anyhow::Result<()> {
     let config = args.config()?;
+    config.validate()?;
     fdfs_common::telemetry::init();
     let listen = config
         .listen

@@ -81,6 +81,17 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// Check what can be checked before binding: trackers configured, CORS origins valid.
+    pub fn validate(&self) -> Result<(), StartError> {
+        if self.trackers.is_empty() {
+            return Err(StartError::NoTracker);
+        }
+        cors_layer(&self.cors_origins)?;
+        Ok(())
+    }
+}
+
 fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     match fdfs_common::config::Size::deserialize(d)? {
         fdfs_common::config::Size::Bytes(n) => Ok(n),
@@ -119,9 +130,7 @@ pub enum StartError {
 
 /// The gateway's routes with their layers.
 pub fn router(config: Config) -> Result<Router, StartError> {
-    if config.trackers.is_empty() {
-        return Err(StartError::NoTracker);
-    }
+    config.validate()?;
     let timeout = Duration::from_secs(config.request_timeout_secs.max(1));
     let app = Arc::new(App {
         tracker: tracker::TrackerClient::new(

@@ -280,16 +280,11 @@ async fn uploads_over_the_limit_are_413() {
         .unwrap();
     assert_eq!(r.status(), 200);
     // Nothing of the refused uploads was kept.
-    let view: Value = c
-        .get(gw.url("/cluster"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let count = view["groups"][0]["members"][0]["file_count"].as_u64();
-    assert!(count.is_none_or(|n| n <= 1), "{view}");
+    assert_eq!(
+        files_under(&cl.dirs[0].path().join("data")),
+        1,
+        "only the accepted upload is kept"
+    );
 }
 
 #[tokio::test]
@@ -511,4 +506,108 @@ async fn slave_files_sit_next_to_their_master() {
     let stem = master.strip_suffix(".jpg").unwrap();
     assert_eq!(slave, format!("{stem}_150x150.jpg"));
     assert_eq!(download(&c, gw, &slave).await.1, b"thumb");
+}
+
+#[tokio::test]
+async fn stalled_uploads_and_dead_storage_get_clean_errors() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut cl = cluster(Setup {
+        gateway: Box::new(|c| c.body_timeout_secs = 1),
+        ..Setup::default()
+    })
+    .await;
+    let c = client();
+    // A raw upload whose body stops half way: 408, and the storage node keeps nothing.
+    let mut s = tokio::net::TcpStream::connect(cl.gateway.addr)
+        .await
+        .unwrap();
+    let head = "PUT /upload/slow.bin HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n";
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&[5u8; 20_000]).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(15), async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = s.read(&mut chunk).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if buf.ends_with(b"}") {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("gateway answered a stalled upload");
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert_eq!(
+        files_under(&cl.dirs[0].path().join("data")),
+        0,
+        "partial upload kept"
+    );
+
+    // The only storage node goes away: uploads and downloads fail with a clean 502/503, never a 500.
+    let r = c
+        .put(cl.gateway.url("/upload/x.txt"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    let id = r.json::<Value>().await.unwrap()["file_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    drop(cl.storages.pop());
+    let gw = cl.gateway.url("");
+    common::eventually(15, "upload to a dead storage node fails cleanly", || {
+        let c = c.clone();
+        let gw = gw.clone();
+        async move {
+            let r = c
+                .put(format!("{gw}/upload/x.txt"))
+                .body("x")
+                .send()
+                .await
+                .ok()?;
+            if r.status() == 200 {
+                return None; // not stopped yet
+            }
+            let (status, code) = error_of(r).await;
+            assert!(
+                matches!(
+                    (status, code.as_str()),
+                    (502, "bad_gateway") | (503, "no_storage")
+                ),
+                "{status} {code}"
+            );
+            Some(())
+        }
+    })
+    .await;
+    let r = c
+        .get(cl.gateway.url(&format!("/info/{id}")))
+        .send()
+        .await
+        .unwrap();
+    let (status, _) = error_of(r).await;
+    assert!(status == 502 || status == 503, "{status}");
+}
+
+/// Regular files below `dir`.
+fn files_under(dir: &std::path::Path) -> usize {
+    let mut n = 0;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                n += 1;
+            }
+        }
+    }
+    n
 }
