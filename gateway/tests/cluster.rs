@@ -611,3 +611,51 @@ fn files_under(dir: &std::path::Path) -> usize {
     }
     n
 }
+
+#[tokio::test]
+async fn cluster_secret_is_sent_upstream() {
+    let cl = cluster(Setup {
+        tracker: Box::new(|c| c.cluster_secret = Some("inside".into())),
+        storage: Box::new(|c| c.cluster_secret = Some("inside".into())),
+        gateway: Box::new(|c| c.cluster_secret = Some("inside".into())),
+        ..Setup::default()
+    })
+    .await;
+    let c = client();
+    let r = c
+        .put(cl.gateway.url("/upload/s.txt"))
+        .body("secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.json::<Value>().await.unwrap()["file_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(download(&c, &cl.gateway, &id).await.1, b"secret");
+    let meta: Value = c
+        .get(cl.gateway.url(&format!("/meta/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(meta, json!({}));
+
+    // A gateway with the wrong secret: the refusal is the operator's problem, reported as 502, not 401.
+    let wrong = common::gateway(fdfs_gateway::Config {
+        trackers: vec![cl.tracker.addr.to_string()],
+        cluster_secret: Some("outside".into()),
+        ..fdfs_gateway::Config::default()
+    })
+    .await;
+    let r = c
+        .put(wrong.url("/upload/s.txt"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(r).await, (502, "bad_gateway".to_owned()));
+}

@@ -140,6 +140,7 @@ pub struct Setup {
     pub members: usize,
     pub gateway: Box<dyn FnOnce(&mut fdfs_gateway::Config)>,
     pub storage: Box<dyn Fn(&mut fdfs_storage::Config)>,
+    pub tracker: Box<dyn FnOnce(&mut fdfs_tracker::Config)>,
     /// Put a closed tracker address first in the gateway's list.
     pub dead_tracker_first: bool,
 }
@@ -150,18 +151,20 @@ impl Default for Setup {
             members: 1,
             gateway: Box::new(|_| {}),
             storage: Box::new(|_| {}),
+            tracker: Box::new(|_| {}),
             dead_tracker_first: false,
         }
     }
 }
 
 pub async fn cluster(setup: Setup) -> Cluster {
-    let tracker = tracker(fdfs_tracker::Config {
+    let mut tc = fdfs_tracker::Config {
         // Test disks may be nearly full; keep no space in reserve.
         reserved_storage_space: fdfs_common::config::Size::Bytes(0),
         ..fdfs_tracker::Config::default()
-    })
-    .await;
+    };
+    (setup.tracker)(&mut tc);
+    let tracker = tracker(tc).await;
     let mut dirs = Vec::new();
     let mut storages = Vec::new();
     for _ in 0..setup.members {
