@@ -102,3 +102,50 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
     }
     crate::run(listener, config, fdfs_common::shutdown_signal()).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("storage.toml");
+        std::fs::write(
+            &file,
+            "group = \"g7\"\ntrackers = [\"t1:1\"]\nstore_paths = [\"/a\"]\nmax_file_size = \"1MiB\"\n\
+             heartbeat_interval_ms = 50\n",
+        )
+        .unwrap();
+        let cfg: Config = fdfs_common::config::load(Some(&file)).unwrap();
+        assert_eq!(cfg.max_file_size, Size::Bytes(1 << 20));
+        assert_eq!(cfg.token_ttl_secs, 900);
+        let cli = Cli::parse_from([
+            "x",
+            "--tracker",
+            "t2:2,t3:3",
+            "--store-path",
+            "/b",
+            "--store-path",
+            "/c",
+            "--max-file-size",
+            "2GiB",
+        ]);
+        let cfg = cli.args.apply(cfg);
+        assert_eq!(cfg.group.as_str(), "g7");
+        assert_eq!(cfg.trackers, ["t2:2", "t3:3"]);
+        assert_eq!(cfg.store_paths, [PathBuf::from("/b"), PathBuf::from("/c")]);
+        assert_eq!(cfg.max_file_size, Size::Bytes(2 << 30));
+        assert_eq!(cfg.heartbeat_interval_ms, 50);
+
+        std::fs::write(&file, "grup = \"typo\"\n").unwrap();
+        assert!(fdfs_common::config::load::<Config>(Some(&file)).is_err());
+    }
+}
