@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use fdfs_common::FileId;
 
@@ -379,9 +379,9 @@ impl Binlog {
     }
 
     /// A reader positioned after record `after` (0 = from the oldest record on disk).
-    pub fn reader(&self, after: u64) -> Reader<'_> {
+    pub fn reader(self: &Arc<Self>, after: u64) -> Reader {
         Reader {
-            log: self,
+            log: self.clone(),
             after,
             open: None,
         }
@@ -389,8 +389,8 @@ impl Binlog {
 }
 
 /// Reads records in order; keeps its segment open between calls so that following the log is cheap.
-pub struct Reader<'a> {
-    log: &'a Binlog,
+pub struct Reader {
+    log: Arc<Binlog>,
     /// Last sequence number returned (or skipped to).
     after: u64,
     open: Option<OpenSegment>,
@@ -402,7 +402,7 @@ struct OpenSegment {
     offset: u64,
 }
 
-impl Reader<'_> {
+impl Reader {
     /// Sequence number of the last record returned.
     pub fn position(&self) -> u64 {
         self.after
@@ -543,7 +543,7 @@ mod tests {
         }
     }
 
-    fn read_all(log: &Binlog, after: u64) -> Vec<Record> {
+    fn read_all(log: &Arc<Binlog>, after: u64) -> Vec<Record> {
         let mut r = log.reader(after);
         let mut out = Vec::new();
         loop {
@@ -558,7 +558,7 @@ mod tests {
     #[test]
     fn append_read_back_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let log = Binlog::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
+        let log = Arc::new(Binlog::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap());
         assert_eq!(log.last_seq(), 0);
         assert!(read_all(&log, 0).is_empty());
         let ops = [Op::Upload, Op::Meta, Op::Delete];
@@ -584,7 +584,7 @@ mod tests {
         drop(follower);
         drop(log);
 
-        let log = Binlog::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
+        let log = Arc::new(Binlog::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap());
         assert_eq!(log.last_seq(), 31);
         assert_eq!(log.append(Op::Delete, &id(100)).unwrap().seq, 32);
         assert_eq!(read_all(&log, 0).len(), 32);
@@ -594,7 +594,7 @@ mod tests {
     fn torn_and_corrupt_tails_are_truncated() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let log = Binlog::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
+            let log = Arc::new(Binlog::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap());
             for n in 0..5 {
                 log.append(Op::Upload, &id(n)).unwrap();
             }
@@ -613,7 +613,7 @@ mod tests {
         f.write_all(&frame[..frame.len() / 2]).unwrap();
         drop(f);
         {
-            let log = Binlog::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
+            let log = Arc::new(Binlog::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap());
             assert_eq!(log.last_seq(), 5);
             assert_eq!(fs::metadata(&seg).unwrap().len(), good);
             assert_eq!(log.append(Op::Delete, &id(6)).unwrap().seq, 6);
@@ -624,7 +624,7 @@ mod tests {
         let last = bytes.len() - 3;
         bytes[last] ^= 0x40;
         fs::write(&seg, &bytes).unwrap();
-        let log = Binlog::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
+        let log = Arc::new(Binlog::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap());
         assert_eq!(log.last_seq(), 5);
         assert_eq!(fs::metadata(&seg).unwrap().len(), good);
         let all = read_all(&log, 0);
@@ -636,7 +636,7 @@ mod tests {
     fn segments_roll_and_prune() {
         let dir = tempfile::tempdir().unwrap();
         // ~85-byte records, 300-byte segments: a new segment every 4 records.
-        let log = Binlog::open(dir.path(), 300).unwrap();
+        let log = Arc::new(Binlog::open(dir.path(), 300).unwrap());
         for n in 0..20 {
             log.append(Op::Upload, &id(n)).unwrap();
         }
@@ -660,7 +660,7 @@ mod tests {
         log.prune(20).unwrap();
         assert_eq!(log.segment_count(), 1);
         drop(log);
-        let log = Binlog::open(dir.path(), 300).unwrap();
+        let log = Arc::new(Binlog::open(dir.path(), 300).unwrap());
         assert_eq!(log.last_seq(), 20);
         assert_eq!(log.append(Op::Delete, &id(1)).unwrap().seq, 21);
         assert_eq!(read_all(&log, 20).len(), 1);

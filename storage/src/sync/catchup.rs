@@ -1,0 +1,242 @@
+//! Listing catch-up: copy every file an active peer has and this node lacks, and apply the peer's tombstones.
+//!
+//! A new or wiped member (no synced marker) runs it before it reports itself synced; until then its heartbeats
+//! say `syncing: true` and the tracker neither assigns uploads to it nor offers it for reads. Every other start
+//! runs it in the background too, for files whose source died while this node was away (peers' workers push
+//! only their own binlogs). Files are fetched with bounded concurrency; a failed page is retried from the same
+//! cursor, on another active peer if need be. The rate is logged and kept in [`CatchupReport`].
+//!
+//! A node with no active peer decides it is the group's seed (and marks itself synced) only when no peer can
+//! hold data it lacks: every peer is syncing or offline without files, and it has the lowest id among the
+//! syncing ones. Otherwise it waits (FastDFS could get stuck in WAIT_SYNC; here the only wait is for a member
+//! that actually has the data).
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use fdfs_common::wire::{MemberInfo, MemberState};
+use fdfs_common::FileId;
+use futures_util::stream::{self, StreamExt};
+
+use super::client::{self, PushError};
+use super::routes::ListPage;
+use super::{metrics, SyncEngine};
+use crate::error::Result;
+
+/// Files per listing page.
+const PAGE: usize = 1000;
+/// Attempts per file within one page.
+const FETCH_ATTEMPTS: u32 = 3;
+
+/// Outcome of one catch-up pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CatchupReport {
+    /// Files listed by the peer.
+    pub listed: u64,
+    /// Files copied.
+    pub files: u64,
+    pub bytes: u64,
+    /// Tombstones applied (files removed here).
+    pub removed: u64,
+    pub seconds: f64,
+}
+
+impl CatchupReport {
+    pub fn files_per_second(&self) -> f64 {
+        self.files as f64 / self.seconds.max(1e-9)
+    }
+    pub fn megabytes_per_second(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.seconds.max(1e-9)
+    }
+}
+
+/// The catch-up task. `initial`: this node has no synced marker and must catch up before it serves.
+pub async fn run(engine: SyncEngine, initial: bool) {
+    let grace = engine.config.heartbeat_interval * 3 + Duration::from_secs(1);
+    let started = Instant::now();
+    let mut after = String::new();
+    let mut report = CatchupReport::default();
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let peers = engine.peer_list();
+        if peers.is_empty() {
+            if started.elapsed() >= grace {
+                if initial {
+                    tracing::info!("no other member in the group: this node is its seed");
+                    finish(&engine).await;
+                }
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        let active = engine.active_peers();
+        let Some(source) = active.first().cloned() else {
+            if initial && may_seed(&engine, &peers) {
+                tracing::info!(
+                    "no member holds data this node lacks: this node is the group's seed"
+                );
+                finish(&engine).await;
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        let t0 = Instant::now();
+        match pass(&engine, &source, &mut after, &mut report).await {
+            Ok(()) => {
+                report.seconds += t0.elapsed().as_secs_f64();
+                tracing::info!(
+                    peer = source.node_id,
+                    listed = report.listed,
+                    files = report.files,
+                    bytes = report.bytes,
+                    removed = report.removed,
+                    seconds = report.seconds,
+                    files_per_second = report.files_per_second(),
+                    mb_per_second = report.megabytes_per_second(),
+                    "catch-up done"
+                );
+                metrics::catchup_done(&report);
+                engine.set_last_catchup(report);
+                if initial {
+                    finish(&engine).await;
+                }
+                return;
+            }
+            Err(e) => {
+                report.seconds += t0.elapsed().as_secs_f64();
+                tracing::warn!(peer = source.node_id, error = %e, cursor = %after, "catch-up interrupted; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Mark synced, retrying until the disk lets us.
+async fn finish(engine: &SyncEngine) {
+    loop {
+        match engine.mark_synced().await {
+            Ok(()) => {
+                tracing::info!("member synced");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "writing the synced marker");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+fn may_seed(engine: &SyncEngine, peers: &[MemberInfo]) -> bool {
+    let me = engine.config.node_id;
+    peers.iter().all(|p| match p.state {
+        MemberState::Active => false,
+        MemberState::Offline => p.file_count == 0,
+        MemberState::Syncing => p.node_id > me,
+    })
+}
+
+/// Page through `source`'s listing from `after`, fetching what is missing here and applying tombstones.
+async fn pass(
+    engine: &SyncEngine,
+    source: &MemberInfo,
+    after: &mut String,
+    report: &mut CatchupReport,
+) -> std::result::Result<(), PushError> {
+    loop {
+        let page = client::list(engine, source, after, PAGE).await?;
+        report.listed += page.files.len() as u64;
+        apply_page(engine, source, &page, report).await?;
+        match page.next {
+            Some(next) => *after = next,
+            None => return Ok(()),
+        }
+    }
+}
+
+async fn apply_page(
+    engine: &SyncEngine,
+    source: &MemberInfo,
+    page: &ListPage,
+    report: &mut CatchupReport,
+) -> std::result::Result<(), PushError> {
+    // Tombstones first: record them, remove our copies.
+    let tombs: Vec<FileId> = page
+        .tombstones
+        .iter()
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    if !tombs.is_empty() {
+        let e = engine.clone();
+        let removed = tokio::task::spawn_blocking(move || -> Result<u64> {
+            let mut removed = 0;
+            for id in &tombs {
+                e.tombstones.add(id)?;
+                if e.store.remove_blocking(id)? {
+                    removed += 1;
+                }
+            }
+            Ok(removed)
+        })
+        .await
+        .map_err(crate::error::StorageError::from)??;
+        report.removed += removed;
+    }
+    // Which listed files are missing here (one blocking pass per page).
+    let e = engine.clone();
+    let listed: Vec<(String, bool)> = page.files.iter().map(|f| (f.id.clone(), f.meta)).collect();
+    let missing = tokio::task::spawn_blocking(move || -> Result<Vec<(FileId, bool)>> {
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        for (raw, meta) in listed {
+            let Ok(id) = raw.parse::<FileId>() else {
+                continue;
+            };
+            if !seen.insert(raw) || e.tombstones.contains(&id) {
+                continue;
+            }
+            if e.store.stat_blocking(&id)?.is_none() {
+                out.push((id, meta));
+            }
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(crate::error::StorageError::from)??;
+    let results: Vec<std::result::Result<Option<u64>, PushError>> = stream::iter(missing)
+        .map(|(id, meta)| async move {
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                match client::fetch(engine, source, &id, meta).await {
+                    Err(PushError::Retry(e)) if attempt < FETCH_ATTEMPTS => {
+                        tracing::debug!(file_id = %id, error = %e, "fetch failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                    }
+                    Err(PushError::Rejected(e)) => {
+                        tracing::warn!(file_id = %id, error = %e, "cannot copy a listed file; skipping it");
+                        return Ok(None);
+                    }
+                    Err(PushError::Local(e)) if e.status().is_client_error() => {
+                        tracing::warn!(file_id = %id, error = %e, "a listed file does not fit here; skipping it");
+                        return Ok(None);
+                    }
+                    r => return r,
+                }
+            }
+        })
+        .buffer_unordered(engine.config.catchup_concurrency.max(1))
+        .collect()
+        .await;
+    for r in results {
+        if let Some(bytes) = r? {
+            report.files += 1;
+            report.bytes += bytes;
+            metrics::fetched(bytes);
+        }
+    }
+    Ok(())
+}

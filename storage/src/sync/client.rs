@@ -1,0 +1,284 @@
+//! Calls to a peer's replication routes (see [`super::routes`]): push a file (skipping the body when the peer
+//! has it), a delete, metadata; read a listing page; fetch a file into the local store. Every request carries
+//! the cluster secret.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use fdfs_common::wire::{MemberInfo, Metadata, CLUSTER_SECRET_HEADER, MTIME_HEADER, ORIGIN_HEADER};
+use fdfs_common::FileId;
+use futures_util::Stream;
+use reqwest::{Method, RequestBuilder, StatusCode};
+use tokio::io::AsyncReadExt;
+
+use super::routes::ListPage;
+use super::SyncEngine;
+use crate::error::{Result, StorageError};
+use crate::store::Committed;
+
+/// Timeout of small requests (HEAD, DELETE, metadata, listing pages).
+const SMALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// Read size when streaming a file to a peer.
+const CHUNK: usize = 256 * 1024;
+
+/// Why a push did not go through.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    /// Worth retrying later: the peer is down, busy, or failed.
+    #[error("peer unavailable: {0}")]
+    Retry(String),
+    /// Retrying cannot help (the peer refuses this record for good, e.g. 400).
+    #[error("peer rejected the record: {0}")]
+    Rejected(String),
+    /// Our own side failed (local disk).
+    #[error("local error: {0}")]
+    Local(#[from] StorageError),
+}
+
+impl From<reqwest::Error> for PushError {
+    fn from(e: reqwest::Error) -> Self {
+        PushError::Retry(e.to_string())
+    }
+}
+
+/// What happened to a pushed upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// The body was sent (`bytes`).
+    Sent(u64),
+    /// The peer already had the file (or deleted it): no body sent.
+    Skipped,
+    /// The file is no longer here (deleted since); nothing to push.
+    Gone,
+}
+
+fn base(peer: &MemberInfo) -> String {
+    format!("http://{}", peer.addr)
+}
+
+fn request(engine: &SyncEngine, method: Method, url: String) -> RequestBuilder {
+    let mut rb = engine
+        .http
+        .request(method, url)
+        .header(ORIGIN_HEADER, engine.config.node_id.to_string());
+    if let Some(secret) = &engine.config.cluster_secret {
+        rb = rb.header(CLUSTER_SECRET_HEADER, secret);
+    }
+    rb
+}
+
+/// Map a status to the push outcome: success, retry (5xx, 401, 408, 429) or a permanent rejection.
+fn check(status: StatusCode, what: &str) -> Result<(), PushError> {
+    if status.is_success() {
+        return Ok(());
+    }
+    let msg = format!("{what}: {status}");
+    if status.is_server_error()
+        || matches!(
+            status,
+            StatusCode::UNAUTHORIZED | StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS
+        )
+    {
+        Err(PushError::Retry(msg))
+    } else {
+        Err(PushError::Rejected(msg))
+    }
+}
+
+/// Stream a local file as a request body, in [`CHUNK`] pieces.
+pub(crate) fn file_stream(
+    file: tokio::fs::File,
+) -> impl Stream<Item = std::io::Result<Bytes>> + Send {
+    futures_util::stream::try_unfold(file, |mut file| async move {
+        let mut buf = BytesMut::with_capacity(CHUNK);
+        let n = file.read_buf(&mut buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        Ok(Some((buf.freeze(), file)))
+    })
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Push a file (and its metadata, if any) to a peer. The body is only sent when `HEAD` says the peer lacks it.
+pub async fn push_upload(
+    engine: &SyncEngine,
+    peer: &MemberInfo,
+    id: &FileId,
+) -> Result<Pushed, PushError> {
+    let url = format!("{}/v1/replica/{id}", base(peer));
+    let head = request(engine, Method::HEAD, url.clone())
+        .timeout(SMALL_TIMEOUT)
+        .send()
+        .await?;
+    let mut outcome = Pushed::Skipped;
+    match head.status() {
+        StatusCode::GONE => return Ok(Pushed::Skipped), // deleted there: never resurrect
+        StatusCode::NOT_FOUND => {
+            let path = engine.store.path(id)?;
+            let file = match tokio::fs::File::open(&path).await {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Pushed::Gone),
+                Err(e) => return Err(PushError::Local(e.into())),
+            };
+            let stat = file.metadata().await.map_err(StorageError::from)?;
+            let resp = request(engine, Method::PUT, url)
+                .header(
+                    MTIME_HEADER,
+                    unix_secs(stat.modified().map_err(StorageError::from)?),
+                )
+                .header(reqwest::header::CONTENT_LENGTH, stat.len())
+                .body(reqwest::Body::wrap_stream(file_stream(file)))
+                .send()
+                .await?;
+            if resp.status() == StatusCode::GONE {
+                return Ok(Pushed::Skipped);
+            }
+            check(resp.status(), "replica upload")?;
+            outcome = Pushed::Sent(stat.len());
+        }
+        s => check(s, "replica check")?,
+    }
+    match engine.store.get_meta(id).await? {
+        None => return Ok(Pushed::Gone),
+        Some(m) if !m.is_empty() => push_meta_value(engine, peer, id, &m).await?,
+        Some(_) => {}
+    }
+    Ok(outcome)
+}
+
+async fn push_meta_value(
+    engine: &SyncEngine,
+    peer: &MemberInfo,
+    id: &FileId,
+    meta: &Metadata,
+) -> Result<(), PushError> {
+    let resp = request(
+        engine,
+        Method::PUT,
+        format!("{}/v1/replica/meta/{id}", base(peer)),
+    )
+    .timeout(SMALL_TIMEOUT)
+    .json(meta)
+    .send()
+    .await?;
+    if resp.status() == StatusCode::NOT_FOUND {
+        return Err(PushError::Rejected("peer lacks the file".into()));
+    }
+    check(resp.status(), "replica metadata")
+}
+
+/// Push the current metadata of a file. When the peer lacks the file (its upload came from a third member and
+/// has not reached the peer yet), push the file with it.
+pub async fn push_meta(
+    engine: &SyncEngine,
+    peer: &MemberInfo,
+    id: &FileId,
+) -> Result<(), PushError> {
+    let Some(meta) = engine.store.get_meta(id).await? else {
+        return Ok(()); // deleted since; the delete record follows
+    };
+    match push_meta_value(engine, peer, id, &meta).await {
+        Err(PushError::Rejected(_)) => {
+            push_upload(engine, peer, id).await?;
+            push_meta_value(engine, peer, id, &meta).await
+        }
+        r => r,
+    }
+}
+
+/// Tell a peer a file was deleted.
+pub async fn push_delete(
+    engine: &SyncEngine,
+    peer: &MemberInfo,
+    id: &FileId,
+) -> Result<(), PushError> {
+    let resp = request(
+        engine,
+        Method::DELETE,
+        format!("{}/v1/replica/{id}", base(peer)),
+    )
+    .timeout(SMALL_TIMEOUT)
+    .send()
+    .await?;
+    check(resp.status(), "replica delete")
+}
+
+/// One page of a peer's listing.
+pub async fn list(
+    engine: &SyncEngine,
+    peer: &MemberInfo,
+    after: &str,
+    limit: usize,
+) -> Result<ListPage, PushError> {
+    let resp = request(engine, Method::GET, format!("{}/v1/sync/files", base(peer)))
+        .query(&[("after", after), ("limit", &limit.to_string())])
+        .timeout(SMALL_TIMEOUT * 4)
+        .send()
+        .await?;
+    check(resp.status(), "sync listing")?;
+    Ok(resp.json().await?)
+}
+
+/// Copy a file (and its metadata when `with_meta`) from a peer into the local store, mtime preserved.
+/// Returns the bytes copied, `None` when nothing was (here already, gone there, or deleted meanwhile).
+pub async fn fetch(
+    engine: &SyncEngine,
+    peer: &MemberInfo,
+    id: &FileId,
+    with_meta: bool,
+) -> Result<Option<u64>, PushError> {
+    let resp = request(
+        engine,
+        Method::GET,
+        format!("{}/v1/replica/{id}", base(peer)),
+    )
+    .send()
+    .await?;
+    if matches!(resp.status(), StatusCode::NOT_FOUND | StatusCode::GONE) {
+        return Ok(None);
+    }
+    check(resp.status(), "replica fetch")?;
+    let mtime = resp
+        .headers()
+        .get(MTIME_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|s| UNIX_EPOCH + Duration::from_secs(s));
+    let committed = engine
+        .store
+        .write_file(id, resp.bytes_stream(), mtime)
+        .await?;
+    let bytes = match committed {
+        Committed::Created { .. } => engine.store.stat(id).await?.map(|m| m.len()),
+        Committed::AlreadyExists => None,
+    };
+    // A delete may have arrived while the body was in flight.
+    if engine.tombstones.contains(id) {
+        engine.store.remove(id).await?;
+        return Ok(None);
+    }
+    if with_meta && bytes.is_some() {
+        let resp = request(
+            engine,
+            Method::GET,
+            format!("{}/v1/replica/meta/{id}", base(peer)),
+        )
+        .timeout(SMALL_TIMEOUT)
+        .send()
+        .await?;
+        if resp.status().is_success() {
+            let meta: Metadata = resp.json().await?;
+            if !meta.is_empty() {
+                engine
+                    .store
+                    .set_meta(id, crate::store::MetaUpdate::Replace(meta))
+                    .await?;
+            }
+        }
+    }
+    Ok(bytes)
+}

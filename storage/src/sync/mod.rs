@@ -1,0 +1,484 @@
+//! The replication engine: keeps every member of a group holding the same files (FastDFS model, done better).
+//!
+//! - Every operation this node accepts from a client (upload, delete, metadata change) is appended to its own
+//!   [`Binlog`] and fsynced before the client is answered.
+//! - One [`worker`] per peer (peers come from heartbeat replies, see [`crate::heartbeat::Peers`]) pushes the
+//!   records in order, with a position persisted in `.fdfs/sync/peer-<id>.pos` (a small file, not sled: sled
+//!   only holds what can be rebuilt from the files on disk). Uploads stream the file (`PUT /v1/replica/{id}`,
+//!   mtime preserved, body skipped when `HEAD` says the peer has it), deletes become `DELETE /v1/replica/{id}`
+//!   (the peer records a [`Tombstones`] entry), metadata becomes `PUT /v1/replica/meta/{id}`. A peer that is down
+//!   is retried with backoff; uploads never wait for it.
+//! - `write_quorum`: an upload is pushed synchronously to `write_quorum - 1` active peers (capped by how many are
+//!   live) before it is acknowledged; 503 when that fails (the file stays and the workers still push it).
+//! - [`catchup`]: a new or wiped member (no `.fdfs/sync/synced` marker) reports `syncing: true`, copies the
+//!   group's files from an active peer's listing (`GET /v1/sync/files`), then marks itself synced. Every start
+//!   also runs the listing catch-up in the background, for files whose source died while we were away.
+//! - Heartbeats report, per peer, the records still pending and `synced_until`, so the tracker offers only
+//!   members that hold a file; the same numbers are exported as metrics.
+//!
+//! The routes peers call are in [`routes`]; they sit behind the cluster secret with the other `/v1` routes.
+
+pub mod catchup;
+pub mod client;
+mod metrics;
+pub mod routes;
+pub mod tombstones;
+pub mod worker;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::Router;
+use fdfs_common::wire::{MemberInfo, MemberState, Metadata, PeerSync};
+use fdfs_common::FileId;
+use futures_util::future::BoxFuture;
+use tokio::task::JoinHandle;
+
+use crate::binlog::{Binlog, Op, DEFAULT_SEGMENT_BYTES};
+use crate::error::{Result, StorageError};
+use crate::heartbeat::Peers;
+use crate::replication::Replication;
+use crate::store::Store;
+use crate::AppState;
+
+pub use catchup::CatchupReport;
+pub use tombstones::Tombstones;
+
+/// Name of the marker file (in `.fdfs/sync/`) saying this node holds its group's files.
+const SYNCED_MARKER: &str = "synced";
+/// How often the supervisor looks at the peer list, prunes the binlog and refreshes gauges.
+const SUPERVISE_EVERY: Duration = Duration::from_millis(250);
+/// How often the binlog is pruned (in supervisor ticks).
+const PRUNE_EVERY_TICKS: u64 = 20;
+
+/// Settings of the replication engine.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// This node's id (to skip itself in peer lists).
+    pub node_id: u32,
+    /// Members that must hold an upload before it is acknowledged (this node included).
+    pub write_quorum: u32,
+    /// Size at which the binlog starts a new segment.
+    pub binlog_segment_bytes: u64,
+    /// Sent as `x-fdfs-cluster-secret` to peers.
+    pub cluster_secret: Option<String>,
+    /// Files fetched at once during a catch-up.
+    pub catchup_concurrency: usize,
+    /// Records pushed at once by a worker (distinct files only; records of one file stay in order).
+    pub push_concurrency: usize,
+    /// Heartbeat interval: how long to wait for a first peer list before deciding this node is alone.
+    pub heartbeat_interval: Duration,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            node_id: 0,
+            write_quorum: 2,
+            binlog_segment_bytes: DEFAULT_SEGMENT_BYTES,
+            cluster_secret: None,
+            catchup_concurrency: 8,
+            push_concurrency: 8,
+            heartbeat_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Replication progress towards one peer, shared between its worker and the heartbeat.
+#[derive(Debug, Default)]
+pub struct PeerProgress {
+    /// Last binlog sequence number the peer acknowledged.
+    pub acked: AtomicU64,
+    /// `synced_until` while records are pending: every record at or before it was acknowledged.
+    pub synced_until: AtomicU64,
+    /// Set to stop the worker (the peer left the group).
+    pub stop: AtomicBool,
+}
+
+struct PeerSlot {
+    progress: Arc<PeerProgress>,
+    task: JoinHandle<()>,
+}
+
+/// Shared state of the engine.
+pub struct Inner {
+    pub config: SyncConfig,
+    pub store: Arc<Store>,
+    pub peers: Arc<Peers>,
+    pub http: reqwest::Client,
+    pub binlog: Arc<Binlog>,
+    pub tombstones: Tombstones,
+    /// `.fdfs/sync/`: per-peer positions and the synced marker.
+    sync_dir: PathBuf,
+    syncing: AtomicBool,
+    /// Wakes workers when a record is appended (carries the last sequence number).
+    appended: tokio::sync::watch::Sender<u64>,
+    workers: Mutex<HashMap<u32, PeerSlot>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    last_catchup: Mutex<Option<CatchupReport>>,
+}
+
+/// The replication engine; cheap to clone. Install it as the node's [`Replication`].
+#[derive(Clone)]
+pub struct SyncEngine(Arc<Inner>);
+
+impl std::ops::Deref for SyncEngine {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Durably replace a small file.
+fn write_small(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(dir.join(name)).map_err(|e| e.error)?;
+    fsync_dir(dir)
+}
+
+impl SyncEngine {
+    /// Open the binlog, tombstones and positions in the store's state directory and start the supervisor
+    /// (workers per peer, pruning, gauges) and the catch-up. Stop it with [`SyncEngine::shutdown`].
+    pub async fn start(
+        store: Arc<Store>,
+        peers: Arc<Peers>,
+        http: reqwest::Client,
+        config: SyncConfig,
+    ) -> Result<SyncEngine> {
+        let state_dir = store.state_dir().to_owned();
+        let segment_bytes = config.binlog_segment_bytes;
+        let (binlog, tombstones, sync_dir, synced) =
+            tokio::task::spawn_blocking(move || -> Result<_> {
+                let binlog = Binlog::open(&state_dir.join("binlog"), segment_bytes)?;
+                let tombstones = Tombstones::open(&state_dir.join("tombstones.log"))?;
+                let sync_dir = state_dir.join("sync");
+                std::fs::create_dir_all(&sync_dir)?;
+                let synced = sync_dir.join(SYNCED_MARKER).exists();
+                Ok((binlog, tombstones, sync_dir, synced))
+            })
+            .await??;
+        let (appended, _) = tokio::sync::watch::channel(binlog.last_seq());
+        let engine = SyncEngine(Arc::new(Inner {
+            config,
+            store,
+            peers,
+            http,
+            binlog: Arc::new(binlog),
+            tombstones,
+            sync_dir,
+            syncing: AtomicBool::new(!synced),
+            appended,
+            workers: Mutex::new(HashMap::new()),
+            tasks: Mutex::new(Vec::new()),
+            last_catchup: Mutex::new(None),
+        }));
+        if !synced {
+            tracing::info!(
+                "no synced marker: this member will copy its group's files before serving"
+            );
+        }
+        let supervisor = tokio::spawn(engine.clone().supervise());
+        let catchup = tokio::spawn(catchup::run(engine.clone(), !synced));
+        engine.lock_tasks().extend([supervisor, catchup]);
+        Ok(engine)
+    }
+
+    fn lock_tasks(&self) -> MutexGuard<'_, Vec<JoinHandle<()>>> {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_workers(&self) -> MutexGuard<'_, HashMap<u32, PeerSlot>> {
+        self.workers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stop every task of the engine (workers, supervisor, catch-up) and wait for them to end.
+    pub async fn shutdown(&self) {
+        let mut handles: Vec<JoinHandle<()>> = self.lock_tasks().drain(..).collect();
+        handles.extend(self.lock_workers().drain().map(|(_, s)| s.task));
+        for h in &handles {
+            h.abort();
+        }
+        for h in handles {
+            let _ = h.await;
+        }
+    }
+
+    /// Routes peers call (`/v1/replica/...`, `/v1/sync/...`), to be merged behind the cluster secret.
+    pub fn router(&self) -> Router<AppState> {
+        routes::router(self.clone())
+    }
+
+    /// Result of the latest listing catch-up, if one finished.
+    pub fn last_catchup(&self) -> Option<CatchupReport> {
+        *self.last_catchup.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_last_catchup(&self, report: CatchupReport) {
+        *self.last_catchup.lock().unwrap_or_else(|p| p.into_inner()) = Some(report);
+    }
+
+    /// Durably mark this node as holding its group's files.
+    async fn mark_synced(&self) -> Result<()> {
+        let dir = self.sync_dir.clone();
+        tokio::task::spawn_blocking(move || write_small(&dir, SYNCED_MARKER, b"1\n")).await??;
+        self.syncing.store(false, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn position_name(peer: u32) -> String {
+        format!("peer-{peer}.pos")
+    }
+
+    /// Persisted position of a peer (`None` when the peer was never seen).
+    fn load_position(&self, peer: u32) -> Result<Option<u64>> {
+        match std::fs::read_to_string(self.sync_dir.join(Self::position_name(peer))) {
+            Ok(s) => Ok(s.trim().parse().ok()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Durably store a peer's position. Blocking.
+    fn save_position(&self, peer: u32, seq: u64) -> Result<()> {
+        write_small(
+            &self.sync_dir,
+            &Self::position_name(peer),
+            format!("{seq}\n").as_bytes(),
+        )?;
+        Ok(())
+    }
+
+    /// Positions of every peer this node ever pushed to (persisted files).
+    fn persisted_positions(&self) -> Result<HashMap<u32, u64>> {
+        let mut out = HashMap::new();
+        for entry in std::fs::read_dir(&self.sync_dir)? {
+            let name = entry?.file_name();
+            let Some(peer) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("peer-"))
+                .and_then(|n| n.strip_suffix(".pos"))
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some(seq) = self.load_position(peer)? {
+                out.insert(peer, seq);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Current peer list without this node.
+    pub fn peer_list(&self) -> Vec<MemberInfo> {
+        self.peers
+            .get()
+            .iter()
+            .filter(|p| p.node_id != self.config.node_id)
+            .cloned()
+            .collect()
+    }
+
+    /// Append a record (blocking pool) and wake the workers.
+    async fn log(&self, op: Op, id: &FileId) -> Result<()> {
+        let (binlog, id) = (self.binlog.clone(), id.clone());
+        let rec = tokio::task::spawn_blocking(move || binlog.append(op, &id)).await??;
+        self.appended.send_replace(rec.seq);
+        Ok(())
+    }
+
+    /// Keep one worker per peer, prune the binlog, refresh gauges; runs until aborted.
+    async fn supervise(self) {
+        let mut tick = tokio::time::interval(SUPERVISE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut n = 0u64;
+        loop {
+            tick.tick().await;
+            n += 1;
+            self.reconcile_workers();
+            self.update_gauges();
+            if n % PRUNE_EVERY_TICKS == 0 {
+                let this = self.clone();
+                match tokio::task::spawn_blocking(move || this.prune()).await {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(removed)) => {
+                        tracing::info!(removed, "binlog: pruned acknowledged segments")
+                    }
+                    Ok(Err(e)) => tracing::warn!(error = %e, "binlog: pruning failed"),
+                    Err(e) => tracing::warn!(error = %e, "binlog: pruning task failed"),
+                }
+            }
+        }
+    }
+
+    /// Start workers for new peers, stop those of peers that left the group.
+    fn reconcile_workers(&self) {
+        let peers = self.peer_list();
+        let mut workers = self.lock_workers();
+        workers.retain(|id, slot| {
+            let keep = peers.iter().any(|p| p.node_id == *id) && !slot.task.is_finished();
+            if !keep {
+                slot.progress.stop.store(true, Ordering::Relaxed);
+                slot.task.abort();
+                tracing::info!(peer = id, "sync worker stopped");
+            }
+            keep
+        });
+        for peer in peers {
+            if workers.contains_key(&peer.node_id) {
+                continue;
+            }
+            let progress = Arc::new(PeerProgress::default());
+            let task = tokio::spawn(worker::run(self.clone(), peer.node_id, progress.clone()));
+            workers.insert(peer.node_id, PeerSlot { progress, task });
+        }
+    }
+
+    /// Remove binlog segments every known peer (current or ever pushed to) acknowledged. Blocking.
+    fn prune(&self) -> Result<usize> {
+        let mut acked = self.binlog.last_seq();
+        for seq in self.persisted_positions()?.values() {
+            acked = acked.min(*seq);
+        }
+        for slot in self.lock_workers().values() {
+            acked = acked.min(slot.progress.acked.load(Ordering::Relaxed));
+        }
+        self.binlog.prune(acked)
+    }
+
+    /// Records the peer has not acknowledged.
+    fn pending(&self, acked: u64) -> u64 {
+        let last = self.binlog.last_seq();
+        let from = acked.max(self.binlog.first_seq().saturating_sub(1));
+        last.saturating_sub(from)
+    }
+
+    fn update_gauges(&self) {
+        let now = fdfs_common::time::unix_now();
+        for s in self.sync_status() {
+            metrics::pending(
+                s.peer_id,
+                s.pending_records,
+                now.saturating_sub(s.synced_until),
+            );
+        }
+        metrics::syncing(self.syncing.load(Ordering::Relaxed));
+    }
+
+    /// Active peers, best first (most files, then lowest id).
+    pub fn active_peers(&self) -> Vec<MemberInfo> {
+        let mut peers: Vec<MemberInfo> = self
+            .peer_list()
+            .into_iter()
+            .filter(|p| p.state == MemberState::Active)
+            .collect();
+        peers.sort_by_key(|p| (std::cmp::Reverse(p.file_count), p.node_id));
+        peers
+    }
+
+    /// Push a freshly uploaded file to `need` active peers; returns how many took it.
+    async fn push_quorum(&self, id: &FileId, need: usize, candidates: Vec<MemberInfo>) -> usize {
+        use futures_util::stream::{FuturesUnordered, StreamExt};
+        let mut candidates = candidates.into_iter();
+        let mut running = FuturesUnordered::new();
+        let push = |peer: MemberInfo| {
+            let this = self.clone();
+            let id = id.clone();
+            async move {
+                let r = client::push_upload(&this, &peer, &id).await;
+                (peer, r)
+            }
+        };
+        for peer in candidates.by_ref().take(need) {
+            running.push(push(peer));
+        }
+        let mut ok = 0;
+        while let Some((peer, result)) = running.next().await {
+            match result {
+                Ok(_) => ok += 1,
+                Err(e) => {
+                    tracing::warn!(peer = peer.node_id, file_id = %id, error = %e, "synchronous replica failed");
+                    if let Some(next) = candidates.next() {
+                        running.push(push(next));
+                    }
+                }
+            }
+            if ok >= need {
+                break;
+            }
+        }
+        ok
+    }
+}
+
+impl Replication for SyncEngine {
+    fn on_upload<'a>(&'a self, id: &'a FileId, _meta: &'a Metadata) -> BoxFuture<'a, Result<u32>> {
+        Box::pin(async move {
+            self.log(Op::Upload, id).await?;
+            let active = self.active_peers();
+            let quorum = (self.config.write_quorum.max(1) as usize).min(active.len() + 1);
+            let need = quorum - 1;
+            if need == 0 {
+                return Ok(1);
+            }
+            let ok = self.push_quorum(id, need, active).await;
+            metrics::quorum_push(ok >= need);
+            if ok < need {
+                return Err(StorageError::Unavailable(format!(
+                    "write quorum not reached: {} of {quorum} members hold {id}; it will be replicated later",
+                    ok + 1
+                )));
+            }
+            Ok(u32::try_from(ok + 1).unwrap_or(u32::MAX))
+        })
+    }
+
+    fn on_delete<'a>(&'a self, id: &'a FileId) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let this = self.clone();
+            let tid = id.clone();
+            tokio::task::spawn_blocking(move || this.tombstones.add(&tid)).await??;
+            self.log(Op::Delete, id).await
+        })
+    }
+
+    fn on_meta<'a>(&'a self, id: &'a FileId, _meta: &'a Metadata) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move { self.log(Op::Meta, id).await })
+    }
+
+    fn syncing(&self) -> bool {
+        self.syncing.load(Ordering::Relaxed)
+    }
+
+    fn sync_status(&self) -> Vec<PeerSync> {
+        let now = fdfs_common::time::unix_now();
+        let mut out: Vec<PeerSync> = self
+            .lock_workers()
+            .iter()
+            .map(|(peer, slot)| {
+                let pending = self.pending(slot.progress.acked.load(Ordering::Relaxed));
+                let synced_until = if pending == 0 {
+                    now
+                } else {
+                    slot.progress.synced_until.load(Ordering::Relaxed)
+                };
+                PeerSync {
+                    peer_id: *peer,
+                    pending_records: pending,
+                    synced_until,
+                }
+            })
+            .collect();
+        out.sort_by_key(|p| p.peer_id);
+        out
+    }
+}

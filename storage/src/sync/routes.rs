@@ -1,0 +1,275 @@
+//! Routes storage nodes call on each other (behind the cluster secret):
+//!
+//! - `HEAD|GET /v1/replica/{file_id}`: whether this node has the file / the file itself (streamed), with
+//!   `x-fdfs-mtime`; 404 when absent, 410 when it was deleted here (tombstone).
+//! - `PUT /v1/replica/{file_id}` with `x-fdfs-mtime`: store a replica (streamed, checked against the ID, never
+//!   replacing an existing file, never recreating a deleted one: 410). Not written to this node's binlog.
+//! - `DELETE /v1/replica/{file_id}`: record a tombstone on disk, then remove the file (200 either way).
+//! - `GET|PUT /v1/replica/meta/{file_id}`: a file's metadata / replace it (404 when the file is absent).
+//! - `GET /v1/sync/files?after=&limit=`: a page of every file here in ID order (size, mtime, whether it has
+//!   metadata) and the tombstones in the same ID range; `next` is the cursor of the following page.
+//!
+//! A group may be called `meta`, so `/v1/replica/meta/...` is told apart by the number of path segments: the
+//! rest is a whole file ID (5 segments) for metadata, otherwise the path is a file of group `meta`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::{Json, Router};
+use fdfs_common::wire::{Metadata, MTIME_HEADER};
+use fdfs_common::FileId;
+use serde::{Deserialize, Serialize};
+
+use super::SyncEngine;
+use crate::error::{Result, StorageError};
+use crate::store::{Committed, MetaUpdate, META_SUFFIX};
+use crate::AppState;
+
+/// Largest page of the listing.
+pub const MAX_PAGE: usize = 10_000;
+
+/// One file in a listing page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListedFile {
+    pub id: String,
+    pub size: u64,
+    /// Unix seconds.
+    pub mtime: u64,
+    /// Whether the file has metadata.
+    #[serde(default)]
+    pub meta: bool,
+}
+
+/// `GET /v1/sync/files` answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListPage {
+    pub files: Vec<ListedFile>,
+    /// Deleted IDs in the same ID range as `files`.
+    #[serde(default)]
+    pub tombstones: Vec<String>,
+    /// Cursor for the next page (`after=`), absent on the last page.
+    #[serde(default)]
+    pub next: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    after: String,
+    limit: Option<usize>,
+}
+
+/// The replication routes with their state applied, ready to merge into the node's router.
+pub fn router(engine: SyncEngine) -> Router<AppState> {
+    Router::new()
+        .route("/v1/replica/meta/{*rest}", any(meta_or_file))
+        .route(
+            "/v1/replica/{*file_id}",
+            get(get_file).put(put_file).delete(delete_file),
+        )
+        .route("/v1/sync/files", get(list))
+        .with_state(engine)
+}
+
+fn parse(engine: &SyncEngine, raw: &str) -> Result<FileId> {
+    let id: FileId = raw.parse()?;
+    if id.group != *engine.store.group() {
+        return Err(StorageError::BadRequest(format!(
+            "file {id} belongs to group {}, this node serves {}",
+            id.group,
+            engine.store.group()
+        )));
+    }
+    Ok(id)
+}
+
+fn gone(id: &FileId) -> Response {
+    fdfs_common::error_response(StatusCode::GONE, "gone", format!("{id} was deleted"))
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+async fn meta_or_file(
+    State(engine): State<SyncEngine>,
+    Path(rest): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    if rest.split('/').count() != 5 {
+        // A file of a group called `meta`.
+        let raw = format!("meta/{rest}");
+        return match method {
+            Method::GET | Method::HEAD => get_file(State(engine), Path(raw)).await,
+            Method::PUT => put_file(State(engine), Path(raw), headers, body).await,
+            Method::DELETE => delete_file(State(engine), Path(raw)).await,
+            _ => Err(StorageError::BadRequest(format!(
+                "method {method} not allowed here"
+            ))),
+        };
+    }
+    let id = parse(&engine, &rest)?;
+    match method {
+        Method::GET | Method::HEAD => match engine.store.get_meta(&id).await? {
+            Some(m) => Ok(Json(m).into_response()),
+            None => Err(StorageError::NotFound(format!("no such file {id}"))),
+        },
+        Method::PUT => {
+            let bytes = axum::body::to_bytes(body, 1 << 20)
+                .await
+                .map_err(|e| StorageError::BadRequest(format!("metadata body: {e}")))?;
+            let meta: Metadata = serde_json::from_slice(&bytes).map_err(|e| {
+                StorageError::BadRequest(format!("metadata must be a JSON object of strings: {e}"))
+            })?;
+            let meta = engine
+                .store
+                .set_meta(&id, MetaUpdate::Replace(meta))
+                .await?;
+            Ok(Json(meta).into_response())
+        }
+        _ => Err(StorageError::BadRequest(format!(
+            "method {method} not allowed here"
+        ))),
+    }
+}
+
+/// `GET|HEAD /v1/replica/{id}`.
+async fn get_file(State(engine): State<SyncEngine>, Path(raw): Path<String>) -> Result<Response> {
+    let id = parse(&engine, &raw)?;
+    if engine.tombstones.contains(&id) {
+        return Ok(gone(&id));
+    }
+    let path = engine.store.path(&id)?;
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(StorageError::NotFound(format!("no such file {id}")))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let stat = file.metadata().await?;
+    if !stat.is_file() {
+        return Err(StorageError::NotFound(format!("no such file {id}")));
+    }
+    let body = Body::from_stream(super::client::file_stream(file));
+    Ok((
+        [
+            (header::CONTENT_LENGTH, stat.len().to_string()),
+            (
+                header::HeaderName::from_static(MTIME_HEADER),
+                unix_secs(stat.modified()?).to_string(),
+            ),
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// `PUT /v1/replica/{id}`.
+async fn put_file(
+    State(engine): State<SyncEngine>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let id = parse(&engine, &raw)?;
+    if engine.tombstones.contains(&id) {
+        return Ok(gone(&id));
+    }
+    let mtime = headers
+        .get(MTIME_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|s| UNIX_EPOCH + Duration::from_secs(s));
+    let committed = engine
+        .store
+        .write_file(&id, body.into_data_stream(), mtime)
+        .await?;
+    // A delete that raced with this write wins.
+    if engine.tombstones.contains(&id) {
+        engine.store.remove(&id).await?;
+        return Ok(gone(&id));
+    }
+    let created = matches!(committed, Committed::Created { .. });
+    super::metrics::replica_received(created);
+    Ok(Json(serde_json::json!({ "file_id": id, "created": created })).into_response())
+}
+
+/// `DELETE /v1/replica/{id}`.
+async fn delete_file(
+    State(engine): State<SyncEngine>,
+    Path(raw): Path<String>,
+) -> Result<Response> {
+    let id = parse(&engine, &raw)?;
+    let this = engine.clone();
+    let tid = id.clone();
+    tokio::task::spawn_blocking(move || this.tombstones.add(&tid)).await??;
+    let deleted = engine.store.remove(&id).await?;
+    Ok(Json(serde_json::json!({ "file_id": id, "deleted": deleted })).into_response())
+}
+
+/// `GET /v1/sync/files?after=&limit=`.
+async fn list(
+    State(engine): State<SyncEngine>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<ListPage>> {
+    let limit = q.limit.unwrap_or(1000).clamp(1, MAX_PAGE);
+    let page =
+        tokio::task::spawn_blocking(move || list_blocking(&engine, &q.after, limit)).await??;
+    Ok(Json(page))
+}
+
+/// A listing page, from the index (ID order) checked against the disk.
+pub fn list_blocking(engine: &SyncEngine, after: &str, limit: usize) -> Result<ListPage> {
+    let store = &engine.store;
+    let mut ids: Vec<String> = Vec::with_capacity(limit);
+    for id in store.indexed_ids() {
+        let s = id.to_string();
+        if s.as_str() <= after {
+            continue;
+        }
+        ids.push(s);
+        if ids.len() == limit {
+            break;
+        }
+    }
+    let full = ids.len() == limit;
+    let upto = if full { ids.last().cloned() } else { None };
+    let tombstones = engine.tombstones.range(after, upto.as_deref(), limit);
+    let mut next = upto;
+    if tombstones.len() == limit {
+        // Too many tombstones in this range: stop the page at the last one.
+        let last = tombstones.last().cloned();
+        ids.retain(|i| Some(i) <= last.as_ref());
+        next = last;
+    }
+    let mut files = Vec::with_capacity(ids.len());
+    for s in ids {
+        let Ok(id) = s.parse::<FileId>() else {
+            continue;
+        };
+        let Some(stat) = store.stat_blocking(&id)? else {
+            continue; // index entry without a file
+        };
+        let mut meta_path = store.path(&id)?;
+        meta_path.as_mut_os_string().push(META_SUFFIX);
+        files.push(ListedFile {
+            id: s,
+            size: stat.len(),
+            mtime: stat.modified().map_or(0, unix_secs),
+            meta: meta_path.exists(),
+        });
+    }
+    Ok(ListPage {
+        files,
+        tombstones,
+        next,
+    })
+}
