@@ -17,7 +17,7 @@ use fdfs_common::{content_type_for, FileId, FileName, NameInfo};
 use serde::Deserialize;
 
 use crate::error::{Result, StorageError};
-use crate::store::{Committed, MetaUpdate, META_SUFFIX};
+use crate::store::{Committed, MetaUpdate, ReindexReport, META_SUFFIX};
 use crate::AppState;
 
 /// Constant-time byte comparison for secrets.
@@ -272,6 +272,18 @@ pub async fn patch_meta(
 ) -> Result<Json<Metadata>> {
     let Json(changes) = body.map_err(|e| StorageError::BadRequest(e.body_text()))?;
     change_meta(&node, &raw, MetaUpdate::Merge(changes)).await
+}
+
+/// `POST /v1/reindex`: rebuild the dedup index from the files on disk (it also runs by itself at start when the
+/// index is missing). Uploads and deletes wait while a store path is walked.
+pub async fn reindex(State(node): State<AppState>) -> Result<Json<ReindexReport>> {
+    let report = node.store.reindex().await?;
+    tracing::info!(
+        files = report.files,
+        contents = report.contents,
+        "index rebuilt on request"
+    );
+    Ok(Json(report))
 }
 
 #[cfg(test)]

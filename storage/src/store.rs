@@ -116,7 +116,7 @@ pub enum MetaUpdate {
 }
 
 /// What [`Store::reindex`] found.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ReindexReport {
     /// File IDs indexed.
     pub files: u64,
@@ -265,18 +265,25 @@ impl Store {
         for (i, root) in roots.iter().enumerate() {
             let index = u8::try_from(i).expect("checked above");
             fs::create_dir_all(root)?;
-            all_fresh &= create_data_dirs(root)?;
+            let fresh = create_data_dirs(root)?;
+            all_fresh &= fresh;
             let tmp = root.join(".fdfs").join("tmp");
             fs::create_dir_all(&tmp)?;
             clear_dir(&tmp)?;
-            paths.push(StorePath {
+            let sp = StorePath {
                 index,
                 root: root.clone(),
                 tmp,
                 hashes: db.open_tree(format!("hashes-{index:02X}"))?,
                 ids: db.open_tree(format!("ids-{index:02X}"))?,
                 lock: Mutex::new(()),
-            });
+            };
+            if fresh {
+                // A brand-new (or wiped) store path holds nothing: drop whatever an old index said about it.
+                sp.hashes.clear()?;
+                sp.ids.clear()?;
+            }
+            paths.push(sp);
         }
         let store = Arc::new(Store {
             group,
@@ -287,11 +294,7 @@ impl Store {
             file_count: AtomicU64::new(0),
         });
         if all_fresh {
-            // Brand-new store paths hold nothing to index (drop whatever an old index said).
-            for sp in &store.paths {
-                sp.hashes.clear()?;
-                sp.ids.clear()?;
-            }
+            // Nothing on disk to index.
             store.db.insert(INDEXED_KEY, &b"1"[..])?;
             store.db.flush()?;
         } else if store.db.get(INDEXED_KEY)?.is_none() {

@@ -371,6 +371,18 @@ async fn storage_node_scenario() {
     // A third copy links to the survivor.
     let d = upload_ok(&c, &base, "ext=bin", content.clone()).await;
     assert_eq!(ino(&d.file_id), ino(&b.file_id));
+    // Rebuilding the index on request changes nothing that matters.
+    let r = c
+        .post(format!("{base}/v1/reindex"))
+        .header(CLUSTER_SECRET_HEADER, SECRET)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let report: serde_json::Value = r.json().await.unwrap();
+    assert!(report["files"].as_u64().unwrap() >= 3, "{report}");
+    let e = upload_ok(&c, &base, "ext=bin", content.clone()).await;
+    assert_eq!(ino(&e.file_id), ino(&b.file_id));
 
     // Slave files.
     let master = upload_ok(&c, &base, "ext=jpg", "master image").await;
