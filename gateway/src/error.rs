@@ -27,9 +27,12 @@ pub enum GatewayError {
     /// The client stopped sending the body for longer than `body_timeout_secs`.
     #[error("request body stalled for more than {0} seconds")]
     BodyTimeout(u64),
-    /// Nothing to serve (for example an upload request without a file part).
-    #[error("{0}")]
-    NotFound(String),
+    /// No such route.
+    #[error("no such route")]
+    NoRoute,
+    /// The route exists but not with this method.
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
     /// No configured tracker could be reached.
     #[error("no tracker reachable")]
     NoTracker,
@@ -56,7 +59,8 @@ impl GatewayError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::NoTracker => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::Upstream { status, .. } => *status,
@@ -71,7 +75,8 @@ impl GatewayError {
             Self::Unauthorized => "unauthorized",
             Self::TooLarge { .. } => "payload_too_large",
             Self::BodyTimeout(_) => "request_timeout",
-            Self::NotFound(_) => "not_found",
+            Self::NoRoute => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
             Self::NoTracker => "no_tracker",
             Self::BadGateway(_) => "bad_gateway",
             Self::Upstream { code, .. } => code,

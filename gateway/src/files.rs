@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -40,7 +40,9 @@ const HOP_BY_HOP: [&str; 7] = [
     "transfer-encoding",
 ];
 
-fn parse_id(raw: &str) -> Result<FileId> {
+/// The file ID of a `/{*file_id}`-style path.
+fn parse_id(path: Result<Path<String>, PathRejection>) -> Result<FileId> {
+    let Path(raw) = path.map_err(|e| GatewayError::BadRequest(e.body_text()))?;
     Ok(raw.parse::<FileId>()?)
 }
 
@@ -80,10 +82,10 @@ impl App {
 pub async fn download(
     State(app): State<Arc<App>>,
     method: Method,
-    Path(raw): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response> {
-    let id = parse_id(&raw)?;
+    let id = parse_id(path)?;
     let members = app.members(&id).await?;
     let token = app.token_query(&id);
     match app.config.download_mode {
@@ -168,11 +170,11 @@ fn pass_through(resp: reqwest::Response) -> Response {
 /// `DELETE /{file_id}`.
 pub async fn delete(
     State(app): State<Arc<App>>,
-    Path(raw): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Json<Value>> {
     app.check_api_key(&headers)?;
-    let id = parse_id(&raw)?;
+    let id = parse_id(path)?;
     let addrs = app.member_addrs(&id).await?;
     let answer: Value = app
         .storage
@@ -188,8 +190,11 @@ pub async fn delete(
 
 /// `GET /info/{file_id}`: the holder's description, with `locations` = download URLs on every member that
 /// has the file.
-pub async fn info(State(app): State<Arc<App>>, Path(raw): Path<String>) -> Result<Json<FileInfo>> {
-    let id = parse_id(&raw)?;
+pub async fn info(
+    State(app): State<Arc<App>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<FileInfo>> {
+    let id = parse_id(path)?;
     let members = app.members(&id).await?;
     let addrs: Vec<String> = members.iter().map(|(a, _)| a.clone()).collect();
     let found: Vec<(usize, FileInfo)> = app
@@ -211,9 +216,9 @@ pub async fn info(State(app): State<Arc<App>>, Path(raw): Path<String>) -> Resul
 /// `GET /meta/{file_id}`.
 pub async fn get_meta(
     State(app): State<Arc<App>>,
-    Path(raw): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Metadata>> {
-    let id = parse_id(&raw)?;
+    let id = parse_id(path)?;
     let addrs = app.member_addrs(&id).await?;
     let meta = app
         .storage
@@ -225,12 +230,12 @@ pub async fn get_meta(
 /// `PUT /meta/{file_id}`: replace the metadata with a JSON object of strings.
 pub async fn put_meta(
     State(app): State<Arc<App>>,
-    Path(raw): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Result<Json<Metadata>, JsonRejection>,
 ) -> Result<Json<Metadata>> {
     app.check_api_key(&headers)?;
-    let id = parse_id(&raw)?;
+    let id = parse_id(path)?;
     let Json(meta) = body.map_err(|e| meta_body_error("strings", &e))?;
     write_meta(&app, Method::PUT, &id, &meta).await
 }
@@ -238,12 +243,12 @@ pub async fn put_meta(
 /// `PATCH /meta/{file_id}`: merge a JSON object of strings; a `null` value removes the key.
 pub async fn patch_meta(
     State(app): State<Arc<App>>,
-    Path(raw): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Result<Json<BTreeMap<String, Option<String>>>, JsonRejection>,
 ) -> Result<Json<Metadata>> {
     app.check_api_key(&headers)?;
-    let id = parse_id(&raw)?;
+    let id = parse_id(path)?;
     let Json(changes) = body.map_err(|e| meta_body_error("strings or nulls", &e))?;
     write_meta(&app, Method::PATCH, &id, &changes).await
 }

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::Response;
 use axum::routing::{get, post, put};
 use axum::Router;
 use serde::{Deserialize, Deserializer};
@@ -148,6 +149,7 @@ pub fn router(config: Config) -> Result<Router, StartError> {
     let uploads = Router::new()
         .route("/upload", post(upload::multipart_upload))
         .route("/upload/{filename}", put(upload::raw_upload))
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::disable());
     // Downloads in proxy mode stream their answer; the timeout covers only getting the headers.
     let bounded = Router::new()
@@ -167,16 +169,39 @@ pub fn router(config: Config) -> Result<Router, StartError> {
                 .head(files::download)
                 .delete(files::delete),
         )
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             timeout,
-        ));
-    let mut router =
-        fdfs_common::metrics::instrument(uploads.merge(bounded).with_state(app), "gateway");
+        ))
+        .layer(axum::middleware::map_response(json_timeout));
+    let routes = uploads
+        .merge(bounded)
+        .fallback(|| async { GatewayError::NoRoute })
+        .with_state(app);
+    let mut router = fdfs_common::metrics::instrument(routes, "gateway");
     if let Some(cors) = cors {
         router = router.layer(cors);
     }
     Ok(router)
+}
+
+/// `TimeoutLayer` answers a bare 408; give it the JSON error body every answer has.
+async fn json_timeout(resp: Response) -> Response {
+    if resp.status() == StatusCode::REQUEST_TIMEOUT
+        && !resp.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return fdfs_common::error_response(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "request took too long",
+        );
+    }
+    resp
+}
+
+async fn method_not_allowed() -> GatewayError {
+    GatewayError::MethodNotAllowed
 }
 
 fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, StartError> {

@@ -396,12 +396,13 @@ async fn read_text(field: &mut Field<'_>, budget: &mut Budget, app: &App) -> Res
 /// `PUT /upload/{filename}`: the raw body is the file; query `group`, `meta.<key>`, `master_file_id`, `prefix`.
 pub(crate) async fn raw_upload(
     State(app): State<Arc<App>>,
-    Path(filename): Path<String>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
     query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<UploadResult>> {
     app.check_api_key(&headers)?;
+    let Path(filename) = path.map_err(|e| GatewayError::BadRequest(e.body_text()))?;
     let limit = app.config.max_upload_size;
     let length = content_length(&headers);
     if length.is_some_and(|l| l > limit) {

@@ -72,7 +72,19 @@ async fn health_page_and_route_order() {
     assert_eq!(error_of(r).await.0, 400);
     // The upload route takes POST only; it is not a file ID.
     let r = c.get(gw.url("/upload")).send().await.unwrap();
-    assert_eq!(r.status(), 405);
+    assert_eq!(error_of(r).await, (405, "method_not_allowed".to_owned()));
+    let r = c.post(gw.url(&format!("/{SOME_ID}"))).send().await.unwrap();
+    assert_eq!(error_of(r).await.0, 405);
+    // Percent-encoding that is not UTF-8: a JSON 400, not a plain-text rejection.
+    let r = c.get(gw.url("/%FF%FE/M00/00/00/x")).send().await.unwrap();
+    assert_eq!(error_of(r).await.0, 400);
+    let r = c
+        .put(gw.url("/upload/%FF.txt"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(r).await.0, 400);
 }
 
 #[tokio::test]
@@ -305,21 +317,11 @@ async fn fails_over_to_a_live_tracker() {
     assert_eq!(error_of(r).await.0, 404);
 }
 
-#[tokio::test]
-async fn stalled_body_is_cut_with_408() {
+/// Send `head` (request line, headers and part of a body), then nothing; return what the gateway answers.
+async fn stall(addr: std::net::SocketAddr, head: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let gw = gateway(Config {
-        body_timeout_secs: 1,
-        ..config(vec![closed_addr()])
-    })
-    .await;
-    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    let part = "--XYZ\r\nContent-Disposition: form-data; name=\"meta.a\"\r\n\r\nval";
-    let head = format!(
-        "POST /upload HTTP/1.1\r\nhost: x\r\ncontent-type: multipart/form-data; boundary=XYZ\r\ncontent-length: 1000\r\n\r\n{part}"
-    );
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(head.as_bytes()).await.unwrap();
-    // Send nothing more; the gateway must answer on its own, within a bounded time.
     let mut buf = Vec::new();
     tokio::time::timeout(std::time::Duration::from_secs(10), async {
         let mut chunk = [0u8; 4096];
@@ -336,7 +338,34 @@ async fn stalled_body_is_cut_with_408() {
     })
     .await
     .expect("gateway answered a stalled body");
-    let text = String::from_utf8_lossy(&buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[tokio::test]
+async fn stalled_bodies_are_cut_with_408() {
+    let gw = gateway(Config {
+        body_timeout_secs: 1,
+        request_timeout_secs: 1,
+        ..config(vec![closed_addr()])
+    })
+    .await;
+    let part = "--XYZ\r\nContent-Disposition: form-data; name=\"meta.a\"\r\n\r\nval";
+    let text = stall(
+        gw.addr,
+        &format!(
+            "POST /upload HTTP/1.1\r\nhost: x\r\ncontent-type: multipart/form-data; boundary=XYZ\r\ncontent-length: 1000\r\n\r\n{part}"
+        ),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("request_timeout"), "{text}");
+    let text = stall(
+        gw.addr,
+        &format!(
+            "PATCH /meta/{SOME_ID} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"a\""
+        ),
+    )
+    .await;
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("request_timeout"), "{text}");
 }
