@@ -7,6 +7,7 @@ pub mod cli;
 pub mod error;
 mod files;
 mod page;
+pub mod request_id;
 pub mod storage;
 pub mod tracker;
 pub mod upload;
@@ -178,6 +179,7 @@ pub fn router(config: Config) -> Result<Router, StartError> {
     let routes = uploads
         .merge(bounded)
         .fallback(|| async { GatewayError::NoRoute })
+        .layer(axum::middleware::from_fn(request_id::scope))
         .with_state(app);
     let mut router = fdfs_common::metrics::instrument(routes, "gateway");
     if let Some(cors) = cors {

@@ -54,7 +54,9 @@ impl StorageClient {
         })
     }
 
+    /// The cluster secret and the request id on an outgoing request.
     fn with_secret(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        let req = crate::request_id::propagate(req);
         match &self.cluster_secret {
             Some(s) => req.header(CLUSTER_SECRET_HEADER, s),
             None => req,
@@ -200,9 +202,7 @@ impl StorageClient {
         url: &str,
         headers: reqwest::header::HeaderMap,
     ) -> Result<reqwest::Response, reqwest::Error> {
-        self.streaming
-            .request(method, url)
-            .headers(headers)
+        crate::request_id::propagate(self.streaming.request(method, url).headers(headers))
             .send()
             .await
     }

@@ -135,7 +135,9 @@ impl TrackerClient {
         path: &str,
         query: &[(&str, String)],
     ) -> Attempt<T> {
-        let mut req = self.http.get(format!("http://{addr}{path}")).query(query);
+        let mut req = crate::request_id::propagate(
+            self.http.get(format!("http://{addr}{path}")).query(query),
+        );
         if let Some(secret) = &self.cluster_secret {
             req = req.header(CLUSTER_SECRET_HEADER, secret);
         }
