@@ -155,45 +155,29 @@ fn mkdir_ok(p: &Path) -> io::Result<()> {
     }
 }
 
-/// Create `data/00/00 .. data/FF/FF`; a no-op when the last one exists already. Returns whether the tree was
-/// new (no `data/` directory before), in which case it holds no file.
+/// Create `data/`; returns whether it is new (then the store path holds no file). The `XX/YY` levels are made
+/// on first use by [`ensure_dir`]: creating all 65,536 up front costs seconds of syscalls per store path at every
+/// start of a new node and buys nothing, since a commit needs only its own directory.
 fn create_data_dirs(root: &Path) -> io::Result<bool> {
     let data = root.join("data");
-    if data.join("FF").join("FF").is_dir() {
-        return Ok(false);
-    }
     let fresh = !data.exists();
     fs::create_dir_all(&data)?;
-    // A few threads: this is all syscall time. `FF/FF` is created last, as the completion marker.
-    const THREADS: u16 = 4;
-    std::thread::scope(|s| {
-        let workers: Vec<_> = (0..THREADS)
-            .map(|t| {
-                let data = &data;
-                s.spawn(move || -> io::Result<()> {
-                    for d1 in (0..=255u16).filter(|d| d % THREADS == t) {
-                        let p1 = data.join(format!("{d1:02X}"));
-                        mkdir_ok(&p1)?;
-                        for d2 in 0..=255u8 {
-                            if d1 == 255 && d2 == 255 {
-                                continue;
-                            }
-                            mkdir_ok(&p1.join(format!("{d2:02X}")))?;
-                        }
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        workers.into_iter().try_for_each(|w| {
-            w.join()
-                .unwrap_or_else(|_| Err(io::Error::other("directory worker panicked")))
-        })
-    })?;
-    // Not fsynced one by one: a directory lost in a crash is recreated by the commit that needs it.
-    mkdir_ok(&data.join("FF").join("FF"))?;
-    fsync_dir(&data)?;
+    if fresh {
+        fsync_dir(root)?;
+    }
     Ok(fresh)
+}
+
+/// Make sure `dir` (a `data/XX/YY` directory) exists, durably: each level created here is fsynced into its
+/// parent before a file is renamed into it.
+fn ensure_dir(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = dir.parent().expect("data/XX/YY has a parent");
+    ensure_dir(parent)?;
+    mkdir_ok(dir)?;
+    fsync_dir(parent)
 }
 
 /// Remove leftovers of writes interrupted by a crash.
@@ -512,9 +496,7 @@ impl Store {
         if fs::symlink_metadata(&target).is_ok() {
             return Ok(Committed::AlreadyExists);
         }
-        if !parent.is_dir() {
-            fs::create_dir_all(&parent)?;
-        }
+        ensure_dir(&parent)?;
         let key = content_key(&staged.hash, staged.size);
         let mut holders = Vec::new();
         let mut deduplicated = false;

@@ -114,7 +114,9 @@ async fn missing_file_is_proxied_from_a_peer() {
         dir2: 2,
         name: FileName::generate(&info, Some("txt")).unwrap(),
     };
-    std::fs::write(dir.path().join("a").join(id.relative_path()), content).unwrap();
+    let on_a = dir.path().join("a").join(id.relative_path());
+    std::fs::create_dir_all(on_a.parent().unwrap()).unwrap();
+    std::fs::write(on_a, content).unwrap();
     let on_b = dir.path().join("b").join(id.relative_path());
     let url_a = format!("http://{}/{id}", a.addr);
     let url_b = format!("http://{}/{id}", b.addr);
