@@ -25,12 +25,17 @@ fn size_bytes() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn big_file_streams_in_bounded_memory() {
     let size = size_bytes();
-    let c = Cluster::start(ClusterSpec {
-        groups: 1,
-        storage_args: args(&["--heartbeat-interval-ms", "200", "--max-file-size", "4GiB"]),
-        gateway_args: args(&["--max-upload-size", "4GiB"]),
-        ..ClusterSpec::default()
-    })
+    // Two replicas of the file plus slack.
+    let dir = common::tempdir(2 * size + (1 << 30));
+    let c = Cluster::start_in(
+        ClusterSpec {
+            groups: 1,
+            storage_args: args(&["--heartbeat-interval-ms", "200", "--max-file-size", "4GiB"]),
+            gateway_args: args(&["--max-upload-size", "4GiB"]),
+            ..ClusterSpec::default()
+        },
+        dir,
+    )
     .await;
     let gw = c.gateway_url();
     let started = Instant::now();

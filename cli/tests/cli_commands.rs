@@ -77,7 +77,7 @@ fn write(path: &Path, data: &[u8]) {
 async fn cli_commands_against_a_real_cluster() {
     let c = Cluster::start(ClusterSpec::default()).await;
     let gw = c.gateway_url();
-    let work = tempfile::tempdir().unwrap();
+    let work = common::tempdir(1 << 30);
     let w = work.path();
 
     // upload: a 5 MiB file with metadata, streamed from disk.

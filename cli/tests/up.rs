@@ -29,7 +29,7 @@ fn processes_mentioning(needle: &str) -> Vec<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fdfs_up_starts_serves_and_stops_cleanly() {
-    let data = tempfile::tempdir().unwrap();
+    let data = common::tempdir(1 << 30);
     let dir = data.path().join("cluster");
     let mut cmd = Command::new(BIN);
     cmd.args([

@@ -99,13 +99,28 @@ pub fn spawn_server(role: Role, listen: &str, args: &[String], log: &Path) -> (C
     try_spawn_server(role, listen, args, log).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Like [`spawn_server`], returning the failure (with the log tail) instead of panicking.
+/// Like [`spawn_server`], returning the failure (with the log) instead of panicking.
 pub fn try_spawn_server(
     role: Role,
     listen: &str,
     args: &[String],
     log: &Path,
 ) -> Result<(Child, SocketAddr), String> {
+    launch(role, listen, args, log).wait()
+}
+
+/// A child that has been started but may not be listening yet.
+pub struct Launch {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    what: String,
+    log: PathBuf,
+    log_start: u64,
+}
+
+/// Start `fdfs <role> --listen <listen> <args>` without waiting. Must run on the thread that owns the
+/// cluster: with `PR_SET_PDEATHSIG` the child dies with the thread that forked it.
+pub fn launch(role: Role, listen: &str, args: &[String], log: &Path) -> Launch {
     let log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -121,18 +136,31 @@ pub fn try_spawn_server(
         .stderr(Stdio::from(log_file));
     hermetic_env(&mut cmd);
     let mut child = cmd.spawn().expect("spawn fdfs");
-    let stdout = child.stdout.take().expect("piped stdout");
-    match read_listening(stdout, LISTEN_TIMEOUT) {
-        Ok(addr) => Ok((child, addr)),
-        Err(e) => {
-            let _ = child.kill();
-            let status = child.wait().ok();
-            let log = std::fs::read(log).unwrap_or_default();
-            let new = String::from_utf8_lossy(&log[(log_start as usize).min(log.len())..]);
-            Err(format!(
-                "fdfs {} --listen {listen} {args:?}: {e} (status {status:?}); log:\n{new}",
-                role.subcommand()
-            ))
+    let lines = read_lines(child.stdout.take().expect("piped stdout"));
+    Launch {
+        child,
+        lines,
+        what: format!("fdfs {} --listen {listen} {args:?}", role.subcommand()),
+        log: log.to_owned(),
+        log_start,
+    }
+}
+
+impl Launch {
+    /// Wait for the `listening on` line.
+    pub fn wait(mut self) -> Result<(Child, SocketAddr), String> {
+        match wait_listening(&self.lines, LISTEN_TIMEOUT) {
+            Ok(addr) => Ok((self.child, addr)),
+            Err(e) => {
+                let _ = self.child.kill();
+                let status = self.child.wait().ok();
+                let log = std::fs::read(&self.log).unwrap_or_default();
+                let new = String::from_utf8_lossy(&log[(self.log_start as usize).min(log.len())..]);
+                Err(format!(
+                    "{}: {e} (status {status:?}); log:\n{new}",
+                    self.what
+                ))
+            }
         }
     }
 }
@@ -145,7 +173,7 @@ pub fn hermetic_env(cmd: &mut Command) {
             cmd.env_remove(k);
         }
     }
-    cmd.env("FDFS_CLUSTER_SECRET", SECRET);
+    cmd.env("FDFS_CLUSTER_SECRET", SECRET).env("NO_COLOR", "1");
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "info");
     }
@@ -161,13 +189,11 @@ pub fn hermetic_env(cmd: &mut Command) {
     }
 }
 
-/// Read stdout lines until `listening on ADDR`; keep draining the pipe in a thread afterwards.
-/// Every line is also sent on, so callers that want later lines (`fdfs up`) can use [`read_lines`].
-pub fn read_listening(
-    stdout: std::process::ChildStdout,
+/// Wait for a `listening on ADDR` line among a child's stdout lines.
+pub fn wait_listening(
+    rx: &mpsc::Receiver<String>,
     timeout: Duration,
 ) -> Result<SocketAddr, String> {
-    let rx = read_lines(stdout);
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -203,6 +229,39 @@ pub fn read_lines(stdout: impl std::io::Read + Send + 'static) -> mpsc::Receiver
     rx
 }
 
+/// A fresh temp directory for node data, on tmpfs (`/dev/shm`) when it has `min_free` bytes free: storage
+/// nodes create 256x256 directories per store path, which a disk-backed /tmp makes slow to create and remove.
+/// `FDFS_TEST_TMPDIR` overrides the base directory.
+pub fn tempdir(min_free: u64) -> tempfile::TempDir {
+    let base = std::env::var_os("FDFS_TEST_TMPDIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let shm = PathBuf::from("/dev/shm");
+            (free_bytes(&shm).is_some_and(|f| f >= min_free)).then_some(shm)
+        })
+        .unwrap_or_else(std::env::temp_dir);
+    tempfile::Builder::new()
+        .prefix("fdfs-test-")
+        .tempdir_in(&base)
+        .unwrap_or_else(|e| panic!("tempdir in {}: {e}", base.display()))
+}
+
+/// Free bytes of the filesystem holding `path`, if it is a writable directory.
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_dir() || meta.permissions().readonly() {
+        return None;
+    }
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid NUL-terminated path and a properly sized out struct.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
 /// Last `n` lines of a file.
 pub fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -226,17 +285,26 @@ pub fn peak_rss(pid: u32) -> Option<u64> {
 
 impl Node {
     fn start(name: String, role: Role, dir: PathBuf, args: Vec<String>, log: PathBuf) -> Node {
+        Node::launch(name, role, dir, args, log).finish()
+    }
+
+    /// Start the process; [`PendingNode::finish`] waits for it to listen.
+    fn launch(
+        name: String,
+        role: Role,
+        dir: PathBuf,
+        args: Vec<String>,
+        log: PathBuf,
+    ) -> PendingNode {
         std::fs::create_dir_all(&dir).expect("create node dir");
-        let (child, addr) = spawn_server(role, "127.0.0.1:0", &args, &log);
-        Node {
+        let launch = launch(role, "127.0.0.1:0", &args, &log);
+        PendingNode {
             name,
             role,
-            addr,
             dir,
             args,
             log,
-            child: Some(child),
-            restarts: 0,
+            launch,
         }
     }
 
@@ -317,6 +385,32 @@ impl Node {
     }
 }
 
+/// A node whose process started but whose address is not known yet.
+struct PendingNode {
+    name: String,
+    role: Role,
+    dir: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    launch: Launch,
+}
+
+impl PendingNode {
+    fn finish(self) -> Node {
+        let (child, addr) = self.launch.wait().unwrap_or_else(|e| panic!("{e}"));
+        Node {
+            name: self.name,
+            role: self.role,
+            addr,
+            dir: self.dir,
+            args: self.args,
+            log: self.log,
+            child: Some(child),
+            restarts: 0,
+        }
+    }
+}
+
 /// A running cluster.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
@@ -333,10 +427,12 @@ pub struct Cluster {
 impl Cluster {
     /// Start trackers, storage nodes, then the gateway; return once every tracker sees every member active.
     pub async fn start(spec: ClusterSpec) -> Cluster {
-        let dir = tempfile::Builder::new()
-            .prefix("fdfs-test-")
-            .tempdir()
-            .expect("tempdir");
+        Cluster::start_in(spec, tempdir(1 << 30)).await
+    }
+
+    /// [`Cluster::start`] with node data under `dir`.
+    pub async fn start_in(spec: ClusterSpec, dir: tempfile::TempDir) -> Cluster {
+        let t0 = Instant::now();
         let logs = dir.path().join("logs");
         std::fs::create_dir_all(&logs).unwrap();
         let trackers: Vec<Node> = (1..=spec.trackers)
@@ -356,7 +452,9 @@ impl Cluster {
             .map(|t| t.addr.to_string())
             .collect::<Vec<_>>()
             .join(",");
-        let storage: Vec<Vec<Node>> = (1..=spec.groups)
+        // Storage nodes start in parallel (each creates its 256x256 directories first); all are spawned from
+        // this thread (see `launch`), then awaited.
+        let pending: Vec<Vec<PendingNode>> = (1..=spec.groups)
             .map(|g| {
                 (1..=spec.members)
                     .map(|m| {
@@ -367,16 +465,15 @@ impl Cluster {
                         a.push("--store-path".into());
                         a.push(data.display().to_string());
                         a.extend(spec.storage_args.iter().cloned());
-                        Node::start(
-                            name.clone(),
-                            Role::Storage,
-                            data,
-                            a,
-                            logs.join(format!("{name}.log")),
-                        )
+                        let log = logs.join(format!("{name}.log"));
+                        Node::launch(name, Role::Storage, data, a, log)
                     })
                     .collect()
             })
+            .collect();
+        let storage: Vec<Vec<Node>> = pending
+            .into_iter()
+            .map(|g| g.into_iter().map(PendingNode::finish).collect())
             .collect();
         let mut ga = vec!["--tracker".to_owned(), tracker_list];
         ga.extend(spec.gateway_args.iter().cloned());
@@ -408,6 +505,11 @@ impl Cluster {
                 })
                 .await;
         }
+        eprintln!(
+            "cluster of {} process(es) ready in {:.1}s",
+            cluster.all_nodes().count(),
+            t0.elapsed().as_secs_f64()
+        );
         cluster
     }
 
