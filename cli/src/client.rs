@@ -18,6 +18,8 @@ pub const DEFAULT_GATEWAY: &str = "http://127.0.0.1:8080";
 pub struct Client {
     base: String,
     http: reqwest::Client,
+    /// Sent as `x-api-key` on every request when set.
+    api_key: Option<String>,
 }
 
 /// Turn what a user typed into a file ID: a bare ID (`group1/M00/..`), `/group1/M00/..`, or a full download
@@ -53,7 +55,17 @@ impl Client {
                 url: base.clone(),
                 source,
             })?;
-        Ok(Client { base, http })
+        Ok(Client {
+            base,
+            http,
+            api_key: None,
+        })
+    }
+
+    /// Send `x-api-key: KEY` with every request (gateways configured with `api_key` require it for writes).
+    pub fn with_api_key(mut self, key: Option<String>) -> Self {
+        self.api_key = key.filter(|k| !k.is_empty());
+        self
     }
 
     /// The gateway base URL, without a trailing slash.
@@ -68,7 +80,11 @@ impl Client {
 
     /// A request to a gateway path.
     pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.http.request(method, self.url(path))
+        let req = self.http.request(method, self.url(path));
+        match &self.api_key {
+            Some(k) => req.header(fdfs_common::wire::API_KEY_HEADER, k),
+            None => req,
+        }
     }
 
     /// Send a request; a transport failure becomes [`CliError::Http`], a non-2xx answer [`CliError::Api`].

@@ -22,6 +22,9 @@ pub struct Cli {
     /// Gateway URL for client commands.
     #[arg(long, global = true, env = "FDFS_GATEWAY", default_value = DEFAULT_GATEWAY, value_name = "URL")]
     pub gateway: String,
+    /// API key sent (header `x-api-key`) to a gateway that requires one. Give it before the subcommand.
+    #[arg(long, env = "FDFS_API_KEY", hide_env_values = true, value_name = "KEY")]
+    pub api_key: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -54,7 +57,7 @@ pub enum Command {
 
 /// Run a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let client = || Client::new(&cli.gateway);
+    let client = || Client::new(&cli.gateway).map(|c| c.with_api_key(cli.api_key.clone()));
     match cli.command {
         Command::Tracker(a) => fdfs_tracker::cli::main(a).await?,
         Command::Storage(a) => fdfs_storage::cli::main(a).await?,

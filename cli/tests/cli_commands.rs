@@ -14,6 +14,11 @@ use serde_json::Value;
 
 /// Run `fdfs ARGS` against `gateway`.
 async fn fdfs(gateway: &str, args: &[&str]) -> Output {
+    fdfs_env(gateway, &[], args).await
+}
+
+/// Run `fdfs ARGS` against `gateway` with extra environment variables.
+async fn fdfs_env(gateway: &str, env: &[(&str, &str)], args: &[&str]) -> Output {
     let mut cmd = tokio::process::Command::new(BIN);
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("FDFS_") {
@@ -21,6 +26,7 @@ async fn fdfs(gateway: &str, args: &[&str]) -> Output {
         }
     }
     cmd.env("FDFS_GATEWAY", gateway)
+        .envs(env.iter().copied())
         .args(args)
         .stdin(std::process::Stdio::null())
         .output()
@@ -246,4 +252,25 @@ async fn cli_commands_against_a_real_cluster() {
     );
     let err = failed(&fdfs("http://127.0.0.1:9", &["monitor"]).await, 1);
     assert!(err.contains("127.0.0.1:9"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_sends_the_api_key() {
+    let c = Cluster::start(ClusterSpec {
+        groups: 1,
+        members: 1,
+        gateway_args: common::args(&["--api-key", "sekret"]),
+        ..ClusterSpec::default()
+    })
+    .await;
+    let gw = c.gateway_url();
+    let work = common::tempdir(1 << 20);
+    let f = work.path().join("k.txt");
+    std::fs::write(&f, b"key").unwrap();
+    let f = f.to_str().unwrap();
+    let err = failed(&fdfs(&gw, &["upload", f]).await, 1);
+    assert!(err.contains("401"), "{err}");
+    let id = ok(&fdfs_env(&gw, &[("FDFS_API_KEY", "sekret")], &["upload", "-q", f]).await);
+    let id = id.trim();
+    ok(&fdfs(&gw, &["--api-key", "sekret", "delete", id]).await);
 }
