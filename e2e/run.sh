@@ -1,0 +1,328 @@
+#!/usr/bin/env bash
+# End-to-end checks of a real `fdfs up` cluster from outside Rust:
+#   a. a real browser (system chromium driven by playwright-core) uses the gateway's upload page;
+#   b. schemathesis checks the gateway against openapi.yaml, and every documented route is served;
+#   c. the real nginx serves a storage node's files with deploy/nginx/fdfs-storage.conf.
+# Installs what it lacks (Debian: chromium, nginx, nodejs/npm; npm: playwright-core; pip: schemathesis in
+# e2e/.venv), builds `fdfs` (debug), starts the cluster, prints `PASS`/`FAIL` lines and ends with exactly one
+# line `e2e: N passed, M failed`; exit code 1 if anything failed. The cluster and nginx are always stopped.
+#
+# Environment: FDFS_E2E_MAX_EXAMPLES (schemathesis examples per operation, default 100),
+# FDFS_E2E_KEEP=1 keeps the temp dir (logs, screenshot) for inspection.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(dirname "$HERE")"
+SCHEMATHESIS_VERSION="4.32.5"
+MAX_EXAMPLES="${FDFS_E2E_MAX_EXAMPLES:-100}"
+CHROMIUM=/usr/bin/chromium
+
+passed=0
+failed=0
+pass() { echo "PASS $*"; passed=$((passed + 1)); }
+fail() { echo "FAIL $*"; failed=$((failed + 1)); }
+log() { echo "e2e: $*" >&2; }
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/fdfs-e2e.XXXXXX")"
+UP_PID=""
+NGINX_PID=""
+
+cleanup() {
+    local rc=$?
+    if [[ -n "$NGINX_PID" ]] && kill -0 "$NGINX_PID" 2>/dev/null; then
+        kill -TERM "$NGINX_PID" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$NGINX_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$NGINX_PID" 2>/dev/null || true
+    fi
+    if [[ -n "$UP_PID" ]] && kill -0 "$UP_PID" 2>/dev/null; then
+        kill -TERM "$UP_PID" 2>/dev/null || true
+        for _ in $(seq 200); do kill -0 "$UP_PID" 2>/dev/null || break; sleep 0.1; done
+        if kill -0 "$UP_PID" 2>/dev/null; then
+            log "fdfs up did not stop within 20s, killing it"
+            kill -KILL "$UP_PID" 2>/dev/null || true
+        fi
+        wait "$UP_PID" 2>/dev/null || true
+    fi
+    if [[ "${FDFS_E2E_KEEP:-}" == 1 ]]; then
+        log "kept $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------------------------------------- installs
+apt_updated=""
+apt_install() {
+    if [[ -z "$apt_updated" ]]; then
+        log "apt-get update"
+        apt-get update -qq >&2
+        apt_updated=1
+    fi
+    log "apt-get install $*"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2
+}
+
+want=()
+[[ -x "$CHROMIUM" ]] || want+=(chromium)
+command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || want+=(nginx)
+command -v node >/dev/null 2>&1 || want+=(nodejs)
+command -v npm >/dev/null 2>&1 || want+=(npm)
+if ((${#want[@]})); then apt_install "${want[@]}"; fi
+NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
+
+if [[ ! -f "$HERE/node_modules/playwright-core/package.json" ]]; then
+    log "npm ci (playwright-core; no browser download)"
+    (cd "$HERE" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund >&2)
+fi
+
+VENV="$HERE/.venv"
+if ! "$VENV/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+    log "pip install schemathesis==$SCHEMATHESIS_VERSION into $VENV"
+    python3 -m venv "$VENV" >&2
+    "$VENV/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" >&2
+fi
+
+# ------------------------------------------------------------------------------------------------ build
+log "cargo build -p fdfs"
+(cd "$ROOT" && cargo build -q -p fdfs >&2)
+FDFS="$ROOT/target/debug/fdfs"
+
+# ---------------------------------------------------------------------------------------------- helpers
+# A base port P with P..P+19 free (fdfs up: gateway P, tracker P+1, storage P+10..), and one more free port.
+free_base_port() {
+    python3 - "$@" <<'EOF'
+import random, socket, sys
+def free(p):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+span = int(sys.argv[1])
+for _ in range(200):
+    p = random.randrange(20000, 60000 - span)
+    if all(free(p + i) for i in range(span)):
+        print(p)
+        sys.exit(0)
+sys.exit("no free port range")
+EOF
+}
+
+# wait_for DESCRIPTION SECONDS COMMAND...: poll COMMAND until it succeeds or the deadline passes.
+wait_for() {
+    local what="$1" secs="$2"
+    shift 2
+    local deadline=$((SECONDS + secs))
+    until "$@" >/dev/null 2>&1; do
+        if ((SECONDS >= deadline)); then
+            log "timed out after ${secs}s waiting for $what"
+            return 1
+        fi
+        sleep 0.2
+    done
+}
+
+# -------------------------------------------------------------------------------------------- the cluster
+PORT="$(free_base_port 20)"
+GATEWAY="http://127.0.0.1:$PORT"
+DATA="$WORK/cluster"
+log "starting fdfs up --port $PORT --data $DATA"
+"$FDFS" up --data "$DATA" --port "$PORT" >"$WORK/up.out" 2>"$WORK/up.err" &
+UP_PID=$!
+up_ready() { kill -0 "$UP_PID" && grep -q "^fdfs cluster is up" "$WORK/up.out"; }
+if wait_for "the cluster" 120 up_ready && curl -fsS "$GATEWAY/health" >/dev/null; then
+    pass "cluster: fdfs up serves $GATEWAY"
+else
+    fail "cluster: fdfs up did not become ready"
+    sed 's/^/    | /' "$WORK/up.out" "$WORK/up.err" >&2 || true
+    for f in "$DATA"/logs/*.log; do [[ -f "$f" ]] && { echo "--- $f" >&2; tail -20 "$f" >&2; }; done
+    echo "e2e: $passed passed, $failed failed"
+    exit 1
+fi
+
+# ---------------------------------------------------------------------------------------------- a. browser
+mkdir -p "$WORK/browser"
+if node "$HERE/browser.test.mjs" "$GATEWAY" "$WORK/browser" >"$WORK/browser.out" 2>&1; then b_ok=1; else b_ok=0; fi
+while IFS= read -r line; do
+    case "$line" in
+        PASS\ *) pass "${line#PASS }" ;;
+        FAIL\ *) fail "${line#FAIL }" ;;
+        *) echo "    | $line" >&2 ;;
+    esac
+done <"$WORK/browser.out"
+if ((b_ok == 0)) && ! grep -q '^FAIL' "$WORK/browser.out"; then fail "browser: node exited with an error"; fi
+[[ -f "$WORK/browser/upload-page.png" ]] && log "screenshot: $WORK/browser/upload-page.png"
+
+# --------------------------------------------------------------------------------------- b. OpenAPI
+if "$VENV/bin/python" "$HERE/routes_check.py" "$ROOT/openapi.yaml" "$GATEWAY" >"$WORK/routes.out" 2>&1; then
+    r_ok=1
+else
+    r_ok=0
+fi
+while IFS= read -r line; do
+    case "$line" in
+        PASS\ *) pass "${line#PASS }" ;;
+        FAIL\ *) fail "${line#FAIL }" ;;
+        *) echo "    | $line" >&2 ;;
+    esac
+done <"$WORK/routes.out"
+if ((r_ok == 0)) && ! grep -q '^FAIL' "$WORK/routes.out"; then fail "routes: checker exited with an error"; fi
+
+log "schemathesis (max $MAX_EXAMPLES examples per operation)"
+if (cd "$WORK" && NO_COLOR=1 "$VENV/bin/schemathesis" run "$ROOT/openapi.yaml" \
+    --url "$GATEWAY" \
+    --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
+    --max-examples "$MAX_EXAMPLES" --seed 20261125 --workers 1 --request-timeout 30 \
+    --no-color >"$WORK/schemathesis.out" 2>&1); then
+    pass "openapi: schemathesis conformance ($(grep -Eo '[0-9]+ generated, [0-9]+ passed' "$WORK/schemathesis.out" | head -1))"
+else
+    fail "openapi: schemathesis conformance (output below)"
+    grep -v "^ *$" "$WORK/schemathesis.out" | tail -150 | cut -c1-400 | sed 's/^/    | /' >&2
+fi
+
+# Second pass: the file routes pinned to a real file, so their success answers are checked against the spec.
+fid_json="$(curl -sS -T "$HERE/package.json" "$GATEWAY/upload/schemathesis.json" || true)"
+pinned="$("$VENV/bin/python" -c 'import json,sys; print(json.loads(sys.argv[1])["file_id"])' "$fid_json" 2>/dev/null || true)"
+if [[ "$pinned" =~ ^[^/]+/M[0-9A-F]{2}/[0-9A-F]{2}/[0-9A-F]{2}/[^/]+$ ]]; then
+    IFS=/ read -r FDFS_E2E_GROUP FDFS_E2E_STORE_PATH FDFS_E2E_DIR1 FDFS_E2E_DIR2 FDFS_E2E_NAME <<<"$pinned"
+    export FDFS_E2E_GROUP FDFS_E2E_STORE_PATH FDFS_E2E_DIR1 FDFS_E2E_DIR2 FDFS_E2E_NAME
+    if (cd "$WORK" && NO_COLOR=1 "$VENV/bin/schemathesis" --config-file "$HERE/schemathesis-file.toml" run \
+        "$ROOT/openapi.yaml" --url "$GATEWAY" \
+        --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
+        --include-path-regex '\{name\}' --exclude-method DELETE --mode positive \
+        --max-examples "$MAX_EXAMPLES" --seed 20261125 --workers 1 --request-timeout 30 \
+        --no-color >"$WORK/schemathesis-file.out" 2>&1); then
+        pass "openapi: schemathesis on an existing file ($(grep -Eo '[0-9]+ generated, [0-9]+ passed' "$WORK/schemathesis-file.out" | head -1))"
+    else
+        fail "openapi: schemathesis on an existing file (output below)"
+        grep -v "^ *$" "$WORK/schemathesis-file.out" | tail -150 | cut -c1-400 | sed 's/^/    | /' >&2
+    fi
+else
+    fail "openapi: upload for the pinned pass failed: $fid_json"
+fi
+
+# ------------------------------------------------------------------------------------------------ c. nginx
+NGX="$WORK/nginx"
+mkdir -p "$NGX/temp" "$NGX/logs" "$NGX/conf.d"
+NGX_PORT="$(free_base_port 1)"
+# Upload first, then point nginx at a member of group1 that holds the file.
+head -c 300000 /dev/urandom >"$WORK/blob.bin"
+up_json="$(curl -sS -T "$WORK/blob.bin" "$GATEWAY/upload/blob.png?group=group1" || true)"
+fid="$("$VENV/bin/python" -c 'import json,sys; print(json.loads(sys.argv[1])["file_id"])' "$up_json" 2>/dev/null || true)"
+rel="${fid#group1/M00/}"
+holder_on_disk() { ls "$DATA"/storage-g1-m*/data/"$rel" 2>/dev/null | head -1 | grep -q .; }
+if [[ "$fid" == group1/M00/* ]] && wait_for "the file on a group1 member" 30 holder_on_disk; then
+    holder="$(ls "$DATA"/storage-g1-m*/data/"$rel" | head -1)"
+    STORE="${holder%/data/$rel}"
+    pass "nginx: uploaded $fid for the nginx checks"
+else
+    fail "nginx: upload for the nginx checks failed: $up_json"
+    STORE="$DATA/storage-g1-m1"
+fi
+NODE_URL="$(awk -v s="$STORE" '$NF == s { for (i = 1; i <= NF; i++) if ($i ~ /^http:/) print $i }' "$WORK/up.out")"
+NODE_ADDR="${NODE_URL#http://}"
+log "nginx on 127.0.0.1:$NGX_PORT serves $STORE (node $NODE_ADDR)"
+sed -e "s|@LISTEN@|127.0.0.1:$NGX_PORT|g" -e "s|@GROUP@|group1|g" -e "s|@STORE_PATH@|$STORE|g" \
+    -e "s|@NODE@|$NODE_ADDR|g" "$ROOT/deploy/nginx/fdfs-storage.conf" >"$NGX/conf.d/fdfs-storage.conf"
+# As root, nginx's workers would switch to `nobody`, who cannot enter the private temp dir: keep them root.
+NGX_USER=""
+[[ "$(id -u)" == 0 ]] && NGX_USER="user root;"
+cat >"$NGX/nginx.conf" <<EOF
+$NGX_USER
+daemon off;
+master_process on;
+worker_processes 1;
+pid $NGX/nginx.pid;
+error_log $NGX/logs/error.log warn;
+events { worker_connections 64; }
+http {
+    include /etc/nginx/mime.types;
+    default_type application/octet-stream;
+    access_log $NGX/logs/access.log;
+    client_body_temp_path $NGX/temp/body;
+    proxy_temp_path $NGX/temp/proxy;
+    fastcgi_temp_path $NGX/temp/fastcgi;
+    uwsgi_temp_path $NGX/temp/uwsgi;
+    scgi_temp_path $NGX/temp/scgi;
+    sendfile on;
+    include $NGX/conf.d/*.conf;
+}
+EOF
+"$NGINX" -p "$NGX" -c "$NGX/nginx.conf" -e "$NGX/logs/error.log" >"$NGX/stdout" 2>&1 &
+NGINX_PID=$!
+NGINX_URL="http://127.0.0.1:$NGX_PORT"
+if wait_for "nginx" 20 curl -s -o /dev/null "$NGINX_URL/"; then
+    pass "nginx: starts with deploy/nginx/fdfs-storage.conf"
+    code="$(curl -s -o "$WORK/blob.got" -D "$WORK/blob.hdr" -w '%{http_code}' "$NGINX_URL/$fid")"
+    if [[ "$code" == 200 ]] && cmp -s "$WORK/blob.bin" "$WORK/blob.got"; then
+        pass "nginx: GET /$fid returns the uploaded bytes"
+    else
+        fail "nginx: GET /$fid answered $code or other bytes"
+    fi
+    if grep -qi '^content-type: image/png' "$WORK/blob.hdr"; then pass "nginx: Content-Type image/png"; else
+        fail "nginx: Content-Type: $(grep -i '^content-type' "$WORK/blob.hdr" | tr -d '\r')"; fi
+    if grep -qi '^cache-control: .*immutable' "$WORK/blob.hdr"; then pass "nginx: immutable Cache-Control"; else
+        fail "nginx: no immutable Cache-Control"; fi
+    if grep -qi '^etag:' "$WORK/blob.hdr"; then pass "nginx: ETag"; else fail "nginx: no ETag"; fi
+    # Range.
+    code="$(curl -s -o "$WORK/range.got" -D "$WORK/range.hdr" -w '%{http_code}' -H 'Range: bytes=1000-1999' "$NGINX_URL/$fid")"
+    if [[ "$code" == 206 ]] && cmp -s "$WORK/range.got" <(tail -c +1001 "$WORK/blob.bin" | head -c 1000) \
+        && grep -qi '^content-range: bytes 1000-1999/300000' "$WORK/range.hdr"; then
+        pass "nginx: Range bytes=1000-1999 -> 206 with the right bytes"
+    else
+        fail "nginx: Range answered $code"
+    fi
+    code="$(curl -s -o /dev/null -w '%{http_code}' -H 'Range: bytes=400000-' "$NGINX_URL/$fid")"
+    if [[ "$code" == 416 ]]; then pass "nginx: unsatisfiable Range -> 416"; else fail "nginx: unsatisfiable Range answered $code"; fi
+    # Metadata files are never served: give the file metadata so `<name>-m` exists on disk.
+    curl -sS -o /dev/null -X PUT -H 'content-type: application/json' -d '{"owner":"e2e"}' "$GATEWAY/meta/$fid" || true
+    if wait_for "the metadata file" 30 test -f "$STORE/data/$rel-m"; then
+        code="$(curl -s -o /dev/null -w '%{http_code}' "$NGINX_URL/$fid-m")"
+        if [[ "$code" == 404 ]]; then pass "nginx: metadata file $fid-m not served (404)"; else
+            fail "nginx: metadata file $fid-m answered $code"; fi
+    else
+        fail "nginx: no metadata file appeared at $STORE/data/$rel-m"
+    fi
+    # Anything that is not a file ID, and every way of climbing out of data/, is refused.
+    dir="${fid%/*}"
+    name="${fid##*/}"
+    bad_paths=(
+        "/$dir/../../../../.fdfs/db"
+        "/$dir/%2e%2e/%2e%2e/%2e%2e/%2e%2e/.fdfs/db"
+        "/$dir/..%2F..%2F..%2F..%2F.fdfs%2Fdb"
+        "/group1/M00/../../../../../../etc/passwd"
+        "/group1/M00/%2e%2e/%2e%2e/%2e%2e/etc/passwd"
+        "/$dir/..%5C..%5C$name"
+        "/$dir/$name%00.png"
+        "/.fdfs/db"
+        "/group1/M00/.fdfs/db"
+        "/$dir/"
+        "/group1/M00/"
+        "/$dir/$name/.."
+        "/data/$rel"
+    )
+    for p in "${bad_paths[@]}"; do
+        code="$(curl -s --path-as-is -o "$WORK/bad.got" -w '%{http_code}' "$NGINX_URL$p")"
+        if [[ "$code" =~ ^4 ]] && ! cmp -s "$WORK/bad.got" "$WORK/blob.bin"; then
+            pass "nginx: $p refused ($code)"
+        else
+            fail "nginx: $p answered $code"
+        fi
+    done
+    code="$(curl -s -o /dev/null -w '%{http_code}' -X DELETE "$NGINX_URL/$fid")"
+    if [[ "$code" == 405 ]]; then pass "nginx: DELETE refused (405)"; else fail "nginx: DELETE answered $code"; fi
+else
+    fail "nginx: did not start"
+    sed 's/^/    | /' "$NGX/stdout" "$NGX/logs/error.log" >&2 || true
+fi
+
+# ------------------------------------------------------------------------------------------------ result
+if ! kill -0 "$UP_PID" 2>/dev/null; then fail "cluster: fdfs up died during the checks"; fi
+echo "e2e: $passed passed, $failed failed"
+((failed == 0))
