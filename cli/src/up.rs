@@ -124,6 +124,8 @@ async fn spawn(
         .args(args)
         .env_remove("FDFS_CONFIG")
         .env("FDFS_CLUSTER_SECRET", secret)
+        // Logs go to files: no colour codes.
+        .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log_file))
