@@ -158,6 +158,26 @@ fn dechunk(mut rest: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A child process killed when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl KillOnDrop {
+    fn check_alive(&mut self, what: &str, log: &std::path::Path) {
+        assert!(
+            matches!(self.0.try_wait(), Ok(None)),
+            "{what} died; log:\n{}",
+            common::tail(log, 40)
+        );
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A request with `Connection: close` and the given extra header lines (each ending in `\r\n`).
 fn req(method: &str, target: &[u8], extra: &str, body: &[u8]) -> Vec<u8> {
     let mut r = Vec::new();
@@ -829,7 +849,81 @@ async fn hostile_requests_never_break_a_node() {
         );
     }
 
-    // 9. Everyone survived and still serves.
+    // 9. Range and conditional headers no client should send, on the storage node and through a gateway in
+    // proxy mode (which passes them on and streams the answer back).
+    let proxy_log = c.dir.path().join("logs").join("gateway-proxy.log");
+    let (proxy_child, proxy_addr) = common::spawn_server(
+        common::Role::Gateway,
+        "127.0.0.1:0",
+        &args(&[
+            "--tracker",
+            &c.trackers[0].addr.to_string(),
+            "--download-mode",
+            "proxy",
+        ]),
+        &proxy_log,
+    );
+    let mut proxy_gw = KillOnDrop(proxy_child);
+    let many_ranges: String = (0..2000).map(|i| format!("{i}-{i},")).collect();
+    let many_tags: String = (0..2000).map(|i| format!("\"{i}\", ")).collect();
+    let header_abuse = [
+        "Range: bytes=99999999999999999999-".to_owned(),
+        "Range: bytes=-0".to_owned(),
+        "Range: bytes=5-1".to_owned(),
+        "Range: bytes=--5".to_owned(),
+        "Range: bytes=".to_owned(),
+        "Range: bytes=a-b".to_owned(),
+        "Range: items=0-5".to_owned(),
+        "Range: bytes=0-0,-1".to_owned(),
+        format!("Range: bytes={}", many_ranges.trim_end_matches(',')),
+        "Range: bytes=18446744073709551615-18446744073709551615".to_owned(),
+        "Range: bytes=0-18446744073709551615".to_owned(),
+        "Range: bytes=0-9".to_owned(),
+        "If-Range: garbage\r\nRange: bytes=0-9".to_owned(),
+        "If-Match: \"nope\"".to_owned(),
+        "If-None-Match: *".to_owned(),
+        format!("If-None-Match: {many_tags}"),
+        "If-Modified-Since: Tue, 99 Foo 99999 99:99:99 GMT".to_owned(),
+        "If-Unmodified-Since: Thu, 01 Jan 1970 00:00:00 GMT".to_owned(),
+        "Accept-Encoding: gzip;q=garbage, *;q=-1".to_owned(),
+    ];
+    let target = format!("/{id}");
+    for h in &header_abuse {
+        let extra = format!("{h}\r\n");
+        for (who, addr) in [("storage GET", st), ("proxy gateway GET", proxy_addr)] {
+            let a = raw(addr, &req("GET", target.as_bytes(), &extra, b""), quick).await;
+            j.check(
+                &format!("{who} with {}", show(h.as_bytes())),
+                &a,
+                Expect::Any,
+            );
+            match a.status {
+                Some(200) => assert_eq!(a.body, content, "{who} with {h}: 200 with other bytes"),
+                Some(206) => {
+                    let range = a.header("content-range").unwrap_or_default().to_owned();
+                    let (from, to) = range
+                        .strip_prefix("bytes ")
+                        .and_then(|r| r.split_once('/'))
+                        .and_then(|(r, _)| r.split_once('-'))
+                        .and_then(|(f, t)| {
+                            Some((f.parse::<usize>().ok()?, t.parse::<usize>().ok()?))
+                        })
+                        .unwrap_or_else(|| {
+                            panic!("{who} with {h}: 206 without a Content-Range: {range:?}")
+                        });
+                    assert_eq!(
+                        a.body,
+                        content[from..=to],
+                        "{who} with {h}: 206 with other bytes"
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+    proxy_gw.check_alive("proxy-mode gateway", &proxy_log);
+
+    // 10. Everyone survived and still serves.
     for n in c.all_nodes_mut() {
         assert!(n.is_running(), "{} died; log:\n{}", n.name, n.log_tail(40));
     }

@@ -207,7 +207,13 @@ async fn serve_inner(node: AppState, req: Request) -> Result<Response, StorageEr
     ] {
         parts.headers.remove(h);
     }
-    if !honour_range {
+    // ServeFile refuses several ranges with a bare 416; a server may ignore Range instead (RFC 9110 14.2), so a
+    // multi-range request gets the whole file.
+    let several = parts
+        .headers
+        .get(header::RANGE)
+        .is_some_and(|r| r.as_bytes().contains(&b','));
+    if !honour_range || several {
         parts.headers.remove(header::RANGE);
     }
     let inner = Request::from_parts(parts, body);
@@ -218,6 +224,19 @@ async fn serve_inner(node: AppState, req: Request) -> Result<Response, StorageEr
     if res.status() == StatusCode::NOT_FOUND {
         // Deleted between the stat and the open.
         return Err(StorageError::NotFound(format!("no such file {id}")));
+    }
+    if res.status() == StatusCode::RANGE_NOT_SATISFIABLE {
+        // ServeFile's 416 has no body; give it the JSON error every answer has, keeping `Content-Range`.
+        let mut out = fdfs_common::error_response(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "range_not_satisfiable",
+            "range not satisfiable",
+        );
+        if let Some(v) = res.headers().get(header::CONTENT_RANGE) {
+            out.headers_mut().insert(header::CONTENT_RANGE, v.clone());
+        }
+        set_validators(out.headers_mut(), &etag, modified);
+        return Ok(out);
     }
     let mut res = res.map(Body::new);
     let status = res.status();
