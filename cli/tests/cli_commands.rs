@@ -136,6 +136,10 @@ async fn cli_commands_against_a_real_cluster() {
     assert!(stderr(&o).contains("saved"), "{}", stderr(&o));
     assert_eq!(std::fs::read(&dl).unwrap(), &big[..]);
     assert!(!fdfs::commands::download::part_path(&dl).exists());
+    let outdir = w.join("out");
+    ok(&fdfs(&gw, &["download", ids[0], "-o", outdir.to_str().unwrap()]).await);
+    let name = ids[0].rsplit('/').next().unwrap();
+    assert_eq!(std::fs::read(outdir.join(name)).unwrap(), b"a");
     let o = fdfs(&gw, &["download", ids[1], "-o", "-"]).await;
     ok(&o);
     assert_eq!(o.stdout, b"bb");

@@ -17,7 +17,7 @@ use crate::error::{CliError, Result};
 pub struct Args {
     /// File ID (or a download URL) to fetch.
     pub id: String,
-    /// Where to write: a path, or `-` for stdout. Default: the file's name in the current directory.
+    /// Where to write: a path, a directory, or `-` for stdout. Default: the file's name in the current directory.
     #[arg(short, long, value_name = "FILE|-")]
     pub output: Option<PathBuf>,
 }
@@ -62,7 +62,15 @@ pub async fn run(client: &Client, args: Args) -> Result<()> {
     let id = parse_file_id(&args.id)?;
     match args.output {
         Some(p) if p.as_os_str() == "-" => to_stdout(client, &id).await,
-        Some(p) => saved(&p, to_file(client, &id, &p).await?),
+        Some(p) => {
+            // An existing directory gets the file under its own name.
+            let p = if tokio::fs::metadata(&p).await.is_ok_and(|m| m.is_dir()) {
+                p.join(id.name.as_str())
+            } else {
+                p
+            };
+            saved(&p, to_file(client, &id, &p).await?)
+        }
         None => {
             let p = PathBuf::from(id.name.as_str());
             saved(&p, to_file(client, &id, &p).await?)
