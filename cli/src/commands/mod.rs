@@ -16,17 +16,17 @@ use fdfs_common::wire::Metadata;
 /// Files at least this big get a progress bar (when stderr is a terminal).
 pub const PROGRESS_THRESHOLD: u64 = 4 << 20;
 
+const PROGRESS_TEMPLATE: &str = "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}";
+
 /// A byte progress bar on stderr, or `None` when stderr is not a terminal or the transfer is small.
 pub fn progress_bar(len: u64, label: &str) -> Option<ProgressBar> {
     if len < PROGRESS_THRESHOLD || !std::io::stderr().is_terminal() {
         return None;
     }
     let pb = ProgressBar::new(len);
-    let style = ProgressStyle::with_template(
-        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-    )
-    .unwrap_or_else(|_| ProgressStyle::default_bar())
-    .progress_chars("=> ");
+    let style = ProgressStyle::with_template(PROGRESS_TEMPLATE)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
     pb.set_style(style);
     pb.set_message(label.to_owned());
     Some(pb)
@@ -48,6 +48,13 @@ pub fn parse_pairs(pairs: &[String]) -> Result<Metadata> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_template_is_valid() {
+        assert!(ProgressStyle::with_template(PROGRESS_TEMPLATE).is_ok());
+        // Small transfers and non-terminals (as under `cargo test`) get no bar.
+        assert!(progress_bar(1, "x").is_none());
+    }
 
     #[test]
     fn pairs() {
