@@ -230,6 +230,12 @@ NODE_ADDR="${NODE_URL#http://}"
 log "nginx on 127.0.0.1:$NGX_PORT serves $STORE (node $NODE_ADDR)"
 sed -e "s|@LISTEN@|127.0.0.1:$NGX_PORT|g" -e "s|@GROUP@|group1|g" -e "s|@STORE_PATH@|$STORE|g" \
     -e "s|@NODE@|$NODE_ADDR|g" "$ROOT/deploy/nginx/fdfs-storage.conf" >"$NGX/conf.d/fdfs-storage.conf"
+# A second server block for the other member of group1: a file it does not hold (yet) comes from its node.
+OTHER_STORE="$(ls -d "$DATA"/storage-g1-m* | grep -vx "$STORE" | head -1)"
+OTHER_URL="$(awk -v s="$OTHER_STORE" '$NF == s { for (i = 1; i <= NF; i++) if ($i ~ /^http:/) print $i }' "$WORK/up.out")"
+NGX_PORT2="$(free_base_port 1)"
+sed -e "s|@LISTEN@|127.0.0.1:$NGX_PORT2|g" -e "s|@GROUP@|group1|g" -e "s|@STORE_PATH@|$OTHER_STORE|g" \
+    -e "s|@NODE@|${OTHER_URL#http://}|g" "$ROOT/deploy/nginx/fdfs-storage.conf" >"$NGX/conf.d/fdfs-storage-2.conf"
 # As root, nginx's workers would switch to `nobody`, who cannot enter the private temp dir: keep them root.
 NGX_USER=""
 [[ "$(id -u)" == 0 ]] && NGX_USER="user root;"
@@ -317,6 +323,18 @@ if wait_for "nginx" 20 curl -s -o /dev/null "$NGINX_URL/"; then
     done
     code="$(curl -s -o /dev/null -w '%{http_code}' -X DELETE "$NGINX_URL/$fid")"
     if [[ "$code" == 405 ]]; then pass "nginx: DELETE refused (405)"; else fail "nginx: DELETE answered $code"; fi
+    # The other member's nginx: from its own disk if replicated, else through its node (error_page 404 -> @node).
+    code="$(curl -s -o "$WORK/other.got" -w '%{http_code}' "http://127.0.0.1:$NGX_PORT2/$fid")"
+    if [[ "$code" == 200 ]] && cmp -s "$WORK/blob.bin" "$WORK/other.got"; then
+        if [[ -f "$OTHER_STORE/data/$rel" ]]; then how="from its disk"; else how="through its node"; fi
+        pass "nginx: the other member's nginx serves the file ($how)"
+    else
+        fail "nginx: the other member's nginx answered $code for $fid"
+    fi
+    fake="${fid%/*}/AAAAAAAAAAAAAAAAAAAAAAAAAAA000000"
+    code="$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$NGX_PORT2/$fake")"
+    if [[ "$code" == 404 ]]; then pass "nginx: an unknown file is 404 through the node"; else
+        fail "nginx: unknown file $fake answered $code"; fi
 else
     fail "nginx: did not start"
     sed 's/^/    | /' "$NGX/stdout" "$NGX/logs/error.log" >&2 || true
