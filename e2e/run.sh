@@ -21,7 +21,13 @@ passed=0
 failed=0
 pass() { echo "PASS $*"; passed=$((passed + 1)); }
 fail() { echo "FAIL $*"; failed=$((failed + 1)); }
-log() { echo "e2e: $*" >&2; }
+log() { echo "[e2e] $*" >&2; }
+# A step everything else needs failed: count it, print the summary, stop (the trap cleans up).
+abort() {
+    fail "$*"
+    echo "e2e: $passed passed, $failed failed"
+    exit 1
+}
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/fdfs-e2e.XXXXXX")"
 UP_PID=""
@@ -70,24 +76,29 @@ want=()
 command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || want+=(nginx)
 command -v node >/dev/null 2>&1 || want+=(nodejs)
 command -v npm >/dev/null 2>&1 || want+=(npm)
-if ((${#want[@]})); then apt_install "${want[@]}"; fi
+if ((${#want[@]})); then apt_install "${want[@]}" || abort "setup: apt-get install ${want[*]}"; fi
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 
 if [[ ! -f "$HERE/node_modules/playwright-core/package.json" ]]; then
     log "npm ci (playwright-core; no browser download)"
-    (cd "$HERE" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund >&2)
+    (cd "$HERE" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund >&2) || abort "setup: npm ci"
 fi
 
 VENV="$HERE/.venv"
 if ! "$VENV/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
     log "pip install schemathesis==$SCHEMATHESIS_VERSION into $VENV"
-    python3 -m venv "$VENV" >&2
-    "$VENV/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" >&2
+    if ! python3 -m venv "$VENV" >&2; then
+        # Debian's own python3 needs python3-venv for this.
+        apt_install python3-venv || abort "setup: apt-get install python3-venv"
+        python3 -m venv "$VENV" >&2 || abort "setup: python3 -m venv"
+    fi
+    "$VENV/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" >&2 \
+        || abort "setup: pip install schemathesis==$SCHEMATHESIS_VERSION"
 fi
 
 # ------------------------------------------------------------------------------------------------ build
 log "cargo build -p fdfs"
-(cd "$ROOT" && cargo build -q -p fdfs >&2)
+(cd "$ROOT" && cargo build -q -p fdfs >&2) || abort "build: cargo build -p fdfs"
 FDFS="$ROOT/target/debug/fdfs"
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -139,11 +150,9 @@ up_ready() { kill -0 "$UP_PID" && grep -q "^fdfs cluster is up" "$WORK/up.out"; 
 if wait_for "the cluster" 120 up_ready && curl -fsS "$GATEWAY/health" >/dev/null; then
     pass "cluster: fdfs up serves $GATEWAY"
 else
-    fail "cluster: fdfs up did not become ready"
     sed 's/^/    | /' "$WORK/up.out" "$WORK/up.err" >&2 || true
     for f in "$DATA"/logs/*.log; do [[ -f "$f" ]] && { echo "--- $f" >&2; tail -20 "$f" >&2; }; done
-    echo "e2e: $passed passed, $failed failed"
-    exit 1
+    abort "cluster: fdfs up did not become ready"
 fi
 
 # ---------------------------------------------------------------------------------------------- a. browser
