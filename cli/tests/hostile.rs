@@ -653,6 +653,35 @@ async fn hostile_requests_never_break_a_node() {
             Expect::Refused,
         );
     }
+    // Metadata too large for one file (it would not fit the storage node's URI, and would pile up in memory).
+    let mut fat_meta: Vec<u8> = (0..3)
+        .flat_map(|i| {
+            format!(
+                "--{b}\r\nContent-Disposition: form-data; name=\"meta.k{i}\"\r\n\r\n{}\r\n",
+                "v".repeat(60_000)
+            )
+            .into_bytes()
+        })
+        .collect();
+    fat_meta.extend_from_slice(multipart_head(b, "f.txt").as_bytes());
+    fat_meta.extend_from_slice(format!("payload\r\n--{b}--\r\n").as_bytes());
+    let a = raw(gw, &req("POST", b"/upload", &ct, &fat_meta), quick).await;
+    j.check(
+        "gateway multipart with 180 KB of metadata",
+        &a,
+        Expect::Refused,
+    );
+    let t = format!(
+        "/upload/f.txt?meta.a={}&meta.b={}",
+        "%01".repeat(5_000),
+        "%01".repeat(5_000)
+    );
+    let a = raw(gw, &req("PUT", t.as_bytes(), "", b"payload"), quick).await;
+    j.check(
+        "gateway raw upload with escaped metadata",
+        &a,
+        Expect::Refused,
+    );
     let mut evil_name = multipart_head(b, "../../../../etc/cron.d/x.sh").into_bytes();
     evil_name.extend_from_slice(format!("payload\r\n--{b}--\r\n").as_bytes());
     let a = raw(gw, &req("POST", b"/upload", &ct, &evil_name), quick).await;

@@ -32,6 +32,10 @@ use crate::App;
 
 /// Longest accepted text field (`group`, `meta.*`, ...), in bytes.
 pub const MAX_FIELD_LEN: usize = 64 * 1024;
+/// Largest metadata of one file, as JSON, in bytes. It travels to the storage node percent-encoded in the upload's
+/// query string, which must stay well under the 64 KiB a URI may have; it also bounds what a request can make
+/// the gateway hold in memory.
+pub const MAX_META_JSON_LEN: usize = 16 * 1024;
 /// Multipart framing a request may carry on top of `max_upload_size` before the up-front Content-Length check
 /// refuses it (the exact limit is enforced on the content while streaming).
 const MULTIPART_SLACK: u64 = 1 << 20;
@@ -45,6 +49,14 @@ pub struct UploadFields {
     pub meta: Metadata,
     pub master: Option<FileId>,
     pub prefix: Option<String>,
+    /// Size of `meta` as JSON, kept up to date by [`UploadFields::apply`].
+    meta_json_len: usize,
+}
+
+/// Bytes one metadata entry takes in a JSON object: `"key":"value",`.
+fn json_entry_len(key: &str, value: &str) -> usize {
+    let quoted = |s: &str| serde_json::to_string(s).map_or(s.len() * 6 + 2, |q| q.len());
+    quoted(key) + quoted(value) + 2
 }
 
 /// What a text field did.
@@ -68,6 +80,14 @@ impl UploadFields {
                     "metadata field needs a key: meta.<key>".into(),
                 ));
             }
+            let replaced = self.meta.get(key).map_or(0, |old| json_entry_len(key, old));
+            let len = self.meta_json_len - replaced + json_entry_len(key, value);
+            if len > MAX_META_JSON_LEN {
+                return Err(GatewayError::BadRequest(format!(
+                    "metadata of one file is limited to {MAX_META_JSON_LEN} bytes as JSON"
+                )));
+            }
+            self.meta_json_len = len;
             self.meta.insert(key.to_owned(), value.to_owned());
             return Ok(FieldKind::Meta);
         }
@@ -466,6 +486,27 @@ mod tests {
         assert_eq!(prefix, "_150x150");
         f.apply("group", "group2").unwrap();
         assert!(f.params(None).is_err(), "slave in another group");
+    }
+
+    #[test]
+    fn metadata_is_bounded() {
+        let mut f = UploadFields::default();
+        let big = "v".repeat(MAX_META_JSON_LEN / 4);
+        for i in 0..3 {
+            f.apply(&format!("meta.k{i}"), &big).unwrap();
+        }
+        // Replacing a key counts once.
+        f.apply("meta.k0", &big).unwrap();
+        let e = f.apply("meta.k3", &big).unwrap_err();
+        assert_eq!(e.status(), axum::http::StatusCode::BAD_REQUEST);
+        assert_eq!(f.meta.len(), 3);
+        // What is kept fits: its JSON is within the limit.
+        assert!(serde_json::to_string(&f.meta).unwrap().len() <= MAX_META_JSON_LEN);
+        // Escapes count: control characters take six bytes each in JSON.
+        let mut g = UploadFields::default();
+        assert!(g
+            .apply("meta.c", &"\u{1}".repeat(MAX_META_JSON_LEN / 5))
+            .is_err());
     }
 
     #[test]
