@@ -472,7 +472,15 @@ async fn hostile_requests_never_break_a_node() {
     let spec = ClusterSpec {
         groups: 2,
         members: 1,
-        storage_args: args(&["--heartbeat-interval-ms", "200", "--max-file-size", &limit]),
+        // One member per group: an upload is acknowledged by that member alone.
+        storage_args: args(&[
+            "--heartbeat-interval-ms",
+            "200",
+            "--max-file-size",
+            &limit,
+            "--write-quorum",
+            "1",
+        ]),
         gateway_args: args(&[
             "--max-upload-size",
             &limit,
