@@ -58,6 +58,8 @@ pub struct Config {
     pub max_file_size: Size,
     /// Members that must hold an upload before it is acknowledged (used by replication).
     pub write_quorum: u32,
+    /// Size at which the replication binlog starts a new segment (acknowledged segments are removed).
+    pub binlog_segment_bytes: Size,
     /// When set, public downloads need a FastDFS anti-leech token (`?token=&ts=`).
     pub anti_leech_secret: Option<String>,
     /// Lifetime of an anti-leech token.
@@ -77,6 +79,7 @@ impl Default for Config {
             cluster_secret: None,
             max_file_size: Size::Bytes(16 << 30),
             write_quorum: 2,
+            binlog_segment_bytes: Size::Bytes(binlog::DEFAULT_SEGMENT_BYTES),
             anti_leech_secret: None,
             token_ttl_secs: 900,
         }
@@ -159,9 +162,26 @@ pub async fn run(
         .context("building the HTTP client")?;
     let peers = Arc::new(Peers::default());
 
-    // >>> REPLICATION HOOK: install the replication engine (sync.rs) here, built from `store`, `peers`, `http`
-    // and `config`; it must implement `Replication`.
-    let replication: Arc<dyn Replication> = Arc::new(NoReplication);
+    // The replication engine (see `sync`): binlog, one worker per peer, catch-up, write quorum.
+    let segment_bytes = match config.binlog_segment_bytes {
+        Size::Bytes(n) => n,
+        Size::Percent(_) => anyhow::bail!("binlog_segment_bytes must be a size, not a percentage"),
+    };
+    let engine = sync::SyncEngine::start(
+        store.clone(),
+        peers.clone(),
+        http.clone(),
+        sync::SyncConfig {
+            node_id,
+            write_quorum: config.write_quorum,
+            binlog_segment_bytes: segment_bytes,
+            cluster_secret: config.cluster_secret.clone(),
+            ..sync::SyncConfig::default()
+        },
+    )
+    .await
+    .context("starting replication")?;
+    let replication: Arc<dyn Replication> = Arc::new(engine.clone());
 
     let node = Arc::new(Node {
         group: config.group.clone(),
@@ -182,6 +202,7 @@ pub async fn run(
         .await;
     heartbeats.abort();
     let _ = heartbeats.await;
+    engine.shutdown().await;
     result.context("serving HTTP")
 }
 
@@ -201,8 +222,8 @@ pub fn router(node: AppState) -> Router {
             "/v1/meta/{*file_id}",
             get(api::get_meta).put(api::put_meta).patch(api::patch_meta),
         )
-        // >>> REPLICATION HOOK: merge the replica/sync routes (`/v1/replica/...`, `/v1/sync/...`) here so they
-        // sit behind the cluster secret.
+        // Replication routes (`/v1/replica/...`, `/v1/sync/...`), behind the cluster secret too.
+        .merge(node.replication.routes())
         .route_layer(middleware::from_fn_with_state(
             node.clone(),
             api::require_secret,

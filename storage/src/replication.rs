@@ -28,6 +28,11 @@ pub trait Replication: Send + Sync + 'static {
 
     /// Replication progress towards each peer (reported in heartbeats).
     fn sync_status(&self) -> Vec<PeerSync>;
+
+    /// Internal routes the engine serves to peers, merged behind the cluster secret (none by default).
+    fn routes(&self) -> axum::Router<crate::AppState> {
+        axum::Router::new()
+    }
 }
 
 /// Replication switched off: every write stays local.

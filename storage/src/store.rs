@@ -812,6 +812,24 @@ impl Store {
         })
     }
 
+    /// Indexed file IDs after `after` in ID (byte) order, all store paths: a page of a listing starts here
+    /// without walking what came before. Blocking (sled).
+    pub fn indexed_ids_after<'a>(&'a self, after: &str) -> impl Iterator<Item = FileId> + 'a {
+        let start = after.as_bytes().to_vec();
+        self.paths.iter().flat_map(move |sp| {
+            sp.ids
+                .range((
+                    std::ops::Bound::Excluded(start.clone()),
+                    std::ops::Bound::Unbounded,
+                ))
+                .keys()
+                .filter_map(|k| {
+                    k.ok()
+                        .and_then(|k| std::str::from_utf8(&k).ok().and_then(|s| s.parse().ok()))
+                })
+        })
+    }
+
     /// Space of each store path. Blocking (statvfs).
     pub fn stats_blocking(&self) -> Vec<StorePathStat> {
         self.paths

@@ -29,7 +29,7 @@ const PAGE: usize = 1000;
 const FETCH_ATTEMPTS: u32 = 3;
 
 /// Outcome of one catch-up pass.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CatchupReport {
     /// Files listed by the peer.
     pub listed: u64,
@@ -52,23 +52,27 @@ impl CatchupReport {
 
 /// The catch-up task. `initial`: this node has no synced marker and must catch up before it serves.
 pub async fn run(engine: SyncEngine, initial: bool) {
-    let grace = engine.config.heartbeat_interval * 3 + Duration::from_secs(1);
-    let started = Instant::now();
     let mut after = String::new();
     let mut report = CatchupReport::default();
     let mut backoff = Duration::from_millis(200);
+    let mut waiting_logged = false;
     loop {
+        if !engine.peers_known() {
+            // No tracker answered yet: nothing is known about the group.
+            if !waiting_logged && initial {
+                tracing::info!("waiting for a tracker to describe the group");
+                waiting_logged = true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
         let peers = engine.peer_list();
         if peers.is_empty() {
-            if started.elapsed() >= grace {
-                if initial {
-                    tracing::info!("no other member in the group: this node is its seed");
-                    finish(&engine).await;
-                }
-                return;
+            if initial {
+                tracing::info!("no other member in the group: this node is its seed");
+                finish(&engine).await;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
+            return;
         }
         let active = engine.active_peers();
         let Some(source) = active.first().cloned() else {
@@ -212,7 +216,7 @@ async fn apply_page(
             loop {
                 attempt += 1;
                 match client::fetch(engine, source, &id, meta).await {
-                    Err(PushError::Retry(e)) if attempt < FETCH_ATTEMPTS => {
+                    Err(PushError::Retry(e) | PushError::Unreachable(e)) if attempt < FETCH_ATTEMPTS => {
                         tracing::debug!(file_id = %id, error = %e, "fetch failed; retrying");
                         tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
                     }

@@ -24,7 +24,10 @@ const CHUNK: usize = 256 * 1024;
 /// Why a push did not go through.
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
-    /// Worth retrying later: the peer is down, busy, or failed.
+    /// The peer cannot be connected to (down): it is not live.
+    #[error("peer unreachable: {0}")]
+    Unreachable(String),
+    /// Worth retrying later: the peer is busy or failed.
     #[error("peer unavailable: {0}")]
     Retry(String),
     /// Retrying cannot help (the peer refuses this record for good, e.g. 400).
@@ -37,7 +40,11 @@ pub enum PushError {
 
 impl From<reqwest::Error> for PushError {
     fn from(e: reqwest::Error) -> Self {
-        PushError::Retry(e.to_string())
+        if e.is_connect() {
+            PushError::Unreachable(e.to_string())
+        } else {
+            PushError::Retry(e.to_string())
+        }
     }
 }
 
@@ -248,10 +255,16 @@ pub async fn fetch(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .map(|s| UNIX_EPOCH + Duration::from_secs(s));
-    let committed = engine
+    let committed = match engine
         .store
         .write_file(id, resp.bytes_stream(), mtime)
-        .await?;
+        .await
+    {
+        Ok(c) => c,
+        // The transfer broke off: worth another try, unlike a body that does not match its ID.
+        Err(StorageError::BodyAborted(e)) => return Err(PushError::Retry(e)),
+        Err(e) => return Err(e.into()),
+    };
     let bytes = match committed {
         Committed::Created { .. } => engine.store.stat(id).await?.map(|m| m.len()),
         Committed::AlreadyExists => None,

@@ -8,8 +8,9 @@
 //!   mtime preserved, body skipped when `HEAD` says the peer has it), deletes become `DELETE /v1/replica/{id}`
 //!   (the peer records a [`Tombstones`] entry), metadata becomes `PUT /v1/replica/meta/{id}`. A peer that is down
 //!   is retried with backoff; uploads never wait for it.
-//! - `write_quorum`: an upload is pushed synchronously to `write_quorum - 1` active peers (capped by how many are
-//!   live) before it is acknowledged; 503 when that fails (the file stays and the workers still push it).
+//! - `write_quorum`: an upload is pushed synchronously to `write_quorum - 1` peers (active ones first, then
+//!   members still catching up; capped by how many are live: not offline and accepting connections) before it is
+//!   acknowledged; 503 when that fails (the file stays and the workers still push it).
 //! - [`catchup`]: a new or wiped member (no `.fdfs/sync/synced` marker) reports `syncing: true`, copies the
 //!   group's files from an active peer's listing (`GET /v1/sync/files`), then marks itself synced. Every start
 //!   also runs the listing catch-up in the background, for files whose source died while we were away.
@@ -69,8 +70,6 @@ pub struct SyncConfig {
     pub catchup_concurrency: usize,
     /// Records pushed at once by a worker (distinct files only; records of one file stay in order).
     pub push_concurrency: usize,
-    /// Heartbeat interval: how long to wait for a first peer list before deciding this node is alone.
-    pub heartbeat_interval: Duration,
 }
 
 impl Default for SyncConfig {
@@ -82,7 +81,6 @@ impl Default for SyncConfig {
             cluster_secret: None,
             catchup_concurrency: 8,
             push_concurrency: 8,
-            heartbeat_interval: Duration::from_secs(2),
         }
     }
 }
@@ -108,6 +106,8 @@ pub struct Inner {
     pub config: SyncConfig,
     pub store: Arc<Store>,
     pub peers: Arc<Peers>,
+    /// The peer list as it was when the engine started: once `peers` holds another one, a tracker answered.
+    initial_peers: Arc<Vec<MemberInfo>>,
     pub http: reqwest::Client,
     pub binlog: Arc<Binlog>,
     pub tombstones: Tombstones,
@@ -171,6 +171,7 @@ impl SyncEngine {
         let engine = SyncEngine(Arc::new(Inner {
             config,
             store,
+            initial_peers: peers.get(),
             peers,
             http,
             binlog: Arc::new(binlog),
@@ -276,6 +277,11 @@ impl SyncEngine {
             }
         }
         Ok(out)
+    }
+
+    /// Whether a tracker answered a heartbeat since the engine started (so an empty peer list means alone).
+    pub fn peers_known(&self) -> bool {
+        !Arc::ptr_eq(&self.peers.get(), &self.initial_peers)
     }
 
     /// Current peer list without this node.
@@ -385,8 +391,32 @@ impl SyncEngine {
         peers
     }
 
-    /// Push a freshly uploaded file to `need` active peers; returns how many took it.
-    async fn push_quorum(&self, id: &FileId, need: usize, candidates: Vec<MemberInfo>) -> usize {
+    /// Peers that can take a replica now: active ones first, then those still catching up (they accept replicas
+    /// and hold them once active). Offline ones are not live.
+    pub fn live_peers(&self) -> Vec<MemberInfo> {
+        let mut peers: Vec<MemberInfo> = self
+            .peer_list()
+            .into_iter()
+            .filter(|p| p.state != MemberState::Offline)
+            .collect();
+        peers.sort_by_key(|p| {
+            (
+                p.state != MemberState::Active,
+                std::cmp::Reverse(p.file_count),
+                p.node_id,
+            )
+        });
+        peers
+    }
+
+    /// Push a freshly uploaded file to `need` active peers. Returns how many took it and how many could not be
+    /// connected to at all (those are down even if the tracker has not noticed yet: they are not live).
+    async fn push_quorum(
+        &self,
+        id: &FileId,
+        need: usize,
+        candidates: Vec<MemberInfo>,
+    ) -> (usize, usize) {
         use futures_util::stream::{FuturesUnordered, StreamExt};
         let mut candidates = candidates.into_iter();
         let mut running = FuturesUnordered::new();
@@ -401,11 +431,14 @@ impl SyncEngine {
         for peer in candidates.by_ref().take(need) {
             running.push(push(peer));
         }
-        let mut ok = 0;
+        let (mut ok, mut down) = (0, 0);
         while let Some((peer, result)) = running.next().await {
             match result {
                 Ok(_) => ok += 1,
                 Err(e) => {
+                    if matches!(e, client::PushError::Unreachable(_)) {
+                        down += 1;
+                    }
                     tracing::warn!(peer = peer.node_id, file_id = %id, error = %e, "synchronous replica failed");
                     if let Some(next) = candidates.next() {
                         running.push(push(next));
@@ -416,7 +449,7 @@ impl SyncEngine {
                 break;
             }
         }
-        ok
+        (ok, down)
     }
 }
 
@@ -424,13 +457,16 @@ impl Replication for SyncEngine {
     fn on_upload<'a>(&'a self, id: &'a FileId, _meta: &'a Metadata) -> BoxFuture<'a, Result<u32>> {
         Box::pin(async move {
             self.log(Op::Upload, id).await?;
-            let active = self.active_peers();
+            let active = self.live_peers();
             let quorum = (self.config.write_quorum.max(1) as usize).min(active.len() + 1);
             let need = quorum - 1;
             if need == 0 {
                 return Ok(1);
             }
-            let ok = self.push_quorum(id, need, active).await;
+            let live = active.len();
+            let (ok, down) = self.push_quorum(id, need, active).await;
+            // Members that refused the connection are down: the quorum is capped by the live ones.
+            let need = need.min(live - down);
             metrics::quorum_push(ok >= need);
             if ok < need {
                 return Err(StorageError::Unavailable(format!(
@@ -457,6 +493,10 @@ impl Replication for SyncEngine {
 
     fn syncing(&self) -> bool {
         self.syncing.load(Ordering::Relaxed)
+    }
+
+    fn routes(&self) -> Router<AppState> {
+        self.router()
     }
 
     fn sync_status(&self) -> Vec<PeerSync> {

@@ -6,6 +6,7 @@
 //!   replacing an existing file, never recreating a deleted one: 410). Not written to this node's binlog.
 //! - `DELETE /v1/replica/{file_id}`: record a tombstone on disk, then remove the file (200 either way).
 //! - `GET|PUT /v1/replica/meta/{file_id}`: a file's metadata / replace it (404 when the file is absent).
+//! - `GET /v1/sync/status`: this node's replication state ([`SyncStatus`]), for operators and tests.
 //! - `GET /v1/sync/files?after=&limit=`: a page of every file here in ID order (size, mtime, whether it has
 //!   metadata) and the tombstones in the same ID range; `next` is the cursor of the following page.
 //!
@@ -56,6 +57,32 @@ pub struct ListPage {
     pub next: Option<String>,
 }
 
+/// `GET /v1/sync/status` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncStatus {
+    pub node_id: u32,
+    /// Still catching up (not serving).
+    pub syncing: bool,
+    /// The peers as this node knows them (from heartbeat replies) and its progress towards each.
+    pub peers: Vec<PeerStatus>,
+    pub binlog_first_seq: u64,
+    pub binlog_last_seq: u64,
+    pub binlog_segments: usize,
+    pub tombstones: usize,
+    /// The latest listing catch-up, once one finished.
+    pub last_catchup: Option<super::CatchupReport>,
+}
+
+/// One peer in [`SyncStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub node_id: u32,
+    pub addr: String,
+    pub state: fdfs_common::wire::MemberState,
+    pub pending_records: u64,
+    pub synced_until: u64,
+}
+
 #[derive(Debug, Deserialize)]
 struct ListQuery {
     #[serde(default)]
@@ -72,6 +99,7 @@ pub fn router(engine: SyncEngine) -> Router<AppState> {
             get(get_file).put(put_file).delete(delete_file),
         )
         .route("/v1/sync/files", get(list))
+        .route("/v1/sync/status", get(status))
         .with_state(engine)
 }
 
@@ -215,6 +243,36 @@ async fn delete_file(
     Ok(Json(serde_json::json!({ "file_id": id, "deleted": deleted })).into_response())
 }
 
+/// `GET /v1/sync/status`.
+async fn status(State(engine): State<SyncEngine>) -> Json<SyncStatus> {
+    use crate::replication::Replication;
+    let progress = engine.sync_status();
+    let peers = engine
+        .peer_list()
+        .into_iter()
+        .map(|p| {
+            let s = progress.iter().find(|s| s.peer_id == p.node_id);
+            PeerStatus {
+                node_id: p.node_id,
+                addr: p.addr,
+                state: p.state,
+                pending_records: s.map_or(0, |s| s.pending_records),
+                synced_until: s.map_or(0, |s| s.synced_until),
+            }
+        })
+        .collect();
+    Json(SyncStatus {
+        node_id: engine.config.node_id,
+        syncing: engine.syncing(),
+        peers,
+        binlog_first_seq: engine.binlog.first_seq(),
+        binlog_last_seq: engine.binlog.last_seq(),
+        binlog_segments: engine.binlog.segment_count(),
+        tombstones: engine.tombstones.len(),
+        last_catchup: engine.last_catchup(),
+    })
+}
+
 /// `GET /v1/sync/files?after=&limit=`.
 async fn list(
     State(engine): State<SyncEngine>,
@@ -230,12 +288,8 @@ async fn list(
 pub fn list_blocking(engine: &SyncEngine, after: &str, limit: usize) -> Result<ListPage> {
     let store = &engine.store;
     let mut ids: Vec<String> = Vec::with_capacity(limit);
-    for id in store.indexed_ids() {
-        let s = id.to_string();
-        if s.as_str() <= after {
-            continue;
-        }
-        ids.push(s);
+    for id in store.indexed_ids_after(after) {
+        ids.push(id.to_string());
         if ids.len() == limit {
             break;
         }

@@ -96,3 +96,65 @@ impl Tombstones {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> FileId {
+        let info = fdfs_common::NameInfo {
+            source_id: 1,
+            created: 1_700_000_000,
+            size: u64::from(n),
+            crc32: u32::from(n),
+        };
+        FileId {
+            group: "g1".parse().unwrap(),
+            store_path: 0,
+            dir1: n,
+            dir2: 0,
+            name: fdfs_common::FileName::generate(&info, None).unwrap(),
+        }
+    }
+
+    #[test]
+    fn durable_ordered_and_torn_lines_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tombstones.log");
+        let ids: Vec<FileId> = (0..5).map(id).collect();
+        {
+            let t = Tombstones::open(&path).unwrap();
+            assert!(t.is_empty());
+            for i in &ids {
+                t.add(i).unwrap();
+            }
+            t.add(&ids[0]).unwrap(); // idempotent
+            assert_eq!(t.len(), 5);
+        }
+        // A crash mid-append leaves half a line.
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"g1/M00/07/00/half").unwrap();
+        drop(f);
+        let t = Tombstones::open(&path).unwrap();
+        assert_eq!(t.len(), 5);
+        assert!(ids.iter().all(|i| t.contains(i)));
+        let extra = id(9);
+        assert!(!t.contains(&extra));
+        t.add(&extra).unwrap();
+        drop(t);
+        let t = Tombstones::open(&path).unwrap();
+        assert_eq!(t.len(), 6);
+        assert!(t.contains(&extra), "the append after a torn line is intact");
+
+        // Ranges follow ID order.
+        let mut sorted: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        sorted.push(extra.to_string());
+        sorted.sort();
+        assert_eq!(t.range("", None, 100), sorted);
+        assert_eq!(
+            t.range(&sorted[1], Some(&sorted[3]), 100),
+            sorted[2..=3].to_vec()
+        );
+        assert_eq!(t.range("", None, 2), sorted[..2].to_vec());
+    }
+}
