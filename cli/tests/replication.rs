@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{args, member_in, Cluster, ClusterSpec, STATE_TIMEOUT};
+use common::{args, member_in, Cluster, ClusterSpec, SECRET, STATE_TIMEOUT};
 use fdfs_common::wire::MemberState;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -25,6 +25,45 @@ fn spec(trackers: usize) -> ClusterSpec {
         trackers,
         gateway_args: args(&["--download-mode", "proxy"]),
         ..ClusterSpec::default()
+    }
+}
+
+/// Start the cluster and wait until every storage node sees each of its peers active (a node learns that from
+/// heartbeat replies, a beat after the tracker): from then on uploads reach `write_quorum` members.
+async fn start(spec: ClusterSpec) -> Cluster {
+    let c = Cluster::start(spec).await;
+    wait_peers(&c, "active").await;
+    c
+}
+
+/// Poll every storage node's `GET /v1/sync/status` until all its peers are in `state`.
+async fn wait_peers(c: &Cluster, state: &str) {
+    let t0 = Instant::now();
+    for n in c.all_storage() {
+        loop {
+            let st: Value = c
+                .http
+                .get(format!("{}/v1/sync/status", n.url()))
+                .header(fdfs_common::wire::CLUSTER_SECRET_HEADER, SECRET)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let peers = st["peers"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{}: {st}", n.name));
+            if !peers.is_empty() && peers.iter().all(|p| p["state"] == state) {
+                break;
+            }
+            assert!(
+                t0.elapsed() < STATE_TIMEOUT,
+                "{}: peers never all {state}: {st}",
+                n.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -167,7 +206,7 @@ impl Reader {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_and_wiped_member_recovers_while_files_stay_available() {
-    let mut c = Cluster::start(spec(1)).await;
+    let mut c = start(spec(1)).await;
     let mut files = Vec::new();
     for i in 0..30 {
         let body = content(i, 10_000 + i * 1000);
@@ -219,7 +258,8 @@ async fn killed_and_wiped_member_recovers_while_files_stay_available() {
     for (id, _) in &files {
         assert!(
             have.contains(&rel(id)),
-            "{id} missing on the recovered member"
+            "{id} missing on the recovered member; its log:\n{}",
+            c.storage[0][victim].log_tail(60)
         );
     }
     println!(
@@ -252,7 +292,7 @@ async fn killed_and_wiped_member_recovers_while_files_stay_available() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_that_missed_uploads_and_deletes_converges() {
-    let mut c = Cluster::start(spec(1)).await;
+    let mut c = start(spec(1)).await;
     let mut ids = Vec::new();
     for i in 0..20 {
         let j = upload(&c, &format!("a{i}.txt"), content(i, 3000)).await;
@@ -306,7 +346,7 @@ async fn member_that_missed_uploads_and_deletes_converges() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_one_of_two_trackers_changes_nothing_for_clients() {
-    let mut c = Cluster::start(spec(2)).await;
+    let mut c = start(spec(2)).await;
     let mut files = Vec::new();
     for i in 0..5 {
         let body = content(i, 4000);
