@@ -117,7 +117,8 @@ def free(p):
         s.close()
 span = int(sys.argv[1])
 for _ in range(200):
-    p = random.randrange(20000, 60000 - span)
+    # Below the ephemeral range (32768+), so no outgoing connection takes a port between this check and the bind.
+    p = random.randrange(20000, 32700 - span)
     if all(free(p + i) for i in range(span)):
         print(p)
         sys.exit(0)
