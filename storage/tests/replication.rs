@@ -3,7 +3,8 @@
 //! `write_quorum` holds at acknowledgement, a stopped member converges after a restart, a wiped or new member
 //! catches up. Replication lag and catch-up rate are printed (measurements, not assertions).
 //!
-//! `FDFS_JOIN_FILES` sets how many files the joining-member test starts from (default below).
+//! `FDFS_JOIN_FILES` sets how many files the joining-member test starts from (default below), and
+//! `FDFS_JOIN_FILE_BYTES` their size (default: 512 B to 4.5 KiB).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -675,6 +676,10 @@ async fn new_member_joins_with_identical_files() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(DEFAULT_JOIN_FILES);
+    // File size: 512 B - 4.5 KiB by default, or `FDFS_JOIN_FILE_BYTES` each (to measure MB/s).
+    let size: Option<usize> = std::env::var("FDFS_JOIN_FILE_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok());
     let opts = Opts::default();
     let (tracker, mut nodes, _dirs) = cluster_of(1, &opts).await;
     let a = &nodes[0];
@@ -688,7 +693,7 @@ async fn new_member_joins_with_identical_files() {
                 let r = client
                     .post(url)
                     .header(CLUSTER_SECRET_HEADER, SECRET)
-                    .body(content(i, 512 + (i % 64) * 64))
+                    .body(content(i, size.unwrap_or(512 + (i % 64) * 64)))
                     .send()
                     .await
                     .unwrap();
