@@ -5,6 +5,7 @@ pub mod config;
 pub mod error;
 pub mod fileid;
 pub mod metrics;
+pub mod serve;
 pub mod telemetry;
 pub mod token;
 pub mod wire;

@@ -246,9 +246,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let router = router(config)?;
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    fdfs_common::serve::serve(listener, router, shutdown).await?;
     Ok(())
 }
 

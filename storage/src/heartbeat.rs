@@ -57,6 +57,13 @@ pub async fn heartbeat(node: &AppState) -> Heartbeat {
             Vec::new()
         }
     };
+    for p in &store_paths {
+        let path = format!("M{:02X}", p.index);
+        metrics::gauge!("fdfs_store_path_free_bytes", "path" => path.clone())
+            .set(p.free_bytes as f64);
+        metrics::gauge!("fdfs_store_path_total_bytes", "path" => path).set(p.total_bytes as f64);
+    }
+    metrics::gauge!("fdfs_store_files").set(node.store.file_count() as f64);
     Heartbeat {
         node_id: node.node_id,
         group: node.group.clone(),

@@ -27,7 +27,6 @@ use axum::{middleware, Json, Router};
 use fdfs_common::config::Size;
 use fdfs_common::GroupName;
 use serde::Deserialize;
-use tower_http::trace::TraceLayer;
 
 pub use error::StorageError;
 pub use heartbeat::Peers;
@@ -197,9 +196,7 @@ pub async fn run(
     });
     tracing::info!(node_id, group = %node.group, public_url = %node.public_url, "storage node started");
     let heartbeats = tokio::spawn(heartbeat::run(node.clone()));
-    let result = axum::serve(listener, router(node))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let result = fdfs_common::serve::serve(listener, router(node), shutdown).await;
     heartbeats.abort();
     let _ = heartbeats.await;
     engine.shutdown().await;
@@ -228,13 +225,13 @@ pub fn router(node: AppState) -> Router {
             node.clone(),
             api::require_secret,
         ));
-    Router::new()
+    let app = Router::new()
         .route("/health", get(health))
         .merge(internal)
         .route("/{*path}", get(serve::serve))
         .fallback(api::not_found)
-        .with_state(node)
-        .layer(TraceLayer::new_for_http())
+        .with_state(node);
+    fdfs_common::metrics::instrument(app, "storage")
 }
 
 async fn health() -> Json<serde_json::Value> {

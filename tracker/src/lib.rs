@@ -134,9 +134,7 @@ pub async fn run(
         .with_state(state);
     let app = fdfs_common::metrics::instrument(app, "tracker");
     tracing::info!(addr = %listener.local_addr()?, "tracker serving");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    fdfs_common::serve::serve(listener, app, shutdown).await?;
     Ok(())
 }
 
