@@ -188,6 +188,8 @@ async fn bad_uploads_are_4xx() {
         .send()
         .await
         .unwrap();
+    // The body was not read: the connection must not be reused for the next request.
+    assert_eq!(r.headers()["connection"], "close");
     assert_eq!(error_of(r).await, (413, "payload_too_large".to_owned()));
     let form = reqwest::multipart::Form::new()
         .part("file", reqwest::multipart::Part::bytes(vec![0u8; 2 << 20]));
