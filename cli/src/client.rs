@@ -48,6 +48,7 @@ impl Client {
             )));
         }
         let http = reqwest::Client::builder()
+            .pool_idle_timeout(fdfs_common::serve::CLIENT_POOL_IDLE)
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("fdfs-cli/", env!("CARGO_PKG_VERSION")))
             .build()

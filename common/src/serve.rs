@@ -13,8 +13,12 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
-/// How long a client may take to send a complete request head.
+/// How long a client may take to send a complete request head. hyper also applies it to an idle keep-alive
+/// connection waiting for its next request, so it doubles as the server's keep-alive timeout.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(20);
+/// Idle time after which our own HTTP clients drop a pooled connection: well under [`HEADER_READ_TIMEOUT`], so
+/// a client never picks a connection the server is about to close (every `reqwest` client here uses it).
+pub const CLIENT_POOL_IDLE: Duration = Duration::from_secs(8);
 /// How long requests in flight may run on after shutdown was asked for.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 

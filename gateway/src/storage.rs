@@ -39,11 +39,13 @@ impl StorageClient {
     pub fn new(cluster_secret: Option<String>, timeout: Duration) -> Result<Self, reqwest::Error> {
         let streaming = reqwest::Client::builder()
             .no_proxy()
+            .pool_idle_timeout(fdfs_common::serve::CLIENT_POOL_IDLE)
             .connect_timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
         let small = reqwest::Client::builder()
             .no_proxy()
+            .pool_idle_timeout(fdfs_common::serve::CLIENT_POOL_IDLE)
             .connect_timeout(timeout)
             .timeout(timeout)
             .build()?;

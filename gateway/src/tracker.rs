@@ -34,6 +34,7 @@ impl TrackerClient {
     ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .no_proxy()
+            .pool_idle_timeout(fdfs_common::serve::CLIENT_POOL_IDLE)
             .connect_timeout(timeout)
             .timeout(timeout)
             .build()?;

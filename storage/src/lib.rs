@@ -156,6 +156,8 @@ pub async fn run(
     .await
     .context("opening the store")?;
     let http = reqwest::Client::builder()
+        .no_proxy()
+        .pool_idle_timeout(fdfs_common::serve::CLIENT_POOL_IDLE)
         .connect_timeout(Duration::from_secs(2))
         .build()
         .context("building the HTTP client")?;

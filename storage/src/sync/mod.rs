@@ -424,7 +424,12 @@ impl SyncEngine {
             let this = self.clone();
             let id = id.clone();
             async move {
-                let r = client::push_upload(&this, &peer, &id).await;
+                let mut r = client::push_upload(&this, &peer, &id).await;
+                // A transport error on a live peer is most often a pooled connection the peer had just closed
+                // as idle: one immediate retry on a fresh connection (the push is idempotent).
+                if matches!(r, Err(client::PushError::Retry(_))) {
+                    r = client::push_upload(&this, &peer, &id).await;
+                }
                 (peer, r)
             }
         };
