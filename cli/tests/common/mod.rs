@@ -422,6 +422,8 @@ pub struct Cluster {
     pub http: reqwest::Client,
     /// Follows redirects.
     pub follow: reqwest::Client,
+    /// What the cluster was started with (for nodes added later).
+    pub spec: ClusterSpec,
 }
 
 impl Cluster {
@@ -496,6 +498,7 @@ impl Cluster {
             gateway,
             http,
             follow,
+            spec,
         };
         for t in 0..cluster.trackers.len() {
             cluster
@@ -619,6 +622,34 @@ impl Cluster {
             })
             .await;
         member_in(&v, node).cloned().expect("member present")
+    }
+
+    /// Start one more storage member of group index `g` (named `group{g+1}`, which may be a new group) against
+    /// the cluster's trackers, with the spec's storage flags then `extra`; returns its member index. Groups
+    /// between the last one and `g` stay empty. Does not wait for the tracker to see it.
+    pub fn add_storage(&mut self, g: usize, extra: &[String]) -> usize {
+        if self.storage.len() <= g {
+            self.storage.resize_with(g + 1, Vec::new);
+        }
+        let m = self.storage[g].len();
+        let name = format!("storage-g{}-m{}", g + 1, m + 1);
+        let data = self.dir.path().join(&name);
+        let tracker_list = self
+            .trackers
+            .iter()
+            .map(|t| t.addr.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut a = args(&["--group", &Cluster::group_name(g), "--tracker"]);
+        a.push(tracker_list);
+        a.push("--store-path".into());
+        a.push(data.display().to_string());
+        a.extend(self.spec.storage_args.iter().cloned());
+        a.extend(extra.iter().cloned());
+        let log = self.dir.path().join("logs").join(format!("{name}.log"));
+        let node = Node::start(name, Role::Storage, data, a, log);
+        self.storage[g].push(node);
+        m
     }
 
     /// kill -9 storage member (g, m).

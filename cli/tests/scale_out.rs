@@ -1,0 +1,667 @@
+//! Growing and operating a running cluster, against real processes (`fdfs tracker|storage|gateway`, see
+//! `common/`): a group added while the cluster runs takes uploads without restarting anything; a tracker
+//! killed with -9 and restarted rebuilds its view from heartbeats; the tracker's placement flags
+//! (`--store-lookup fixed_group|most_free`, `--reserved-storage-space`) decide where gateway uploads land;
+//! every process serves Prometheus metrics and request ids; internal routes cannot be reached through the
+//! gateway and need the cluster secret on the nodes.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{args, member_in, Cluster, ClusterSpec, Node, STATE_TIMEOUT};
+use fdfs_common::wire::{ClusterView, MemberState, CLUSTER_SECRET_HEADER};
+use reqwest::multipart::{Form, Part};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+/// Header carrying the request id.
+const REQUEST_ID: &str = "x-request-id";
+
+/// `groups` x `members` with one tracker, fast heartbeats and an upload acknowledged by one member (so
+/// single-member groups take uploads), plus extra tracker flags.
+fn spec(groups: usize, members: usize, tracker_args: &[&str]) -> ClusterSpec {
+    let mut t = args(&["--heartbeat-timeout-ms", "2000"]);
+    t.extend(args(tracker_args));
+    ClusterSpec {
+        groups,
+        members,
+        trackers: 1,
+        storage_args: args(&["--heartbeat-interval-ms", "200", "--write-quorum", "1"]),
+        tracker_args: t,
+        ..ClusterSpec::default()
+    }
+}
+
+fn content(i: usize, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|j| (i * 131 + j * 7 + j / 251) as u8)
+        .collect()
+}
+
+/// `PUT /upload/{name}` on the gateway, asserting 200; the JSON answer.
+async fn upload(c: &Cluster, name: &str, body: Vec<u8>) -> Value {
+    let r = c
+        .http
+        .put(format!("{}/upload/{name}", c.gateway_url()))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "upload {name}: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// Download through the gateway (following its redirect), asserting 200.
+async fn download(c: &Cluster, id: &str) -> Vec<u8> {
+    let r = c
+        .follow
+        .get(format!("{}/{id}", c.gateway_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "download {id}");
+    r.bytes().await.unwrap().to_vec()
+}
+
+/// The group of an upload answer, checked against its file ID.
+fn group_of(j: &Value) -> String {
+    let g = j["group"].as_str().unwrap().to_owned();
+    let id = j["file_id"].as_str().unwrap();
+    assert_eq!(id.split('/').next(), Some(g.as_str()), "{j}");
+    g
+}
+
+/// Status and parsed JSON error `code` of an answer that must be a JSON error.
+async fn json_error(r: reqwest::Response, what: &str) -> (StatusCode, String) {
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    let v: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{what}: {status} not JSON ({e}): {text:?}"));
+    let code = v["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{what}: no error code: {text}"));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{what}: {text}"
+    );
+    (status, code.to_owned())
+}
+
+fn active(v: &ClusterView, n: &Node) -> bool {
+    member_in(v, n).is_some_and(|m| m.state == MemberState::Active)
+}
+
+/// `GET {base}/metrics`: asserts 200 and Prometheus text; the body.
+async fn metrics(c: &Cluster, base: &str) -> String {
+    let r = c.http.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{base}/metrics");
+    let ct = r.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(ct.starts_with("text/plain"), "{base}/metrics: {ct}");
+    r.text().await.unwrap()
+}
+
+/// Value of the first sample line starting with `prefix` (name plus the start of its labels).
+fn sample(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// `fdfs_http_requests_total` samples whose line satisfies `keep`, by labels.
+fn request_counts(text: &str, keep: impl Fn(&str) -> bool) -> BTreeMap<String, String> {
+    text.lines()
+        .filter(|l| l.starts_with("fdfs_http_requests_total{") && keep(l))
+        .filter_map(|l| {
+            let (labels, value) = l.rsplit_once(' ')?;
+            Some((labels.to_owned(), value.to_owned()))
+        })
+        .collect()
+}
+
+/// Poll `f` until it returns `Some`, panicking with `what` after `timeout`.
+async fn poll<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_added_while_running_takes_uploads() {
+    let mut c = Cluster::start(spec(1, 1, &[])).await;
+    let before: Vec<(String, Option<u32>)> =
+        c.all_nodes().map(|n| (n.name.clone(), n.pid())).collect();
+
+    let mut files = Vec::new();
+    for i in 0..3 {
+        let body = content(i, 10_000 + i);
+        let j = upload(&c, &format!("old{i}.bin"), body.clone()).await;
+        assert_eq!(group_of(&j), "group1");
+        files.push((j["file_id"].as_str().unwrap().to_owned(), body));
+    }
+
+    // A new storage process for a new group, pointed at the running tracker.
+    let t0 = Instant::now();
+    let m = c.add_storage(2, &[]);
+    let v = c
+        .wait_gateway("the new group3 member active", STATE_TIMEOUT, |c, v| {
+            active(v, &c.storage[2][m]) && active(v, &c.storage[0][0])
+        })
+        .await;
+    eprintln!("group3 active after {:?}", t0.elapsed());
+    let names: Vec<&str> = v.groups.iter().map(|g| g.name.as_str()).collect();
+    assert_eq!(names, ["group1", "group3"], "{v:#?}");
+
+    // Round robin over the groups now includes group3.
+    let mut per_group: BTreeMap<String, usize> = BTreeMap::new();
+    for i in 3..9 {
+        let body = content(i, 20_000 + i);
+        let j = upload(&c, &format!("new{i}.bin"), body.clone()).await;
+        *per_group.entry(group_of(&j)).or_default() += 1;
+        files.push((j["file_id"].as_str().unwrap().to_owned(), body));
+    }
+    assert!(
+        per_group.len() == 2 && per_group.values().all(|&n| n >= 2),
+        "6 round-robin uploads over group1 and group3: {per_group:?}"
+    );
+
+    // Every file, old and new, downloads through the gateway; group3's files from the new node itself too.
+    for (id, body) in &files {
+        assert_eq!(&download(&c, id).await, body, "{id}");
+        if id.starts_with("group3/") {
+            let r = c
+                .http
+                .get(format!("{}/{id}", c.storage[2][m].url()))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK, "{id} on the new node");
+            assert_eq!(&r.bytes().await.unwrap()[..], &body[..]);
+        }
+    }
+
+    // Nothing was restarted: the same processes, still running.
+    for (name, pid) in &before {
+        let n = c.all_nodes_mut().find(|n| &n.name == name).unwrap();
+        assert!(n.is_running(), "{name} exited");
+        assert_eq!(n.pid(), *pid, "{name} was restarted");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_tracker_rebuilds_its_view_from_heartbeats() {
+    let mut c = Cluster::start(spec(2, 1, &[])).await;
+    let mut files = Vec::new();
+    for i in 0..2 {
+        let body = content(i, 5_000);
+        let j = upload(&c, &format!("before{i}.bin"), body.clone()).await;
+        files.push((j["file_id"].as_str().unwrap().to_owned(), body));
+    }
+
+    c.trackers[0].kill9();
+    // Without a tracker the gateway answers a clear JSON error rather than hanging.
+    let r = c
+        .http
+        .put(format!("{}/upload/down.bin", c.gateway_url()))
+        .body(content(9, 100))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .unwrap();
+    let (status, code) = json_error(r, "upload without a tracker").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{code}");
+
+    // Same port, no state: the view comes back from the members' next heartbeats.
+    c.trackers[0].restart();
+    let t0 = Instant::now();
+    let v = c
+        .wait_gateway(
+            "every member active after the tracker restart",
+            STATE_TIMEOUT,
+            |c, v| c.all_storage().all(|n| active(v, n)),
+        )
+        .await;
+    let took = t0.elapsed();
+    eprintln!("view rebuilt {took:?} after the restart (heartbeat every 200 ms)");
+    assert!(
+        took < Duration::from_secs(5),
+        "view took {took:?} to rebuild"
+    );
+    assert_eq!(v.groups.len(), 2, "{v:#?}");
+    assert!(v.trackers.iter().all(|t| t.up), "{v:#?}");
+    for g in &v.groups {
+        assert!(g.free_bytes > 0 && g.total_bytes > 0, "{g:#?}");
+    }
+
+    // Uploads reach both groups again; old and new files download.
+    let mut groups = std::collections::BTreeSet::new();
+    for i in 2..4 {
+        let body = content(i, 7_000);
+        let j = upload(&c, &format!("after{i}.bin"), body.clone()).await;
+        groups.insert(group_of(&j));
+        files.push((j["file_id"].as_str().unwrap().to_owned(), body));
+    }
+    assert_eq!(groups.len(), 2, "{groups:?}");
+    for (id, body) in &files {
+        assert_eq!(&download(&c, id).await, body, "{id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixed_group_sends_every_upload_to_that_group() {
+    let c = Cluster::start(spec(
+        2,
+        1,
+        &["--store-lookup", "fixed_group", "--store-group", "group2"],
+    ))
+    .await;
+    for i in 0..6 {
+        let body = content(i, 3_000);
+        let j = upload(&c, &format!("f{i}.bin"), body.clone()).await;
+        assert_eq!(group_of(&j), "group2", "{j}");
+        assert_eq!(download(&c, j["file_id"].as_str().unwrap()).await, body);
+    }
+    // A group named by the client still wins over the fixed one.
+    let form = Form::new()
+        .text("group", "group1")
+        .part("file", Part::bytes(content(7, 100)).file_name("named.bin"));
+    let r = c
+        .http
+        .post(format!("{}/upload", c.gateway_url()))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let j: Value = r.json().await.unwrap();
+    assert_eq!(group_of(&j), "group1", "{j}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn most_free_picks_the_group_with_the_most_free_space() {
+    let mut c = Cluster::start(spec(1, 1, &["--store-lookup", "most_free"])).await;
+    // All nodes share one filesystem; a group's free space is the sum over its member's store paths, so a
+    // member with two store paths on it reports about twice the free space of group1's single path.
+    let second = c.dir.path().join("group2-second-path");
+    let m = c.add_storage(1, &args(&["--store-path", second.to_str().unwrap()]));
+    let v = c
+        .wait_tracker(0, "group2 active", STATE_TIMEOUT, |c, v| {
+            active(v, &c.storage[1][m]) && v.groups.len() == 2
+        })
+        .await;
+    let free: BTreeMap<&str, u64> = v
+        .groups
+        .iter()
+        .map(|g| (g.name.as_str(), g.free_bytes))
+        .collect();
+    let g2 = member_in(&v, &c.storage[1][m]).unwrap();
+    assert_eq!(g2.store_paths.len(), 2, "{g2:#?}");
+    // The tracker's own numbers say group2 has the most free space (by far: about a whole filesystem).
+    assert!(
+        free["group2"] > free["group1"] + free["group1"] / 2,
+        "{free:?}"
+    );
+    for i in 0..6 {
+        let body = content(i, 4_000);
+        let j = upload(&c, &format!("m{i}.bin"), body.clone()).await;
+        assert_eq!(group_of(&j), "group2", "{j} with free space {free:?}");
+        assert_eq!(download(&c, j["file_id"].as_str().unwrap()).await, body);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_room_left_answers_507_insufficient_storage() {
+    let c = Cluster::start(spec(1, 1, &["--reserved-storage-space", "100%"])).await;
+    let r = c
+        .http
+        .put(format!("{}/upload/full.bin", c.gateway_url()))
+        .body(content(1, 1_000))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().contains_key(REQUEST_ID));
+    let (status, code) = json_error(r, "raw upload with 100% reserved").await;
+    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE);
+    assert_eq!(code, "insufficient_storage");
+
+    let form = Form::new().part("file", Part::bytes(content(2, 1_000)).file_name("full.jpg"));
+    let r = c
+        .http
+        .post(format!("{}/upload", c.gateway_url()))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let (status, code) = json_error(r, "multipart upload with 100% reserved").await;
+    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE);
+    assert_eq!(code, "insufficient_storage");
+
+    // The tracker still lists the member as active: it is full, not gone.
+    let v = c.view().await;
+    assert!(active(&v, &c.storage[0][0]), "{v:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_process_serves_metrics_and_request_ids() {
+    // Two members with a write quorum of two: every upload is pushed to the peer (replication metrics).
+    let c = Cluster::start(ClusterSpec {
+        groups: 1,
+        members: 2,
+        ..ClusterSpec::default()
+    })
+    .await;
+    // Each member learns its peer is active from a heartbeat reply, a beat after the tracker.
+    for n in c.all_storage() {
+        let url = format!("{}/v1/sync/status", n.url());
+        poll(
+            &format!("{} to see its peer active", n.name),
+            STATE_TIMEOUT,
+            async || {
+                let st: Value = c
+                    .http
+                    .get(&url)
+                    .header(CLUSTER_SECRET_HEADER, common::SECRET)
+                    .send()
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
+                let peers = st["peers"].as_array()?;
+                (!peers.is_empty() && peers.iter().all(|p| p["state"] == "active")).then_some(())
+            },
+        )
+        .await;
+    }
+    // Uploads (one carrying our own request id), then downloads through the gateway's redirect.
+    let traced = "scale-out-trace-7f3a";
+    let r = c
+        .http
+        .put(format!("{}/upload/traced.bin", c.gateway_url()))
+        .header(REQUEST_ID, traced)
+        .body(content(0, 2_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()[REQUEST_ID], traced);
+    let first: Value = r.json().await.unwrap();
+    let mut ids = vec![first["file_id"].as_str().unwrap().to_owned()];
+    for i in 1..5 {
+        let j = upload(&c, &format!("m{i}.bin"), content(i, 2_000 + i)).await;
+        ids.push(j["file_id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        download(&c, id).await;
+    }
+    // The gateway passed our id on: the member that stored the file logged it with the upload.
+    poll(
+        "the traced id in a storage log",
+        STATE_TIMEOUT,
+        async || {
+            c.all_storage()
+                .any(|n| {
+                    n.log_tail(10_000)
+                        .lines()
+                        .any(|l| l.contains(traced) && l.contains("stored"))
+                })
+                .then_some(())
+        },
+    )
+    .await;
+
+    // Tracker.
+    let t = metrics(&c, &c.trackers[0].url()).await;
+    check_http_metrics(&t, "tracker");
+    assert!(t.contains("route=\"/v1/assign\""), "{t}");
+    assert!(t.contains("route=\"/v1/heartbeat\""), "{t}");
+
+    // Gateway.
+    let g = metrics(&c, &c.gateway_url()).await;
+    check_http_metrics(&g, "gateway");
+    assert!(g.contains("route=\"/upload/{filename}\""), "{g}");
+
+    // Storage: space gauges and replication metrics on every member.
+    for n in c.all_storage() {
+        let base = n.url();
+        let s = poll(
+            &format!("{} replication metrics", n.name),
+            STATE_TIMEOUT,
+            async || {
+                let s = metrics(&c, &base).await;
+                s.lines().any(|l| l.starts_with("fdfs_sync_")).then_some(s)
+            },
+        )
+        .await;
+        check_http_metrics(&s, "storage");
+        assert!(s.contains("route=\"/v1/upload\""), "{}: {s}", n.name);
+        let free = sample(&s, "fdfs_store_path_free_bytes{path=\"M00\"}")
+            .unwrap_or_else(|| panic!("{}: no free-space gauge: {s}", n.name));
+        assert!(free > 0.0, "{}: {free}", n.name);
+        assert!(
+            s.lines().any(|l| l.starts_with("fdfs_sync_quorum_total")
+                || l.starts_with("fdfs_sync_replicas_received_total")),
+            "{}: no quorum push nor received replica counted: {s}",
+            n.name
+        );
+    }
+
+    // Request ids on every process: generated when absent, echoed when sent, on success and on errors.
+    for n in c.all_nodes() {
+        for path in ["/health", "/metrics", "/cluster", "/no/such/thing"] {
+            let url = format!("{}{path}", n.url());
+            let r = c.http.get(&url).send().await.unwrap();
+            let id = r.headers().get(REQUEST_ID).unwrap_or_else(|| {
+                panic!("{} {path}: {} without {REQUEST_ID}", n.name, r.status())
+            });
+            assert!(!id.is_empty(), "{} {path}", n.name);
+            let sent = format!("client-{}-{}", n.name, path.len());
+            let r = c
+                .http
+                .get(&url)
+                .header(REQUEST_ID, &sent)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.headers()[REQUEST_ID], sent.as_str(), "{} {path}", n.name);
+        }
+    }
+    // The gateway's redirect and the storage node's download answer carry one too.
+    let r = c
+        .http
+        .get(format!("{}/{}", c.gateway_url(), ids[0]))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_redirection(), "{}", r.status());
+    assert!(r.headers().contains_key(REQUEST_ID));
+    let url = first["url"].as_str().unwrap();
+    let r = c.http.get(url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers().contains_key(REQUEST_ID));
+}
+
+/// Request count and latency histogram, labelled with this process's role only.
+fn check_http_metrics(text: &str, role: &str) {
+    let counts: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("fdfs_http_requests_total{"))
+        .collect();
+    assert!(
+        !counts.is_empty(),
+        "{role}: no fdfs_http_requests_total: {text}"
+    );
+    for l in &counts {
+        assert!(l.contains(&format!("role=\"{role}\"")), "{role}: {l}");
+    }
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("fdfs_http_request_duration_seconds_bucket{")
+                && l.contains(&format!("role=\"{role}\""))
+        ),
+        "{role}: no latency histogram: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_routes_are_closed_to_users() {
+    // An explicit secret on every process (over the harness's environment one).
+    let secret = "scale-out-explicit-secret";
+    let with_secret = |mut a: Vec<String>| {
+        a.extend(args(&["--cluster-secret", secret]));
+        a
+    };
+    let base = spec(1, 1, &[]);
+    let c = Cluster::start(ClusterSpec {
+        storage_args: with_secret(base.storage_args.clone()),
+        tracker_args: with_secret(base.tracker_args.clone()),
+        gateway_args: with_secret(base.gateway_args.clone()),
+        ..base
+    })
+    .await;
+    let j = upload(&c, "a.jpg", content(1, 1_000)).await;
+    let id = j["file_id"].as_str().unwrap().to_owned();
+    let gw = c.gateway_url();
+    let node = c.storage[0][0].url();
+    let tracker = c.trackers[0].url();
+
+    // Every request the nodes counted so far, except the scrapes and the heartbeats, which go on.
+    let node_counts = async || {
+        request_counts(&metrics(&c, &node).await, |l| {
+            !l.contains("route=\"/metrics\"")
+        })
+    };
+    let tracker_counts = async || {
+        request_counts(&metrics(&c, &tracker).await, |l| {
+            let scrape = l.contains("route=\"/metrics\"");
+            let heartbeat = l.contains("route=\"/v1/heartbeat\"") && l.contains("status=\"200\"");
+            !scrape && !heartbeat
+        })
+    };
+    let node_before = node_counts().await;
+    let tracker_before = tracker_counts().await;
+
+    // Internal routes named on the gateway, with and without the secret: 4xx JSON from the gateway itself.
+    let hb = serde_json::json!({"node_id": 1, "group": "group1", "addr": "127.0.0.1:1",
+        "public_url": "http://127.0.0.1:1", "syncing": false, "store_paths": [], "version": "x"});
+    let internal: Vec<(reqwest::Method, String)> = vec![
+        (
+            reqwest::Method::POST,
+            "/v1/upload?store_path=0&ext=jpg".into(),
+        ),
+        (reqwest::Method::GET, "/v1/upload".into()),
+        (reqwest::Method::POST, "/v1/heartbeat".into()),
+        (reqwest::Method::GET, "/v1/assign?size=10".into()),
+        (reqwest::Method::GET, format!("/v1/locate/{id}")),
+        (reqwest::Method::GET, format!("/v1/files/{id}")),
+        (reqwest::Method::DELETE, format!("/v1/files/{id}")),
+        (reqwest::Method::GET, format!("/v1/meta/{id}")),
+        (reqwest::Method::HEAD, format!("/v1/replica/{id}")),
+        (reqwest::Method::GET, format!("/v1/replica/{id}")),
+        (reqwest::Method::PUT, format!("/v1/replica/{id}")),
+        (reqwest::Method::DELETE, format!("/v1/replica/{id}")),
+        (reqwest::Method::GET, format!("/v1/replica/meta/{id}")),
+        (
+            reqwest::Method::GET,
+            "/v1/sync/files?after=0&limit=10".into(),
+        ),
+        (reqwest::Method::GET, "/v1/sync/status".into()),
+        (reqwest::Method::POST, "/v1/reindex".into()),
+    ];
+    for (method, path) in &internal {
+        for send_secret in [false, true] {
+            let what = format!("gateway {method} {path} (secret sent: {send_secret})");
+            let mut rb = c.http.request(method.clone(), format!("{gw}{path}"));
+            if send_secret {
+                rb = rb.header(CLUSTER_SECRET_HEADER, secret);
+            }
+            if path.contains("heartbeat") {
+                rb = rb.json(&hb);
+            } else if *method == reqwest::Method::POST || *method == reqwest::Method::PUT {
+                rb = rb.body("not for you");
+            }
+            let r = rb.send().await.unwrap();
+            let status = r.status();
+            assert!(status.is_client_error(), "{what}: {status}");
+            if *method != reqwest::Method::HEAD {
+                json_error(r, &what).await;
+            }
+        }
+    }
+    // None of them reached a node: the storage node and the tracker counted no new request.
+    assert_eq!(
+        node_counts().await,
+        node_before,
+        "a gateway request reached the storage node"
+    );
+    assert_eq!(
+        tracker_counts().await,
+        tracker_before,
+        "a gateway request reached the tracker"
+    );
+    // The file is untouched.
+    assert_eq!(download(&c, &id).await, content(1, 1_000));
+
+    // On the nodes themselves: 401 without the secret or with a wrong one.
+    let node_routes: Vec<(reqwest::Method, String)> = vec![
+        (
+            reqwest::Method::POST,
+            "/v1/upload?store_path=0&ext=jpg".into(),
+        ),
+        (reqwest::Method::GET, format!("/v1/files/{id}")),
+        (reqwest::Method::DELETE, format!("/v1/files/{id}")),
+        (reqwest::Method::GET, format!("/v1/meta/{id}")),
+        (reqwest::Method::GET, format!("/v1/replica/{id}")),
+        (reqwest::Method::PUT, format!("/v1/replica/{id}")),
+        (
+            reqwest::Method::GET,
+            "/v1/sync/files?after=0&limit=10".into(),
+        ),
+        (reqwest::Method::GET, "/v1/sync/status".into()),
+        (reqwest::Method::POST, "/v1/reindex".into()),
+    ];
+    let tracker_routes: Vec<(reqwest::Method, String)> = vec![
+        (reqwest::Method::POST, "/v1/heartbeat".into()),
+        (reqwest::Method::GET, "/v1/assign?size=10".into()),
+        (reqwest::Method::GET, format!("/v1/locate/{id}")),
+    ];
+    for (base, routes) in [(&node, &node_routes), (&tracker, &tracker_routes)] {
+        for (method, path) in routes {
+            for wrong in [None, Some("wrong-secret"), Some(common::SECRET)] {
+                let what = format!("{base} {method} {path} (secret {wrong:?})");
+                let mut rb = c.http.request(method.clone(), format!("{base}{path}"));
+                if let Some(s) = wrong {
+                    rb = rb.header(CLUSTER_SECRET_HEADER, s);
+                }
+                if path.contains("heartbeat") {
+                    rb = rb.json(&hb);
+                } else if *method == reqwest::Method::POST || *method == reqwest::Method::PUT {
+                    rb = rb.body("not for you");
+                }
+                let (status, _) = json_error(rb.send().await.unwrap(), &what).await;
+                assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}");
+            }
+        }
+    }
+    // With the right secret the same node answers (the secret is the one set on the command line).
+    let r = c
+        .http
+        .get(format!("{node}/v1/files/{id}"))
+        .header(CLUSTER_SECRET_HEADER, secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(download(&c, &id).await, content(1, 1_000));
+}
