@@ -22,6 +22,18 @@ pub const CLIENT_POOL_IDLE: Duration = Duration::from_secs(8);
 /// How long requests in flight may run on after shutdown was asked for.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
+/// Bind `addr` (port 0 picks a free port) and print `listening on <bound addr>` as one line on stdout, flushed:
+/// the line `fdfs up` and the test harnesses wait for to learn where a server is.
+pub async fn bind_and_announce(addr: &str) -> std::io::Result<TcpListener> {
+    use std::io::Write;
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "listening on {bound}")?;
+    out.flush()?;
+    Ok(listener)
+}
+
 /// Serve `app` on `listener` until `shutdown` resolves, then drain.
 pub async fn serve(
     listener: TcpListener,

@@ -1,7 +1,6 @@
 //! Command line of the gateway server: flags (each also an `FDFS_*` env variable) over the TOML config file
 //! over defaults. `fdfs gateway` flattens the same [`Args`].
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -98,15 +97,10 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
         .listen
         .clone()
         .unwrap_or_else(|| "127.0.0.1:8080".to_owned());
-    let listener = tokio::net::TcpListener::bind(&listen)
+    let listener = fdfs_common::serve::bind_and_announce(&listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
-    {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "listening on {addr}")?;
-        out.flush()?;
-    }
     tracing::info!(%addr, trackers = ?config.trackers, "gateway started");
     crate::run(listener, config, fdfs_common::shutdown_signal()).await?;
     Ok(())

@@ -1,6 +1,5 @@
 //! Command-line flags of `fdfs-storage` (also flattened into `fdfs storage`), merged over the TOML config.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -91,15 +90,9 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
         .listen
         .clone()
         .unwrap_or_else(|| "127.0.0.1:23000".to_owned());
-    let listener = tokio::net::TcpListener::bind(&listen)
+    let listener = fdfs_common::serve::bind_and_announce(&listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
-    let addr = listener.local_addr()?;
-    {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "listening on {addr}")?;
-        out.flush()?;
-    }
     crate::run(listener, config, fdfs_common::shutdown_signal()).await
 }
 

@@ -1,7 +1,6 @@
 //! Command line of the tracker server (`fdfs-tracker`, also flattened into `fdfs tracker`): flags and `FDFS_*`
 //! env override the TOML config file, which overrides the defaults.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -73,14 +72,9 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
     let config = args.config()?;
     fdfs_common::telemetry::init();
     let listen = args.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
-    let listener = tokio::net::TcpListener::bind(listen)
+    let listener = fdfs_common::serve::bind_and_announce(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
-    let addr = listener.local_addr()?;
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "listening on {addr}")?;
-    out.flush()?;
-    drop(out);
     crate::run(listener, config, fdfs_common::shutdown_signal()).await
 }
 
