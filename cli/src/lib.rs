@@ -49,6 +49,8 @@ pub enum Command {
     Info(files::InfoArgs),
     /// Read, replace (--set) or merge (--merge) a file's metadata.
     Meta(files::MetaArgs),
+    /// Print a signed (anti-leech) download link for a file, minted locally.
+    Sign(files::SignArgs),
     /// Show the cluster: groups, members, state, space, files, sync lag.
     Monitor(monitor::Args),
     /// Upload then download-and-verify many generated files; print throughput and latency.
@@ -74,6 +76,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Meta(a) => files::meta(&client()?, a).await?,
+        Command::Sign(a) => files::sign(a)?,
         Command::Monitor(a) => monitor::run(&client()?, a).await?,
         Command::Bench(a) => bench::run(&client()?, a).await?,
     }

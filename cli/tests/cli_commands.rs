@@ -278,3 +278,56 @@ async fn cli_sends_the_api_key() {
     let id = id.trim();
     ok(&fdfs(&gw, &["--api-key", "sekret", "delete", id]).await);
 }
+
+#[tokio::test]
+async fn cli_signs_anti_leech_links() {
+    let c = Cluster::start(ClusterSpec {
+        groups: 1,
+        members: 1,
+        storage_args: common::args(&[
+            "--heartbeat-interval-ms",
+            "200",
+            "--anti-leech-secret",
+            "leech",
+            "--token-ttl-secs",
+            "600",
+        ]),
+        ..ClusterSpec::default()
+    })
+    .await;
+    let gw = c.gateway_url();
+    let work = common::tempdir(1 << 20);
+    let f = work.path().join("s.txt");
+    std::fs::write(&f, b"signed bytes").unwrap();
+    let id = ok(&fdfs(&gw, &["upload", "-q", f.to_str().unwrap()]).await);
+    let id = id.trim();
+    let node = c.storage[0][0].url();
+
+    // Without a token the node refuses.
+    let r = c.http.get(format!("{node}/{id}")).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+
+    // `fdfs sign --base` prints a full link the node accepts.
+    let link = ok(&fdfs(&gw, &["sign", id, "--secret", "leech", "--base", &node]).await);
+    let r = c.http.get(link.trim()).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{link}");
+    assert_eq!(r.bytes().await.unwrap().as_ref(), b"signed bytes");
+
+    // Signed with the wrong secret, or longer ago than the TTL: refused.
+    let wrong = ok(&fdfs(&gw, &["sign", id, "--secret", "nope", "--base", &node]).await);
+    assert_eq!(c.http.get(wrong.trim()).send().await.unwrap().status(), 403);
+    let old = (fdfs_common::time::unix_now() - 3600).to_string();
+    let stale = ok(&fdfs(
+        &gw,
+        &[
+            "sign", id, "--secret", "leech", "--base", &node, "--ts", &old,
+        ],
+    )
+    .await);
+    assert_eq!(c.http.get(stale.trim()).send().await.unwrap().status(), 403);
+
+    // Without --base only the query is printed; a malformed ID is a usage error.
+    let q = ok(&fdfs(&gw, &["sign", id, "--secret", "leech"]).await);
+    assert!(q.starts_with("token=") && q.contains("&ts="), "{q}");
+    failed(&fdfs(&gw, &["sign", "nope", "--secret", "leech"]).await, 2);
+}
