@@ -152,7 +152,10 @@ pub fn router(config: Config) -> Result<Router, StartError> {
         .route("/upload/{filename}", put(upload::raw_upload))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::disable())
-        .layer(axum::middleware::map_response(close_after_refusal));
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            upload::gate,
+        ));
     // Downloads in proxy mode stream their answer; the timeout covers only getting the headers.
     let bounded = Router::new()
         .route("/", get(page::index))
@@ -187,19 +190,6 @@ pub fn router(config: Config) -> Result<Router, StartError> {
         router = router.layer(cors);
     }
     Ok(router)
-}
-
-/// An upload refused with an error may leave the rest of its body unread (413 on Content-Length, 401, 408):
-/// say `Connection: close` so that hyper closes the connection and no client reuses it with unread body bytes
-/// still in flight (RFC 9112 9.6). Successful uploads have read their whole body and keep the connection.
-async fn close_after_refusal(mut resp: Response) -> Response {
-    if resp.status().is_client_error() || resp.status().is_server_error() {
-        resp.headers_mut().insert(
-            header::CONNECTION,
-            header::HeaderValue::from_static("close"),
-        );
-    }
-    resp
 }
 
 /// `TimeoutLayer` answers a bare 408; give it the JSON error body every answer has.

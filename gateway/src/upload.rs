@@ -314,18 +314,88 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
+/// Most of a refused body the gateway reads and discards before answering, so that a client still sending
+/// it reads the error instead of a broken pipe (nginx's lingering close, bounded).
+const DRAIN_BYTES: u64 = 16 << 20;
+/// Longest the gateway spends draining a refused body.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Read and drop up to [`DRAIN_BYTES`] of `body` within [`DRAIN_TIME`]; true when it ended within that.
+async fn drain(body: Body) -> bool {
+    let mut stream = body.into_data_stream();
+    let mut seen = 0u64;
+    let drained = tokio::time::timeout(DRAIN_TIME, async {
+        while let Some(chunk) = stream.next().await {
+            let Ok(chunk) = chunk else { return false };
+            seen += chunk.len() as u64;
+            if seen > DRAIN_BYTES {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    drained.unwrap_or(false)
+}
+
+/// Middleware on the upload routes: refuses a request before its body is read (missing API key, declared
+/// length over `max_upload_size`), then drains the body (bounded) so the client sees the answer. A client that
+/// sent `Expect: 100-continue` has not sent the body yet and gets the answer at once. Any answer that leaves
+/// body bytes unread says `Connection: close`, so that no client reuses that connection (RFC 9112 9.6);
+/// successful uploads have read their whole body and keep it.
+pub(crate) async fn gate(
+    State(app): State<Arc<App>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let headers = req.headers();
+    let slack = if req.method() == Method::POST {
+        MULTIPART_SLACK
+    } else {
+        0
+    };
+    let limit = app.config.max_upload_size;
+    let refusal = app.check_api_key(headers).err().or_else(|| {
+        content_length(headers)
+            .is_some_and(|l| l > limit.saturating_add(slack))
+            .then_some(GatewayError::TooLarge { limit })
+    });
+    let mut resp = match refusal {
+        None => next.run(req).await,
+        Some(err) => {
+            let waiting = headers
+                .get(header::EXPECT)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+            let drained = !waiting && drain(req.into_body()).await;
+            let mut resp = err.into_response();
+            if !drained {
+                close(&mut resp);
+            }
+            return resp;
+        }
+    };
+    if resp.status().is_client_error() || resp.status().is_server_error() {
+        close(&mut resp);
+    }
+    resp
+}
+
+fn close(resp: &mut Response) {
+    resp.headers_mut().insert(
+        header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+}
+
 /// `POST /upload`.
 pub(crate) async fn multipart_upload(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response> {
-    app.check_api_key(&headers)?;
+    // The API key and the declared length were checked by [`gate`].
     let limit = app.config.max_upload_size;
     let length = content_length(&headers);
-    if length.is_some_and(|l| l > limit.saturating_add(MULTIPART_SLACK)) {
-        return Err(GatewayError::TooLarge { limit });
-    }
     let mut multipart = multipart.map_err(|e| GatewayError::BadRequest(e.body_text()))?;
     let mut budget = Budget::new(limit);
     let mut fields = UploadFields::default();
@@ -421,13 +491,10 @@ pub(crate) async fn raw_upload(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<UploadResult>> {
-    app.check_api_key(&headers)?;
+    // The API key and the declared length were checked by [`gate`].
     let Path(filename) = path.map_err(|e| GatewayError::BadRequest(e.body_text()))?;
     let limit = app.config.max_upload_size;
     let length = content_length(&headers);
-    if length.is_some_and(|l| l > limit) {
-        return Err(GatewayError::TooLarge { limit });
-    }
     let Query(query) = query.map_err(|e| GatewayError::BadRequest(e.body_text()))?;
     let mut fields = UploadFields::default();
     for (k, v) in &query {
