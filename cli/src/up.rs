@@ -46,6 +46,11 @@ pub struct Args {
     /// Seconds to wait for the whole cluster to become ready.
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     pub timeout: u64,
+    /// Space every store path keeps free (the trackers' `reserved_storage_space`). A local cluster shares one
+    /// disk with everything else on the machine, so the production default (10% of the disk) would refuse
+    /// uploads on a dev machine whose disk is merely busy; this keeps a fixed margin instead.
+    #[arg(long, default_value = "512MiB", value_name = "SIZE")]
+    pub reserved_storage_space: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,7 +203,12 @@ async fn start(a: &Args, procs: &mut Vec<Proc>, secret: &str) -> Result<()> {
             &exe,
             &name,
             Role::Tracker,
-            vec![arg("--listen"), arg(format!("127.0.0.1:{port}"))],
+            vec![
+                arg("--listen"),
+                arg(format!("127.0.0.1:{port}")),
+                arg("--reserved-storage-space"),
+                arg(&a.reserved_storage_space),
+            ],
             &logs,
             secret,
         )
