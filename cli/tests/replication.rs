@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{args, member_in, Cluster, ClusterSpec, SECRET, STATE_TIMEOUT};
+use common::{args, content, member_in, upload, Cluster, ClusterSpec, SECRET, STATE_TIMEOUT};
 use fdfs_common::wire::MemberState;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -65,26 +65,6 @@ async fn wait_peers(c: &Cluster, state: &str) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-}
-
-fn content(i: usize, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|j| (i * 131 + j * 7 + j / 251) as u8)
-        .collect()
-}
-
-async fn upload(c: &Cluster, name: &str, body: Vec<u8>) -> Value {
-    let r = c
-        .http
-        .put(format!("{}/upload/{name}", c.gateway_url()))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    let text = r.text().await.unwrap();
-    assert_eq!(status, StatusCode::OK, "upload {name}: {text}");
-    serde_json::from_str(&text).unwrap()
 }
 
 async fn download(c: &Cluster, id: &str) -> Result<Vec<u8>, String> {

@@ -10,7 +10,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{args, member_in, Cluster, ClusterSpec, Node, STATE_TIMEOUT};
+use common::{args, content, member_in, upload, Cluster, ClusterSpec, Node, STATE_TIMEOUT};
 use fdfs_common::wire::{ClusterView, MemberState, CLUSTER_SECRET_HEADER};
 use reqwest::multipart::{Form, Part};
 use reqwest::StatusCode;
@@ -32,27 +32,6 @@ fn spec(groups: usize, members: usize, tracker_args: &[&str]) -> ClusterSpec {
         tracker_args: t,
         ..ClusterSpec::default()
     }
-}
-
-fn content(i: usize, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|j| (i * 131 + j * 7 + j / 251) as u8)
-        .collect()
-}
-
-/// `PUT /upload/{name}` on the gateway, asserting 200; the JSON answer.
-async fn upload(c: &Cluster, name: &str, body: Vec<u8>) -> Value {
-    let r = c
-        .http
-        .put(format!("{}/upload/{name}", c.gateway_url()))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    let text = r.text().await.unwrap();
-    assert_eq!(status, StatusCode::OK, "upload {name}: {text}");
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
 /// Download through the gateway (following its redirect), asserting 200.

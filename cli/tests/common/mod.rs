@@ -701,3 +701,25 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// Deterministic test content number `i` of `len` bytes (different files differ, no file is all one byte).
+pub fn content(i: usize, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|j| (i * 131 + j * 7 + j / 251) as u8)
+        .collect()
+}
+
+/// `PUT /upload/{name}` on the cluster's gateway, asserting 200; the JSON answer.
+pub async fn upload(c: &Cluster, name: &str, body: Vec<u8>) -> serde_json::Value {
+    let r = c
+        .http
+        .put(format!("{}/upload/{name}", c.gateway_url()))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    assert_eq!(status, reqwest::StatusCode::OK, "upload {name}: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
