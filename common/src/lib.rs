@@ -16,6 +16,11 @@ pub use fileid::{FileId, FileName, GroupName, IdError, NameInfo};
 /// Version string reported in heartbeats and `/health`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// Compare secrets (cluster secret, API key, token) in time that does not depend on where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Content type for an extension, as a storage node serves it (`application/octet-stream` when unknown).
 pub fn content_type_for(ext: Option<&str>) -> &'static str {
     ext.and_then(|e| mime_guess::from_ext(e).first_raw())

@@ -47,13 +47,7 @@ pub fn verify(
     h.update(secret.as_bytes());
     h.update(ts.as_bytes());
     let expected = hex::encode(h.finalize());
-    if expected.len() == token.len()
-        && expected
-            .bytes()
-            .zip(token.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b.to_ascii_lowercase()))
-            == 0
-    {
+    if crate::constant_time_eq(expected.as_bytes(), token.to_ascii_lowercase().as_bytes()) {
         Ok(())
     } else {
         Err(TokenError::Invalid)

@@ -213,13 +213,7 @@ impl App {
             .get(fdfs_common::wire::API_KEY_HEADER)
             .map(|v| v.as_bytes())
             .unwrap_or_default();
-        let same = given.len() == expected.len()
-            && given
-                .iter()
-                .zip(expected.as_bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
-        if same {
+        if fdfs_common::constant_time_eq(given, expected.as_bytes()) {
             Ok(())
         } else {
             Err(GatewayError::Unauthorized)

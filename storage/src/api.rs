@@ -20,10 +20,7 @@ use crate::error::{Result, StorageError};
 use crate::store::{Committed, MetaUpdate, ReindexReport, META_SUFFIX};
 use crate::AppState;
 
-/// Constant-time byte comparison for secrets.
-fn secret_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+use fdfs_common::constant_time_eq as secret_eq;
 
 /// Middleware: internal routes need `x-fdfs-cluster-secret` when a cluster secret is configured.
 pub async fn require_secret(State(node): State<AppState>, req: Request, next: Next) -> Response {

@@ -142,15 +142,11 @@ pub async fn run(
 async fn require_secret(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if let Some(secret) = &state.secret {
         let given = req.headers().get(CLUSTER_SECRET_HEADER);
-        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), secret.as_bytes())) {
+        if !given.is_some_and(|g| fdfs_common::constant_time_eq(g.as_bytes(), secret.as_bytes())) {
             return Error::Unauthorized.into_response();
         }
     }
     next.run(req).await
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn heartbeat(
