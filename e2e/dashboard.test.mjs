@@ -70,6 +70,19 @@ try {
   check("every member has a space bar, file count, sync state and rates", rows.every((r) =>
     r.bar && /^\d+$/.test(r.cells[4]) && /sync|pending/.test(r.cells[5]) &&
     /^\d+\.\d\/s$/.test(r.cells[6]) && /^\d+\.\d\/s$/.test(r.cells[7])), JSON.stringify(rows[0]));
+
+  // Traffic makes the rates move: uploads and downloads through the gateway, then a rate above zero.
+  for (let i = 0; i < 6; i++) {
+    const up = await fetch(`${gateway}/upload/dashboard-${i}.txt`, { method: "PUT", body: `dashboard ${i}\n` });
+    const { file_id } = await up.json();
+    await (await fetch(`${gateway}/${file_id}`)).arrayBuffer();
+  }
+  const moving = await page.waitForFunction(() => {
+    const rate = (td) => parseFloat(td.textContent);
+    const rows = [...document.querySelectorAll("tr.member")];
+    return rows.some((tr) => rate(tr.children[6]) > 0) && rows.some((tr) => rate(tr.children[7]) > 0);
+  }, null, { timeout: 30_000 }).then(() => true, () => false);
+  check("upload and download rates move with traffic", moving, "every rate stayed 0.0/s");
   await page.screenshot({ path: join(outDir, "dashboard.png"), fullPage: true });
 
   process.kill(Number(victimPid), "SIGKILL");
