@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[3]
 SECRET = "anti-leech-s3cret"
 API_KEY = "test-api-key"
 SMALL_LIMIT = 1 << 20
+TOKEN_TTL = 600
 
 
 def _data_root() -> str:
@@ -62,11 +63,12 @@ def cluster(fdfs_bin: str, data_root: Path) -> Iterator[LocalCluster]:
 
 @pytest.fixture(scope="session")
 def secured(fdfs_bin: str, data_root: Path) -> Iterator[LocalCluster]:
-    """1 group x 1 member with an API key, anti-leech tokens and a 1 MiB upload limit."""
+    """1 group x 1 member with an API key, anti-leech tokens (TTL 600 s) and a 1 MiB upload limit."""
     env = {
         "FDFS_API_KEY": API_KEY,
         "FDFS_ANTI_LEECH_SECRET": SECRET,
         "FDFS_MAX_UPLOAD_SIZE": str(SMALL_LIMIT),
+        "FDFS_TOKEN_TTL_SECS": str(TOKEN_TTL),
     }
     with LocalCluster(fdfs_bin, data_root / "secured", groups=1, members=1, env=env) as c:
         yield c

@@ -149,6 +149,7 @@ def test_not_found_raises_not_found(client: Client) -> None:
         with pytest.raises(NotFound) as e:
             call(missing)
         assert e.value.status == 404 and e.value.code == "not_found", call
+        assert isinstance(e.value, FileNotFoundError)
     assert client.exists(missing) is False
 
 

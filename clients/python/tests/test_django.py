@@ -17,10 +17,11 @@ from django.test import override_settings
 from django.utils.datastructures import MultiValueDict
 from PIL import Image
 
-from fdfs_http import decode, is_file_id
+from fdfs_http import FdfsError, decode, is_file_id
 from fdfs_http.django import FdfsStorage
 from fdfs_http.testing import LocalCluster
 
+from .conftest import API_KEY, SECRET, TOKEN_TTL
 from .testapp.forms import DocumentForm
 from .testapp.models import Document
 
@@ -65,6 +66,11 @@ def test_storage_contract(storage: FdfsStorage) -> None:
     storage.delete(name)
     assert not storage.exists(name)
     storage.delete(name)  # a missing file is not an error
+    with pytest.raises(FileNotFoundError):
+        storage.open(name)
+    # A name that is not a file ID (what Django asked for before the upload) does not exist.
+    assert not storage.exists("products/mug.jpg")
+    storage.delete("products/mug.jpg")
 
     with pytest.raises(NotImplementedError, match="no directory listing"):
         storage.listdir("")
@@ -164,3 +170,28 @@ def test_admin_add_view_uploads_through_a_multipart_post(admin_client: DjangoCli
 @pytest.mark.django_db
 def test_makemigrations_check_finds_nothing_to_do() -> None:
     call_command("makemigrations", "--check", "--dry-run", verbosity=0)
+
+
+def test_api_key_group_and_signed_urls_against_a_secured_cluster(secured: LocalCluster) -> None:
+    node = secured.members[0].url
+    s = FdfsStorage(
+        gateway=secured.gateway,
+        api_key=API_KEY,
+        group=secured.members[0].group,
+        base_url=node,
+        anti_leech_secret=SECRET,
+        token_ttl=TOKEN_TTL,  # the nodes' token_ttl_secs: the link is signed at most TTL/2 ago
+        timeout=60,
+    )
+    data = b"signed bytes" * 100
+    name = s.save("private/report.txt", ContentFile(data))
+    assert name.startswith(secured.members[0].group + "/")
+    url = s.url(name)
+    assert url.startswith(f"{node}/{name}?token=")
+    assert fetch(url) == data
+    assert httpx.get(f"{node}/{name}").status_code in (401, 403)
+    s.delete(name)
+    assert not s.exists(name)
+    with pytest.raises(FdfsError) as e:
+        FdfsStorage(gateway=secured.gateway).save("x.txt", ContentFile(b"no key"))
+    assert e.value.status == 401

@@ -28,7 +28,7 @@ from django.utils.deconstruct import deconstructible
 from ._common import DEFAULT_TIMEOUT
 from .client import Client
 from .errors import NotFound
-from .fileid import decode, signed_query, slave_id
+from .fileid import decode, is_file_id, signed_query, slave_id
 
 __all__ = ["FdfsStorage"]
 
@@ -118,7 +118,8 @@ class FdfsStorage(Storage):
         return File(cast("IO[Any]", f), name=name)
 
     def exists(self, name: str) -> bool:
-        return self.client.exists(name)
+        """Whether the cluster has the file; a name that is not a file ID never exists (no request)."""
+        return is_file_id(name) and self.client.exists(name)
 
     def size(self, name: str) -> int:
         """From the ID for a master file (no network); a slave file's size comes from the cluster."""
@@ -131,6 +132,8 @@ class FdfsStorage(Storage):
         """Delete the file; a missing file is not an error (Django's contract)."""
         if not name:
             raise ValueError("The name must be given to delete().")
+        if not is_file_id(name):
+            return
         with contextlib.suppress(NotFound):
             self.client.delete(name)
 

@@ -13,8 +13,11 @@ class FdfsError(Exception):
         self.status = status
 
 
-class NotFound(FdfsError):
-    """The file (or its group) does not exist: HTTP 404, code `not_found`."""
+class NotFound(FdfsError, FileNotFoundError):
+    """The file (or its group) does not exist: HTTP 404, code `not_found`.
+
+    Also a `FileNotFoundError`, so code written for files on disk (Django's, thumbnail libraries') handles it.
+    """
 
 
 class Unreachable(FdfsError):
