@@ -134,6 +134,9 @@ fn counters(text: &str) -> NodeCounters {
             continue;
         };
         let label = |key: &str| label_value(labels, key);
+        if label("role").is_some_and(|r| r != "storage") {
+            continue;
+        }
         let (method, route, status) = (label("method"), label("route"), label("status"));
         let ok = status.is_some_and(|s| s.starts_with('2'));
         // Counters are whole numbers rendered as floats.
@@ -168,6 +171,7 @@ fdfs_http_requests_total{role="storage",method="GET",route="/{*path}",status="20
 fdfs_http_requests_total{role="storage",method="GET",route="/{*path}",status="206"} 3
 fdfs_http_requests_total{role="storage",method="GET",route="/{*path}",status="404"} 5
 fdfs_http_requests_total{role="storage",method="GET",route="/health",status="200"} 100
+fdfs_http_requests_total{role="gateway",method="POST",route="/v1/upload",status="200"} 50
 fdfs_store_files 4
 "#;
         assert_eq!(
