@@ -53,7 +53,9 @@ def test_storage_contract(storage: FdfsStorage) -> None:
     assert storage.exists(name)
     assert storage.size(name) == len(data)
     with storage.open(name) as f:
+        assert f.size == len(data)  # Django's File.size: seek to the end and back (no local path involved)
         assert f.read() == data
+        assert b"".join(f.chunks(chunk_size=1000)) == data  # chunks() seeks to 0 first
     assert storage.url(name) == f"{storage.gateway}/{name}"
     assert fetch(storage.url(name)) == data
     created = storage.get_created_time(name)

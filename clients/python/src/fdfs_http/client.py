@@ -268,8 +268,8 @@ class RemoteFile(io.RawIOBase):
     def __init__(self, client: Client, file_id: str) -> None:
         super().__init__()
         self._client = client
+        # No `name` attribute: code that sees one (Django's File.size) takes it for a local path.
         self.file_id = file_path(file_id)
-        self.name = self.file_id
         self._pos = 0
         self._size: int | None = None
         self._resp: httpx.Response | None = None
