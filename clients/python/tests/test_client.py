@@ -75,6 +75,9 @@ def test_download_download_to_and_open(client: Client, tmp_path: Path) -> None:
     assert client.download_to(fid, out) == len(data)
     assert out.read_bytes() == data
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"], "no temp file left behind"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask, "permissions as for any new file"
     buf = io.BytesIO()
     assert client.download_to(fid, buf) == len(data)
     assert buf.getvalue() == data

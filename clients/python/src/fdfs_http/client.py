@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import tempfile
+import secrets
 from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping
 from types import TracebackType
 from typing import IO, Any, Union, cast
@@ -184,7 +184,7 @@ class Client(_Base):
             if hasattr(dest, "write"):
                 return _copy(resp.iter_bytes(CHUNK_SIZE), cast("IO[bytes]", dest))
             path = os.fspath(dest)
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".fdfs-", suffix=".part")
+            fd, tmp = _temp_beside(path)
             try:
                 with os.fdopen(fd, "wb") as out:
                     n = _copy(resp.iter_bytes(CHUNK_SIZE), out)
@@ -248,6 +248,13 @@ class Client(_Base):
     def cluster(self) -> dict[str, Any]:
         """Groups, members, state, space and sync progress (`GET /cluster`)."""
         return cast("dict[str, Any]", json_of(self._send("GET", "/cluster", what="cluster")))
+
+
+def _temp_beside(path: str) -> tuple[int, str]:
+    """A new file next to `path` for writing, with the permissions the umask gives (mkstemp would make 0600)."""
+    directory, base = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{base}.{secrets.token_hex(4)}.part")
+    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
 
 
 def _copy(chunks: Iterator[bytes], out: IO[bytes]) -> int:
@@ -460,7 +467,7 @@ class AsyncClient(_Base):
                     n += len(chunk)
                 return n
             path = os.fspath(dest)
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".fdfs-", suffix=".part")
+            fd, tmp = _temp_beside(path)
             try:
                 with os.fdopen(fd, "wb") as w:
                     n = 0
