@@ -6,7 +6,6 @@
 //! replication engine plugs into), [`cli`] (flags), [`error`].
 
 pub mod api;
-pub mod binlog;
 pub mod cli;
 pub mod error;
 pub mod heartbeat;
@@ -78,7 +77,7 @@ impl Default for Config {
             cluster_secret: None,
             max_file_size: Size::Bytes(16 << 30),
             write_quorum: 2,
-            binlog_segment_bytes: Size::Bytes(binlog::DEFAULT_SEGMENT_BYTES),
+            binlog_segment_bytes: Size::Bytes(sync::binlog::DEFAULT_SEGMENT_BYTES),
             anti_leech_secret: None,
             token_ttl_secs: 900,
         }

@@ -19,6 +19,7 @@
 //!
 //! The routes peers call are in [`routes`]; they sit behind the cluster secret with the other `/v1` routes.
 
+pub mod binlog;
 pub mod catchup;
 pub mod client;
 mod metrics;
@@ -38,7 +39,7 @@ use fdfs_common::FileId;
 use futures_util::future::BoxFuture;
 use tokio::task::JoinHandle;
 
-use crate::binlog::{Binlog, Op, DEFAULT_SEGMENT_BYTES};
+use binlog::{Binlog, Op, DEFAULT_SEGMENT_BYTES};
 use crate::error::{Result, StorageError};
 use crate::heartbeat::Peers;
 use crate::replication::Replication;

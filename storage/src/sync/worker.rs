@@ -13,7 +13,7 @@ use futures_util::stream::{self, StreamExt};
 
 use super::client::{self, PushError, Pushed};
 use super::{metrics, PeerProgress, SyncEngine};
-use crate::binlog::{Op, Record};
+use super::binlog::{Op, Record};
 
 /// Records read from the binlog at a time.
 const BATCH: usize = 512;
