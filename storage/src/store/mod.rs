@@ -17,36 +17,41 @@
 //! All methods that touch the disk or sled come in two flavours: `*_blocking` (call them from blocking code) and
 //! async wrappers that run them on the blocking pool.
 
-use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::MetadataExt;
+mod commit;
+mod dedup;
+pub mod layout;
+mod listing;
+mod meta;
+mod staging;
+
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
 
-use bytes::Bytes;
-use fdfs_common::wire::{Metadata, StorePathStat};
+use fdfs_common::wire::StorePathStat;
 use fdfs_common::{FileId, GroupName};
-use futures_util::{Stream, StreamExt};
 use rand::Rng;
-use tempfile::NamedTempFile;
 
 use crate::error::{Result, StorageError};
+use layout::{clear_dir, create_data_dirs};
+
+pub use commit::{Committed, NewFile, Stored};
+pub use listing::ReindexReport;
+pub use meta::MetaUpdate;
+pub use staging::Staged;
 
 /// Suffix of the metadata file kept next to each file.
 pub const META_SUFFIX: &str = "-m";
 /// sled key marking that the index has been built from disk at least once.
-const INDEXED_KEY: &[u8] = b"indexed";
+pub(crate) const INDEXED_KEY: &[u8] = b"indexed";
 /// sled's page cache. Its default (1 GiB) let a node with a million files sit at 640 MiB RSS; the index is only
 /// read on uploads (dedup look-ups) and deletes, so a small cache costs little (see the `sled_million` example).
 const INDEX_CACHE_BYTES: u64 = 64 << 20;
-/// Chunks buffered between the network and the disk writer per upload.
-const WRITE_QUEUE: usize = 8;
 
 /// One store path (`M00`, `M01`, ...).
-struct StorePath {
+pub(crate) struct StorePath {
     index: u8,
     root: PathBuf,
     /// In-flight writes; on the same filesystem as `root/data`.
@@ -61,7 +66,7 @@ struct StorePath {
 }
 
 impl StorePath {
-    fn lock(&self) -> MutexGuard<'_, ()> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, ()> {
         self.lock.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -77,153 +82,8 @@ pub struct Store {
     file_count: AtomicU64,
 }
 
-/// A fully received, fsynced body waiting in a store path's temp directory. Dropping it removes the temp file.
-pub struct Staged {
-    store_path: u8,
-    tmp: NamedTempFile,
-    /// Bytes received.
-    pub size: u64,
-    /// CRC32 (IEEE) of the content.
-    pub crc32: u32,
-    hash: [u8; 32],
-}
-
-impl Staged {
-    /// BLAKE3 hash of the content.
-    pub fn content_hash(&self) -> [u8; 32] {
-        self.hash
-    }
-
-    /// Store path index the body was staged on.
-    pub fn store_path(&self) -> u8 {
-        self.store_path
-    }
-}
-
-/// Outcome of [`Store::commit`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Committed {
-    /// The file is now in place; `deduplicated` when it became a hard link to identical content.
-    Created { deduplicated: bool },
-    /// A file with that ID already existed; nothing was changed.
-    AlreadyExists,
-}
-
-/// A metadata change.
-#[derive(Debug, Clone)]
-pub enum MetaUpdate {
-    /// Overwrite everything.
-    Replace(Metadata),
-    /// Merge: `Some` sets a key, `None` deletes it.
-    Merge(BTreeMap<String, Option<String>>),
-}
-
-/// What [`Store::reindex`] found.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct ReindexReport {
-    /// File IDs indexed.
-    pub files: u64,
-    /// Distinct contents (inodes after dedup) among them.
-    pub contents: u64,
-}
-
-fn content_key(hash: &[u8; 32], size: u64) -> [u8; 40] {
-    let mut key = [0u8; 40];
-    key[..32].copy_from_slice(hash);
-    key[32..].copy_from_slice(&size.to_be_bytes());
-    key
-}
-
-fn parse_list(v: &[u8]) -> Vec<String> {
-    String::from_utf8_lossy(v)
-        .split('\n')
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect()
-}
-
-fn is_reserved(id: &FileId) -> bool {
+pub(crate) fn is_reserved(id: &FileId) -> bool {
     id.name.as_str().ends_with(META_SUFFIX)
-}
-
-/// fsync a directory so that a rename or unlink in it is durable.
-fn fsync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-fn mkdir_ok(p: &Path) -> io::Result<()> {
-    match fs::create_dir(p) {
-        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
-        _ => Ok(()),
-    }
-}
-
-/// Create `data/`; returns whether it is new (then the store path holds no file). The `XX/YY` levels are made
-/// on first use by [`ensure_dir`]: creating all 65,536 up front costs seconds of syscalls per store path at every
-/// start of a new node and buys nothing, since a commit needs only its own directory.
-fn create_data_dirs(root: &Path) -> io::Result<bool> {
-    let data = root.join("data");
-    let fresh = !data.exists();
-    fs::create_dir_all(&data)?;
-    if fresh {
-        fsync_dir(root)?;
-    }
-    Ok(fresh)
-}
-
-/// Make sure `dir` (a `data/XX/YY` directory) exists, durably: each level created here is fsynced into its
-/// parent before a file is renamed into it.
-fn ensure_dir(dir: &Path) -> io::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    let parent = dir.parent().expect("data/XX/YY has a parent");
-    ensure_dir(parent)?;
-    mkdir_ok(dir)?;
-    fsync_dir(parent)
-}
-
-/// Remove leftovers of writes interrupted by a crash.
-fn clear_dir(dir: &Path) -> io::Result<()> {
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        if entry.file_type()?.is_dir() {
-            fs::remove_dir_all(entry.path())?;
-        } else {
-            fs::remove_file(entry.path())?;
-        }
-    }
-    Ok(())
-}
-
-fn hash_file(path: &Path) -> io::Result<([u8; 32], u64)> {
-    let mut f = File::open(path)?;
-    let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut size = 0u64;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        size += n as u64;
-    }
-    Ok((*h.finalize().as_bytes(), size))
-}
-
-/// Durably replace `target` with `bytes` (temp file in `tmp_dir`, fsync, rename, fsync dir).
-fn write_atomic(tmp_dir: &Path, target: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut tmp = tempfile::Builder::new()
-        .prefix("meta-")
-        .tempfile_in(tmp_dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(target).map_err(|e| e.error)?;
-    if let Some(parent) = target.parent() {
-        fsync_dir(parent)?;
-    }
-    Ok(())
 }
 
 impl Store {
@@ -310,7 +170,7 @@ impl Store {
             .await?
     }
 
-    fn recount(&self) {
+    pub(crate) fn recount(&self) {
         let n: usize = self.paths.iter().map(|p| p.ids.len()).sum();
         self.file_count.store(n as u64, Ordering::Relaxed);
     }
@@ -340,7 +200,7 @@ impl Store {
         self.file_count.load(Ordering::Relaxed)
     }
 
-    fn store_path(&self, index: u8) -> Result<&StorePath> {
+    pub(crate) fn store_path(&self, index: u8) -> Result<&StorePath> {
         self.paths.get(usize::from(index)).ok_or_else(|| {
             StorageError::BadRequest(format!(
                 "store path M{index:02X} does not exist on this node ({} configured)",
@@ -350,7 +210,7 @@ impl Store {
     }
 
     /// Check that an ID can live here: right group, existing store path, not a reserved (metadata) name.
-    fn locate(&self, id: &FileId) -> Result<(&StorePath, PathBuf)> {
+    pub(crate) fn locate(&self, id: &FileId) -> Result<(&StorePath, PathBuf)> {
         if id.group != self.group {
             return Err(StorageError::BadRequest(format!(
                 "file {id} belongs to group {}, this node serves {}",
@@ -370,12 +230,6 @@ impl Store {
     /// Absolute disk path of a file.
     pub fn path(&self, id: &FileId) -> Result<PathBuf> {
         self.locate(id).map(|(_, p)| p)
-    }
-
-    fn meta_path(&self, id: &FileId) -> Result<PathBuf> {
-        let mut p = self.path(id)?;
-        p.as_mut_os_string().push(META_SUFFIX);
-        Ok(p)
     }
 
     /// Metadata of the file if it exists here (a regular file).
@@ -410,432 +264,6 @@ impl Store {
         (rng.random(), rng.random())
     }
 
-    /// Stream a body into a temp file on store path `store_path`, computing size, CRC32 and the content hash,
-    /// rejecting it once it exceeds `limit` bytes; fsync it. On any error the temp file is gone when this returns.
-    pub async fn receive<S, E>(&self, store_path: u8, body: S, limit: u64) -> Result<Staged>
-    where
-        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
-        E: std::fmt::Display,
-    {
-        let tmp_dir = self.store_path(store_path)?.tmp.clone();
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<Bytes>>(WRITE_QUEUE);
-        let writer = tokio::task::spawn_blocking(move || -> Result<Staged> {
-            let mut tmp = tempfile::Builder::new()
-                .prefix("up-")
-                .tempfile_in(&tmp_dir)?;
-            let mut crc = crc32fast::Hasher::new();
-            let mut hash = blake3::Hasher::new();
-            let mut size = 0u64;
-            loop {
-                match rx.blocking_recv() {
-                    Some(Some(chunk)) => {
-                        tmp.write_all(&chunk)?;
-                        crc.update(&chunk);
-                        hash.update(&chunk);
-                        size += chunk.len() as u64;
-                    }
-                    Some(None) => break,
-                    None => return Err(StorageError::BodyAborted("body ended early".into())),
-                }
-            }
-            tmp.as_file().sync_all()?;
-            Ok(Staged {
-                store_path,
-                tmp,
-                size,
-                crc32: crc.finalize(),
-                hash: *hash.finalize().as_bytes(),
-            })
-        });
-        let mut body = std::pin::pin!(body);
-        let mut total = 0u64;
-        let outcome: Result<()> = loop {
-            match body.next().await {
-                Some(Ok(chunk)) => {
-                    total += chunk.len() as u64;
-                    if total > limit {
-                        break Err(StorageError::TooLarge { limit });
-                    }
-                    if tx.send(Some(chunk)).await.is_err() {
-                        // The writer failed; its result says why.
-                        break Ok(());
-                    }
-                }
-                Some(Err(e)) => break Err(StorageError::BodyAborted(e.to_string())),
-                None => {
-                    let _ = tx.send(None).await;
-                    break Ok(());
-                }
-            }
-        };
-        drop(tx);
-        let written = writer.await?;
-        outcome?;
-        written
-    }
-
-    /// Put a staged body in place under `id` (durably, never replacing an existing file), deduplicating against
-    /// identical content on the same store path, and index it. `mtime` is applied to a newly written inode.
-    pub fn commit_blocking(
-        &self,
-        staged: Staged,
-        id: &FileId,
-        mtime: Option<SystemTime>,
-    ) -> Result<Committed> {
-        if is_reserved(id) {
-            return Err(StorageError::BadRequest(format!(
-                "file names ending in {META_SUFFIX:?} are reserved for metadata"
-            )));
-        }
-        let (sp, target) = self.locate(id)?;
-        if staged.store_path != id.store_path {
-            return Err(StorageError::Internal(format!(
-                "staged on M{:02X}, committing to M{:02X}",
-                staged.store_path, id.store_path
-            )));
-        }
-        let parent = target
-            .parent()
-            .expect("relative_path has a parent")
-            .to_owned();
-        let _guard = sp.lock();
-        if fs::symlink_metadata(&target).is_ok() {
-            return Ok(Committed::AlreadyExists);
-        }
-        ensure_dir(&parent)?;
-        let key = content_key(&staged.hash, staged.size);
-        let mut holders = Vec::new();
-        let mut deduplicated = false;
-        if let Some(v) = sp.hashes.get(key)? {
-            for holder in parse_list(&v) {
-                let Ok(hid) = holder.parse::<FileId>() else {
-                    continue;
-                };
-                let hpath = sp.root.join(hid.relative_path());
-                match fs::metadata(&hpath) {
-                    Ok(m) if m.is_file() && m.len() == staged.size => holders.push((holder, hpath)),
-                    _ => {} // stale entry: pruned below
-                }
-            }
-            // All holders share one inode (or are equal copies): linking to the first live one suffices.
-            if let Some((_, hpath)) = holders.first() {
-                match fs::hard_link(hpath, &target) {
-                    Ok(()) => deduplicated = true,
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                        return Ok(Committed::AlreadyExists)
-                    }
-                    // e.g. EMLINK (too many links): store a separate copy instead.
-                    Err(e) => tracing::debug!(error = %e, "dedup link failed, storing a copy"),
-                }
-            }
-        }
-        if !deduplicated {
-            if let Some(t) = mtime {
-                staged.tmp.as_file().set_modified(t)?;
-            }
-            if let Err(e) = staged.tmp.persist_noclobber(&target) {
-                if e.error.kind() == io::ErrorKind::AlreadyExists {
-                    return Ok(Committed::AlreadyExists);
-                }
-                return Err(e.error.into());
-            }
-        }
-        fsync_dir(&parent)?;
-        let id_str = id.to_string();
-        let mut list: Vec<String> = holders.into_iter().map(|(h, _)| h).collect();
-        list.push(id_str.clone());
-        sp.hashes.insert(key, list.join("\n").into_bytes())?;
-        sp.ids.insert(id_str.as_bytes(), &key[..])?;
-        self.db.flush()?;
-        self.file_count.fetch_add(1, Ordering::Relaxed);
-        Ok(Committed::Created { deduplicated })
-    }
-
-    /// [`Store::commit_blocking`] on the blocking pool.
-    pub async fn commit(
-        self: &Arc<Self>,
-        staged: Staged,
-        id: &FileId,
-        mtime: Option<SystemTime>,
-    ) -> Result<Committed> {
-        let (this, id) = (self.clone(), id.clone());
-        tokio::task::spawn_blocking(move || this.commit_blocking(staged, &id, mtime)).await?
-    }
-
-    /// Durably write a file under a known ID (replicas): stream, check size and CRC32 against the ID (for master
-    /// files, whose name encodes them), commit. An existing file is left alone ([`Committed::AlreadyExists`]).
-    pub async fn write_file<S, E>(
-        self: &Arc<Self>,
-        id: &FileId,
-        body: S,
-        mtime: Option<SystemTime>,
-    ) -> Result<Committed>
-    where
-        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
-        E: std::fmt::Display,
-    {
-        if is_reserved(id) {
-            return Err(StorageError::BadRequest(format!(
-                "file names ending in {META_SUFFIX:?} are reserved for metadata"
-            )));
-        }
-        self.locate(id)?;
-        if self.exists(id).await? {
-            return Ok(Committed::AlreadyExists);
-        }
-        let staged = self
-            .receive(id.store_path, body, self.max_file_size)
-            .await?;
-        if id.name.prefix().is_none() {
-            let info = id.info();
-            if info.size != staged.size || info.crc32 != staged.crc32 {
-                return Err(StorageError::BadRequest(format!(
-                    "content does not match {id}: got {} bytes crc32 {:08x}, the id says {} bytes crc32 {:08x}",
-                    staged.size, staged.crc32, info.size, info.crc32
-                )));
-            }
-        }
-        self.commit(staged, id, mtime).await
-    }
-
-    /// Delete a file and its metadata; `false` when it did not exist. Other IDs sharing the content stay intact.
-    pub fn remove_blocking(&self, id: &FileId) -> Result<bool> {
-        let (sp, path) = match self.locate(id) {
-            Ok(x) => x,
-            Err(StorageError::NotFound(_)) => return Ok(false),
-            Err(e) => return Err(e),
-        };
-        let meta = self.meta_path(id)?;
-        let _guard = sp.lock();
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(e.into()),
-        }
-        match fs::remove_file(&meta) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
-            _ => {}
-        }
-        fsync_dir(path.parent().expect("relative_path has a parent"))?;
-        let id_str = id.to_string();
-        if let Some(key) = sp.ids.remove(id_str.as_bytes())? {
-            if let Some(v) = sp.hashes.get(&key)? {
-                let rest: Vec<String> = parse_list(&v)
-                    .into_iter()
-                    .filter(|h| *h != id_str)
-                    .collect();
-                if rest.is_empty() {
-                    sp.hashes.remove(&key)?;
-                } else {
-                    sp.hashes.insert(&key, rest.join("\n").into_bytes())?;
-                }
-            }
-        }
-        self.db.flush()?;
-        let _ = self
-            .file_count
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                Some(n.saturating_sub(1))
-            });
-        Ok(true)
-    }
-
-    /// [`Store::remove_blocking`] on the blocking pool.
-    pub async fn remove(self: &Arc<Self>, id: &FileId) -> Result<bool> {
-        let (this, id) = (self.clone(), id.clone());
-        tokio::task::spawn_blocking(move || this.remove_blocking(&id)).await?
-    }
-
-    fn read_meta(&self, id: &FileId) -> Result<Metadata> {
-        match fs::read(self.meta_path(id)?) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                StorageError::Internal(format!("corrupt metadata file for {id}: {e}"))
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Metadata::new()),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Metadata of a file, `None` when the file does not exist here (empty when it has none).
-    pub fn get_meta_blocking(&self, id: &FileId) -> Result<Option<Metadata>> {
-        if self.stat_blocking(id)?.is_none() {
-            return Ok(None);
-        }
-        self.read_meta(id).map(Some)
-    }
-
-    /// [`Store::get_meta_blocking`] on the blocking pool.
-    pub async fn get_meta(self: &Arc<Self>, id: &FileId) -> Result<Option<Metadata>> {
-        let (this, id) = (self.clone(), id.clone());
-        tokio::task::spawn_blocking(move || this.get_meta_blocking(&id)).await?
-    }
-
-    /// Change a file's metadata durably and return the result. 404 when the file does not exist here.
-    pub fn set_meta_blocking(&self, id: &FileId, update: MetaUpdate) -> Result<Metadata> {
-        let (sp, _) = self.locate(id)?;
-        let _guard = sp.lock();
-        if self.stat_blocking(id)?.is_none() {
-            return Err(StorageError::NotFound(format!("no such file {id}")));
-        }
-        let meta = match update {
-            MetaUpdate::Replace(m) => m,
-            MetaUpdate::Merge(changes) => {
-                let mut m = self.read_meta(id)?;
-                for (k, v) in changes {
-                    match v {
-                        Some(v) => m.insert(k, v),
-                        None => m.remove(&k),
-                    };
-                }
-                m
-            }
-        };
-        let path = self.meta_path(id)?;
-        if meta.is_empty() {
-            match fs::remove_file(&path) {
-                Ok(()) => fsync_dir(path.parent().expect("has a parent"))?,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
-            }
-        } else {
-            let bytes = serde_json::to_vec(&meta)
-                .map_err(|e| StorageError::Internal(format!("encoding metadata: {e}")))?;
-            write_atomic(&sp.tmp, &path, &bytes)?;
-        }
-        Ok(meta)
-    }
-
-    /// [`Store::set_meta_blocking`] on the blocking pool.
-    pub async fn set_meta(self: &Arc<Self>, id: &FileId, update: MetaUpdate) -> Result<Metadata> {
-        let (this, id) = (self.clone(), id.clone());
-        tokio::task::spawn_blocking(move || this.set_meta_blocking(&id, update)).await?
-    }
-
-    /// Visit every file on disk of one store path (metadata files and foreign names skipped), in directory
-    /// order. This is the ground truth the index is rebuilt from.
-    pub fn walk_disk_blocking(
-        &self,
-        store_path: u8,
-        mut visit: impl FnMut(FileId, &Path, &fs::Metadata) -> Result<()>,
-    ) -> Result<()> {
-        let sp = self.store_path(store_path)?;
-        let data = sp.root.join("data");
-        for dir1 in 0..=255u8 {
-            for dir2 in 0..=255u8 {
-                let dir = data.join(format!("{dir1:02X}")).join(format!("{dir2:02X}"));
-                let entries = match fs::read_dir(&dir) {
-                    Ok(e) => e,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(e.into()),
-                };
-                for entry in entries {
-                    let entry = entry?;
-                    let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-                        continue;
-                    };
-                    if name.ends_with(META_SUFFIX) {
-                        continue;
-                    }
-                    let Ok(name) = name.parse() else {
-                        tracing::warn!(path = %entry.path().display(), "ignoring a file that is not a file id");
-                        continue;
-                    };
-                    let id = FileId {
-                        group: self.group.clone(),
-                        store_path,
-                        dir1,
-                        dir2,
-                        name,
-                    };
-                    let path = sp.root.join(id.relative_path());
-                    let meta = fs::symlink_metadata(&path)?;
-                    if !meta.is_file() {
-                        continue;
-                    }
-                    visit(id, &path, &meta)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Rebuild the dedup index of every store path from the files on disk.
-    pub fn reindex_blocking(&self) -> Result<ReindexReport> {
-        let mut report = ReindexReport::default();
-        for sp in &self.paths {
-            let _guard = sp.lock();
-            sp.hashes.clear()?;
-            sp.ids.clear()?;
-            // Keys of inodes with several links, so shared content is hashed once.
-            let mut by_inode: HashMap<(u64, u64), [u8; 40]> = HashMap::new();
-            self.walk_disk_blocking(sp.index, |id, path, meta| {
-                let inode = (meta.dev(), meta.ino());
-                let key = match by_inode.get(&inode) {
-                    Some(k) => *k,
-                    None => {
-                        let (hash, size) = hash_file(path)?;
-                        let k = content_key(&hash, size);
-                        if meta.nlink() > 1 {
-                            by_inode.insert(inode, k);
-                        }
-                        k
-                    }
-                };
-                let id_str = id.to_string();
-                let mut list = match sp.hashes.get(key)? {
-                    Some(v) => parse_list(&v),
-                    None => {
-                        report.contents += 1;
-                        Vec::new()
-                    }
-                };
-                list.push(id_str.clone());
-                sp.hashes.insert(key, list.join("\n").into_bytes())?;
-                sp.ids.insert(id_str.as_bytes(), &key[..])?;
-                report.files += 1;
-                Ok(())
-            })?;
-        }
-        self.db.insert(INDEXED_KEY, &b"1"[..])?;
-        self.db.flush()?;
-        self.recount();
-        Ok(report)
-    }
-
-    /// [`Store::reindex_blocking`] on the blocking pool.
-    pub async fn reindex(self: &Arc<Self>) -> Result<ReindexReport> {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || this.reindex_blocking()).await?
-    }
-
-    /// Every file ID in the index (all store paths), e.g. for a full sync to a new peer. Blocking (sled).
-    pub fn indexed_ids(&self) -> impl Iterator<Item = FileId> + '_ {
-        self.paths.iter().flat_map(|sp| {
-            sp.ids.iter().keys().filter_map(|k| {
-                k.ok()
-                    .and_then(|k| std::str::from_utf8(&k).ok().and_then(|s| s.parse().ok()))
-            })
-        })
-    }
-
-    /// Indexed file IDs after `after` in ID (byte) order, all store paths: a page of a listing starts here
-    /// without walking what came before. Blocking (sled).
-    pub fn indexed_ids_after<'a>(&'a self, after: &str) -> impl Iterator<Item = FileId> + 'a {
-        let start = after.as_bytes().to_vec();
-        self.paths.iter().flat_map(move |sp| {
-            sp.ids
-                .range((
-                    std::ops::Bound::Excluded(start.clone()),
-                    std::ops::Bound::Unbounded,
-                ))
-                .keys()
-                .filter_map(|k| {
-                    k.ok()
-                        .and_then(|k| std::str::from_utf8(&k).ok().and_then(|s| s.parse().ok()))
-                })
-        })
-    }
-
     /// Space of each store path. Blocking (statvfs).
     pub fn stats_blocking(&self) -> Vec<StorePathStat> {
         self.paths
@@ -858,7 +286,11 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use fdfs_common::{FileName, NameInfo};
+    use futures_util::Stream;
+    use std::os::unix::fs::MetadataExt;
+    use std::time::SystemTime;
 
     fn body(bytes: &'static [u8]) -> impl Stream<Item = std::result::Result<Bytes, io::Error>> {
         futures_util::stream::iter(
