@@ -1,6 +1,6 @@
-//! Internal `/v1` routes (cluster secret): upload, file info, delete, metadata. Each change is made durable
-//! through [`crate::store::Store`] first, then reported to the replication hook
-//! ([`crate::replication::Replication`]) before it is acknowledged.
+//! Internal `/v1` routes (cluster secret): upload, file info, delete, metadata. Handlers only parse and answer:
+//! every change goes through the node's [`crate::sync::SyncEngine`], which makes it durable in the
+//! [`crate::store::Store`], records it and replicates it before it is acknowledged.
 
 use std::collections::BTreeMap;
 
@@ -13,11 +13,11 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fdfs_common::fileid::ext_from_filename;
 use fdfs_common::wire::{FileInfo, Metadata, UploadResult, CLUSTER_SECRET_HEADER};
-use fdfs_common::{content_type_for, FileId, FileName, NameInfo};
+use fdfs_common::{content_type_for, FileId};
 use serde::Deserialize;
 
 use crate::error::{Result, StorageError};
-use crate::store::{Committed, MetaUpdate, ReindexReport, META_SUFFIX};
+use crate::store::{MetaUpdate, NewFile, ReindexReport, Stored};
 use crate::AppState;
 
 use fdfs_common::constant_time_eq as secret_eq;
@@ -94,8 +94,12 @@ pub async fn upload(
             StorageError::BadRequest(format!("meta must be a JSON object of strings: {e}"))
         })?,
     };
-    let slave = match (q.master.as_deref(), q.prefix.as_deref()) {
-        (None, None) => None,
+    let new = match (q.master.as_deref(), q.prefix.as_deref()) {
+        (None, None) => NewFile::Master {
+            store_path: q.store_path.unwrap_or(0),
+            ext,
+            source_id: node.node_id,
+        },
         (Some(master), Some(prefix)) => {
             let master = parse_id(master, &node)?;
             if master.name.prefix().is_some() {
@@ -104,20 +108,7 @@ pub async fn upload(
                 ));
             }
             let id = master.slave(prefix, ext.as_deref())?;
-            if id.name.as_str().ends_with(META_SUFFIX) {
-                return Err(StorageError::BadRequest(format!(
-                    "slave names ending in {META_SUFFIX:?} are reserved"
-                )));
-            }
-            if !node.store.exists(&master).await? {
-                return Err(StorageError::NotFound(format!(
-                    "master file {master} is not on this node"
-                )));
-            }
-            if node.store.exists(&id).await? {
-                return Err(StorageError::Conflict(format!("slave file {id} exists")));
-            }
-            Some(id)
+            NewFile::Slave { master, id }
         }
         _ => {
             return Err(StorageError::BadRequest(
@@ -125,14 +116,12 @@ pub async fn upload(
             ))
         }
     };
-    let store_path = match &slave {
-        Some(id) => id.store_path,
-        None => q.store_path.unwrap_or(0),
-    };
-    if usize::from(store_path) >= node.store.store_path_count() {
-        return Err(StorageError::BadRequest(format!(
-            "store path {store_path} does not exist on this node"
-        )));
+    if let NewFile::Master { store_path, .. } = &new {
+        if usize::from(*store_path) >= node.store.store_path_count() {
+            return Err(StorageError::BadRequest(format!(
+                "store path {store_path} does not exist on this node"
+            )));
+        }
     }
     let limit = node.max_file_size;
     let declared = headers
@@ -142,49 +131,11 @@ pub async fn upload(
     if declared.is_some_and(|n| n > limit) {
         return Err(StorageError::TooLarge { limit });
     }
-
-    let staged = node
-        .store
-        .receive(store_path, body.into_data_stream(), limit)
+    let (stored, replicas) = node
+        .sync
+        .upload(new, meta, body.into_data_stream(), limit)
         .await?;
-    let (size, crc32) = (staged.size, staged.crc32);
-    let id = match slave {
-        Some(id) => {
-            if node.store.commit(staged, &id, None).await? == Committed::AlreadyExists {
-                return Err(StorageError::Conflict(format!("slave file {id} exists")));
-            }
-            id
-        }
-        None => {
-            let info = NameInfo {
-                source_id: node.node_id,
-                created: u32::try_from(fdfs_common::time::unix_now()).unwrap_or(u32::MAX),
-                size,
-                crc32,
-            };
-            let (dir1, dir2) = node.store.pick_dirs();
-            let id = FileId {
-                group: node.group.clone(),
-                store_path,
-                dir1,
-                dir2,
-                name: FileName::generate(&info, ext.as_deref())?,
-            };
-            if node.store.commit(staged, &id, None).await? == Committed::AlreadyExists {
-                return Err(StorageError::Internal(format!(
-                    "generated name {id} collided with an existing file"
-                )));
-            }
-            id
-        }
-    };
-    if !meta.is_empty() {
-        node.store
-            .set_meta(&id, MetaUpdate::Replace(meta.clone()))
-            .await?;
-    }
-    // >>> REPLICATION HOOK (upload): the file is durable locally.
-    let replicas = node.replication.on_upload(&id, &meta).await?;
+    let Stored { id, size, crc32 } = stored;
     tracing::info!(file_id = %id, size, replicas, "stored");
     Ok(Json(UploadResult {
         url: format!("{}/{id}", node.public_url),
@@ -222,11 +173,9 @@ pub async fn delete(
     Path(raw): Path<String>,
 ) -> Result<Json<serde_json::Value>> {
     let id = parse_id(&raw, &node)?;
-    if !node.store.remove(&id).await? {
+    if !node.sync.delete(&id).await? {
         return Err(StorageError::NotFound(format!("no such file {id}")));
     }
-    // >>> REPLICATION HOOK (delete).
-    node.replication.on_delete(&id).await?;
     tracing::info!(file_id = %id, "deleted");
     Ok(Json(serde_json::json!({ "file_id": id, "deleted": true })))
 }
@@ -245,10 +194,7 @@ pub async fn get_meta(
 
 async fn change_meta(node: &AppState, raw: &str, update: MetaUpdate) -> Result<Json<Metadata>> {
     let id = parse_id(raw, node)?;
-    let meta = node.store.set_meta(&id, update).await?;
-    // >>> REPLICATION HOOK (metadata).
-    node.replication.on_meta(&id, &meta).await?;
-    Ok(Json(meta))
+    Ok(Json(node.sync.set_meta(&id, update).await?))
 }
 
 /// `PUT /v1/meta/{file_id}`: overwrite with a JSON object of strings.

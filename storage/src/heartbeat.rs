@@ -70,8 +70,8 @@ pub async fn heartbeat(node: &AppState) -> Heartbeat {
         addr: node.addr.clone(),
         public_url: node.public_url.clone(),
         // >>> REPLICATION HOOK (heartbeat): sync state comes from the replication engine.
-        syncing: node.replication.syncing(),
-        sync: node.replication.sync_status(),
+        syncing: node.sync.syncing(),
+        sync: node.sync.sync_status(),
         store_paths,
         file_count: node.store.file_count(),
         version: fdfs_common::VERSION.to_owned(),

@@ -2,15 +2,13 @@
 //! metadata changes from the gateway on internal routes, and heartbeats to every tracker.
 //!
 //! Modules: [`store`] (the disk and the dedup index), [`api`] (internal `/v1` routes), [`serve`] (public
-//! downloads and the read proxy), [`heartbeat`] (tracker reports, peer list), [`replication`] (the hook the
-//! replication engine plugs into), [`cli`] (flags), [`error`].
+//! downloads and the read proxy), [`heartbeat`] (tracker reports, peer list), [`sync`] (binlog, replication and
+//! catch-up), [`cli`] (flags), [`error`].
 
 pub mod api;
-pub mod binlog;
 pub mod cli;
 pub mod error;
 pub mod heartbeat;
-pub mod replication;
 pub mod serve;
 pub mod store;
 pub mod sync;
@@ -30,7 +28,6 @@ use serde::Deserialize;
 
 pub use error::StorageError;
 pub use heartbeat::Peers;
-pub use replication::{NoReplication, Replication};
 pub use store::Store;
 
 /// Storage node configuration (TOML file, overridden by `FDFS_*` env and flags; see [`cli::Args`]).
@@ -78,7 +75,7 @@ impl Default for Config {
             cluster_secret: None,
             max_file_size: Size::Bytes(16 << 30),
             write_quorum: 2,
-            binlog_segment_bytes: Size::Bytes(binlog::DEFAULT_SEGMENT_BYTES),
+            binlog_segment_bytes: Size::Bytes(sync::binlog::DEFAULT_SEGMENT_BYTES),
             anti_leech_secret: None,
             token_ttl_secs: 900,
         }
@@ -99,8 +96,8 @@ pub struct Node {
     pub store: Arc<Store>,
     /// The other members of the group, from the latest heartbeat replies.
     pub peers: Arc<Peers>,
-    /// The replication hook (see [`replication`]).
-    pub replication: Arc<dyn Replication>,
+    /// The replication engine: every change goes through it (see [`sync`]).
+    pub sync: sync::SyncEngine,
     /// Client for trackers and peers.
     pub http: reqwest::Client,
 }
@@ -182,7 +179,6 @@ pub async fn run(
     )
     .await
     .context("starting replication")?;
-    let replication: Arc<dyn Replication> = Arc::new(engine.clone());
 
     let node = Arc::new(Node {
         group: config.group.clone(),
@@ -193,7 +189,7 @@ pub async fn run(
         max_file_size,
         store,
         peers,
-        replication,
+        sync: engine.clone(),
         http,
     });
     tracing::info!(node_id, group = %node.group, public_url = %node.public_url, "storage node started");
@@ -222,7 +218,7 @@ pub fn router(node: AppState) -> Router {
             get(api::get_meta).put(api::put_meta).patch(api::patch_meta),
         )
         // Replication routes (`/v1/replica/...`, `/v1/sync/...`), behind the cluster secret too.
-        .merge(node.replication.routes())
+        .merge(node.sync.router())
         .route_layer(middleware::from_fn_with_state(
             node.clone(),
             api::require_secret,

@@ -19,7 +19,7 @@ use fdfs_common::FileId;
 use futures_util::stream::{self, StreamExt};
 
 use super::client::{self, PushError};
-use super::routes::ListPage;
+use super::protocol::ListPage;
 use super::{metrics, SyncEngine};
 use crate::error::Result;
 

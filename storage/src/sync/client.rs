@@ -2,24 +2,20 @@
 //! has it), a delete, metadata; read a listing page; fetch a file into the local store. Every request carries
 //! the cluster secret.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
 use fdfs_common::wire::{MemberInfo, Metadata, CLUSTER_SECRET_HEADER, MTIME_HEADER, ORIGIN_HEADER};
 use fdfs_common::FileId;
-use futures_util::Stream;
 use reqwest::{Method, RequestBuilder, StatusCode};
-use tokio::io::AsyncReadExt;
 
-use super::routes::ListPage;
+use super::protocol::{file_stream, mtime_from, ListPage};
 use super::SyncEngine;
 use crate::error::{Result, StorageError};
+use crate::store::layout::unix_secs;
 use crate::store::Committed;
 
 /// Timeout of small requests (HEAD, DELETE, metadata, listing pages).
 const SMALL_TIMEOUT: Duration = Duration::from_secs(15);
-/// Read size when streaming a file to a peer.
-const CHUNK: usize = 256 * 1024;
 
 /// Why a push did not go through.
 #[derive(Debug, thiserror::Error)]
@@ -90,24 +86,6 @@ fn check(status: StatusCode, what: &str) -> Result<(), PushError> {
     } else {
         Err(PushError::Rejected(msg))
     }
-}
-
-/// Stream a local file as a request body, in [`CHUNK`] pieces.
-pub(crate) fn file_stream(
-    file: tokio::fs::File,
-) -> impl Stream<Item = std::io::Result<Bytes>> + Send {
-    futures_util::stream::try_unfold(file, |mut file| async move {
-        let mut buf = BytesMut::with_capacity(CHUNK);
-        let n = file.read_buf(&mut buf).await?;
-        if n == 0 {
-            return Ok(None);
-        }
-        Ok(Some((buf.freeze(), file)))
-    })
-}
-
-fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Push a file (and its metadata, if any) to a peer. The body is only sent when `HEAD` says the peer lacks it.
@@ -249,12 +227,7 @@ pub async fn fetch(
         return Ok(None);
     }
     check(resp.status(), "replica fetch")?;
-    let mtime = resp
-        .headers()
-        .get(MTIME_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(|s| UNIX_EPOCH + Duration::from_secs(s));
+    let mtime = mtime_from(resp.headers());
     let committed = match engine
         .store
         .write_file(id, resp.bytes_stream(), mtime)

@@ -19,15 +19,17 @@
 //!
 //! The routes peers call are in [`routes`]; they sit behind the cluster secret with the other `/v1` routes.
 
+pub mod binlog;
 pub mod catchup;
 pub mod client;
 mod metrics;
+pub mod protocol;
 pub mod routes;
 pub mod tombstones;
 pub mod worker;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -35,15 +37,14 @@ use std::time::Duration;
 use axum::Router;
 use fdfs_common::wire::{MemberInfo, MemberState, Metadata, PeerSync};
 use fdfs_common::FileId;
-use futures_util::future::BoxFuture;
 use tokio::task::JoinHandle;
 
-use crate::binlog::{Binlog, Op, DEFAULT_SEGMENT_BYTES};
 use crate::error::{Result, StorageError};
 use crate::heartbeat::Peers;
-use crate::replication::Replication;
-use crate::store::Store;
+use crate::store::layout::write_small;
+use crate::store::{MetaUpdate, NewFile, Store, Stored};
 use crate::AppState;
+use binlog::{Binlog, Op, DEFAULT_SEGMENT_BYTES};
 
 pub use catchup::CatchupReport;
 pub use tombstones::Tombstones;
@@ -121,7 +122,7 @@ pub struct Inner {
     last_catchup: Mutex<Option<CatchupReport>>,
 }
 
-/// The replication engine; cheap to clone. Install it as the node's [`Replication`].
+/// The replication engine; cheap to clone. The node holds one and sends every change through it.
 #[derive(Clone)]
 pub struct SyncEngine(Arc<Inner>);
 
@@ -130,20 +131,6 @@ impl std::ops::Deref for SyncEngine {
     fn deref(&self) -> &Inner {
         &self.0
     }
-}
-
-fn fsync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
-
-/// Durably replace a small file.
-fn write_small(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(dir.join(name)).map_err(|e| e.error)?;
-    fsync_dir(dir)
 }
 
 impl SyncEngine {
@@ -458,9 +445,30 @@ impl SyncEngine {
     }
 }
 
-impl Replication for SyncEngine {
-    fn on_upload<'a>(&'a self, id: &'a FileId, _meta: &'a Metadata) -> BoxFuture<'a, Result<u32>> {
-        Box::pin(async move {
+/// What the node does on client requests; each change is durable here and recorded in the binlog before it is
+/// acknowledged.
+impl SyncEngine {
+    /// Store a new upload (ID made from the content, metadata with the file), record it, and push it to
+    /// `write_quorum - 1` live peers. Returns the file and how many members hold it durably.
+    pub async fn upload<S, E>(
+        &self,
+        new: NewFile,
+        meta: Metadata,
+        body: S,
+        limit: u64,
+    ) -> Result<(Stored, u32)>
+    where
+        S: futures_util::Stream<Item = std::result::Result<bytes::Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let stored = self.store.create(new, meta, body, limit).await?;
+        let replicas = self.replicate(&stored.id).await?;
+        Ok((stored, replicas))
+    }
+
+    /// Record an upload and push it to the write quorum.
+    async fn replicate(&self, id: &FileId) -> Result<u32> {
+        {
             self.log(Op::Upload, id).await?;
             let active = self.live_peers();
             let quorum = (self.config.write_quorum.max(1) as usize).min(active.len() + 1);
@@ -480,31 +488,35 @@ impl Replication for SyncEngine {
                 )));
             }
             Ok(u32::try_from(ok + 1).unwrap_or(u32::MAX))
-        })
+        }
     }
 
-    fn on_delete<'a>(&'a self, id: &'a FileId) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            let this = self.clone();
-            let tid = id.clone();
-            tokio::task::spawn_blocking(move || this.tombstones.add(&tid)).await??;
-            self.log(Op::Delete, id).await
-        })
+    /// Delete a file; `false` when it is not here.
+    pub async fn delete(&self, id: &FileId) -> Result<bool> {
+        if !self.store.remove(id).await? {
+            return Ok(false);
+        }
+        let this = self.clone();
+        let tid = id.clone();
+        tokio::task::spawn_blocking(move || this.tombstones.add(&tid)).await??;
+        self.log(Op::Delete, id).await?;
+        Ok(true)
     }
 
-    fn on_meta<'a>(&'a self, id: &'a FileId, _meta: &'a Metadata) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move { self.log(Op::Meta, id).await })
+    /// Change a file's metadata and record it.
+    pub async fn set_meta(&self, id: &FileId, update: MetaUpdate) -> Result<Metadata> {
+        let meta = self.store.set_meta(id, update).await?;
+        self.log(Op::Meta, id).await?;
+        Ok(meta)
     }
 
-    fn syncing(&self) -> bool {
+    /// True while this node is still catching up with its group (reported in heartbeats).
+    pub fn syncing(&self) -> bool {
         self.syncing.load(Ordering::Relaxed)
     }
 
-    fn routes(&self) -> Router<AppState> {
-        self.router()
-    }
-
-    fn sync_status(&self) -> Vec<PeerSync> {
+    /// Replication progress towards each peer (reported in heartbeats).
+    pub fn sync_status(&self) -> Vec<PeerSync> {
         let now = fdfs_common::time::unix_now();
         let mut out: Vec<PeerSync> = self
             .lock_workers()

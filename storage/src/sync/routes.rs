@@ -13,8 +13,6 @@
 //! A group may be called `meta`, so `/v1/replica/meta/...` is told apart by the number of path segments: the
 //! rest is a whole file ID (5 segments) for metadata, otherwise the path is a file of group `meta`.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
@@ -23,65 +21,16 @@ use axum::routing::{any, get};
 use axum::{Json, Router};
 use fdfs_common::wire::{Metadata, MTIME_HEADER};
 use fdfs_common::FileId;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
+use super::protocol::{
+    file_stream, mtime_from, ListPage, ListedFile, PeerStatus, SyncStatus, MAX_PAGE,
+};
 use super::SyncEngine;
 use crate::error::{Result, StorageError};
+use crate::store::layout::unix_secs;
 use crate::store::{Committed, MetaUpdate, META_SUFFIX};
 use crate::AppState;
-
-/// Largest page of the listing.
-pub const MAX_PAGE: usize = 10_000;
-
-/// One file in a listing page.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ListedFile {
-    pub id: String,
-    pub size: u64,
-    /// Unix seconds.
-    pub mtime: u64,
-    /// Whether the file has metadata.
-    #[serde(default)]
-    pub meta: bool,
-}
-
-/// `GET /v1/sync/files` answer.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ListPage {
-    pub files: Vec<ListedFile>,
-    /// Deleted IDs in the same ID range as `files`.
-    #[serde(default)]
-    pub tombstones: Vec<String>,
-    /// Cursor for the next page (`after=`), absent on the last page.
-    #[serde(default)]
-    pub next: Option<String>,
-}
-
-/// `GET /v1/sync/status` answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SyncStatus {
-    pub node_id: u32,
-    /// Still catching up (not serving).
-    pub syncing: bool,
-    /// The peers as this node knows them (from heartbeat replies) and its progress towards each.
-    pub peers: Vec<PeerStatus>,
-    pub binlog_first_seq: u64,
-    pub binlog_last_seq: u64,
-    pub binlog_segments: usize,
-    pub tombstones: usize,
-    /// The latest listing catch-up, once one finished.
-    pub last_catchup: Option<super::CatchupReport>,
-}
-
-/// One peer in [`SyncStatus`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeerStatus {
-    pub node_id: u32,
-    pub addr: String,
-    pub state: fdfs_common::wire::MemberState,
-    pub pending_records: u64,
-    pub synced_until: u64,
-}
 
 #[derive(Debug, Deserialize)]
 struct ListQuery {
@@ -117,10 +66,6 @@ fn parse(engine: &SyncEngine, raw: &str) -> Result<FileId> {
 
 fn gone(id: &FileId) -> Response {
     fdfs_common::error_response(StatusCode::GONE, "gone", format!("{id} was deleted"))
-}
-
-fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 async fn meta_or_file(
@@ -185,7 +130,7 @@ async fn get_file(State(engine): State<SyncEngine>, Path(raw): Path<String>) -> 
     if !stat.is_file() {
         return Err(StorageError::NotFound(format!("no such file {id}")));
     }
-    let body = Body::from_stream(super::client::file_stream(file));
+    let body = Body::from_stream(file_stream(file));
     Ok((
         [
             (header::CONTENT_LENGTH, stat.len().to_string()),
@@ -211,11 +156,7 @@ async fn put_file(
     if engine.tombstones.contains(&id) {
         return Ok(gone(&id));
     }
-    let mtime = headers
-        .get(MTIME_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(|s| UNIX_EPOCH + Duration::from_secs(s));
+    let mtime = mtime_from(&headers);
     let committed = engine
         .store
         .write_file(&id, body.into_data_stream(), mtime)
@@ -245,7 +186,6 @@ async fn delete_file(
 
 /// `GET /v1/sync/status`.
 async fn status(State(engine): State<SyncEngine>) -> Json<SyncStatus> {
-    use crate::replication::Replication;
     let progress = engine.sync_status();
     let peers = engine
         .peer_list()

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use fdfs_common::FileId;
 
 use crate::error::{Result, StorageError};
+use crate::store::layout::fsync_dir;
 
 /// Bytes of the frame header (length + CRC32).
 const HEADER: usize = 8;
@@ -137,10 +138,6 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
 
 fn segment_name(first_seq: u64) -> String {
     format!("{first_seq:020}.log")
-}
-
-fn fsync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 /// The segment being appended to.

@@ -1,0 +1,441 @@
+//! The on-disk store: every byte a storage node keeps goes through [`Store`].
+//!
+//! Layout of each store path: `data/XX/YY/<name>` (256x256 directories created at start), the file's metadata
+//! next to it as `<name>-m` (a JSON object), and `.fdfs/tmp/` for in-flight writes (same filesystem, so the final
+//! rename is atomic). Store path 0 also holds `.fdfs/db`, the sled index, and is the node's state directory.
+//!
+//! Writes are durable before they are acknowledged: stream to a temp file, fsync, rename (never replacing an
+//! existing file) or hard-link into place, fsync the directory, update and flush the index. Disk paths are built
+//! only from a validated [`FileId`] through [`FileId::relative_path`].
+//!
+//! Dedup (per store path, since hard links cannot cross filesystems): the index maps a content key
+//! (BLAKE3 hash + size) to the IDs holding that content, and each ID back to its key. A second upload of identical
+//! bytes becomes a hard link to the existing inode under its own new ID; deleting one ID unlinks only its own
+//! name. The index is a cache of what is on disk: [`Store::reindex`] rebuilds it by walking the data directories
+//! and runs automatically when the database is new or empty.
+//!
+//! All methods that touch the disk or sled come in two flavours: `*_blocking` (call them from blocking code) and
+//! async wrappers that run them on the blocking pool.
+
+mod commit;
+mod dedup;
+pub mod layout;
+mod listing;
+mod meta;
+mod staging;
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use fdfs_common::wire::StorePathStat;
+use fdfs_common::{FileId, GroupName};
+use rand::Rng;
+
+use crate::error::{Result, StorageError};
+use layout::{clear_dir, create_data_dirs};
+
+pub use commit::{Committed, NewFile, Stored};
+pub use listing::ReindexReport;
+pub use meta::MetaUpdate;
+pub use staging::Staged;
+
+/// Suffix of the metadata file kept next to each file.
+pub const META_SUFFIX: &str = "-m";
+/// sled key marking that the index has been built from disk at least once.
+pub(crate) const INDEXED_KEY: &[u8] = b"indexed";
+/// sled's page cache. Its default (1 GiB) let a node with a million files sit at 640 MiB RSS; the index is only
+/// read on uploads (dedup look-ups) and deletes, so a small cache costs little (see the `sled_million` example).
+const INDEX_CACHE_BYTES: u64 = 64 << 20;
+
+/// One store path (`M00`, `M01`, ...).
+pub(crate) struct StorePath {
+    index: u8,
+    root: PathBuf,
+    /// In-flight writes; on the same filesystem as `root/data`.
+    tmp: PathBuf,
+    /// Content key (BLAKE3 32 bytes + size 8 bytes BE) -> newline-separated file IDs holding that content.
+    hashes: sled::Tree,
+    /// File ID -> content key.
+    ids: sled::Tree,
+    /// Serialises commits, deletes and metadata writes on this path, so that dedup links and index updates
+    /// never race with an unlink.
+    lock: Mutex<()>,
+}
+
+impl StorePath {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The storage node's files on all its store paths, plus the dedup index.
+pub struct Store {
+    group: GroupName,
+    paths: Vec<StorePath>,
+    db: sled::Db,
+    state_dir: PathBuf,
+    /// Largest body accepted by [`Store::write_file`] (replicas).
+    max_file_size: u64,
+    file_count: AtomicU64,
+}
+
+pub(crate) fn is_reserved(id: &FileId) -> bool {
+    id.name.as_str().ends_with(META_SUFFIX)
+}
+
+impl Store {
+    /// Open (creating as needed) the store paths, the index, and rebuild the index from disk when it is new or
+    /// empty. Blocking: creates up to 65536 directories per store path on first start.
+    pub fn open_blocking(
+        group: GroupName,
+        roots: &[PathBuf],
+        max_file_size: u64,
+    ) -> Result<Arc<Store>> {
+        if roots.is_empty() {
+            return Err(StorageError::BadRequest(
+                "at least one store path is required".into(),
+            ));
+        }
+        if roots.len() > 256 {
+            return Err(StorageError::BadRequest(
+                "at most 256 store paths are supported".into(),
+            ));
+        }
+        let state_dir = roots[0].join(".fdfs");
+        fs::create_dir_all(&state_dir)?;
+        let db = sled::Config::new()
+            .path(state_dir.join("db"))
+            .cache_capacity(INDEX_CACHE_BYTES)
+            .open()?;
+        let mut paths = Vec::with_capacity(roots.len());
+        let mut all_fresh = true;
+        for (i, root) in roots.iter().enumerate() {
+            let index = u8::try_from(i).expect("checked above");
+            fs::create_dir_all(root)?;
+            let fresh = create_data_dirs(root)?;
+            all_fresh &= fresh;
+            let tmp = root.join(".fdfs").join("tmp");
+            fs::create_dir_all(&tmp)?;
+            clear_dir(&tmp)?;
+            let sp = StorePath {
+                index,
+                root: root.clone(),
+                tmp,
+                hashes: db.open_tree(format!("hashes-{index:02X}"))?,
+                ids: db.open_tree(format!("ids-{index:02X}"))?,
+                lock: Mutex::new(()),
+            };
+            if fresh {
+                // A brand-new (or wiped) store path holds nothing: drop whatever an old index said about it.
+                sp.hashes.clear()?;
+                sp.ids.clear()?;
+            }
+            paths.push(sp);
+        }
+        let store = Arc::new(Store {
+            group,
+            paths,
+            db,
+            state_dir,
+            max_file_size,
+            file_count: AtomicU64::new(0),
+        });
+        if all_fresh {
+            // Nothing on disk to index.
+            store.db.insert(INDEXED_KEY, &b"1"[..])?;
+            store.db.flush()?;
+        } else if store.db.get(INDEXED_KEY)?.is_none() {
+            let report = store.reindex_blocking()?;
+            tracing::info!(
+                files = report.files,
+                contents = report.contents,
+                "index rebuilt from disk"
+            );
+        } else {
+            store.recount();
+        }
+        Ok(store)
+    }
+
+    /// [`Store::open_blocking`] on the blocking pool.
+    pub async fn open(
+        group: GroupName,
+        roots: Vec<PathBuf>,
+        max_file_size: u64,
+    ) -> Result<Arc<Store>> {
+        tokio::task::spawn_blocking(move || Store::open_blocking(group, &roots, max_file_size))
+            .await?
+    }
+
+    pub(crate) fn recount(&self) {
+        let n: usize = self.paths.iter().map(|p| p.ids.len()).sum();
+        self.file_count.store(n as u64, Ordering::Relaxed);
+    }
+
+    /// The group this node belongs to.
+    pub fn group(&self) -> &GroupName {
+        &self.group
+    }
+
+    /// Number of store paths.
+    pub fn store_path_count(&self) -> usize {
+        self.paths.len()
+    }
+
+    /// Node state directory (`<store path 0>/.fdfs`): the place for the binlog and sync positions.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// The sled database (for other node state, e.g. sync positions).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    /// Files (IDs) stored on this node, as indexed.
+    pub fn file_count(&self) -> u64 {
+        self.file_count.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn store_path(&self, index: u8) -> Result<&StorePath> {
+        self.paths.get(usize::from(index)).ok_or_else(|| {
+            StorageError::BadRequest(format!(
+                "store path M{index:02X} does not exist on this node ({} configured)",
+                self.paths.len()
+            ))
+        })
+    }
+
+    /// Check that an ID can live here: right group, existing store path, not a reserved (metadata) name.
+    pub(crate) fn locate(&self, id: &FileId) -> Result<(&StorePath, PathBuf)> {
+        if id.group != self.group {
+            return Err(StorageError::BadRequest(format!(
+                "file {id} belongs to group {}, this node serves {}",
+                id.group, self.group
+            )));
+        }
+        if is_reserved(id) {
+            return Err(StorageError::NotFound(format!("no such file {id}")));
+        }
+        let Some(sp) = self.paths.get(usize::from(id.store_path)) else {
+            return Err(StorageError::NotFound(format!("no such file {id}")));
+        };
+        let path = sp.root.join(id.relative_path());
+        Ok((sp, path))
+    }
+
+    /// Absolute disk path of a file.
+    pub fn path(&self, id: &FileId) -> Result<PathBuf> {
+        self.locate(id).map(|(_, p)| p)
+    }
+
+    /// Metadata of the file if it exists here (a regular file).
+    pub fn stat_blocking(&self, id: &FileId) -> Result<Option<fs::Metadata>> {
+        let path = match self.path(id) {
+            Ok(p) => p,
+            Err(StorageError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match fs::metadata(path) {
+            Ok(m) if m.is_file() => Ok(Some(m)),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// [`Store::stat_blocking`] on the blocking pool.
+    pub async fn stat(self: &Arc<Self>, id: &FileId) -> Result<Option<fs::Metadata>> {
+        let (this, id) = (self.clone(), id.clone());
+        tokio::task::spawn_blocking(move || this.stat_blocking(&id)).await?
+    }
+
+    /// Whether the file exists here.
+    pub async fn exists(self: &Arc<Self>, id: &FileId) -> Result<bool> {
+        Ok(self.stat(id).await?.is_some())
+    }
+
+    /// Pick a random `XX/YY` directory for a new file.
+    pub fn pick_dirs(&self) -> (u8, u8) {
+        let mut rng = rand::rng();
+        (rng.random(), rng.random())
+    }
+
+    /// Space of each store path. Blocking (statvfs).
+    pub fn stats_blocking(&self) -> Vec<StorePathStat> {
+        self.paths
+            .iter()
+            .map(|sp| StorePathStat {
+                index: sp.index,
+                total_bytes: fs2::total_space(&sp.root).unwrap_or(0),
+                free_bytes: fs2::available_space(&sp.root).unwrap_or(0),
+            })
+            .collect()
+    }
+
+    /// [`Store::stats_blocking`] on the blocking pool.
+    pub async fn stats(self: &Arc<Self>) -> Result<Vec<StorePathStat>> {
+        let this = self.clone();
+        Ok(tokio::task::spawn_blocking(move || this.stats_blocking()).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use fdfs_common::{FileName, NameInfo};
+    use futures_util::Stream;
+    use std::os::unix::fs::MetadataExt;
+    use std::time::SystemTime;
+
+    fn body(bytes: &'static [u8]) -> impl Stream<Item = std::result::Result<Bytes, io::Error>> {
+        futures_util::stream::iter(
+            bytes
+                .chunks(3)
+                .map(|c| Ok(Bytes::from_static(c)))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    async fn put(store: &Arc<Store>, sp: u8, bytes: &'static [u8]) -> FileId {
+        let staged = store.receive(sp, body(bytes), 1 << 20).await.unwrap();
+        let info = NameInfo {
+            source_id: 7,
+            created: 1_700_000_000,
+            size: staged.size,
+            crc32: staged.crc32,
+        };
+        let (dir1, dir2) = store.pick_dirs();
+        let id = FileId {
+            group: "g1".parse().unwrap(),
+            store_path: sp,
+            dir1,
+            dir2,
+            name: FileName::generate(&info, Some("txt")).unwrap(),
+        };
+        let c = store.commit(staged, &id, None).await.unwrap();
+        assert!(matches!(c, Committed::Created { .. }));
+        id
+    }
+
+    #[tokio::test]
+    async fn dedup_remove_and_reindex() {
+        let dir = tempfile::tempdir().unwrap();
+        let roots = vec![dir.path().join("a"), dir.path().join("b")];
+        let store = Store::open("g1".parse().unwrap(), roots.clone(), 1 << 20)
+            .await
+            .unwrap();
+        let a = put(&store, 0, b"same content").await;
+        let b = put(&store, 0, b"same content").await;
+        let c = put(&store, 1, b"same content").await;
+        let ino = |id: &FileId| fs::metadata(store.path(id).unwrap()).unwrap().ino();
+        assert_eq!(ino(&a), ino(&b));
+        assert_ne!(ino(&a), ino(&c), "no links across store paths");
+        assert_eq!(store.file_count(), 3);
+
+        store
+            .set_meta(&a, MetaUpdate::Replace([("k".into(), "v".into())].into()))
+            .await
+            .unwrap();
+        // Metadata files are not files.
+        let mut seen = Vec::new();
+        store
+            .walk_disk_blocking(0, |id, _, _| {
+                seen.push(id);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(seen.len(), 2);
+
+        // Rebuild from disk: same answers.
+        let report = store.reindex().await.unwrap();
+        assert_eq!(
+            report,
+            ReindexReport {
+                files: 3,
+                contents: 2
+            }
+        );
+        assert_eq!(store.indexed_ids().count(), 3);
+
+        assert!(store.remove(&a).await.unwrap());
+        assert!(!store.remove(&a).await.unwrap());
+        assert!(store.exists(&b).await.unwrap());
+        assert_eq!(store.file_count(), 2);
+        // New identical content links to the survivor.
+        let d = put(&store, 0, b"same content").await;
+        assert_eq!(ino(&b), ino(&d));
+    }
+
+    #[tokio::test]
+    async fn oversized_and_aborted_bodies_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open("g1".parse().unwrap(), vec![dir.path().to_owned()], 4)
+            .await
+            .unwrap();
+        let err = store.receive(0, body(b"too long"), 4).await.err().unwrap();
+        assert!(matches!(err, StorageError::TooLarge { limit: 4 }));
+        let broken = futures_util::stream::iter(vec![
+            Ok(Bytes::from_static(b"ab")),
+            Err(io::Error::other("reset")),
+        ]);
+        let err = store.receive(0, broken, 100).await.err().unwrap();
+        assert!(matches!(err, StorageError::BodyAborted(_)));
+        let tmp = dir.path().join(".fdfs").join("tmp");
+        assert_eq!(fs::read_dir(tmp).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn replica_write_checks_the_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open("g1".parse().unwrap(), vec![dir.path().to_owned()], 1 << 20)
+            .await
+            .unwrap();
+        let data = b"replicated bytes";
+        let info = NameInfo {
+            source_id: 9,
+            created: 1_700_000_000,
+            size: data.len() as u64,
+            crc32: crc32fast::hash(data),
+        };
+        let id = FileId {
+            group: "g1".parse().unwrap(),
+            store_path: 0,
+            dir1: 1,
+            dir2: 2,
+            name: FileName::generate(&info, None).unwrap(),
+        };
+        let mtime = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let c = store
+            .write_file(&id, body(data), Some(mtime))
+            .await
+            .unwrap();
+        assert_eq!(
+            c,
+            Committed::Created {
+                deduplicated: false
+            }
+        );
+        let m = store.stat(&id).await.unwrap().unwrap();
+        assert_eq!(m.modified().unwrap(), mtime);
+        let again = store.write_file(&id, body(data), None).await.unwrap();
+        assert_eq!(again, Committed::AlreadyExists);
+        let other = FileId {
+            dir2: 3,
+            ..id.clone()
+        };
+        let err = store
+            .write_file(&other, body(b"wrong"), None)
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, StorageError::BadRequest(_)));
+        // The metadata file of a master without extension is not addressable as a file.
+        let meta_like: FileId = format!("{id}{META_SUFFIX}").parse().unwrap();
+        assert!(!store.exists(&meta_like).await.unwrap());
+    }
+}

@@ -1,0 +1,88 @@
+//! The peer protocol's wire types and helpers, shared by the calling side ([`super::client`]) and the serving side
+//! ([`super::routes`]) so that neither imports the other.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::http::HeaderMap;
+use bytes::{Bytes, BytesMut};
+use fdfs_common::wire::MTIME_HEADER;
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+
+/// Read size when streaming a file to a peer.
+pub const CHUNK: usize = 256 * 1024;
+
+/// Largest page of the listing.
+pub const MAX_PAGE: usize = 10_000;
+
+/// One file in a listing page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListedFile {
+    pub id: String,
+    pub size: u64,
+    /// Unix seconds.
+    pub mtime: u64,
+    /// Whether the file has metadata.
+    #[serde(default)]
+    pub meta: bool,
+}
+
+/// `GET /v1/sync/files` answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListPage {
+    pub files: Vec<ListedFile>,
+    /// Deleted IDs in the same ID range as `files`.
+    #[serde(default)]
+    pub tombstones: Vec<String>,
+    /// Cursor for the next page (`after=`), absent on the last page.
+    #[serde(default)]
+    pub next: Option<String>,
+}
+
+/// `GET /v1/sync/status` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncStatus {
+    pub node_id: u32,
+    /// Still catching up (not serving).
+    pub syncing: bool,
+    /// The peers as this node knows them (from heartbeat replies) and its progress towards each.
+    pub peers: Vec<PeerStatus>,
+    pub binlog_first_seq: u64,
+    pub binlog_last_seq: u64,
+    pub binlog_segments: usize,
+    pub tombstones: usize,
+    /// The latest listing catch-up, once one finished.
+    pub last_catchup: Option<super::CatchupReport>,
+}
+
+/// One peer in [`SyncStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub node_id: u32,
+    pub addr: String,
+    pub state: fdfs_common::wire::MemberState,
+    pub pending_records: u64,
+    pub synced_until: u64,
+}
+
+/// The `x-fdfs-mtime` header of a replica (unix seconds), as a time.
+pub fn mtime_from(headers: &HeaderMap) -> Option<SystemTime> {
+    headers
+        .get(MTIME_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|s| UNIX_EPOCH + Duration::from_secs(s))
+}
+
+/// Stream a local file as a body, in [`CHUNK`] pieces.
+pub fn file_stream(file: tokio::fs::File) -> impl Stream<Item = std::io::Result<Bytes>> + Send {
+    futures_util::stream::try_unfold(file, |mut file| async move {
+        let mut buf = BytesMut::with_capacity(CHUNK);
+        let n = file.read_buf(&mut buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        Ok(Some((buf.freeze(), file)))
+    })
+}
