@@ -461,6 +461,9 @@ impl SyncEngine {
 impl Replication for SyncEngine {
     fn on_upload<'a>(&'a self, id: &'a FileId, _meta: &'a Metadata) -> BoxFuture<'a, Result<u32>> {
         Box::pin(async move {
+            // Past a tombstone (a slave ID uploaded again after a delete) this is a new incarnation.
+            let (this, tid) = (self.clone(), id.clone());
+            tokio::task::spawn_blocking(move || this.tombstones.revive(&tid)).await??;
             self.log(Op::Upload, id).await?;
             let active = self.live_peers();
             let quorum = (self.config.write_quorum.max(1) as usize).min(active.len() + 1);
@@ -487,7 +490,11 @@ impl Replication for SyncEngine {
         Box::pin(async move {
             let this = self.clone();
             let tid = id.clone();
-            tokio::task::spawn_blocking(move || this.tombstones.add(&tid)).await??;
+            tokio::task::spawn_blocking(move || {
+                let gen = this.tombstones.incarnation(&tid);
+                this.tombstones.add(&tid, gen)
+            })
+            .await??;
             self.log(Op::Delete, id).await
         })
     }
