@@ -167,19 +167,19 @@ async fn apply_page(
     page: &ListPage,
     report: &mut CatchupReport,
 ) -> std::result::Result<(), PushError> {
-    // Tombstones first: record them, remove our copies.
-    let tombs: Vec<FileId> = page
+    // Tombstones first: record them, remove our copies of the incarnations they delete.
+    let tombs: Vec<(FileId, u64)> = page
         .tombstones
         .iter()
-        .filter_map(|t| t.parse().ok())
+        .filter_map(|t| super::tombstones::parse_entry(t))
         .collect();
     if !tombs.is_empty() {
         let e = engine.clone();
         let removed = tokio::task::spawn_blocking(move || -> Result<u64> {
             let mut removed = 0;
-            for id in &tombs {
-                e.tombstones.add(id)?;
-                if e.store.remove_blocking(id)? {
+            for (id, gen) in &tombs {
+                e.tombstones.add(id, *gen)?;
+                if e.tombstones.is_deleted(id) && e.store.remove_blocking(id)? {
                     removed += 1;
                 }
             }
@@ -191,18 +191,28 @@ async fn apply_page(
     }
     // Which listed files are missing here (one blocking pass per page).
     let e = engine.clone();
-    let listed: Vec<(String, bool)> = page.files.iter().map(|f| (f.id.clone(), f.meta)).collect();
+    let listed: Vec<(String, bool, u64)> = page
+        .files
+        .iter()
+        .map(|f| (f.id.clone(), f.meta, f.gen))
+        .collect();
     let missing = tokio::task::spawn_blocking(move || -> Result<Vec<(FileId, bool)>> {
         let mut out = Vec::new();
         let mut seen = HashSet::new();
-        for (raw, meta) in listed {
+        for (raw, meta, gen) in listed {
             let Ok(id) = raw.parse::<FileId>() else {
                 continue;
             };
-            if !seen.insert(raw) || e.tombstones.contains(&id) {
+            if !seen.insert(raw) || e.tombstones.hides(&id, gen) {
                 continue;
             }
+            let here = e.tombstones.incarnation(&id);
             if e.store.stat_blocking(&id)?.is_none() {
+                out.push((id, meta));
+            } else if here < gen {
+                // Our copy is an older incarnation, deleted since (its tombstone may be on its way).
+                e.tombstones.add(&id, here)?;
+                e.store.remove_blocking(&id)?;
                 out.push((id, meta));
             }
         }

@@ -9,6 +9,7 @@ use fdfs_common::FileId;
 use reqwest::{Method, RequestBuilder, StatusCode};
 
 use super::protocol::{file_stream, mtime_from, ListPage};
+use super::tombstones::INCARNATION_HEADER;
 use super::SyncEngine;
 use crate::error::{Result, StorageError};
 use crate::store::layout::unix_secs;
@@ -95,13 +96,16 @@ pub async fn push_upload(
     id: &FileId,
 ) -> Result<Pushed, PushError> {
     let url = format!("{}/v1/replica/{id}", base(peer));
+    // Which incarnation of the ID this is (a slave ID comes back after a delete): the peer answers for it.
+    let gen = engine.tombstones.incarnation(id);
     let head = request(engine, Method::HEAD, url.clone())
+        .header(INCARNATION_HEADER, gen)
         .timeout(SMALL_TIMEOUT)
         .send()
         .await?;
     let mut outcome = Pushed::Skipped;
     match head.status() {
-        StatusCode::GONE => return Ok(Pushed::Skipped), // deleted there: never resurrect
+        StatusCode::GONE => return Ok(Pushed::Skipped), // this incarnation was deleted there: never resurrect
         StatusCode::NOT_FOUND => {
             let path = engine.store.path(id)?;
             let file = match tokio::fs::File::open(&path).await {
@@ -111,6 +115,7 @@ pub async fn push_upload(
             };
             let stat = file.metadata().await.map_err(StorageError::from)?;
             let resp = request(engine, Method::PUT, url)
+                .header(INCARNATION_HEADER, gen)
                 .header(
                     MTIME_HEADER,
                     unix_secs(stat.modified().map_err(StorageError::from)?),
@@ -186,6 +191,10 @@ pub async fn push_delete(
         Method::DELETE,
         format!("{}/v1/replica/{id}", base(peer)),
     )
+    .header(
+        INCARNATION_HEADER,
+        engine.tombstones.last_deleted(id).unwrap_or(0),
+    )
     .timeout(SMALL_TIMEOUT)
     .send()
     .await?;
@@ -227,6 +236,15 @@ pub async fn fetch(
         return Ok(None);
     }
     check(resp.status(), "replica fetch")?;
+    let gen: u64 = resp
+        .headers()
+        .get(INCARNATION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if engine.tombstones.hides(id, gen) {
+        return Ok(None);
+    }
     let mtime = mtime_from(resp.headers());
     let committed = match engine
         .store
@@ -242,8 +260,14 @@ pub async fn fetch(
         Committed::Created { .. } => engine.store.stat(id).await?.map(|m| m.len()),
         Committed::AlreadyExists => None,
     };
+    if bytes.is_some() && gen > 0 {
+        let (e, tid) = (engine.clone(), id.clone());
+        tokio::task::spawn_blocking(move || e.tombstones.set_live(&tid, gen))
+            .await
+            .map_err(StorageError::from)??;
+    }
     // A delete may have arrived while the body was in flight.
-    if engine.tombstones.contains(id) {
+    if engine.tombstones.hides(id, gen) {
         engine.store.remove(id).await?;
         return Ok(None);
     }

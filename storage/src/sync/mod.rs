@@ -469,6 +469,9 @@ impl SyncEngine {
     /// Record an upload and push it to the write quorum.
     async fn replicate(&self, id: &FileId) -> Result<u32> {
         {
+            // Past a tombstone (a slave ID uploaded again after a delete) this is a new incarnation.
+            let (this, tid) = (self.clone(), id.clone());
+            tokio::task::spawn_blocking(move || this.tombstones.revive(&tid)).await??;
             self.log(Op::Upload, id).await?;
             let active = self.live_peers();
             let quorum = (self.config.write_quorum.max(1) as usize).min(active.len() + 1);
@@ -498,7 +501,11 @@ impl SyncEngine {
         }
         let this = self.clone();
         let tid = id.clone();
-        tokio::task::spawn_blocking(move || this.tombstones.add(&tid)).await??;
+        tokio::task::spawn_blocking(move || {
+            let gen = this.tombstones.incarnation(&tid);
+            this.tombstones.add(&tid, gen)
+        })
+        .await??;
         self.log(Op::Delete, id).await?;
         Ok(true)
     }

@@ -26,13 +26,16 @@ pub struct ListedFile {
     /// Whether the file has metadata.
     #[serde(default)]
     pub meta: bool,
+    /// The file's incarnation (see [`super::tombstones`]).
+    #[serde(default)]
+    pub gen: u64,
 }
 
 /// `GET /v1/sync/files` answer.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListPage {
     pub files: Vec<ListedFile>,
-    /// Deleted IDs in the same ID range as `files`.
+    /// Deleted IDs in the same ID range as `files`, as `ID@incarnation` (every incarnation up to it deleted).
     #[serde(default)]
     pub tombstones: Vec<String>,
     /// Cursor for the next page (`after=`), absent on the last page.

@@ -1,10 +1,13 @@
 //! Routes storage nodes call on each other (behind the cluster secret):
 //!
 //! - `HEAD|GET /v1/replica/{file_id}`: whether this node has the file / the file itself (streamed), with
-//!   `x-fdfs-mtime`; 404 when absent, 410 when it was deleted here (tombstone).
-//! - `PUT /v1/replica/{file_id}` with `x-fdfs-mtime`: store a replica (streamed, checked against the ID, never
-//!   replacing an existing file, never recreating a deleted one: 410). Not written to this node's binlog.
-//! - `DELETE /v1/replica/{file_id}`: record a tombstone on disk, then remove the file (200 either way).
+//!   `x-fdfs-mtime` and `x-fdfs-incarnation`; 404 when absent (or only an older incarnation than the one
+//!   asked for is here), 410 when it (the incarnation asked for) was deleted here (tombstone).
+//! - `PUT /v1/replica/{file_id}` with `x-fdfs-mtime` and `x-fdfs-incarnation`: store a replica (streamed,
+//!   checked against the ID, never recreating a deleted incarnation: 410; an older incarnation here is
+//!   replaced, an equal one left alone). Not written to this node's binlog.
+//! - `DELETE /v1/replica/{file_id}` with `x-fdfs-incarnation`: record a tombstone on disk, then remove the file
+//!   unless it is a newer incarnation (200 either way).
 //! - `GET|PUT /v1/replica/meta/{file_id}`: a file's metadata / replace it (404 when the file is absent).
 //! - `GET /v1/sync/status`: this node's replication state ([`SyncStatus`]), for operators and tests.
 //! - `GET /v1/sync/files?after=&limit=`: a page of every file here in ID order (size, mtime, whether it has
@@ -26,6 +29,7 @@ use serde::Deserialize;
 use super::protocol::{
     file_stream, mtime_from, ListPage, ListedFile, PeerStatus, SyncStatus, MAX_PAGE,
 };
+use super::tombstones::INCARNATION_HEADER;
 use super::SyncEngine;
 use crate::error::{Result, StorageError};
 use crate::store::layout::unix_secs;
@@ -68,6 +72,14 @@ fn gone(id: &FileId) -> Response {
     fdfs_common::error_response(StatusCode::GONE, "gone", format!("{id} was deleted"))
 }
 
+/// The incarnation a peer names in [`INCARNATION_HEADER`].
+fn incarnation(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(INCARNATION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
 async fn meta_or_file(
     State(engine): State<SyncEngine>,
     Path(rest): Path<String>,
@@ -79,9 +91,9 @@ async fn meta_or_file(
         // A file of a group called `meta`.
         let raw = format!("meta/{rest}");
         return match method {
-            Method::GET | Method::HEAD => get_file(State(engine), Path(raw)).await,
+            Method::GET | Method::HEAD => get_file(State(engine), Path(raw), headers).await,
             Method::PUT => put_file(State(engine), Path(raw), headers, body).await,
-            Method::DELETE => delete_file(State(engine), Path(raw)).await,
+            Method::DELETE => delete_file(State(engine), Path(raw), headers).await,
             _ => Err(StorageError::BadRequest(format!(
                 "method {method} not allowed here"
             ))),
@@ -113,10 +125,21 @@ async fn meta_or_file(
 }
 
 /// `GET|HEAD /v1/replica/{id}`.
-async fn get_file(State(engine): State<SyncEngine>, Path(raw): Path<String>) -> Result<Response> {
+async fn get_file(
+    State(engine): State<SyncEngine>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response> {
     let id = parse(&engine, &raw)?;
-    if engine.tombstones.contains(&id) {
-        return Ok(gone(&id));
+    let here = engine.tombstones.incarnation(&id);
+    match incarnation(&headers) {
+        Some(gen) if engine.tombstones.hides(&id, gen) => return Ok(gone(&id)),
+        // Only an older incarnation (if any) is here.
+        Some(gen) if gen > here => {
+            return Err(StorageError::NotFound(format!("no such file {id}")))
+        }
+        None if engine.tombstones.is_deleted(&id) => return Ok(gone(&id)),
+        _ => {}
     }
     let path = engine.store.path(&id)?;
     let file = match tokio::fs::File::open(&path).await {
@@ -138,6 +161,10 @@ async fn get_file(State(engine): State<SyncEngine>, Path(raw): Path<String>) -> 
                 header::HeaderName::from_static(MTIME_HEADER),
                 unix_secs(stat.modified()?).to_string(),
             ),
+            (
+                header::HeaderName::from_static(INCARNATION_HEADER),
+                here.to_string(),
+            ),
             (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
         ],
         body,
@@ -153,8 +180,21 @@ async fn put_file(
     body: Body,
 ) -> Result<Response> {
     let id = parse(&engine, &raw)?;
-    if engine.tombstones.contains(&id) {
+    let gen = incarnation(&headers).unwrap_or(0);
+    if engine.tombstones.hides(&id, gen) {
         return Ok(gone(&id));
+    }
+    let here = engine.tombstones.incarnation(&id);
+    if gen > here {
+        // A re-upload after a delete: any copy here is an older incarnation, deleted (its tombstone may not
+        // have arrived yet). Record that first, then make room for the new one.
+        let (this, tid) = (engine.clone(), id.clone());
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            this.tombstones.add(&tid, here)?;
+            this.store.remove_blocking(&tid)?;
+            this.tombstones.set_live(&tid, gen)
+        })
+        .await??;
     }
     let mtime = mtime_from(&headers);
     let committed = engine
@@ -162,7 +202,7 @@ async fn put_file(
         .write_file(&id, body.into_data_stream(), mtime)
         .await?;
     // A delete that raced with this write wins.
-    if engine.tombstones.contains(&id) {
+    if engine.tombstones.hides(&id, gen) {
         engine.store.remove(&id).await?;
         return Ok(gone(&id));
     }
@@ -175,12 +215,23 @@ async fn put_file(
 async fn delete_file(
     State(engine): State<SyncEngine>,
     Path(raw): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response> {
     let id = parse(&engine, &raw)?;
+    let gen = incarnation(&headers);
     let this = engine.clone();
     let tid = id.clone();
-    tokio::task::spawn_blocking(move || this.tombstones.add(&tid)).await??;
-    let deleted = engine.store.remove(&id).await?;
+    let deleted = tokio::task::spawn_blocking(move || -> Result<bool> {
+        let gen = gen.unwrap_or_else(|| this.tombstones.incarnation(&tid));
+        this.tombstones.add(&tid, gen)?;
+        // A newer incarnation here (re-uploaded after this delete) stays.
+        if this.tombstones.is_deleted(&tid) {
+            this.store.remove_blocking(&tid)
+        } else {
+            Ok(false)
+        }
+    })
+    .await??;
     Ok(Json(serde_json::json!({ "file_id": id, "deleted": deleted })).into_response())
 }
 
@@ -240,7 +291,10 @@ pub fn list_blocking(engine: &SyncEngine, after: &str, limit: usize) -> Result<L
     let mut next = upto;
     if tombstones.len() == limit {
         // Too many tombstones in this range: stop the page at the last one.
-        let last = tombstones.last().cloned();
+        let last = tombstones
+            .last()
+            .and_then(|t| super::tombstones::parse_entry(t))
+            .map(|(id, _)| id.to_string());
         ids.retain(|i| Some(i) <= last.as_ref());
         next = last;
     }
@@ -259,6 +313,7 @@ pub fn list_blocking(engine: &SyncEngine, after: &str, limit: usize) -> Result<L
             size: stat.len(),
             mtime: stat.modified().map_or(0, unix_secs),
             meta: meta_path.exists(),
+            gen: engine.tombstones.incarnation(&id),
         });
     }
     Ok(ListPage {

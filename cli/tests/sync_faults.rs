@@ -1,0 +1,188 @@
+//! Issue 13 (faults that lose or strand data), the replication cases, against real processes (`fdfs tracker|
+//! storage|gateway`, see `common/`): tombstones per incarnation (a slave ID re-uploaded after a delete),
+//! catch-up metadata that converges, catch-up from the union of the members, a wiped member that waits for its
+//! group, and a removed member that stops pinning the binlog.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{args, content, upload, Cluster, ClusterSpec, Node, SECRET, STATE_TIMEOUT};
+use fdfs_common::wire::CLUSTER_SECRET_HEADER;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+/// One group of `members`, one tracker, the gateway streaming downloads itself.
+fn spec(members: usize) -> ClusterSpec {
+    ClusterSpec {
+        groups: 1,
+        members,
+        trackers: 1,
+        gateway_args: args(&["--download-mode", "proxy"]),
+        ..ClusterSpec::default()
+    }
+}
+
+/// A storage node's `GET /v1/sync/status`.
+async fn sync_status(c: &Cluster, n: &Node) -> Result<Value, String> {
+    let r = c
+        .http
+        .get(format!("{}/v1/sync/status", n.url()))
+        .header(CLUSTER_SECRET_HEADER, SECRET)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    r.json().await.map_err(|e| e.to_string())
+}
+
+/// Poll every storage node until it is synced and sees all its peers active.
+async fn wait_peers_active(c: &Cluster) {
+    let t0 = Instant::now();
+    for n in c.all_storage() {
+        loop {
+            if let Ok(st) = sync_status(c, n).await {
+                let peers = st["peers"].as_array().cloned().unwrap_or_default();
+                if st["syncing"] == false
+                    && !peers.is_empty()
+                    && peers.iter().all(|p| p["state"] == "active")
+                {
+                    break;
+                }
+            }
+            assert!(
+                t0.elapsed() < STATE_TIMEOUT,
+                "{}: peers never all active",
+                n.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Wait until a (restarted) node reports a finished listing catch-up.
+async fn wait_catchup(c: &Cluster, n: &Node) {
+    let t0 = Instant::now();
+    loop {
+        if let Ok(st) = sync_status(c, n).await {
+            if !st["last_catchup"].is_null() && st["syncing"] == false {
+                return;
+            }
+        }
+        assert!(
+            t0.elapsed() < STATE_TIMEOUT,
+            "{}: catch-up never finished",
+            n.name
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The bytes a member itself holds for `id` (the replica route: no proxying to a peer); `None` when absent.
+async fn held(c: &Cluster, n: &Node, id: &str) -> Option<Vec<u8>> {
+    let r = c
+        .http
+        .get(format!("{}/v1/replica/{id}", n.url()))
+        .header(CLUSTER_SECRET_HEADER, SECRET)
+        .send()
+        .await
+        .ok()?;
+    if r.status() != StatusCode::OK {
+        return None;
+    }
+    r.bytes().await.ok().map(|b| b.to_vec())
+}
+
+/// Poll until every member holds exactly `want` for `id` (`None`: none holds it).
+async fn wait_held(c: &Cluster, id: &str, want: Option<&[u8]>, what: &str) {
+    let t0 = Instant::now();
+    loop {
+        let mut all = true;
+        let mut seen = Vec::new();
+        for n in c.all_storage() {
+            let got = held(c, n, id).await;
+            all &= got.as_deref() == want;
+            seen.push(format!("{}: {:?}", n.name, got.map(|b| b.len())));
+        }
+        if all {
+            return;
+        }
+        assert!(
+            t0.elapsed() < STATE_TIMEOUT,
+            "{what}: members never converged on {id} ({}); want {:?} bytes",
+            seen.join(", "),
+            want.map(<[u8]>::len)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `PUT /upload/{name}?master_file_id=..&prefix=..` (a slave file) on the gateway; the JSON answer.
+async fn upload_slave(c: &Cluster, master: &str, prefix: &str, body: Vec<u8>) -> Value {
+    let r = c
+        .http
+        .put(format!("{}/upload/s.bin", c.gateway_url()))
+        .query(&[("master_file_id", master), ("prefix", prefix)])
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "slave upload: {text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+async fn delete(c: &Cluster, id: &str) {
+    let r = c
+        .http
+        .delete(format!("{}/{id}", c.gateway_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "delete {id}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slave_reuploaded_after_delete_replicates_and_survives_catchup() {
+    let mut c = Cluster::start(spec(2)).await;
+    wait_peers_active(&c).await;
+    let master = upload(&c, "m.bin", content(1, 10_000)).await;
+    let master = master["file_id"].as_str().unwrap().to_owned();
+    let v1 = content(2, 3_000);
+    let slave = upload_slave(&c, &master, "_t", v1.clone()).await;
+    let sid = slave["file_id"].as_str().unwrap().to_owned();
+    wait_held(&c, &sid, Some(&v1), "first upload").await;
+
+    delete(&c, &sid).await;
+    wait_held(&c, &sid, None, "delete").await;
+
+    // Same deterministic ID, other bytes.
+    let v2 = content(3, 5_000);
+    let again = upload_slave(&c, &master, "_t", v2.clone()).await;
+    assert_eq!(
+        again["file_id"],
+        sid.as_str(),
+        "slave IDs are deterministic"
+    );
+    assert_eq!(again["replicas"], 2, "{again}");
+    wait_held(&c, &sid, Some(&v2), "re-upload").await;
+
+    // Every member restarts (so whichever took the upload runs its start-up catch-up against the other's
+    // tombstones): the new incarnation stays.
+    for m in 0..2 {
+        c.kill9(0, m);
+        c.restart(0, m);
+        wait_catchup(&c, &c.storage[0][m]).await;
+        wait_peers_active(&c).await;
+    }
+    wait_held(&c, &sid, Some(&v2), "after restarts").await;
+    // And it is downloadable through the gateway.
+    let got = c
+        .follow
+        .get(format!("{}/{sid}", c.gateway_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), StatusCode::OK);
+    assert_eq!(got.bytes().await.unwrap().to_vec(), v2);
+}
