@@ -33,6 +33,9 @@ pub use heartbeat::Peers;
 pub use replication::{NoReplication, Replication};
 pub use store::Store;
 
+/// Default of [`Config::reserved_storage_space`]: small, so that it stays under any tracker's reserve.
+pub const DEFAULT_RESERVED_BYTES: u64 = 64 << 20;
+
 /// Storage node configuration (TOML file, overridden by `FDFS_*` env and flags; see [`cli::Args`]).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -63,6 +66,9 @@ pub struct Config {
     pub anti_leech_secret: Option<String>,
     /// Lifetime of an anti-leech token.
     pub token_ttl_secs: u64,
+    /// Space every store path keeps free for metadata, deletes and the node's own state: replicas that would
+    /// eat into it are refused (507). Keep it at most the trackers' `reserved_storage_space`.
+    pub reserved_storage_space: Size,
 }
 
 impl Default for Config {
@@ -81,6 +87,7 @@ impl Default for Config {
             binlog_segment_bytes: Size::Bytes(binlog::DEFAULT_SEGMENT_BYTES),
             anti_leech_secret: None,
             token_ttl_secs: 900,
+            reserved_storage_space: Size::Bytes(DEFAULT_RESERVED_BYTES),
         }
     }
 }
@@ -177,6 +184,7 @@ pub async fn run(
             write_quorum: config.write_quorum,
             binlog_segment_bytes: segment_bytes,
             cluster_secret: config.cluster_secret.clone(),
+            reserved_storage_space: config.reserved_storage_space,
             ..sync::SyncConfig::default()
         },
     )

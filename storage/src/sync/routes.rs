@@ -1,9 +1,11 @@
 //! Routes storage nodes call on each other (behind the cluster secret):
 //!
 //! - `HEAD|GET /v1/replica/{file_id}`: whether this node has the file / the file itself (streamed), with
-//!   `x-fdfs-mtime`; 404 when absent, 410 when it was deleted here (tombstone).
+//!   `x-fdfs-mtime`; 404 when absent, 410 when it was deleted here (tombstone); with `x-fdfs-size`, 507 when
+//!   the absent file would not fit above the reserved space.
 //! - `PUT /v1/replica/{file_id}` with `x-fdfs-mtime`: store a replica (streamed, checked against the ID, never
-//!   replacing an existing file, never recreating a deleted one: 410). Not written to this node's binlog.
+//!   replacing an existing file, never recreating a deleted one: 410; 507 before the body when it does not
+//!   fit). Not written to this node's binlog.
 //! - `DELETE /v1/replica/{file_id}`: record a tombstone on disk, then remove the file (200 either way).
 //! - `GET|PUT /v1/replica/meta/{file_id}`: a file's metadata / replace it (404 when the file is absent).
 //! - `GET /v1/sync/status`: this node's replication state ([`SyncStatus`]), for operators and tests.
@@ -134,7 +136,7 @@ async fn meta_or_file(
         // A file of a group called `meta`.
         let raw = format!("meta/{rest}");
         return match method {
-            Method::GET | Method::HEAD => get_file(State(engine), Path(raw)).await,
+            Method::GET | Method::HEAD => get_file(State(engine), Path(raw), headers).await,
             Method::PUT => put_file(State(engine), Path(raw), headers, body).await,
             Method::DELETE => delete_file(State(engine), Path(raw)).await,
             _ => Err(StorageError::BadRequest(format!(
@@ -167,8 +169,13 @@ async fn meta_or_file(
     }
 }
 
-/// `GET|HEAD /v1/replica/{id}`.
-async fn get_file(State(engine): State<SyncEngine>, Path(raw): Path<String>) -> Result<Response> {
+/// `GET|HEAD /v1/replica/{id}`. A sender about to push the file names its size in `x-fdfs-size`: 507 when
+/// the file is absent and would not fit (see [`super::space`]).
+async fn get_file(
+    State(engine): State<SyncEngine>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response> {
     let id = parse(&engine, &raw)?;
     if engine.tombstones.contains(&id) {
         return Ok(gone(&id));
@@ -177,7 +184,10 @@ async fn get_file(State(engine): State<SyncEngine>, Path(raw): Path<String>) -> 
     let file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(StorageError::NotFound(format!("no such file {id}")))
+            if let Some(size) = declared(&headers, super::space::SIZE_HEADER) {
+                super::space::ensure_room(&engine, &id, size).await?;
+            }
+            return Err(StorageError::NotFound(format!("no such file {id}")));
         }
         Err(e) => return Err(e.into()),
     };
@@ -200,6 +210,14 @@ async fn get_file(State(engine): State<SyncEngine>, Path(raw): Path<String>) -> 
         .into_response())
 }
 
+/// A size header's value.
+fn declared(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
 /// `PUT /v1/replica/{id}`.
 async fn put_file(
     State(engine): State<SyncEngine>,
@@ -210,6 +228,10 @@ async fn put_file(
     let id = parse(&engine, &raw)?;
     if engine.tombstones.contains(&id) {
         return Ok(gone(&id));
+    }
+    // No room: answer 507 before reading the body.
+    if let Some(size) = declared(&headers, header::CONTENT_LENGTH.as_str()) {
+        super::space::ensure_room(&engine, &id, size).await?;
     }
     let mtime = headers
         .get(MTIME_HEADER)
