@@ -50,6 +50,9 @@ pub struct Args {
     /// Anti-leech token lifetime in seconds.
     #[arg(long, env = "FDFS_TOKEN_TTL_SECS")]
     pub token_ttl_secs: Option<u64>,
+    /// Space every store path keeps free (replicas that would use it get 507): bytes or a percentage.
+    #[arg(long, env = "FDFS_RESERVED_STORAGE_SPACE")]
+    pub reserved_storage_space: Option<Size>,
 }
 
 impl Args {
@@ -68,7 +71,8 @@ impl Args {
             heartbeat_interval_ms,
             max_file_size,
             write_quorum,
-            token_ttl_secs
+            token_ttl_secs,
+            reserved_storage_space
         );
         set_opt!(
             listen,

@@ -30,6 +30,9 @@ pub use error::StorageError;
 pub use heartbeat::Peers;
 pub use store::Store;
 
+/// Default of [`Config::reserved_storage_space`]: small, so that it stays under any tracker's reserve.
+pub const DEFAULT_RESERVED_BYTES: u64 = 64 << 20;
+
 /// Storage node configuration (TOML file, overridden by `FDFS_*` env and flags; see [`cli::Args`]).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -60,6 +63,9 @@ pub struct Config {
     pub anti_leech_secret: Option<String>,
     /// Lifetime of an anti-leech token.
     pub token_ttl_secs: u64,
+    /// Space every store path keeps free for metadata, deletes and the node's own state: replicas that would
+    /// eat into it are refused (507). Keep it at most the trackers' `reserved_storage_space`.
+    pub reserved_storage_space: Size,
 }
 
 impl Default for Config {
@@ -78,6 +84,7 @@ impl Default for Config {
             binlog_segment_bytes: Size::Bytes(sync::binlog::DEFAULT_SEGMENT_BYTES),
             anti_leech_secret: None,
             token_ttl_secs: 900,
+            reserved_storage_space: Size::Bytes(DEFAULT_RESERVED_BYTES),
         }
     }
 }
@@ -174,6 +181,7 @@ pub async fn run(
             write_quorum: config.write_quorum,
             binlog_segment_bytes: segment_bytes,
             cluster_secret: config.cluster_secret.clone(),
+            reserved_storage_space: config.reserved_storage_space,
             ..sync::SyncConfig::default()
         },
     )

@@ -129,6 +129,8 @@ impl Registry {
                 .map(|m| m.hb.node_id)
                 .collect();
             any_active |= !active.is_empty();
+            // Every live member receives the file on the same store path: only paths with room on all of them.
+            let full = self.paths_without_room(&g, size, now);
             let cursor = self.member_cursors.entry(g.clone()).or_default();
             for i in 0..active.len() {
                 let pos = cursor.wrapping_add(i);
@@ -136,7 +138,8 @@ impl Registry {
                     .members
                     .get_mut(&active[pos % active.len()])
                     .expect("listed above");
-                if let Some(index) = pick_path(member, size, self.store_path, self.reserved) {
+                if let Some(index) = pick_path(member, size, self.store_path, self.reserved, &full)
+                {
                     *cursor = pos.wrapping_add(1);
                     return Ok(Assignment {
                         group: g,
@@ -227,6 +230,18 @@ impl Registry {
         }
     }
 
+    /// Store path indices that some live (not offline) member of `group` has and that cannot take `size` bytes
+    /// there while keeping its reserve. Every live member receives the file on the same store path, and a full
+    /// one would refuse the replica, so the group must not get the upload on such a path.
+    fn paths_without_room(&self, group: &GroupName, size: u64, now: Instant) -> BTreeSet<u8> {
+        self.in_group(group)
+            .filter(|m| m.state(self.timeout, now) != MemberState::Offline)
+            .flat_map(|m| &m.hb.store_paths)
+            .filter(|p| !fits(p, size, self.reserved))
+            .map(|p| p.index)
+            .collect()
+    }
+
     fn in_group<'a>(&'a self, group: &'a GroupName) -> impl Iterator<Item = &'a Member> + 'a {
         self.members.values().filter(move |m| m.hb.group == *group)
     }
@@ -256,25 +271,30 @@ fn sum(paths: &[StorePathStat], f: impl Fn(&StorePathStat) -> u64) -> u64 {
     paths.iter().map(f).fold(0, u64::saturating_add)
 }
 
-/// A store path of `member` that can take `size` bytes and keep its reserve, by policy; advances the cursor.
+/// Whether a store path can take `size` bytes and keep its reserve.
+fn fits(p: &StorePathStat, size: u64, reserved: Size) -> bool {
+    let reserve = match reserved {
+        Size::Bytes(b) => b,
+        Size::Percent(pct) => {
+            u64::try_from(u128::from(p.total_bytes) * u128::from(pct) / 100).unwrap_or(u64::MAX)
+        }
+    };
+    p.free_bytes
+        .checked_sub(size)
+        .is_some_and(|left| left >= reserve)
+}
+
+/// A store path of `member` outside `full` (paths where another live member of the group lacks room) that can
+/// take `size` bytes and keep its reserve, by policy; advances the cursor.
 fn pick_path(
     member: &mut Member,
     size: u64,
     policy: StorePathPolicy,
     reserved: Size,
+    full: &BTreeSet<u8>,
 ) -> Option<u8> {
     let paths = &member.hb.store_paths;
-    let fits = |p: &StorePathStat| {
-        let reserve = match reserved {
-            Size::Bytes(b) => b,
-            Size::Percent(pct) => {
-                u64::try_from(u128::from(p.total_bytes) * u128::from(pct) / 100).unwrap_or(u64::MAX)
-            }
-        };
-        p.free_bytes
-            .checked_sub(size)
-            .is_some_and(|left| left >= reserve)
-    };
+    let fits = |p: &StorePathStat| !full.contains(&p.index) && fits(p, size, reserved);
     match policy {
         StorePathPolicy::MostFree => paths
             .iter()
@@ -425,6 +445,33 @@ mod tests {
             r.assign(None, 3 * GB, now),
             Err(Error::InsufficientStorage(_))
         ));
+    }
+
+    #[test]
+    fn a_group_with_a_full_member_gets_no_uploads() {
+        let now = Instant::now();
+        let config = Config {
+            reserved_storage_space: Size::Bytes(GB),
+            ..Config::default()
+        };
+        // g1's second member is full (under the reserve); it is still syncing, which counts: it takes replicas.
+        let mut full = hb("g1", 2, &[GB / 2]);
+        full.syncing = true;
+        let beats = vec![hb("g1", 1, &[50 * GB]), full, hb("g2", 3, &[50 * GB])];
+        let mut r = registry(config, beats, now);
+        // Round robin over groups skips g1, a named g1 has no room, fixed g1 neither.
+        assert!(picks(&mut r, 4, now).iter().all(|p| p.0 == "g2"));
+        assert!(matches!(
+            r.assign(Some(&g("g1")), 1, now),
+            Err(Error::InsufficientStorage(_))
+        ));
+        // Once the full member is offline the group takes uploads again (it catches up when back).
+        let later = now + Duration::from_millis(6001);
+        r.heartbeat(hb("g1", 1, &[50 * GB]), later);
+        assert_eq!(r.assign(Some(&g("g1")), 1, later).unwrap().node_id, 1);
+        // And once it has room again.
+        r.heartbeat(hb("g1", 2, &[10 * GB]), later);
+        assert!(r.assign(Some(&g("g1")), 1, later).is_ok());
     }
 
     #[test]

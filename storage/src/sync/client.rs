@@ -27,6 +27,10 @@ pub enum PushError {
     /// Worth retrying later: the peer is busy or failed.
     #[error("peer unavailable: {0}")]
     Retry(String),
+    /// The peer has no room for the file (507): retry once it reports free space, without holding up the
+    /// records behind it.
+    #[error("peer is full: {0}")]
+    Full(String),
     /// Retrying cannot help (the peer refuses this record for good, e.g. 400).
     #[error("peer rejected the record: {0}")]
     Rejected(String),
@@ -71,13 +75,15 @@ fn request(engine: &SyncEngine, method: Method, url: String) -> RequestBuilder {
     rb
 }
 
-/// Map a status to the push outcome: success, retry (5xx, 401, 408, 429) or a permanent rejection.
+/// Map a status to the push outcome: success, full (507), retry (5xx, 401, 408, 429) or a permanent rejection.
 fn check(status: StatusCode, what: &str) -> Result<(), PushError> {
     if status.is_success() {
         return Ok(());
     }
     let msg = format!("{what}: {status}");
-    if status.is_server_error()
+    if status == StatusCode::INSUFFICIENT_STORAGE {
+        Err(PushError::Full(msg))
+    } else if status.is_server_error()
         || matches!(
             status,
             StatusCode::UNAUTHORIZED | StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS
@@ -96,10 +102,19 @@ pub async fn push_upload(
     id: &FileId,
 ) -> Result<Pushed, PushError> {
     let url = format!("{}/v1/replica/{id}", base(peer));
+    let path = engine.store.path(id)?;
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Pushed::Gone),
+        Err(e) => return Err(PushError::Local(e.into())),
+    };
+    let stat = file.metadata().await.map_err(StorageError::from)?;
+    // The size lets a full peer answer 507 here, before any body is streamed.
     // Which incarnation of the ID this is (a slave ID comes back after a delete): the peer answers for it.
     let gen = engine.tombstones.incarnation(id);
     let head = request(engine, Method::HEAD, url.clone())
         .header(INCARNATION_HEADER, gen)
+        .header(super::space::SIZE_HEADER, stat.len())
         .timeout(SMALL_TIMEOUT)
         .send()
         .await?;
@@ -107,13 +122,6 @@ pub async fn push_upload(
     match head.status() {
         StatusCode::GONE => return Ok(Pushed::Skipped), // this incarnation was deleted there: never resurrect
         StatusCode::NOT_FOUND => {
-            let path = engine.store.path(id)?;
-            let file = match tokio::fs::File::open(&path).await {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Pushed::Gone),
-                Err(e) => return Err(PushError::Local(e.into())),
-            };
-            let stat = file.metadata().await.map_err(StorageError::from)?;
             let resp = request(engine, Method::PUT, url)
                 .header(INCARNATION_HEADER, gen)
                 .header(

@@ -25,6 +25,7 @@ pub mod client;
 mod metrics;
 pub mod protocol;
 pub mod routes;
+pub mod space;
 pub mod tombstones;
 pub mod worker;
 
@@ -71,6 +72,8 @@ pub struct SyncConfig {
     pub catchup_concurrency: usize,
     /// Records pushed at once by a worker (distinct files only; records of one file stay in order).
     pub push_concurrency: usize,
+    /// Space each store path keeps free: replicas that would eat into it are refused with 507.
+    pub reserved_storage_space: fdfs_common::config::Size,
 }
 
 impl Default for SyncConfig {
@@ -82,6 +85,7 @@ impl Default for SyncConfig {
             cluster_secret: None,
             catchup_concurrency: 8,
             push_concurrency: 8,
+            reserved_storage_space: fdfs_common::config::Size::Bytes(0),
         }
     }
 }

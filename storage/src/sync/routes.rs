@@ -2,10 +2,12 @@
 //!
 //! - `HEAD|GET /v1/replica/{file_id}`: whether this node has the file / the file itself (streamed), with
 //!   `x-fdfs-mtime` and `x-fdfs-incarnation`; 404 when absent (or only an older incarnation than the one
-//!   asked for is here), 410 when it (the incarnation asked for) was deleted here (tombstone).
+//!   asked for is here), 410 when it (the incarnation asked for) was deleted here (tombstone); with
+//!   `x-fdfs-size`, 507 when the absent file would not fit above the reserved space.
 //! - `PUT /v1/replica/{file_id}` with `x-fdfs-mtime` and `x-fdfs-incarnation`: store a replica (streamed,
 //!   checked against the ID, never recreating a deleted incarnation: 410; an older incarnation here is
-//!   replaced, an equal one left alone). Not written to this node's binlog.
+//!   replaced, an equal one left alone; 507 before the body when it does not fit). Not written to this node's
+//!   binlog.
 //! - `DELETE /v1/replica/{file_id}` with `x-fdfs-incarnation`: record a tombstone on disk, then remove the file
 //!   unless it is a newer incarnation (200 either way).
 //! - `GET|PUT /v1/replica/meta/{file_id}`: a file's metadata / replace it (404 when the file is absent).
@@ -124,7 +126,8 @@ async fn meta_or_file(
     }
 }
 
-/// `GET|HEAD /v1/replica/{id}`.
+/// `GET|HEAD /v1/replica/{id}`. A sender about to push the file names its size in `x-fdfs-size`: 507 when
+/// the file is absent and would not fit (see [`super::space`]).
 async fn get_file(
     State(engine): State<SyncEngine>,
     Path(raw): Path<String>,
@@ -145,7 +148,10 @@ async fn get_file(
     let file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(StorageError::NotFound(format!("no such file {id}")))
+            if let Some(size) = declared(&headers, super::space::SIZE_HEADER) {
+                super::space::ensure_room(&engine, &id, size).await?;
+            }
+            return Err(StorageError::NotFound(format!("no such file {id}")));
         }
         Err(e) => return Err(e.into()),
     };
@@ -172,6 +178,14 @@ async fn get_file(
         .into_response())
 }
 
+/// A size header's value.
+fn declared(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
 /// `PUT /v1/replica/{id}`.
 async fn put_file(
     State(engine): State<SyncEngine>,
@@ -195,6 +209,10 @@ async fn put_file(
             this.tombstones.set_live(&tid, gen)
         })
         .await??;
+    }
+    // No room: answer 507 before reading the body.
+    if let Some(size) = declared(&headers, header::CONTENT_LENGTH.as_str()) {
+        super::space::ensure_room(&engine, &id, size).await?;
     }
     let mtime = mtime_from(&headers);
     let committed = engine
