@@ -50,6 +50,9 @@ pub struct Args {
     /// Anti-leech token lifetime in seconds.
     #[arg(long, env = "FDFS_TOKEN_TTL_SECS")]
     pub token_ttl_secs: Option<u64>,
+    /// Test hook: abort the process at this point (see `store::layout::set_fail_point`).
+    #[arg(long, hide = true)]
+    pub fail_point: Option<String>,
 }
 
 impl Args {
@@ -84,6 +87,9 @@ impl Args {
 /// Load the config, bind, print `listening on ADDR`, serve until ctrl-c / SIGTERM.
 pub async fn main(args: Args) -> anyhow::Result<()> {
     fdfs_common::telemetry::init();
+    if let Some(point) = &args.fail_point {
+        crate::store::layout::set_fail_point(point);
+    }
     let file: Config = fdfs_common::config::load(args.config.as_deref())?;
     let config = args.apply(file);
     let listen = config
