@@ -53,6 +53,9 @@ pub struct Args {
     /// Space every store path keeps free (replicas that would use it get 507): bytes or a percentage.
     #[arg(long, env = "FDFS_RESERVED_STORAGE_SPACE")]
     pub reserved_storage_space: Option<Size>,
+    /// Test hook: abort the process at this point (see `store::layout::set_fail_point`).
+    #[arg(long, hide = true)]
+    pub fail_point: Option<String>,
 }
 
 impl Args {
@@ -88,6 +91,9 @@ impl Args {
 /// Load the config, bind, print `listening on ADDR`, serve until ctrl-c / SIGTERM.
 pub async fn main(args: Args) -> anyhow::Result<()> {
     fdfs_common::telemetry::init();
+    if let Some(point) = &args.fail_point {
+        crate::store::layout::set_fail_point(point);
+    }
     let file: Config = fdfs_common::config::load(args.config.as_deref())?;
     let config = args.apply(file);
     let listen = config

@@ -66,6 +66,10 @@ pub struct Config {
     /// Space every store path keeps free for metadata, deletes and the node's own state: replicas that would
     /// eat into it are refused (507). Keep it at most the trackers' `reserved_storage_space`.
     pub reserved_storage_space: Size,
+    /// Permission bits of stored files and their metadata (e.g. `0o644`: readable by an nginx worker).
+    pub file_mode: u32,
+    /// Permission bits of the data directories (e.g. `0o755`).
+    pub dir_mode: u32,
 }
 
 impl Default for Config {
@@ -85,6 +89,8 @@ impl Default for Config {
             anti_leech_secret: None,
             token_ttl_secs: 900,
             reserved_storage_space: Size::Bytes(DEFAULT_RESERVED_BYTES),
+            file_mode: 0o644,
+            dir_mode: 0o755,
         }
     }
 }
@@ -152,10 +158,23 @@ pub async fn run(
         !config.store_paths.is_empty(),
         "at least one --store-path is required"
     );
-    let store = Store::open(
+    let segment_bytes = match config.binlog_segment_bytes {
+        Size::Bytes(n) => n,
+        Size::Percent(_) => anyhow::bail!("binlog_segment_bytes must be a size, not a percentage"),
+    };
+    anyhow::ensure!(
+        config.file_mode <= 0o7777 && config.dir_mode <= 0o7777,
+        "file_mode and dir_mode are permission bits (at most 0o7777)"
+    );
+    let store = Store::open_with(
         config.group.clone(),
         config.store_paths.clone(),
-        max_file_size,
+        store::StoreOptions {
+            max_file_size,
+            segment_bytes,
+            file_mode: config.file_mode,
+            dir_mode: config.dir_mode,
+        },
     )
     .await
     .context("opening the store")?;
@@ -167,11 +186,7 @@ pub async fn run(
         .context("building the HTTP client")?;
     let peers = Arc::new(Peers::default());
 
-    // The replication engine (see `sync`): binlog, one worker per peer, catch-up, write quorum.
-    let segment_bytes = match config.binlog_segment_bytes {
-        Size::Bytes(n) => n,
-        Size::Percent(_) => anyhow::bail!("binlog_segment_bytes must be a size, not a percentage"),
-    };
+    // The replication engine (see `sync`): one worker per peer, catch-up, write quorum.
     let engine = sync::SyncEngine::start(
         store.clone(),
         peers.clone(),

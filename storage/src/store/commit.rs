@@ -12,10 +12,11 @@ use fdfs_common::wire::Metadata;
 use fdfs_common::{FileId, FileName, NameInfo};
 use futures_util::Stream;
 
-use super::dedup::{content_key, parse_list};
-use super::layout::{ensure_dir, fsync_dir};
-use super::{is_reserved, MetaUpdate, Staged, Store, META_SUFFIX};
+use super::dedup::content_key;
+use super::layout::{fail_point, fsync_dir};
+use super::{is_reserved, Staged, Store, META_SUFFIX};
 use crate::error::{Result, StorageError};
+use crate::sync::binlog::Op;
 
 /// Outcome of [`Store::commit`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,14 +27,55 @@ pub enum Committed {
     AlreadyExists,
 }
 
+/// Who a change came from, which decides the log that records it: the node's binlog (changes accepted from
+/// clients, pushed to peers by the sync workers) or the store's journal (replicas and deletes received from
+/// peers, only replayed here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Client,
+    Peer,
+}
+
+/// How a staged body is committed.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    /// Modification time given to a newly written inode (replicas keep the source's).
+    pub mtime: Option<SystemTime>,
+    /// Metadata stored with the file (put in place before the file itself).
+    pub meta: Metadata,
+    pub origin: Origin,
+}
+
+impl Incoming {
+    /// A client upload with `meta`.
+    pub fn client(meta: Metadata) -> Incoming {
+        Incoming {
+            mtime: None,
+            meta,
+            origin: Origin::Client,
+        }
+    }
+
+    /// A replica from a peer.
+    pub fn peer(mtime: Option<SystemTime>, meta: Metadata) -> Incoming {
+        Incoming {
+            mtime,
+            meta,
+            origin: Origin::Peer,
+        }
+    }
+}
+
 impl Store {
     /// Put a staged body in place under `id` (durably, never replacing an existing file), deduplicating against
-    /// identical content on the same store path, and index it. `mtime` is applied to a newly written inode.
+    /// identical content on the same store path, with its metadata, and index it. Order (see the module doc):
+    /// metadata temp file fsynced, record durable (group commit), then under the path lock only the exists-check
+    /// and the link/rename, then the directory fsync and the index update (never flushed here).
     pub fn commit_blocking(
         &self,
         staged: Staged,
         id: &FileId,
-        mtime: Option<SystemTime>,
+        incoming: Incoming,
     ) -> Result<Committed> {
         if is_reserved(id) {
             return Err(StorageError::BadRequest(format!(
@@ -51,57 +93,79 @@ impl Store {
             .parent()
             .expect("relative_path has a parent")
             .to_owned();
-        let _guard = sp.lock();
         if fs::symlink_metadata(&target).is_ok() {
             return Ok(Committed::AlreadyExists);
         }
-        ensure_dir(&parent)?;
+        self.ensure_dir(&parent)?;
+        let meta_tmp = if incoming.meta.is_empty() {
+            None
+        } else {
+            let bytes = serde_json::to_vec(&incoming.meta)
+                .map_err(|e| StorageError::Internal(format!("encoding metadata: {e}")))?;
+            Some(self.stage_small(&sp.tmp, &bytes)?)
+        };
+        if let Some(t) = incoming.mtime {
+            staged.tmp.as_file().set_modified(t)?;
+        }
         let key = content_key(&staged.hash, staged.size);
-        let mut holders = Vec::new();
-        let mut deduplicated = false;
-        if let Some(v) = sp.hashes.get(key)? {
-            for holder in parse_list(&v) {
-                let Ok(hid) = holder.parse::<FileId>() else {
-                    continue;
-                };
-                let hpath = sp.root.join(hid.relative_path());
-                match fs::metadata(&hpath) {
-                    Ok(m) if m.is_file() && m.len() == staged.size => holders.push((holder, hpath)),
-                    _ => {} // stale entry: pruned below
-                }
+        let holders = sp.holders(&key, staged.size)?;
+
+        let log = self.log(incoming.origin);
+        let rec = log.begin(Op::Upload, id)?;
+        let placed = self.place(sp, staged, &target, holders.live.first(), meta_tmp);
+        if matches!(placed, Ok(Some(_))) {
+            fail_point("after-rename");
+        }
+        let outcome = match placed {
+            Ok(Some(deduplicated)) => {
+                fsync_dir(&parent)
+                    .map_err(StorageError::from)
+                    .and_then(|()| {
+                        if sp.index_add(&id.to_string(), key, &holders.stale)? {
+                            self.file_count.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(Committed::Created { deduplicated })
+                    })
             }
-            // All holders share one inode (or are equal copies): linking to the first live one suffices.
-            if let Some((_, hpath)) = holders.first() {
-                match fs::hard_link(hpath, &target) {
-                    Ok(()) => deduplicated = true,
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                        return Ok(Committed::AlreadyExists)
-                    }
-                    // e.g. EMLINK (too many links): store a separate copy instead.
-                    Err(e) => tracing::debug!(error = %e, "dedup link failed, storing a copy"),
-                }
+            Ok(None) => Ok(Committed::AlreadyExists),
+            Err(e) => Err(e),
+        };
+        self.finish(incoming.origin, rec.seq);
+        outcome
+    }
+
+    /// Under the path lock: the exists-check and the link or rename of the file (and its metadata first).
+    /// `Some(deduplicated)` when placed, `None` when the ID exists.
+    fn place(
+        &self,
+        sp: &super::StorePath,
+        staged: Staged,
+        target: &std::path::Path,
+        holder: Option<&(String, std::path::PathBuf)>,
+        meta_tmp: Option<tempfile::NamedTempFile>,
+    ) -> Result<Option<bool>> {
+        let _guard = sp.lock();
+        if fs::symlink_metadata(target).is_ok() {
+            return Ok(None);
+        }
+        if let Some(tmp) = meta_tmp {
+            let mut meta_path = target.to_owned();
+            meta_path.as_mut_os_string().push(META_SUFFIX);
+            tmp.persist(&meta_path).map_err(|e| e.error)?;
+        }
+        if let Some((_, hpath)) = holder {
+            match fs::hard_link(hpath, target) {
+                Ok(()) => return Ok(Some(true)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(None),
+                // e.g. EMLINK (too many links): store a separate copy instead.
+                Err(e) => tracing::debug!(error = %e, "dedup link failed, storing a copy"),
             }
         }
-        if !deduplicated {
-            if let Some(t) = mtime {
-                staged.tmp.as_file().set_modified(t)?;
-            }
-            if let Err(e) = staged.tmp.persist_noclobber(&target) {
-                if e.error.kind() == io::ErrorKind::AlreadyExists {
-                    return Ok(Committed::AlreadyExists);
-                }
-                return Err(e.error.into());
-            }
+        match staged.tmp.persist_noclobber(target) {
+            Ok(_) => Ok(Some(false)),
+            Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(e.error.into()),
         }
-        fsync_dir(&parent)?;
-        let id_str = id.to_string();
-        let mut list: Vec<String> = holders.into_iter().map(|(h, _)| h).collect();
-        list.push(id_str.clone());
-        sp.hashes.insert(key, list.join("\n").into_bytes())?;
-        sp.ids.insert(id_str.as_bytes(), &key[..])?;
-        self.db.flush()?;
-        self.file_count.fetch_add(1, Ordering::Relaxed);
-        Ok(Committed::Created { deduplicated })
     }
 
     /// [`Store::commit_blocking`] on the blocking pool.
@@ -109,14 +173,14 @@ impl Store {
         self: &Arc<Self>,
         staged: Staged,
         id: &FileId,
-        mtime: Option<SystemTime>,
+        incoming: Incoming,
     ) -> Result<Committed> {
         let (this, id) = (self.clone(), id.clone());
-        tokio::task::spawn_blocking(move || this.commit_blocking(staged, &id, mtime)).await?
+        tokio::task::spawn_blocking(move || this.commit_blocking(staged, &id, incoming)).await?
     }
 
-    /// Durably write a file under a known ID (replicas): stream, check size and CRC32 against the ID (for master
-    /// files, whose name encodes them), commit. An existing file is left alone ([`Committed::AlreadyExists`]).
+    /// Durably write a replica under a known ID: stream, check size and CRC32 against the ID (for master files,
+    /// whose name encodes them), commit (journal). An existing file is left alone ([`Committed::AlreadyExists`]).
     pub async fn write_file<S, E>(
         self: &Arc<Self>,
         id: &FileId,
@@ -148,55 +212,76 @@ impl Store {
                 )));
             }
         }
-        self.commit(staged, id, mtime).await
+        self.commit(staged, id, Incoming::peer(mtime, Metadata::new()))
+            .await
     }
 
-    /// Delete a file and its metadata; `false` when it did not exist. Other IDs sharing the content stay intact.
-    pub fn remove_blocking(&self, id: &FileId) -> Result<bool> {
+    /// Delete a file and its metadata, record first: the record is durable before the unlink, so a crash in
+    /// between is finished by the replay at start. `false` when the file is not here. Other IDs sharing the
+    /// content stay intact.
+    pub fn delete_blocking(&self, id: &FileId, origin: Origin) -> Result<bool> {
         let (sp, path) = match self.locate(id) {
             Ok(x) => x,
             Err(StorageError::NotFound(_)) => return Ok(false),
             Err(e) => return Err(e),
         };
-        let meta = self.meta_path(id)?;
-        let _guard = sp.lock();
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(e.into()),
+        if fs::symlink_metadata(&path).is_err() {
+            return Ok(false);
         }
-        match fs::remove_file(&meta) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
-            _ => {}
-        }
-        fsync_dir(path.parent().expect("relative_path has a parent"))?;
-        let id_str = id.to_string();
-        if let Some(key) = sp.ids.remove(id_str.as_bytes())? {
-            if let Some(v) = sp.hashes.get(&key)? {
-                let rest: Vec<String> = parse_list(&v)
-                    .into_iter()
-                    .filter(|h| *h != id_str)
-                    .collect();
-                if rest.is_empty() {
-                    sp.hashes.remove(&key)?;
-                } else {
-                    sp.hashes.insert(&key, rest.join("\n").into_bytes())?;
-                }
+        let log = self.log(origin);
+        let rec = log.begin(Op::Delete, id)?;
+        fail_point("after-delete-record");
+        let outcome = self.unlink(sp, id, &path);
+        self.finish(origin, rec.seq);
+        outcome
+    }
+
+    /// Remove a file, its metadata and its index entries (the record is written already).
+    pub(super) fn unlink(
+        &self,
+        sp: &super::StorePath,
+        id: &FileId,
+        path: &std::path::Path,
+    ) -> Result<bool> {
+        let mut meta = path.to_owned();
+        meta.as_mut_os_string().push(META_SUFFIX);
+        {
+            let _guard = sp.lock();
+            match fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(e.into()),
+            }
+            match fs::remove_file(&meta) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
             }
         }
-        self.db.flush()?;
-        let _ = self
-            .file_count
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                Some(n.saturating_sub(1))
-            });
+        fsync_dir(path.parent().expect("relative_path has a parent"))?;
+        if sp.index_remove(&id.to_string())? {
+            let _ = self
+                .file_count
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some(n.saturating_sub(1))
+                });
+        }
         Ok(true)
+    }
+
+    /// Delete a file on a peer's request (recorded in the journal); see [`Store::delete_blocking`].
+    pub fn remove_blocking(&self, id: &FileId) -> Result<bool> {
+        self.delete_blocking(id, Origin::Peer)
     }
 
     /// [`Store::remove_blocking`] on the blocking pool.
     pub async fn remove(self: &Arc<Self>, id: &FileId) -> Result<bool> {
+        self.delete(id, Origin::Peer).await
+    }
+
+    /// [`Store::delete_blocking`] on the blocking pool.
+    pub async fn delete(self: &Arc<Self>, id: &FileId, origin: Origin) -> Result<bool> {
         let (this, id) = (self.clone(), id.clone());
-        tokio::task::spawn_blocking(move || this.remove_blocking(&id)).await?
+        tokio::task::spawn_blocking(move || this.delete_blocking(&id, origin)).await?
     }
 }
 
@@ -224,8 +309,8 @@ pub struct Stored {
 }
 
 impl Store {
-    /// Store a new upload: receive the body, make its ID, commit it with its metadata. A slave whose ID exists
-    /// is a conflict (409).
+    /// Store a new upload (recorded in the binlog): receive the body, make its ID, commit it with its metadata.
+    /// A slave whose ID exists is a conflict (409).
     pub async fn create<S, E>(
         self: &Arc<Self>,
         new: NewFile,
@@ -261,7 +346,9 @@ impl Store {
         let (size, crc32) = (staged.size, staged.crc32);
         let id = match new {
             NewFile::Slave { id, .. } => {
-                if self.commit(staged, &id, None).await? == Committed::AlreadyExists {
+                if self.commit(staged, &id, Incoming::client(meta)).await?
+                    == Committed::AlreadyExists
+                {
                     return Err(StorageError::Conflict(format!("slave file {id} exists")));
                 }
                 id
@@ -285,7 +372,9 @@ impl Store {
                     dir2,
                     name: FileName::generate(&info, ext.as_deref())?,
                 };
-                if self.commit(staged, &id, None).await? == Committed::AlreadyExists {
+                if self.commit(staged, &id, Incoming::client(meta)).await?
+                    == Committed::AlreadyExists
+                {
                     return Err(StorageError::Internal(format!(
                         "generated name {id} collided with an existing file"
                     )));
@@ -293,9 +382,6 @@ impl Store {
                 id
             }
         };
-        if !meta.is_empty() {
-            self.set_meta(&id, MetaUpdate::Replace(meta)).await?;
-        }
         Ok(Stored { id, size, crc32 })
     }
 }

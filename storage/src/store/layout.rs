@@ -1,29 +1,44 @@
 //! Where things live on a store path, and the durable-write helpers every part of the node uses.
 
-use std::fs::{self, File};
+use std::fs::{self, File, Permissions};
 use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::OnceLock;
+
 use std::time::{SystemTime, UNIX_EPOCH};
+use tempfile::NamedTempFile;
 
 /// fsync a directory so that a rename or unlink in it is durable.
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-pub(crate) fn mkdir_ok(p: &Path) -> io::Result<()> {
+/// Create a directory with exactly `mode` (not masked by the umask); an existing one is left as it is.
+pub(crate) fn mkdir_ok(p: &Path, mode: u32) -> io::Result<()> {
     match fs::create_dir(p) {
+        Ok(()) => fs::set_permissions(p, Permissions::from_mode(mode)),
         Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
-        _ => Ok(()),
+        Err(_) => Ok(()),
     }
+}
+
+/// A temp file in `dir` with exactly `mode`, to be renamed into place.
+pub(crate) fn temp_file(dir: &Path, prefix: &str, mode: u32) -> io::Result<NamedTempFile> {
+    let tmp = tempfile::Builder::new().prefix(prefix).tempfile_in(dir)?;
+    tmp.as_file()
+        .set_permissions(Permissions::from_mode(mode))?;
+    Ok(tmp)
 }
 
 /// Create `data/`; returns whether it is new (then the store path holds no file). The `XX/YY` levels are made
 /// on first use by [`ensure_dir`]: creating all 65,536 up front costs seconds of syscalls per store path at every
 /// start of a new node and buys nothing, since a commit needs only its own directory.
-pub(crate) fn create_data_dirs(root: &Path) -> io::Result<bool> {
+pub(crate) fn create_data_dirs(root: &Path, mode: u32) -> io::Result<bool> {
     let data = root.join("data");
     let fresh = !data.exists();
-    fs::create_dir_all(&data)?;
+    fs::create_dir_all(root)?;
+    mkdir_ok(&data, mode)?;
     if fresh {
         fsync_dir(root)?;
     }
@@ -32,13 +47,13 @@ pub(crate) fn create_data_dirs(root: &Path) -> io::Result<bool> {
 
 /// Make sure `dir` (a `data/XX/YY` directory) exists, durably: each level created here is fsynced into its
 /// parent before a file is renamed into it.
-pub(crate) fn ensure_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn ensure_dir(dir: &Path, mode: u32) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
     let parent = dir.parent().expect("data/XX/YY has a parent");
-    ensure_dir(parent)?;
-    mkdir_ok(dir)?;
+    ensure_dir(parent, mode)?;
+    mkdir_ok(dir, mode)?;
     fsync_dir(parent)
 }
 
@@ -55,11 +70,14 @@ pub(crate) fn clear_dir(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Durably replace `target` with `bytes` (temp file in `tmp_dir`, fsync, rename, fsync dir).
-pub(crate) fn write_atomic(tmp_dir: &Path, target: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut tmp = tempfile::Builder::new()
-        .prefix("meta-")
-        .tempfile_in(tmp_dir)?;
+/// Durably replace `target` with `bytes` (temp file with `mode` in `tmp_dir`, fsync, rename, fsync dir).
+pub(crate) fn write_atomic(
+    tmp_dir: &Path,
+    target: &Path,
+    bytes: &[u8],
+    mode: u32,
+) -> io::Result<()> {
+    let mut tmp = temp_file(tmp_dir, ".tmp-", mode)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(target).map_err(|e| e.error)?;
@@ -70,11 +88,29 @@ pub(crate) fn write_atomic(tmp_dir: &Path, target: &Path, bytes: &[u8]) -> io::R
 }
 
 /// Durably replace the small file `dir/name` (temp file in `dir`, fsync, rename, fsync `dir`).
+/// Node state, so owner-only (0600).
 pub fn write_small(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
-    write_atomic(dir, &dir.join(name), bytes)
+    write_atomic(dir, &dir.join(name), bytes, 0o600)
 }
 
 /// Unix seconds of a time (0 before the epoch).
 pub fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+static FAIL_POINT: OnceLock<String> = OnceLock::new();
+
+/// Test hook (the hidden `--fail-point NAME` flag): the process aborts when it reaches the named point, a crash
+/// at the worst moment for the process-level durability tests. Points: `after-rename` (a new file is in place,
+/// its directory not fsynced, the index not updated), `after-delete-record` (a delete is recorded, the file not
+/// unlinked yet).
+pub fn set_fail_point(name: &str) {
+    let _ = FAIL_POINT.set(name.to_owned());
+}
+
+pub(crate) fn fail_point(name: &str) {
+    if FAIL_POINT.get().is_some_and(|p| p == name) {
+        eprintln!("fail point {name} reached: aborting");
+        std::process::abort();
+    }
 }

@@ -109,6 +109,7 @@ impl Store {
             })?;
         }
         self.db.insert(INDEXED_KEY, &b"1"[..])?;
+        self.set_checkpoints_to_end()?;
         self.db.flush()?;
         self.recount();
         Ok(report)

@@ -83,7 +83,7 @@ impl Store {
         } else {
             let bytes = serde_json::to_vec(&meta)
                 .map_err(|e| StorageError::Internal(format!("encoding metadata: {e}")))?;
-            write_atomic(&sp.tmp, &path, &bytes)?;
+            write_atomic(&sp.tmp, &path, &bytes, self.options.file_mode)?;
         }
         Ok(meta)
     }

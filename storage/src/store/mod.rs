@@ -4,9 +4,33 @@
 //! next to it as `<name>-m` (a JSON object), and `.fdfs/tmp/` for in-flight writes (same filesystem, so the final
 //! rename is atomic). Store path 0 also holds `.fdfs/db`, the sled index, and is the node's state directory.
 //!
-//! Writes are durable before they are acknowledged: stream to a temp file, fsync, rename (never replacing an
-//! existing file) or hard-link into place, fsync the directory, update and flush the index. Disk paths are built
-//! only from a validated [`FileId`] through [`FileId::relative_path`].
+//! Disk paths are built only from a validated [`FileId`] through [`FileId::relative_path`]. Files are created
+//! with [`StoreOptions::file_mode`] and directories with [`StoreOptions::dir_mode`] (0644 / 0755 by default, so an
+//! nginx worker running as another user can serve them).
+//!
+//! ## Durability and group commit
+//!
+//! Every change is recorded in a log before it touches the data directories: changes accepted from clients in
+//! the node's binlog ([`crate::sync::binlog`], which the sync workers push to peers), replicas and deletes
+//! received from peers in the store's own journal (`.fdfs/journal/`, same format, only replayed here). Both are
+//! group-committed: concurrent writers share one fsync of the log. A new file goes:
+//!
+//! 1. body streamed to a temp file in `.fdfs/tmp/`, fsynced (no lock);
+//! 2. its metadata (if any) to another temp file, fsynced;
+//! 3. the `Upload` record appended and made durable with everyone else's (group commit, no lock);
+//! 4. under the store path's lock, only: the exists-check, the metadata rename, the link (dedup) or rename of the
+//!    file (never replacing one);
+//! 5. fsync of the file's directory (no lock), then the sled index updated (never flushed per upload);
+//! 6. the record finished: the log's *applied* watermark (every record at or before it is durable and finished)
+//!    becomes the index's checkpoint, stored in sled; sled flushes on its own timer and before binlog pruning.
+//!
+//! The record goes first so that every file that can be in place has a durable record: a crash after step 3
+//! leaves a record whose file may or may not be in place, and the replay at start (records past the checkpoint)
+//! indexes the file if it is there and forgets it if not (it was never acknowledged). The other order would let a
+//! crash leave a file in place that no record or index entry knows about: invisible to catch-up listings and
+//! never pushed. Readers of the binlog (sync workers) only see records up to the applied watermark, so a record
+//! is never pushed before its file is in place. A delete is recorded first too, then unlinked: replay finishes an
+//! interrupted delete (unless the same ID was uploaded again after it). The acknowledgement waits for step 6.
 //!
 //! Dedup (per store path, since hard links cannot cross filesystems): the index maps a content key
 //! (BLAKE3 hash + size) to the IDs holding that content, and each ID back to its key. A second upload of identical
@@ -22,6 +46,7 @@ mod dedup;
 pub mod layout;
 mod listing;
 mod meta;
+mod replay;
 mod staging;
 
 use std::fs;
@@ -35,9 +60,10 @@ use fdfs_common::{FileId, GroupName};
 use rand::Rng;
 
 use crate::error::{Result, StorageError};
+use crate::sync::binlog::{Binlog, DEFAULT_SEGMENT_BYTES};
 use layout::{clear_dir, create_data_dirs};
 
-pub use commit::{Committed, NewFile, Stored};
+pub use commit::{Committed, Incoming, NewFile, Origin, Stored};
 pub use listing::ReindexReport;
 pub use meta::MetaUpdate;
 pub use staging::Staged;
@@ -71,7 +97,35 @@ impl StorePath {
     }
 }
 
-/// The storage node's files on all its store paths, plus the dedup index.
+/// How a store is opened.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    /// Largest body accepted by [`Store::write_file`] (replicas).
+    pub max_file_size: u64,
+    /// Segment size of the binlog and the journal.
+    pub segment_bytes: u64,
+    /// Permission bits of stored files and their metadata.
+    pub file_mode: u32,
+    /// Permission bits of the data directories.
+    pub dir_mode: u32,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            max_file_size: fdfs_common::fileid::MAX_FILE_SIZE,
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            file_mode: 0o644,
+            dir_mode: 0o755,
+        }
+    }
+}
+
+/// sled keys of the index checkpoints: the last record of each log whose effect is in the index.
+const CHECKPOINT_BINLOG: &[u8] = b"checkpoint-binlog";
+const CHECKPOINT_JOURNAL: &[u8] = b"checkpoint-journal";
+
+/// The storage node's files on all its store paths, plus the dedup index and the logs that record changes.
 pub struct Store {
     group: GroupName,
     paths: Vec<StorePath>,
@@ -79,7 +133,16 @@ pub struct Store {
     state_dir: PathBuf,
     /// Largest body accepted by [`Store::write_file`] (replicas).
     max_file_size: u64,
+    options: StoreOptions,
     file_count: AtomicU64,
+    /// Changes accepted from clients (read by the sync workers).
+    binlog: Arc<Binlog>,
+    /// Changes received from peers.
+    journal: Arc<Binlog>,
+}
+
+fn decode_u64(v: &[u8]) -> u64 {
+    v.try_into().map_or(0, u64::from_be_bytes)
 }
 
 pub(crate) fn is_reserved(id: &FileId) -> bool {
@@ -93,6 +156,19 @@ impl Store {
         group: GroupName,
         roots: &[PathBuf],
         max_file_size: u64,
+    ) -> Result<Arc<Store>> {
+        let options = StoreOptions {
+            max_file_size,
+            ..StoreOptions::default()
+        };
+        Store::open_with_blocking(group, roots, options)
+    }
+
+    /// Open with every option; then replay the logs past the index's checkpoints (see the module doc).
+    pub fn open_with_blocking(
+        group: GroupName,
+        roots: &[PathBuf],
+        options: StoreOptions,
     ) -> Result<Arc<Store>> {
         if roots.is_empty() {
             return Err(StorageError::BadRequest(
@@ -115,7 +191,7 @@ impl Store {
         for (i, root) in roots.iter().enumerate() {
             let index = u8::try_from(i).expect("checked above");
             fs::create_dir_all(root)?;
-            let fresh = create_data_dirs(root)?;
+            let fresh = create_data_dirs(root, options.dir_mode)?;
             all_fresh &= fresh;
             let tmp = root.join(".fdfs").join("tmp");
             fs::create_dir_all(&tmp)?;
@@ -135,17 +211,29 @@ impl Store {
             }
             paths.push(sp);
         }
+        let binlog = Arc::new(Binlog::open(
+            &state_dir.join("binlog"),
+            options.segment_bytes,
+        )?);
+        let journal = Arc::new(Binlog::open(
+            &state_dir.join("journal"),
+            options.segment_bytes,
+        )?);
         let store = Arc::new(Store {
             group,
             paths,
             db,
             state_dir,
-            max_file_size,
+            max_file_size: options.max_file_size,
+            options,
             file_count: AtomicU64::new(0),
+            binlog,
+            journal,
         });
         if all_fresh {
             // Nothing on disk to index.
             store.db.insert(INDEXED_KEY, &b"1"[..])?;
+            store.set_checkpoints_to_end()?;
             store.db.flush()?;
         } else if store.db.get(INDEXED_KEY)?.is_none() {
             let report = store.reindex_blocking()?;
@@ -155,9 +243,94 @@ impl Store {
                 "index rebuilt from disk"
             );
         } else {
-            store.recount();
+            store.replay_blocking()?;
         }
         Ok(store)
+    }
+
+    /// [`Store::open_with_blocking`] on the blocking pool.
+    pub async fn open_with(
+        group: GroupName,
+        roots: Vec<PathBuf>,
+        options: StoreOptions,
+    ) -> Result<Arc<Store>> {
+        tokio::task::spawn_blocking(move || Store::open_with_blocking(group, &roots, options))
+            .await?
+    }
+
+    /// The node's binlog (changes accepted from clients), for the sync engine.
+    pub fn binlog(&self) -> &Arc<Binlog> {
+        &self.binlog
+    }
+
+    fn log(&self, origin: Origin) -> &Arc<Binlog> {
+        match origin {
+            Origin::Client => &self.binlog,
+            Origin::Peer => &self.journal,
+        }
+    }
+
+    fn checkpoint_key(origin: Origin) -> &'static [u8] {
+        match origin {
+            Origin::Client => CHECKPOINT_BINLOG,
+            Origin::Peer => CHECKPOINT_JOURNAL,
+        }
+    }
+
+    /// End a record begun by a commit or delete and move the index checkpoint to the log's applied watermark
+    /// (sled, not flushed). A failure only means more replay at the next start.
+    fn finish(&self, origin: Origin, seq: u64) {
+        let applied = self.log(origin).finish(seq);
+        let r = self
+            .db
+            .fetch_and_update(Self::checkpoint_key(origin), |old| {
+                let old = old.map_or(0, decode_u64);
+                Some(old.max(applied).to_be_bytes().to_vec())
+            });
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "index checkpoint not updated");
+        }
+    }
+
+    fn checkpoint(&self, origin: Origin) -> Result<Option<u64>> {
+        Ok(self
+            .db
+            .get(Self::checkpoint_key(origin))?
+            .map(|v| decode_u64(&v)))
+    }
+
+    /// Both checkpoints at their log's applied watermark (the index holds everything on disk).
+    pub(super) fn set_checkpoints_to_end(&self) -> Result<()> {
+        for origin in [Origin::Client, Origin::Peer] {
+            let end = self.log(origin).applied();
+            self.db
+                .insert(Self::checkpoint_key(origin), &end.to_be_bytes()[..])?;
+        }
+        Ok(())
+    }
+
+    /// Flush the index and drop journal segments it covers. Returns the binlog checkpoint now durable: binlog
+    /// records after it must be kept for the replay. Blocking.
+    pub fn flush_index(&self) -> Result<u64> {
+        self.db.flush()?;
+        if let Some(j) = self.checkpoint(Origin::Peer)? {
+            self.journal.prune(j)?;
+        }
+        Ok(self.checkpoint(Origin::Client)?.unwrap_or(0))
+    }
+
+    /// Create a data directory (and its parents) if needed, durably, with the configured mode.
+    fn ensure_dir(&self, dir: &Path) -> io::Result<()> {
+        layout::ensure_dir(dir, self.options.dir_mode)
+    }
+
+    /// A small fsynced temp file with the configured file mode, to be renamed into place.
+    fn stage_small(&self, tmp_dir: &Path, bytes: &[u8]) -> io::Result<tempfile::NamedTempFile> {
+        use std::io::Write;
+        let mut tmp = layout::temp_file(tmp_dir, "meta-", self.options.file_mode)?;
+        tmp.write_all(bytes)?;
+        tmp.as_file().sync_all()?;
+        Ok(tmp)
     }
 
     /// [`Store::open_blocking`] on the blocking pool.
@@ -317,7 +490,10 @@ mod tests {
             dir2,
             name: FileName::generate(&info, Some("txt")).unwrap(),
         };
-        let c = store.commit(staged, &id, None).await.unwrap();
+        let c = store
+            .commit(staged, &id, Incoming::client(Default::default()))
+            .await
+            .unwrap();
         assert!(matches!(c, Committed::Created { .. }));
         id
     }
@@ -369,6 +545,46 @@ mod tests {
         // New identical content links to the survivor.
         let d = put(&store, 0, b"same content").await;
         assert_eq!(ino(&b), ino(&d));
+    }
+
+    #[tokio::test]
+    async fn files_and_directories_are_readable_by_others() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open("g1".parse().unwrap(), vec![dir.path().to_owned()], 1 << 20)
+            .await
+            .unwrap();
+        let staged = store.receive(0, body(b"for nginx"), 1 << 20).await.unwrap();
+        let info = NameInfo {
+            source_id: 7,
+            created: 1_700_000_000,
+            size: staged.size,
+            crc32: staged.crc32,
+        };
+        let id = FileId {
+            group: "g1".parse().unwrap(),
+            store_path: 0,
+            dir1: 0xAB,
+            dir2: 0xCD,
+            name: FileName::generate(&info, Some("txt")).unwrap(),
+        };
+        let meta = [("k".to_owned(), "v".to_owned())].into();
+        store
+            .commit(staged, &id, Incoming::client(meta))
+            .await
+            .unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let path = store.path(&id).unwrap();
+        assert_eq!(mode(&path), 0o644);
+        assert_eq!(mode(&store.meta_path(&id).unwrap()), 0o644);
+        assert_eq!(mode(path.parent().unwrap()), 0o755);
+        assert_eq!(mode(path.parent().unwrap().parent().unwrap()), 0o755);
+        assert_eq!(mode(&dir.path().join("data")), 0o755);
+        assert_eq!(
+            store.get_meta(&id).await.unwrap().unwrap()["k"],
+            "v",
+            "metadata stored with the file"
+        );
     }
 
     #[tokio::test]

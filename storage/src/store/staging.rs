@@ -45,11 +45,10 @@ impl Store {
         E: std::fmt::Display,
     {
         let tmp_dir = self.store_path(store_path)?.tmp.clone();
+        let mode = self.options.file_mode;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<Bytes>>(WRITE_QUEUE);
         let writer = tokio::task::spawn_blocking(move || -> Result<Staged> {
-            let mut tmp = tempfile::Builder::new()
-                .prefix("up-")
-                .tempfile_in(&tmp_dir)?;
+            let mut tmp = super::layout::temp_file(&tmp_dir, "up-", mode)?;
             let mut crc = crc32fast::Hasher::new();
             let mut hash = blake3::Hasher::new();
             let mut size = 0u64;

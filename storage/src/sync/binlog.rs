@@ -5,16 +5,27 @@
 //! On disk (`<store path 0>/.fdfs/binlog/`): segment files named `<first sequence number, 20 digits>.log`. Each
 //! record is framed as `len: u32 LE | crc32(payload): u32 LE | payload`, the payload being
 //! `seq: u64 LE | unix ts: u64 LE | op: u8 | file id (UTF-8)`. Sequence numbers start at 1 and grow by one per
-//! record across segments. An append is written and fsynced before it returns (so before the client's request
-//! is acknowledged). A torn or corrupt tail (a crash in the middle of a write) is detected on open and truncated.
+//! record across segments. An append is durable before it returns (so before the client's request is
+//! acknowledged). A torn or corrupt tail (a crash in the middle of a write) is detected on open and truncated.
+//!
+//! Group commit: appends write their frame under a short lock (page cache only), then wait until a sync covers
+//! their sequence number. The first waiter to find no sync running becomes the leader: it fsyncs the segment once
+//! for every record written so far, outside the lock, while later appends keep writing; the followers it covers
+//! return without an fsync of their own. No lock is held across an fsync (except when rolling to a new segment,
+//! once per `segment_bytes`, where the old segment is synced before the new one takes records).
+//!
+//! Two-phase records: [`Binlog::begin`] makes a record durable but keeps it *in flight* until
+//! [`Binlog::finish`]; readers see only records up to [`Binlog::applied`] (every record at or before it is
+//! durable and finished), so a sync worker never pushes an upload whose file is not in place yet. The store uses
+//! the same watermark as the checkpoint of its index (see [`crate::store`]).
 //! A new segment starts once the current one reaches `segment_bytes`; whole segments are removed by
 //! [`Binlog::prune`] once every peer acknowledged all their records, so the binlog stays bounded.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use fdfs_common::FileId;
 
@@ -142,7 +153,7 @@ fn segment_name(first_seq: u64) -> String {
 
 /// The segment being appended to.
 struct Tail {
-    file: File,
+    file: Arc<File>,
     first_seq: u64,
     /// Bytes of valid records in it.
     len: u64,
@@ -156,6 +167,15 @@ struct Inner {
     next_seq: u64,
     /// Timestamp of the last record (timestamps never go backwards).
     last_ts: u64,
+    /// Records written but not finished ([`Binlog::begin`] without [`Binlog::finish`] yet).
+    in_flight: BTreeSet<u64>,
+}
+
+/// Group commit state: the last record known durable and whether a leader is syncing now.
+#[derive(Default)]
+struct SyncState {
+    synced: u64,
+    syncing: bool,
 }
 
 /// The append-only binlog. Methods block (file I/O, fsync): call them from blocking code.
@@ -163,6 +183,8 @@ pub struct Binlog {
     dir: PathBuf,
     segment_bytes: u64,
     inner: Mutex<Inner>,
+    sync: Mutex<SyncState>,
+    synced: Condvar,
 }
 
 /// Where the readable part of the log ends right now.
@@ -170,6 +192,8 @@ pub struct Binlog {
 struct Committed {
     tail_first_seq: u64,
     tail_len: u64,
+    /// Records after this one are not visible yet (in flight, or behind one that is).
+    visible: u64,
 }
 
 impl Binlog {
@@ -200,7 +224,7 @@ impl Binlog {
                 fsync_dir(dir)?;
                 segments.insert(1, path);
                 let tail = Tail {
-                    file,
+                    file: Arc::new(file),
                     first_seq: 1,
                     len: 0,
                 };
@@ -234,7 +258,7 @@ impl Binlog {
                     last_ts = Self::last_ts_of(&segments, first)?;
                 }
                 let tail = Tail {
-                    file,
+                    file: Arc::new(file),
                     first_seq: first,
                     len,
                 };
@@ -249,7 +273,13 @@ impl Binlog {
                 segments,
                 next_seq,
                 last_ts,
+                in_flight: BTreeSet::new(),
             }),
+            sync: Mutex::new(SyncState {
+                synced: next_seq - 1,
+                syncing: false,
+            }),
+            synced: Condvar::new(),
         })
     }
 
@@ -269,39 +299,104 @@ impl Binlog {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Append a record and fsync it. Returns the record as written.
+    /// Append a record and return once it is durable (group commit). Returns the record as written.
     pub fn append(&self, op: Op, file_id: &FileId) -> Result<Record> {
-        let mut inner = self.lock();
-        if inner.tail.len >= self.segment_bytes {
-            self.roll(&mut inner)?;
-        }
-        let now = fdfs_common::time::unix_now();
-        let rec = Record {
-            seq: inner.next_seq,
-            ts: now.max(inner.last_ts),
-            op,
-            file_id: file_id.clone(),
-        };
-        let frame = rec.encode();
-        let written = inner
-            .tail
-            .file
-            .write_all(&frame)
-            .and_then(|()| inner.tail.file.sync_data());
-        if let Err(e) = written {
-            // Leave no partial frame behind: the next append would land after garbage.
-            let len = inner.tail.len;
-            let _ = inner.tail.file.set_len(len);
-            return Err(e.into());
-        }
-        inner.tail.len += frame.len() as u64;
-        inner.next_seq += 1;
-        inner.last_ts = rec.ts;
+        let rec = self.begin(op, file_id)?;
+        self.finish(rec.seq);
         Ok(rec)
     }
 
-    /// Start a new segment.
+    /// Append a record and return once it is durable, keeping it in flight (invisible to readers, holding back
+    /// [`Binlog::applied`]) until [`Binlog::finish`] is called with its sequence number, whatever happens next.
+    pub fn begin(&self, op: Op, file_id: &FileId) -> Result<Record> {
+        let rec = {
+            let mut inner = self.lock();
+            if inner.tail.len >= self.segment_bytes {
+                self.roll(&mut inner)?;
+            }
+            let now = fdfs_common::time::unix_now();
+            let rec = Record {
+                seq: inner.next_seq,
+                ts: now.max(inner.last_ts),
+                op,
+                file_id: file_id.clone(),
+            };
+            let frame = rec.encode();
+            if let Err(e) = (&*inner.tail.file).write_all(&frame) {
+                // Leave no partial frame behind: the next append would land after garbage.
+                let len = inner.tail.len;
+                let _ = inner.tail.file.set_len(len);
+                return Err(e.into());
+            }
+            inner.tail.len += frame.len() as u64;
+            inner.next_seq += 1;
+            inner.last_ts = rec.ts;
+            inner.in_flight.insert(rec.seq);
+            rec
+        };
+        if let Err(e) = self.wait_durable(rec.seq) {
+            self.finish(rec.seq);
+            return Err(e);
+        }
+        Ok(rec)
+    }
+
+    /// End a record started with [`Binlog::begin`]. Returns the new [`Binlog::applied`] watermark.
+    pub fn finish(&self, seq: u64) -> u64 {
+        let mut inner = self.lock();
+        inner.in_flight.remove(&seq);
+        Self::watermark(&inner)
+    }
+
+    fn watermark(inner: &Inner) -> u64 {
+        inner
+            .in_flight
+            .first()
+            .map_or(inner.next_seq - 1, |first| first - 1)
+    }
+
+    /// Every record at or before this one is durable and finished (0 when none).
+    pub fn applied(&self) -> u64 {
+        Self::watermark(&self.lock())
+    }
+
+    /// Wait until record `seq` is durable, syncing the segment as the leader when no sync is running.
+    fn wait_durable(&self, seq: u64) -> Result<()> {
+        let mut st = self.sync.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if st.synced >= seq {
+                return Ok(());
+            }
+            if st.syncing {
+                st = self.synced.wait(st).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            st.syncing = true;
+            drop(st);
+            // Everything written so far goes into this sync; appends continue meanwhile.
+            let (file, upto) = {
+                let inner = self.lock();
+                (inner.tail.file.clone(), inner.next_seq - 1)
+            };
+            let result = file.sync_data();
+            st = self.sync.lock().unwrap_or_else(|p| p.into_inner());
+            st.syncing = false;
+            if result.is_ok() {
+                st.synced = st.synced.max(upto);
+            }
+            self.synced.notify_all();
+            result?;
+        }
+    }
+
+    /// Start a new segment. The old one is synced first, so a sync of the new tail covers every record before
+    /// it.
     fn roll(&self, inner: &mut Inner) -> Result<()> {
+        inner.tail.file.sync_data()?;
+        {
+            let mut st = self.sync.lock().unwrap_or_else(|p| p.into_inner());
+            st.synced = st.synced.max(inner.next_seq - 1);
+        }
         let first = inner.next_seq;
         let path = self.dir.join(segment_name(first));
         let file = OpenOptions::new()
@@ -312,7 +407,7 @@ impl Binlog {
         fsync_dir(&self.dir)?;
         inner.segments.insert(first, path);
         inner.tail = Tail {
-            file,
+            file: Arc::new(file),
             first_seq: first,
             len: 0,
         };
@@ -343,6 +438,7 @@ impl Binlog {
         Committed {
             tail_first_seq: inner.tail.first_seq,
             tail_len: inner.tail.len,
+            visible: Self::watermark(&inner),
         }
     }
 
@@ -424,6 +520,12 @@ impl Reader {
                 break; // caught up with the tail
             }
             match read_frame(&mut seg.reader)? {
+                Some((rec, _)) if rec.seq > committed.visible && rec.seq > self.after => {
+                    // Durable but not finished (or behind one that is not): read it again later.
+                    let (first, offset) = (seg.first_seq, seg.offset);
+                    self.reopen(first, offset)?;
+                    break;
+                }
                 Some((rec, n)) => {
                     seg.offset += n;
                     if rec.seq <= self.after {
@@ -585,6 +687,49 @@ mod tests {
         assert_eq!(log.last_seq(), 31);
         assert_eq!(log.append(Op::Delete, &id(100)).unwrap().seq, 32);
         assert_eq!(read_all(&log, 0).len(), 32);
+    }
+
+    #[test]
+    fn concurrent_appends_share_syncs_and_in_flight_records_stay_hidden() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(Binlog::open(dir.path(), 600).unwrap());
+        std::thread::scope(|s| {
+            for t in 0..8u32 {
+                let log = log.clone();
+                s.spawn(move || {
+                    for i in 0..25 {
+                        log.append(Op::Upload, &id(t * 100 + i)).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(log.last_seq(), 200);
+        assert_eq!(log.applied(), 200);
+        let all = read_all(&log, 0);
+        assert_eq!(all.len(), 200);
+        assert!(all.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+        assert!(log.segment_count() > 1, "rolled while appending");
+
+        // A begun record is durable but hidden (and hides those after it) until finished.
+        let a = log.begin(Op::Upload, &id(1)).unwrap();
+        let b = log.append(Op::Delete, &id(2)).unwrap();
+        assert_eq!(log.applied(), 200);
+        assert!(read_all(&log, 200).is_empty());
+        let mut reader = log.reader(200);
+        assert!(reader.next_batch(10).unwrap().is_empty());
+        assert_eq!(log.finish(a.seq), b.seq);
+        let seqs: Vec<u64> = reader
+            .next_batch(10)
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(seqs, [a.seq, b.seq]);
+        drop(reader);
+        // Both are on disk after a reopen.
+        drop(log);
+        let log = Arc::new(Binlog::open(dir.path(), 600).unwrap());
+        assert_eq!(log.last_seq(), 202);
     }
 
     #[test]

@@ -43,7 +43,7 @@ use tokio::task::JoinHandle;
 use crate::error::{Result, StorageError};
 use crate::heartbeat::Peers;
 use crate::store::layout::write_small;
-use crate::store::{MetaUpdate, NewFile, Store, Stored};
+use crate::store::{MetaUpdate, NewFile, Origin, Store, Stored};
 use crate::AppState;
 use binlog::{Binlog, Op, DEFAULT_SEGMENT_BYTES};
 
@@ -147,17 +147,15 @@ impl SyncEngine {
         config: SyncConfig,
     ) -> Result<SyncEngine> {
         let state_dir = store.state_dir().to_owned();
-        let segment_bytes = config.binlog_segment_bytes;
-        let (binlog, tombstones, sync_dir, synced) =
-            tokio::task::spawn_blocking(move || -> Result<_> {
-                let binlog = Binlog::open(&state_dir.join("binlog"), segment_bytes)?;
-                let tombstones = Tombstones::open(&state_dir.join("tombstones.log"))?;
-                let sync_dir = state_dir.join("sync");
-                std::fs::create_dir_all(&sync_dir)?;
-                let synced = sync_dir.join(SYNCED_MARKER).exists();
-                Ok((binlog, tombstones, sync_dir, synced))
-            })
-            .await??;
+        let binlog = store.binlog().clone();
+        let (tombstones, sync_dir, synced) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let tombstones = Tombstones::open(&state_dir.join("tombstones.log"))?;
+            let sync_dir = state_dir.join("sync");
+            std::fs::create_dir_all(&sync_dir)?;
+            let synced = sync_dir.join(SYNCED_MARKER).exists();
+            Ok((tombstones, sync_dir, synced))
+        })
+        .await??;
         let (appended, _) = tokio::sync::watch::channel(binlog.last_seq());
         let engine = SyncEngine(Arc::new(Inner {
             config,
@@ -165,7 +163,7 @@ impl SyncEngine {
             initial_peers: peers.get(),
             peers,
             http,
-            binlog: Arc::new(binlog),
+            binlog,
             tombstones,
             sync_dir,
             syncing: AtomicBool::new(!synced),
@@ -340,9 +338,10 @@ impl SyncEngine {
         }
     }
 
-    /// Remove binlog segments every known peer (current or ever pushed to) acknowledged. Blocking.
+    /// Remove binlog segments every known peer (current or ever pushed to) acknowledged and the store's index
+    /// has a durable checkpoint past (its replay needs the records after it). Blocking.
     fn prune(&self) -> Result<usize> {
-        let mut acked = self.binlog.last_seq();
+        let mut acked = self.store.flush_index()?;
         for seq in self.persisted_positions()?.values() {
             acked = acked.min(*seq);
         }
@@ -466,17 +465,18 @@ impl SyncEngine {
         E: std::fmt::Display,
     {
         let stored = self.store.create(new, meta, body, limit).await?;
+        // Past a tombstone (a slave ID uploaded again after a delete) this is a new incarnation: record it
+        // before any push names the file's incarnation.
+        let (this, tid) = (self.clone(), stored.id.clone());
+        tokio::task::spawn_blocking(move || this.tombstones.revive(&tid)).await??;
+        self.appended.send_replace(self.binlog.last_seq());
         let replicas = self.replicate(&stored.id).await?;
         Ok((stored, replicas))
     }
 
-    /// Record an upload and push it to the write quorum.
+    /// Push a recorded upload to the write quorum.
     async fn replicate(&self, id: &FileId) -> Result<u32> {
         {
-            // Past a tombstone (a slave ID uploaded again after a delete) this is a new incarnation.
-            let (this, tid) = (self.clone(), id.clone());
-            tokio::task::spawn_blocking(move || this.tombstones.revive(&tid)).await??;
-            self.log(Op::Upload, id).await?;
             let active = self.live_peers();
             let quorum = (self.config.write_quorum.max(1) as usize).min(active.len() + 1);
             let need = quorum - 1;
@@ -498,9 +498,10 @@ impl SyncEngine {
         }
     }
 
-    /// Delete a file; `false` when it is not here.
+    /// Delete a file; `false` when it is not here. Record first (tombstone, then the binlog record), then the
+    /// unlink: a crash in between is finished at the next start.
     pub async fn delete(&self, id: &FileId) -> Result<bool> {
-        if !self.store.remove(id).await? {
+        if !self.store.exists(id).await? {
             return Ok(false);
         }
         let this = self.clone();
@@ -510,8 +511,9 @@ impl SyncEngine {
             this.tombstones.add(&tid, gen)
         })
         .await??;
-        self.log(Op::Delete, id).await?;
-        Ok(true)
+        let deleted = self.store.delete(id, Origin::Client).await?;
+        self.appended.send_replace(self.binlog.last_seq());
+        Ok(deleted)
     }
 
     /// Change a file's metadata and record it.
