@@ -258,6 +258,11 @@ impl Store {
             .await?
     }
 
+    /// Largest body accepted from peers.
+    pub fn max_file_size(&self) -> u64 {
+        self.max_file_size
+    }
+
     /// The node's binlog (changes accepted from clients), for the sync engine.
     pub fn binlog(&self) -> &Arc<Binlog> {
         &self.binlog

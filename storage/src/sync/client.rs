@@ -64,7 +64,7 @@ fn base(peer: &MemberInfo) -> String {
     format!("http://{}", peer.addr)
 }
 
-fn request(engine: &SyncEngine, method: Method, url: String) -> RequestBuilder {
+pub(crate) fn request(engine: &SyncEngine, method: Method, url: String) -> RequestBuilder {
     let mut rb = engine
         .http
         .request(method, url)
@@ -76,7 +76,7 @@ fn request(engine: &SyncEngine, method: Method, url: String) -> RequestBuilder {
 }
 
 /// Map a status to the push outcome: success, full (507), retry (5xx, 401, 408, 429) or a permanent rejection.
-fn check(status: StatusCode, what: &str) -> Result<(), PushError> {
+pub(crate) fn check(status: StatusCode, what: &str) -> Result<(), PushError> {
     if status.is_success() {
         return Ok(());
     }

@@ -22,12 +22,13 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use fdfs_common::wire::{Metadata, MTIME_HEADER};
 use fdfs_common::FileId;
 use serde::Deserialize;
 
+use super::pipeline::{self, CommitRequest, StageAnswer};
 use super::protocol::{
     file_stream, mtime_from, ListPage, ListedFile, PeerStatus, SyncStatus, MAX_PAGE,
 };
@@ -53,6 +54,8 @@ pub fn router(engine: SyncEngine) -> Router<AppState> {
             "/v1/replica/{*file_id}",
             get(get_file).put(put_file).delete(delete_file),
         )
+        .route("/v1/pipeline/stage", post(stage))
+        .route("/v1/pipeline/commit", post(commit))
         .route("/v1/sync/files", get(list))
         .route("/v1/sync/status", get(status))
         .with_state(engine)
@@ -198,18 +201,7 @@ async fn put_file(
     if engine.tombstones.hides(&id, gen) {
         return Ok(gone(&id));
     }
-    let here = engine.tombstones.incarnation(&id);
-    if gen > here {
-        // A re-upload after a delete: any copy here is an older incarnation, deleted (its tombstone may not
-        // have arrived yet). Record that first, then make room for the new one.
-        let (this, tid) = (engine.clone(), id.clone());
-        tokio::task::spawn_blocking(move || -> Result<()> {
-            this.tombstones.add(&tid, here)?;
-            this.store.remove_blocking(&tid)?;
-            this.tombstones.set_live(&tid, gen)
-        })
-        .await??;
-    }
+    engine.accept_incarnation(&id, gen).await?;
     // No room: answer 507 before reading the body.
     if let Some(size) = declared(&headers, header::CONTENT_LENGTH.as_str()) {
         super::space::ensure_room(&engine, &id, size).await?;
@@ -251,6 +243,46 @@ async fn delete_file(
     })
     .await??;
     Ok(Json(serde_json::json!({ "file_id": id, "deleted": deleted })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct StageQuery {
+    #[serde(default)]
+    store_path: u8,
+}
+
+/// `POST /v1/pipeline/stage?store_path=N`: stage a body streamed by a peer's upload pipeline.
+async fn stage(
+    State(engine): State<SyncEngine>,
+    Query(q): Query<StageQuery>,
+    body: Body,
+) -> Result<Json<StageAnswer>> {
+    let limit = engine.store.max_file_size();
+    let staged = engine
+        .store
+        .receive(q.store_path, body.into_data_stream(), limit)
+        .await?;
+    let size = staged.size;
+    let token = engine.staged.put(staged)?;
+    Ok(Json(StageAnswer { token, size }))
+}
+
+/// `POST /v1/pipeline/commit`: commit a staged body under its ID; answers once it is durable (410 when the ID
+/// was deleted here).
+async fn commit(
+    State(engine): State<SyncEngine>,
+    body: std::result::Result<Json<CommitRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response> {
+    let Json(req) = body.map_err(|e| StorageError::BadRequest(e.body_text()))?;
+    let id = parse(&engine, &req.file_id)?;
+    match pipeline::commit_staged(&engine, req).await? {
+        None => Ok(gone(&id)),
+        Some(committed) => {
+            let created = matches!(committed, Committed::Created { .. });
+            super::metrics::replica_received(created);
+            Ok(Json(serde_json::json!({ "file_id": id, "created": created })).into_response())
+        }
+    }
 }
 
 /// `GET /v1/sync/status`.
