@@ -5,7 +5,10 @@
 
 mod common;
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+use futures_util::stream::{self, StreamExt};
 
 use common::{args, content, upload, Cluster, ClusterSpec, Node, SECRET, STATE_TIMEOUT};
 use fdfs_common::wire::CLUSTER_SECRET_HEADER;
@@ -185,4 +188,107 @@ async fn slave_reuploaded_after_delete_replicates_and_survives_catchup() {
         .unwrap();
     assert_eq!(got.status(), StatusCode::OK);
     assert_eq!(got.bytes().await.unwrap().to_vec(), v2);
+}
+
+/// Where a file of `id` lives under a member's (single) store path.
+fn disk_path(n: &Node, id: &str) -> PathBuf {
+    let parts: Vec<&str> = id.split('/').collect();
+    n.dir
+        .join("data")
+        .join(parts[2])
+        .join(parts[3])
+        .join(parts[4])
+}
+
+/// A file's metadata as a member itself holds it (`None`: the member lacks the file).
+async fn held_meta(c: &Cluster, n: &Node, id: &str) -> Option<Value> {
+    let r = c
+        .http
+        .get(format!("{}/v1/replica/meta/{id}", n.url()))
+        .header(CLUSTER_SECRET_HEADER, SECRET)
+        .send()
+        .await
+        .ok()?;
+    if r.status() != StatusCode::OK {
+        return None;
+    }
+    r.json().await.ok()
+}
+
+/// Wait until a member reports that it is no longer catching up.
+async fn wait_synced(c: &Cluster, n: &Node) {
+    let t0 = Instant::now();
+    loop {
+        if let Ok(st) = sync_status(c, n).await {
+            if st["syncing"] == false {
+                return;
+            }
+        }
+        assert!(t0.elapsed() < STATE_TIMEOUT * 3, "{}: never synced", n.name);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catchup_metadata_converges_when_the_source_is_killed_mid_catchup() {
+    const N: usize = 1500;
+    let mut c = Cluster::start(spec(2)).await;
+    wait_peers_active(&c).await;
+    let cref = &c;
+    let mut ids: Vec<String> = stream::iter(0..N)
+        .map(|i| async move {
+            let r = cref
+                .http
+                .put(format!("{}/upload/f{i}.bin", cref.gateway_url()))
+                .query(&[("meta.n", i.to_string()), ("meta.kind", "test".into())])
+                .body(content(i, 4096))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(status, StatusCode::OK, "{v}");
+            assert_eq!(v["replicas"], 2, "{v}");
+            v["file_id"].as_str().unwrap().to_owned()
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    ids.sort();
+
+    // Wipe member 2; it copies everything from member 1, which is killed part-way (and comes back).
+    c.kill9(0, 1);
+    std::fs::remove_dir_all(&c.storage[0][1].dir).unwrap();
+    std::fs::create_dir_all(&c.storage[0][1].dir).unwrap();
+    c.restart(0, 1);
+    let marker = disk_path(&c.storage[0][1], &ids[N / 3]);
+    let t0 = Instant::now();
+    while !marker.exists() {
+        assert!(
+            t0.elapsed() < STATE_TIMEOUT,
+            "catch-up never reached a third of the files"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    c.kill9(0, 0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.restart(0, 0);
+    wait_synced(&c, &c.storage[0][1]).await;
+    wait_peers_active(&c).await;
+
+    let (a, b) = (&c.storage[0][0], &c.storage[0][1]);
+    let mut differ = Vec::new();
+    for id in &ids {
+        let (ma, mb) = (held_meta(&c, a, id).await, held_meta(&c, b, id).await);
+        assert!(ma.is_some(), "{id} lost on the source");
+        if ma != mb {
+            differ.push(format!("{id}: {ma:?} vs {mb:?}"));
+        }
+    }
+    assert!(
+        differ.is_empty(),
+        "{} of {N} files have different metadata on the members, e.g. {:?}",
+        differ.len(),
+        &differ[..differ.len().min(3)]
+    );
 }

@@ -38,6 +38,9 @@ pub struct CatchupReport {
     pub bytes: u64,
     /// Tombstones applied (files removed here).
     pub removed: u64,
+    /// Files whose metadata was copied because it differed (the file itself was here already).
+    #[serde(default)]
+    pub metadata: u64,
     pub seconds: f64,
 }
 
@@ -191,15 +194,20 @@ async fn apply_page(
     }
     // Which listed files are missing here (one blocking pass per page).
     let e = engine.clone();
-    let listed: Vec<(String, bool, u64)> = page
+    let listed: Vec<(String, bool, u64, Option<u32>)> = page
         .files
         .iter()
-        .map(|f| (f.id.clone(), f.meta, f.gen))
+        .map(|f| (f.id.clone(), f.meta, f.gen, f.meta_crc))
         .collect();
-    let missing = tokio::task::spawn_blocking(move || -> Result<Vec<(FileId, bool)>> {
+    // While this node catches up for the first time the peer's metadata wins; later only metadata missing here
+    // is copied (a newer change made here travels to the peer through the binlog).
+    let initial = engine.syncing.load(std::sync::atomic::Ordering::Relaxed);
+    type Todo = (Vec<(FileId, bool)>, Vec<FileId>);
+    let (missing, meta_fix) = tokio::task::spawn_blocking(move || -> Result<Todo> {
         let mut out = Vec::new();
+        let mut meta_fix = Vec::new();
         let mut seen = HashSet::new();
-        for (raw, meta, gen) in listed {
+        for (raw, meta, gen, crc) in listed {
             let Ok(id) = raw.parse::<FileId>() else {
                 continue;
             };
@@ -214,9 +222,16 @@ async fn apply_page(
                 e.tombstones.add(&id, here)?;
                 e.store.remove_blocking(&id)?;
                 out.push((id, meta));
+            } else if here == gen && crc.is_some() {
+                // Both hold it: does the metadata match?
+                let ours = e.store.get_meta_blocking(&id)?.unwrap_or_default();
+                let ours_crc = super::routes::meta_crc(&ours);
+                if ours_crc != crc && (ours_crc.is_none() || initial) {
+                    meta_fix.push(id);
+                }
             }
         }
-        Ok(out)
+        Ok((out, meta_fix))
     })
     .await
     .map_err(crate::error::StorageError::from)??;
@@ -251,6 +266,25 @@ async fn apply_page(
             report.bytes += bytes;
             metrics::fetched(bytes);
         }
+    }
+    // Metadata of files held on both sides that differs (e.g. a copy whose metadata request failed after its
+    // body was written): a failure fails the page, which is retried from the same cursor.
+    let fixed: Vec<std::result::Result<(), PushError>> = stream::iter(meta_fix)
+        .map(|id| async move {
+            match client::fetch_meta(engine, source, &id).await {
+                Err(PushError::Rejected(e)) => {
+                    tracing::warn!(file_id = %id, error = %e, "cannot copy metadata; skipping it");
+                    Ok(())
+                }
+                r => r,
+            }
+        })
+        .buffer_unordered(engine.config.catchup_concurrency.max(1))
+        .collect()
+        .await;
+    for r in fixed {
+        r?;
+        report.metadata += 1;
     }
     Ok(())
 }

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use super::tombstones::INCARNATION_HEADER;
 use super::SyncEngine;
 use crate::error::{Result, StorageError};
-use crate::store::{Committed, MetaUpdate, META_SUFFIX};
+use crate::store::{Committed, MetaUpdate};
 use crate::AppState;
 
 /// Largest page of the listing.
@@ -50,6 +50,18 @@ pub struct ListedFile {
     /// The file's incarnation (see [`super::tombstones`]).
     #[serde(default)]
     pub gen: u64,
+    /// CRC32 of the file's metadata ([`meta_crc`]), absent when it has none: lets a catch-up compare the
+    /// metadata of files both members hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta_crc: Option<u32>,
+}
+
+/// CRC32 of a file's metadata as JSON (keys in order), `None` when it has none.
+pub fn meta_crc(meta: &Metadata) -> Option<u32> {
+    if meta.is_empty() {
+        return None;
+    }
+    serde_json::to_vec(meta).ok().map(|b| crc32fast::hash(&b))
 }
 
 /// `GET /v1/sync/files` answer.
@@ -369,13 +381,13 @@ pub fn list_blocking(engine: &SyncEngine, after: &str, limit: usize) -> Result<L
         let Some(stat) = store.stat_blocking(&id)? else {
             continue; // index entry without a file
         };
-        let mut meta_path = store.path(&id)?;
-        meta_path.as_mut_os_string().push(META_SUFFIX);
+        let meta = store.get_meta_blocking(&id)?.unwrap_or_default();
         files.push(ListedFile {
             id: s,
             size: stat.len(),
             mtime: stat.modified().map_or(0, unix_secs),
-            meta: meta_path.exists(),
+            meta: !meta.is_empty(),
+            meta_crc: meta_crc(&meta),
             gen: engine.tombstones.incarnation(&id),
         });
     }
