@@ -292,3 +292,62 @@ async fn catchup_metadata_converges_when_the_source_is_killed_mid_catchup() {
         &differ[..differ.len().min(3)]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wiped_member_gets_the_union_of_its_peers_minus_deletes() {
+    let mut c = Cluster::start(spec(3)).await;
+    wait_peers_active(&c).await;
+    let (a, b, cm) = (0, 1, 2);
+    let gone = upload(&c, "gone.bin", content(10, 2_000)).await;
+    let gone = gone["file_id"].as_str().unwrap().to_owned();
+    wait_held(&c, &gone, Some(&content(10, 2_000)), "first upload").await;
+
+    // B away: F lands on A and C (and is acknowledged by A); `gone` is deleted on A and C.
+    c.kill9(0, b);
+    c.wait_state(0, b, fdfs_common::wire::MemberState::Offline)
+        .await;
+    let f_body = content(11, 3_000);
+    let f = upload(&c, "f.bin", f_body.clone()).await;
+    let f = f["file_id"].as_str().unwrap().to_owned();
+    delete(&c, &gone).await;
+    for m in [a, cm] {
+        let t0 = Instant::now();
+        while held(&c, &c.storage[0][m], &gone).await.is_some()
+            || held(&c, &c.storage[0][m], &f).await.as_deref() != Some(&f_body[..])
+        {
+            assert!(t0.elapsed() < STATE_TIMEOUT, "A and C never converged");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    // Everyone down; A wiped. B (without F, still holding `gone`) comes back, then A catches up (from B only,
+    // C is down), then C comes back. C's worker already had A's acknowledgement of F and of the delete.
+    c.kill9(0, cm);
+    c.kill9(0, a);
+    std::fs::remove_dir_all(&c.storage[0][a].dir).unwrap();
+    std::fs::create_dir_all(&c.storage[0][a].dir).unwrap();
+    c.restart(0, b);
+    c.wait_state(0, b, fdfs_common::wire::MemberState::Active)
+        .await;
+    c.restart(0, a);
+    wait_synced(&c, &c.storage[0][a]).await;
+    c.restart(0, cm);
+
+    // A ends with the union (F) minus the delete (`gone`), and so does everyone.
+    let t0 = Instant::now();
+    loop {
+        let na = &c.storage[0][a];
+        let has_f = held(&c, na, &f).await.as_deref() == Some(&f_body[..]);
+        let has_gone = held(&c, na, &gone).await.is_some();
+        if has_f && !has_gone {
+            break;
+        }
+        assert!(
+            t0.elapsed() < STATE_TIMEOUT,
+            "wiped member: holds F {has_f}, holds the deleted file {has_gone}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_held(&c, &f, Some(&f_body), "F everywhere").await;
+    wait_held(&c, &gone, None, "deleted everywhere").await;
+}

@@ -12,8 +12,9 @@
 //!   members still catching up; capped by how many are live: not offline and accepting connections) before it is
 //!   acknowledged; 503 when that fails (the file stays and the workers still push it).
 //! - [`catchup`]: a new or wiped member (no `.fdfs/sync/synced` marker) reports `syncing: true`, copies the
-//!   group's files from an active peer's listing (`GET /v1/sync/files`), then marks itself synced. Every start
-//!   also runs the listing catch-up in the background, for files whose source died while we were away.
+//!   group's files from every active peer's listing (`GET /v1/sync/files`), then marks itself synced. Every
+//!   member also applies a peer's listing whenever that peer becomes active, for files whose source died while
+//!   we were away and for what a wiped member had acknowledged (see [`catchup::run`]).
 //! - Heartbeats report, per peer, the records still pending and `synced_until`, so the tracker offers only
 //!   members that hold a file; the same numbers are exported as metrics.
 //!
