@@ -351,3 +351,83 @@ async fn wiped_member_gets_the_union_of_its_peers_minus_deletes() {
     wait_held(&c, &f, Some(&f_body), "F everywhere").await;
     wait_held(&c, &gone, None, "deleted everywhere").await;
 }
+
+/// `None` while member 1 is catching up; once synced, how many of `files` it lacks.
+async fn synced_missing(c: &Cluster, files: &[(String, Vec<u8>)]) -> Option<usize> {
+    let a = &c.storage[0][0];
+    let st = sync_status(c, a).await.ok()?;
+    if st["syncing"] != false {
+        return None;
+    }
+    let mut missing = 0;
+    for (id, body) in files {
+        if held(c, a, id).await.as_deref() != Some(&body[..]) {
+            missing += 1;
+        }
+    }
+    Some(missing)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wiped_member_after_a_tracker_restart_waits_for_its_group() {
+    const N: usize = 20;
+    let dir = common::tempdir(1 << 30);
+    let tracker_data = dir.path().join("tracker-data");
+    let mut s = spec(2);
+    s.tracker_args
+        .extend(args(&["--data-dir", &tracker_data.display().to_string()]));
+    let mut c = Cluster::start_in(s, dir).await;
+    wait_peers_active(&c).await;
+    let mut files = Vec::new();
+    for i in 0..N {
+        let v = upload(&c, &format!("w{i}.bin"), content(100 + i, 1_000)).await;
+        files.push((
+            v["file_id"].as_str().unwrap().to_owned(),
+            content(100 + i, 1_000),
+        ));
+    }
+    // The tracker has remembered both members with their files.
+    let t0 = Instant::now();
+    loop {
+        let saved: Vec<Value> = std::fs::read(tracker_data.join("members.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        if saved.len() == 2
+            && saved
+                .iter()
+                .all(|m| m["file_count"].as_u64() >= Some(N as u64))
+        {
+            break;
+        }
+        assert!(
+            t0.elapsed() < STATE_TIMEOUT,
+            "tracker never saved its members: {saved:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Stop everything, wipe A, start the tracker, then A; B only a while later.
+    c.kill9(0, 0);
+    c.kill9(0, 1);
+    c.trackers[0].kill9();
+    std::fs::remove_dir_all(&c.storage[0][0].dir).unwrap();
+    std::fs::create_dir_all(&c.storage[0][0].dir).unwrap();
+    c.trackers[0].restart();
+    c.restart(0, 0);
+    // Whenever A says it is synced, it must hold the group's files.
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(3) {
+        if let Some(missing) = synced_missing(&c, &files).await {
+            panic!("the wiped member declared itself synced while missing {missing} of {N} files");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.restart(0, 1);
+    wait_synced(&c, &c.storage[0][0]).await;
+    assert_eq!(
+        synced_missing(&c, &files).await,
+        Some(0),
+        "A synced without B's files"
+    );
+}
