@@ -431,3 +431,63 @@ async fn wiped_member_after_a_tracker_restart_waits_for_its_group() {
         "A synced without B's files"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_member_stops_pinning_the_binlog() {
+    let dir = common::tempdir(1 << 30);
+    let conf = dir.path().join("storage.toml");
+    std::fs::write(&conf, "binlog_segment_bytes = \"2KiB\"\n").unwrap();
+    let mut s = spec(2);
+    s.storage_args
+        .extend(args(&["--config", &conf.display().to_string()]));
+    let mut c = Cluster::start_in(s, dir).await;
+    wait_peers_active(&c).await;
+    let b_id = sync_status(&c, &c.storage[0][1]).await.unwrap()["node_id"]
+        .as_u64()
+        .unwrap();
+    c.kill9(0, 1);
+    c.wait_state(0, 1, fdfs_common::wire::MemberState::Offline)
+        .await;
+    for i in 0..80 {
+        upload(&c, &format!("p{i}.bin"), content(200 + i, 100)).await;
+    }
+    let segments = |st: &Value| st["binlog_segments"].as_u64().unwrap_or(0);
+    let st = sync_status(&c, &c.storage[0][0]).await.unwrap();
+    assert!(
+        segments(&st) >= 2,
+        "the offline member holds segments: {st}"
+    );
+
+    // An active member cannot be removed; the offline one can, on every tracker.
+    let a_id = sync_status(&c, &c.storage[0][0]).await.unwrap()["node_id"]
+        .as_u64()
+        .unwrap();
+    let remove = |id: u64| {
+        std::process::Command::new(common::BIN)
+            .args(["monitor", "delete", "group1", &id.to_string(), "--tracker"])
+            .arg(c.trackers[0].addr.to_string())
+            .env("FDFS_CLUSTER_SECRET", SECRET)
+            .output()
+            .unwrap()
+    };
+    let out = remove(a_id);
+    assert!(!out.status.success(), "an active member was removed");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("active"),
+        "{out:?}"
+    );
+    let out = remove(b_id);
+    assert!(out.status.success(), "{out:?}");
+    let t0 = Instant::now();
+    loop {
+        let st = sync_status(&c, &c.storage[0][0]).await.unwrap();
+        if segments(&st) == 1 && st["peers"].as_array().is_some_and(Vec::is_empty) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < STATE_TIMEOUT,
+            "the member's binlog was never pruned: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -18,7 +18,7 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use fdfs_common::config::Size;
 use fdfs_common::wire::{
@@ -137,6 +137,7 @@ pub async fn run(
         .route("/v1/heartbeat", post(heartbeat))
         .route("/v1/assign", get(assign))
         .route("/v1/locate/{*file_id}", get(locate))
+        .route("/v1/members/{group}/{node_id}", delete(remove_member))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_secret,
@@ -208,6 +209,19 @@ async fn locate(
     let Path(file_id) = path?;
     let id: FileId = file_id.parse()?;
     Ok(Json(state.registry().locate(&id, Instant::now())?))
+}
+
+/// `DELETE /v1/members/{group}/{node_id}` (internal): forget an offline member.
+async fn remove_member(
+    State(state): State<AppState>,
+    path: Result<Path<(String, u32)>, PathRejection>,
+) -> Result<Json<serde_json::Value>, Error> {
+    let Path((group, node_id)) = path?;
+    let group: GroupName = group.parse()?;
+    state.registry().remove(&group, node_id, Instant::now())?;
+    Ok(Json(
+        serde_json::json!({ "group": group, "node_id": node_id, "removed": true }),
+    ))
 }
 
 async fn cluster(State(state): State<AppState>) -> Json<ClusterView> {

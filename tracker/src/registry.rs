@@ -91,6 +91,23 @@ impl Registry {
         std::mem::take(&mut self.dirty)
     }
 
+    /// Forget an offline member (an operator decommissioned it, like FastDFS's `fdfs_monitor delete`): its
+    /// peers stop keeping binlog records for it. If it comes back it is a new member, and catches up.
+    pub fn remove(&mut self, group: &GroupName, node_id: u32, now: Instant) -> Result<(), Error> {
+        let Some(m) = self.members.get(&node_id).filter(|m| m.hb.group == *group) else {
+            return Err(Error::UnknownMember(group.clone(), node_id));
+        };
+        match m.state(self.timeout, now) {
+            MemberState::Offline => {}
+            MemberState::Active => return Err(Error::MemberLive(node_id, "active")),
+            MemberState::Syncing => return Err(Error::MemberLive(node_id, "syncing")),
+        }
+        self.members.remove(&node_id);
+        self.dirty = true;
+        tracing::info!(node_id, group = %group, "member removed");
+        Ok(())
+    }
+
     /// Mark membership as changed (a save failed: try again).
     pub fn dirty_again(&mut self) {
         self.dirty = true;

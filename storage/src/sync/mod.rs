@@ -350,11 +350,32 @@ impl SyncEngine {
         }
     }
 
-    /// Remove binlog segments every known peer (current or ever pushed to) acknowledged. Blocking.
+    /// Remove binlog segments every member of the group acknowledged. Blocking.
+    ///
+    /// Members are the peers the trackers list (offline ones included); the position of a peer that left the
+    /// group (removed by an operator, or moved) is deleted and stops holding segments. If it comes back it is
+    /// pushed what is still on disk and its own catch-up copies the rest from the members' listings. Nothing
+    /// is pruned before a tracker described the group.
     fn prune(&self) -> Result<usize> {
+        if !self.peers_known() {
+            return Ok(0);
+        }
+        let members: Vec<u32> = self.peer_list().iter().map(|p| p.node_id).collect();
         let mut acked = self.binlog.last_seq();
-        for seq in self.persisted_positions()?.values() {
-            acked = acked.min(*seq);
+        for (peer, seq) in self.persisted_positions()? {
+            if members.contains(&peer) {
+                acked = acked.min(seq);
+            } else {
+                tracing::info!(
+                    peer,
+                    position = seq,
+                    "peer left the group: its position no longer holds the binlog"
+                );
+                match std::fs::remove_file(self.sync_dir.join(Self::position_name(peer))) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                    _ => {}
+                }
+            }
         }
         for slot in self.lock_workers().values() {
             acked = acked.min(slot.progress.acked.load(Ordering::Relaxed));
