@@ -47,6 +47,8 @@ pub struct Registry {
     group_cursor: usize,
     /// Round-robin position over each group's active members.
     member_cursors: HashMap<GroupName, usize>,
+    /// Membership changed (a new or moved member, a file count) since [`Registry::take_dirty`].
+    dirty: bool,
 }
 
 impl Registry {
@@ -60,7 +62,55 @@ impl Registry {
             members: BTreeMap::new(),
             group_cursor: 0,
             member_cursors: HashMap::new(),
+            dirty: false,
         }
+    }
+
+    /// Members remembered from an earlier run (see [`Registry::snapshot`]): listed as offline until they send
+    /// a heartbeat, so that a member of their group that lost its data knows they hold files and waits for them.
+    pub fn restore(&mut self, members: Vec<Heartbeat>, now: Instant) {
+        let long_ago = now
+            .checked_sub(self.timeout + Duration::from_secs(1))
+            .unwrap_or(now);
+        for hb in members {
+            self.members.entry(hb.node_id).or_insert(Member {
+                hb,
+                last_seen: long_ago,
+                path_cursor: 0,
+            });
+        }
+    }
+
+    /// The latest heartbeat of every member, for persisting.
+    pub fn snapshot(&self) -> Vec<Heartbeat> {
+        self.members.values().map(|m| m.hb.clone()).collect()
+    }
+
+    /// Whether membership changed since the last call.
+    pub fn take_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// Forget an offline member (an operator decommissioned it, like FastDFS's `fdfs_monitor delete`): its
+    /// peers stop keeping binlog records for it. If it comes back it is a new member, and catches up.
+    pub fn remove(&mut self, group: &GroupName, node_id: u32, now: Instant) -> Result<(), Error> {
+        let Some(m) = self.members.get(&node_id).filter(|m| m.hb.group == *group) else {
+            return Err(Error::UnknownMember(group.clone(), node_id));
+        };
+        match m.state(self.timeout, now) {
+            MemberState::Offline => {}
+            MemberState::Active => return Err(Error::MemberLive(node_id, "active")),
+            MemberState::Syncing => return Err(Error::MemberLive(node_id, "syncing")),
+        }
+        self.members.remove(&node_id);
+        self.dirty = true;
+        tracing::info!(node_id, group = %group, "member removed");
+        Ok(())
+    }
+
+    /// Mark membership as changed (a save failed: try again).
+    pub fn dirty_again(&mut self) {
+        self.dirty = true;
     }
 
     /// Record a heartbeat; returns the other members of the sender's group.
@@ -73,6 +123,9 @@ impl Registry {
                 } else if m.state(self.timeout, now) == MemberState::Offline {
                     tracing::info!(node_id = id, group = %hb.group, "member back online");
                 }
+                self.dirty |= m.hb.addr != hb.addr
+                    || m.hb.group != hb.group
+                    || m.hb.file_count != hb.file_count;
                 m.hb = hb;
                 m.last_seen = now;
             }
@@ -84,6 +137,7 @@ impl Registry {
                     path_cursor: 0,
                 };
                 self.members.insert(id, member);
+                self.dirty = true;
             }
         }
         self.in_group(&group)
@@ -383,6 +437,29 @@ mod tests {
         for (got, (eg, en, ep)) in got.iter().zip(expect) {
             assert_eq!((got.0.as_str(), got.1, got.2), (eg, en, ep), "{got:?}");
         }
+    }
+
+    #[test]
+    fn remembered_members_are_listed_offline_until_they_beat() {
+        let now = Instant::now();
+        let mut old = hb("g1", 2, &[50 * GB]);
+        old.file_count = 7;
+        let mut first = registry(Config::default(), vec![old], now);
+        assert!(first.take_dirty(), "a new member is a change");
+        assert!(!first.take_dirty());
+        let saved = first.snapshot();
+
+        let mut r = Registry::new(&Config::default());
+        r.restore(saved, now);
+        let peers = r.heartbeat(hb("g1", 1, &[50 * GB]), now);
+        assert_eq!(peers.len(), 1);
+        assert_eq!(peers[0].node_id, 2);
+        assert_eq!(peers[0].state, MemberState::Offline);
+        assert_eq!(peers[0].file_count, 7);
+        assert!(r.assign(None, 1, now).is_ok_and(|a| a.node_id == 1));
+        r.heartbeat(hb("g1", 2, &[50 * GB]), now);
+        let peers = r.heartbeat(hb("g1", 1, &[50 * GB]), now);
+        assert_eq!(peers[0].state, MemberState::Active);
     }
 
     #[test]

@@ -279,24 +279,38 @@ pub async fn fetch(
         engine.store.remove(id).await?;
         return Ok(None);
     }
-    if with_meta && bytes.is_some() {
-        let resp = request(
-            engine,
-            Method::GET,
-            format!("{}/v1/replica/meta/{id}", base(peer)),
-        )
-        .timeout(SMALL_TIMEOUT)
-        .send()
-        .await?;
-        if resp.status().is_success() {
-            let meta: Metadata = resp.json().await?;
-            if !meta.is_empty() {
-                engine
-                    .store
-                    .set_meta(id, crate::store::MetaUpdate::Replace(meta))
-                    .await?;
-            }
-        }
+    // Also when the file was here already: an earlier attempt may have written it and failed on the metadata.
+    if with_meta {
+        fetch_meta(engine, peer, id).await?;
     }
     Ok(bytes)
+}
+
+/// Copy a file's metadata from a peer (replacing ours). Nothing happens when either side lacks the file.
+pub async fn fetch_meta(
+    engine: &SyncEngine,
+    peer: &MemberInfo,
+    id: &FileId,
+) -> Result<(), PushError> {
+    let resp = request(
+        engine,
+        Method::GET,
+        format!("{}/v1/replica/meta/{id}", base(peer)),
+    )
+    .timeout(SMALL_TIMEOUT)
+    .send()
+    .await?;
+    if resp.status() == StatusCode::NOT_FOUND {
+        return Ok(());
+    }
+    check(resp.status(), "replica metadata fetch")?;
+    let meta: Metadata = resp.json().await?;
+    match engine
+        .store
+        .set_meta(id, crate::store::MetaUpdate::Replace(meta))
+        .await
+    {
+        Err(StorageError::NotFound(_)) => Ok(()), // deleted here meanwhile
+        r => r.map(|_| ()).map_err(PushError::Local),
+    }
 }

@@ -12,8 +12,9 @@
 //!   members still catching up; capped by how many are live: not offline and accepting connections) before it is
 //!   acknowledged; 503 when that fails (the file stays and the workers still push it).
 //! - [`catchup`]: a new or wiped member (no `.fdfs/sync/synced` marker) reports `syncing: true`, copies the
-//!   group's files from an active peer's listing (`GET /v1/sync/files`), then marks itself synced. Every start
-//!   also runs the listing catch-up in the background, for files whose source died while we were away.
+//!   group's files from every active peer's listing (`GET /v1/sync/files`), then marks itself synced. Every
+//!   member also applies a peer's listing whenever that peer becomes active, for files whose source died while
+//!   we were away and for what a wiped member had acknowledged (see [`catchup::run`]).
 //! - Heartbeats report, per peer, the records still pending and `synced_until`, so the tracker offers only
 //!   members that hold a file; the same numbers are exported as metrics.
 //!
@@ -342,12 +343,33 @@ impl SyncEngine {
         }
     }
 
-    /// Remove binlog segments every known peer (current or ever pushed to) acknowledged and the store's index
-    /// has a durable checkpoint past (its replay needs the records after it). Blocking.
+    /// Remove binlog segments every member of the group acknowledged and the store's index has a durable
+    /// checkpoint past (its replay needs the records after it). Blocking.
+    ///
+    /// Members are the peers the trackers list (offline ones included); the position of a peer that left the
+    /// group (removed by an operator, or moved) is deleted and stops holding segments. If it comes back it is
+    /// pushed what is still on disk and its own catch-up copies the rest from the members' listings. Nothing
+    /// is pruned before a tracker described the group.
     fn prune(&self) -> Result<usize> {
+        if !self.peers_known() {
+            return Ok(0);
+        }
+        let members: Vec<u32> = self.peer_list().iter().map(|p| p.node_id).collect();
         let mut acked = self.store.flush_index()?;
-        for seq in self.persisted_positions()?.values() {
-            acked = acked.min(*seq);
+        for (peer, seq) in self.persisted_positions()? {
+            if members.contains(&peer) {
+                acked = acked.min(seq);
+            } else {
+                tracing::info!(
+                    peer,
+                    position = seq,
+                    "peer left the group: its position no longer holds the binlog"
+                );
+                match std::fs::remove_file(self.sync_dir.join(Self::position_name(peer))) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                    _ => {}
+                }
+            }
         }
         for slot in self.lock_workers().values() {
             acked = acked.min(slot.progress.acked.load(Ordering::Relaxed));

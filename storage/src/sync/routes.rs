@@ -30,13 +30,13 @@ use serde::Deserialize;
 
 use super::pipeline::{self, CommitRequest, StageAnswer};
 use super::protocol::{
-    file_stream, mtime_from, ListPage, ListedFile, PeerStatus, SyncStatus, MAX_PAGE,
+    file_stream, meta_crc, mtime_from, ListPage, ListedFile, PeerStatus, SyncStatus, MAX_PAGE,
 };
 use super::tombstones::INCARNATION_HEADER;
 use super::SyncEngine;
 use crate::error::{Result, StorageError};
 use crate::store::layout::unix_secs;
-use crate::store::{Committed, MetaUpdate, META_SUFFIX};
+use crate::store::{Committed, MetaUpdate};
 use crate::AppState;
 
 #[derive(Debug, Deserialize)]
@@ -356,13 +356,13 @@ pub fn list_blocking(engine: &SyncEngine, after: &str, limit: usize) -> Result<L
         let Some(stat) = store.stat_blocking(&id)? else {
             continue; // index entry without a file
         };
-        let mut meta_path = store.path(&id)?;
-        meta_path.as_mut_os_string().push(META_SUFFIX);
+        let meta = store.get_meta_blocking(&id)?.unwrap_or_default();
         files.push(ListedFile {
             id: s,
             size: stat.len(),
             mtime: stat.modified().map_or(0, unix_secs),
-            meta: meta_path.exists(),
+            meta: !meta.is_empty(),
+            meta_crc: meta_crc(&meta),
             gen: engine.tombstones.incarnation(&id),
         });
     }
