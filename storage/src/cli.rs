@@ -53,6 +53,12 @@ pub struct Args {
     /// Space every store path keeps free (replicas that would use it get 507): bytes or a percentage.
     #[arg(long, env = "FDFS_RESERVED_STORAGE_SPACE")]
     pub reserved_storage_space: Option<Size>,
+    /// Read rate of the background scrubber, e.g. `2MiB` (0 turns it off).
+    #[arg(long, env = "FDFS_SCRUB_BYTES_PER_SEC")]
+    pub scrub_bytes_per_sec: Option<Size>,
+    /// Seconds between the starts of two scrub passes.
+    #[arg(long, env = "FDFS_SCRUB_INTERVAL_SECS")]
+    pub scrub_interval_secs: Option<u64>,
 }
 
 impl Args {
@@ -72,7 +78,9 @@ impl Args {
             max_file_size,
             write_quorum,
             token_ttl_secs,
-            reserved_storage_space
+            reserved_storage_space,
+            scrub_bytes_per_sec,
+            scrub_interval_secs
         );
         set_opt!(
             listen,
