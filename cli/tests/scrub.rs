@@ -35,6 +35,32 @@ async fn upload_files(c: &Cluster, n: usize) -> Vec<(String, Vec<u8>)> {
     out
 }
 
+/// Wait until every member's peers acknowledged all its records: a worker pushing an upload late would put
+/// back a copy the test removes.
+async fn settled(c: &Cluster) {
+    let deadline = Instant::now() + STATE_TIMEOUT;
+    for n in c.all_storage() {
+        loop {
+            let st: Value = c
+                .http
+                .get(format!("{}/v1/sync/status", n.url()))
+                .header(fdfs_common::wire::CLUSTER_SECRET_HEADER, common::SECRET)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let peers = st["peers"].as_array().cloned().unwrap_or_default();
+            if !peers.is_empty() && peers.iter().all(|p| p["pending_records"] == 0) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{} never settled: {st}", n.name);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 /// Where a member keeps a file: `<store>/data/XX/YY/<name>`.
 fn on_disk(store: &Path, id: &str) -> PathBuf {
     let rest = id.splitn(3, '/').nth(2).unwrap();
@@ -99,6 +125,7 @@ async fn background_scrubber_repairs_bit_rot_and_truncation_from_the_peer() {
     ]))
     .await;
     let files = upload_files(&c, 3).await;
+    settled(&c).await;
     let (a, b) = (&c.storage[0][0], &c.storage[0][1]);
     let rot = on_disk(&a.dir, &files[0].0);
     let cut = on_disk(&b.dir, &files[1].0);
@@ -149,6 +176,7 @@ async fn verify_reports_corrupt_and_missing_copies_and_repairs_the_corrupt_ones(
     // The background scrubber is off: only `fdfs verify` looks.
     let c = Cluster::start(spec(&["--scrub-bytes-per-sec", "0"])).await;
     let files = upload_files(&c, 4).await;
+    settled(&c).await;
     let (a, b) = (&c.storage[0][0], &c.storage[0][1]);
     let rot = on_disk(&a.dir, &files[0].0);
     let cut = on_disk(&b.dir, &files[1].0);
