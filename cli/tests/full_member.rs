@@ -1,7 +1,8 @@
 //! Issue 13 item 6, a full member must not stop its group, against real processes: one member of group1 keeps
 //! its files on a small tmpfs that the test fills up (a real ENOSPC). Its peer's deletes and metadata changes
 //! still reach it while the upload it refused waits, the tracker sends new uploads to group2 (and refuses them
-//! for group1), and once space is freed the full member takes the refused upload and its peer's binlog drains.
+//! for group1), and once space is freed (after a kill -9 of the peer, whose persisted position must not have
+//! skipped the refused upload) the full member takes it and its peer's binlog drains.
 
 mod common;
 
@@ -240,6 +241,13 @@ async fn full_member_takes_deletes_and_metadata_and_catches_up_while_uploads_go_
         "{}",
         r.text().await.unwrap()
     );
+
+    // A restart of A (kill -9) forgets the set-aside record: its persisted position must still be before it.
+    let mut c = c;
+    c.kill9(0, 0);
+    c.restart(0, 0);
+    c.wait_state(0, 0, fdfs_common::wire::MemberState::Active)
+        .await;
 
     // Space frees: B takes the refused upload, A's binlog drains, group1 takes uploads again.
     std::fs::remove_file(&filler).unwrap();

@@ -56,6 +56,12 @@ pub struct Args {
     /// Test hook: abort the process at this point (see `store::layout::set_fail_point`).
     #[arg(long, hide = true)]
     pub fail_point: Option<String>,
+    /// Read rate of the background scrubber, e.g. `2MiB` (0 turns it off).
+    #[arg(long, env = "FDFS_SCRUB_BYTES_PER_SEC")]
+    pub scrub_bytes_per_sec: Option<Size>,
+    /// Seconds between the starts of two scrub passes.
+    #[arg(long, env = "FDFS_SCRUB_INTERVAL_SECS")]
+    pub scrub_interval_secs: Option<u64>,
 }
 
 impl Args {
@@ -75,7 +81,9 @@ impl Args {
             max_file_size,
             write_quorum,
             token_ttl_secs,
-            reserved_storage_space
+            reserved_storage_space,
+            scrub_bytes_per_sec,
+            scrub_interval_secs
         );
         set_opt!(
             listen,

@@ -9,6 +9,7 @@ pub mod api;
 pub mod cli;
 pub mod error;
 pub mod heartbeat;
+pub mod scrub;
 pub mod serve;
 pub mod store;
 pub mod sync;
@@ -70,6 +71,11 @@ pub struct Config {
     pub file_mode: u32,
     /// Permission bits of the data directories (e.g. `0o755`).
     pub dir_mode: u32,
+    /// Read rate of the background scrubber (re-checks every file against the size and CRC32 in its ID and
+    /// repairs bad ones from a peer); 0 turns it off.
+    pub scrub_bytes_per_sec: Size,
+    /// Seconds between the starts of two scrub passes (the first one starts within 10 minutes).
+    pub scrub_interval_secs: u64,
 }
 
 impl Default for Config {
@@ -91,6 +97,8 @@ impl Default for Config {
             reserved_storage_space: Size::Bytes(DEFAULT_RESERVED_BYTES),
             file_mode: 0o644,
             dir_mode: 0o755,
+            scrub_bytes_per_sec: Size::Bytes(2 << 20),
+            scrub_interval_secs: 86_400,
         }
     }
 }
@@ -202,6 +210,17 @@ pub async fn run(
     )
     .await
     .context("starting replication")?;
+    let scrub_rate = match config.scrub_bytes_per_sec {
+        Size::Bytes(n) => n,
+        Size::Percent(_) => anyhow::bail!("scrub_bytes_per_sec must be a size, not a percentage"),
+    };
+    let scrubber = tokio::spawn(scrub::run(
+        engine.clone(),
+        scrub::ScrubConfig {
+            bytes_per_sec: scrub_rate,
+            interval: Duration::from_secs(config.scrub_interval_secs),
+        },
+    ));
 
     let node = Arc::new(Node {
         group: config.group.clone(),
@@ -217,9 +236,16 @@ pub async fn run(
     });
     tracing::info!(node_id, group = %node.group, public_url = %node.public_url, "storage node started");
     let heartbeats = tokio::spawn(heartbeat::run(node.clone()));
-    let result = fdfs_common::serve::serve(listener, router(node), shutdown).await;
+    // `POST /v1/scrub` (see `scrub`), behind the cluster secret like the other internal routes.
+    let app = router(node.clone()).merge(
+        scrub::router(engine.clone())
+            .route_layer(middleware::from_fn_with_state(node, api::require_secret)),
+    );
+    let result = fdfs_common::serve::serve(listener, app, shutdown).await;
     heartbeats.abort();
+    scrubber.abort();
     let _ = heartbeats.await;
+    let _ = scrubber.await;
     engine.shutdown().await;
     result.context("serving HTTP")
 }

@@ -353,6 +353,11 @@ impl Store {
         self.file_count.store(n as u64, Ordering::Relaxed);
     }
 
+    /// Permission bits given to stored files.
+    pub fn file_mode(&self) -> u32 {
+        self.options.file_mode
+    }
+
     /// The group this node belongs to.
     pub fn group(&self) -> &GroupName {
         &self.group

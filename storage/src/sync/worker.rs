@@ -384,3 +384,35 @@ async fn persist(engine: &SyncEngine, peer_id: u32, seq: u64) -> bool {
         Err(_) => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(seq: u64, ts: u64) -> Record {
+        Record {
+            seq,
+            ts,
+            op: Op::Upload,
+            file_id: "g1/M00/00/00/CgAAAWXXXXXAAAAAAAAAAAAAAAA123.bin"
+                .parse()
+                .expect("valid id"),
+        }
+    }
+
+    #[test]
+    fn position_stays_before_the_oldest_refused_record() {
+        let mut d = Deferred::default();
+        assert_eq!(d.acked(40), 40);
+        assert_eq!(d.cap_synced(1000), 1000);
+        d.add(rec(12, 500));
+        d.add(rec(30, 700));
+        assert_eq!(d.acked(40), 11);
+        assert_eq!(d.acked(5), 5);
+        assert_eq!(d.cap_synced(1000), 499);
+        assert!(!d.due(), "retried only after FULL_RETRY");
+        d.recs.remove(&12);
+        assert_eq!(d.acked(40), 29);
+        assert_eq!(d.cap_synced(1000), 699);
+    }
+}
