@@ -26,6 +26,12 @@ pub struct Args {
     /// Base URL users download from (default `http://<bound addr>`).
     #[arg(long, env = "FDFS_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Separate address for the internal `/v1` routes (then 404 on --listen); peers and the gateway use it.
+    #[arg(long, env = "FDFS_INTERNAL_LISTEN")]
+    pub internal_listen: Option<String>,
+    /// host:port other processes reach --internal-listen at (default: its bound address).
+    #[arg(long, env = "FDFS_INTERNAL_ADDR")]
+    pub internal_addr: Option<String>,
     /// TOML config file.
     #[arg(long, env = "FDFS_CONFIG")]
     pub config: Option<PathBuf>,
@@ -62,6 +68,9 @@ pub struct Args {
     /// Seconds between the starts of two scrub passes.
     #[arg(long, env = "FDFS_SCRUB_INTERVAL_SECS")]
     pub scrub_interval_secs: Option<u64>,
+    /// Peer transfers fail after this many milliseconds without data (frozen peer).
+    #[arg(long, env = "FDFS_PEER_STALL_TIMEOUT_MS")]
+    pub peer_stall_timeout_ms: Option<u64>,
 }
 
 impl Args {
@@ -83,11 +92,14 @@ impl Args {
             token_ttl_secs,
             reserved_storage_space,
             scrub_bytes_per_sec,
-            scrub_interval_secs
+            scrub_interval_secs,
+            peer_stall_timeout_ms
         );
         set_opt!(
             listen,
             public_url,
+            internal_listen,
+            internal_addr,
             node_id,
             cluster_secret,
             anti_leech_secret
@@ -104,6 +116,7 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
     }
     let file: Config = fdfs_common::config::load(args.config.as_deref())?;
     let config = args.apply(file);
+    fdfs_common::serve::warn_if_no_secret("storage node", config.cluster_secret.as_deref());
     let listen = config
         .listen
         .clone()

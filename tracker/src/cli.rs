@@ -77,6 +77,7 @@ impl Args {
 pub async fn main(args: Args) -> anyhow::Result<()> {
     let config = args.config()?;
     fdfs_common::telemetry::init();
+    fdfs_common::serve::warn_if_no_secret("tracker", config.cluster_secret.as_deref());
     let listen = args.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
     let listener = fdfs_common::serve::bind_and_announce(listen)
         .await

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use fdfs_common::deadline::{Progress, Stalled};
 use fdfs_common::wire::{MemberInfo, Metadata, CLUSTER_SECRET_HEADER, MTIME_HEADER, ORIGIN_HEADER};
 use fdfs_common::FileId;
 use reqwest::{Method, RequestBuilder, StatusCode};
@@ -37,6 +38,12 @@ pub enum PushError {
     /// Our own side failed (local disk).
     #[error("local error: {0}")]
     Local(#[from] StorageError),
+}
+
+impl From<Stalled> for PushError {
+    fn from(e: Stalled) -> Self {
+        PushError::Retry(format!("peer stalled: {e}"))
+    }
 }
 
 impl From<reqwest::Error> for PushError {
@@ -122,16 +129,21 @@ pub async fn push_upload(
     match head.status() {
         StatusCode::GONE => return Ok(Pushed::Skipped), // this incarnation was deleted there: never resurrect
         StatusCode::NOT_FOUND => {
-            let resp = request(engine, Method::PUT, url)
+            // Deadline by size, and a stall timeout while the body streams (a frozen peer never fails).
+            let limits = engine.config.peer_limits;
+            let progress = Progress::new();
+            let body = progress.track(Box::pin(file_stream(file)));
+            let send = request(engine, Method::PUT, url)
                 .header(INCARNATION_HEADER, gen)
                 .header(
                     MTIME_HEADER,
                     unix_secs(stat.modified().map_err(StorageError::from)?),
                 )
                 .header(reqwest::header::CONTENT_LENGTH, stat.len())
-                .body(reqwest::Body::wrap_stream(file_stream(file)))
-                .send()
-                .await?;
+                .timeout(limits.deadline(stat.len()))
+                .body(reqwest::Body::wrap_stream(body))
+                .send();
+            let resp = progress.watch(limits.stall, send).await??;
             if resp.status() == StatusCode::GONE {
                 return Ok(Pushed::Skipped);
             }
@@ -227,17 +239,33 @@ pub async fn list(
 
 /// Copy a file (and its metadata when `with_meta`) from a peer into the local store, mtime preserved.
 /// Returns the bytes copied, `None` when nothing was (here already, gone there, or deleted meanwhile).
+/// Bounded by a deadline for the file's size and the stall timeout (see [`fdfs_common::deadline`]).
 pub async fn fetch(
     engine: &SyncEngine,
     peer: &MemberInfo,
     id: &FileId,
     with_meta: bool,
 ) -> Result<Option<u64>, PushError> {
+    let progress = Progress::new();
+    let stall = engine.config.peer_limits.stall;
+    progress
+        .watch(stall, fetch_within(engine, peer, id, with_meta, &progress))
+        .await?
+}
+
+async fn fetch_within(
+    engine: &SyncEngine,
+    peer: &MemberInfo,
+    id: &FileId,
+    with_meta: bool,
+    progress: &Progress,
+) -> Result<Option<u64>, PushError> {
     let resp = request(
         engine,
         Method::GET,
         format!("{}/v1/replica/{id}", base(peer)),
     )
+    .timeout(engine.config.peer_limits.deadline(id.info().size))
     .send()
     .await?;
     if matches!(resp.status(), StatusCode::NOT_FOUND | StatusCode::GONE) {
@@ -256,7 +284,7 @@ pub async fn fetch(
     let mtime = mtime_from(resp.headers());
     let committed = match engine
         .store
-        .write_file(id, resp.bytes_stream(), mtime)
+        .write_file(id, progress.track(Box::pin(resp.bytes_stream())), mtime)
         .await
     {
         Ok(c) => c,

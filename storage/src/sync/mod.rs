@@ -72,6 +72,8 @@ pub struct SyncConfig {
     pub cluster_secret: Option<String>,
     /// Files fetched at once during a catch-up.
     pub catchup_concurrency: usize,
+    /// Deadline and stall timeout of replica uploads and catch-up downloads.
+    pub peer_limits: fdfs_common::deadline::TransferLimits,
     /// Records pushed at once by a worker (distinct files only; records of one file stay in order).
     pub push_concurrency: usize,
     /// Space each store path keeps free: replicas that would eat into it are refused with 507.
@@ -86,6 +88,7 @@ impl Default for SyncConfig {
             binlog_segment_bytes: DEFAULT_SEGMENT_BYTES,
             cluster_secret: None,
             catchup_concurrency: 8,
+            peer_limits: fdfs_common::deadline::TransferLimits::default(),
             push_concurrency: 8,
             reserved_storage_space: fdfs_common::config::Size::Bytes(0),
         }
