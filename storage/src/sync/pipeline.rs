@@ -13,9 +13,14 @@
 //! A peer that fails in either phase is dropped from the pipeline; the caller then pushes the committed file the
 //! usual way ([`super::client::push_upload`]) to another live peer, and the binlog record still carries the
 //! upload for later sync. The client's status is decided exactly as before (quorum or 503).
+//!
+//! A frozen peer cannot hold the upload: a chunk its buffer has not taken within the stall timeout
+//! (`peer_stall_timeout_ms`) drops it from the pipeline, and its stage request is aborted (the connection is
+//! closed, so the peer discards the partial body) if it has not answered within the transfer's deadline.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -149,6 +154,10 @@ pub struct Pipeline {
         MemberInfo,
         tokio::task::JoinHandle<std::result::Result<u64, PushError>>,
     )>,
+    /// Peers dropped from the pipeline because they stopped taking the body (by position in `requests`).
+    stalled: Arc<Vec<AtomicBool>>,
+    /// How long a chunk may wait for a peer's buffer.
+    stall: Duration,
 }
 
 impl Pipeline {
@@ -179,7 +188,13 @@ impl Pipeline {
             senders.push(Some(tx));
             requests.push((peer, task));
         }
-        Pipeline { senders, requests }
+        let stalled = Arc::new(requests.iter().map(|_| AtomicBool::new(false)).collect());
+        Pipeline {
+            senders,
+            requests,
+            stalled,
+            stall: engine.config.peer_limits.stall,
+        }
     }
 
     /// The client's body, passed on to every peer still in the pipeline as it is read: each chunk waits until
@@ -193,18 +208,32 @@ impl Pipeline {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send + 'a,
         E: std::fmt::Display,
     {
-        let senders = &self.senders;
+        let (senders, stalled, stall) = (&self.senders, &self.stalled, self.stall);
         body.then(move |item| {
             let item = item.map_err(|e| e.to_string());
             // A peer that failed has dropped its receiver: sending to it fails at once.
-            let txs: Vec<_> = senders.iter().flatten().cloned().collect();
+            let txs: Vec<_> = senders
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !stalled[*i].load(Ordering::Relaxed))
+                .filter_map(|(i, tx)| tx.clone().map(|tx| (i, tx)))
+                .collect();
+            let stalled = stalled.clone();
             async move {
-                for tx in txs {
+                for (i, tx) in txs {
                     let msg = match &item {
                         Ok(b) => Ok(b.clone()),
                         Err(e) => Err(std::io::Error::other(e.clone())),
                     };
-                    let _ = tx.send(msg).await;
+                    let msg = match tx.try_send(msg) {
+                        Ok(()) => continue,
+                        Err(mpsc::error::TrySendError::Closed(_)) => continue,
+                        Err(mpsc::error::TrySendError::Full(msg)) => msg,
+                    };
+                    // The peer's buffer is full: wait for it, but not forever (a frozen peer).
+                    if tokio::time::timeout(stall, tx.send(msg)).await.is_err() {
+                        stalled[i].store(true, Ordering::Relaxed);
+                    }
                 }
                 item
             }
@@ -225,8 +254,28 @@ impl Pipeline {
         let mut ok = Vec::new();
         let mut failed = Vec::new();
         let mut commits = Vec::new();
-        for (peer, task) in requests {
-            let token = match task.await {
+        // The body is all sent by now: a live peer answers once it has fsynced it.
+        let limits = engine.config.peer_limits;
+        let deadline = self.stall + Duration::from_secs(id.info().size / limits.min_rate.max(1));
+        for (i, (peer, mut task)) in requests.into_iter().enumerate() {
+            if self.stalled[i].load(Ordering::Relaxed) {
+                // Its body is incomplete: closing the connection makes the peer discard it.
+                task.abort();
+                failed.push((
+                    peer,
+                    PushError::Retry("peer stopped taking the body".into()),
+                ));
+                continue;
+            }
+            let joined = match tokio::time::timeout(deadline, &mut task).await {
+                Ok(joined) => joined,
+                Err(_) => {
+                    task.abort();
+                    failed.push((peer, PushError::Retry("peer did not stage in time".into())));
+                    continue;
+                }
+            };
+            let token = match joined {
                 Ok(Ok(t)) => t,
                 Ok(Err(e)) => {
                     failed.push((peer, e));
