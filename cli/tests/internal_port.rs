@@ -103,7 +103,8 @@ async fn internal_routes_listen_apart_and_the_public_port_refuses_them() {
         );
     }
 
-    // Delete through the gateway reaches both members on their internal addresses.
+    // Delete through the gateway reaches a member on its internal address, and replication (peer to peer, on
+    // the internal addresses too) carries it to the other one: soon every member answers 404.
     let r = c
         .http
         .delete(format!("{}/{id}", c.gateway_url()))
@@ -112,13 +113,12 @@ async fn internal_routes_listen_apart_and_the_public_port_refuses_them() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     for n in c.all_storage() {
-        let r = c
-            .http
-            .get(format!("{}/{id}", n.url()))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        let url = format!("{}/{id}", n.url());
+        common::eventually(60, &format!("{url} to be deleted"), || async {
+            let r = c.http.get(&url).send().await.unwrap();
+            (r.status() == StatusCode::NOT_FOUND).then_some(())
+        })
+        .await;
     }
 }
 

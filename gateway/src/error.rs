@@ -39,6 +39,10 @@ pub enum GatewayError {
     /// A storage node (or tracker) could not be reached or answered garbage; detail already logged.
     #[error("{0}")]
     BadGateway(String),
+    /// The storage node assigned to an upload refused the connection (it is down, the tracker has not noticed
+    /// yet): no byte of the body went out, so the upload can be sent elsewhere.
+    #[error("storage node {0} refused the connection")]
+    StorageRefused(String),
     /// A tracker or storage node answered with an error, passed through with its status and code.
     #[error("{message}")]
     Upstream {
@@ -62,7 +66,7 @@ impl GatewayError {
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::NoTracker => StatusCode::SERVICE_UNAVAILABLE,
-            Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            Self::BadGateway(_) | Self::StorageRefused(_) => StatusCode::BAD_GATEWAY,
             Self::Upstream { status, .. } => *status,
         }
     }
@@ -78,7 +82,7 @@ impl GatewayError {
             Self::NoRoute => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::NoTracker => "no_tracker",
-            Self::BadGateway(_) => "bad_gateway",
+            Self::BadGateway(_) | Self::StorageRefused(_) => "bad_gateway",
             Self::Upstream { code, .. } => code,
         }
     }

@@ -93,7 +93,11 @@ impl StorageClient {
             .body(body);
         let resp = self.with_secret(req).send().await.map_err(|e| {
             tracing::warn!(storage = addr, error = %e, "upload to storage node failed");
-            GatewayError::BadGateway("storage node unreachable or upload interrupted".into())
+            if e.is_connect() && !e.is_timeout() {
+                GatewayError::StorageRefused(addr.to_owned())
+            } else {
+                GatewayError::BadGateway("storage node unreachable or upload interrupted".into())
+            }
         })?;
         if !resp.status().is_success() {
             return Err(GatewayError::from_upstream("storage node", resp).await);

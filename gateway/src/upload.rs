@@ -27,6 +27,9 @@ use reqwest::Method;
 use tokio::sync::mpsc;
 
 use crate::error::{GatewayError, Result};
+
+/// Assignments asked of the trackers for one upload whose storage nodes refuse the connection.
+const MAX_ASSIGNMENTS: usize = 5;
 use crate::storage::UploadParams;
 use crate::App;
 
@@ -236,6 +239,51 @@ impl App {
         Ok((a.addr, a.store_path))
     }
 
+    /// Send the body arriving on `rx` to the storage node the tracker assigns. A node that refuses the connection
+    /// (down, and the tracker has not noticed yet) has read nothing, so the tracker is asked again and the same
+    /// unread body goes to the next assignment, a few times at most; slave files go to their master's holder.
+    async fn send_to_storage(
+        &self,
+        params: &UploadParams,
+        fields: &UploadFields,
+        size: Option<u64>,
+        rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    ) -> Result<(UploadResult, String)> {
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let mut refused: Vec<String> = Vec::new();
+        let mut asked = 0;
+        loop {
+            asked += 1;
+            let (addr, store_path) = self.target(params, fields, size).await?;
+            if refused.contains(&addr) && asked <= MAX_ASSIGNMENTS {
+                continue; // the tracker still offers a node that just refused: ask again
+            }
+            let polled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let body = futures_util::stream::unfold((rx.clone(), polled.clone()), |(rx, polled)| {
+                async move {
+                    polled.store(true, std::sync::atomic::Ordering::Relaxed);
+                    let item = rx.lock().await.recv().await;
+                    item.map(|item| (item, (rx, polled)))
+                }
+            });
+            let sent = self
+                .storage
+                .upload(&addr, store_path, params, reqwest::Body::wrap_stream(body))
+                .await;
+            match sent {
+                Err(GatewayError::StorageRefused(_))
+                    if !polled.load(std::sync::atomic::Ordering::Relaxed)
+                        && params.master.is_none()
+                        && asked < MAX_ASSIGNMENTS =>
+                {
+                    tracing::warn!(storage = %addr, "storage node refused the upload's connection; asking the tracker again");
+                    refused.push(addr);
+                }
+                other => return other.map(|r| (r, addr)),
+            }
+        }
+    }
+
     /// Stream one file from `src` to a storage node.
     async fn store<S: ChunkSource>(
         &self,
@@ -246,13 +294,8 @@ impl App {
         size: Option<u64>,
     ) -> Result<(UploadResult, String)> {
         let params = fields.params(filename.as_deref())?;
-        let (addr, store_path) = self.target(&params, fields, size).await?;
         let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(CHANNEL_CHUNKS);
-        let body =
-            reqwest::Body::wrap_stream(futures_util::stream::unfold(rx, |mut rx| async move {
-                rx.recv().await.map(|item| (item, rx))
-            }));
-        let send = self.storage.upload(&addr, store_path, &params, body);
+        let send = self.send_to_storage(&params, fields, size, rx);
         let timeout = self.body_timeout();
         let timeout_secs = self.config.body_timeout_secs;
         let pump = async move {
@@ -283,7 +326,7 @@ impl App {
         };
         let (pumped, sent) = tokio::join!(pump, send);
         pumped?;
-        let mut result = sent?;
+        let (mut result, addr) = sent?;
         result.filename = filename;
         if let Some(secret) = &self.config.anti_leech_secret {
             if !result.url.contains('?') {

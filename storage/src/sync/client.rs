@@ -48,7 +48,9 @@ impl From<Stalled> for PushError {
 
 impl From<reqwest::Error> for PushError {
     fn from(e: reqwest::Error) -> Self {
-        if e.is_connect() {
+        // Only a refused connection says the peer is down (and may cap the write quorum); a connect that timed
+        // out is a slow or overloaded peer, which must not silently lower the number of copies.
+        if e.is_connect() && !e.is_timeout() {
             PushError::Unreachable(e.to_string())
         } else {
             PushError::Retry(e.to_string())
