@@ -217,4 +217,55 @@ mod tests {
             assert_eq!(got.iter().collect::<Vec<_>>(), want, "after {after:?}");
         }
     }
+
+    /// A node upgraded from the first index format (ID strings, marked `indexed`) rebuilds the index in the
+    /// compact format at start and drops the old trees: its files are listed and deduplicated as before.
+    #[test]
+    fn an_index_of_the_first_format_is_rebuilt_and_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_owned();
+        let content = b"kept across the upgrade";
+        let info = NameInfo {
+            source_id: 7,
+            created: 1_700_000_000,
+            size: content.len() as u64,
+            crc32: crc32fast::hash(content),
+        };
+        let id = FileId {
+            group: "g1".parse().unwrap(),
+            store_path: 0,
+            dir1: 0x12,
+            dir2: 0x34,
+            name: FileName::generate(&info, None).unwrap(),
+        };
+        let path = root.join(id.relative_path());
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, content).unwrap();
+        {
+            let db = sled::open(root.join(".fdfs").join("db")).unwrap();
+            let (hash, size) = hash_file(&path).unwrap();
+            let mut old_key = hash.to_vec();
+            old_key.extend_from_slice(&size.to_be_bytes());
+            db.open_tree("hashes-00")
+                .unwrap()
+                .insert(&old_key, id.to_string().as_bytes())
+                .unwrap();
+            db.open_tree("ids-00")
+                .unwrap()
+                .insert(id.to_string().as_bytes(), old_key)
+                .unwrap();
+            db.insert(LEGACY_INDEXED_KEY, &b"1"[..]).unwrap();
+            db.flush().unwrap();
+        }
+        let store = Store::open_blocking("g1".parse().unwrap(), &[root], 1 << 20).unwrap();
+        assert_eq!(store.file_count(), 1);
+        assert_eq!(store.indexed_ids().collect::<Vec<_>>(), vec![id]);
+        let names: Vec<Vec<u8>> = store.db.tree_names().iter().map(|n| n.to_vec()).collect();
+        assert!(!names.contains(&b"hashes-00".to_vec()), "old trees dropped");
+        assert!(!names.contains(&b"ids-00".to_vec()));
+        assert!(store.db.get(LEGACY_INDEXED_KEY).unwrap().is_none());
+        let key = content_key(&hash_file(&path).unwrap().0, content.len() as u64);
+        let holders = store.paths[0].holders(&key, content.len() as u64).unwrap();
+        assert_eq!(holders.live.len(), 1, "dedup finds the file");
+    }
 }
