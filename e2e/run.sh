@@ -2,13 +2,14 @@
 # End-to-end checks of a real `fdfs up` cluster from outside Rust:
 #   a. a real browser (system chromium driven by playwright-core) uses the gateway's upload page;
 #   b. schemathesis checks the gateway against openapi.yaml, and every documented route is served;
-#   c. the real nginx serves a storage node's files with deploy/nginx/fdfs-storage.conf.
+#   c. the real nginx serves a storage node's files with deploy/nginx/fdfs-storage.conf;
+#   d. the cluster dashboard (GET /dashboard) in the browser: every member shown, a killed member turns offline.
 # Installs what it lacks (Debian: chromium, nginx, nodejs/npm; npm: playwright-core; pip: schemathesis in
 # e2e/.venv), builds `fdfs` (debug), starts the cluster, prints `PASS`/`FAIL` lines and ends with exactly one
 # line `e2e: N passed, M failed`; exit code 1 if anything failed. The cluster and nginx are always stopped.
 #
 # Environment: FDFS_E2E_MAX_EXAMPLES (schemathesis examples per operation, default 100),
-# FDFS_E2E_KEEP=1 keeps the temp dir (logs, screenshot) for inspection.
+# FDFS_E2E_KEEP=1 keeps the temp dir (logs, screenshots) for inspection.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -348,6 +349,29 @@ if wait_for "nginx" 20 curl -s -o /dev/null "$NGINX_URL/"; then
 else
     fail "nginx: did not start"
     sed 's/^/    | /' "$NGX/stdout" "$NGX/logs/error.log" >&2 || true
+fi
+
+# -------------------------------------------------------------------------------------------- d. dashboard
+# Last, because it kills a storage node (group2's second member) that the checks above rely on.
+VICTIM_STORE="$DATA/storage-g2-m2"
+VICTIM_ADDR="$(awk -v s="$VICTIM_STORE" '$NF == s { for (i = 1; i <= NF; i++) if ($i ~ /^http:/) print substr($i, 8) }' "$WORK/up.out")"
+# The node is a child of our `fdfs up`, found by its store path.
+VICTIM_PID="$(pgrep -P "$UP_PID" -f -- "$VICTIM_STORE( |$)" | head -1 || true)"
+mkdir -p "$WORK/dashboard"
+if [[ -n "$VICTIM_PID" && -n "$VICTIM_ADDR" ]]; then
+    if node "$HERE/dashboard.test.mjs" "$GATEWAY" "$WORK/dashboard" "$VICTIM_PID" "$VICTIM_ADDR" \
+        >"$WORK/dashboard.out" 2>&1; then d_ok=1; else d_ok=0; fi
+    while IFS= read -r line; do
+        case "$line" in
+            PASS\ *) pass "${line#PASS }" ;;
+            FAIL\ *) fail "${line#FAIL }" ;;
+            *) echo "    | $line" >&2 ;;
+        esac
+    done <"$WORK/dashboard.out"
+    if ((d_ok == 0)) && ! grep -q '^FAIL' "$WORK/dashboard.out"; then fail "dashboard: node exited with an error"; fi
+    [[ -f "$WORK/dashboard/dashboard.png" ]] && log "screenshots: $WORK/dashboard/dashboard.png, dashboard-offline.png"
+else
+    fail "dashboard: cannot find the process of $VICTIM_STORE (pid '$VICTIM_PID', addr '$VICTIM_ADDR')"
 fi
 
 # ------------------------------------------------------------------------------------------------ result

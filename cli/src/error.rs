@@ -47,6 +47,9 @@ pub enum CliError {
     /// A benchmark phase had failed requests.
     #[error("{0}")]
     Bench(String),
+    /// `fdfs verify` found problems it did not repair.
+    #[error("{0}")]
+    Verify(String),
 }
 
 impl CliError {

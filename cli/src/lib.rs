@@ -1,6 +1,6 @@
 //! The `fdfs` command line: runs any fdfs server in-process (`fdfs tracker|storage|gateway`), a whole local
 //! cluster (`fdfs up`), and client commands against a gateway (`upload`, `download`, `delete`, `info`, `meta`,
-//! `monitor`, `bench`).
+//! `monitor`, `bench`, `verify`).
 
 pub mod client;
 pub mod commands;
@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 pub use client::{Client, DEFAULT_GATEWAY};
 pub use error::CliError;
 
-use commands::{bench, download, files, monitor, upload};
+use commands::{bench, download, files, monitor, upload, verify};
 
 /// fdfs: a FastDFS-style distributed file system.
 #[derive(Debug, Parser)]
@@ -55,6 +55,9 @@ pub enum Command {
     Monitor(monitor::Args),
     /// Upload then download-and-verify many generated files; print throughput and latency.
     Bench(bench::Args),
+    /// Check every stored copy against its ID (size, CRC32) and compare each group's members; --repair
+    /// replaces corrupt copies from a peer.
+    Verify(verify::Args),
 }
 
 /// Run a parsed command line.
@@ -79,6 +82,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sign(a) => files::sign(a)?,
         Command::Monitor(a) => monitor::run(&client()?, a).await?,
         Command::Bench(a) => bench::run(&client()?, a).await?,
+        Command::Verify(a) => verify::run(&client()?, a).await?,
     }
     Ok(())
 }

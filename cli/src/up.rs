@@ -208,6 +208,9 @@ async fn start(a: &Args, procs: &mut Vec<Proc>, secret: &str) -> Result<()> {
                 arg(format!("127.0.0.1:{port}")),
                 arg("--reserved-storage-space"),
                 arg(&a.reserved_storage_space),
+                // The tracker remembers its members, so a wiped member waits for its group after a restart.
+                arg("--data-dir"),
+                arg(a.data.join(&name)),
             ],
             &logs,
             secret,

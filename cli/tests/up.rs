@@ -47,6 +47,8 @@ async fn fdfs_up_starts_serves_and_stops_cleanly() {
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
     hermetic_env(&mut cmd);
+    // No secret given: `fdfs up` generates one and hands it to every node.
+    cmd.env_remove("FDFS_CLUSTER_SECRET");
     let mut up = cmd.spawn().unwrap();
     let lines = read_lines(up.stdout.take().unwrap());
     let err_lines = read_lines(up.stderr.take().unwrap());
@@ -114,6 +116,16 @@ async fn fdfs_up_starts_serves_and_stops_cleanly() {
         .await
         .unwrap();
     assert_eq!(body, "hello from fdfs up");
+    // Every node runs with the generated secret: none warns about a missing one.
+    for entry in std::fs::read_dir(dir.join("logs")).unwrap() {
+        let path = entry.unwrap().path();
+        let log = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            !log.contains("WITHOUT A CLUSTER SECRET"),
+            "{} runs without a secret:\n{log}",
+            path.display()
+        );
+    }
     let children = processes_mentioning(dir.to_str().unwrap());
     assert!(
         children.len() >= 5,

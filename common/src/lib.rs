@@ -2,6 +2,8 @@
 //! body, config loading, anti-leech tokens, tracing set-up and the shutdown signal.
 
 pub mod config;
+pub mod deadline;
+pub mod drain;
 pub mod error;
 pub mod fileid;
 pub mod metrics;

@@ -25,13 +25,32 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Bind `addr` (port 0 picks a free port) and print `listening on <bound addr>` as one line on stdout, flushed:
 /// the line `fdfs up` and the test harnesses wait for to learn where a server is.
 pub async fn bind_and_announce(addr: &str) -> std::io::Result<TcpListener> {
+    bind_and_announce_as("listening on", addr).await
+}
+
+/// [`bind_and_announce`] with another line prefix (a storage node's `internal listening on <addr>`).
+pub async fn bind_and_announce_as(what: &str, addr: &str) -> std::io::Result<TcpListener> {
     use std::io::Write;
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "listening on {bound}")?;
+    writeln!(out, "{what} {bound}")?;
     out.flush()?;
     Ok(listener)
+}
+
+/// At start-up: a loud warning when a server has no cluster secret (none, or empty), logged at `error` so that
+/// it shows under any log filter; true when it warned.
+pub fn warn_if_no_secret(role: &str, secret: Option<&str>) -> bool {
+    if secret.is_some_and(|s| !s.is_empty()) {
+        return false;
+    }
+    tracing::error!(
+        "INSECURE: this {role} runs WITHOUT A CLUSTER SECRET: anyone who can reach the cluster's internal \
+         routes can upload, overwrite metadata and delete files. Set cluster_secret (env FDFS_CLUSTER_SECRET, \
+         e.g. `openssl rand -hex 16`) to the same value on every tracker, storage node and gateway."
+    );
+    true
 }
 
 /// Serve `app` on `listener` until `shutdown` resolves, then drain.

@@ -93,6 +93,7 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
     let config = args.config()?;
     config.validate()?;
     fdfs_common::telemetry::init();
+    fdfs_common::serve::warn_if_no_secret("gateway", config.cluster_secret.as_deref());
     let listen = config
         .listen
         .clone()

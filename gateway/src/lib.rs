@@ -4,6 +4,7 @@
 //! member that holds the file. The gateway keeps no state of its own beyond which tracker answered last.
 
 pub mod cli;
+mod dashboard;
 pub mod error;
 mod files;
 mod page;
@@ -159,6 +160,8 @@ pub fn router(config: Config) -> Result<Router, StartError> {
     // Downloads in proxy mode stream their answer; the timeout covers only getting the headers.
     let bounded = Router::new()
         .route("/", get(page::index))
+        .route("/dashboard", get(dashboard::page))
+        .route("/dashboard/stats", get(dashboard::stats))
         .route("/health", get(files::health))
         .route("/cluster", get(files::cluster))
         .route("/info/{*file_id}", get(files::info))

@@ -26,6 +26,12 @@ pub struct Args {
     /// Base URL users download from (default `http://<bound addr>`).
     #[arg(long, env = "FDFS_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Separate address for the internal `/v1` routes (then 404 on --listen); peers and the gateway use it.
+    #[arg(long, env = "FDFS_INTERNAL_LISTEN")]
+    pub internal_listen: Option<String>,
+    /// host:port other processes reach --internal-listen at (default: its bound address).
+    #[arg(long, env = "FDFS_INTERNAL_ADDR")]
+    pub internal_addr: Option<String>,
     /// TOML config file.
     #[arg(long, env = "FDFS_CONFIG")]
     pub config: Option<PathBuf>,
@@ -50,9 +56,21 @@ pub struct Args {
     /// Anti-leech token lifetime in seconds.
     #[arg(long, env = "FDFS_TOKEN_TTL_SECS")]
     pub token_ttl_secs: Option<u64>,
+    /// Space every store path keeps free (replicas that would use it get 507): bytes or a percentage.
+    #[arg(long, env = "FDFS_RESERVED_STORAGE_SPACE")]
+    pub reserved_storage_space: Option<Size>,
     /// Test hook: abort the process at this point (see `store::layout::set_fail_point`).
     #[arg(long, hide = true)]
     pub fail_point: Option<String>,
+    /// Read rate of the background scrubber, e.g. `2MiB` (0 turns it off).
+    #[arg(long, env = "FDFS_SCRUB_BYTES_PER_SEC")]
+    pub scrub_bytes_per_sec: Option<Size>,
+    /// Seconds between the starts of two scrub passes.
+    #[arg(long, env = "FDFS_SCRUB_INTERVAL_SECS")]
+    pub scrub_interval_secs: Option<u64>,
+    /// Peer transfers fail after this many milliseconds without data (frozen peer).
+    #[arg(long, env = "FDFS_PEER_STALL_TIMEOUT_MS")]
+    pub peer_stall_timeout_ms: Option<u64>,
 }
 
 impl Args {
@@ -71,11 +89,17 @@ impl Args {
             heartbeat_interval_ms,
             max_file_size,
             write_quorum,
-            token_ttl_secs
+            token_ttl_secs,
+            reserved_storage_space,
+            scrub_bytes_per_sec,
+            scrub_interval_secs,
+            peer_stall_timeout_ms
         );
         set_opt!(
             listen,
             public_url,
+            internal_listen,
+            internal_addr,
             node_id,
             cluster_secret,
             anti_leech_secret
@@ -92,6 +116,7 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
     }
     let file: Config = fdfs_common::config::load(args.config.as_deref())?;
     let config = args.apply(file);
+    fdfs_common::serve::warn_if_no_secret("storage node", config.cluster_secret.as_deref());
     let listen = config
         .listen
         .clone()

@@ -9,6 +9,7 @@ pub mod api;
 pub mod cli;
 pub mod error;
 pub mod heartbeat;
+pub mod scrub;
 pub mod serve;
 pub mod store;
 pub mod sync;
@@ -30,6 +31,9 @@ pub use error::StorageError;
 pub use heartbeat::Peers;
 pub use store::Store;
 
+/// Default of [`Config::reserved_storage_space`]: small, so that it stays under any tracker's reserve.
+pub const DEFAULT_RESERVED_BYTES: u64 = 64 << 20;
+
 /// Storage node configuration (TOML file, overridden by `FDFS_*` env and flags; see [`cli::Args`]).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -44,6 +48,12 @@ pub struct Config {
     pub store_paths: Vec<PathBuf>,
     /// Base URL users download from; defaults to `http://<bound addr>`.
     pub public_url: Option<String>,
+    /// Separate address for the internal `/v1` routes (then answered 404 on `listen`); other nodes and the
+    /// gateway reach this node there. Unset: one port serves everything.
+    pub internal_listen: Option<String>,
+    /// `host:port` other processes reach `internal_listen` at (default: its bound address; set it when
+    /// listening on `0.0.0.0`).
+    pub internal_addr: Option<String>,
     /// Node id; defaults to crc32 of `group + "/" + address` (stable across restarts and wipes).
     pub node_id: Option<u32>,
     /// Milliseconds between heartbeats.
@@ -60,10 +70,21 @@ pub struct Config {
     pub anti_leech_secret: Option<String>,
     /// Lifetime of an anti-leech token.
     pub token_ttl_secs: u64,
+    /// Space every store path keeps free for metadata, deletes and the node's own state: replicas that would
+    /// eat into it are refused (507). Keep it at most the trackers' `reserved_storage_space`.
+    pub reserved_storage_space: Size,
     /// Permission bits of stored files and their metadata (e.g. `0o644`: readable by an nginx worker).
     pub file_mode: u32,
     /// Permission bits of the data directories (e.g. `0o755`).
     pub dir_mode: u32,
+    /// Read rate of the background scrubber (re-checks every file against the size and CRC32 in its ID and
+    /// repairs bad ones from a peer); 0 turns it off.
+    pub scrub_bytes_per_sec: Size,
+    /// Seconds between the starts of two scrub passes (the first one starts within 10 minutes).
+    pub scrub_interval_secs: u64,
+    /// A peer transfer (replica upload, catch-up download) fails when no data moves for this long; each
+    /// transfer also has a deadline of 30 s plus 1 s per MiB.
+    pub peer_stall_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -74,6 +95,8 @@ impl Default for Config {
             trackers: Vec::new(),
             store_paths: Vec::new(),
             public_url: None,
+            internal_listen: None,
+            internal_addr: None,
             node_id: None,
             heartbeat_interval_ms: 2000,
             cluster_secret: None,
@@ -82,8 +105,12 @@ impl Default for Config {
             binlog_segment_bytes: Size::Bytes(sync::binlog::DEFAULT_SEGMENT_BYTES),
             anti_leech_secret: None,
             token_ttl_secs: 900,
+            reserved_storage_space: Size::Bytes(DEFAULT_RESERVED_BYTES),
             file_mode: 0o644,
             dir_mode: 0o755,
+            scrub_bytes_per_sec: Size::Bytes(2 << 20),
+            scrub_interval_secs: 86_400,
+            peer_stall_timeout_ms: 15_000,
         }
     }
 }
@@ -143,6 +170,21 @@ pub async fn run(
     let node_id = config
         .node_id
         .unwrap_or_else(|| default_node_id(&config.group, &addr));
+    // With a separate internal listener, that is the address announced to trackers (peers and the gateway
+    // use the announced address for `/v1` and proxied reads); the node id stays derived from the public one.
+    let internal = match config.internal_listen.as_deref() {
+        Some(listen) => Some(
+            fdfs_common::serve::bind_and_announce_as("internal listening on", listen)
+                .await
+                .with_context(|| format!("binding the internal address {listen}"))?,
+        ),
+        None => None,
+    };
+    let addr = match (&internal, &config.internal_addr) {
+        (None, _) => addr,
+        (Some(_), Some(announced)) => announced.clone(),
+        (Some(l), None) => l.local_addr()?.to_string(),
+    };
     let max_file_size = match config.max_file_size {
         Size::Bytes(n) => n.min(fdfs_common::fileid::MAX_FILE_SIZE),
         Size::Percent(_) => anyhow::bail!("max_file_size must be a size, not a percentage"),
@@ -189,11 +231,26 @@ pub async fn run(
             write_quorum: config.write_quorum,
             binlog_segment_bytes: segment_bytes,
             cluster_secret: config.cluster_secret.clone(),
+            reserved_storage_space: config.reserved_storage_space,
+            peer_limits: fdfs_common::deadline::TransferLimits::with_stall(Duration::from_millis(
+                config.peer_stall_timeout_ms.max(1),
+            )),
             ..sync::SyncConfig::default()
         },
     )
     .await
     .context("starting replication")?;
+    let scrub_rate = match config.scrub_bytes_per_sec {
+        Size::Bytes(n) => n,
+        Size::Percent(_) => anyhow::bail!("scrub_bytes_per_sec must be a size, not a percentage"),
+    };
+    let scrubber = tokio::spawn(scrub::run(
+        engine.clone(),
+        scrub::ScrubConfig {
+            bytes_per_sec: scrub_rate,
+            interval: Duration::from_secs(config.scrub_interval_secs),
+        },
+    ));
 
     let node = Arc::new(Node {
         group: config.group.clone(),
@@ -209,11 +266,50 @@ pub async fn run(
     });
     tracing::info!(node_id, group = %node.group, public_url = %node.public_url, "storage node started");
     let heartbeats = tokio::spawn(heartbeat::run(node.clone()));
-    let result = fdfs_common::serve::serve(listener, router(node), shutdown).await;
+    // `POST /v1/scrub` (see `scrub`), behind the cluster secret like the other internal routes.
+    let internal_app = router(node.clone()).merge(scrub::router(engine.clone()).route_layer(
+        middleware::from_fn_with_state(node.clone(), api::require_secret),
+    ));
+    let result = match internal {
+        None => fdfs_common::serve::serve(listener, internal_app, shutdown).await,
+        Some(internal) => {
+            // One shutdown signal for both listeners.
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                shutdown.await;
+                let _ = stop_tx.send(true);
+            });
+            let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            let public = fdfs_common::serve::serve(
+                listener,
+                public_router(node.clone()),
+                stopped(stop_rx.clone()),
+            );
+            let internal = fdfs_common::serve::serve(internal, internal_app, stopped(stop_rx));
+            let (a, b) = tokio::join!(public, internal);
+            a.and(b)
+        }
+    };
     heartbeats.abort();
+    scrubber.abort();
     let _ = heartbeats.await;
+    let _ = scrubber.await;
     engine.shutdown().await;
     result.context("serving HTTP")
+}
+
+/// Routes of the public listener when internal routes have their own (`internal_listen`): downloads and
+/// `/health`; every `/v1/...` answers 404.
+pub fn public_router(node: AppState) -> Router {
+    let app = Router::new()
+        .route("/health", get(health))
+        .route("/v1/{*rest}", axum::routing::any(api::not_found))
+        .route("/{*path}", get(serve::serve))
+        .fallback(api::not_found)
+        .with_state(node);
+    fdfs_common::metrics::instrument(app, "storage")
 }
 
 /// All routes of the storage node.
@@ -237,7 +333,9 @@ pub fn router(node: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(
             node.clone(),
             api::require_secret,
-        ));
+        ))
+        // Outermost: a refused body (401, 413 mid-stream, 507) is drained so the client reads the answer.
+        .route_layer(middleware::from_fn(fdfs_common::drain::drain_refused));
     let app = Router::new()
         .route("/health", get(health))
         .merge(internal)

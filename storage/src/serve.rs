@@ -1,9 +1,9 @@
 //! Public downloads: `GET|HEAD /{group}/M{xx}/{XX}/{YY}/{name}`, nginx-style.
 //!
-//! tower-http's `ServeFile` streams the bytes and answers Range (206/416). Its ETag and Last-Modified come from
-//! the inode (mtime with nanoseconds), which differs between members and between deduplicated IDs, so this
-//! module evaluates the conditional headers itself against validators derived from the file ID, strips them
-//! from the request it hands to `ServeFile`, and replaces the validators in the answer:
+//! One blocking-pool hop opens the file, fstats it, evaluates the conditional headers and Range, and for an
+//! answer of up to `SMALL` (128 KiB) bytes reads it too (a 4 KiB photo thumbnail costs one hop, not four); larger
+//! answers stream in `CHUNK` (256 KiB) reads with flat memory. The validators come from the file ID, not the inode (whose
+//! mtime differs between members and between deduplicated IDs):
 //! - `ETag: "<crc32 hex>-<size hex>"` from the name (a slave, whose name carries its master's facts, adds its
 //!   own size and prefix), identical on every member;
 //! - `Last-Modified`: the creation time encoded in the ID (what a fresh upload's mtime is), identical on every
@@ -12,17 +12,17 @@
 //! A file missing here (not replicated yet) is proxied from an active peer of the group; the proxied request
 //! carries [`NO_PROXY_HEADER`] so that peers never bounce it further.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use fdfs_common::wire::MemberState;
 use fdfs_common::{content_type_for, FileId};
 use serde::Deserialize;
-use tower::ServiceExt;
-use tower_http::services::ServeFile;
 
 use crate::error::StorageError;
 use crate::AppState;
@@ -153,6 +153,46 @@ pub async fn serve(State(node): State<AppState>, req: Request) -> Response {
     }
 }
 
+/// Answers (or ranges) up to this size are read in the same blocking call that opens the file; larger ones
+/// stream in [`CHUNK`]-sized reads.
+const SMALL: u64 = 128 * 1024;
+/// Read size when streaming a large answer (one blocking-pool hop per chunk).
+const CHUNK: u64 = 256 * 1024;
+
+/// What the blocking open decided.
+enum Opened {
+    /// Not here (or not a regular file): proxy or 404.
+    Missing,
+    Failed,
+    NotModified {
+        etag: String,
+    },
+    Unsatisfiable {
+        etag: String,
+        len: u64,
+    },
+    Content {
+        etag: String,
+        len: u64,
+        /// `Some((start, end))` (inclusive) for a 206.
+        range: Option<(u64, u64)>,
+        body: Content,
+    },
+}
+
+enum Content {
+    /// HEAD: no bytes read.
+    None,
+    /// The whole answer, read with the open.
+    Bytes(Bytes),
+    /// Still to read: `count` bytes from `offset`.
+    Stream {
+        file: std::fs::File,
+        offset: u64,
+        count: u64,
+    },
+}
+
 async fn serve_inner(node: AppState, req: Request) -> Result<Response, StorageError> {
     let id: FileId = req.uri().path().parse()?;
     if id.group != node.group {
@@ -172,83 +212,224 @@ async fn serve_inner(node: AppState, req: Request) -> Result<Response, StorageEr
             fdfs_common::time::unix_now(),
         )?;
     }
-    let Some(stat) = node.store.stat(&id).await? else {
-        if req.headers().contains_key(NO_PROXY_HEADER) {
-            return Err(StorageError::NotFound(format!("no such file {id}")));
-        }
-        let (parts, _) = req.into_parts();
-        return match proxy(&node, &id, &parts.method, parts.uri.query(), &parts.headers).await {
-            Some(r) => Ok(r),
-            None => Err(StorageError::NotFound(format!("no such file {id}"))),
-        };
+    let path = match node.store.path(&id) {
+        Ok(p) => Some(p),
+        Err(StorageError::NotFound(_)) => None,
+        Err(e) => return Err(e),
     };
-    let etag = etag_for(&id, stat.len());
+    let (parts, _) = req.into_parts();
+    let head = parts.method == Method::HEAD;
+    // One blocking hop: open, fstat, the conditional headers, and for a small answer the read.
+    let (parts, opened) = tokio::task::spawn_blocking(move || {
+        let opened = match path {
+            Some(path) => open_blocking(&path, &id, &parts.headers, head).map(|o| (o, id)),
+            None => Ok((Opened::Missing, id)),
+        };
+        (parts, opened)
+    })
+    .await?;
+    let (opened, id) = opened?;
     let modified = last_modified_for(&id);
-    let honour_range = match evaluate(req.headers(), &etag, modified) {
-        Precondition::Failed => {
-            return Ok(StorageError::PreconditionFailed.into_response());
+    let res = match opened {
+        Opened::Missing => {
+            if parts.headers.contains_key(NO_PROXY_HEADER) {
+                return Err(StorageError::NotFound(format!("no such file {id}")));
+            }
+            return match proxy(&node, &id, &parts.method, parts.uri.query(), &parts.headers).await {
+                Some(r) => Ok(r),
+                None => Err(StorageError::NotFound(format!("no such file {id}"))),
+            };
         }
-        Precondition::NotModified => {
+        Opened::Failed => StorageError::PreconditionFailed.into_response(),
+        Opened::NotModified { etag } => {
             let mut res = StatusCode::NOT_MODIFIED.into_response();
             set_validators(res.headers_mut(), &etag, modified);
-            return Ok(res);
+            res
         }
+        Opened::Unsatisfiable { etag, len } => {
+            let mut res = fdfs_common::error_response(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "range_not_satisfiable",
+                "range not satisfiable",
+            );
+            if let Ok(v) = HeaderValue::try_from(format!("bytes */{len}")) {
+                res.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            set_validators(res.headers_mut(), &etag, modified);
+            res
+        }
+        Opened::Content {
+            etag,
+            len,
+            range,
+            body,
+        } => {
+            let count = range.map_or(len, |(start, end)| end - start + 1);
+            let mut res = match body {
+                Content::None => Response::new(Body::empty()),
+                Content::Bytes(b) => Response::new(Body::from(b)),
+                Content::Stream {
+                    file,
+                    offset,
+                    count,
+                } => Response::new(Body::from_stream(stream_file(file, offset, count))),
+            };
+            let headers = res.headers_mut();
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+            if let Some((start, end)) = range {
+                *res.status_mut() = StatusCode::PARTIAL_CONTENT;
+                if let Ok(v) = HeaderValue::try_from(format!("bytes {start}-{end}/{len}")) {
+                    res.headers_mut().insert(header::CONTENT_RANGE, v);
+                }
+            }
+            let headers = res.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(content_type_for(id.name.ext())),
+            );
+            set_validators(headers, &etag, modified);
+            res
+        }
+    };
+    Ok(res)
+}
+
+/// Open the file, check the conditional headers against its validators and, for a small answer, read it.
+fn open_blocking(
+    path: &std::path::Path,
+    id: &FileId,
+    headers: &HeaderMap,
+    head: bool,
+) -> Result<Opened, StorageError> {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Opened::Missing),
+        Err(e) => return Err(e.into()),
+    };
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Ok(Opened::Missing);
+    }
+    let len = meta.len();
+    let etag = etag_for(id, len);
+    let honour_range = match evaluate(headers, &etag, last_modified_for(id)) {
+        Precondition::Failed => return Ok(Opened::Failed),
+        Precondition::NotModified => return Ok(Opened::NotModified { etag }),
         Precondition::Proceed { honour_range } => honour_range,
     };
-
-    let path = node.store.path(&id)?;
-    let (mut parts, body) = req.into_parts();
-    for h in [
-        header::IF_MATCH,
-        header::IF_NONE_MATCH,
-        header::IF_MODIFIED_SINCE,
-        header::IF_UNMODIFIED_SINCE,
-        header::IF_RANGE,
-    ] {
-        parts.headers.remove(h);
-    }
-    // ServeFile refuses several ranges with a bare 416; a server may ignore Range instead (RFC 9110 14.2), so a
-    // multi-range request gets the whole file.
-    let several = parts
-        .headers
-        .get(header::RANGE)
-        .is_some_and(|r| r.as_bytes().contains(&b','));
-    if !honour_range || several {
-        parts.headers.remove(header::RANGE);
-    }
-    let inner = Request::from_parts(parts, body);
-    let res = match ServeFile::new(&path).oneshot(inner).await {
-        Ok(r) => r,
-        Err(never) => match never {},
+    let range = match headers.get(header::RANGE).filter(|_| honour_range) {
+        None => None,
+        Some(v) => match parse_range(v.as_bytes(), len) {
+            RangeAnswer::Whole => None,
+            RangeAnswer::Part(start, end) => Some((start, end)),
+            RangeAnswer::Unsatisfiable => return Ok(Opened::Unsatisfiable { etag, len }),
+        },
     };
-    if res.status() == StatusCode::NOT_FOUND {
-        // Deleted between the stat and the open.
-        return Err(StorageError::NotFound(format!("no such file {id}")));
-    }
-    if res.status() == StatusCode::RANGE_NOT_SATISFIABLE {
-        // ServeFile's 416 has no body; give it the JSON error every answer has, keeping `Content-Range`.
-        let mut out = fdfs_common::error_response(
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            "range_not_satisfiable",
-            "range not satisfiable",
-        );
-        if let Some(v) = res.headers().get(header::CONTENT_RANGE) {
-            out.headers_mut().insert(header::CONTENT_RANGE, v.clone());
+    let (offset, count) = range.map_or((0, len), |(start, end)| (start, end - start + 1));
+    let body = if head {
+        Content::None
+    } else if count <= SMALL {
+        let mut buf = vec![0; usize::try_from(count).unwrap_or(0)];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, offset)?;
+        Content::Bytes(Bytes::from(buf))
+    } else {
+        Content::Stream {
+            file,
+            offset,
+            count,
         }
-        set_validators(out.headers_mut(), &etag, modified);
-        return Ok(out);
+    };
+    Ok(Opened::Content {
+        etag,
+        len,
+        range,
+        body,
+    })
+}
+
+/// `count` bytes of `file` from `offset`, [`CHUNK`] at a time on the blocking pool: memory stays flat whatever
+/// the file's size.
+fn stream_file(
+    file: std::fs::File,
+    offset: u64,
+    count: u64,
+) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send {
+    let file = Arc::new(file);
+    futures_util::stream::try_unfold((offset, count), move |(offset, left)| {
+        let file = file.clone();
+        async move {
+            if left == 0 {
+                return Ok(None);
+            }
+            let n = left.min(CHUNK);
+            let chunk = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0; usize::try_from(n).unwrap_or(0)];
+                std::os::unix::fs::FileExt::read_exact_at(&*file, &mut buf, offset)?;
+                Ok::<_, std::io::Error>(Bytes::from(buf))
+            })
+            .await
+            .map_err(std::io::Error::other)??;
+            Ok(Some((chunk, (offset + n, left - n))))
+        }
+    })
+}
+
+/// How to answer a `Range` header.
+#[derive(Debug, PartialEq, Eq)]
+enum RangeAnswer {
+    /// Not a byte range, or several of them: the whole file (a server may ignore Range, RFC 9110 14.2).
+    Whole,
+    /// Bytes `start..=end`.
+    Part(u64, u64),
+    /// A malformed or unsatisfiable byte range: 416.
+    Unsatisfiable,
+}
+
+/// One `bytes=` range against a file of `len` bytes, as nginx answers it.
+fn parse_range(value: &[u8], len: u64) -> RangeAnswer {
+    let Some(spec) = value.strip_prefix(b"bytes=") else {
+        return RangeAnswer::Whole;
+    };
+    if spec.contains(&b',') {
+        return RangeAnswer::Whole;
     }
-    let mut res = res.map(Body::new);
-    let status = res.status();
-    let headers = res.headers_mut();
-    set_validators(headers, &etag, modified);
-    if status.is_success() {
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(content_type_for(id.name.ext())),
-        );
+    let Ok(spec) = std::str::from_utf8(spec) else {
+        return RangeAnswer::Unsatisfiable;
+    };
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return RangeAnswer::Unsatisfiable;
+    };
+    let number = |s: &str| {
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            None
+        } else {
+            s.parse::<u64>().ok()
+        }
+    };
+    let (start, end) = if first.is_empty() {
+        // Suffix: the last N bytes.
+        match number(last) {
+            Some(n) if n > 0 && len > 0 => (len.saturating_sub(n), len - 1),
+            _ => return RangeAnswer::Unsatisfiable,
+        }
+    } else {
+        let Some(start) = number(first) else {
+            return RangeAnswer::Unsatisfiable;
+        };
+        let end = if last.is_empty() {
+            len.saturating_sub(1)
+        } else {
+            match number(last) {
+                Some(e) if e >= start => e.min(len.saturating_sub(1)),
+                _ => return RangeAnswer::Unsatisfiable,
+            }
+        };
+        (start, end)
+    };
+    if start >= len {
+        return RangeAnswer::Unsatisfiable;
     }
-    Ok(res)
+    RangeAnswer::Part(start, end)
 }
 
 /// Fetch the file from an active peer and stream its answer back; `None` when no peer has it.
@@ -310,6 +491,30 @@ async fn proxy(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranges_are_read_as_nginx_reads_them() {
+        use RangeAnswer::*;
+        let r = |v: &str| parse_range(v.as_bytes(), 100);
+        assert_eq!(r("bytes=0-9"), Part(0, 9));
+        assert_eq!(r("bytes=90-"), Part(90, 99));
+        assert_eq!(r("bytes=-5"), Part(95, 99));
+        assert_eq!(r("bytes=-500"), Part(0, 99));
+        assert_eq!(r("bytes=0-18446744073709551615"), Part(0, 99));
+        assert_eq!(r("bytes=99-99"), Part(99, 99));
+        assert_eq!(r("bytes=100-"), Unsatisfiable);
+        assert_eq!(r("bytes=-0"), Unsatisfiable);
+        assert_eq!(r("bytes=5-1"), Unsatisfiable);
+        assert_eq!(r("bytes=--5"), Unsatisfiable);
+        assert_eq!(r("bytes="), Unsatisfiable);
+        assert_eq!(r("bytes=a-b"), Unsatisfiable);
+        assert_eq!(r("bytes=+1-2"), Unsatisfiable);
+        assert_eq!(r("bytes=99999999999999999999-"), Unsatisfiable);
+        assert_eq!(r("items=0-5"), Whole);
+        assert_eq!(r("bytes=0-0,-1"), Whole);
+        assert_eq!(parse_range(b"bytes=0-", 0), Unsatisfiable);
+        assert_eq!(parse_range(b"bytes=-1", 0), Unsatisfiable);
+    }
 
     #[test]
     fn etag_matching() {

@@ -6,77 +6,31 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fdfs_common::config::Size;
-use fdfs_common::wire::{ErrorBody, FileInfo, Metadata, UploadResult, CLUSTER_SECRET_HEADER};
+use fdfs_common::wire::{FileInfo, Metadata, UploadResult, CLUSTER_SECRET_HEADER};
 use fdfs_common::FileId;
 use fdfs_storage::Config;
+use fdfs_testkit::{closed_addr, error_code, Server};
 use reqwest::header;
 use reqwest::{Client, StatusCode};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 const SECRET: &str = "cluster-s3cret";
 
-/// An address on which nothing listens.
-fn dead_tracker() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
-}
-
-struct Server {
-    base: String,
-    addr: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Server {
-    async fn start(config: Config) -> Server {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(fdfs_storage::run(listener, config, async {
-            let _ = rx.await;
-        }));
-        let base = format!("http://{addr}");
-        // Creating 65536 directories per store path takes a while on a busy machine.
-        let deadline = Instant::now() + Duration::from_secs(300);
-        let client = Client::new();
-        loop {
-            assert!(!task.is_finished(), "server exited early");
-            if let Ok(r) = client.get(format!("{base}/health")).send().await {
-                if r.status().is_success() {
-                    break;
-                }
-            }
-            assert!(Instant::now() < deadline, "server did not come up");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Server {
-            base,
-            addr,
-            stop: Some(tx),
-            task,
-        }
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(60), self.task)
-            .await
-            .expect("graceful shutdown")
-            .unwrap()
-            .unwrap();
-    }
+/// A storage node in this process, answering `/health`.
+async fn start(config: Config) -> Server {
+    let server = Server::start(|l, stop| fdfs_storage::run(l, config, stop)).await;
+    // Creating 65536 directories per store path takes a while on a busy machine.
+    server.wait_healthy(Duration::from_secs(300)).await;
+    server
 }
 
 fn config(paths: &[PathBuf]) -> Config {
     Config {
         group: "g1".parse().unwrap(),
-        trackers: vec![dead_tracker()],
+        trackers: vec![closed_addr()],
         store_paths: paths.to_vec(),
         heartbeat_interval_ms: 100,
         cluster_secret: Some(SECRET.into()),
@@ -110,11 +64,6 @@ async fn upload_ok(
     r.json().await.unwrap()
 }
 
-async fn error_code(r: reqwest::Response) -> String {
-    let body: ErrorBody = r.json().await.expect("JSON error body");
-    body.error.code
-}
-
 fn disk_path(root: &Path, id: &FileId) -> PathBuf {
     root.join(id.relative_path())
 }
@@ -126,21 +75,17 @@ fn tmp_is_empty(root: &Path) -> bool {
         == 0
 }
 
-async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn wait_until(what: &str, f: impl FnMut() -> bool) {
+    fdfs_testkit::wait_until(what, Duration::from_secs(10), f).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_node_scenario() {
     let dir = tempfile::tempdir().unwrap();
     let roots = vec![dir.path().join("p0"), dir.path().join("p1")];
-    let server = Server::start(config(&roots)).await;
+    let server = start(config(&roots)).await;
     let c = Client::new();
-    let base = server.base.clone();
+    let base = server.base();
 
     // Health.
     let h: serde_json::Value = c
@@ -301,7 +246,7 @@ async fn storage_node_scenario() {
     wait_until("temp files removed after 413", || tmp_is_empty(&roots[0])).await;
 
     // A client that disconnects mid-body leaves nothing behind.
-    let mut sock = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    let mut sock = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     sock.write_all(
         format!(
             "POST /v1/upload?store_path=0 HTTP/1.1\r\nhost: x\r\n{CLUSTER_SECRET_HEADER}: {SECRET}\r\ncontent-length: 100000\r\n\r\n"
@@ -548,15 +493,81 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
+/// Uploads refused part-way (413 over the size limit while streaming, 413 on a declared length, 401 without
+/// the secret) reach the client as their JSON error, never as a reset connection: the node reads and drops
+/// the rest of a refused body (bounded) before answering. Bodies well over the limit, many times, so that a
+/// node closing with unread bytes (which the kernel answers with a reset) is caught.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_uploads_reach_the_client_as_their_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("p0");
+    let server = start(config(std::slice::from_ref(&root))).await;
+    let base = server.base();
+    let c = Client::new();
+    let big = bytes::Bytes::from(vec![7u8; 6 << 20]);
+    for round in 0..25 {
+        let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = (0..big.len())
+            .step_by(64 << 10)
+            .map(|at| Ok(big.slice(at..(at + (64 << 10)).min(big.len()))))
+            .collect();
+        let streamed = upload(
+            &c,
+            &base,
+            "",
+            reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)),
+        )
+        .await;
+        assert_eq!(
+            streamed.status(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "round {round}"
+        );
+        assert_eq!(
+            error_code(streamed).await,
+            "payload_too_large",
+            "round {round}"
+        );
+
+        let declared = upload(&c, &base, "", big.clone()).await;
+        assert_eq!(
+            declared.status(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "round {round}"
+        );
+        assert_eq!(
+            error_code(declared).await,
+            "payload_too_large",
+            "round {round}"
+        );
+
+        let no_secret = c
+            .post(format!("{base}/v1/upload"))
+            .body(big.clone())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e:?}"));
+        assert_eq!(
+            no_secret.status(),
+            StatusCode::UNAUTHORIZED,
+            "round {round}"
+        );
+        assert_eq!(error_code(no_secret).await, "unauthorized", "round {round}");
+    }
+    // The node is fine afterwards, and nothing was left behind.
+    upload_ok(&c, &base, "ext=txt", "still here").await;
+    wait_until("temp files removed after 413s", || tmp_is_empty(&root)).await;
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anti_leech_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(&[dir.path().to_owned()]);
     cfg.anti_leech_secret = Some("leech".into());
     cfg.token_ttl_secs = 60;
-    let server = Server::start(cfg).await;
+    let server = start(cfg).await;
     let c = Client::new();
-    let up = upload_ok(&c, &server.base, "ext=txt", "protected").await;
+    let up = upload_ok(&c, &server.base(), "ext=txt", "protected").await;
     let r = c.get(&up.url).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     assert_eq!(error_code(r).await, "forbidden");
@@ -597,16 +608,16 @@ async fn reindex_after_losing_the_index() {
     let cfg = config(std::slice::from_ref(&root));
     let content = b"the same bytes, three times".to_vec();
 
-    let server = Server::start(cfg.clone()).await;
+    let server = start(cfg.clone()).await;
     let c = Client::new();
-    let a = upload_ok(&c, &server.base, "ext=txt", content.clone()).await;
-    let b = upload_ok(&c, &server.base, "ext=txt", content.clone()).await;
+    let a = upload_ok(&c, &server.base(), "ext=txt", content.clone()).await;
+    let b = upload_ok(&c, &server.base(), "ext=txt", content.clone()).await;
     server.stop().await;
 
     std::fs::remove_dir_all(root.join(".fdfs").join("db")).unwrap();
 
-    let server = Server::start(cfg).await;
-    let base = server.base.clone();
+    let server = start(cfg).await;
+    let base = server.base();
     let ino = |id: &FileId| std::fs::metadata(disk_path(&root, id)).unwrap().ino();
     // The rebuilt index still knows the content: a third upload links to it.
     let d = upload_ok(&c, &base, "ext=txt", content.clone()).await;

@@ -2,55 +2,28 @@
 //! from the tracker's heartbeat replies. Real tracker (`fdfs_tracker::run`) and two real storage nodes.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fdfs_common::config::Size;
 use fdfs_common::{FileId, FileName, NameInfo};
 use fdfs_storage::serve::NO_PROXY_HEADER;
+use fdfs_testkit::{eventually, Server};
 use reqwest::{header, Client, StatusCode};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 const SECRET: &str = "proxy-secret";
 
-struct Proc {
-    addr: String,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Proc {
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        tokio::time::timeout(Duration::from_secs(60), self.task)
-            .await
-            .expect("graceful shutdown")
-            .unwrap()
-            .unwrap();
-    }
-}
-
-async fn tracker() -> Proc {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let (stop, rx) = oneshot::channel::<()>();
+async fn tracker() -> Server {
     let config = fdfs_tracker::Config {
         cluster_secret: Some(SECRET.into()),
         ..Default::default()
     };
-    let task = tokio::spawn(fdfs_tracker::run(listener, config, async {
-        let _ = rx.await;
-    }));
-    Proc { addr, stop, task }
+    Server::start(|l, stop| fdfs_tracker::run(l, config, stop)).await
 }
 
-async fn storage(tracker: &str, root: PathBuf) -> Proc {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let (stop, rx) = oneshot::channel::<()>();
+async fn storage(tracker: &Server, root: PathBuf) -> Server {
     let config = fdfs_storage::Config {
         group: "g1".parse().unwrap(),
-        trackers: vec![tracker.to_owned()],
+        trackers: vec![tracker.addr.to_string()],
         store_paths: vec![root],
         heartbeat_interval_ms: 100,
         cluster_secret: Some(SECRET.into()),
@@ -58,44 +31,18 @@ async fn storage(tracker: &str, root: PathBuf) -> Proc {
         write_quorum: 1,
         ..Default::default()
     };
-    let task = tokio::spawn(fdfs_storage::run(listener, config, async {
-        let _ = rx.await;
-    }));
-    Proc { addr, stop, task }
-}
-
-/// Poll `f` until it returns `Some`, with a deadline.
-async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
-    what: &str,
-    mut f: impl FnMut() -> F,
-) -> T {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    Server::start(|l, stop| fdfs_storage::run(l, config, stop)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_file_is_proxied_from_a_peer() {
     let dir = tempfile::tempdir().unwrap();
     let t = tracker().await;
-    let a = storage(&t.addr, dir.path().join("a")).await;
-    let b = storage(&t.addr, dir.path().join("b")).await;
+    let a = storage(&t, dir.path().join("a")).await;
+    let b = storage(&t, dir.path().join("b")).await;
     let c = Client::new();
     for node in [&a, &b] {
-        eventually("storage node up", || async {
-            let r = c
-                .get(format!("http://{}/health", node.addr))
-                .send()
-                .await
-                .ok()?;
-            r.status().is_success().then_some(())
-        })
-        .await;
+        node.wait_healthy(Duration::from_secs(300)).await;
     }
 
     // A file only `a` has: written straight into a's store path (not through its API), so no replication
@@ -124,7 +71,7 @@ async fn missing_file_is_proxied_from_a_peer() {
     assert_eq!(direct.status(), StatusCode::OK);
     let etag = direct.headers()[header::ETAG].clone();
     // b answers once it has heard of a from the tracker.
-    let r = eventually("b proxies the read", || async {
+    let r = eventually(300, "b proxies the read", || async {
         let r = c.get(&url_b).send().await.ok()?;
         (r.status() == StatusCode::OK).then_some(r)
     })

@@ -36,6 +36,9 @@ pub struct Args {
     /// Space every store path keeps free: bytes (`10GiB`) or a percentage of its size (`10%`) [default: 10%].
     #[arg(long, env = "FDFS_RESERVED_STORAGE_SPACE")]
     pub reserved_storage_space: Option<Size>,
+    /// Directory where the tracker remembers its members across restarts (`members.json`).
+    #[arg(long, env = "FDFS_TRACKER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
     /// Shared secret internal routes require in the `x-fdfs-cluster-secret` header.
     #[arg(long, env = "FDFS_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
@@ -60,6 +63,9 @@ impl Args {
         if let Some(v) = self.reserved_storage_space {
             c.reserved_storage_space = v;
         }
+        if let Some(v) = &self.data_dir {
+            c.data_dir = Some(v.clone());
+        }
         if let Some(v) = &self.cluster_secret {
             c.cluster_secret = Some(v.clone());
         }
@@ -71,6 +77,7 @@ impl Args {
 pub async fn main(args: Args) -> anyhow::Result<()> {
     let config = args.config()?;
     fdfs_common::telemetry::init();
+    fdfs_common::serve::warn_if_no_secret("tracker", config.cluster_secret.as_deref());
     let listen = args.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
     let listener = fdfs_common::serve::bind_and_announce(listen)
         .await

@@ -27,6 +27,11 @@ pub enum Error {
     NoStorage(Option<GroupName>),
     #[error("no store path has {0} bytes free above the reserved space")]
     InsufficientStorage(u64),
+    #[error("no member {1} in group {0}")]
+    UnknownMember(GroupName, u32),
+    /// Only an offline member can be removed.
+    #[error("member {0} is {1}: stop it before removing it")]
+    MemberLive(u32, &'static str),
 }
 
 impl Error {
@@ -35,7 +40,10 @@ impl Error {
             Error::Invalid(_) => StatusCode::BAD_REQUEST,
             Error::Rejected(status, _) => *status,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
-            Error::UnknownGroup(_) | Error::NoRoute => StatusCode::NOT_FOUND,
+            Error::UnknownGroup(_) | Error::NoRoute | Error::UnknownMember(..) => {
+                StatusCode::NOT_FOUND
+            }
+            Error::MemberLive(..) => StatusCode::CONFLICT,
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Error::NoStorage(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
@@ -46,6 +54,8 @@ impl Error {
         match self {
             Error::UnknownGroup(_) => "unknown_group",
             Error::NoStorage(_) => "no_storage",
+            Error::UnknownMember(..) => "unknown_member",
+            Error::MemberLive(..) => "member_live",
             other => code_for(other.status()),
         }
     }

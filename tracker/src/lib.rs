@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod error;
+mod members;
 pub mod registry;
 
 use std::future::Future;
@@ -17,7 +18,7 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use fdfs_common::config::Size;
 use fdfs_common::wire::{
@@ -64,6 +65,10 @@ pub struct Config {
     pub reserved_storage_space: Size,
     /// When set, internal routes require it in the `x-fdfs-cluster-secret` header.
     pub cluster_secret: Option<String>,
+    /// Where the tracker keeps the members it has heard from (`members.json`), so that after a restart it
+    /// still lists them (offline until they beat). Without it a restarted tracker knows only members that
+    /// beat since, and a wiped member could take an empty group for the truth.
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -75,6 +80,7 @@ impl Default for Config {
             store_path: StorePathPolicy::RoundRobin,
             reserved_storage_space: Size::Percent(10),
             cluster_secret: None,
+            data_dir: None,
         }
     }
 }
@@ -116,10 +122,22 @@ pub async fn run(
         secret: config.cluster_secret.as_deref().map(Arc::from),
         registry: Arc::new(Mutex::new(Registry::new(&config))),
     };
+    let persister = match &config.data_dir {
+        Some(dir) => {
+            let dir = dir.clone();
+            let d = dir.clone();
+            let members = tokio::task::spawn_blocking(move || members::load(&d)).await??;
+            tracing::info!(members = members.len(), dir = %dir.display(), "remembered members");
+            state.registry().restore(members, Instant::now());
+            Some(tokio::spawn(members::persist(state.registry.clone(), dir)))
+        }
+        None => None,
+    };
     let internal = Router::new()
         .route("/v1/heartbeat", post(heartbeat))
         .route("/v1/assign", get(assign))
         .route("/v1/locate/{*file_id}", get(locate))
+        .route("/v1/members/{group}/{node_id}", delete(remove_member))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_secret,
@@ -134,7 +152,11 @@ pub async fn run(
         .with_state(state);
     let app = fdfs_common::metrics::instrument(app, "tracker");
     tracing::info!(addr = %listener.local_addr()?, "tracker serving");
-    fdfs_common::serve::serve(listener, app, shutdown).await?;
+    let served = fdfs_common::serve::serve(listener, app, shutdown).await;
+    if let Some(p) = persister {
+        p.abort();
+    }
+    served?;
     Ok(())
 }
 
@@ -187,6 +209,19 @@ async fn locate(
     let Path(file_id) = path?;
     let id: FileId = file_id.parse()?;
     Ok(Json(state.registry().locate(&id, Instant::now())?))
+}
+
+/// `DELETE /v1/members/{group}/{node_id}` (internal): forget an offline member.
+async fn remove_member(
+    State(state): State<AppState>,
+    path: Result<Path<(String, u32)>, PathRejection>,
+) -> Result<Json<serde_json::Value>, Error> {
+    let Path((group, node_id)) = path?;
+    let group: GroupName = group.parse()?;
+    state.registry().remove(&group, node_id, Instant::now())?;
+    Ok(Json(
+        serde_json::json!({ "group": group, "node_id": node_id, "removed": true }),
+    ))
 }
 
 async fn cluster(State(state): State<AppState>) -> Json<ClusterView> {

@@ -47,6 +47,8 @@ pub struct Registry {
     group_cursor: usize,
     /// Round-robin position over each group's active members.
     member_cursors: HashMap<GroupName, usize>,
+    /// Membership changed (a new or moved member, a file count) since [`Registry::take_dirty`].
+    dirty: bool,
 }
 
 impl Registry {
@@ -60,7 +62,55 @@ impl Registry {
             members: BTreeMap::new(),
             group_cursor: 0,
             member_cursors: HashMap::new(),
+            dirty: false,
         }
+    }
+
+    /// Members remembered from an earlier run (see [`Registry::snapshot`]): listed as offline until they send
+    /// a heartbeat, so that a member of their group that lost its data knows they hold files and waits for them.
+    pub fn restore(&mut self, members: Vec<Heartbeat>, now: Instant) {
+        let long_ago = now
+            .checked_sub(self.timeout + Duration::from_secs(1))
+            .unwrap_or(now);
+        for hb in members {
+            self.members.entry(hb.node_id).or_insert(Member {
+                hb,
+                last_seen: long_ago,
+                path_cursor: 0,
+            });
+        }
+    }
+
+    /// The latest heartbeat of every member, for persisting.
+    pub fn snapshot(&self) -> Vec<Heartbeat> {
+        self.members.values().map(|m| m.hb.clone()).collect()
+    }
+
+    /// Whether membership changed since the last call.
+    pub fn take_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// Forget an offline member (an operator decommissioned it, like FastDFS's `fdfs_monitor delete`): its
+    /// peers stop keeping binlog records for it. If it comes back it is a new member, and catches up.
+    pub fn remove(&mut self, group: &GroupName, node_id: u32, now: Instant) -> Result<(), Error> {
+        let Some(m) = self.members.get(&node_id).filter(|m| m.hb.group == *group) else {
+            return Err(Error::UnknownMember(group.clone(), node_id));
+        };
+        match m.state(self.timeout, now) {
+            MemberState::Offline => {}
+            MemberState::Active => return Err(Error::MemberLive(node_id, "active")),
+            MemberState::Syncing => return Err(Error::MemberLive(node_id, "syncing")),
+        }
+        self.members.remove(&node_id);
+        self.dirty = true;
+        tracing::info!(node_id, group = %group, "member removed");
+        Ok(())
+    }
+
+    /// Mark membership as changed (a save failed: try again).
+    pub fn dirty_again(&mut self) {
+        self.dirty = true;
     }
 
     /// Record a heartbeat; returns the other members of the sender's group.
@@ -73,6 +123,9 @@ impl Registry {
                 } else if m.state(self.timeout, now) == MemberState::Offline {
                     tracing::info!(node_id = id, group = %hb.group, "member back online");
                 }
+                self.dirty |= m.hb.addr != hb.addr
+                    || m.hb.group != hb.group
+                    || m.hb.file_count != hb.file_count;
                 m.hb = hb;
                 m.last_seen = now;
             }
@@ -84,6 +137,7 @@ impl Registry {
                     path_cursor: 0,
                 };
                 self.members.insert(id, member);
+                self.dirty = true;
             }
         }
         self.in_group(&group)
@@ -129,6 +183,8 @@ impl Registry {
                 .map(|m| m.hb.node_id)
                 .collect();
             any_active |= !active.is_empty();
+            // Every live member receives the file on the same store path: only paths with room on all of them.
+            let full = self.paths_without_room(&g, size, now);
             let cursor = self.member_cursors.entry(g.clone()).or_default();
             for i in 0..active.len() {
                 let pos = cursor.wrapping_add(i);
@@ -136,7 +192,8 @@ impl Registry {
                     .members
                     .get_mut(&active[pos % active.len()])
                     .expect("listed above");
-                if let Some(index) = pick_path(member, size, self.store_path, self.reserved) {
+                if let Some(index) = pick_path(member, size, self.store_path, self.reserved, &full)
+                {
                     *cursor = pos.wrapping_add(1);
                     return Ok(Assignment {
                         group: g,
@@ -227,6 +284,18 @@ impl Registry {
         }
     }
 
+    /// Store path indices that some live (not offline) member of `group` has and that cannot take `size` bytes
+    /// there while keeping its reserve. Every live member receives the file on the same store path, and a full
+    /// one would refuse the replica, so the group must not get the upload on such a path.
+    fn paths_without_room(&self, group: &GroupName, size: u64, now: Instant) -> BTreeSet<u8> {
+        self.in_group(group)
+            .filter(|m| m.state(self.timeout, now) != MemberState::Offline)
+            .flat_map(|m| &m.hb.store_paths)
+            .filter(|p| !fits(p, size, self.reserved))
+            .map(|p| p.index)
+            .collect()
+    }
+
     fn in_group<'a>(&'a self, group: &'a GroupName) -> impl Iterator<Item = &'a Member> + 'a {
         self.members.values().filter(move |m| m.hb.group == *group)
     }
@@ -256,25 +325,30 @@ fn sum(paths: &[StorePathStat], f: impl Fn(&StorePathStat) -> u64) -> u64 {
     paths.iter().map(f).fold(0, u64::saturating_add)
 }
 
-/// A store path of `member` that can take `size` bytes and keep its reserve, by policy; advances the cursor.
+/// Whether a store path can take `size` bytes and keep its reserve.
+fn fits(p: &StorePathStat, size: u64, reserved: Size) -> bool {
+    let reserve = match reserved {
+        Size::Bytes(b) => b,
+        Size::Percent(pct) => {
+            u64::try_from(u128::from(p.total_bytes) * u128::from(pct) / 100).unwrap_or(u64::MAX)
+        }
+    };
+    p.free_bytes
+        .checked_sub(size)
+        .is_some_and(|left| left >= reserve)
+}
+
+/// A store path of `member` outside `full` (paths where another live member of the group lacks room) that can
+/// take `size` bytes and keep its reserve, by policy; advances the cursor.
 fn pick_path(
     member: &mut Member,
     size: u64,
     policy: StorePathPolicy,
     reserved: Size,
+    full: &BTreeSet<u8>,
 ) -> Option<u8> {
     let paths = &member.hb.store_paths;
-    let fits = |p: &StorePathStat| {
-        let reserve = match reserved {
-            Size::Bytes(b) => b,
-            Size::Percent(pct) => {
-                u64::try_from(u128::from(p.total_bytes) * u128::from(pct) / 100).unwrap_or(u64::MAX)
-            }
-        };
-        p.free_bytes
-            .checked_sub(size)
-            .is_some_and(|left| left >= reserve)
-    };
+    let fits = |p: &StorePathStat| !full.contains(&p.index) && fits(p, size, reserved);
     match policy {
         StorePathPolicy::MostFree => paths
             .iter()
@@ -366,6 +440,29 @@ mod tests {
     }
 
     #[test]
+    fn remembered_members_are_listed_offline_until_they_beat() {
+        let now = Instant::now();
+        let mut old = hb("g1", 2, &[50 * GB]);
+        old.file_count = 7;
+        let mut first = registry(Config::default(), vec![old], now);
+        assert!(first.take_dirty(), "a new member is a change");
+        assert!(!first.take_dirty());
+        let saved = first.snapshot();
+
+        let mut r = Registry::new(&Config::default());
+        r.restore(saved, now);
+        let peers = r.heartbeat(hb("g1", 1, &[50 * GB]), now);
+        assert_eq!(peers.len(), 1);
+        assert_eq!(peers[0].node_id, 2);
+        assert_eq!(peers[0].state, MemberState::Offline);
+        assert_eq!(peers[0].file_count, 7);
+        assert!(r.assign(None, 1, now).is_ok_and(|a| a.node_id == 1));
+        r.heartbeat(hb("g1", 2, &[50 * GB]), now);
+        let peers = r.heartbeat(hb("g1", 1, &[50 * GB]), now);
+        assert_eq!(peers[0].state, MemberState::Active);
+    }
+
+    #[test]
     fn fixed_group_and_named_group() {
         let now = Instant::now();
         let config = Config {
@@ -425,6 +522,33 @@ mod tests {
             r.assign(None, 3 * GB, now),
             Err(Error::InsufficientStorage(_))
         ));
+    }
+
+    #[test]
+    fn a_group_with_a_full_member_gets_no_uploads() {
+        let now = Instant::now();
+        let config = Config {
+            reserved_storage_space: Size::Bytes(GB),
+            ..Config::default()
+        };
+        // g1's second member is full (under the reserve); it is still syncing, which counts: it takes replicas.
+        let mut full = hb("g1", 2, &[GB / 2]);
+        full.syncing = true;
+        let beats = vec![hb("g1", 1, &[50 * GB]), full, hb("g2", 3, &[50 * GB])];
+        let mut r = registry(config, beats, now);
+        // Round robin over groups skips g1, a named g1 has no room, fixed g1 neither.
+        assert!(picks(&mut r, 4, now).iter().all(|p| p.0 == "g2"));
+        assert!(matches!(
+            r.assign(Some(&g("g1")), 1, now),
+            Err(Error::InsufficientStorage(_))
+        ));
+        // Once the full member is offline the group takes uploads again (it catches up when back).
+        let later = now + Duration::from_millis(6001);
+        r.heartbeat(hb("g1", 1, &[50 * GB]), later);
+        assert_eq!(r.assign(Some(&g("g1")), 1, later).unwrap().node_id, 1);
+        // And once it has room again.
+        r.heartbeat(hb("g1", 2, &[10 * GB]), later);
+        assert!(r.assign(Some(&g("g1")), 1, later).is_ok());
     }
 
     #[test]

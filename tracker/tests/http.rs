@@ -3,37 +3,29 @@
 use std::time::{Duration, Instant};
 
 use fdfs_common::wire::{
-    Assignment, ClusterView, ErrorBody, Heartbeat, HeartbeatReply, Locations, MemberState,
-    PeerSync, StorePathStat, CLUSTER_SECRET_HEADER,
+    Assignment, ClusterView, Heartbeat, HeartbeatReply, Locations, MemberState, PeerSync,
+    StorePathStat, CLUSTER_SECRET_HEADER,
 };
 use fdfs_common::{FileName, NameInfo};
+use fdfs_testkit::Server;
 use fdfs_tracker::{Config, StoreLookup};
 use reqwest::{Client, StatusCode};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 const GB: u64 = 1 << 30;
 
 struct Tracker {
     base: String,
     client: Client,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<anyhow::Result<()>>,
+    server: Server,
 }
 
 impl Tracker {
     async fn start(config: Config) -> Tracker {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(fdfs_tracker::run(listener, config, async {
-            let _ = rx.await;
-        }));
+        let server = Server::start(|l, stop| fdfs_tracker::run(l, config, stop)).await;
         Tracker {
-            base,
+            base: server.base(),
             client: Client::new(),
-            stop: Some(tx),
-            task,
+            server,
         }
     }
 
@@ -63,9 +55,8 @@ impl Tracker {
             .unwrap()
     }
 
-    async fn stop(mut self) {
-        self.stop.take().unwrap().send(()).unwrap();
-        self.task.await.unwrap().unwrap();
+    async fn stop(self) {
+        self.server.stop().await;
     }
 }
 
@@ -88,9 +79,8 @@ fn hb(group: &str, node_id: u32, free: u64) -> Heartbeat {
 }
 
 async fn error_code(r: reqwest::Response) -> (StatusCode, String) {
-    let status = r.status();
-    let body: ErrorBody = r.json().await.unwrap();
-    (status, body.error.code)
+    let (status, code) = fdfs_testkit::error_of(r).await;
+    (StatusCode::from_u16(status).unwrap(), code)
 }
 
 fn file_id(group: &str, source_id: u32, created: u32) -> String {

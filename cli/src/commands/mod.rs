@@ -5,6 +5,7 @@ pub mod download;
 pub mod files;
 pub mod monitor;
 pub mod upload;
+pub mod verify;
 
 use std::io::IsTerminal;
 

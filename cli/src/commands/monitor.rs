@@ -1,5 +1,9 @@
 //! `fdfs monitor`: the cluster as `fdfs_monitor` shows it (groups, members, state, space, file counts, sync
 //! lag), read from the gateway's `GET /cluster`; `--json` prints the view as is.
+//!
+//! `fdfs monitor delete GROUP NODE_ID --tracker T1,T2`: remove an offline member from every tracker (FastDFS's
+//! `fdfs_monitor delete`), with the cluster secret (`FDFS_CLUSTER_SECRET`); its peers then stop keeping binlog
+//! records for it.
 
 use std::fmt::Write as _;
 
@@ -14,9 +18,36 @@ pub struct Args {
     /// Print the raw JSON cluster view instead of a table.
     #[arg(long)]
     pub json: bool,
+    #[command(subcommand)]
+    pub action: Option<Action>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Action {
+    /// Remove an offline member from the group (on every tracker): its peers stop keeping binlog records for
+    /// it. Refused while it is active or syncing. If it comes back it joins as a new member and catches up.
+    Delete {
+        group: String,
+        node_id: u32,
+        /// Every tracker, `host:port` or URL, comma-separated.
+        #[arg(long, env = "FDFS_TRACKER", value_delimiter = ',', required = true)]
+        tracker: Vec<String>,
+        /// Cluster secret the trackers require.
+        #[arg(long, env = "FDFS_CLUSTER_SECRET", hide_env_values = true)]
+        cluster_secret: Option<String>,
+    },
 }
 
 pub async fn run(client: &Client, args: Args) -> Result<()> {
+    if let Some(Action::Delete {
+        group,
+        node_id,
+        tracker,
+        cluster_secret,
+    }) = args.action
+    {
+        return delete(&group, node_id, &tracker, cluster_secret.as_deref()).await;
+    }
     let view = client.cluster().await?;
     if args.json {
         let s = serde_json::to_string_pretty(&view)
@@ -29,6 +60,56 @@ pub async fn run(client: &Client, args: Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `DELETE /v1/members/{group}/{node_id}` on every tracker; fails when any tracker refuses or is unreachable
+/// (a tracker that does not know the member counts as done).
+async fn delete(
+    group: &str,
+    node_id: u32,
+    trackers: &[String],
+    secret: Option<&str>,
+) -> Result<()> {
+    let http = reqwest::Client::new();
+    let mut first_err = None;
+    for t in trackers {
+        let base = t.trim_end_matches('/');
+        let url = if base.starts_with("http://") || base.starts_with("https://") {
+            format!("{base}/v1/members/{group}/{node_id}")
+        } else {
+            format!("http://{base}/v1/members/{group}/{node_id}")
+        };
+        let mut rb = http.delete(&url);
+        if let Some(s) = secret {
+            rb = rb.header(fdfs_common::wire::CLUSTER_SECRET_HEADER, s);
+        }
+        let resp = match rb.send().await {
+            Ok(r) => r,
+            Err(source) => {
+                eprintln!("{t}: unreachable");
+                first_err.get_or_insert(CliError::Http { url, source });
+                continue;
+            }
+        };
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        if status.is_success() {
+            println!("{t}: member {node_id} removed from {group}");
+        } else if status == reqwest::StatusCode::NOT_FOUND
+            && body["error"]["code"] == "unknown_member"
+        {
+            println!("{t}: no member {node_id} in {group}");
+        } else {
+            let message = body["error"]["message"].as_str().unwrap_or("").to_owned();
+            eprintln!("{t}: {message} ({status})");
+            first_err.get_or_insert(CliError::Api {
+                status: status.as_u16(),
+                code: body["error"]["code"].as_str().unwrap_or("").to_owned(),
+                message,
+            });
+        }
+    }
+    first_err.map_or(Ok(()), Err)
 }
 
 fn state_name(s: MemberState) -> &'static str {

@@ -1,130 +1,20 @@
-//! Test harness: real trackers, storage nodes and gateways in-process on 127.0.0.1:0.
+//! Test harness: real trackers, storage nodes and gateways in-process on 127.0.0.1:0 (servers, polling and
+//! error helpers from `fdfs-testkit`).
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
-
-use tokio::sync::oneshot;
-
-/// A server running in this process; stopped (gracefully) when dropped.
-pub struct Server {
-    pub addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-}
-
-impl Server {
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
-
-async fn bind() -> (tokio::net::TcpListener, SocketAddr) {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = l.local_addr().unwrap();
-    (l, a)
-}
-
-fn stopper() -> (
-    oneshot::Sender<()>,
-    impl std::future::Future<Output = ()> + Send + 'static,
-) {
-    let (tx, rx) = oneshot::channel::<()>();
-    (tx, async move {
-        let _ = rx.await;
-    })
-}
+pub use fdfs_testkit::{client, closed_addr, error_of, eventually, Server};
 
 pub async fn tracker(config: fdfs_tracker::Config) -> Server {
-    let (listener, addr) = bind().await;
-    let (tx, shutdown) = stopper();
-    tokio::spawn(async move {
-        if let Err(e) = fdfs_tracker::run(listener, config, shutdown).await {
-            panic!("tracker failed: {e:#}");
-        }
-    });
-    Server {
-        addr,
-        stop: Some(tx),
-    }
+    Server::start(|l, stop| fdfs_tracker::run(l, config, stop)).await
 }
 
 pub async fn gateway(config: fdfs_gateway::Config) -> Server {
-    let (listener, addr) = bind().await;
-    let (tx, shutdown) = stopper();
-    tokio::spawn(async move {
-        if let Err(e) = fdfs_gateway::run(listener, config, shutdown).await {
-            panic!("gateway failed: {e:#}");
-        }
-    });
-    Server {
-        addr,
-        stop: Some(tx),
-    }
-}
-
-/// An address where nothing listens.
-pub fn closed_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let a = l.local_addr().unwrap().to_string();
-    drop(l);
-    a
-}
-
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
-/// Poll `check` until it returns `Some`, failing after `secs`.
-pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The `error.code` of a JSON error answer, with its status.
-pub async fn error_of(resp: reqwest::Response) -> (u16, String) {
-    let status = resp.status().as_u16();
-    let v: serde_json::Value = resp.json().await.expect("JSON error body");
-    (
-        status,
-        v["error"]["code"].as_str().unwrap_or_default().to_owned(),
-    )
+    Server::start(|l, stop| fdfs_gateway::run(l, config, stop)).await
 }
 
 pub async fn storage(config: fdfs_storage::Config) -> Server {
-    let (listener, addr) = bind().await;
-    let (tx, shutdown) = stopper();
-    tokio::spawn(async move {
-        if let Err(e) = fdfs_storage::run(listener, config, shutdown).await {
-            panic!("storage failed: {e:#}");
-        }
-    });
-    Server {
-        addr,
-        stop: Some(tx),
-    }
+    Server::start(|l, stop| fdfs_storage::run(l, config, stop)).await
 }
 
 /// Tracker + storage members + gateway, all in this process.

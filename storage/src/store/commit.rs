@@ -300,6 +300,16 @@ pub enum NewFile {
     Slave { master: FileId, id: FileId },
 }
 
+impl NewFile {
+    /// The store path the file goes to.
+    pub fn store_path(&self) -> u8 {
+        match self {
+            NewFile::Master { store_path, .. } => *store_path,
+            NewFile::Slave { id, .. } => id.store_path,
+        }
+    }
+}
+
 /// A file stored by [`Store::create`].
 #[derive(Debug, Clone)]
 pub struct Stored {

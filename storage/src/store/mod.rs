@@ -259,6 +259,11 @@ impl Store {
             .await?
     }
 
+    /// Largest body accepted from peers.
+    pub fn max_file_size(&self) -> u64 {
+        self.max_file_size
+    }
+
     /// The node's binlog (changes accepted from clients), for the sync engine.
     pub fn binlog(&self) -> &Arc<Binlog> {
         &self.binlog
@@ -347,6 +352,11 @@ impl Store {
     pub(crate) fn recount(&self) {
         let n: usize = self.paths.iter().map(|p| p.ids.len()).sum();
         self.file_count.store(n as u64, Ordering::Relaxed);
+    }
+
+    /// Permission bits given to stored files.
+    pub fn file_mode(&self) -> u32 {
+        self.options.file_mode
     }
 
     /// The group this node belongs to.

@@ -1,17 +1,19 @@
-//! Listing catch-up: copy every file an active peer has and this node lacks, and apply the peer's tombstones.
+//! Listing catch-up: copy every file an active peer has and this node lacks, and apply the peer's tombstones,
+//! from every active peer (see [`run`]).
 //!
-//! A new or wiped member (no synced marker) runs it before it reports itself synced; until then its heartbeats
-//! say `syncing: true` and the tracker neither assigns uploads to it nor offers it for reads. Every other start
-//! runs it in the background too, for files whose source died while this node was away (peers' workers push
-//! only their own binlogs). Files are fetched with bounded concurrency; a failed page is retried from the same
-//! cursor, on another active peer if need be. The rate is logged and kept in [`CatchupReport`].
+//! A new or wiped member (no synced marker) runs it over every active peer before it reports itself synced;
+//! until then its heartbeats say `syncing: true` and the tracker neither assigns uploads to it nor offers it
+//! for reads. Every member also runs it in the background, once per peer each time that peer becomes active,
+//! for files whose source died while this node was away (peers' workers push only their own binlogs). Files
+//! are fetched with bounded concurrency; a failed pass resumes from its cursor. The rate is logged and kept in
+//! [`CatchupReport`].
 //!
 //! A node with no active peer decides it is the group's seed (and marks itself synced) only when no peer can
 //! hold data it lacks: every peer is syncing or offline without files, and it has the lowest id among the
 //! syncing ones. Otherwise it waits (FastDFS could get stuck in WAIT_SYNC; here the only wait is for a member
 //! that actually has the data).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use fdfs_common::wire::{MemberInfo, MemberState};
@@ -38,6 +40,9 @@ pub struct CatchupReport {
     pub bytes: u64,
     /// Tombstones applied (files removed here).
     pub removed: u64,
+    /// Files whose metadata was copied because it differed (the file itself was here already).
+    #[serde(default)]
+    pub metadata: u64,
     pub seconds: f64,
 }
 
@@ -50,10 +55,21 @@ impl CatchupReport {
     }
 }
 
-/// The catch-up task. `initial`: this node has no synced marker and must catch up before it serves.
+/// The catch-up task; runs until aborted. `initial`: this node has no synced marker and must catch up before
+/// it serves.
+///
+/// It applies the listing of EVERY active peer (their union, minus every member's tombstones), not one peer's,
+/// and it applies a peer's listing again whenever that peer becomes active again (back from offline or from
+/// its own catch-up). That is how files and deletes that only some members hold reach the others, including a
+/// member that lost its data: a sender's binlog position for a wiped member says what it acknowledged before
+/// the wipe, and its binlog may be pruned past it, so resending from the start could not cover everything; the
+/// wiped member pulling each peer's full listing when it (or the peer) comes back does.
 pub async fn run(engine: SyncEngine, initial: bool) {
-    let mut after = String::new();
-    let mut report = CatchupReport::default();
+    // Peers whose listing was applied since they last became active.
+    let mut passed: HashSet<u32> = HashSet::new();
+    // Interrupted passes: cursor and progress, per peer.
+    let mut cursors: HashMap<u32, (String, CatchupReport)> = HashMap::new();
+    let mut synced = !initial;
     let mut backoff = Duration::from_millis(200);
     let mut waiting_logged = false;
     loop {
@@ -67,52 +83,65 @@ pub async fn run(engine: SyncEngine, initial: bool) {
             continue;
         }
         let peers = engine.peer_list();
-        if peers.is_empty() {
-            if initial {
-                tracing::info!("no other member in the group: this node is its seed");
-                finish(&engine).await;
-            }
-            return;
+        if peers.is_empty() && !synced {
+            tracing::info!("no other member in the group: this node is its seed");
+            finish(&engine).await;
+            synced = true;
         }
-        let active = engine.active_peers();
-        let Some(source) = active.first().cloned() else {
-            if initial && may_seed(&engine, &peers) {
-                tracing::info!(
-                    "no member holds data this node lacks: this node is the group's seed"
-                );
-                finish(&engine).await;
-                return;
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        };
-        let t0 = Instant::now();
-        match pass(&engine, &source, &mut after, &mut report).await {
-            Ok(()) => {
-                report.seconds += t0.elapsed().as_secs_f64();
-                tracing::info!(
-                    peer = source.node_id,
-                    listed = report.listed,
-                    files = report.files,
-                    bytes = report.bytes,
-                    removed = report.removed,
-                    seconds = report.seconds,
-                    files_per_second = report.files_per_second(),
-                    mb_per_second = report.megabytes_per_second(),
-                    "catch-up done"
-                );
-                metrics::catchup_done(&report);
-                engine.set_last_catchup(report);
-                if initial {
-                    finish(&engine).await;
+        passed.retain(|id| {
+            peers
+                .iter()
+                .any(|p| p.node_id == *id && p.state == MemberState::Active)
+        });
+        let todo: Vec<MemberInfo> = engine
+            .active_peers()
+            .into_iter()
+            .filter(|p| !passed.contains(&p.node_id))
+            .collect();
+        if todo.is_empty() {
+            if !synced && (!passed.is_empty() || may_seed(&engine, &peers)) {
+                if passed.is_empty() {
+                    tracing::info!(
+                        "no member holds data this node lacks: this node is the group's seed"
+                    );
                 }
-                return;
+                finish(&engine).await;
+                synced = true;
             }
-            Err(e) => {
-                report.seconds += t0.elapsed().as_secs_f64();
-                tracing::warn!(peer = source.node_id, error = %e, cursor = %after, "catch-up interrupted; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        for source in todo {
+            let (after, report) = cursors.entry(source.node_id).or_default();
+            let t0 = Instant::now();
+            let result = pass(&engine, &source, after, report).await;
+            report.seconds += t0.elapsed().as_secs_f64();
+            match result {
+                Ok(()) => {
+                    let (_, report) = cursors.remove(&source.node_id).unwrap_or_default();
+                    tracing::info!(
+                        peer = source.node_id,
+                        listed = report.listed,
+                        files = report.files,
+                        bytes = report.bytes,
+                        removed = report.removed,
+                        metadata = report.metadata,
+                        seconds = report.seconds,
+                        files_per_second = report.files_per_second(),
+                        mb_per_second = report.megabytes_per_second(),
+                        "catch-up from a peer done"
+                    );
+                    metrics::catchup_done(&report);
+                    engine.set_last_catchup(report);
+                    passed.insert(source.node_id);
+                    backoff = Duration::from_millis(200);
+                }
+                Err(e) => {
+                    tracing::warn!(peer = source.node_id, error = %e, cursor = %after, "catch-up interrupted; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    break;
+                }
             }
         }
     }
@@ -167,19 +196,19 @@ async fn apply_page(
     page: &ListPage,
     report: &mut CatchupReport,
 ) -> std::result::Result<(), PushError> {
-    // Tombstones first: record them, remove our copies.
-    let tombs: Vec<FileId> = page
+    // Tombstones first: record them, remove our copies of the incarnations they delete.
+    let tombs: Vec<(FileId, u64)> = page
         .tombstones
         .iter()
-        .filter_map(|t| t.parse().ok())
+        .filter_map(|t| super::tombstones::parse_entry(t))
         .collect();
     if !tombs.is_empty() {
         let e = engine.clone();
         let removed = tokio::task::spawn_blocking(move || -> Result<u64> {
             let mut removed = 0;
-            for id in &tombs {
-                e.tombstones.add(id)?;
-                if e.store.remove_blocking(id)? {
+            for (id, gen) in &tombs {
+                e.tombstones.add(id, *gen)?;
+                if e.tombstones.is_deleted(id) && e.store.remove_blocking(id)? {
                     removed += 1;
                 }
             }
@@ -191,22 +220,44 @@ async fn apply_page(
     }
     // Which listed files are missing here (one blocking pass per page).
     let e = engine.clone();
-    let listed: Vec<(String, bool)> = page.files.iter().map(|f| (f.id.clone(), f.meta)).collect();
-    let missing = tokio::task::spawn_blocking(move || -> Result<Vec<(FileId, bool)>> {
+    let listed: Vec<(String, bool, u64, Option<u32>)> = page
+        .files
+        .iter()
+        .map(|f| (f.id.clone(), f.meta, f.gen, f.meta_crc))
+        .collect();
+    // While this node catches up for the first time the peer's metadata wins; later only metadata missing here
+    // is copied (a newer change made here travels to the peer through the binlog).
+    let initial = engine.syncing.load(std::sync::atomic::Ordering::Relaxed);
+    type Todo = (Vec<(FileId, bool)>, Vec<FileId>);
+    let (missing, meta_fix) = tokio::task::spawn_blocking(move || -> Result<Todo> {
         let mut out = Vec::new();
+        let mut meta_fix = Vec::new();
         let mut seen = HashSet::new();
-        for (raw, meta) in listed {
+        for (raw, meta, gen, crc) in listed {
             let Ok(id) = raw.parse::<FileId>() else {
                 continue;
             };
-            if !seen.insert(raw) || e.tombstones.contains(&id) {
+            if !seen.insert(raw) || e.tombstones.hides(&id, gen) {
                 continue;
             }
+            let here = e.tombstones.incarnation(&id);
             if e.store.stat_blocking(&id)?.is_none() {
                 out.push((id, meta));
+            } else if here < gen {
+                // Our copy is an older incarnation, deleted since (its tombstone may be on its way).
+                e.tombstones.add(&id, here)?;
+                e.store.remove_blocking(&id)?;
+                out.push((id, meta));
+            } else if here == gen && crc.is_some() {
+                // Both hold it: does the metadata match?
+                let ours = e.store.get_meta_blocking(&id)?.unwrap_or_default();
+                let ours_crc = super::protocol::meta_crc(&ours);
+                if ours_crc != crc && (ours_crc.is_none() || initial) {
+                    meta_fix.push(id);
+                }
             }
         }
-        Ok(out)
+        Ok((out, meta_fix))
     })
     .await
     .map_err(crate::error::StorageError::from)??;
@@ -241,6 +292,25 @@ async fn apply_page(
             report.bytes += bytes;
             metrics::fetched(bytes);
         }
+    }
+    // Metadata of files held on both sides that differs (e.g. a copy whose metadata request failed after its
+    // body was written): a failure fails the page, which is retried from the same cursor.
+    let fixed: Vec<std::result::Result<(), PushError>> = stream::iter(meta_fix)
+        .map(|id| async move {
+            match client::fetch_meta(engine, source, &id).await {
+                Err(PushError::Rejected(e)) => {
+                    tracing::warn!(file_id = %id, error = %e, "cannot copy metadata; skipping it");
+                    Ok(())
+                }
+                r => r,
+            }
+        })
+        .buffer_unordered(engine.config.catchup_concurrency.max(1))
+        .collect()
+        .await;
+    for r in fixed {
+        r?;
+        report.metadata += 1;
     }
     Ok(())
 }

@@ -4,11 +4,13 @@
 
 use std::time::Duration;
 
+use fdfs_common::deadline::{Progress, Stalled};
 use fdfs_common::wire::{MemberInfo, Metadata, CLUSTER_SECRET_HEADER, MTIME_HEADER, ORIGIN_HEADER};
 use fdfs_common::FileId;
 use reqwest::{Method, RequestBuilder, StatusCode};
 
 use super::protocol::{file_stream, mtime_from, ListPage};
+use super::tombstones::INCARNATION_HEADER;
 use super::SyncEngine;
 use crate::error::{Result, StorageError};
 use crate::store::layout::unix_secs;
@@ -26,12 +28,22 @@ pub enum PushError {
     /// Worth retrying later: the peer is busy or failed.
     #[error("peer unavailable: {0}")]
     Retry(String),
+    /// The peer has no room for the file (507): retry once it reports free space, without holding up the
+    /// records behind it.
+    #[error("peer is full: {0}")]
+    Full(String),
     /// Retrying cannot help (the peer refuses this record for good, e.g. 400).
     #[error("peer rejected the record: {0}")]
     Rejected(String),
     /// Our own side failed (local disk).
     #[error("local error: {0}")]
     Local(#[from] StorageError),
+}
+
+impl From<Stalled> for PushError {
+    fn from(e: Stalled) -> Self {
+        PushError::Retry(format!("peer stalled: {e}"))
+    }
 }
 
 impl From<reqwest::Error> for PushError {
@@ -59,7 +71,7 @@ fn base(peer: &MemberInfo) -> String {
     format!("http://{}", peer.addr)
 }
 
-fn request(engine: &SyncEngine, method: Method, url: String) -> RequestBuilder {
+pub(crate) fn request(engine: &SyncEngine, method: Method, url: String) -> RequestBuilder {
     let mut rb = engine
         .http
         .request(method, url)
@@ -70,13 +82,15 @@ fn request(engine: &SyncEngine, method: Method, url: String) -> RequestBuilder {
     rb
 }
 
-/// Map a status to the push outcome: success, retry (5xx, 401, 408, 429) or a permanent rejection.
-fn check(status: StatusCode, what: &str) -> Result<(), PushError> {
+/// Map a status to the push outcome: success, full (507), retry (5xx, 401, 408, 429) or a permanent rejection.
+pub(crate) fn check(status: StatusCode, what: &str) -> Result<(), PushError> {
     if status.is_success() {
         return Ok(());
     }
     let msg = format!("{what}: {status}");
-    if status.is_server_error()
+    if status == StatusCode::INSUFFICIENT_STORAGE {
+        Err(PushError::Full(msg))
+    } else if status.is_server_error()
         || matches!(
             status,
             StatusCode::UNAUTHORIZED | StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS
@@ -95,30 +109,41 @@ pub async fn push_upload(
     id: &FileId,
 ) -> Result<Pushed, PushError> {
     let url = format!("{}/v1/replica/{id}", base(peer));
+    let path = engine.store.path(id)?;
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Pushed::Gone),
+        Err(e) => return Err(PushError::Local(e.into())),
+    };
+    let stat = file.metadata().await.map_err(StorageError::from)?;
+    // The size lets a full peer answer 507 here, before any body is streamed.
+    // Which incarnation of the ID this is (a slave ID comes back after a delete): the peer answers for it.
+    let gen = engine.tombstones.incarnation(id);
     let head = request(engine, Method::HEAD, url.clone())
+        .header(INCARNATION_HEADER, gen)
+        .header(super::space::SIZE_HEADER, stat.len())
         .timeout(SMALL_TIMEOUT)
         .send()
         .await?;
     let mut outcome = Pushed::Skipped;
     match head.status() {
-        StatusCode::GONE => return Ok(Pushed::Skipped), // deleted there: never resurrect
+        StatusCode::GONE => return Ok(Pushed::Skipped), // this incarnation was deleted there: never resurrect
         StatusCode::NOT_FOUND => {
-            let path = engine.store.path(id)?;
-            let file = match tokio::fs::File::open(&path).await {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Pushed::Gone),
-                Err(e) => return Err(PushError::Local(e.into())),
-            };
-            let stat = file.metadata().await.map_err(StorageError::from)?;
-            let resp = request(engine, Method::PUT, url)
+            // Deadline by size, and a stall timeout while the body streams (a frozen peer never fails).
+            let limits = engine.config.peer_limits;
+            let progress = Progress::new();
+            let body = progress.track(Box::pin(file_stream(file)));
+            let send = request(engine, Method::PUT, url)
+                .header(INCARNATION_HEADER, gen)
                 .header(
                     MTIME_HEADER,
                     unix_secs(stat.modified().map_err(StorageError::from)?),
                 )
                 .header(reqwest::header::CONTENT_LENGTH, stat.len())
-                .body(reqwest::Body::wrap_stream(file_stream(file)))
-                .send()
-                .await?;
+                .timeout(limits.deadline(stat.len()))
+                .body(reqwest::Body::wrap_stream(body))
+                .send();
+            let resp = progress.watch(limits.stall, send).await??;
             if resp.status() == StatusCode::GONE {
                 return Ok(Pushed::Skipped);
             }
@@ -186,6 +211,10 @@ pub async fn push_delete(
         Method::DELETE,
         format!("{}/v1/replica/{id}", base(peer)),
     )
+    .header(
+        INCARNATION_HEADER,
+        engine.tombstones.last_deleted(id).unwrap_or(0),
+    )
     .timeout(SMALL_TIMEOUT)
     .send()
     .await?;
@@ -210,27 +239,52 @@ pub async fn list(
 
 /// Copy a file (and its metadata when `with_meta`) from a peer into the local store, mtime preserved.
 /// Returns the bytes copied, `None` when nothing was (here already, gone there, or deleted meanwhile).
+/// Bounded by a deadline for the file's size and the stall timeout (see [`fdfs_common::deadline`]).
 pub async fn fetch(
     engine: &SyncEngine,
     peer: &MemberInfo,
     id: &FileId,
     with_meta: bool,
 ) -> Result<Option<u64>, PushError> {
+    let progress = Progress::new();
+    let stall = engine.config.peer_limits.stall;
+    progress
+        .watch(stall, fetch_within(engine, peer, id, with_meta, &progress))
+        .await?
+}
+
+async fn fetch_within(
+    engine: &SyncEngine,
+    peer: &MemberInfo,
+    id: &FileId,
+    with_meta: bool,
+    progress: &Progress,
+) -> Result<Option<u64>, PushError> {
     let resp = request(
         engine,
         Method::GET,
         format!("{}/v1/replica/{id}", base(peer)),
     )
+    .timeout(engine.config.peer_limits.deadline(id.info().size))
     .send()
     .await?;
     if matches!(resp.status(), StatusCode::NOT_FOUND | StatusCode::GONE) {
         return Ok(None);
     }
     check(resp.status(), "replica fetch")?;
+    let gen: u64 = resp
+        .headers()
+        .get(INCARNATION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if engine.tombstones.hides(id, gen) {
+        return Ok(None);
+    }
     let mtime = mtime_from(resp.headers());
     let committed = match engine
         .store
-        .write_file(id, resp.bytes_stream(), mtime)
+        .write_file(id, progress.track(Box::pin(resp.bytes_stream())), mtime)
         .await
     {
         Ok(c) => c,
@@ -242,29 +296,49 @@ pub async fn fetch(
         Committed::Created { .. } => engine.store.stat(id).await?.map(|m| m.len()),
         Committed::AlreadyExists => None,
     };
+    if bytes.is_some() && gen > 0 {
+        let (e, tid) = (engine.clone(), id.clone());
+        tokio::task::spawn_blocking(move || e.tombstones.set_live(&tid, gen))
+            .await
+            .map_err(StorageError::from)??;
+    }
     // A delete may have arrived while the body was in flight.
-    if engine.tombstones.contains(id) {
+    if engine.tombstones.hides(id, gen) {
         engine.store.remove(id).await?;
         return Ok(None);
     }
-    if with_meta && bytes.is_some() {
-        let resp = request(
-            engine,
-            Method::GET,
-            format!("{}/v1/replica/meta/{id}", base(peer)),
-        )
-        .timeout(SMALL_TIMEOUT)
-        .send()
-        .await?;
-        if resp.status().is_success() {
-            let meta: Metadata = resp.json().await?;
-            if !meta.is_empty() {
-                engine
-                    .store
-                    .set_meta(id, crate::store::MetaUpdate::Replace(meta))
-                    .await?;
-            }
-        }
+    // Also when the file was here already: an earlier attempt may have written it and failed on the metadata.
+    if with_meta {
+        fetch_meta(engine, peer, id).await?;
     }
     Ok(bytes)
+}
+
+/// Copy a file's metadata from a peer (replacing ours). Nothing happens when either side lacks the file.
+pub async fn fetch_meta(
+    engine: &SyncEngine,
+    peer: &MemberInfo,
+    id: &FileId,
+) -> Result<(), PushError> {
+    let resp = request(
+        engine,
+        Method::GET,
+        format!("{}/v1/replica/meta/{id}", base(peer)),
+    )
+    .timeout(SMALL_TIMEOUT)
+    .send()
+    .await?;
+    if resp.status() == StatusCode::NOT_FOUND {
+        return Ok(());
+    }
+    check(resp.status(), "replica metadata fetch")?;
+    let meta: Metadata = resp.json().await?;
+    match engine
+        .store
+        .set_meta(id, crate::store::MetaUpdate::Replace(meta))
+        .await
+    {
+        Err(StorageError::NotFound(_)) => Ok(()), // deleted here meanwhile
+        r => r.map(|_| ()).map_err(PushError::Local),
+    }
 }

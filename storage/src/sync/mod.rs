@@ -12,8 +12,9 @@
 //!   members still catching up; capped by how many are live: not offline and accepting connections) before it is
 //!   acknowledged; 503 when that fails (the file stays and the workers still push it).
 //! - [`catchup`]: a new or wiped member (no `.fdfs/sync/synced` marker) reports `syncing: true`, copies the
-//!   group's files from an active peer's listing (`GET /v1/sync/files`), then marks itself synced. Every start
-//!   also runs the listing catch-up in the background, for files whose source died while we were away.
+//!   group's files from every active peer's listing (`GET /v1/sync/files`), then marks itself synced. Every
+//!   member also applies a peer's listing whenever that peer becomes active, for files whose source died while
+//!   we were away and for what a wiped member had acknowledged (see [`catchup::run`]).
 //! - Heartbeats report, per peer, the records still pending and `synced_until`, so the tracker offers only
 //!   members that hold a file; the same numbers are exported as metrics.
 //!
@@ -23,8 +24,10 @@ pub mod binlog;
 pub mod catchup;
 pub mod client;
 mod metrics;
+pub mod pipeline;
 pub mod protocol;
 pub mod routes;
+pub mod space;
 pub mod tombstones;
 pub mod worker;
 
@@ -69,8 +72,12 @@ pub struct SyncConfig {
     pub cluster_secret: Option<String>,
     /// Files fetched at once during a catch-up.
     pub catchup_concurrency: usize,
+    /// Deadline and stall timeout of replica uploads and catch-up downloads.
+    pub peer_limits: fdfs_common::deadline::TransferLimits,
     /// Records pushed at once by a worker (distinct files only; records of one file stay in order).
     pub push_concurrency: usize,
+    /// Space each store path keeps free: replicas that would eat into it are refused with 507.
+    pub reserved_storage_space: fdfs_common::config::Size,
 }
 
 impl Default for SyncConfig {
@@ -81,7 +88,9 @@ impl Default for SyncConfig {
             binlog_segment_bytes: DEFAULT_SEGMENT_BYTES,
             cluster_secret: None,
             catchup_concurrency: 8,
+            peer_limits: fdfs_common::deadline::TransferLimits::default(),
             push_concurrency: 8,
+            reserved_storage_space: fdfs_common::config::Size::Bytes(0),
         }
     }
 }
@@ -120,6 +129,8 @@ pub struct Inner {
     workers: Mutex<HashMap<u32, PeerSlot>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     last_catchup: Mutex<Option<CatchupReport>>,
+    /// Bodies staged by peers' upload pipelines, waiting for their commit.
+    pub staged: pipeline::StagedTable,
 }
 
 /// The replication engine; cheap to clone. The node holds one and sends every change through it.
@@ -167,6 +178,7 @@ impl SyncEngine {
             workers: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
             last_catchup: Mutex::new(None),
+            staged: pipeline::StagedTable::default(),
         }));
         if !synced {
             tracing::info!(
@@ -334,12 +346,33 @@ impl SyncEngine {
         }
     }
 
-    /// Remove binlog segments every known peer (current or ever pushed to) acknowledged and the store's index
-    /// has a durable checkpoint past (its replay needs the records after it). Blocking.
+    /// Remove binlog segments every member of the group acknowledged and the store's index has a durable
+    /// checkpoint past (its replay needs the records after it). Blocking.
+    ///
+    /// Members are the peers the trackers list (offline ones included); the position of a peer that left the
+    /// group (removed by an operator, or moved) is deleted and stops holding segments. If it comes back it is
+    /// pushed what is still on disk and its own catch-up copies the rest from the members' listings. Nothing
+    /// is pruned before a tracker described the group.
     fn prune(&self) -> Result<usize> {
+        if !self.peers_known() {
+            return Ok(0);
+        }
+        let members: Vec<u32> = self.peer_list().iter().map(|p| p.node_id).collect();
         let mut acked = self.store.flush_index()?;
-        for seq in self.persisted_positions()?.values() {
-            acked = acked.min(*seq);
+        for (peer, seq) in self.persisted_positions()? {
+            if members.contains(&peer) {
+                acked = acked.min(seq);
+            } else {
+                tracing::info!(
+                    peer,
+                    position = seq,
+                    "peer left the group: its position no longer holds the binlog"
+                );
+                match std::fs::remove_file(self.sync_dir.join(Self::position_name(peer))) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                    _ => {}
+                }
+            }
         }
         for slot in self.lock_workers().values() {
             acked = acked.min(slot.progress.acked.load(Ordering::Relaxed));
@@ -447,8 +480,10 @@ impl SyncEngine {
 /// What the node does on client requests; each change is durable here and recorded in the binlog before it is
 /// acknowledged.
 impl SyncEngine {
-    /// Store a new upload (ID made from the content, metadata with the file), record it, and push it to
-    /// `write_quorum - 1` live peers. Returns the file and how many members hold it durably.
+    /// Store a new upload (ID made from the content, metadata with the file, recorded in the binlog) while its
+    /// body streams to `write_quorum - 1` live peers ([`pipeline`]); answer once the quorum holds it durably.
+    /// Returns the file and how many members hold it. A peer that fails is replaced by a push of the committed
+    /// file to another live peer; 503 when the quorum cannot be reached (the file stays, the workers push it).
     pub async fn upload<S, E>(
         &self,
         new: NewFile,
@@ -460,34 +495,82 @@ impl SyncEngine {
         S: futures_util::Stream<Item = std::result::Result<bytes::Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        let stored = self.store.create(new, meta, body, limit).await?;
+        let live = self.live_peers();
+        let quorum = (self.config.write_quorum.max(1) as usize).min(live.len() + 1);
+        let need = quorum - 1;
+        if need == 0 {
+            let stored = self.store.create(new, meta, body, limit).await?;
+            // Past a tombstone (a slave ID uploaded again after a delete) this is a new incarnation: record it
+            // before any push names the file's incarnation.
+            let (this, tid) = (self.clone(), stored.id.clone());
+            tokio::task::spawn_blocking(move || this.tombstones.revive(&tid)).await??;
+            self.appended.send_replace(self.binlog.last_seq());
+            return Ok((stored, 1));
+        }
+        let mut pipe = pipeline::Pipeline::open(self, live[..need].to_vec(), new.store_path());
+        let stored = self
+            .store
+            .create(new, meta.clone(), pipe.tee(body), limit)
+            .await?;
+        // Past a tombstone (a slave ID uploaded again after a delete) this is a new incarnation: record it
+        // before any push names the file's incarnation.
+        let (this, tid) = (self.clone(), stored.id.clone());
+        tokio::task::spawn_blocking(move || this.tombstones.revive(&tid)).await??;
         self.appended.send_replace(self.binlog.last_seq());
-        let replicas = self.replicate(&stored.id).await?;
-        Ok((stored, replicas))
+        let id = &stored.id;
+        let mtime = self
+            .store
+            .stat(id)
+            .await?
+            .and_then(|m| m.modified().ok())
+            .map_or(0, crate::store::layout::unix_secs);
+        let (took, failed) = pipe.commit(self, id, mtime, &meta).await;
+        let mut ok = took.len();
+        let mut down = 0;
+        let mut retry = Vec::new();
+        for (peer, e) in failed {
+            tracing::warn!(peer = peer.node_id, file_id = %id, error = %e, "pipelined replica failed");
+            if matches!(e, client::PushError::Unreachable(_)) {
+                down += 1;
+            } else {
+                retry.push(peer);
+            }
+        }
+        if ok < need {
+            // Other live peers first, then those that failed for a reason a push may not hit again.
+            let mut candidates: Vec<MemberInfo> = live[need..].to_vec();
+            candidates.extend(retry);
+            let (more, more_down) = self.push_quorum(id, need - ok, candidates).await;
+            ok += more;
+            down += more_down;
+        }
+        // Members that refused the connection are down: the quorum is capped by the live ones.
+        let need = need.min(live.len() - down.min(live.len()));
+        metrics::quorum_push(ok >= need);
+        if ok < need {
+            return Err(StorageError::Unavailable(format!(
+                "write quorum not reached: {} of {quorum} members hold {id}; it will be replicated later",
+                ok + 1
+            )));
+        }
+        Ok((stored, u32::try_from(ok + 1).unwrap_or(u32::MAX)))
     }
 
-    /// Push a recorded upload to the write quorum.
-    async fn replicate(&self, id: &FileId) -> Result<u32> {
-        {
-            let active = self.live_peers();
-            let quorum = (self.config.write_quorum.max(1) as usize).min(active.len() + 1);
-            let need = quorum - 1;
-            if need == 0 {
-                return Ok(1);
-            }
-            let live = active.len();
-            let (ok, down) = self.push_quorum(id, need, active).await;
-            // Members that refused the connection are down: the quorum is capped by the live ones.
-            let need = need.min(live - down);
-            metrics::quorum_push(ok >= need);
-            if ok < need {
-                return Err(StorageError::Unavailable(format!(
-                    "write quorum not reached: {} of {quorum} members hold {id}; it will be replicated later",
-                    ok + 1
-                )));
-            }
-            Ok(u32::try_from(ok + 1).unwrap_or(u32::MAX))
+    /// A peer is about to hand us incarnation `gen` of `id`. When it is newer than ours (a re-upload after a
+    /// delete), any copy here is an older, deleted incarnation whose tombstone may not have arrived yet: record
+    /// that first, then make room for the new one.
+    pub async fn accept_incarnation(&self, id: &FileId, gen: u64) -> Result<()> {
+        let here = self.tombstones.incarnation(id);
+        if gen <= here {
+            return Ok(());
         }
+        let (this, tid) = (self.clone(), id.clone());
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            this.tombstones.add(&tid, here)?;
+            this.store.remove_blocking(&tid)?;
+            this.tombstones.set_live(&tid, gen)
+        })
+        .await?
     }
 
     /// Delete a file; `false` when it is not here. Record first (tombstone, then the binlog record), then the
@@ -498,7 +581,11 @@ impl SyncEngine {
         }
         let this = self.clone();
         let tid = id.clone();
-        tokio::task::spawn_blocking(move || this.tombstones.add(&tid)).await??;
+        tokio::task::spawn_blocking(move || {
+            let gen = this.tombstones.incarnation(&tid);
+            this.tombstones.add(&tid, gen)
+        })
+        .await??;
         let deleted = self.store.delete(id, Origin::Client).await?;
         self.appended.send_replace(self.binlog.last_seq());
         Ok(deleted)

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::HeaderMap;
 use bytes::{Bytes, BytesMut};
-use fdfs_common::wire::MTIME_HEADER;
+use fdfs_common::wire::{Metadata, MTIME_HEADER};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
@@ -26,13 +26,28 @@ pub struct ListedFile {
     /// Whether the file has metadata.
     #[serde(default)]
     pub meta: bool,
+    /// The file's incarnation (see [`super::tombstones`]).
+    #[serde(default)]
+    pub gen: u64,
+    /// CRC32 of the file's metadata ([`meta_crc`]), absent when it has none: lets a catch-up compare the
+    /// metadata of files both members hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta_crc: Option<u32>,
+}
+
+/// CRC32 of a file's metadata as JSON (keys in order), `None` when it has none.
+pub fn meta_crc(meta: &Metadata) -> Option<u32> {
+    if meta.is_empty() {
+        return None;
+    }
+    serde_json::to_vec(meta).ok().map(|b| crc32fast::hash(&b))
 }
 
 /// `GET /v1/sync/files` answer.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListPage {
     pub files: Vec<ListedFile>,
-    /// Deleted IDs in the same ID range as `files`.
+    /// Deleted IDs in the same ID range as `files`, as `ID@incarnation` (every incarnation up to it deleted).
     #[serde(default)]
     pub tombstones: Vec<String>,
     /// Cursor for the next page (`after=`), absent on the last page.

@@ -1,10 +1,15 @@
 //! Routes storage nodes call on each other (behind the cluster secret):
 //!
 //! - `HEAD|GET /v1/replica/{file_id}`: whether this node has the file / the file itself (streamed), with
-//!   `x-fdfs-mtime`; 404 when absent, 410 when it was deleted here (tombstone).
-//! - `PUT /v1/replica/{file_id}` with `x-fdfs-mtime`: store a replica (streamed, checked against the ID, never
-//!   replacing an existing file, never recreating a deleted one: 410). Not written to this node's binlog.
-//! - `DELETE /v1/replica/{file_id}`: record a tombstone on disk, then remove the file (200 either way).
+//!   `x-fdfs-mtime` and `x-fdfs-incarnation`; 404 when absent (or only an older incarnation than the one
+//!   asked for is here), 410 when it (the incarnation asked for) was deleted here (tombstone); with
+//!   `x-fdfs-size`, 507 when the absent file would not fit above the reserved space.
+//! - `PUT /v1/replica/{file_id}` with `x-fdfs-mtime` and `x-fdfs-incarnation`: store a replica (streamed,
+//!   checked against the ID, never recreating a deleted incarnation: 410; an older incarnation here is
+//!   replaced, an equal one left alone; 507 before the body when it does not fit). Not written to this node's
+//!   binlog.
+//! - `DELETE /v1/replica/{file_id}` with `x-fdfs-incarnation`: record a tombstone on disk, then remove the file
+//!   unless it is a newer incarnation (200 either way).
 //! - `GET|PUT /v1/replica/meta/{file_id}`: a file's metadata / replace it (404 when the file is absent).
 //! - `GET /v1/sync/status`: this node's replication state ([`SyncStatus`]), for operators and tests.
 //! - `GET /v1/sync/files?after=&limit=`: a page of every file here in ID order (size, mtime, whether it has
@@ -17,19 +22,21 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use fdfs_common::wire::{Metadata, MTIME_HEADER};
 use fdfs_common::FileId;
 use serde::Deserialize;
 
+use super::pipeline::{self, CommitRequest, StageAnswer};
 use super::protocol::{
-    file_stream, mtime_from, ListPage, ListedFile, PeerStatus, SyncStatus, MAX_PAGE,
+    file_stream, meta_crc, mtime_from, ListPage, ListedFile, PeerStatus, SyncStatus, MAX_PAGE,
 };
+use super::tombstones::INCARNATION_HEADER;
 use super::SyncEngine;
 use crate::error::{Result, StorageError};
 use crate::store::layout::unix_secs;
-use crate::store::{Committed, MetaUpdate, META_SUFFIX};
+use crate::store::{Committed, MetaUpdate};
 use crate::AppState;
 
 #[derive(Debug, Deserialize)]
@@ -47,6 +54,8 @@ pub fn router(engine: SyncEngine) -> Router<AppState> {
             "/v1/replica/{*file_id}",
             get(get_file).put(put_file).delete(delete_file),
         )
+        .route("/v1/pipeline/stage", post(stage))
+        .route("/v1/pipeline/commit", post(commit))
         .route("/v1/sync/files", get(list))
         .route("/v1/sync/status", get(status))
         .with_state(engine)
@@ -68,6 +77,14 @@ fn gone(id: &FileId) -> Response {
     fdfs_common::error_response(StatusCode::GONE, "gone", format!("{id} was deleted"))
 }
 
+/// The incarnation a peer names in [`INCARNATION_HEADER`].
+fn incarnation(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(INCARNATION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
 async fn meta_or_file(
     State(engine): State<SyncEngine>,
     Path(rest): Path<String>,
@@ -79,9 +96,9 @@ async fn meta_or_file(
         // A file of a group called `meta`.
         let raw = format!("meta/{rest}");
         return match method {
-            Method::GET | Method::HEAD => get_file(State(engine), Path(raw)).await,
+            Method::GET | Method::HEAD => get_file(State(engine), Path(raw), headers).await,
             Method::PUT => put_file(State(engine), Path(raw), headers, body).await,
-            Method::DELETE => delete_file(State(engine), Path(raw)).await,
+            Method::DELETE => delete_file(State(engine), Path(raw), headers).await,
             _ => Err(StorageError::BadRequest(format!(
                 "method {method} not allowed here"
             ))),
@@ -112,17 +129,32 @@ async fn meta_or_file(
     }
 }
 
-/// `GET|HEAD /v1/replica/{id}`.
-async fn get_file(State(engine): State<SyncEngine>, Path(raw): Path<String>) -> Result<Response> {
+/// `GET|HEAD /v1/replica/{id}`. A sender about to push the file names its size in `x-fdfs-size`: 507 when
+/// the file is absent and would not fit (see [`super::space`]).
+async fn get_file(
+    State(engine): State<SyncEngine>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response> {
     let id = parse(&engine, &raw)?;
-    if engine.tombstones.contains(&id) {
-        return Ok(gone(&id));
+    let here = engine.tombstones.incarnation(&id);
+    match incarnation(&headers) {
+        Some(gen) if engine.tombstones.hides(&id, gen) => return Ok(gone(&id)),
+        // Only an older incarnation (if any) is here.
+        Some(gen) if gen > here => {
+            return Err(StorageError::NotFound(format!("no such file {id}")))
+        }
+        None if engine.tombstones.is_deleted(&id) => return Ok(gone(&id)),
+        _ => {}
     }
     let path = engine.store.path(&id)?;
     let file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(StorageError::NotFound(format!("no such file {id}")))
+            if let Some(size) = declared(&headers, super::space::SIZE_HEADER) {
+                super::space::ensure_room(&engine, &id, size).await?;
+            }
+            return Err(StorageError::NotFound(format!("no such file {id}")));
         }
         Err(e) => return Err(e.into()),
     };
@@ -138,11 +170,23 @@ async fn get_file(State(engine): State<SyncEngine>, Path(raw): Path<String>) -> 
                 header::HeaderName::from_static(MTIME_HEADER),
                 unix_secs(stat.modified()?).to_string(),
             ),
+            (
+                header::HeaderName::from_static(INCARNATION_HEADER),
+                here.to_string(),
+            ),
             (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
         ],
         body,
     )
         .into_response())
+}
+
+/// A size header's value.
+fn declared(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
 }
 
 /// `PUT /v1/replica/{id}`.
@@ -153,8 +197,14 @@ async fn put_file(
     body: Body,
 ) -> Result<Response> {
     let id = parse(&engine, &raw)?;
-    if engine.tombstones.contains(&id) {
+    let gen = incarnation(&headers).unwrap_or(0);
+    if engine.tombstones.hides(&id, gen) {
         return Ok(gone(&id));
+    }
+    engine.accept_incarnation(&id, gen).await?;
+    // No room: answer 507 before reading the body.
+    if let Some(size) = declared(&headers, header::CONTENT_LENGTH.as_str()) {
+        super::space::ensure_room(&engine, &id, size).await?;
     }
     let mtime = mtime_from(&headers);
     let committed = engine
@@ -162,7 +212,7 @@ async fn put_file(
         .write_file(&id, body.into_data_stream(), mtime)
         .await?;
     // A delete that raced with this write wins.
-    if engine.tombstones.contains(&id) {
+    if engine.tombstones.hides(&id, gen) {
         engine.store.remove(&id).await?;
         return Ok(gone(&id));
     }
@@ -175,13 +225,64 @@ async fn put_file(
 async fn delete_file(
     State(engine): State<SyncEngine>,
     Path(raw): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response> {
     let id = parse(&engine, &raw)?;
+    let gen = incarnation(&headers);
     let this = engine.clone();
     let tid = id.clone();
-    tokio::task::spawn_blocking(move || this.tombstones.add(&tid)).await??;
-    let deleted = engine.store.remove(&id).await?;
+    let deleted = tokio::task::spawn_blocking(move || -> Result<bool> {
+        let gen = gen.unwrap_or_else(|| this.tombstones.incarnation(&tid));
+        this.tombstones.add(&tid, gen)?;
+        // A newer incarnation here (re-uploaded after this delete) stays.
+        if this.tombstones.is_deleted(&tid) {
+            this.store.remove_blocking(&tid)
+        } else {
+            Ok(false)
+        }
+    })
+    .await??;
     Ok(Json(serde_json::json!({ "file_id": id, "deleted": deleted })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct StageQuery {
+    #[serde(default)]
+    store_path: u8,
+}
+
+/// `POST /v1/pipeline/stage?store_path=N`: stage a body streamed by a peer's upload pipeline.
+async fn stage(
+    State(engine): State<SyncEngine>,
+    Query(q): Query<StageQuery>,
+    body: Body,
+) -> Result<Json<StageAnswer>> {
+    let limit = engine.store.max_file_size();
+    let staged = engine
+        .store
+        .receive(q.store_path, body.into_data_stream(), limit)
+        .await?;
+    let size = staged.size;
+    let token = engine.staged.put(staged)?;
+    Ok(Json(StageAnswer { token, size }))
+}
+
+/// `POST /v1/pipeline/commit`: commit a staged body under its ID; answers once it is durable (410 when the ID
+/// was deleted here).
+async fn commit(
+    State(engine): State<SyncEngine>,
+    body: std::result::Result<Json<CommitRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response> {
+    let Json(req) = body.map_err(|e| StorageError::BadRequest(e.body_text()))?;
+    let id = parse(&engine, &req.file_id)?;
+    match pipeline::commit_staged(&engine, req).await? {
+        None => Ok(gone(&id)),
+        Some(committed) => {
+            let created = matches!(committed, Committed::Created { .. });
+            super::metrics::replica_received(created);
+            Ok(Json(serde_json::json!({ "file_id": id, "created": created })).into_response())
+        }
+    }
 }
 
 /// `GET /v1/sync/status`.
@@ -240,7 +341,10 @@ pub fn list_blocking(engine: &SyncEngine, after: &str, limit: usize) -> Result<L
     let mut next = upto;
     if tombstones.len() == limit {
         // Too many tombstones in this range: stop the page at the last one.
-        let last = tombstones.last().cloned();
+        let last = tombstones
+            .last()
+            .and_then(|t| super::tombstones::parse_entry(t))
+            .map(|(id, _)| id.to_string());
         ids.retain(|i| Some(i) <= last.as_ref());
         next = last;
     }
@@ -252,13 +356,14 @@ pub fn list_blocking(engine: &SyncEngine, after: &str, limit: usize) -> Result<L
         let Some(stat) = store.stat_blocking(&id)? else {
             continue; // index entry without a file
         };
-        let mut meta_path = store.path(&id)?;
-        meta_path.as_mut_os_string().push(META_SUFFIX);
+        let meta = store.get_meta_blocking(&id)?.unwrap_or_default();
         files.push(ListedFile {
             id: s,
             size: stat.len(),
             mtime: stat.modified().map_or(0, unix_secs),
-            meta: meta_path.exists(),
+            meta: !meta.is_empty(),
+            meta_crc: meta_crc(&meta),
+            gen: engine.tombstones.incarnation(&id),
         });
     }
     Ok(ListPage {

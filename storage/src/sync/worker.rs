@@ -2,8 +2,15 @@
 //! (see [`super::client`]). Records of distinct files are pushed a few at a time; records of one file keep their
 //! order. A record is retried with backoff until the peer takes it (or rejects it for good), so a peer that is
 //! down simply falls behind and catches up when it returns. The position is persisted after every batch.
+//!
+//! A peer that is full (507) does not stop the worker: the refused record is set aside ([`Deferred`]) and the
+//! records behind it (deletes, metadata, uploads that fit) still go through; the refused ones are retried every
+//! [`FULL_RETRY`], oldest first, until the peer takes them. The acknowledged position (persisted, used for
+//! pruning, pending counts and `synced_until`) stays just before the oldest refused record, so a restart
+//! replays from there (pushes are idempotent) and nothing refused is ever skipped. At most [`MAX_DEFERRED`]
+//! records are set aside; beyond that the worker waits for the peer before reading more.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +29,57 @@ const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// How long an idle worker sleeps when no append wakes it.
 const IDLE: Duration = Duration::from_secs(1);
+/// How often records a full peer refused are offered again.
+pub const FULL_RETRY: Duration = Duration::from_secs(2);
+/// Most records set aside for a full peer before the worker stops reading further.
+pub const MAX_DEFERRED: usize = 100_000;
+
+/// Records a full peer refused (507), by sequence number, waiting for it to have room.
+#[derive(Default)]
+struct Deferred {
+    recs: BTreeMap<u64, Record>,
+    next_try: Option<Instant>,
+}
+
+impl Deferred {
+    /// The acknowledged position given that every record up to `processed` was handled: just before the oldest
+    /// refused record.
+    fn acked(&self, processed: u64) -> u64 {
+        self.recs
+            .keys()
+            .next()
+            .map_or(processed, |seq| processed.min(seq - 1))
+    }
+
+    /// `synced_until` capped by the oldest refused record (the peer lacks it).
+    fn cap_synced(&self, until: u64) -> u64 {
+        self.recs
+            .values()
+            .next()
+            .map_or(until, |r| until.min(r.ts.saturating_sub(1)))
+    }
+
+    fn due(&self) -> bool {
+        self.next_try.is_some_and(|t| Instant::now() >= t)
+    }
+
+    fn add(&mut self, rec: Record) {
+        if self.next_try.is_none() {
+            self.next_try = Some(Instant::now() + FULL_RETRY);
+        }
+        self.recs.insert(rec.seq, rec);
+    }
+}
+
+/// How pushing one record ended.
+enum Outcome {
+    /// Taken (or rejected for good): move on.
+    Done,
+    /// The peer is full: set the record aside.
+    Full,
+    /// The worker must stop (peer gone or stop requested).
+    Stop,
+}
 
 /// Split a batch into runs of records on distinct files (each run can be pushed concurrently).
 fn distinct_runs(batch: Vec<Record>) -> Vec<Vec<Record>> {
@@ -62,21 +120,21 @@ async fn push(engine: &SyncEngine, peer: &MemberInfo, rec: &Record) -> Result<u6
     }
 }
 
-/// Push one record until it is taken; false when the worker must stop (peer gone or stop requested).
+/// Push one record until it is taken, refused for lack of room, or the worker must stop.
 async fn push_until_done(
     engine: &SyncEngine,
     peer_id: u32,
     progress: &PeerProgress,
     rec: &Record,
-) -> bool {
+) -> Outcome {
     let mut backoff = MIN_BACKOFF;
     let mut warned = false;
     loop {
         if progress.stop.load(Ordering::Relaxed) {
-            return false;
+            return Outcome::Stop;
         }
         let Some(peer) = current(engine, peer_id) else {
-            return false;
+            return Outcome::Stop;
         };
         match push(engine, &peer, rec).await {
             Ok(bytes) => {
@@ -84,12 +142,16 @@ async fn push_until_done(
                 if warned {
                     tracing::info!(peer = peer_id, "peer takes records again");
                 }
-                return true;
+                return Outcome::Done;
             }
             Err(PushError::Rejected(e)) => {
                 tracing::error!(peer = peer_id, seq = rec.seq, file_id = %rec.file_id, error = %e, "peer rejected a record; skipping it");
                 metrics::rejected(peer_id);
-                return true;
+                return Outcome::Done;
+            }
+            Err(PushError::Full(e)) => {
+                tracing::debug!(peer = peer_id, seq = rec.seq, file_id = %rec.file_id, error = %e, "peer is full");
+                return Outcome::Full;
             }
             Err(e) => {
                 if !warned {
@@ -132,10 +194,32 @@ pub async fn run(engine: SyncEngine, peer_id: u32, progress: Arc<PeerProgress>) 
     let mut appended = engine.appended.subscribe();
     let mut reader = Some(engine.binlog.reader(start));
     let mut saved = start;
+    // Every record up to `processed` was taken by the peer or is in `deferred`.
+    let mut processed = start;
+    let mut deferred = Deferred::default();
     let concurrency = engine.config.push_concurrency.max(1);
     loop {
         if progress.stop.load(Ordering::Relaxed) {
             return;
+        }
+        if deferred.due() {
+            let going = retry_deferred(&engine, peer_id, &progress, &mut deferred).await;
+            progress
+                .acked
+                .store(deferred.acked(processed), Ordering::Relaxed);
+            if !going {
+                stopping(&engine, peer_id, &progress, saved).await;
+                return;
+            }
+        }
+        if deferred.recs.len() >= MAX_DEFERRED {
+            // Too much set aside: wait for the peer before reading further.
+            let acked = progress.acked.load(Ordering::Relaxed);
+            if acked != saved && persist(&engine, peer_id, acked).await {
+                saved = acked;
+            }
+            tokio::time::sleep(FULL_RETRY).await;
+            continue;
         }
         let checked_at = fdfs_common::time::unix_now();
         let mut r = reader.take().expect("reader is put back every iteration");
@@ -158,9 +242,10 @@ pub async fn run(engine: SyncEngine, peer_id: u32, progress: Arc<PeerProgress>) 
             }
         };
         if batch.is_empty() {
-            progress
-                .synced_until
-                .store(checked_at.saturating_sub(1), Ordering::Relaxed);
+            progress.synced_until.store(
+                deferred.cap_synced(checked_at.saturating_sub(1)),
+                Ordering::Relaxed,
+            );
             let acked = progress.acked.load(Ordering::Relaxed);
             if acked != saved && persist(&engine, peer_id, acked).await {
                 saved = acked;
@@ -174,28 +259,44 @@ pub async fn run(engine: SyncEngine, peer_id: u32, progress: Arc<PeerProgress>) 
         let started = Instant::now();
         let n = batch.len();
         for run in distinct_runs(batch) {
-            progress
-                .synced_until
-                .store(run[0].ts.saturating_sub(1), Ordering::Relaxed);
+            progress.synced_until.store(
+                deferred.cap_synced(run[0].ts.saturating_sub(1)),
+                Ordering::Relaxed,
+            );
             let last = run.last().map_or(0, |r| r.seq);
-            let results: Vec<bool> = stream::iter(run)
+            let results: Vec<(Record, Outcome)> = stream::iter(run)
                 .map(|rec| {
                     let (engine, progress) = (engine.clone(), progress.clone());
-                    async move { push_until_done(&engine, peer_id, &progress, &rec).await }
+                    async move {
+                        let outcome = push_until_done(&engine, peer_id, &progress, &rec).await;
+                        (rec, outcome)
+                    }
                 })
                 .buffer_unordered(concurrency)
                 .collect()
                 .await;
-            if results.iter().any(|ok| !ok) {
-                // Stopping: keep the position of what was fully acknowledged.
-                let acked = progress.acked.load(Ordering::Relaxed);
-                if acked != saved {
-                    persist(&engine, peer_id, acked).await;
+            let mut stop = false;
+            for (rec, outcome) in results {
+                match outcome {
+                    Outcome::Done => {}
+                    Outcome::Full => {
+                        if deferred.recs.is_empty() {
+                            tracing::warn!(peer = peer_id, seq = rec.seq, file_id = %rec.file_id, "peer is full: setting refused records aside, the rest still goes through");
+                        }
+                        deferred.add(rec);
+                        deferred_gauge(peer_id, deferred.recs.len());
+                    }
+                    Outcome::Stop => stop = true,
                 }
-                tracing::info!(peer = peer_id, "sync worker stopping");
+            }
+            if stop {
+                stopping(&engine, peer_id, &progress, saved).await;
                 return;
             }
-            progress.acked.store(last, Ordering::Relaxed);
+            processed = last;
+            progress
+                .acked
+                .store(deferred.acked(processed), Ordering::Relaxed);
         }
         tracing::debug!(
             peer = peer_id,
@@ -210,6 +311,68 @@ pub async fn run(engine: SyncEngine, peer_id: u32, progress: Arc<PeerProgress>) 
     }
 }
 
+/// Stopping: keep the position of what was fully acknowledged.
+async fn stopping(engine: &SyncEngine, peer_id: u32, progress: &PeerProgress, saved: u64) {
+    let acked = progress.acked.load(Ordering::Relaxed);
+    if acked != saved {
+        persist(engine, peer_id, acked).await;
+    }
+    tracing::info!(peer = peer_id, "sync worker stopping");
+}
+
+/// Offer the records a full peer refused again, oldest first, until it refuses one more (still full) or cannot
+/// be reached. False when the worker must stop.
+async fn retry_deferred(
+    engine: &SyncEngine,
+    peer_id: u32,
+    progress: &PeerProgress,
+    deferred: &mut Deferred,
+) -> bool {
+    let Some(peer) = current(engine, peer_id) else {
+        return false;
+    };
+    let seqs: Vec<u64> = deferred.recs.keys().copied().collect();
+    let mut taken = 0usize;
+    for seq in seqs {
+        if progress.stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        let rec = &deferred.recs[&seq];
+        match push(engine, &peer, rec).await {
+            Ok(bytes) => {
+                metrics::pushed(peer_id, rec.op, bytes, rec.ts);
+                deferred.recs.remove(&seq);
+                taken += 1;
+            }
+            Err(PushError::Rejected(e)) => {
+                tracing::error!(peer = peer_id, seq, file_id = %rec.file_id, error = %e, "peer rejected a record; skipping it");
+                metrics::rejected(peer_id);
+                deferred.recs.remove(&seq);
+            }
+            Err(e) => {
+                tracing::debug!(peer = peer_id, seq, error = %e, "set-aside record still refused");
+                break;
+            }
+        }
+    }
+    deferred.next_try = (!deferred.recs.is_empty()).then(|| Instant::now() + FULL_RETRY);
+    if taken > 0 {
+        tracing::info!(
+            peer = peer_id,
+            taken,
+            left = deferred.recs.len(),
+            "peer took records it had refused for lack of room"
+        );
+    }
+    deferred_gauge(peer_id, deferred.recs.len());
+    true
+}
+
+/// `fdfs_sync_deferred_records{peer}`: records a full peer refused, waiting for room.
+fn deferred_gauge(peer_id: u32, n: usize) {
+    ::metrics::gauge!("fdfs_sync_deferred_records", "peer" => peer_id.to_string()).set(n as f64);
+}
+
 async fn persist(engine: &SyncEngine, peer_id: u32, seq: u64) -> bool {
     let e = engine.clone();
     match tokio::task::spawn_blocking(move || e.save_position(peer_id, seq)).await {
@@ -219,5 +382,37 @@ async fn persist(engine: &SyncEngine, peer_id: u32, seq: u64) -> bool {
             false
         }
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(seq: u64, ts: u64) -> Record {
+        Record {
+            seq,
+            ts,
+            op: Op::Upload,
+            file_id: "g1/M00/00/00/CgAAAWXXXXXAAAAAAAAAAAAAAAA123.bin"
+                .parse()
+                .expect("valid id"),
+        }
+    }
+
+    #[test]
+    fn position_stays_before_the_oldest_refused_record() {
+        let mut d = Deferred::default();
+        assert_eq!(d.acked(40), 40);
+        assert_eq!(d.cap_synced(1000), 1000);
+        d.add(rec(12, 500));
+        d.add(rec(30, 700));
+        assert_eq!(d.acked(40), 11);
+        assert_eq!(d.acked(5), 5);
+        assert_eq!(d.cap_synced(1000), 499);
+        assert!(!d.due(), "retried only after FULL_RETRY");
+        d.recs.remove(&12);
+        assert_eq!(d.acked(40), 29);
+        assert_eq!(d.cap_synced(1000), 699);
     }
 }

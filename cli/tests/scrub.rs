@@ -1,0 +1,256 @@
+//! Issue 13 item 13, scrubbing, against real processes: a byte flipped in a stored file on one member and
+//! another file truncated on the other are found and repaired from the peer's good copy, by the background
+//! scrubber and by `fdfs verify --repair`; `fdfs verify` also reports a file missing from one member.
+
+mod common;
+
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{args, content, Cluster, ClusterSpec, BIN, STATE_TIMEOUT};
+use serde_json::Value;
+
+/// One group of two members.
+fn spec(storage: &[&str]) -> ClusterSpec {
+    let mut spec = ClusterSpec {
+        groups: 1,
+        members: 2,
+        ..ClusterSpec::default()
+    };
+    spec.storage_args.extend(args(storage));
+    spec
+}
+
+/// Upload `n` files; their IDs and contents.
+async fn upload_files(c: &Cluster, n: usize) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let body = content(i, 100_000 + i * 1000);
+        let j = common::upload(c, &format!("s{i}.bin"), body.clone()).await;
+        assert_eq!(j["replicas"], 2, "{j}");
+        out.push((j["file_id"].as_str().unwrap().to_owned(), body));
+    }
+    out
+}
+
+/// Wait until every member's peers acknowledged all its records: a worker pushing an upload late would put
+/// back a copy the test removes.
+async fn settled(c: &Cluster) {
+    let deadline = Instant::now() + STATE_TIMEOUT;
+    for n in c.all_storage() {
+        loop {
+            let st: Value = c
+                .http
+                .get(format!("{}/v1/sync/status", n.url()))
+                .header(fdfs_common::wire::CLUSTER_SECRET_HEADER, common::SECRET)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let peers = st["peers"].as_array().cloned().unwrap_or_default();
+            if !peers.is_empty() && peers.iter().all(|p| p["pending_records"] == 0) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{} never settled: {st}", n.name);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Where a member keeps a file: `<store>/data/XX/YY/<name>`.
+fn on_disk(store: &Path, id: &str) -> PathBuf {
+    let rest = id.splitn(3, '/').nth(2).unwrap();
+    store.join("data").join(rest)
+}
+
+fn flip_byte(path: &Path, at: u64) {
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.seek(SeekFrom::Start(at)).unwrap();
+    std::io::Read::read_exact(&mut f, &mut b).unwrap();
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.write_all(&[b[0] ^ 0x40]).unwrap();
+    f.sync_all().unwrap();
+}
+
+fn truncate(path: &Path, len: u64) {
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.set_len(len).unwrap();
+    f.sync_all().unwrap();
+}
+
+async fn until_equal(path: &Path, want: &[u8], what: &str) {
+    let deadline = Instant::now() + STATE_TIMEOUT;
+    loop {
+        if std::fs::read(path).is_ok_and(|got| got == want) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what} was not repaired in time");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Run `fdfs verify <extra> --json` against the cluster; (exit code, report).
+fn verify(c: &Cluster, extra: &[&str]) -> (i32, Value) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--gateway", &c.gateway_url(), "verify", "--json"])
+        .args(extra);
+    common::hermetic_env(&mut cmd);
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), report)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_scrubber_repairs_bit_rot_and_truncation_from_the_peer() {
+    let c = Cluster::start(spec(&[
+        "--scrub-bytes-per-sec",
+        "64MiB",
+        "--scrub-interval-secs",
+        "1",
+    ]))
+    .await;
+    let files = upload_files(&c, 3).await;
+    settled(&c).await;
+    let (a, b) = (&c.storage[0][0], &c.storage[0][1]);
+    let rot = on_disk(&a.dir, &files[0].0);
+    let cut = on_disk(&b.dir, &files[1].0);
+    flip_byte(&rot, 5000);
+    truncate(&cut, 777);
+    until_equal(&rot, &files[0].1, "the flipped byte").await;
+    until_equal(&cut, &files[1].1, "the truncated file").await;
+    // Both members counted what they found and repaired.
+    for node in [a, b] {
+        let metrics = c
+            .http
+            .get(format!("{}/metrics", node.url()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for name in [
+            "fdfs_scrub_files_checked_total",
+            "fdfs_scrub_corrupt_total 1",
+            "fdfs_scrub_repaired_total 1",
+        ] {
+            assert!(
+                metrics.contains(name),
+                "{}: no {name} in\n{metrics}",
+                node.name
+            );
+        }
+    }
+    // Downloads through the gateway get the good content.
+    for (id, body) in &files {
+        let got = c
+            .follow
+            .get(format!("{}/{id}", c.gateway_url()))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert!(got == body[..], "{id} differs after the repair");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_reports_corrupt_and_missing_copies_and_repairs_the_corrupt_ones() {
+    // The background scrubber is off: only `fdfs verify` looks.
+    let c = Cluster::start(spec(&["--scrub-bytes-per-sec", "0"])).await;
+    let files = upload_files(&c, 4).await;
+    settled(&c).await;
+    let (a, b) = (&c.storage[0][0], &c.storage[0][1]);
+    let rot = on_disk(&a.dir, &files[0].0);
+    let cut = on_disk(&b.dir, &files[1].0);
+    flip_byte(&rot, 99_999);
+    truncate(&cut, 0);
+    std::fs::remove_file(on_disk(&b.dir, &files[2].0)).unwrap();
+
+    let (code, r) = verify(&c, &[]);
+    assert_eq!(code, 1, "{r:#}");
+    assert_eq!(
+        (
+            r["corrupt"].as_u64(),
+            r["repaired"].as_u64(),
+            r["missing"].as_u64()
+        ),
+        (Some(2), Some(0), Some(1)),
+        "{r:#}"
+    );
+    let members = r["groups"][0]["members"].as_array().unwrap();
+    let by_addr = |node: &common::Node| {
+        members
+            .iter()
+            .find(|m| {
+                m["addr"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with(&format!(":{}", node.addr.port()))
+            })
+            .unwrap_or_else(|| panic!("{} in {r:#}", node.name))
+            .clone()
+    };
+    let (ra, rb) = (by_addr(a), by_addr(b));
+    assert_eq!(ra["scrub"]["corrupt"][0]["file_id"], files[0].0.as_str());
+    assert!(ra["scrub"]["corrupt"][0]["problem"]
+        .as_str()
+        .unwrap()
+        .starts_with("crc32"));
+    assert_eq!(rb["scrub"]["corrupt"][0]["file_id"], files[1].0.as_str());
+    assert!(rb["scrub"]["corrupt"][0]["problem"]
+        .as_str()
+        .unwrap()
+        .starts_with("size 0"));
+    assert_eq!(ra["missing"], serde_json::json!([]));
+    assert_eq!(rb["missing"], serde_json::json!([files[2].0]));
+    // Nothing was touched without --repair.
+    assert_ne!(std::fs::read(&rot).unwrap(), files[0].1);
+
+    let (code, r) = verify(&c, &["--repair"]);
+    assert_eq!(code, 1, "the missing copy is still reported: {r:#}");
+    assert_eq!(
+        (r["corrupt"].as_u64(), r["repaired"].as_u64()),
+        (Some(2), Some(2)),
+        "{r:#}"
+    );
+    assert_eq!(std::fs::read(&rot).unwrap(), files[0].1);
+    assert_eq!(std::fs::read(&cut).unwrap(), files[1].1);
+
+    let (code, r) = verify(&c, &["--group", "group1"]);
+    assert_eq!(code, 1, "{r:#}");
+    assert_eq!(
+        (r["corrupt"].as_u64(), r["missing"].as_u64()),
+        (Some(0), Some(1)),
+        "{r:#}"
+    );
+
+    // The readable report names the missing copy.
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--gateway", &c.gateway_url(), "verify"]);
+    common::hermetic_env(&mut cmd);
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("missing  {}", files[2].0)), "{text}");
+    assert!(
+        text.contains("PROBLEMS: 0 corrupt (0 repaired), 1 missing"),
+        "{text}"
+    );
+}

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Python checks (CI runs this; so can you): builds `fdfs` (debug), installs clients/python with its test extras
+# into a venv under target/ (as `pip install` would for a user: not editable), then ruff, mypy, the client and
+# Django tests, and the example shop's end-to-end test. Every pytest run must collect tests (exit 5 fails).
+#
+# Environment: FDFS_PY_VENV (default target/py-venv), FDFS_PY_BIG_FILE_MB (size of the streamed big-file test,
+# default 1024).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+VENV="${FDFS_PY_VENV:-$ROOT/target/py-venv}"
+PY="$VENV/bin/python"
+
+if [[ ! -x "$PY" ]]; then
+    if ! python3 -m venv "$VENV"; then
+        # Debian's own python3 needs python3-venv for this.
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+        python3 -m venv "$VENV"
+    fi
+fi
+"$PY" -m pip install -q --disable-pip-version-check --upgrade "$ROOT/clients/python[test]"
+(cd "$ROOT" && cargo build -q -p fdfs)
+
+for dir in clients/python examples/django-shop; do
+    cd "$ROOT/$dir"
+    echo "== $dir: ruff, mypy, pytest"
+    "$VENV/bin/ruff" check .
+    "$VENV/bin/ruff" format --check .
+    "$VENV/bin/mypy"
+    "$PY" -m pytest -p no:cacheprovider
+done

@@ -1,0 +1,178 @@
+"""A real local fdfs cluster for tests: runs `fdfs up --port 0` and reads the layout it prints.
+
+    with LocalCluster("target/debug/fdfs", tmp_path) as cluster:
+        client = Client(cluster.gateway)
+
+Standard library only. `kill_member` SIGKILLs one storage node (a child of `fdfs up`) to test failures.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+__all__ = ["LocalCluster", "Member"]
+
+_MEMBER = re.compile(r"^  (?P<label>\S*)\s+(?P<url>http://\S+)\s+node\s+(?P<node>\d+)\s+(?P<data>\S.*?)\s*$")
+_GATEWAY = re.compile(r"^  gateway\s+(?P<url>http://\S+)\s*$")
+_TRACKER = re.compile(r"^  tracker\s+(?P<addr>\S+)\s*$")
+
+
+@dataclass(frozen=True)
+class Member:
+    """One storage node of the cluster as `fdfs up` printed it."""
+
+    group: str
+    url: str
+    node_id: int
+    data_dir: str
+
+
+class LocalCluster:
+    """`fdfs up` in a temp dir on free ports; `start()` returns once every storage node is active."""
+
+    def __init__(
+        self,
+        fdfs: str | os.PathLike[str],
+        data_dir: str | os.PathLike[str],
+        *,
+        groups: int = 2,
+        members: int = 2,
+        env: Mapping[str, str] | None = None,
+        timeout: float = 180.0,
+    ) -> None:
+        self.fdfs = os.fspath(fdfs)
+        self.data_dir = Path(data_dir)
+        self.groups = groups
+        self.members_per_group = members
+        self.env = dict(env or {})
+        self.timeout = timeout
+        self.gateway = ""
+        self.trackers: list[str] = []
+        self.members: list[Member] = []
+        self._proc: subprocess.Popen[str] | None = None
+        self._lines: list[str] = []
+        self._done = threading.Event()
+        self._stderr: IO[str] | None = None
+        self._reader: threading.Thread | None = None
+
+    def __enter__(self) -> LocalCluster:
+        self.start()
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._stderr = open(self.data_dir / "up.stderr", "w")  # noqa: SIM115 - closed in stop()
+        cmd = [
+            self.fdfs,
+            "up",
+            "--port",
+            "0",
+            "--data",
+            str(self.data_dir),
+            "--groups",
+            str(self.groups),
+            "--members",
+            str(self.members_per_group),
+            "--timeout",
+            str(int(self.timeout)),
+        ]
+        self._proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, **self.env},
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + self.timeout + 30
+        while not self._ready():
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"fdfs up did not become ready:\n{self.output()}")
+            time.sleep(0.1)
+        self._parse()
+
+    def _read(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        for line in self._proc.stdout:
+            self._lines.append(line.rstrip("\n"))
+            if line.startswith("ctrl-c stops the cluster"):
+                self._done.set()
+        self._done.set()
+
+    def _ready(self) -> bool:
+        return self._done.is_set() and any(line.startswith("fdfs cluster is up") for line in self._lines)
+
+    def _parse(self) -> None:
+        group = ""
+        for line in self._lines:
+            if m := _GATEWAY.match(line):
+                self.gateway = m["url"]
+            elif m := _TRACKER.match(line):
+                self.trackers.append(m["addr"])
+            elif m := _MEMBER.match(line):
+                group = m["label"] or group
+                self.members.append(Member(group, m["url"], int(m["node"]), m["data"]))
+        if not self.gateway or len(self.members) != self.groups * self.members_per_group:
+            raise RuntimeError(f"cannot read the layout fdfs up printed:\n{self.output()}")
+
+    def output(self) -> str:
+        """What `fdfs up` printed so far (stdout, then stderr)."""
+        err = ""
+        p = self.data_dir / "up.stderr"
+        if p.exists():
+            err = p.read_text(errors="replace")
+        return "\n".join(self._lines) + "\n" + err
+
+    def pid_of(self, member: Member) -> int:
+        """Process id of a storage node: the child of `fdfs up` whose command line has its store path."""
+        assert self._proc is not None
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == self._proc.pid and member.data_dir.encode() in cmdline:
+                return int(entry)
+        raise LookupError(f"no process for {member}")
+
+    def kill_member(self, member: Member) -> None:
+        """SIGKILL one storage node (the rest of the cluster keeps running)."""
+        os.kill(self.pid_of(member), signal.SIGKILL)
+
+    def stop(self) -> None:
+        """SIGTERM `fdfs up` (it stops its children in order), SIGKILL after 30 s."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self._reader is not None:
+            self._reader.join(10)
+        if proc is not None and proc.stdout is not None and (self._reader is None or not self._reader.is_alive()):
+            proc.stdout.close()
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None

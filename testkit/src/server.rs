@@ -1,0 +1,129 @@
+//! A server future run in this process on `127.0.0.1:0`: `Server::start(|listener, shutdown| run(listener,
+//! config, shutdown))` works for `fdfs_tracker::run`, `fdfs_storage::run` and `fdfs_gateway::run`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Resolves when the [`Server`] is stopped or dropped (the `shutdown` future a server's `run` takes).
+pub struct Shutdown(oneshot::Receiver<()>);
+
+impl Future for Shutdown {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // A dropped sender also means "stop".
+        Pin::new(&mut self.0).poll(cx).map(|_| ())
+    }
+}
+
+/// A server running in this process; asked to stop (gracefully) when dropped.
+pub struct Server {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), String>>>,
+}
+
+impl Server {
+    /// Bind `127.0.0.1:0` and spawn `run(listener, shutdown)` on the current runtime.
+    pub async fn start<F, Fut, E>(run: F) -> Server
+    where
+        F: FnOnce(TcpListener, Shutdown) -> Fut,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        Server::start_on("127.0.0.1:0", run).await
+    }
+
+    /// [`Server::start`] on a given address (e.g. to restart on the same port).
+    pub async fn start_on<F, Fut, E>(listen: &str, run: F) -> Server
+    where
+        F: FnOnce(TcpListener, Shutdown) -> Fut,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        let listener = TcpListener::bind(listen)
+            .await
+            .unwrap_or_else(|e| panic!("bind {listen}: {e}"));
+        let addr = listener.local_addr().expect("local addr");
+        let (tx, rx) = oneshot::channel();
+        let fut = run(listener, Shutdown(rx));
+        let task = tokio::spawn(async move { fut.await.map_err(|e| format!("{e:#}")) });
+        Server {
+            addr,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// `http://ADDR{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// `http://ADDR`.
+    pub fn base(&self) -> String {
+        self.url("")
+    }
+
+    /// Whether the server's task has ended (it failed, or it was stopped).
+    pub fn is_finished(&self) -> bool {
+        self.task.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Wait until `GET /health` answers 2xx; panics if the server exits first or after `timeout`.
+    pub async fn wait_healthy(&self, timeout: Duration) {
+        let client = crate::client();
+        let url = self.url("/health");
+        crate::eventually(
+            timeout.as_secs().max(1),
+            &format!("{url} to answer"),
+            || {
+                assert!(!self.is_finished(), "server at {} exited early", self.addr);
+                let req = client.get(&url).send();
+                async move {
+                    req.await
+                        .ok()
+                        .filter(|r| r.status().is_success())
+                        .map(|_| ())
+                }
+            },
+        )
+        .await;
+    }
+
+    /// Stop gracefully: signal, then wait (up to 60 s) for `run` to return; panics if it failed.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let task = self.task.take().expect("server task");
+        match tokio::time::timeout(Duration::from_secs(60), task).await {
+            Err(_) => panic!("server at {} did not stop within 60s", self.addr),
+            Ok(Err(e)) => panic!("server at {} panicked: {e}", self.addr),
+            Ok(Ok(Err(e))) => panic!("server at {} failed: {e}", self.addr),
+            Ok(Ok(Ok(()))) => {}
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// An address where nothing listens (bound then released).
+pub fn closed_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let a = l.local_addr().expect("local addr").to_string();
+    drop(l);
+    a
+}
