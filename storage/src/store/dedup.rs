@@ -1,37 +1,72 @@
-//! The dedup index: per store path, a content key (BLAKE3 hash + size) maps to the IDs holding that content, and
-//! each ID back to its key.
+//! The dedup index, per store path, in two sled trees of compact binary keys (docs/INDEX.md measures
+//! this layout against others):
+//!
+//! - `ids`: compact ID (`dir1`, `dir2`, name bytes: the ID without the group and store path, which the tree
+//!   already implies) -> 16-byte content key. Iterated in key order, this is the ID order of the catch-up listing
+//!   (uppercase hex directories sort like their bytes), and its length is the file count.
+//! - `holders`: content key + compact ID -> nothing. A prefix scan finds the IDs holding some content.
+//!
+//! The content key is the first 16 bytes of the file's BLAKE3 hash: 128 bits keep accidental collisions out of
+//! reach at any realistic file count (about 10^-22 at 10^8 files), and a holder is used only when its file is on
+//! disk with the size of the new file. Everything here can be rebuilt from the files ([`Store::reindex`]).
+//!
+//! [`Store::reindex`]: super::Store::reindex
 
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use fdfs_common::FileId;
+use fdfs_common::{FileId, GroupName};
 
 use super::StorePath;
 use crate::error::Result;
 
+/// Bytes of the BLAKE3 hash kept as the content key.
+pub(super) const KEY_BYTES: usize = 16;
+/// A content key: the truncated BLAKE3 hash of the bytes.
+pub(super) type ContentKey = [u8; KEY_BYTES];
+
 /// What the index says about a content key, checked against the disk.
 #[derive(Debug, Default)]
 pub(super) struct Holders {
-    /// IDs whose file is here with the right size, with their disk path.
+    /// IDs (as `XX/YY/name`) whose file is here with the right size, with their disk path.
     pub live: Vec<(String, PathBuf)>,
-    /// IDs whose file is gone or changed.
-    pub stale: Vec<String>,
+    /// Compact IDs whose file is gone or changed (dropped when the next ID is added).
+    pub stale: Vec<Vec<u8>>,
 }
 
-pub(super) fn content_key(hash: &[u8; 32], size: u64) -> [u8; 40] {
-    let mut key = [0u8; 40];
-    key[..32].copy_from_slice(hash);
-    key[32..].copy_from_slice(&size.to_be_bytes());
+/// The content key of bytes with this BLAKE3 hash (the size is checked against the disk, not keyed).
+pub(super) fn content_key(hash: &[u8; 32], _size: u64) -> ContentKey {
+    let mut key = [0u8; KEY_BYTES];
+    key.copy_from_slice(&hash[..KEY_BYTES]);
     key
 }
 
-pub(super) fn parse_list(v: &[u8]) -> Vec<String> {
-    String::from_utf8_lossy(v)
-        .split('\n')
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect()
+/// The key of `id` in its store path's `ids` tree.
+pub(super) fn compact_id(id: &FileId) -> Vec<u8> {
+    let name = id.name.as_str().as_bytes();
+    let mut k = Vec::with_capacity(2 + name.len());
+    k.extend_from_slice(&[id.dir1, id.dir2]);
+    k.extend_from_slice(name);
+    k
+}
+
+/// `data/XX/YY/name` of a compact ID, if it is one.
+fn relative_path(compact: &[u8]) -> Option<PathBuf> {
+    let (dirs, name) = compact.split_at_checked(2)?;
+    let name = std::str::from_utf8(name).ok()?;
+    let mut p = PathBuf::from("data");
+    p.push(format!("{:02X}", dirs[0]));
+    p.push(format!("{:02X}", dirs[1]));
+    p.push(name);
+    Some(p)
+}
+
+fn holder_key(key: &ContentKey, compact: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(KEY_BYTES + compact.len());
+    k.extend_from_slice(key);
+    k.extend_from_slice(compact);
+    k
 }
 
 pub(super) fn hash_file(path: &Path) -> io::Result<([u8; 32], u64)> {
@@ -50,54 +85,143 @@ pub(super) fn hash_file(path: &Path) -> io::Result<([u8; 32], u64)> {
     Ok((*h.finalize().as_bytes(), size))
 }
 
+/// Parse an ID string of this store path; `None` for anything else (never indexed).
+fn parse(id: &str) -> Option<FileId> {
+    id.parse().ok()
+}
+
 impl StorePath {
     /// IDs indexed under `key`: those whose file is still here with the right size, as (ID, disk path), and the
     /// stale ones (dropped when the next ID is added).
-    pub(super) fn holders(&self, key: &[u8; 40], size: u64) -> Result<Holders> {
+    pub(super) fn holders(&self, key: &ContentKey, size: u64) -> Result<Holders> {
         let mut holders = Holders::default();
-        if let Some(v) = self.hashes.get(key)? {
-            for holder in parse_list(&v) {
-                let Ok(hid) = holder.parse::<FileId>() else {
-                    continue;
-                };
-                let hpath = self.root.join(hid.relative_path());
-                match fs::metadata(&hpath) {
-                    Ok(m) if m.is_file() && m.len() == size => holders.live.push((holder, hpath)),
-                    _ => holders.stale.push(holder),
+        for entry in self.holders.scan_prefix(key).keys() {
+            let entry = entry?;
+            let compact = &entry[KEY_BYTES..];
+            let Some(rel) = relative_path(compact) else {
+                holders.stale.push(compact.to_vec());
+                continue;
+            };
+            let hpath = self.root.join(&rel);
+            match fs::metadata(&hpath) {
+                Ok(m) if m.is_file() && m.len() == size => {
+                    let rel = rel.strip_prefix("data").unwrap_or(&rel);
+                    holders
+                        .live
+                        .push((rel.to_string_lossy().into_owned(), hpath));
                 }
+                _ => holders.stale.push(compact.to_vec()),
             }
         }
         Ok(holders)
     }
 
-    /// Index `id` under `key` (atomic per key, no lock, never flushed here), dropping the `stale` entries.
-    /// True when `id` was not indexed before.
-    pub(super) fn index_add(&self, id: &str, key: [u8; 40], stale: &[String]) -> Result<bool> {
-        self.hashes.fetch_and_update(key, |old| {
-            let mut list = old.map(parse_list).unwrap_or_default();
-            list.retain(|h| !stale.contains(h));
-            if !list.iter().any(|h| h == id) {
-                list.push(id.to_owned());
+    /// Whether `id` is indexed.
+    pub(super) fn is_indexed(&self, id: &FileId) -> Result<bool> {
+        Ok(self.ids.contains_key(compact_id(id))?)
+    }
+
+    /// Index `id` under `key` (never flushed here), dropping the `stale` holders. True when `id` was not indexed
+    /// before. The holder entry goes first: a crash in between leaves at worst an unused holder entry, and the
+    /// replay at start re-adds an ID that is missing from `ids`.
+    pub(super) fn index_add(&self, id: &str, key: ContentKey, stale: &[Vec<u8>]) -> Result<bool> {
+        let Some(id) = parse(id) else {
+            return Ok(false);
+        };
+        let compact = compact_id(&id);
+        for s in stale {
+            self.holders.remove(holder_key(&key, s))?;
+        }
+        self.holders.insert(holder_key(&key, &compact), &[][..])?;
+        let old = self.ids.insert(&compact, &key[..])?;
+        if let Some(old) = &old {
+            if old.as_ref() != key {
+                if let Ok(old) = <ContentKey>::try_from(old.as_ref()) {
+                    self.holders.remove(holder_key(&old, &compact))?;
+                }
             }
-            Some(list.join("\n").into_bytes())
-        })?;
-        Ok(self.ids.insert(id.as_bytes(), &key[..])?.is_none())
+        }
+        Ok(old.is_none())
     }
 
     /// Drop `id` from the index. True when it was indexed.
     pub(super) fn index_remove(&self, id: &str) -> Result<bool> {
-        let Some(key) = self.ids.remove(id.as_bytes())? else {
+        let Some(id) = parse(id) else {
             return Ok(false);
         };
-        self.hashes.fetch_and_update(&key, |old| {
-            let list: Vec<String> = old
-                .map(parse_list)
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|h| h != id)
-                .collect();
-            (!list.is_empty()).then(|| list.join("\n").into_bytes())
-        })?;
+        let compact = compact_id(&id);
+        let Some(key) = self.ids.remove(&compact)? else {
+            return Ok(false);
+        };
+        if let Ok(key) = <ContentKey>::try_from(key.as_ref()) {
+            self.holders.remove(holder_key(&key, &compact))?;
+        }
         Ok(true)
+    }
+
+    /// Index a file found on disk during a rebuild: both entries, no checks. True when its content key had no
+    /// holder yet.
+    pub(super) fn index_rebuilt(&self, id: &FileId, key: ContentKey) -> Result<bool> {
+        let compact = compact_id(id);
+        let first = self.holders.scan_prefix(key).next().is_none();
+        self.holders.insert(holder_key(&key, &compact), &[][..])?;
+        self.ids.insert(compact, &key[..])?;
+        Ok(first)
+    }
+
+    /// The IDs of this store path in ID order, from the first one after `after` (any string: the IDs of other
+    /// store paths compare as a whole, and `after` need not be an ID).
+    pub(super) fn ids_after<'a>(
+        &'a self,
+        group: &'a GroupName,
+        after: &str,
+    ) -> Box<dyn Iterator<Item = FileId> + 'a> {
+        let prefix = format!("{group}/M{:02X}/", self.index);
+        let Some(rest) = after.strip_prefix(&prefix) else {
+            return if after < prefix.as_str() {
+                Box::new(self.decode(group, self.ids.iter()))
+            } else {
+                // Every ID of this store path sorts before `after`.
+                Box::new(std::iter::empty())
+            };
+        };
+        // Start at the directory `after` names (as far as it names one) and skip the IDs not after it.
+        let hex = |s: &str| {
+            (s.len() == 2 && !s.bytes().any(|b| b.is_ascii_lowercase()))
+                .then(|| u8::from_str_radix(s, 16).ok())
+                .flatten()
+        };
+        let mut start = Vec::with_capacity(2);
+        if let Some(d1) = rest.get(..2).and_then(hex) {
+            start.push(d1);
+            if let (Some("/"), Some(d2)) = (rest.get(2..3), rest.get(3..5).and_then(hex)) {
+                start.push(d2);
+            }
+        }
+        let after = after.to_owned();
+        Box::new(
+            self.decode(group, self.ids.range(start..))
+                .filter(move |id| id.to_string() > after),
+        )
+    }
+
+    /// File IDs from `ids` entries.
+    fn decode<'a>(
+        &'a self,
+        group: &'a GroupName,
+        entries: sled::Iter,
+    ) -> impl Iterator<Item = FileId> + 'a {
+        let index = self.index;
+        entries.keys().filter_map(move |k| {
+            let k = k.ok()?;
+            let (dirs, name) = k.split_at_checked(2)?;
+            Some(FileId {
+                group: group.clone(),
+                store_path: index,
+                dir1: dirs[0],
+                dir2: dirs[1],
+                name: std::str::from_utf8(name).ok()?.parse().ok()?,
+            })
+        })
     }
 }

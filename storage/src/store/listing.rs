@@ -9,9 +9,12 @@ use std::sync::Arc;
 
 use fdfs_common::FileId;
 
-use super::dedup::{content_key, hash_file, parse_list};
+use super::dedup::{content_key, hash_file, ContentKey};
 use super::{Store, INDEXED_KEY, META_SUFFIX};
 use crate::error::Result;
+
+/// sled key of the first index format's "built" mark.
+const LEGACY_INDEXED_KEY: &[u8] = b"indexed";
 
 /// What [`Store::reindex`] found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -76,10 +79,10 @@ impl Store {
         let mut report = ReindexReport::default();
         for sp in &self.paths {
             let _guard = sp.lock();
-            sp.hashes.clear()?;
+            sp.holders.clear()?;
             sp.ids.clear()?;
             // Keys of inodes with several links, so shared content is hashed once.
-            let mut by_inode: HashMap<(u64, u64), [u8; 40]> = HashMap::new();
+            let mut by_inode: HashMap<(u64, u64), ContentKey> = HashMap::new();
             self.walk_disk_blocking(sp.index, |id, path, meta| {
                 let inode = (meta.dev(), meta.ino());
                 let key = match by_inode.get(&inode) {
@@ -93,26 +96,31 @@ impl Store {
                         k
                     }
                 };
-                let id_str = id.to_string();
-                let mut list = match sp.hashes.get(key)? {
-                    Some(v) => parse_list(&v),
-                    None => {
-                        report.contents += 1;
-                        Vec::new()
-                    }
-                };
-                list.push(id_str.clone());
-                sp.hashes.insert(key, list.join("\n").into_bytes())?;
-                sp.ids.insert(id_str.as_bytes(), &key[..])?;
+                if sp.index_rebuilt(&id, key)? {
+                    report.contents += 1;
+                }
                 report.files += 1;
                 Ok(())
             })?;
         }
+        self.drop_legacy_index()?;
         self.db.insert(INDEXED_KEY, &b"1"[..])?;
         self.set_checkpoints_to_end()?;
         self.db.flush()?;
         self.recount();
         Ok(report)
+    }
+
+    /// Drop the trees of the first index format (content key -> ID strings, ID string -> content key), which a
+    /// rebuild replaces.
+    fn drop_legacy_index(&self) -> Result<()> {
+        for sp in &self.paths {
+            for tree in ["hashes", "ids"] {
+                self.db.drop_tree(format!("{tree}-{:02X}", sp.index))?;
+            }
+        }
+        self.db.remove(LEGACY_INDEXED_KEY)?;
+        Ok(())
     }
 
     /// [`Store::reindex_blocking`] on the blocking pool.
@@ -123,29 +131,141 @@ impl Store {
 
     /// Every file ID in the index (all store paths), e.g. for a full sync to a new peer. Blocking (sled).
     pub fn indexed_ids(&self) -> impl Iterator<Item = FileId> + '_ {
-        self.paths.iter().flat_map(|sp| {
-            sp.ids.iter().keys().filter_map(|k| {
-                k.ok()
-                    .and_then(|k| std::str::from_utf8(&k).ok().and_then(|s| s.parse().ok()))
-            })
-        })
+        self.indexed_ids_after("")
     }
 
     /// Indexed file IDs after `after` in ID (byte) order, all store paths: a page of a listing starts here
     /// without walking what came before. Blocking (sled).
     pub fn indexed_ids_after<'a>(&'a self, after: &str) -> impl Iterator<Item = FileId> + 'a {
-        let start = after.as_bytes().to_vec();
-        self.paths.iter().flat_map(move |sp| {
-            sp.ids
-                .range((
-                    std::ops::Bound::Excluded(start.clone()),
-                    std::ops::Bound::Unbounded,
-                ))
-                .keys()
-                .filter_map(|k| {
-                    k.ok()
-                        .and_then(|k| std::str::from_utf8(&k).ok().and_then(|s| s.parse().ok()))
-                })
-        })
+        let after = after.to_owned();
+        self.paths
+            .iter()
+            .flat_map(move |sp| sp.ids_after(&self.group, &after))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fdfs_common::fileid::{FileName, NameInfo};
+
+    /// Files written straight into the data directories of two store paths, then indexed by a rebuild: every
+    /// `after` (an ID, a prefix of one, the empty string, strings between or beyond the IDs) lists exactly the
+    /// IDs that sort after it, in order, and the count and dedup contents match the disk.
+    #[test]
+    fn listing_after_any_string_matches_the_sorted_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let roots = vec![dir.path().join("a"), dir.path().join("b")];
+        let store = Store::open_blocking("g1".parse().unwrap(), &roots, 1 << 20).unwrap();
+        let mut all = Vec::new();
+        for i in 0..60u32 {
+            let content = format!("content {}", i % 40);
+            let info = NameInfo {
+                source_id: 7,
+                created: 1_700_000_000 + i,
+                size: content.len() as u64,
+                crc32: crc32fast::hash(content.as_bytes()),
+            };
+            let id = FileId {
+                group: "g1".parse().unwrap(),
+                store_path: (i % 2) as u8,
+                dir1: [0x00, 0x0A, 0xA0, 0xFF][(i % 4) as usize],
+                dir2: (i * 37 % 256) as u8,
+                name: FileName::generate(&info, Some("txt")).unwrap(),
+            };
+            let path = roots[usize::from(id.store_path)].join(id.relative_path());
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, content).unwrap();
+            all.push(id.to_string());
+        }
+        all.sort();
+        let report = store.reindex_blocking().unwrap();
+        assert_eq!(report.files, 60);
+        assert_eq!(report.contents, 40);
+        assert_eq!(store.file_count(), 60);
+        let listed: Vec<String> = store.indexed_ids().map(|i| i.to_string()).collect();
+        assert_eq!(listed, all);
+
+        let mut afters: Vec<String> = all.clone();
+        afters.extend(all.iter().map(|s| s[..s.len() - 3].to_owned()));
+        afters.extend(
+            [
+                "",
+                "g",
+                "g1/",
+                "g1/M00",
+                "g1/M00/",
+                "g1/M00/0A",
+                "g1/M00/0A/",
+                "g1/M00/0a/00",
+                "g1/M00/0B",
+                "g1/M00/FF/FF/",
+                "g1/M00/zz",
+                "g1/M01/",
+                "g1/M01/A0/",
+                "g1/M02/",
+                "h",
+            ]
+            .map(str::to_owned),
+        );
+        for after in afters {
+            let want: Vec<&String> = all.iter().filter(|s| s.as_str() > after.as_str()).collect();
+            let got: Vec<String> = store
+                .indexed_ids_after(&after)
+                .map(|i| i.to_string())
+                .collect();
+            assert_eq!(got.iter().collect::<Vec<_>>(), want, "after {after:?}");
+        }
+    }
+
+    /// A node upgraded from the first index format (ID strings, marked `indexed`) rebuilds the index in the
+    /// compact format at start and drops the old trees: its files are listed and deduplicated as before.
+    #[test]
+    fn an_index_of_the_first_format_is_rebuilt_and_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_owned();
+        let content = b"kept across the upgrade";
+        let info = NameInfo {
+            source_id: 7,
+            created: 1_700_000_000,
+            size: content.len() as u64,
+            crc32: crc32fast::hash(content),
+        };
+        let id = FileId {
+            group: "g1".parse().unwrap(),
+            store_path: 0,
+            dir1: 0x12,
+            dir2: 0x34,
+            name: FileName::generate(&info, None).unwrap(),
+        };
+        let path = root.join(id.relative_path());
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, content).unwrap();
+        {
+            let db = sled::open(root.join(".fdfs").join("db")).unwrap();
+            let (hash, size) = hash_file(&path).unwrap();
+            let mut old_key = hash.to_vec();
+            old_key.extend_from_slice(&size.to_be_bytes());
+            db.open_tree("hashes-00")
+                .unwrap()
+                .insert(&old_key, id.to_string().as_bytes())
+                .unwrap();
+            db.open_tree("ids-00")
+                .unwrap()
+                .insert(id.to_string().as_bytes(), old_key)
+                .unwrap();
+            db.insert(LEGACY_INDEXED_KEY, &b"1"[..]).unwrap();
+            db.flush().unwrap();
+        }
+        let store = Store::open_blocking("g1".parse().unwrap(), &[root], 1 << 20).unwrap();
+        assert_eq!(store.file_count(), 1);
+        assert_eq!(store.indexed_ids().collect::<Vec<_>>(), vec![id]);
+        let names: Vec<Vec<u8>> = store.db.tree_names().iter().map(|n| n.to_vec()).collect();
+        assert!(!names.contains(&b"hashes-00".to_vec()), "old trees dropped");
+        assert!(!names.contains(&b"ids-00".to_vec()));
+        assert!(store.db.get(LEGACY_INDEXED_KEY).unwrap().is_none());
+        let key = content_key(&hash_file(&path).unwrap().0, content.len() as u64);
+        let holders = store.paths[0].holders(&key, content.len() as u64).unwrap();
+        assert_eq!(holders.live.len(), 1, "dedup finds the file");
     }
 }

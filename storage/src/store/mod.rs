@@ -33,9 +33,9 @@
 //! interrupted delete (unless the same ID was uploaded again after it). The acknowledgement waits for step 6.
 //!
 //! Dedup (per store path, since hard links cannot cross filesystems): the index maps a content key
-//! (BLAKE3 hash + size) to the IDs holding that content, and each ID back to its key. A second upload of identical
-//! bytes becomes a hard link to the existing inode under its own new ID; deleting one ID unlinks only its own
-//! name. The index is a cache of what is on disk: [`Store::reindex`] rebuilds it by walking the data directories
+//! (truncated BLAKE3 hash) to the IDs holding that content, and each ID back to its key ([`dedup`]). A second
+//! upload of identical bytes becomes a hard link to the existing inode under its own new ID; deleting one ID
+//! unlinks only its own name. The index is a cache of what is on disk: [`Store::reindex`] rebuilds it by walking the data directories
 //! and runs automatically when the database is new or empty.
 //!
 //! All methods that touch the disk or sled come in two flavours: `*_blocking` (call them from blocking code) and
@@ -70,8 +70,9 @@ pub use staging::Staged;
 
 /// Suffix of the metadata file kept next to each file.
 pub const META_SUFFIX: &str = "-m";
-/// sled key marking that the index has been built from disk at least once.
-pub(crate) const INDEXED_KEY: &[u8] = b"indexed";
+/// sled key marking that the index has been built from disk at least once, in the current (compact) format; an
+/// index of the first format (marked `indexed`) is rebuilt.
+pub(crate) const INDEXED_KEY: &[u8] = b"indexed-v2";
 /// sled's page cache. Its default (1 GiB) let a node with a million files sit at 640 MiB RSS; the index is only
 /// read on uploads (dedup look-ups) and deletes, so a small cache costs little (see the `sled_million` example).
 const INDEX_CACHE_BYTES: u64 = 64 << 20;
@@ -82,9 +83,9 @@ pub(crate) struct StorePath {
     root: PathBuf,
     /// In-flight writes; on the same filesystem as `root/data`.
     tmp: PathBuf,
-    /// Content key (BLAKE3 32 bytes + size 8 bytes BE) -> newline-separated file IDs holding that content.
-    hashes: sled::Tree,
-    /// File ID -> content key.
+    /// Content key + compact file ID -> nothing (see [`dedup`]).
+    holders: sled::Tree,
+    /// Compact file ID -> content key.
     ids: sled::Tree,
     /// Serialises commits, deletes and metadata writes on this path, so that dedup links and index updates
     /// never race with an unlink.
@@ -200,13 +201,13 @@ impl Store {
                 index,
                 root: root.clone(),
                 tmp,
-                hashes: db.open_tree(format!("hashes-{index:02X}"))?,
-                ids: db.open_tree(format!("ids-{index:02X}"))?,
+                holders: db.open_tree(format!("index-holders-{index:02X}"))?,
+                ids: db.open_tree(format!("index-ids-{index:02X}"))?,
                 lock: Mutex::new(()),
             };
             if fresh {
                 // A brand-new (or wiped) store path holds nothing: drop whatever an old index said about it.
-                sp.hashes.clear()?;
+                sp.holders.clear()?;
                 sp.ids.clear()?;
             }
             paths.push(sp);

@@ -89,7 +89,7 @@ impl Store {
         let id_str = id.to_string();
         match fs::symlink_metadata(&path) {
             Ok(m) if m.is_file() => {
-                if !sp.ids.contains_key(id_str.as_bytes())? {
+                if !sp.is_indexed(id)? {
                     let (hash, size) = hash_file(&path)?;
                     sp.index_add(&id_str, content_key(&hash, size), &[])?;
                 }
