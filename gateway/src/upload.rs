@@ -259,13 +259,14 @@ impl App {
                 continue; // the tracker still offers a node that just refused: ask again
             }
             let polled = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let body = futures_util::stream::unfold((rx.clone(), polled.clone()), |(rx, polled)| {
-                async move {
+            let body = futures_util::stream::unfold(
+                (rx.clone(), polled.clone()),
+                |(rx, polled)| async move {
                     polled.store(true, std::sync::atomic::Ordering::Relaxed);
                     let item = rx.lock().await.recv().await;
                     item.map(|item| (item, (rx, polled)))
-                }
-            });
+                },
+            );
             let sent = self
                 .storage
                 .upload(&addr, store_path, params, reqwest::Body::wrap_stream(body))

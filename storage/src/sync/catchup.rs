@@ -261,11 +261,15 @@ async fn apply_page(
     })
     .await
     .map_err(crate::error::StorageError::from)??;
-    let results: Vec<std::result::Result<Option<u64>, PushError>> = stream::iter(missing)
+    let mut fetched = stream::iter(missing)
         .map(|(id, meta)| async move {
             let mut attempt = 0;
             loop {
                 attempt += 1;
+                // Another member's push may have brought it meanwhile.
+                if engine.store.exists(&id).await? {
+                    return Ok(None);
+                }
                 match client::fetch(engine, source, &id, meta).await {
                     Err(PushError::Retry(e) | PushError::Unreachable(e)) if attempt < FETCH_ATTEMPTS => {
                         tracing::debug!(file_id = %id, error = %e, "fetch failed; retrying");
@@ -283,19 +287,21 @@ async fn apply_page(
                 }
             }
         })
-        .buffer_unordered(engine.config.catchup_concurrency.max(1))
-        .collect()
-        .await;
-    for r in results {
+        .buffer_unordered(engine.config.catchup_concurrency.max(1));
+    // The first file that cannot be fetched (after its retries) ends the page: the source is likely gone or
+    // frozen, and the fetches still running are dropped instead of each waiting out its own timeouts. The caller
+    // retries the page, from another member if this one went offline.
+    while let Some(r) = fetched.next().await {
         if let Some(bytes) = r? {
             report.files += 1;
             report.bytes += bytes;
             metrics::fetched(bytes);
         }
     }
+    drop(fetched);
     // Metadata of files held on both sides that differs (e.g. a copy whose metadata request failed after its
     // body was written): a failure fails the page, which is retried from the same cursor.
-    let fixed: Vec<std::result::Result<(), PushError>> = stream::iter(meta_fix)
+    let mut fixed = stream::iter(meta_fix)
         .map(|id| async move {
             match client::fetch_meta(engine, source, &id).await {
                 Err(PushError::Rejected(e)) => {
@@ -305,10 +311,8 @@ async fn apply_page(
                 r => r,
             }
         })
-        .buffer_unordered(engine.config.catchup_concurrency.max(1))
-        .collect()
-        .await;
-    for r in fixed {
+        .buffer_unordered(engine.config.catchup_concurrency.max(1));
+    while let Some(r) = fixed.next().await {
         r?;
         report.metadata += 1;
     }
