@@ -247,9 +247,18 @@ OTHER_URL="$(awk -v s="$OTHER_STORE" '$NF == s { for (i = 1; i <= NF; i++) if ($
 NGX_PORT2="$(free_base_port 1)"
 sed -e "s|@LISTEN@|127.0.0.1:$NGX_PORT2|g" -e "s|@GROUP@|group1|g" -e "s|@STORE_PATH@|$OTHER_STORE|g" \
     -e "s|@NODE@|${OTHER_URL#http://}|g" "$ROOT/deploy/nginx/fdfs-storage.conf" >"$NGX/conf.d/fdfs-storage-2.conf"
-# As root, nginx's workers would switch to `nobody`, who cannot enter the private temp dir: keep them root.
+# nginx's workers run as an unprivileged user, as in production (www-data on Debian): they can read the store
+# path only because fdfs stores files 0644 and directories 0755. Only this test's own private temp dir (mktemp
+# makes it 0700) is opened for traversal on the way to the store paths.
 NGX_USER=""
-[[ "$(id -u)" == 0 ]] && NGX_USER="user root;"
+if [[ "$(id -u)" == 0 ]]; then
+    NGX_WORKER=www-data
+    id -u "$NGX_WORKER" >/dev/null 2>&1 || NGX_WORKER=nobody
+    NGX_USER="user $NGX_WORKER;"
+    for d in "$DATA" "$WORK"; do chmod o+x "$d"; done
+    chown -R "$NGX_WORKER" "$NGX/temp"
+    log "nginx workers run as $NGX_WORKER"
+fi
 cat >"$NGX/nginx.conf" <<EOF
 $NGX_USER
 daemon off;
