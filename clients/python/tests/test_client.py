@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import subprocess
+import time
 import zlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -93,6 +94,14 @@ def test_download_download_to_and_open(client: Client, tmp_path: Path) -> None:
         assert f.read() == data
 
 
+def wait_gone(client: Client, fid: str, timeout: float = 30.0) -> None:
+    """Wait until no member of the group answers for `fid` (deletes replicate asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while client.exists(fid):
+        assert time.monotonic() < deadline, f"{fid} still exists {timeout} s after its delete"
+        time.sleep(0.05)
+
+
 def test_info_exists_meta_and_delete(client: Client) -> None:
     fid = client.upload(b"hello meta", filename="m.txt", meta={"a": "1", "b": "2"})["file_id"]
     info = client.info(fid)
@@ -106,7 +115,8 @@ def test_info_exists_meta_and_delete(client: Client) -> None:
     assert client.meta(fid) == {"d": "4"}
 
     client.delete(fid)
-    assert not client.exists(fid)
+    # The delete reaches the other member of the group through replication, a moment later.
+    wait_gone(client, fid)
     with pytest.raises(NotFound) as e:
         client.delete(fid)
     assert e.value.status == 404 and e.value.code == "not_found"
@@ -244,7 +254,11 @@ def test_async_client_does_the_same(cluster: LocalCluster, tmp_path: Path) -> No
             assert slave["file_id"] == slave_id(fid, "_t")
             assert (await c.cluster())["groups"]
             await c.delete(fid)
-            assert not await c.exists(fid)
+            # The delete reaches the other member of the group through replication, a moment later.
+            deadline = time.monotonic() + 30
+            while await c.exists(fid):
+                assert time.monotonic() < deadline, f"{fid} still exists 30 s after its delete"
+                await asyncio.sleep(0.05)
             with pytest.raises(NotFound):
                 await c.download(fid)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 import zlib
 from datetime import datetime, timezone
 
@@ -38,6 +39,14 @@ def fetch(url: str) -> bytes:
     return resp.content
 
 
+def wait_gone(storage: FdfsStorage, name: str, timeout: float = 30.0) -> None:
+    """Wait until no member answers for `name`: a delete reaches the group's other member through replication."""
+    deadline = time.monotonic() + timeout
+    while storage.exists(name):
+        assert time.monotonic() < deadline, f"{name} still exists {timeout} s after its delete"
+        time.sleep(0.05)
+
+
 @pytest.fixture()
 def storage(cluster: LocalCluster) -> FdfsStorage:
     s = storages["default"]
@@ -66,7 +75,7 @@ def test_storage_contract(storage: FdfsStorage) -> None:
     assert storage.get_available_name("products/mug.jpg") == "products/mug.jpg"
 
     storage.delete(name)
-    assert not storage.exists(name)
+    wait_gone(storage, name)
     storage.delete(name)  # a missing file is not an error
     with pytest.raises(FileNotFoundError):
         storage.open(name)
@@ -193,7 +202,7 @@ def test_api_key_group_and_signed_urls_against_a_secured_cluster(secured: LocalC
     assert fetch(url) == data
     assert httpx.get(f"{node}/{name}").status_code in (401, 403)
     s.delete(name)
-    assert not s.exists(name)
+    wait_gone(s, name)
     with pytest.raises(FdfsError) as e:
         FdfsStorage(gateway=secured.gateway).save("x.txt", ContentFile(b"no key"))
     assert e.value.status == 401
