@@ -9,7 +9,7 @@ use fdfs_common::wire::{MemberInfo, Metadata, CLUSTER_SECRET_HEADER, MTIME_HEADE
 use fdfs_common::FileId;
 use reqwest::{Method, RequestBuilder, StatusCode};
 
-use super::protocol::{file_stream, mtime_from, ListPage};
+use super::protocol::{file_stream, incarnation, mtime_from, ListPage};
 use super::tombstones::INCARNATION_HEADER;
 use super::SyncEngine;
 use crate::error::{Result, StorageError};
@@ -274,12 +274,7 @@ async fn fetch_within(
         return Ok(None);
     }
     check(resp.status(), "replica fetch")?;
-    let gen: u64 = resp
-        .headers()
-        .get(INCARNATION_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let gen = incarnation(resp.headers()).unwrap_or(0);
     if engine.tombstones.hides(id, gen) {
         return Ok(None);
     }

@@ -81,6 +81,19 @@ pub struct PeerStatus {
     pub synced_until: u64,
 }
 
+/// A header holding a plain unsigned number (`x-fdfs-size`, `content-length`, ...), if present and valid.
+pub fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The incarnation a peer names in [`super::tombstones::INCARNATION_HEADER`].
+pub fn incarnation(headers: &HeaderMap) -> Option<u64> {
+    header_u64(headers, super::tombstones::INCARNATION_HEADER)
+}
+
 /// The `x-fdfs-mtime` header of a replica (unix seconds), as a time.
 pub fn mtime_from(headers: &HeaderMap) -> Option<SystemTime> {
     headers

@@ -30,7 +30,8 @@ use serde::Deserialize;
 
 use super::pipeline::{self, CommitRequest, StageAnswer};
 use super::protocol::{
-    file_stream, meta_crc, mtime_from, ListPage, ListedFile, PeerStatus, SyncStatus, MAX_PAGE,
+    file_stream, header_u64, incarnation, meta_crc, mtime_from, ListPage, ListedFile, PeerStatus,
+    SyncStatus, MAX_PAGE,
 };
 use super::tombstones::INCARNATION_HEADER;
 use super::SyncEngine;
@@ -75,14 +76,6 @@ fn parse(engine: &SyncEngine, raw: &str) -> Result<FileId> {
 
 fn gone(id: &FileId) -> Response {
     fdfs_common::error_response(StatusCode::GONE, "gone", format!("{id} was deleted"))
-}
-
-/// The incarnation a peer names in [`INCARNATION_HEADER`].
-fn incarnation(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(INCARNATION_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
 }
 
 async fn meta_or_file(
@@ -151,7 +144,7 @@ async fn get_file(
     let file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if let Some(size) = declared(&headers, super::space::SIZE_HEADER) {
+            if let Some(size) = header_u64(&headers, super::space::SIZE_HEADER) {
                 super::space::ensure_room(&engine, &id, size).await?;
             }
             return Err(StorageError::NotFound(format!("no such file {id}")));
@@ -181,14 +174,6 @@ async fn get_file(
         .into_response())
 }
 
-/// A size header's value.
-fn declared(headers: &HeaderMap, name: &str) -> Option<u64> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-}
-
 /// `PUT /v1/replica/{id}`.
 async fn put_file(
     State(engine): State<SyncEngine>,
@@ -203,7 +188,7 @@ async fn put_file(
     }
     engine.accept_incarnation(&id, gen).await?;
     // No room: answer 507 before reading the body.
-    if let Some(size) = declared(&headers, header::CONTENT_LENGTH.as_str()) {
+    if let Some(size) = header_u64(&headers, header::CONTENT_LENGTH.as_str()) {
         super::space::ensure_room(&engine, &id, size).await?;
     }
     let mtime = mtime_from(&headers);
