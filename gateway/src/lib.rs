@@ -8,6 +8,7 @@ mod dashboard;
 pub mod error;
 mod files;
 mod page;
+mod replay;
 pub mod request_id;
 pub mod storage;
 pub mod tracker;

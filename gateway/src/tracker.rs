@@ -53,7 +53,22 @@ impl TrackerClient {
 
     /// `GET /v1/assign`: where to upload a file of about `size` bytes.
     pub async fn assign(&self, group: Option<&GroupName>, size: Option<u64>) -> Result<Assignment> {
+        self.assign_excluding(group, size, &[]).await
+    }
+
+    /// [`TrackerClient::assign`] on any member but those in `exclude` (node ids that just turned the upload
+    /// down).
+    pub async fn assign_excluding(
+        &self,
+        group: Option<&GroupName>,
+        size: Option<u64>,
+        exclude: &[u32],
+    ) -> Result<Assignment> {
         let mut query = Vec::new();
+        if !exclude.is_empty() {
+            let ids: Vec<String> = exclude.iter().map(u32::to_string).collect();
+            query.push(("exclude", ids.join(",")));
+        }
         if let Some(g) = group {
             query.push(("group", g.to_string()));
         }
