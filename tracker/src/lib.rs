@@ -136,6 +136,7 @@ pub async fn run(
     let internal = Router::new()
         .route("/v1/heartbeat", post(heartbeat))
         .route("/v1/assign", get(assign))
+        .route("/v1/assign/batch", get(assign_batch))
         .route("/v1/locate/{*file_id}", get(locate))
         .route("/v1/members/{group}/{node_id}", delete(remove_member))
         .route_layer(middleware::from_fn_with_state(
@@ -200,6 +201,47 @@ async fn assign(
         .registry()
         .assign(group.as_ref(), q.size, Instant::now())?;
     Ok(Json(assignment))
+}
+
+/// Most assignments one `/v1/assign/batch` answers.
+const MAX_BATCH: usize = 64;
+
+#[derive(Deserialize)]
+struct BatchQuery {
+    group: Option<String>,
+    #[serde(default)]
+    size: u64,
+    #[serde(default = "one")]
+    count: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// `GET /v1/assign/batch?count=N`: the next N assignments, exactly as N calls of `/v1/assign` in a row would
+/// give them (the round-robin cursors advance N times), so a gateway that uses them in order places files as
+/// if it had asked each time. Stops early at the first failure; the first one failing is the answer.
+async fn assign_batch(
+    State(state): State<AppState>,
+    query: Result<Query<BatchQuery>, QueryRejection>,
+) -> Result<Json<Vec<Assignment>>, Error> {
+    let Query(q) = query?;
+    let group = match q.group.as_deref() {
+        None | Some("") => None,
+        Some(g) => Some(g.parse::<GroupName>()?),
+    };
+    let now = Instant::now();
+    let mut registry = state.registry();
+    let mut out = Vec::with_capacity(q.count.clamp(1, MAX_BATCH));
+    for _ in 0..q.count.clamp(1, MAX_BATCH) {
+        match registry.assign(group.as_ref(), q.size, now) {
+            Ok(a) => out.push(a),
+            Err(e) if out.is_empty() => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(Json(out))
 }
 
 async fn locate(
