@@ -194,7 +194,7 @@ done <"$WORK/routes.out"
 if ((r_ok == 0)) && ! grep -q '^FAIL' "$WORK/routes.out"; then fail "routes: checker exited with an error"; fi
 
 log "schemathesis (max $MAX_EXAMPLES examples per operation)"
-if (cd "$WORK" && NO_COLOR=1 "$VENV/bin/schemathesis" run "$ROOT/openapi.yaml" \
+if (cd "$WORK" && NO_COLOR=1 PYTHONPATH="$HERE" SCHEMATHESIS_HOOKS=schemathesis_hooks "$VENV/bin/schemathesis" run "$ROOT/openapi.yaml" \
     --url "$GATEWAY" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
     --max-examples "$MAX_EXAMPLES" --seed 20261125 --workers 1 --request-timeout 30 \
@@ -211,7 +211,7 @@ pinned="$("$VENV/bin/python" -c 'import json,sys; print(json.loads(sys.argv[1])[
 if [[ "$pinned" =~ ^[^/]+/M[0-9A-F]{2}/[0-9A-F]{2}/[0-9A-F]{2}/[^/]+$ ]]; then
     IFS=/ read -r FDFS_E2E_GROUP FDFS_E2E_STORE_PATH FDFS_E2E_DIR1 FDFS_E2E_DIR2 FDFS_E2E_NAME <<<"$pinned"
     export FDFS_E2E_GROUP FDFS_E2E_STORE_PATH FDFS_E2E_DIR1 FDFS_E2E_DIR2 FDFS_E2E_NAME
-    if (cd "$WORK" && NO_COLOR=1 "$VENV/bin/schemathesis" --config-file "$HERE/schemathesis-file.toml" run \
+    if (cd "$WORK" && NO_COLOR=1 PYTHONPATH="$HERE" SCHEMATHESIS_HOOKS=schemathesis_hooks "$VENV/bin/schemathesis" --config-file "$HERE/schemathesis-file.toml" run \
         "$ROOT/openapi.yaml" --url "$GATEWAY" \
         --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
         --include-path-regex '\{name\}' --exclude-method DELETE --mode positive \
