@@ -322,6 +322,8 @@ async fn tus_termination_expiry_limits_and_the_cli_resume() {
             "8MiB",
             "--tus-max-unfinished-per-key",
             "3",
+            "--cors-origins",
+            "https://app.example",
         ]),
         ..ClusterSpec::default()
     })
@@ -329,6 +331,54 @@ async fn tus_termination_expiry_limits_and_the_cli_resume() {
     let gw = c.gateway_url();
     let http = new_client();
     let node_dir = c.storage[0][0].dir.clone();
+
+    // CORS: a page on another origin may send the tus headers and read the answers'.
+    let resp = http
+        .request(reqwest::Method::OPTIONS, format!("{gw}/tus/"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "PATCH")
+        .header(
+            "access-control-request-headers",
+            "tus-resumable,upload-offset,upload-checksum,content-type",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let allowed = header(&resp, "access-control-allow-headers").unwrap_or_default();
+    for h in [
+        "tus-resumable",
+        "upload-offset",
+        "upload-checksum",
+        "upload-length",
+        "upload-metadata",
+    ] {
+        assert!(allowed.contains(h), "{h} not allowed: {allowed}");
+    }
+    let resp = http
+        .post(format!("{gw}/tus/"))
+        .header("origin", "https://app.example")
+        .header("upload-length", 1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let exposed = header(&resp, "access-control-expose-headers").unwrap_or_default();
+    for h in [
+        "location",
+        "upload-offset",
+        "upload-length",
+        "upload-expires",
+        "tus-resumable",
+        "fdfs-file-id",
+    ] {
+        assert!(exposed.contains(h), "{h} not exposed: {exposed}");
+    }
+    let cors_upload = format!("{gw}{}", header(&resp, "location").unwrap());
+    assert_eq!(
+        http.delete(&cors_upload).send().await.unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
 
     // Termination: the partial upload is gone from the node.
     let url = create(&c, 1000, &[("filename", "a.txt")]).await;

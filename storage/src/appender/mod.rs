@@ -271,6 +271,12 @@ impl Appenders {
 
     /// The upload's state; a complete upload whose finish was interrupted (crash) is finished now.
     pub async fn get(self: &Arc<Self>, name: &str) -> Result<AppenderInfo> {
+        // In a task of its own: a finish started here completes even if the caller goes away.
+        let (this, name) = (self.clone(), name.to_owned());
+        tokio::spawn(async move { this.get_inner(&name).await }).await?
+    }
+
+    async fn get_inner(self: &Arc<Self>, name: &str) -> Result<AppenderInfo> {
         let state = self.load(name).await?;
         if state.file.is_none() && state.length == Some(state.offset) {
             if let Ok(_busy) = self.lock(name) {
@@ -317,7 +323,25 @@ impl Appenders {
 
     /// Append `body` at `req.offset` (409 when the upload is elsewhere), durably; the upload is finished when
     /// it reaches its length. Answers the new state.
+    ///
+    /// The append runs in a task of its own, so a caller that goes away (a dropped request) never cuts it short:
+    /// the body then ends with an error, what arrived is made durable, and the upload stays busy until that is
+    /// done; a finish that started completes.
     pub async fn append<S, E>(
+        self: &Arc<Self>,
+        name: &str,
+        req: Append,
+        body: S,
+    ) -> Result<AppenderInfo>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        let (this, name) = (self.clone(), name.to_owned());
+        tokio::spawn(async move { this.append_inner(&name, req, body).await }).await?
+    }
+
+    async fn append_inner<S, E>(
         self: &Arc<Self>,
         name: &str,
         req: Append,
