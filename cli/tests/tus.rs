@@ -217,8 +217,17 @@ async fn tus_upload_resumes_across_clients_gateway_and_storage_restarts() {
     .await;
     assert_eq!(offset_of(&resp), 2 << 20);
 
-    // The holding storage node is killed with -9 and comes back: the durable offset is still there.
+    // The holding storage node is killed with -9 and comes back: the durable offset is still there. Bytes past
+    // it in the data file (a chunk written but never acknowledged when the node died) are cut off.
     c.kill9(g, m);
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&data_file)
+            .unwrap();
+        f.write_all(&[0xEE; 4321]).unwrap();
+    }
     let resp = head(&http, &url).await;
     assert_eq!(
         resp.status(),
