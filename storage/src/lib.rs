@@ -6,6 +6,7 @@
 //! catch-up), [`cli`] (flags), [`error`].
 
 pub mod api;
+pub mod appender;
 pub mod cli;
 pub mod error;
 pub mod heartbeat;
@@ -133,6 +134,8 @@ pub struct Node {
     pub sync: sync::SyncEngine,
     /// Client for trackers and peers.
     pub http: reqwest::Client,
+    /// Appender files (resumable uploads), see [`appender`].
+    pub appenders: Arc<appender::Appenders>,
 }
 
 /// Shared application state.
@@ -252,6 +255,14 @@ pub async fn run(
         },
     ));
 
+    let appenders = Arc::new(appender::Appenders::new(
+        store.clone(),
+        engine.clone(),
+        node_id,
+        public_url.clone(),
+        max_file_size,
+    ));
+    let sweeper = tokio::spawn(appenders.clone().run_sweeper());
     let node = Arc::new(Node {
         group: config.group.clone(),
         config,
@@ -263,6 +274,7 @@ pub async fn run(
         peers,
         sync: engine.clone(),
         http,
+        appenders,
     });
     tracing::info!(node_id, group = %node.group, public_url = %node.public_url, "storage node started");
     let heartbeats = tokio::spawn(heartbeat::run(node.clone()));
@@ -294,6 +306,8 @@ pub async fn run(
     };
     heartbeats.abort();
     scrubber.abort();
+    sweeper.abort();
+    let _ = sweeper.await;
     let _ = heartbeats.await;
     let _ = scrubber.await;
     engine.shutdown().await;
@@ -330,6 +344,8 @@ pub fn router(node: AppState) -> Router {
         )
         // Replication routes (`/v1/replica/...`, `/v1/sync/...`), behind the cluster secret too.
         .merge(node.sync.router())
+        // Appender files (`/v1/appender/...`): resumable uploads.
+        .merge(appender::routes::router())
         .route_layer(middleware::from_fn_with_state(
             node.clone(),
             api::require_secret,

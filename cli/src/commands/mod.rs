@@ -4,6 +4,7 @@ pub mod bench;
 pub mod download;
 pub mod files;
 pub mod monitor;
+pub mod resumable;
 pub mod upload;
 pub mod verify;
 

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use fdfs_common::wire::Metadata;
-use fdfs_common::{FileId, FileName, NameInfo};
+use fdfs_common::FileId;
 use futures_util::Stream;
 
 use super::dedup::content_key;
@@ -425,20 +425,7 @@ impl Store {
                 ext,
                 source_id,
             } => {
-                let info = NameInfo {
-                    source_id,
-                    created: u32::try_from(fdfs_common::time::unix_now()).unwrap_or(u32::MAX),
-                    size,
-                    crc32,
-                };
-                let (dir1, dir2) = self.pick_dirs();
-                let id = FileId {
-                    group: self.group.clone(),
-                    store_path,
-                    dir1,
-                    dir2,
-                    name: FileName::generate(&info, ext.as_deref())?,
-                };
+                let id = self.master_id(store_path, ext.as_deref(), source_id, size, crc32)?;
                 if self.commit(staged, &id, Incoming::client(meta)).await?
                     == Committed::AlreadyExists
                 {

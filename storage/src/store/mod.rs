@@ -41,6 +41,7 @@
 //! All methods that touch the disk or sled come in two flavours: `*_blocking` (call them from blocking code) and
 //! async wrappers that run them on the blocking pool.
 
+mod adopt;
 mod commit;
 mod dedup;
 pub mod layout;
@@ -63,6 +64,7 @@ use crate::error::{Result, StorageError};
 use crate::sync::binlog::{Binlog, DEFAULT_SEGMENT_BYTES};
 use layout::{clear_dir, create_data_dirs};
 
+pub use adopt::APPENDER_DIR;
 pub use commit::{Committed, Incoming, NewFile, Origin, Stored};
 pub use listing::ReindexReport;
 pub use meta::MetaUpdate;

@@ -762,6 +762,52 @@ impl SyncEngine {
         Ok(u32::try_from(ok + 1).unwrap_or(u32::MAX))
     }
 
+    /// Commit a body that was staged elsewhere (a finished appender file) as a new upload under `id`, recorded
+    /// in the binlog, then push the file from disk to `write_quorum - 1` live peers. Returns the file, how many
+    /// members hold it, and whether that is the quorum (when not, the file stays and the workers push it later).
+    pub async fn commit_new(
+        &self,
+        staged: crate::store::Staged,
+        id: &FileId,
+        meta: Metadata,
+    ) -> Result<(Stored, u32, bool)> {
+        let (size, crc32) = (staged.size, staged.crc32);
+        let committed = self
+            .store
+            .commit(staged, id, crate::store::Incoming::client(meta))
+            .await?;
+        if committed == crate::store::Committed::AlreadyExists {
+            return Err(StorageError::Internal(format!(
+                "generated name {id} collided with an existing file"
+            )));
+        }
+        let (this, tid) = (self.clone(), id.clone());
+        tokio::task::spawn_blocking(move || this.tombstones.revive(&tid)).await??;
+        self.appended.send_replace(self.binlog.last_seq());
+        let live = self.live_peers();
+        let quorum = (self.config.write_quorum.max(1) as usize).min(live.len() + 1);
+        let need = quorum - 1;
+        let (ok, down) = if need == 0 {
+            (0, 0)
+        } else {
+            self.push_quorum(id, need, live.clone()).await
+        };
+        let need = need.min(live.len() - down.min(live.len()));
+        if quorum > 1 {
+            metrics::quorum_push(ok >= need);
+        }
+        let stored = Stored {
+            id: id.clone(),
+            size,
+            crc32,
+        };
+        Ok((
+            stored,
+            u32::try_from(ok + 1).unwrap_or(u32::MAX),
+            ok >= need,
+        ))
+    }
+
     /// A peer is about to hand us incarnation `gen` of `id`. When it is newer than ours (a re-upload after a
     /// delete), any copy here is an older, deleted incarnation whose tombstone may not have arrived yet: record
     /// that first, then make room for the new one.
