@@ -353,8 +353,19 @@ async fn upload(node: &AppState, conn: &mut Conn, header: Header) -> Flow {
     };
     let request = match request {
         Ok(r) => r,
-        // The body was not read: the connection cannot carry another request.
-        Err(status) => return answer_and_close(conn, header.cmd, status).await,
+        Err(status) => {
+            // A refused request whose packet is consistent and within max_file_size: skip its file bytes so
+            // that the client reads the errno and the connection stays usable; otherwise answer and close.
+            let read = fixed_len as u64 + master_len_of(header.cmd, &fixed);
+            let rest = header.len - read;
+            if status == errno::EFBIG || rest > node.max_file_size {
+                return answer_and_close(conn, header.cmd, status).await;
+            }
+            if conn.skip(rest).await.is_err() {
+                return Flow::Close;
+            }
+            return answer(conn, header.cmd, Err(status)).await;
+        }
     };
     let size = request.size;
     let remaining = AtomicU64::new(size);
@@ -386,6 +397,15 @@ async fn upload(node: &AppState, conn: &mut Conn, header: Header) -> Flow {
         }
     }
     answer(conn, header.cmd, reply).await
+}
+
+/// Length of the master file name a slave upload carries after its fixed fields (0 for a master upload).
+fn master_len_of(command: u8, fixed: &[u8]) -> u64 {
+    if command == cmd::UPLOAD_SLAVE_FILE {
+        get_u64(fixed, 0)
+    } else {
+        0
+    }
 }
 
 /// The extension field as an fdfs extension (`None` when empty).
