@@ -316,6 +316,11 @@ impl Conn {
         Ok(())
     }
 
+    /// The connection's read and write deadline.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// The peer's address, for logs.
     pub fn peer(&self) -> String {
         self.stream

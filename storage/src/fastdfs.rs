@@ -15,7 +15,7 @@ use fdfs_common::fastdfs::{
     Header, IpWidth, EXT_LEN, GROUP_LEN, PREFIX_LEN,
 };
 use fdfs_common::fileid::ext_from_filename;
-use fdfs_common::wire::Metadata;
+use fdfs_common::wire::{MemberState, Metadata};
 use fdfs_common::FileId;
 use tokio::io::AsyncReadExt;
 
@@ -257,12 +257,15 @@ async fn download(node: &AppState, conn: &mut Conn, header: Header) -> Flow {
         Ok(b) => b,
         Err(_) => return Flow::Close,
     };
+    if body.len() < 16 {
+        return answer(conn, header.cmd, Err(errno::EINVAL)).await;
+    }
+    let (offset, length) = (get_u64(&body, 0), get_u64(&body, 8));
+    let id = match file_id(node, &body[16..]) {
+        Ok(id) => id,
+        Err(status) => return answer(conn, header.cmd, Err(status)).await,
+    };
     let opened = async {
-        if body.len() < 16 {
-            return Err(errno::EINVAL);
-        }
-        let (offset, length) = (get_u64(&body, 0), get_u64(&body, 8));
-        let id = file_id(node, &body[16..])?;
         let path = match node.store.path(&id) {
             Ok(p) => p,
             Err(StorageError::NotFound(_)) => return Err(errno::ENOENT),
@@ -285,11 +288,18 @@ async fn download(node: &AppState, conn: &mut Conn, header: Header) -> Flow {
                 .await
                 .map_err(|e| refuse(e.into()))?;
         }
-        Ok((file, len, id))
+        Ok((file, len))
     }
     .await;
-    let (mut file, len, id) = match opened {
+    let (mut file, len) = match opened {
         Ok(o) => o,
+        Err(errno::ENOENT) => {
+            // Not here (not synced yet, or lost): stream it from a member that has it.
+            if let Some(flow) = from_peer(node, conn, &id, offset, length).await {
+                return flow;
+            }
+            return answer(conn, header.cmd, Err(errno::ENOENT)).await;
+        }
         Err(status) => return answer(conn, header.cmd, Err(status)).await,
     };
     fdfs_common::fastdfs::count("storage", header.cmd, 0);
@@ -315,6 +325,86 @@ async fn download(node: &AppState, conn: &mut Conn, header: Header) -> Flow {
     }
     metrics::counter!("fdfs_fastdfs_download_bytes_total").increment(len);
     Flow::Continue
+}
+
+/// Stream `length` bytes (0: to the end) from `offset` of a file this member lacks from an active peer that has
+/// it (the same read proxy as HTTP downloads: the peer's public route, answered from its disk only); `None`
+/// when no peer has it.
+async fn from_peer(
+    node: &AppState,
+    conn: &mut Conn,
+    id: &FileId,
+    offset: u64,
+    length: u64,
+) -> Option<Flow> {
+    use futures_util::StreamExt;
+    let query = node
+        .config
+        .anti_leech_secret
+        .as_deref()
+        .map(|secret| {
+            let now = fdfs_common::time::unix_now();
+            format!("?{}", fdfs_common::token::query(id, secret, now))
+        })
+        .unwrap_or_default();
+    let range = match (offset, length) {
+        (0, 0) => None,
+        (o, 0) => Some(format!("bytes={o}-")),
+        (o, l) => Some(format!("bytes={o}-{}", o.saturating_add(l - 1))),
+    };
+    let peers = node.peers.get();
+    for peer in peers
+        .iter()
+        .filter(|p| p.state == MemberState::Active && p.node_id != node.node_id)
+    {
+        let url = format!("{}/{id}{query}", peer.public_url.trim_end_matches('/'));
+        let mut rb = node
+            .http
+            .get(&url)
+            .header(crate::serve::NO_PROXY_HEADER, "1")
+            .timeout(conn.timeout());
+        if let Some(r) = &range {
+            rb = rb.header(reqwest::header::RANGE, r);
+        }
+        let resp = match rb.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(file_id = %id, peer = peer.node_id, error = %e, "peer unreachable");
+                continue;
+            }
+        };
+        match resp.status().as_u16() {
+            200 | 206 => {}
+            416 => return Some(answer(conn, cmd::DOWNLOAD_FILE, Err(errno::EINVAL)).await),
+            _ => continue,
+        }
+        let Some(len) = resp.content_length() else {
+            continue;
+        };
+        tracing::debug!(file_id = %id, peer = peer.node_id, "fastdfs download from a peer");
+        fdfs_common::fastdfs::count("storage", cmd::DOWNLOAD_FILE, 0);
+        if conn.reply_header(len).await.is_err() {
+            return Some(Flow::Close);
+        }
+        let mut sent = 0u64;
+        let mut body = resp.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let Ok(chunk) = chunk else {
+                return Some(Flow::Close);
+            };
+            if conn.write_all(&chunk).await.is_err() {
+                return Some(Flow::Close);
+            }
+            sent += chunk.len() as u64;
+        }
+        // The header promised `len` bytes: a peer that sent fewer broke the stream.
+        return Some(if sent == len {
+            Flow::Continue
+        } else {
+            Flow::Close
+        });
+    }
+    None
 }
 
 /// What an upload request asks for, from its fixed fields.

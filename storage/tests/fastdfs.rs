@@ -70,6 +70,8 @@ async fn cluster(members: usize) -> Cluster {
             reserved_storage_space: Size::Bytes(0),
             max_file_size: Size::Bytes(64 << 20),
             fastdfs_timeout_ms: DOOR_TIMEOUT_MS,
+            // No scrubber: a test removes a copy behind the node's back.
+            scrub_bytes_per_sec: Size::Bytes(0),
             ..fdfs_storage::Config::default()
         };
         let http = Server::start(move |l, stop| {
@@ -307,6 +309,21 @@ async fn one_cluster_two_doors_fastdfs_and_http_see_the_same_files() {
         download(fetch_door, &http_id, 200_000, 0).await.0,
         errno::EINVAL
     );
+    // A member that lacks the file (its copy lost behind its back) serves the download from a peer.
+    for m in &c.members {
+        let copy = m.store.join(http_id.relative_path());
+        if m.door != fetch_door {
+            std::fs::remove_file(&copy).unwrap();
+            assert_eq!(
+                download(m.door, &http_id, 0, 0).await,
+                (0, http_data.clone())
+            );
+            assert_eq!(
+                download(m.door, &http_id, 10, 20).await,
+                (0, http_data[10..30].to_vec())
+            );
+        }
+    }
     // Fetch all: group, the first door, then other members on the same port (none here: loopback ports differ).
     let (status, reply) = request(&mut tracker, cmd::QUERY_FETCH_ALL, &named(&http_id)).await;
     assert_eq!((status, reply.len()), (0, 39));
