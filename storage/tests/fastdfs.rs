@@ -426,6 +426,20 @@ async fn one_cluster_two_doors_fastdfs_and_http_see_the_same_files() {
         .await;
     }
     assert_eq!(download(door, &id, 0, 0).await.0, errno::ENOENT);
+    // The door's requests are counted on /metrics.
+    let metrics = client()
+        .get(c.members[0].http.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .contains("fdfs_fastdfs_requests_total{role=\"storage\",command=\"11\",status=\"0\"}"),
+        "{metrics}"
+    );
     // Quit closes the connection.
     let mut s = connect(door).await;
     assert_eq!(request(&mut s, cmd::ACTIVE_TEST, &[]).await, (0, vec![]));
