@@ -211,10 +211,15 @@ pub struct Limits {
     pub timeout: Duration,
 }
 
+/// How long open connections get to finish the request they are in once the listener is told to stop.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
 /// One client connection: reads requests and writes replies, each read and write under the deadline.
 pub struct Conn {
     stream: TcpStream,
     timeout: Duration,
+    /// Becomes true when the listener stops: the connection ends before its next request.
+    stop: tokio::sync::watch::Receiver<bool>,
 }
 
 fn timed_out() -> io::Error {
@@ -222,16 +227,27 @@ fn timed_out() -> io::Error {
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream, timeout: Duration) -> Conn {
-        Conn { stream, timeout }
+    pub fn new(
+        stream: TcpStream,
+        timeout: Duration,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Conn {
+        Conn {
+            stream,
+            timeout,
+            stop,
+        }
     }
 
-    /// The next request's header; `None` when the client closed the connection between requests.
+    /// The next request's header; `None` when the client closed the connection between requests, or the
+    /// listener is stopping.
     pub async fn next_header(&mut self) -> io::Result<Option<Header>> {
         let mut b = [0u8; HEADER_LEN];
-        let first = tokio::time::timeout(self.timeout, self.stream.read(&mut b))
-            .await
-            .map_err(|_| timed_out())??;
+        let read = tokio::time::timeout(self.timeout, self.stream.read(&mut b));
+        let first = tokio::select! {
+            r = read => r.map_err(|_| timed_out())??,
+            _ = self.stop.wait_for(|stopped| *stopped) => return Ok(None),
+        };
         if first == 0 {
             return Ok(None);
         }
@@ -330,7 +346,8 @@ impl Conn {
 }
 
 /// Accept connections on `listener` until `stop` resolves, serving each with `handle` in its own task, at most
-/// `limits.max_connections` at once. On stop, connections still open are dropped.
+/// `limits.max_connections` at once. On stop, idle connections end, and those in a request get [`STOP_GRACE`] to
+/// finish it before they are dropped.
 pub async fn serve<H, F>(
     listener: TcpListener,
     limits: Limits,
@@ -342,6 +359,7 @@ pub async fn serve<H, F>(
     F: Future<Output = ()> + Send + 'static,
 {
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let (stopping, stop_rx) = tokio::sync::watch::channel(false);
     let mut conns = tokio::task::JoinSet::new();
     tokio::pin!(stop);
     loop {
@@ -362,7 +380,7 @@ pub async fn serve<H, F>(
             Ok((stream, _)) => {
                 let _ = stream.set_nodelay(true);
                 metrics::gauge!("fdfs_fastdfs_connections", "role" => role).increment(1.0);
-                let fut = handle(Conn::new(stream, limits.timeout));
+                let fut = handle(Conn::new(stream, limits.timeout, stop_rx.clone()));
                 conns.spawn(async move {
                     fut.await;
                     metrics::gauge!("fdfs_fastdfs_connections", "role" => role).decrement(1.0);
@@ -374,6 +392,18 @@ pub async fn serve<H, F>(
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+    let _ = stopping.send(true);
+    let drained = tokio::time::timeout(STOP_GRACE, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            role,
+            open = conns.len(),
+            "fastdfs connections still busy at shutdown, dropping them"
+        );
     }
     conns.shutdown().await;
 }

@@ -347,10 +347,14 @@ pub async fn run_with_fastdfs(
             a.and(b)
         }
     };
-    if let Some(door) = fastdfs_door {
-        // Stopped by the shutdown signal already, unless serving HTTP failed.
-        door.abort();
-        let _ = door.await;
+    if let Some(mut door) = fastdfs_door {
+        // Told to stop by the same signal; it drains its connections within its grace period (unless serving
+        // HTTP failed without a shutdown: then it is aborted).
+        let grace = fdfs_common::fastdfs::STOP_GRACE + Duration::from_secs(5);
+        if tokio::time::timeout(grace, &mut door).await.is_err() {
+            door.abort();
+            let _ = door.await;
+        }
     }
     heartbeats.abort();
     scrubber.abort();
