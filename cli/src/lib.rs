@@ -34,7 +34,7 @@ pub enum Command {
     /// Run a tracker server in this process (same flags as `fdfs-tracker`).
     Tracker(fdfs_tracker::cli::Args),
     /// Run a storage node in this process (same flags as `fdfs-storage`).
-    Storage(fdfs_storage::cli::Args),
+    Storage(Box<fdfs_storage::cli::Args>),
     /// Run the HTTP gateway in this process (same flags as `fdfs-gateway`).
     Gateway(fdfs_gateway::cli::Args),
     /// Run a whole local cluster (trackers, storage groups, gateway) until ctrl-c.
@@ -65,7 +65,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = || Client::new(&cli.gateway).map(|c| c.with_api_key(cli.api_key.clone()));
     match cli.command {
         Command::Tracker(a) => fdfs_tracker::cli::main(a).await?,
-        Command::Storage(a) => fdfs_storage::cli::main(a).await?,
+        Command::Storage(a) => fdfs_storage::cli::main(*a).await?,
         Command::Gateway(a) => fdfs_gateway::cli::main(a).await?,
         Command::Up(a) => up::run(a).await?,
         Command::Upload(a) => upload::run(&client()?, a).await?,

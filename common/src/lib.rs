@@ -6,6 +6,7 @@ pub mod config;
 pub mod deadline;
 pub mod drain;
 pub mod error;
+pub mod fastdfs;
 pub mod fileid;
 pub mod metrics;
 pub mod serve;

@@ -9,6 +9,7 @@ pub mod api;
 pub mod appender;
 pub mod cli;
 pub mod error;
+pub mod fastdfs;
 pub mod heartbeat;
 pub mod scrub;
 pub mod serve;
@@ -86,6 +87,15 @@ pub struct Config {
     /// A peer transfer (replica upload, catch-up download) fails when no data moves for this long; each
     /// transfer also has a deadline of 30 s plus 1 s per MiB.
     pub peer_stall_timeout_ms: u64,
+    /// Address of the FastDFS protocol listener (FastDFS's storage port is 23000); unset: none. Its port is
+    /// reported to the trackers, which hand it to FastDFS clients.
+    pub fastdfs_listen: Option<String>,
+    /// Width of IP address fields in FastDFS replies: 16 (classic builds) or 46 (IPv6-capable builds).
+    pub fastdfs_ip_width: fdfs_common::fastdfs::IpWidth,
+    /// A FastDFS connection is closed after this long without a request, or without progress in one.
+    pub fastdfs_timeout_ms: u64,
+    /// FastDFS connections served at once (more wait until one ends).
+    pub fastdfs_max_connections: usize,
 }
 
 impl Default for Config {
@@ -112,6 +122,10 @@ impl Default for Config {
             scrub_bytes_per_sec: Size::Bytes(2 << 20),
             scrub_interval_secs: 86_400,
             peer_stall_timeout_ms: 15_000,
+            fastdfs_listen: None,
+            fastdfs_ip_width: fdfs_common::fastdfs::IpWidth::Classic,
+            fastdfs_timeout_ms: 60_000,
+            fastdfs_max_connections: 256,
         }
     }
 }
@@ -136,6 +150,10 @@ pub struct Node {
     pub http: reqwest::Client,
     /// Appender files (resumable uploads), see [`appender`].
     pub appenders: Arc<appender::Appenders>,
+    /// Port of the FastDFS protocol listener, when there is one (reported in heartbeats).
+    pub fastdfs_port: Option<u16>,
+    /// Width of IP address fields in FastDFS replies.
+    pub fastdfs_ip_width: fdfs_common::fastdfs::IpWidth,
 }
 
 /// Shared application state.
@@ -152,9 +170,28 @@ pub fn default_node_id(group: &GroupName, addr: &str) -> u32 {
     crc32fast::hash(format!("{group}/{addr}").as_bytes())
 }
 
-/// Run a storage node on an already bound listener until `shutdown` resolves.
+/// Run a storage node on an already bound listener until `shutdown` resolves (and the FastDFS door on
+/// `fastdfs_listen`, when set: bound here, announced as `fastdfs listening on ADDR`).
 pub async fn run(
     listener: tokio::net::TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let fastdfs = match config.fastdfs_listen.as_deref() {
+        Some(listen) => Some(
+            fdfs_common::serve::bind_and_announce_as("fastdfs listening on", listen)
+                .await
+                .with_context(|| format!("binding the FastDFS address {listen}"))?,
+        ),
+        None => None,
+    };
+    run_with_fastdfs(listener, fastdfs, config, shutdown).await
+}
+
+/// [`run`] with the FastDFS listener already bound (`None`: no FastDFS door; `fastdfs_listen` is ignored).
+pub async fn run_with_fastdfs(
+    listener: tokio::net::TcpListener,
+    fastdfs_listener: Option<tokio::net::TcpListener>,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -263,7 +300,14 @@ pub async fn run(
         max_file_size,
     ));
     let sweeper = tokio::spawn(appenders.clone().run_sweeper());
+    // The FastDFS door (see `fastdfs`): its port goes into every heartbeat.
+    let fastdfs_port = match &fastdfs_listener {
+        Some(l) => Some(l.local_addr()?.port()),
+        None => None,
+    };
     let node = Arc::new(Node {
+        fastdfs_port,
+        fastdfs_ip_width: config.fastdfs_ip_width,
         group: config.group.clone(),
         config,
         node_id,
@@ -278,6 +322,17 @@ pub async fn run(
     });
     tracing::info!(node_id, group = %node.group, public_url = %node.public_url, "storage node started");
     let heartbeats = tokio::spawn(heartbeat::run(node.clone()));
+    let shutdown = futures_util::FutureExt::shared(Box::pin(shutdown));
+    let fastdfs_door = fastdfs_listener.map(|l| {
+        let door_node = node.clone();
+        tokio::spawn(fdfs_common::fastdfs::serve(
+            l,
+            fastdfs::limits(&node.config),
+            "storage",
+            move |conn| fastdfs::handle(door_node.clone(), conn),
+            shutdown.clone(),
+        ))
+    });
     // `POST /v1/scrub` (see `scrub`), behind the cluster secret like the other internal routes.
     let internal_app = router(node.clone()).merge(scrub::router(engine.clone()).route_layer(
         middleware::from_fn_with_state(node.clone(), api::require_secret),
@@ -304,6 +359,15 @@ pub async fn run(
             a.and(b)
         }
     };
+    if let Some(mut door) = fastdfs_door {
+        // Told to stop by the same signal; it drains its connections within its grace period (unless serving
+        // HTTP failed without a shutdown: then it is aborted).
+        let grace = fdfs_common::fastdfs::STOP_GRACE + Duration::from_secs(5);
+        if tokio::time::timeout(grace, &mut door).await.is_err() {
+            door.abort();
+            let _ = door.await;
+        }
+    }
     heartbeats.abort();
     scrubber.abort();
     sweeper.abort();

@@ -75,6 +75,7 @@ fn hb(group: &str, node_id: u32, free: u64) -> Heartbeat {
         sync: Vec::new(),
         file_count: 0,
         version: fdfs_common::VERSION.into(),
+        fastdfs_port: None,
     }
 }
 
