@@ -9,6 +9,7 @@ pub mod api;
 pub mod cli;
 pub mod error;
 pub mod heartbeat;
+pub mod import;
 pub mod scrub;
 pub mod serve;
 pub mod store;
@@ -330,6 +331,11 @@ pub fn router(node: AppState) -> Router {
         )
         // Replication routes (`/v1/replica/...`, `/v1/sync/...`), behind the cluster secret too.
         .merge(node.sync.router())
+        // Files stored under the ID they already have (`fdfs import-fastdfs`).
+        .route(
+            "/v1/import/{*file_id}",
+            axum::routing::put(import::import).layer(DefaultBodyLimit::disable()),
+        )
         .route_layer(middleware::from_fn_with_state(
             node.clone(),
             api::require_secret,

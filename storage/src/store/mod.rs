@@ -43,6 +43,7 @@
 
 mod commit;
 mod dedup;
+mod import;
 pub mod layout;
 mod listing;
 mod meta;
@@ -64,6 +65,7 @@ use crate::sync::binlog::{Binlog, DEFAULT_SEGMENT_BYTES};
 use layout::{clear_dir, create_data_dirs};
 
 pub use commit::{Committed, Incoming, NewFile, Origin, Stored};
+pub use import::check_against_id;
 pub use listing::ReindexReport;
 pub use meta::MetaUpdate;
 pub use staging::Staged;
