@@ -462,6 +462,16 @@ mod tests {
         assert!("group1/M00/00/00/wKgAA1qCJbeAQ3sLAABe0xvpx3Q41901234"
             .parse::<FileId>()
             .is_err());
+        // Uploaded to FastDFS 6.16 (`fdfs_upload_file`, content "hello fastdfs\n").
+        let real: FileId = "group1/M00/00/00/wAACAmsPcvWACMaKAAAADg4Qul08238963"
+            .parse()
+            .unwrap();
+        let info = real.info();
+        assert_eq!(info.source_id, u32::from_be_bytes([192, 0, 2, 2]));
+        assert_eq!(
+            (info.size, info.crc32),
+            (14, crc32fast::hash(b"hello fastdfs\n"))
+        );
     }
 
     #[test]
