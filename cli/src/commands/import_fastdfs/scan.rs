@@ -19,7 +19,6 @@ use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use fdfs_common::fileid::ENCODED_LEN;
 use fdfs_common::wire::Metadata;
 use fdfs_common::{FileId, FileName, GroupName};
 
@@ -76,10 +75,10 @@ impl Refusal {
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Refusal::BadName(why) | Refusal::Unreadable(why) | Refusal::BadMetadata(why) => {
-                write!(f, "{}: {why}", self.kind())
-            }
-            Refusal::Server(why) => write!(f, "{}: {why}", self.kind()),
+            Refusal::BadName(why)
+            | Refusal::Unreadable(why)
+            | Refusal::BadMetadata(why)
+            | Refusal::Server(why) => write!(f, "{}: {why}", self.kind()),
             Refusal::SizeMismatch { name, file } => {
                 write!(
                     f,
@@ -130,9 +129,6 @@ pub fn classify(
     let parsed: FileName = name
         .parse()
         .map_err(|e: fdfs_common::IdError| Refusal::BadName(e.to_string()))?;
-    if name.len() < ENCODED_LEN {
-        return Err(Refusal::BadName("too short".into()));
-    }
     let field = size_field(&parsed).ok_or_else(|| Refusal::BadName("not base64".into()))?;
     if field & RANDOM_MARK != 0 && field & TRUNK_MARK != 0 {
         return Err(Refusal::Trunk);
