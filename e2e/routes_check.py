@@ -92,12 +92,17 @@ def main():
             status, resp_headers, resp_body = request(method.upper(), url, body, headers)
             documented = set(op.get("responses", {}))
             what = f"{method.upper()} {path}"
+            # A route without an anonymous security option (e.g. PUT /import/..., API key or cluster secret)
+            # is checked to refuse this credential-less request with 401.
+            needs_auth = "security" in op and {} not in op["security"]
             problems = []
             if status in (404, 405):
                 problems.append(f"answered {status} (route missing?) {resp_body[:120]!r}")
             if str(status) not in documented:
                 problems.append(f"status {status} not in the spec's {sorted(documented)}")
-            if not (200 <= status < 400):
+            if needs_auth and status != 401:
+                problems.append(f"needs credentials but answered {status} without them")
+            if not needs_auth and not (200 <= status < 400):
                 problems.append(f"not a success: {status} {resp_body[:120]!r}")
             if problems:
                 failed += 1

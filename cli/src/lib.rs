@@ -58,6 +58,8 @@ pub enum Command {
     /// Check every stored copy against its ID (size, CRC32) and compare each group's members; --repair
     /// replaces corrupt copies from a peer.
     Verify(verify::Args),
+    /// Import an existing FastDFS store path under the files' existing IDs (exits 1 if any file was refused).
+    ImportFastdfs(commands::import_fastdfs::Args),
 }
 
 /// Run a parsed command line.
@@ -83,6 +85,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Monitor(a) => monitor::run(&client()?, a).await?,
         Command::Bench(a) => bench::run(&client()?, a).await?,
         Command::Verify(a) => verify::run(&client()?, a).await?,
+        Command::ImportFastdfs(a) => commands::import_fastdfs::run(&client()?, a).await?,
     }
     Ok(())
 }

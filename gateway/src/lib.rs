@@ -7,6 +7,7 @@ pub mod cli;
 mod dashboard;
 pub mod error;
 mod files;
+mod import;
 mod page;
 pub mod request_id;
 pub mod storage;
@@ -190,9 +191,19 @@ pub fn router(config: Config) -> Result<Router, StartError> {
             timeout,
         ))
         .layer(axum::middleware::map_response(json_timeout));
+    // `PUT /import/{file_id}`: streams like an upload; refused bodies are drained so the client reads why.
+    let imports = Router::new()
+        .route("/import/{*file_id}", put(import::import))
+        .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            import::gate,
+        ))
+        .layer(axum::middleware::from_fn(fdfs_common::drain::drain_refused));
     let routes = uploads
         // Resumable uploads (tus): streamed like uploads, no total timeout.
         .merge(tus::router(app.clone()))
+        .merge(imports)
         .merge(bounded)
         .fallback(|| async { GatewayError::NoRoute })
         .layer(axum::middleware::from_fn(request_id::scope))

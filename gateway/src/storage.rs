@@ -201,6 +201,36 @@ impl StorageClient {
         }
     }
 
+    /// `PUT http://{addr}/v1/import/{id}` with a streamed body (see `crate::import`); the node's JSON answer.
+    pub async fn import(
+        &self,
+        addr: &str,
+        id: &FileId,
+        query: &[(String, String)],
+        length: Option<u64>,
+        body: reqwest::Body,
+    ) -> Result<serde_json::Value> {
+        let mut req = self
+            .streaming
+            .put(format!("http://{addr}/v1/import/{id}"))
+            .query(query)
+            .body(body);
+        if let Some(n) = length {
+            req = req.header(reqwest::header::CONTENT_LENGTH, n);
+        }
+        let resp = self.with_secret(req).send().await.map_err(|e| {
+            tracing::warn!(storage = addr, error = %e, "import to storage node failed");
+            GatewayError::BadGateway("storage node unreachable or import interrupted".into())
+        })?;
+        if !resp.status().is_success() {
+            return Err(GatewayError::from_upstream("storage node", resp).await);
+        }
+        resp.json().await.map_err(|e| {
+            tracing::warn!(storage = addr, error = %e, "bad import answer");
+            GatewayError::BadGateway("bad answer from storage node".into())
+        })
+    }
+
     /// Start a public download request (GET or HEAD) on `url`, for proxy mode; the caller streams the answer.
     pub async fn fetch(
         &self,

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod error;
 pub mod fastdfs;
 pub mod heartbeat;
+pub mod import;
 pub mod scrub;
 pub mod serve;
 pub mod store;
@@ -410,6 +411,11 @@ pub fn router(node: AppState) -> Router {
         .merge(node.sync.router())
         // Appender files (`/v1/appender/...`): resumable uploads.
         .merge(appender::routes::router())
+        // Files stored under the ID they already have (`fdfs import-fastdfs`).
+        .route(
+            "/v1/import/{*file_id}",
+            axum::routing::put(import::import).layer(DefaultBodyLimit::disable()),
+        )
         .route_layer(middleware::from_fn_with_state(
             node.clone(),
             api::require_secret,

@@ -355,6 +355,11 @@ pub enum NewFile {
     },
     /// A slave file under its known ID (next to its master, which must be here).
     Slave { master: FileId, id: FileId },
+    /// A file under the ID it already has (see [`super::import`]): checked against the ID, keeping `mtime`.
+    Import {
+        id: FileId,
+        mtime: Option<SystemTime>,
+    },
 }
 
 impl NewFile {
@@ -363,6 +368,7 @@ impl NewFile {
         match self {
             NewFile::Master { store_path, .. } => *store_path,
             NewFile::Slave { id, .. } => id.store_path,
+            NewFile::Import { id, .. } => id.store_path,
         }
     }
 }
@@ -389,7 +395,14 @@ impl Store {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
+        let new = match new {
+            NewFile::Import { id, mtime } => {
+                return self.create_imported(id, mtime, meta, body, limit).await
+            }
+            other => other,
+        };
         let store_path = match &new {
+            NewFile::Import { id, .. } => id.store_path,
             NewFile::Master { store_path, .. } => *store_path,
             NewFile::Slave { master, id } => {
                 if is_reserved(id) {
@@ -419,6 +432,11 @@ impl Store {
                     return Err(StorageError::Conflict(format!("slave file {id} exists")));
                 }
                 id
+            }
+            NewFile::Import { id, .. } => {
+                return Err(StorageError::Internal(format!(
+                    "import of {id} took the upload path"
+                )))
             }
             NewFile::Master {
                 store_path,

@@ -44,6 +44,7 @@
 mod adopt;
 mod commit;
 mod dedup;
+mod import;
 pub mod layout;
 mod listing;
 mod meta;
@@ -66,6 +67,7 @@ use layout::{clear_dir, create_data_dirs};
 
 pub use adopt::APPENDER_DIR;
 pub use commit::{Committed, Incoming, NewFile, Origin, Stored};
+pub use import::check_against_id;
 pub use listing::ReindexReport;
 pub use meta::MetaUpdate;
 pub use staging::Staged;

@@ -23,6 +23,7 @@
 pub mod binlog;
 pub mod catchup;
 pub mod client;
+pub mod import;
 mod metrics;
 pub mod pipeline;
 pub mod protocol;
