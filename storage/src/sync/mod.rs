@@ -537,7 +537,8 @@ impl SyncEngine {
         E: std::fmt::Display,
     {
         use futures_util::StreamExt;
-        let mut body = Box::pin(body);
+        // Fused: a body read to its end here is chained below and polled once more, which must answer `None`.
+        let mut body = Box::pin(body.fuse());
         let mut head = Vec::new();
         let mut len = 0usize;
         let whole = loop {
