@@ -10,6 +10,7 @@ mod files;
 mod page;
 pub mod request_id;
 pub mod storage;
+pub mod thumbnails;
 pub mod tracker;
 pub mod upload;
 

@@ -36,6 +36,9 @@ pub enum StorageError {
     Db(#[from] sled::Error),
     #[error("internal error: {0}")]
     Internal(String),
+    /// 422 with its own error code (a thumbnail's master that is not an image, or too large to decode).
+    #[error("{1}")]
+    Unprocessable(&'static str, String),
 }
 
 /// Result alias for the crate.
@@ -80,6 +83,7 @@ impl StorageError {
             StorageError::Io(_) | StorageError::Db(_) | StorageError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
+            StorageError::Unprocessable(..) => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 }
@@ -90,6 +94,7 @@ impl IntoResponse for StorageError {
         let code = match &self {
             StorageError::BodyAborted(_) => "body_aborted",
             StorageError::PreconditionFailed => "precondition_failed",
+            StorageError::Unprocessable(code, _) => code,
             _ => code_for(status),
         };
         if status.is_server_error() && status != StatusCode::INSUFFICIENT_STORAGE {
