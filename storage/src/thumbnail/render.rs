@@ -295,3 +295,97 @@ fn encode(img: DynamicImage, icc: Option<Vec<u8>>, job: &Job) -> Result<Vec<u8>,
     }
     Ok(out.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use image::codecs::gif::GifEncoder;
+    use image::{Delay, Frame, ImageDecoder, RgbaImage};
+
+    use super::*;
+
+    fn job(format: Format) -> Job {
+        Job {
+            size: Size {
+                width: 50,
+                height: 50,
+                fit: Fit::Inside,
+            },
+            format,
+            jpeg_quality: 85,
+            webp_quality: 80,
+            upscale: false,
+            max_pixels: 1_000_000,
+            deadline: Instant::now() + Duration::from_secs(60),
+        }
+    }
+
+    /// A stand-in ICC profile: the decoders hand back whatever bytes the file carries.
+    const ICC: &[u8] = b"\0\0\x02\x0cfdfs-test-profile-bytes-not-a-real-profile";
+
+    fn png_with_icc() -> Vec<u8> {
+        let img = RgbaImage::from_fn(100, 80, |x, _| image::Rgba([200, 10, 10, (x * 2) as u8]));
+        let mut out = Cursor::new(Vec::new());
+        let mut enc = PngEncoder::new(&mut out);
+        enc.set_icc_profile(ICC.to_vec()).unwrap();
+        enc.write_image(img.as_raw(), 100, 80, ExtendedColorType::Rgba8)
+            .unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn the_colour_profile_is_kept_in_every_output_that_can_hold_one() {
+        let src = png_with_icc();
+        for (format, image_format) in [
+            (Format::Jpeg, ImageFormat::Jpeg),
+            (Format::Png, ImageFormat::Png),
+            (Format::Webp, ImageFormat::WebP),
+        ] {
+            let out = render(Cursor::new(&src), &job(format)).unwrap();
+            let mut reader = ImageReader::with_format(Cursor::new(&out), image_format)
+                .into_decoder()
+                .unwrap();
+            assert_eq!(reader.dimensions(), (50, 40), "{format:?}");
+            assert_eq!(
+                reader.icc_profile().unwrap().as_deref(),
+                Some(ICC),
+                "{format:?}"
+            );
+            DynamicImage::from_decoder(reader).unwrap();
+        }
+    }
+
+    #[test]
+    fn animations_are_left_alone_and_garbage_is_not_an_image() {
+        let mut gif = Vec::new();
+        {
+            let mut enc = GifEncoder::new(&mut gif);
+            for c in [0u8, 255] {
+                let frame = RgbaImage::from_pixel(20, 20, image::Rgba([c, c, c, 255]));
+                enc.encode_frame(Frame::from_parts(
+                    frame,
+                    0,
+                    0,
+                    Delay::from_numer_denom_ms(100, 1),
+                ))
+                .unwrap();
+            }
+        }
+        assert_eq!(
+            render(Cursor::new(&gif), &job(Format::Gif)),
+            Err(RenderError::Animated)
+        );
+        assert!(matches!(
+            render(Cursor::new(b"hello, not a picture"), &job(Format::Jpeg)),
+            Err(RenderError::NotAnImage(_))
+        ));
+        // A truncated JPEG: its header reads, its pixels do not.
+        let mut jpeg = Cursor::new(Vec::new());
+        DynamicImage::new_rgb8(64, 64)
+            .write_to(&mut jpeg, ImageFormat::Jpeg)
+            .unwrap();
+        let jpeg = jpeg.into_inner();
+        assert!(render(Cursor::new(&jpeg[..jpeg.len() / 3]), &job(Format::Jpeg)).is_err());
+    }
+}
