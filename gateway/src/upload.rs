@@ -281,6 +281,7 @@ impl App {
                         && asked < MAX_ASSIGNMENTS =>
                 {
                     tracing::warn!(storage = %addr, "storage node refused the upload's connection; asking the tracker again");
+                    self.tracker.forget(&addr).await;
                     refused.push(addr);
                 }
                 other => return other.map(|r| (r, addr)),

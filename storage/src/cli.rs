@@ -71,6 +71,15 @@ pub struct Args {
     /// Peer transfers fail after this many milliseconds without data (frozen peer).
     #[arg(long, env = "FDFS_PEER_STALL_TIMEOUT_MS")]
     pub peer_stall_timeout_ms: Option<u64>,
+    /// Also speak FastDFS's binary protocol on this address (`host:port`; FastDFS's storage port is 23000).
+    #[arg(long, env = "FDFS_FASTDFS_LISTEN")]
+    pub fastdfs_listen: Option<String>,
+    /// Width of IP address fields in FastDFS replies: 16 (classic FastDFS) or 46 (IPv6-capable builds).
+    #[arg(long, env = "FDFS_FASTDFS_IP_WIDTH")]
+    pub fastdfs_ip_width: Option<fdfs_common::fastdfs::IpWidth>,
+    /// FastDFS connections are closed after this many milliseconds without a request or progress.
+    #[arg(long, env = "FDFS_FASTDFS_TIMEOUT_MS")]
+    pub fastdfs_timeout_ms: Option<u64>,
     /// Thumbnail settings (boxed: they are many and rarely given).
     #[command(flatten)]
     pub thumbnails: Box<ThumbnailArgs>,
@@ -130,6 +139,8 @@ impl Args {
             scrub_interval_secs,
             peer_stall_timeout_ms
         );
+        set!(fastdfs_ip_width, fastdfs_timeout_ms);
+        set_opt!(fastdfs_listen);
         set_opt!(
             listen,
             public_url,

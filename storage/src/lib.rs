@@ -6,9 +6,12 @@
 //! catch-up), [`cli`] (flags), [`error`].
 
 pub mod api;
+pub mod appender;
 pub mod cli;
 pub mod error;
+pub mod fastdfs;
 pub mod heartbeat;
+pub mod import;
 pub mod scrub;
 pub mod serve;
 pub mod store;
@@ -105,6 +108,15 @@ pub struct Config {
     pub thumbnail_max_renders: usize,
     /// A render (waiting for a slot included) that takes longer answers 503 and stores nothing.
     pub thumbnail_deadline_ms: u64,
+    /// Address of the FastDFS protocol listener (FastDFS's storage port is 23000); unset: none. Its port is
+    /// reported to the trackers, which hand it to FastDFS clients.
+    pub fastdfs_listen: Option<String>,
+    /// Width of IP address fields in FastDFS replies: 16 (classic builds) or 46 (IPv6-capable builds).
+    pub fastdfs_ip_width: fdfs_common::fastdfs::IpWidth,
+    /// A FastDFS connection is closed after this long without a request, or without progress in one.
+    pub fastdfs_timeout_ms: u64,
+    /// FastDFS connections served at once (more wait until one ends).
+    pub fastdfs_max_connections: usize,
 }
 
 impl Default for Config {
@@ -140,6 +152,10 @@ impl Default for Config {
             thumbnail_max_pixels: 50_000_000,
             thumbnail_max_renders: 0,
             thumbnail_deadline_ms: 30_000,
+            fastdfs_listen: None,
+            fastdfs_ip_width: fdfs_common::fastdfs::IpWidth::Classic,
+            fastdfs_timeout_ms: 60_000,
+            fastdfs_max_connections: 256,
         }
     }
 }
@@ -164,6 +180,12 @@ pub struct Node {
     pub http: reqwest::Client,
     /// Thumbnails rendered on first read (see [`thumbnail`]).
     pub thumbnails: thumbnail::Thumbnails,
+    /// Appender files (resumable uploads), see [`appender`].
+    pub appenders: Arc<appender::Appenders>,
+    /// Port of the FastDFS protocol listener, when there is one (reported in heartbeats).
+    pub fastdfs_port: Option<u16>,
+    /// Width of IP address fields in FastDFS replies.
+    pub fastdfs_ip_width: fdfs_common::fastdfs::IpWidth,
 }
 
 /// Shared application state.
@@ -180,9 +202,28 @@ pub fn default_node_id(group: &GroupName, addr: &str) -> u32 {
     crc32fast::hash(format!("{group}/{addr}").as_bytes())
 }
 
-/// Run a storage node on an already bound listener until `shutdown` resolves.
+/// Run a storage node on an already bound listener until `shutdown` resolves (and the FastDFS door on
+/// `fastdfs_listen`, when set: bound here, announced as `fastdfs listening on ADDR`).
 pub async fn run(
     listener: tokio::net::TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let fastdfs = match config.fastdfs_listen.as_deref() {
+        Some(listen) => Some(
+            fdfs_common::serve::bind_and_announce_as("fastdfs listening on", listen)
+                .await
+                .with_context(|| format!("binding the FastDFS address {listen}"))?,
+        ),
+        None => None,
+    };
+    run_with_fastdfs(listener, fastdfs, config, shutdown).await
+}
+
+/// [`run`] with the FastDFS listener already bound (`None`: no FastDFS door; `fastdfs_listen` is ignored).
+pub async fn run_with_fastdfs(
+    listener: tokio::net::TcpListener,
+    fastdfs_listener: Option<tokio::net::TcpListener>,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -284,7 +325,22 @@ pub async fn run(
         },
     ));
 
+    let appenders = Arc::new(appender::Appenders::new(
+        store.clone(),
+        engine.clone(),
+        node_id,
+        public_url.clone(),
+        max_file_size,
+    ));
+    let sweeper = tokio::spawn(appenders.clone().run_sweeper());
+    // The FastDFS door (see `fastdfs`): its port goes into every heartbeat.
+    let fastdfs_port = match &fastdfs_listener {
+        Some(l) => Some(l.local_addr()?.port()),
+        None => None,
+    };
     let node = Arc::new(Node {
+        fastdfs_port,
+        fastdfs_ip_width: config.fastdfs_ip_width,
         group: config.group.clone(),
         config,
         node_id,
@@ -296,9 +352,21 @@ pub async fn run(
         sync: engine.clone(),
         http,
         thumbnails,
+        appenders,
     });
     tracing::info!(node_id, group = %node.group, public_url = %node.public_url, "storage node started");
     let heartbeats = tokio::spawn(heartbeat::run(node.clone()));
+    let shutdown = futures_util::FutureExt::shared(Box::pin(shutdown));
+    let fastdfs_door = fastdfs_listener.map(|l| {
+        let door_node = node.clone();
+        tokio::spawn(fdfs_common::fastdfs::serve(
+            l,
+            fastdfs::limits(&node.config),
+            "storage",
+            move |conn| fastdfs::handle(door_node.clone(), conn),
+            shutdown.clone(),
+        ))
+    });
     // `POST /v1/scrub` (see `scrub`), behind the cluster secret like the other internal routes.
     let internal_app = router(node.clone()).merge(scrub::router(engine.clone()).route_layer(
         middleware::from_fn_with_state(node.clone(), api::require_secret),
@@ -325,8 +393,19 @@ pub async fn run(
             a.and(b)
         }
     };
+    if let Some(mut door) = fastdfs_door {
+        // Told to stop by the same signal; it drains its connections within its grace period (unless serving
+        // HTTP failed without a shutdown: then it is aborted).
+        let grace = fdfs_common::fastdfs::STOP_GRACE + Duration::from_secs(5);
+        if tokio::time::timeout(grace, &mut door).await.is_err() {
+            door.abort();
+            let _ = door.await;
+        }
+    }
     heartbeats.abort();
     scrubber.abort();
+    sweeper.abort();
+    let _ = sweeper.await;
     let _ = heartbeats.await;
     let _ = scrubber.await;
     engine.shutdown().await;
@@ -363,6 +442,13 @@ pub fn router(node: AppState) -> Router {
         )
         // Replication routes (`/v1/replica/...`, `/v1/sync/...`), behind the cluster secret too.
         .merge(node.sync.router())
+        // Appender files (`/v1/appender/...`): resumable uploads.
+        .merge(appender::routes::router())
+        // Files stored under the ID they already have (`fdfs import-fastdfs`).
+        .route(
+            "/v1/import/{*file_id}",
+            axum::routing::put(import::import).layer(DefaultBodyLimit::disable()),
+        )
         .route_layer(middleware::from_fn_with_state(
             node.clone(),
             api::require_secret,

@@ -105,8 +105,15 @@ fn current(engine: &SyncEngine, peer_id: u32) -> Option<MemberInfo> {
         .find(|p| p.node_id == peer_id)
 }
 
-async fn push(engine: &SyncEngine, peer: &MemberInfo, rec: &Record) -> Result<u64, PushError> {
+async fn push(
+    engine: &SyncEngine,
+    peer: &MemberInfo,
+    progress: &PeerProgress,
+    rec: &Record,
+) -> Result<u64, PushError> {
     match rec.op {
+        // The upload path placed it there already (durably, with its metadata).
+        Op::Upload if progress.take_delivered(&rec.file_id) => Ok(0),
         Op::Upload => match client::push_upload(engine, peer, &rec.file_id).await? {
             Pushed::Sent(n) => Ok(n),
             Pushed::Skipped | Pushed::Gone => Ok(0),
@@ -136,7 +143,7 @@ async fn push_until_done(
         let Some(peer) = current(engine, peer_id) else {
             return Outcome::Stop;
         };
-        match push(engine, &peer, rec).await {
+        match push(engine, &peer, progress, rec).await {
             Ok(bytes) => {
                 metrics::pushed(peer_id, rec.op, bytes, rec.ts);
                 if warned {
@@ -338,7 +345,7 @@ async fn retry_deferred(
             return false;
         }
         let rec = &deferred.recs[&seq];
-        match push(engine, &peer, rec).await {
+        match push(engine, &peer, progress, rec).await {
             Ok(bytes) => {
                 metrics::pushed(peer_id, rec.op, bytes, rec.ts);
                 deferred.recs.remove(&seq);
