@@ -319,6 +319,39 @@ if wait_for "nginx" 20 curl -s -o /dev/null "$NGINX_URL/"; then
     if grep -qi '^cache-control: .*immutable' "$WORK/blob.hdr"; then pass "nginx: immutable Cache-Control"; else
         fail "nginx: no immutable Cache-Control"; fi
     if grep -qi '^etag:' "$WORK/blob.hdr"; then pass "nginx: ETag"; else fail "nginx: no ETag"; fi
+    # Thumbnails: a missing `<name>_150x150.png` falls through nginx's 404 to the node, which renders and stores
+    # it (a size of `fdfs up`'s default thumbnail_sizes); the next read is nginx's own, from disk (its ETag is
+    # nginx's, not the node's `"<crc>-<size>-_150x150"`).
+    "$VENV/bin/python" - "$WORK/logo.png" <<'PY'
+import struct, sys, zlib
+w = h = 64
+rows = b"".join(b"\0" + b"".join(bytes((x * 4, y * 4, 128, 255 if x < 32 else 0)) for x in range(w)) for y in range(h))
+def chunk(t: bytes, d: bytes) -> bytes:
+    return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+ihdr = struct.pack(">IIBBBBB", w, h, 8, 6, 0, 0, 0)
+png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+open(sys.argv[1], "wb").write(png)
+PY
+    logo_json="$(curl -sS -T "$WORK/logo.png" "$GATEWAY/upload/logo.png?group=group1" || true)"
+    logo="$("$VENV/bin/python" -c 'import json,sys; print(json.loads(sys.argv[1])["file_id"])' "$logo_json" 2>/dev/null || true)"
+    thumb="${logo%.png}_150x150.png"
+    if [[ "$logo" == group1/M00/* ]] && wait_for "the logo on nginx's member" 30 test -f "$STORE/data/${logo#group1/M00/}"; then
+        code="$(curl -s -o "$WORK/thumb.got" -D "$WORK/thumb.hdr" -w '%{http_code}' "$NGINX_URL/$thumb")"
+        if [[ "$code" == 200 ]] && grep -qi '^content-type: image/png' "$WORK/thumb.hdr" \
+            && [[ "$(head -c 4 "$WORK/thumb.got" | tail -c 3)" == PNG ]]; then
+            pass "nginx: first GET of a thumbnail is rendered by the node (200 image/png)"
+        else
+            fail "nginx: first GET of $thumb answered $code"
+        fi
+        code="$(curl -s -o /dev/null -D "$WORK/thumb2.hdr" -w '%{http_code}' "$NGINX_URL/$thumb")"
+        if [[ "$code" == 200 ]] && test -f "$STORE/data/${thumb#group1/M00/}" && ! grep -qi '^etag:.*_150x150' "$WORK/thumb2.hdr"; then
+            pass "nginx: the stored thumbnail is then served by nginx from disk"
+        else
+            fail "nginx: second GET of $thumb answered $code ($(grep -i '^etag' "$WORK/thumb2.hdr" | tr -d '\r'))"
+        fi
+    else
+        fail "nginx: upload of the thumbnail master failed: $logo_json"
+    fi
     # Range.
     code="$(curl -s -o "$WORK/range.got" -D "$WORK/range.hdr" -w '%{http_code}' -H 'Range: bytes=1000-1999' "$NGINX_URL/$fid")"
     if [[ "$code" == 206 ]] && cmp -s "$WORK/range.got" <(tail -c +1001 "$WORK/blob.bin" | head -c 1000) \

@@ -11,6 +11,7 @@ mod import;
 mod page;
 pub mod request_id;
 pub mod storage;
+pub mod thumbnails;
 pub mod tracker;
 pub mod tus;
 pub mod upload;

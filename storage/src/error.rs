@@ -36,6 +36,9 @@ pub enum StorageError {
     Db(#[from] sled::Error),
     #[error("internal error: {0}")]
     Internal(String),
+    /// 422 with its own error code (a thumbnail's master that is not an image, or too large to decode).
+    #[error("{1}")]
+    Unprocessable(&'static str, String),
     /// An appender file that expired (410).
     #[error("{0}")]
     Gone(String),
@@ -94,6 +97,7 @@ impl StorageError {
             StorageError::Io(_) | StorageError::Db(_) | StorageError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
+            StorageError::Unprocessable(..) => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 }
@@ -104,6 +108,7 @@ impl IntoResponse for StorageError {
         let code = match &self {
             StorageError::BodyAborted(_) => "body_aborted",
             StorageError::PreconditionFailed => "precondition_failed",
+            StorageError::Unprocessable(code, _) => code,
             StorageError::Gone(_) => "gone",
             StorageError::Locked(_) => "locked",
             StorageError::ChecksumMismatch => "checksum_mismatch",

@@ -16,6 +16,7 @@ pub mod scrub;
 pub mod serve;
 pub mod store;
 pub mod sync;
+pub mod thumbnail;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -88,6 +89,25 @@ pub struct Config {
     /// A peer transfer (replica upload, catch-up download) fails when no data moves for this long; each
     /// transfer also has a deadline of 30 s plus 1 s per MiB.
     pub peer_stall_timeout_ms: u64,
+    /// Thumbnail sizes rendered on first read as slave files `<master>_<W>x<H>[c].<ext>` (`WxH`: fit inside,
+    /// by `thumbnail_fit`; `WxHc`: crop to fill; a 0 side keeps the ratio). Empty: no thumbnails.
+    pub thumbnail_sizes: Vec<String>,
+    /// How a `WxH` size fills its box: `inside` (default) or `crop`.
+    pub thumbnail_fit: thumbnail::Fit,
+    /// JPEG quality of thumbnails (1-100).
+    pub thumbnail_jpeg_quality: u8,
+    /// Lossy WebP quality of thumbnails (1-100).
+    pub thumbnail_webp_quality: u8,
+    /// Formats a thumbnail may be rendered as (its master's own, or WebP): `jpg`, `png`, `gif`, `webp`.
+    pub thumbnail_formats: Vec<String>,
+    /// Render sources smaller than the box up to the box (default: they keep their size).
+    pub thumbnail_upscale: bool,
+    /// Largest source, in pixels, a thumbnail is rendered from (a decompression bomb is refused with 422).
+    pub thumbnail_max_pixels: u64,
+    /// Renders running at once (0: one per CPU); more requests wait for a slot.
+    pub thumbnail_max_renders: usize,
+    /// A render (waiting for a slot included) that takes longer answers 503 and stores nothing.
+    pub thumbnail_deadline_ms: u64,
     /// Address of the FastDFS protocol listener (FastDFS's storage port is 23000); unset: none. Its port is
     /// reported to the trackers, which hand it to FastDFS clients.
     pub fastdfs_listen: Option<String>,
@@ -123,6 +143,15 @@ impl Default for Config {
             scrub_bytes_per_sec: Size::Bytes(2 << 20),
             scrub_interval_secs: 86_400,
             peer_stall_timeout_ms: 15_000,
+            thumbnail_sizes: vec!["150x150".into(), "300x300".into(), "600x600".into()],
+            thumbnail_fit: thumbnail::Fit::Inside,
+            thumbnail_jpeg_quality: 85,
+            thumbnail_webp_quality: 80,
+            thumbnail_formats: vec!["jpg".into(), "png".into(), "gif".into(), "webp".into()],
+            thumbnail_upscale: false,
+            thumbnail_max_pixels: 50_000_000,
+            thumbnail_max_renders: 0,
+            thumbnail_deadline_ms: 30_000,
             fastdfs_listen: None,
             fastdfs_ip_width: fdfs_common::fastdfs::IpWidth::Classic,
             fastdfs_timeout_ms: 60_000,
@@ -149,6 +178,8 @@ pub struct Node {
     pub sync: sync::SyncEngine,
     /// Client for trackers and peers.
     pub http: reqwest::Client,
+    /// Thumbnails rendered on first read (see [`thumbnail`]).
+    pub thumbnails: thumbnail::Thumbnails,
     /// Appender files (resumable uploads), see [`appender`].
     pub appenders: Arc<appender::Appenders>,
     /// Port of the FastDFS protocol listener, when there is one (reported in heartbeats).
@@ -242,6 +273,7 @@ pub async fn run_with_fastdfs(
         config.file_mode <= 0o7777 && config.dir_mode <= 0o7777,
         "file_mode and dir_mode are permission bits (at most 0o7777)"
     );
+    let thumbnails = thumbnail::Thumbnails::new(thumbnail::Settings::from_config(&config)?);
     let store = Store::open_with(
         config.group.clone(),
         config.store_paths.clone(),
@@ -319,6 +351,7 @@ pub async fn run_with_fastdfs(
         peers,
         sync: engine.clone(),
         http,
+        thumbnails,
         appenders,
     });
     tracing::info!(node_id, group = %node.group, public_url = %node.public_url, "storage node started");

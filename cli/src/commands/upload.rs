@@ -1,5 +1,5 @@
 //! `fdfs upload FILE|DIR..`: streams each file from disk to the gateway as `multipart/form-data` (form fields
-//! `group` and `meta.*` first, then the `file` part), one request per file; directories are walked recursively.
+//! `group`, `meta.*` and `thumbnails` first, then the `file` part), one request per file; directories are walked recursively.
 
 use std::path::{Path, PathBuf};
 
@@ -29,6 +29,10 @@ pub struct Args {
     /// Print only the file IDs, one per line, instead of the JSON answers.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Render these thumbnail sizes right after each upload, e.g. `150x150,300x300` (the storage nodes'
+    /// `thumbnail_sizes`); the answer lists them under `thumbnails`.
+    #[arg(long, value_name = "WxH,..")]
+    pub thumbnails: Option<String>,
     /// Upload through the resumable (tus) API in chunks; rerunning after a break resumes where it stopped.
     #[arg(long)]
     pub resumable: bool,
@@ -73,7 +77,16 @@ pub async fn run(client: &Client, args: Args) -> Result<()> {
                 super::resumable::upload_file(client, &path, args.group.as_deref(), &meta, opts)
                     .await?
             }
-            None => upload_file(client, &path, args.group.as_deref(), &meta).await?,
+            None => {
+                upload_file(
+                    client,
+                    &path,
+                    args.group.as_deref(),
+                    &meta,
+                    args.thumbnails.as_deref(),
+                )
+                .await?
+            }
         };
         if args.quiet {
             match answer.get("file_id").and_then(|v| v.as_str()) {
@@ -145,6 +158,7 @@ pub async fn upload_file(
     path: &Path,
     group: Option<&str>,
     meta: &fdfs_common::wire::Metadata,
+    thumbnails: Option<&str>,
 ) -> Result<serde_json::Value> {
     let file = tokio::fs::File::open(path)
         .await
@@ -181,6 +195,9 @@ pub async fn upload_file(
     }
     for (k, v) in meta {
         form = form.text(format!("meta.{k}"), v.clone());
+    }
+    if let Some(t) = thumbnails {
+        form = form.text("thumbnails", t.to_owned());
     }
     let form = form.part("file", part);
 
