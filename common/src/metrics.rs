@@ -15,7 +15,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::trace::TraceLayer;
 
 /// Header carrying the request id (set when the client sent none, echoed back).
@@ -85,7 +87,9 @@ impl MakeRequestId for MakeRequestSeq {
         let prefix = *PREFIX.get_or_init(rand::random::<u64>);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let id = format!("{prefix:016x}-{n:08x}");
-        axum::http::HeaderValue::from_str(&id).ok().map(RequestId::new)
+        axum::http::HeaderValue::from_str(&id)
+            .ok()
+            .map(RequestId::new)
     }
 }
 
