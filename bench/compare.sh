@@ -121,7 +121,7 @@ start_fdfs() {
     local name=$1
     shift
     local out=$RUN/logs/$name.out
-    FDFS_CLUSTER_SECRET=$SECRET NO_COLOR=1 RUST_LOG=${RUST_LOG:-warn} \
+    LD_PRELOAD=${FDFS_PRELOAD:-} FDFS_CLUSTER_SECRET=$SECRET NO_COLOR=1 RUST_LOG=${RUST_LOG:-warn} \
         "$FDFS_BIN" "$@" --listen 127.0.0.1:0 >"$out" 2>"$RUN/logs/$name.log" &
     PIDS+=($!)
     printf -v "PID_$name" '%s' "$!"
@@ -150,16 +150,43 @@ wait_http() {
 # Run loadgen; the RESULT line goes to $RUN/results/<label>, the human table to the log.
 RESULTS=$RUN/results
 mkdir -p "$RESULTS"
+# With CPU="pid pid ..." set, the RESULT line also gets cpu_us: CPU time (user + system) those server processes
+# (and their children, e.g. nginx workers) spent per successful request. It depends far less on what else the
+# machine is doing than req/s does.
 lg() {
     local label=$1
     shift
     log "run $label"
-    local rc=0
+    local rc=0 before after
+    before=$(cpu_ticks ${CPU:-})
     "$LG" "$@" --threads "$THREADS" >"$RESULTS/$label.txt" 2>"$RESULTS/$label.err" || rc=$?
+    after=$(cpu_ticks ${CPU:-})
     if [[ $rc != 0 ]]; then
         log "$label: loadgen exit $rc: $(head -3 "$RESULTS/$label.err")"
     fi
     grep '^RESULT' "$RESULTS/$label.txt" >"$RESULTS/$label" || echo "RESULT err=1" >"$RESULTS/$label"
+    if [[ -n ${CPU:-} ]]; then
+        local ok us
+        ok=$(res "$label" ok)
+        us=$(awk -v b="$before" -v a="$after" -v n="${ok:-0}" -v hz="$(getconf CLK_TCK)" \
+            'BEGIN { if (n > 0) printf "%.0f", (a - b) * 1e6 / hz / n }')
+        [[ -n $us ]] && sed -i "1s/\$/ cpu_us=$us/" "$RESULTS/$label"
+    fi
+}
+# Sum of utime + stime (clock ticks) of the given pids and their direct children.
+cpu_ticks() {
+    local p all=()
+    for p in "$@"; do
+        all+=("$p")
+        # shellcheck disable=SC2207
+        all+=($(pgrep -P "$p" 2>/dev/null || true))
+    done
+    local t=0 f
+    for p in "${all[@]}"; do
+        f=$(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0)
+        t=$((t + ${f:-0}))
+    done
+    echo "$t"
 }
 # A key of a run's RESULT line.
 res() {
@@ -276,6 +303,7 @@ http {
 EOF
     "$NGINX" -c "$RUN/nginx/nginx.conf" >"$RUN/logs/nginx.out" 2>&1 &
     PIDS+=($!)
+    PID_nginx=$!
     wait_http "http://127.0.0.1:$NG_PORT/" "nginx"
 fi
 
@@ -285,29 +313,30 @@ retarget() { sed -E "s#^http://[^/]+/#http://$2/#" "$1"; }
 
 for size in 4k 100k; do
     [[ $size == 4k ]] && profile upload-4k "$PID_gateway,$PID_storage1,$PID_storage2,$PID_tracker"
-    lg "fdfs-up-$size" upload --url "http://$GW/upload" --duration-s "$SECS" -c "$CONC" --size "$size" \
+    FDFS_PIDS="$PID_gateway $PID_storage1 $PID_storage2 $PID_tracker"
+    CPU=$FDFS_PIDS lg "fdfs-up-$size" upload --url "http://$GW/upload" --duration-s "$SECS" -c "$CONC" --size "$size" \
         --out "$RUN/fdfs-$size.urls"
     [[ $size == 4k ]] && profile_done upload-4k
-    lg "fdfs-direct-$size" put --method POST --url "http://$S1/v1/upload?store_path=0" \
+    CPU="$PID_storage1 $PID_storage2 $PID_tracker" lg "fdfs-direct-$size" put --method POST --url "http://$S1/v1/upload?store_path=0" \
         -H "x-fdfs-cluster-secret: $SECRET" --content-type application/octet-stream \
         --duration-s "$SECS" -c "$CONC" --size "$size"
     if [[ -z ${SKIP_SEAWEED:-} ]]; then
-        lg "sw-up-$size" seaweed --master "http://127.0.0.1:$SWM_PORT" --assign-query replication=001 \
+        CPU="$PID_swm $PID_swv1 $PID_swv2" lg "sw-up-$size" seaweed --master "http://127.0.0.1:$SWM_PORT" --assign-query replication=001 \
             --duration-s "$SECS" -c "$CONC" --size "$size" --out "$RUN/sw-$size.urls"
     fi
     # Let replication settle so that every listed file is on the node we read from.
     sleep 2
     retarget "$RUN/fdfs-$size.urls" "$S1" >"$RUN/fdfs-$size.s1"
     [[ $size == 4k ]] && profile get-4k "$PID_storage1"
-    lg "fdfs-get-$size" get --urls "$RUN/fdfs-$size.s1" --duration-s "$SECS" -c "$CONC" --verify-size "$size"
+    CPU=$PID_storage1 lg "fdfs-get-$size" get --urls "$RUN/fdfs-$size.s1" --duration-s "$SECS" -c "$CONC" --verify-size "$size"
     [[ $size == 4k ]] && profile_done get-4k
     if [[ -z ${SKIP_SEAWEED:-} ]]; then
         retarget "$RUN/sw-$size.urls" "${SWV[0]}" >"$RUN/sw-$size.v1"
-        lg "sw-get-$size" get --urls "$RUN/sw-$size.v1" --duration-s "$SECS" -c "$CONC" --verify-size "$size"
+        CPU=$PID_swv1 lg "sw-get-$size" get --urls "$RUN/sw-$size.v1" --duration-s "$SECS" -c "$CONC" --verify-size "$size"
     fi
     if [[ -z ${SKIP_NGINX:-} ]]; then
         retarget "$RUN/fdfs-$size.urls" "127.0.0.1:$NG_PORT" >"$RUN/ng-$size.urls"
-        lg "nginx-get-$size" get --urls "$RUN/ng-$size.urls" --duration-s "$SECS" -c "$CONC" --verify-size "$size"
+        CPU=$PID_nginx lg "nginx-get-$size" get --urls "$RUN/ng-$size.urls" --duration-s "$SECS" -c "$CONC" --verify-size "$size"
     fi
 done
 
@@ -355,10 +384,13 @@ row() { # label fdfs-run other-run [third-run] key
     for size in 4k 100k; do
         row "upload $size via gateway, req/s" "fdfs-up-$size" "sw-up-$size" "" rps
         row "upload $size via gateway, p99 ms" "fdfs-up-$size" "sw-up-$size" "" p99_ms
+        row "upload $size via gateway, CPU us/req" "fdfs-up-$size" "sw-up-$size" "" cpu_us
         row "upload $size direct to storage, req/s" "fdfs-direct-$size" "sw-up-$size" "" rps
+        row "upload $size direct, CPU us/req" "fdfs-direct-$size" "sw-up-$size" "" cpu_us
         row "GET $size, req/s" "fdfs-get-$size" "sw-get-$size" "nginx-get-$size" rps
         row "GET $size, MiB/s" "fdfs-get-$size" "sw-get-$size" "nginx-get-$size" mbps
         row "GET $size, p99 ms" "fdfs-get-$size" "sw-get-$size" "nginx-get-$size" p99_ms
+        row "GET $size, CPU us/req" "fdfs-get-$size" "sw-get-$size" "nginx-get-$size" cpu_us
     done
     if [[ $BIG != 0 ]]; then
         row "upload $BIG, MiB/s" fdfs-up-big sw-up-big "" mbps

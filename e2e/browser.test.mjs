@@ -71,6 +71,43 @@ try {
     for (let r = got.request().redirectedFrom(); r; r = r.redirectedFrom()) chain.push(r.url());
     check("link went through the gateway redirect", chain.length >= 1, "no redirect seen");
   }
+  // A big file goes through tus in chunks. A chunk whose connection breaks stops it; after a reload, picking the
+  // same file again resumes where the server stands (the upload URL is in localStorage).
+  const bigPath = join(outDir, "browser-big.bin");
+  const big = randomBytes(10 * 1024 * 1024 + 17);
+  writeFileSync(bigPath, big);
+  const tusPage = await context.newPage();
+  tusPage.on("pageerror", (e) => errors.push(String(e)));
+  const isTus = (url) => new URL(url).pathname.startsWith("/tus/");
+  let patches = 0;
+  await tusPage.route(isTus, (route) => {
+    if (route.request().method() === "PATCH" && ++patches === 2) return route.abort("connectionreset");
+    return route.continue();
+  });
+  await tusPage.goto(gateway + "/", { waitUntil: "load", timeout: 30_000 });
+  await tusPage.setInputFiles("#file-input", bigPath);
+  await tusPage.click("#upload-button");
+  await tusPage.waitForSelector("#results .status.err", { timeout: 60_000 });
+  const kept = await tusPage.evaluate(() => Object.keys(localStorage).filter((k) => k.startsWith("fdfs-tus:")));
+  check("a broken tus upload keeps its URL in localStorage", kept.length === 1, JSON.stringify(kept));
+  await tusPage.unroute(isTus);
+  await tusPage.reload({ waitUntil: "load", timeout: 30_000 });
+  const offsets = [];
+  tusPage.on("request", (r) => {
+    if (r.method() === "PATCH" && isTus(r.url())) offsets.push(Number(r.headers()["upload-offset"]));
+  });
+  await tusPage.setInputFiles("#file-input", bigPath);
+  await tusPage.click("#upload-button");
+  const bigLink = await tusPage.waitForSelector("#results a", { timeout: 120_000 });
+  check("after a reload the tus upload resumes instead of starting over", offsets.length > 0 && offsets[0] > 0,
+    `PATCH offsets ${JSON.stringify(offsets)}`);
+  const bigGot = await context.request.get(new URL(await bigLink.getAttribute("href"), gateway).toString());
+  const bigBody = await bigGot.body();
+  check("the resumed upload downloads with the same bytes", bigGot.status() === 200 && big.equals(bigBody),
+    `status ${bigGot.status()}, ${bigBody.length} bytes of ${big.length}`);
+  const left = await tusPage.evaluate(() => Object.keys(localStorage).filter((k) => k.startsWith("fdfs-tus:")));
+  check("a finished tus upload forgets its URL", left.length === 0, JSON.stringify(left));
+
   check("no JavaScript errors on the page", errors.length === 0, errors.join("; "));
 } catch (e) {
   fail("browser run", e && e.stack ? e.stack.split("\n").slice(0, 3).join(" | ") : String(e));

@@ -48,6 +48,14 @@ def main():
         "patch": (b'{"k2":"v2"}', "application/json"),
         "post": (None, None),
     }
+    # A resumable upload of 5 bytes for the /tus/{upload_id} routes (PATCH finishes it, then HEAD, GET, DELETE).
+    status, tus_headers, _ = request(
+        "POST", f"{base}/tus/", b"", {"tus-resumable": "1.0.0", "upload-length": "5"}
+    )
+    location = {k.lower(): v for k, v in tus_headers.items()}.get("location", "")
+    if status != 201 or not location.startswith("/tus/"):
+        raise SystemExit(f"FAIL routes: setup tus creation answered {status} location {location!r}")
+    upload_id = location[len("/tus/"):]
     failed = 0
     for path, item in spec["paths"].items():
         for method, op in item.items():
@@ -58,6 +66,7 @@ def main():
             url = base + (
                 path.replace("{group}", g).replace("{store_path}", s).replace("{dir1}", a)
                 .replace("{dir2}", b).replace("{name}", n).replace("{filename}", "routes-check-put.txt")
+                .replace("{upload_id}", upload_id)
             )
             headers, body = {}, None
             if path == "/upload" and method == "post":
@@ -67,6 +76,14 @@ def main():
                     f"content-type: text/plain\r\n\r\nmultipart route check\r\n--{boundary}--\r\n"
                 ).encode()
                 headers["content-type"] = f"multipart/form-data; boundary={boundary}"
+            elif path.startswith("/tus/"):
+                headers["tus-resumable"] = "1.0.0"
+                if method == "post":
+                    headers["upload-length"] = "3"
+                elif method == "patch":
+                    body = b"hello"
+                    headers["content-type"] = "application/offset+octet-stream"
+                    headers["upload-offset"] = "0"
             elif path.startswith("/upload/"):
                 body, headers["content-type"] = b"raw route check\n", "application/octet-stream"
             elif method in ("put", "patch"):
@@ -75,12 +92,17 @@ def main():
             status, resp_headers, resp_body = request(method.upper(), url, body, headers)
             documented = set(op.get("responses", {}))
             what = f"{method.upper()} {path}"
+            # A route without an anonymous security option (e.g. PUT /import/..., API key or cluster secret)
+            # is checked to refuse this credential-less request with 401.
+            needs_auth = "security" in op and {} not in op["security"]
             problems = []
             if status in (404, 405):
                 problems.append(f"answered {status} (route missing?) {resp_body[:120]!r}")
             if str(status) not in documented:
                 problems.append(f"status {status} not in the spec's {sorted(documented)}")
-            if not (200 <= status < 400):
+            if needs_auth and status != 401:
+                problems.append(f"needs credentials but answered {status} without them")
+            if not needs_auth and not (200 <= status < 400):
                 problems.append(f"not a success: {status} {resp_body[:120]!r}")
             if problems:
                 failed += 1

@@ -3,7 +3,8 @@
 #   a. a real browser (system chromium driven by playwright-core) uses the gateway's upload page;
 #   b. schemathesis checks the gateway against openapi.yaml, and every documented route is served;
 #   c. the real nginx serves a storage node's files with deploy/nginx/fdfs-storage.conf;
-#   d. the cluster dashboard (GET /dashboard) in the browser: every member shown, a killed member turns offline.
+#   d. the cluster dashboard (GET /dashboard) in the browser: every member shown, a killed member turns offline;
+#   e. real tus clients (tus-js-client from npm, tuspy from PyPI) upload, break off and resume through /tus/.
 # Installs what it lacks (Debian: chromium, nginx, nodejs/npm; npm: playwright-core; pip: schemathesis in
 # e2e/.venv), builds `fdfs` (debug), starts the cluster, prints `PASS`/`FAIL` lines and ends with exactly one
 # line `e2e: N passed, M failed`; exit code 1 if anything failed. The cluster and nginx are always stopped.
@@ -80,7 +81,7 @@ command -v npm >/dev/null 2>&1 || want+=(npm)
 if ((${#want[@]})); then apt_install "${want[@]}" || abort "setup: apt-get install ${want[*]}"; fi
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 
-if [[ ! -f "$HERE/node_modules/playwright-core/package.json" ]]; then
+if [[ ! -f "$HERE/node_modules/playwright-core/package.json" || ! -f "$HERE/node_modules/tus-js-client/package.json" ]]; then
     log "npm ci (playwright-core; no browser download)"
     (cd "$HERE" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund >&2) || abort "setup: npm ci"
 fi
@@ -95,6 +96,13 @@ if ! "$VENV/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VER
     fi
     "$VENV/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" >&2 \
         || abort "setup: pip install schemathesis==$SCHEMATHESIS_VERSION"
+fi
+
+TUSPY_VERSION="1.1.0"
+if ! "$VENV/bin/python" -c 'import tusclient' 2>/dev/null; then
+    log "pip install tuspy==$TUSPY_VERSION into $VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check "tuspy==$TUSPY_VERSION" >&2 \
+        || abort "setup: pip install tuspy==$TUSPY_VERSION"
 fi
 
 # ------------------------------------------------------------------------------------------------ build
@@ -186,7 +194,7 @@ done <"$WORK/routes.out"
 if ((r_ok == 0)) && ! grep -q '^FAIL' "$WORK/routes.out"; then fail "routes: checker exited with an error"; fi
 
 log "schemathesis (max $MAX_EXAMPLES examples per operation)"
-if (cd "$WORK" && NO_COLOR=1 "$VENV/bin/schemathesis" run "$ROOT/openapi.yaml" \
+if (cd "$WORK" && NO_COLOR=1 PYTHONPATH="$HERE" SCHEMATHESIS_HOOKS=schemathesis_hooks "$VENV/bin/schemathesis" run "$ROOT/openapi.yaml" \
     --url "$GATEWAY" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
     --max-examples "$MAX_EXAMPLES" --seed 20261125 --workers 1 --request-timeout 30 \
@@ -203,7 +211,7 @@ pinned="$("$VENV/bin/python" -c 'import json,sys; print(json.loads(sys.argv[1])[
 if [[ "$pinned" =~ ^[^/]+/M[0-9A-F]{2}/[0-9A-F]{2}/[0-9A-F]{2}/[^/]+$ ]]; then
     IFS=/ read -r FDFS_E2E_GROUP FDFS_E2E_STORE_PATH FDFS_E2E_DIR1 FDFS_E2E_DIR2 FDFS_E2E_NAME <<<"$pinned"
     export FDFS_E2E_GROUP FDFS_E2E_STORE_PATH FDFS_E2E_DIR1 FDFS_E2E_DIR2 FDFS_E2E_NAME
-    if (cd "$WORK" && NO_COLOR=1 "$VENV/bin/schemathesis" --config-file "$HERE/schemathesis-file.toml" run \
+    if (cd "$WORK" && NO_COLOR=1 PYTHONPATH="$HERE" SCHEMATHESIS_HOOKS=schemathesis_hooks "$VENV/bin/schemathesis" --config-file "$HERE/schemathesis-file.toml" run \
         "$ROOT/openapi.yaml" --url "$GATEWAY" \
         --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
         --include-path-regex '\{name\}' --exclude-method DELETE --mode positive \
@@ -217,6 +225,21 @@ if [[ "$pinned" =~ ^[^/]+/M[0-9A-F]{2}/[0-9A-F]{2}/[0-9A-F]{2}/[^/]+$ ]]; then
 else
     fail "openapi: upload for the pinned pass failed: $fid_json"
 fi
+
+# ---------------------------------------------------------------------------------- e. real tus clients
+# (before c and d: d kills a storage node)
+for check in "node $HERE/tus.test.mjs" "$VENV/bin/python $HERE/tus_py_check.py"; do
+    name="${check##*/}"
+    if $check "$GATEWAY" >"$WORK/$name.out" 2>&1; then t_ok=1; else t_ok=0; fi
+    while IFS= read -r line; do
+        case "$line" in
+            PASS\ *) pass "${line#PASS }" ;;
+            FAIL\ *) fail "${line#FAIL }" ;;
+            *) echo "    | $line" >&2 ;;
+        esac
+    done <"$WORK/$name.out"
+    if ((t_ok == 0)) && ! grep -q '^FAIL' "$WORK/$name.out"; then fail "tus: $name exited with an error"; fi
+done
 
 # ------------------------------------------------------------------------------------------------ c. nginx
 NGX="$WORK/nginx"
@@ -296,6 +319,39 @@ if wait_for "nginx" 20 curl -s -o /dev/null "$NGINX_URL/"; then
     if grep -qi '^cache-control: .*immutable' "$WORK/blob.hdr"; then pass "nginx: immutable Cache-Control"; else
         fail "nginx: no immutable Cache-Control"; fi
     if grep -qi '^etag:' "$WORK/blob.hdr"; then pass "nginx: ETag"; else fail "nginx: no ETag"; fi
+    # Thumbnails: a missing `<name>_150x150.png` falls through nginx's 404 to the node, which renders and stores
+    # it (a size of `fdfs up`'s default thumbnail_sizes); the next read is nginx's own, from disk (its ETag is
+    # nginx's, not the node's `"<crc>-<size>-_150x150"`).
+    "$VENV/bin/python" - "$WORK/logo.png" <<'PY'
+import struct, sys, zlib
+w = h = 64
+rows = b"".join(b"\0" + b"".join(bytes((x * 4, y * 4, 128, 255 if x < 32 else 0)) for x in range(w)) for y in range(h))
+def chunk(t: bytes, d: bytes) -> bytes:
+    return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+ihdr = struct.pack(">IIBBBBB", w, h, 8, 6, 0, 0, 0)
+png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+open(sys.argv[1], "wb").write(png)
+PY
+    logo_json="$(curl -sS -T "$WORK/logo.png" "$GATEWAY/upload/logo.png?group=group1" || true)"
+    logo="$("$VENV/bin/python" -c 'import json,sys; print(json.loads(sys.argv[1])["file_id"])' "$logo_json" 2>/dev/null || true)"
+    thumb="${logo%.png}_150x150.png"
+    if [[ "$logo" == group1/M00/* ]] && wait_for "the logo on nginx's member" 30 test -f "$STORE/data/${logo#group1/M00/}"; then
+        code="$(curl -s -o "$WORK/thumb.got" -D "$WORK/thumb.hdr" -w '%{http_code}' "$NGINX_URL/$thumb")"
+        if [[ "$code" == 200 ]] && grep -qi '^content-type: image/png' "$WORK/thumb.hdr" \
+            && [[ "$(head -c 4 "$WORK/thumb.got" | tail -c 3)" == PNG ]]; then
+            pass "nginx: first GET of a thumbnail is rendered by the node (200 image/png)"
+        else
+            fail "nginx: first GET of $thumb answered $code"
+        fi
+        code="$(curl -s -o /dev/null -D "$WORK/thumb2.hdr" -w '%{http_code}' "$NGINX_URL/$thumb")"
+        if [[ "$code" == 200 ]] && test -f "$STORE/data/${thumb#group1/M00/}" && ! grep -qi '^etag:.*_150x150' "$WORK/thumb2.hdr"; then
+            pass "nginx: the stored thumbnail is then served by nginx from disk"
+        else
+            fail "nginx: second GET of $thumb answered $code ($(grep -i '^etag' "$WORK/thumb2.hdr" | tr -d '\r'))"
+        fi
+    else
+        fail "nginx: upload of the thumbnail master failed: $logo_json"
+    fi
     # Range.
     code="$(curl -s -o "$WORK/range.got" -D "$WORK/range.hdr" -w '%{http_code}' -H 'Range: bytes=1000-1999' "$NGINX_URL/$fid")"
     if [[ "$code" == 206 ]] && cmp -s "$WORK/range.got" <(tail -c +1001 "$WORK/blob.bin" | head -c 1000) \

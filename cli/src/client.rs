@@ -88,6 +88,24 @@ impl Client {
         }
     }
 
+    /// The underlying HTTP client, for requests to absolute URLs (tus upload URLs).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// The `x-api-key` header when a key is set (for requests built with [`Client::http`]).
+    pub fn key_header(&self) -> reqwest::header::HeaderMap {
+        let mut h = reqwest::header::HeaderMap::new();
+        if let Some(v) = self
+            .api_key
+            .as_deref()
+            .and_then(|k| reqwest::header::HeaderValue::from_str(k).ok())
+        {
+            h.insert(fdfs_common::wire::API_KEY_HEADER, v);
+        }
+        h
+    }
+
     /// Send a request; a transport failure becomes [`CliError::Http`], a non-2xx answer [`CliError::Api`].
     pub async fn send(&self, req: RequestBuilder) -> Result<Response> {
         let (client, req) = req.build_split();

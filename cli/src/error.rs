@@ -50,6 +50,9 @@ pub enum CliError {
     /// `fdfs verify` found problems it did not repair.
     #[error("{0}")]
     Verify(String),
+    /// `fdfs import-fastdfs` refused or failed some files.
+    #[error("{0}")]
+    Import(String),
 }
 
 impl CliError {

@@ -34,7 +34,7 @@ pub enum Command {
     /// Run a tracker server in this process (same flags as `fdfs-tracker`).
     Tracker(fdfs_tracker::cli::Args),
     /// Run a storage node in this process (same flags as `fdfs-storage`).
-    Storage(fdfs_storage::cli::Args),
+    Storage(Box<fdfs_storage::cli::Args>),
     /// Run the HTTP gateway in this process (same flags as `fdfs-gateway`).
     Gateway(fdfs_gateway::cli::Args),
     /// Run a whole local cluster (trackers, storage groups, gateway) until ctrl-c.
@@ -58,6 +58,8 @@ pub enum Command {
     /// Check every stored copy against its ID (size, CRC32) and compare each group's members; --repair
     /// replaces corrupt copies from a peer.
     Verify(verify::Args),
+    /// Import an existing FastDFS store path under the files' existing IDs (exits 1 if any file was refused).
+    ImportFastdfs(commands::import_fastdfs::Args),
 }
 
 /// Run a parsed command line.
@@ -65,7 +67,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = || Client::new(&cli.gateway).map(|c| c.with_api_key(cli.api_key.clone()));
     match cli.command {
         Command::Tracker(a) => fdfs_tracker::cli::main(a).await?,
-        Command::Storage(a) => fdfs_storage::cli::main(a).await?,
+        Command::Storage(a) => fdfs_storage::cli::main(*a).await?,
         Command::Gateway(a) => fdfs_gateway::cli::main(a).await?,
         Command::Up(a) => up::run(a).await?,
         Command::Upload(a) => upload::run(&client()?, a).await?,
@@ -83,6 +85,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Monitor(a) => monitor::run(&client()?, a).await?,
         Command::Bench(a) => bench::run(&client()?, a).await?,
         Command::Verify(a) => verify::run(&client()?, a).await?,
+        Command::ImportFastdfs(a) => commands::import_fastdfs::run(&client()?, a).await?,
     }
     Ok(())
 }

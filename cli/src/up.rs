@@ -51,6 +51,10 @@ pub struct Args {
     /// uploads on a dev machine whose disk is merely busy; this keeps a fixed margin instead.
     #[arg(long, default_value = "512MiB", value_name = "SIZE")]
     pub reserved_storage_space: String,
+    /// Also speak the FastDFS protocol: the (first) tracker on PORT (FastDFS's is 22122; 0 picks a free one),
+    /// other trackers and every storage node on free ports, all printed in the layout.
+    #[arg(long, value_name = "PORT")]
+    pub fastdfs_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +76,8 @@ struct Proc {
     log: PathBuf,
     child: tokio::process::Child,
     exited: Option<ExitStatus>,
+    /// Address of its FastDFS protocol listener (`--fastdfs-port`).
+    fastdfs: Option<SocketAddr>,
 }
 
 /// Port for the n-th process of a role (all 0 when the base is 0).
@@ -116,7 +122,13 @@ async fn spawn(
     args: Vec<OsString>,
     logs: &Path,
     secret: &str,
-) -> Result<(tokio::process::Child, SocketAddr, PathBuf)> {
+) -> Result<(
+    tokio::process::Child,
+    SocketAddr,
+    PathBuf,
+    Option<SocketAddr>,
+)> {
+    let fastdfs = args.iter().any(|a| a == "--fastdfs-listen");
     let log = logs.join(format!("{name}.log"));
     let log_file = std::fs::File::create(&log).map_err(|e| CliError::io(&log, e))?;
     let sub = match role {
@@ -152,6 +164,7 @@ async fn spawn(
     let stdout = child.stdout.take().expect("stdout is piped");
     let mut lines = BufReader::new(stdout).lines();
     let deadline = Instant::now() + LISTEN_TIMEOUT;
+    let mut fastdfs_addr = None;
     let addr = loop {
         match tokio::time::timeout_at(deadline, lines.next_line()).await {
             Err(_) => {
@@ -167,7 +180,23 @@ async fn spawn(
                     let addr = a.trim().parse().map_err(|_| {
                         CliError::Up(format!("{name} printed a bad address: {line:?}"))
                     })?;
-                    break addr;
+                    // With a FastDFS listener, its `fastdfs listening on` line follows.
+                    if !fastdfs {
+                        break addr;
+                    }
+                    fastdfs_addr = Some(addr);
+                } else if let Some(a) = line.trim().strip_prefix("fastdfs listening on ") {
+                    let door: SocketAddr = a.trim().parse().map_err(|_| {
+                        CliError::Up(format!("{name} printed a bad address: {line:?}"))
+                    })?;
+                    match fastdfs_addr.replace(door) {
+                        Some(http) => break http,
+                        None => {
+                            return Err(CliError::Up(format!(
+                                "{name} printed its FastDFS address before its HTTP one"
+                            )))
+                        }
+                    }
                 }
             }
             Ok(Ok(None) | Err(_)) => {
@@ -182,7 +211,7 @@ async fn spawn(
     };
     // Keep draining stdout so the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok((child, addr, log))
+    Ok((child, addr, log, fastdfs_addr.filter(|_| fastdfs)))
 }
 
 fn arg(s: impl Into<OsString>) -> OsString {
@@ -199,23 +228,21 @@ async fn start(a: &Args, procs: &mut Vec<Proc>, secret: &str) -> Result<()> {
     for t in 1..=a.trackers {
         let name = format!("tracker-{t}");
         let port = port_for(a.port, u32::from(t))?;
-        let (child, addr, log) = spawn(
-            &exe,
-            &name,
-            Role::Tracker,
-            vec![
-                arg("--listen"),
-                arg(format!("127.0.0.1:{port}")),
-                arg("--reserved-storage-space"),
-                arg(&a.reserved_storage_space),
-                // The tracker remembers its members, so a wiped member waits for its group after a restart.
-                arg("--data-dir"),
-                arg(a.data.join(&name)),
-            ],
-            &logs,
-            secret,
-        )
-        .await?;
+        let mut args = vec![
+            arg("--listen"),
+            arg(format!("127.0.0.1:{port}")),
+            arg("--reserved-storage-space"),
+            arg(&a.reserved_storage_space),
+            // The tracker remembers its members, so a wiped member waits for its group after a restart.
+            arg("--data-dir"),
+            arg(a.data.join(&name)),
+        ];
+        if let Some(p) = a.fastdfs_port {
+            let p = if t == 1 { p } else { 0 };
+            args.extend([arg("--fastdfs-listen"), arg(format!("127.0.0.1:{p}"))]);
+        }
+        let (child, addr, log, fastdfs) =
+            spawn(&exe, &name, Role::Tracker, args, &logs, secret).await?;
         procs.push(Proc {
             name,
             role: Role::Tracker,
@@ -225,6 +252,7 @@ async fn start(a: &Args, procs: &mut Vec<Proc>, secret: &str) -> Result<()> {
             log,
             child,
             exited: None,
+            fastdfs,
         });
     }
     let trackers: Vec<String> = procs.iter().map(|p| p.addr.to_string()).collect();
@@ -251,7 +279,11 @@ async fn start(a: &Args, procs: &mut Vec<Proc>, secret: &str) -> Result<()> {
             if port != 0 {
                 args.extend([arg("--public-url"), arg(format!("http://127.0.0.1:{port}"))]);
             }
-            let (child, addr, log) = spawn(&exe, &name, Role::Storage, args, &logs, secret).await?;
+            if a.fastdfs_port.is_some() {
+                args.extend([arg("--fastdfs-listen"), arg("127.0.0.1:0")]);
+            }
+            let (child, addr, log, fastdfs) =
+                spawn(&exe, &name, Role::Storage, args, &logs, secret).await?;
             procs.push(Proc {
                 name,
                 role: Role::Storage,
@@ -261,12 +293,13 @@ async fn start(a: &Args, procs: &mut Vec<Proc>, secret: &str) -> Result<()> {
                 log,
                 child,
                 exited: None,
+                fastdfs,
             });
         }
     }
 
     let port = port_for(a.port, 0)?;
-    let (child, addr, log) = spawn(
+    let (child, addr, log, fastdfs) = spawn(
         &exe,
         "gateway",
         Role::Gateway,
@@ -289,6 +322,7 @@ async fn start(a: &Args, procs: &mut Vec<Proc>, secret: &str) -> Result<()> {
         log,
         child,
         exited: None,
+        fastdfs,
     });
     Ok(())
 }
@@ -412,6 +446,12 @@ async fn stop(procs: &mut [Proc]) {
     }
 }
 
+/// `  fastdfs ADDR` for a process with a FastDFS listener (`--fastdfs-port`), else nothing.
+fn fastdfs_column(p: &Proc) -> String {
+    p.fastdfs
+        .map_or_else(String::new, |a| format!("  fastdfs {a}"))
+}
+
 fn print_layout(a: &Args, gateway: &str, procs: &[Proc], view: &ClusterView) {
     let mut s = format!(
         "fdfs cluster is up: {} group(s) x {} member(s), {} tracker(s); data in {}\n\n",
@@ -422,7 +462,7 @@ fn print_layout(a: &Args, gateway: &str, procs: &[Proc], view: &ClusterView) {
     );
     s.push_str(&format!("  gateway   {gateway}\n"));
     for p in procs.iter().filter(|p| p.role == Role::Tracker) {
-        s.push_str(&format!("  tracker   {}\n", p.addr));
+        s.push_str(&format!("  tracker   {}{}\n", p.addr, fastdfs_column(p)));
     }
     let mut last_group = None;
     for p in procs.iter().filter(|p| p.role == Role::Storage) {
@@ -439,11 +479,12 @@ fn print_layout(a: &Args, gateway: &str, procs: &[Proc], view: &ClusterView) {
         };
         last_group = p.group.as_ref();
         s.push_str(&format!(
-            "  {label:<9} http://{}  {node}  {}\n",
+            "  {label:<9} http://{}  {node}  {}{}\n",
             p.addr,
             p.data
                 .as_deref()
-                .map_or_else(String::new, |d| d.display().to_string())
+                .map_or_else(String::new, |d| d.display().to_string()),
+            fastdfs_column(p)
         ));
     }
     let exe = std::env::current_exe().map_or_else(|_| "fdfs".into(), |p| p.display().to_string());

@@ -278,13 +278,15 @@ impl FromStr for FileName {
         let digits = body.bytes().take_while(u8::is_ascii_digit).count();
         let prefix = &body[digits..];
         if prefix.is_empty() {
-            // A master name has exactly 6 - len(ext) random digits.
-            if digits != MAX_EXT_LEN.saturating_sub(ext.map_or(0, str::len)) {
+            // A master name has exactly 6 - len(ext) random digits; without an extension FastDFS pads to the
+            // same 7 characters (7 digits), while names fdfs generates have 6: both are accepted.
+            let expected = MAX_EXT_LEN.saturating_sub(ext.map_or(0, str::len));
+            if digits != expected && !(ext.is_none() && digits == MAX_EXT_LEN + 1) {
                 return Err(bad("wrong number of random digits"));
             }
         } else {
-            // A slave keeps its master's digits, whose extension may have been another length.
-            if digits > MAX_EXT_LEN {
+            // A slave keeps its master's digits, whose extension may have been another length (or none).
+            if digits > MAX_EXT_LEN + 1 {
                 return Err(bad("too many random digits"));
             }
             validate_prefix(prefix)?;
@@ -439,6 +441,37 @@ mod tests {
         assert_eq!(info.size, 0x5ED3);
         assert_eq!(info.crc32, 0x1BE9_C774);
         assert_eq!(id.name.ext(), Some("jpg"));
+    }
+
+    #[test]
+    fn accepts_fastdfs_names_without_extension() {
+        // FastDFS pads a name without extension with 7 random digits (6 + the dot it did not need).
+        let id: FileId = "group1/M00/00/00/wKgAA1qCJbeAQ3sLAABe0xvpx3Q4190123"
+            .parse()
+            .unwrap();
+        assert_eq!(id.name.ext(), None);
+        assert_eq!(id.name.prefix(), None);
+        assert_eq!(id.info().size, 0x5ED3);
+        let slave = id.slave("_big", None).unwrap();
+        assert_eq!(
+            slave.name.as_str(),
+            "wKgAA1qCJbeAQ3sLAABe0xvpx3Q4190123_big"
+        );
+        let back: FileId = slave.to_string().parse().unwrap();
+        assert_eq!(back.name.prefix(), Some("_big"));
+        assert!("group1/M00/00/00/wKgAA1qCJbeAQ3sLAABe0xvpx3Q41901234"
+            .parse::<FileId>()
+            .is_err());
+        // Uploaded to FastDFS 6.16 (`fdfs_upload_file`, content "hello fastdfs\n").
+        let real: FileId = "group1/M00/00/00/wAACAmsPcvWACMaKAAAADg4Qul08238963"
+            .parse()
+            .unwrap();
+        let info = real.info();
+        assert_eq!(info.source_id, u32::from_be_bytes([192, 0, 2, 2]));
+        assert_eq!(
+            (info.size, info.crc32),
+            (14, crc32fast::hash(b"hello fastdfs\n"))
+        );
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! Pieces every fdfs process shares: the file ID codec ([`fileid`]), the JSON wire types ([`wire`]), the error
 //! body, config loading, anti-leech tokens, tracing set-up and the shutdown signal.
 
+pub mod appender;
 pub mod config;
 pub mod deadline;
 pub mod drain;
 pub mod error;
+pub mod fastdfs;
 pub mod fileid;
 pub mod metrics;
 pub mod serve;

@@ -68,6 +68,9 @@ pub struct Heartbeat {
     #[serde(default)]
     pub file_count: u64,
     pub version: String,
+    /// Port of the node's FastDFS protocol listener (`fastdfs_listen`), on the host of `addr`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fastdfs_port: Option<u16>,
 }
 
 /// A storage member as the tracker describes it to others.

@@ -43,6 +43,12 @@ pub struct Args {
     /// Seconds allowed for non-streaming requests and for each call to a tracker or storage node.
     #[arg(long, env = "FDFS_REQUEST_TIMEOUT_SECS")]
     pub request_timeout_secs: Option<u64>,
+    /// Seconds an unfinished resumable (tus) upload lives [default: 86400].
+    #[arg(long, env = "FDFS_TUS_EXPIRY_SECS")]
+    pub tus_expiry_secs: Option<u64>,
+    /// Unfinished resumable uploads per API key at a time [default: 1000].
+    #[arg(long, env = "FDFS_TUS_MAX_UNFINISHED_PER_KEY")]
+    pub tus_max_unfinished_per_key: Option<u64>,
 }
 
 impl Args {
@@ -83,6 +89,12 @@ impl Args {
         }
         if let Some(v) = self.request_timeout_secs {
             c.request_timeout_secs = v;
+        }
+        if let Some(v) = self.tus_expiry_secs {
+            c.tus_expiry_secs = v;
+        }
+        if let Some(v) = self.tus_max_unfinished_per_key {
+            c.tus_max_unfinished_per_key = v;
         }
         Ok(c)
     }

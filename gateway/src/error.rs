@@ -43,6 +43,9 @@ pub enum GatewayError {
     /// yet): no byte of the body went out, so the upload can be sent elsewhere.
     #[error("storage node {0} refused the connection")]
     StorageRefused(String),
+    /// The route is switched off by configuration (the message says which setting turns it on).
+    #[error("{0}")]
+    Forbidden(String),
     /// A tracker or storage node answered with an error, passed through with its status and code.
     #[error("{message}")]
     Upstream {
@@ -67,6 +70,7 @@ impl GatewayError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::NoTracker => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadGateway(_) | Self::StorageRefused(_) => StatusCode::BAD_GATEWAY,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::Upstream { status, .. } => *status,
         }
     }
@@ -83,6 +87,7 @@ impl GatewayError {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::NoTracker => "no_tracker",
             Self::BadGateway(_) | Self::StorageRefused(_) => "bad_gateway",
+            Self::Forbidden(_) => "forbidden",
             Self::Upstream { code, .. } => code,
         }
     }

@@ -7,11 +7,14 @@ pub mod cli;
 mod dashboard;
 pub mod error;
 mod files;
+mod import;
 mod page;
 mod replay;
 pub mod request_id;
 pub mod storage;
+pub mod thumbnails;
 pub mod tracker;
+pub mod tus;
 pub mod upload;
 
 use std::future::Future;
@@ -66,6 +69,10 @@ pub struct Config {
     /// Bound on requests that carry no file stream (everything but uploads and proxied downloads), and on
     /// connecting to / asking trackers and storage nodes.
     pub request_timeout_secs: u64,
+    /// Seconds an unfinished resumable (tus) upload lives before its storage node removes it.
+    pub tus_expiry_secs: u64,
+    /// Unfinished resumable uploads one API key (or, without one, all clients) may have at a time; over it 429.
+    pub tus_max_unfinished_per_key: u64,
 }
 
 impl Default for Config {
@@ -81,6 +88,8 @@ impl Default for Config {
             download_mode: DownloadMode::Redirect,
             body_timeout_secs: 60,
             request_timeout_secs: 30,
+            tus_expiry_secs: 86_400,
+            tus_max_unfinished_per_key: 1000,
         }
     }
 }
@@ -184,7 +193,19 @@ pub fn router(config: Config) -> Result<Router, StartError> {
             timeout,
         ))
         .layer(axum::middleware::map_response(json_timeout));
+    // `PUT /import/{file_id}`: streams like an upload; refused bodies are drained so the client reads why.
+    let imports = Router::new()
+        .route("/import/{*file_id}", put(import::import))
+        .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            import::gate,
+        ))
+        .layer(axum::middleware::from_fn(fdfs_common::drain::drain_refused));
     let routes = uploads
+        // Resumable uploads (tus): streamed like uploads, no total timeout.
+        .merge(tus::router(app.clone()))
+        .merge(imports)
         .merge(bounded)
         .fallback(|| async { GatewayError::NoRoute })
         .layer(axum::middleware::from_fn(request_id::scope))
@@ -237,13 +258,26 @@ fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, StartError> {
                 Method::PUT,
                 Method::PATCH,
                 Method::DELETE,
+                Method::OPTIONS,
             ])
-            .allow_headers([
-                header::CONTENT_TYPE,
-                header::RANGE,
-                HeaderName::from_static(fdfs_common::wire::API_KEY_HEADER),
-            ])
-            .expose_headers([header::LOCATION, header::CONTENT_LENGTH, header::ETAG]),
+            .allow_headers(
+                [
+                    header::CONTENT_TYPE,
+                    header::RANGE,
+                    HeaderName::from_static(fdfs_common::wire::API_KEY_HEADER),
+                ]
+                .into_iter()
+                // Resumable uploads (tus).
+                .chain(tus::CORS_ALLOW_HEADERS.map(HeaderName::from_static))
+                .collect::<Vec<_>>(),
+            )
+            .expose_headers(
+                [header::LOCATION, header::CONTENT_LENGTH, header::ETAG]
+                    .into_iter()
+                    // Resumable uploads (tus).
+                    .chain(tus::CORS_EXPOSE_HEADERS.map(HeaderName::from_static))
+                    .collect::<Vec<_>>(),
+            ),
     ))
 }
 

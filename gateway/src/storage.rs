@@ -201,6 +201,36 @@ impl StorageClient {
         }
     }
 
+    /// `PUT http://{addr}/v1/import/{id}` with a streamed body (see `crate::import`); the node's JSON answer.
+    pub async fn import(
+        &self,
+        addr: &str,
+        id: &FileId,
+        query: &[(String, String)],
+        length: Option<u64>,
+        body: reqwest::Body,
+    ) -> Result<serde_json::Value> {
+        let mut req = self
+            .streaming
+            .put(format!("http://{addr}/v1/import/{id}"))
+            .query(query)
+            .body(body);
+        if let Some(n) = length {
+            req = req.header(reqwest::header::CONTENT_LENGTH, n);
+        }
+        let resp = self.with_secret(req).send().await.map_err(|e| {
+            tracing::warn!(storage = addr, error = %e, "import to storage node failed");
+            GatewayError::BadGateway("storage node unreachable or import interrupted".into())
+        })?;
+        if !resp.status().is_success() {
+            return Err(GatewayError::from_upstream("storage node", resp).await);
+        }
+        resp.json().await.map_err(|e| {
+            tracing::warn!(storage = addr, error = %e, "bad import answer");
+            GatewayError::BadGateway("bad answer from storage node".into())
+        })
+    }
+
     /// Start a public download request (GET or HEAD) on `url`, for proxy mode; the caller streams the answer.
     pub async fn fetch(
         &self,
@@ -211,6 +241,68 @@ impl StorageClient {
         crate::request_id::propagate(self.streaming.request(method, url).headers(headers))
             .send()
             .await
+    }
+}
+
+/// Resumable uploads (`/tus/`): calls to the one node that holds an appender file.
+impl StorageClient {
+    /// A small request to a node's `/v1/appender` routes; a node that cannot be reached is a 503 (the upload
+    /// may come back with it).
+    pub async fn appender_call<T: DeserializeOwned>(
+        &self,
+        addr: &str,
+        method: Method,
+        path: &str,
+        body: Option<&(impl Serialize + Sync)>,
+    ) -> Result<T> {
+        match self.one(addr, method, path, body).await {
+            MemberAnswer::Ok(v) => Ok(v),
+            MemberAnswer::NotFound(e) | MemberAnswer::Final(e) => Err(e),
+            MemberAnswer::Unreachable => Err(GatewayError::Upstream {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "storage_unreachable".into(),
+                message: "the storage node holding this upload cannot be reached; try again later"
+                    .into(),
+            }),
+        }
+    }
+
+    /// `PATCH http://{addr}/v1/appender/{name}` with a streamed chunk and the append headers.
+    pub async fn appender_append<T: DeserializeOwned>(
+        &self,
+        addr: &str,
+        name: &str,
+        headers: &[(&'static str, String)],
+        body: reqwest::Body,
+    ) -> Result<T> {
+        let mut req = self
+            .streaming
+            .patch(format!("http://{addr}/v1/appender/{name}"))
+            .body(body);
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let resp = self.with_secret(req).send().await.map_err(|e| {
+            tracing::warn!(storage = addr, error = %e, "append to storage node failed");
+            if e.is_connect() {
+                GatewayError::Upstream {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    code: "storage_unreachable".into(),
+                    message:
+                        "the storage node holding this upload cannot be reached; try again later"
+                            .into(),
+                }
+            } else {
+                GatewayError::BadGateway("storage node unreachable or append interrupted".into())
+            }
+        })?;
+        if !resp.status().is_success() {
+            return Err(GatewayError::from_upstream("storage node", resp).await);
+        }
+        resp.json().await.map_err(|e| {
+            tracing::warn!(storage = addr, error = %e, "bad append answer");
+            GatewayError::BadGateway("bad answer from storage node".into())
+        })
     }
 }
 

@@ -4,9 +4,15 @@
 //! when a tracker cannot be reached, times out or answers 5xx (a tracker that just restarted may not have
 //! heard any heartbeat yet). A 4xx or 507 answer is final. When every tracker is unreachable the request
 //! fails with 503 `no_tracker`.
+//!
+//! Assignments for uploads that name no group and are at most [`BATCHED_MAX_SIZE`] come from a small queue
+//! filled by `GET /v1/assign/batch` ([`ASSIGN_BATCH`] at a time, used in order, so placement is exactly the
+//! tracker's round robin) and dropped after [`ASSIGN_TTL`]: one tracker round trip per batch instead of per
+//! upload. A node that refuses an upload is dropped from the queue at once ([`TrackerClient::forget`]).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fdfs_common::wire::{Assignment, ClusterView, Locations, TrackerStatus, CLUSTER_SECRET_HEADER};
 use fdfs_common::{FileId, GroupName};
@@ -23,7 +29,18 @@ pub struct TrackerClient {
     last_good: AtomicUsize,
     http: reqwest::Client,
     cluster_secret: Option<String>,
+    /// Assignments fetched ahead, and when.
+    ahead: tokio::sync::Mutex<(Instant, VecDeque<Assignment>)>,
 }
+
+/// Assignments fetched per `/v1/assign/batch`.
+pub const ASSIGN_BATCH: usize = 16;
+/// How long fetched assignments are used: a member that went offline or full is seen within this (plus the
+/// tracker's own delay).
+pub const ASSIGN_TTL: Duration = Duration::from_secs(1);
+/// Uploads up to this size (or of unknown size) use fetched assignments, which the tracker made with room for
+/// this size; larger ones ask with their own size.
+pub const BATCHED_MAX_SIZE: u64 = 16 << 20;
 
 impl TrackerClient {
     /// A client for `addrs`; each request to one tracker is bounded by `timeout`.
@@ -43,6 +60,7 @@ impl TrackerClient {
             last_good: AtomicUsize::new(0),
             http,
             cluster_secret,
+            ahead: tokio::sync::Mutex::new((Instant::now(), VecDeque::new())),
         })
     }
 
@@ -51,14 +69,53 @@ impl TrackerClient {
         &self.addrs
     }
 
-    /// `GET /v1/assign`: where to upload a file of about `size` bytes.
+    /// Where to upload a file of about `size` bytes: the next fetched assignment when it may be used (see the
+    /// module doc), else `GET /v1/assign`.
     pub async fn assign(&self, group: Option<&GroupName>, size: Option<u64>) -> Result<Assignment> {
         self.assign_excluding(group, size, &[]).await
     }
 
     /// [`TrackerClient::assign`] on any member but those in `exclude` (node ids that just turned the upload
-    /// down).
+    /// down); with an exclusion the tracker is always asked.
     pub async fn assign_excluding(
+        &self,
+        group: Option<&GroupName>,
+        size: Option<u64>,
+        exclude: &[u32],
+    ) -> Result<Assignment> {
+        if exclude.is_empty() && group.is_none() && size.is_none_or(|s| s <= BATCHED_MAX_SIZE) {
+            let mut ahead = self.ahead.lock().await;
+            if ahead.0.elapsed() > ASSIGN_TTL {
+                ahead.1.clear();
+            }
+            if let Some(a) = ahead.1.pop_front() {
+                return Ok(a);
+            }
+            let query = [
+                ("count", ASSIGN_BATCH.to_string()),
+                ("size", BATCHED_MAX_SIZE.to_string()),
+            ];
+            // Any failure (e.g. no room for the batch's size) falls back to asking for this upload alone.
+            if let Ok(batch) = self
+                .get::<Vec<Assignment>>("/v1/assign/batch", &query)
+                .await
+            {
+                *ahead = (Instant::now(), batch.into());
+                if let Some(a) = ahead.1.pop_front() {
+                    return Ok(a);
+                }
+            }
+        }
+        self.assign_one(group, size, exclude).await
+    }
+
+    /// Drop fetched assignments to a node that turned an upload down.
+    pub async fn forget(&self, addr: &str) {
+        self.ahead.lock().await.1.retain(|a| a.addr != addr);
+    }
+
+    /// `GET /v1/assign`: where to upload a file of about `size` bytes, on a member not in `exclude`.
+    async fn assign_one(
         &self,
         group: Option<&GroupName>,
         size: Option<u64>,

@@ -53,6 +53,8 @@ pub struct UploadFields {
     pub meta: Metadata,
     pub master: Option<FileId>,
     pub prefix: Option<String>,
+    /// Thumbnail sizes rendered right after each following file (`thumbnails=150x150,300x300`).
+    pub thumbnails: Vec<String>,
     /// Size of `meta` as JSON, kept up to date by [`UploadFields::apply`].
     meta_json_len: usize,
 }
@@ -118,6 +120,7 @@ impl UploadFields {
                     self.prefix = Some(value.to_owned());
                 }
             }
+            "thumbnails" => self.thumbnails = crate::thumbnails::parse_sizes(value)?,
             _ => return Ok(FieldKind::Unknown),
         }
         Ok(FieldKind::Placement)
@@ -279,6 +282,7 @@ impl App {
                         && asked < MAX_ASSIGNMENTS =>
                 {
                     tracing::warn!(storage = %addr, error = %e, "storage node turned the upload down before reading it; asking the tracker again");
+                    self.tracker.forget(&addr).await;
                     excluded.push(node_id);
                     turned_down = Some(e);
                 }
@@ -454,6 +458,7 @@ pub(crate) async fn multipart_upload(
     let mut budget = Budget::new(limit);
     let mut fields = UploadFields::default();
     let mut uploaded: Vec<(UploadResult, String)> = Vec::new();
+    let mut thumbnails: Vec<Vec<String>> = Vec::new();
     let mut trailing_meta = false;
     let timeout = app.body_timeout();
     loop {
@@ -471,6 +476,7 @@ pub(crate) async fn multipart_upload(
                 .store(&mut field, &mut budget, &fields, filename, length)
                 .await?;
             uploaded.push(done);
+            thumbnails.push(fields.thumbnails.clone());
             trailing_meta = false;
             continue;
         }
@@ -504,7 +510,12 @@ pub(crate) async fn multipart_upload(
                 .await?;
         }
     }
-    let mut results: Vec<UploadResult> = uploaded.into_iter().map(|(r, _)| r).collect();
+    let uploaded = uploaded
+        .into_iter()
+        .zip(thumbnails)
+        .map(|((r, addr), t)| (r, addr, t))
+        .collect();
+    let mut results = crate::thumbnails::answers(&app, uploaded).await;
     if results.len() == 1 {
         Ok(Json(results.remove(0)).into_response())
     } else {
@@ -544,7 +555,7 @@ pub(crate) async fn raw_upload(
     query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<UploadResult>> {
+) -> Result<Json<serde_json::Value>> {
     // The API key and the declared length were checked by [`gate`].
     let Path(filename) = path.map_err(|e| GatewayError::BadRequest(e.body_text()))?;
     let limit = app.config.max_upload_size;
@@ -555,7 +566,7 @@ pub(crate) async fn raw_upload(
         fields.apply(k, v)?;
     }
     let mut src = BodySource(body.into_data_stream());
-    let (result, _) = app
+    let (result, addr) = app
         .store(
             &mut src,
             &mut Budget::new(limit),
@@ -564,7 +575,9 @@ pub(crate) async fn raw_upload(
             length,
         )
         .await?;
-    Ok(Json(result))
+    let mut answer =
+        crate::thumbnails::answers(&app, vec![(result, addr, fields.thumbnails)]).await;
+    Ok(Json(answer.remove(0)))
 }
 
 #[cfg(test)]

@@ -71,6 +71,50 @@ pub struct Args {
     /// Peer transfers fail after this many milliseconds without data (frozen peer).
     #[arg(long, env = "FDFS_PEER_STALL_TIMEOUT_MS")]
     pub peer_stall_timeout_ms: Option<u64>,
+    /// Also speak FastDFS's binary protocol on this address (`host:port`; FastDFS's storage port is 23000).
+    #[arg(long, env = "FDFS_FASTDFS_LISTEN")]
+    pub fastdfs_listen: Option<String>,
+    /// Width of IP address fields in FastDFS replies: 16 (classic FastDFS) or 46 (IPv6-capable builds).
+    #[arg(long, env = "FDFS_FASTDFS_IP_WIDTH")]
+    pub fastdfs_ip_width: Option<fdfs_common::fastdfs::IpWidth>,
+    /// FastDFS connections are closed after this many milliseconds without a request or progress.
+    #[arg(long, env = "FDFS_FASTDFS_TIMEOUT_MS")]
+    pub fastdfs_timeout_ms: Option<u64>,
+    /// Thumbnail settings (boxed: they are many and rarely given).
+    #[command(flatten)]
+    pub thumbnails: Box<ThumbnailArgs>,
+}
+
+/// Flags of the thumbnails rendered on first read (see [`crate::thumbnail`]).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ThumbnailArgs {
+    /// Thumbnail sizes rendered on first read, e.g. `150x150,300x300,800x0,200x200c` (empty string: none).
+    #[arg(long, env = "FDFS_THUMBNAIL_SIZES", value_delimiter = ',')]
+    pub thumbnail_sizes: Option<Vec<String>>,
+    /// How a `WxH` thumbnail fills its box.
+    #[arg(long, env = "FDFS_THUMBNAIL_FIT", value_enum)]
+    pub thumbnail_fit: Option<crate::thumbnail::Fit>,
+    /// JPEG quality of thumbnails (1-100).
+    #[arg(long, env = "FDFS_THUMBNAIL_JPEG_QUALITY")]
+    pub thumbnail_jpeg_quality: Option<u8>,
+    /// Lossy WebP quality of thumbnails (1-100).
+    #[arg(long, env = "FDFS_THUMBNAIL_WEBP_QUALITY")]
+    pub thumbnail_webp_quality: Option<u8>,
+    /// Formats thumbnails may be rendered as, e.g. `jpg,png,gif,webp`.
+    #[arg(long, env = "FDFS_THUMBNAIL_FORMATS", value_delimiter = ',')]
+    pub thumbnail_formats: Option<Vec<String>>,
+    /// Render sources smaller than the box up to the box (true/false).
+    #[arg(long, env = "FDFS_THUMBNAIL_UPSCALE")]
+    pub thumbnail_upscale: Option<bool>,
+    /// Largest source in pixels a thumbnail is rendered from.
+    #[arg(long, env = "FDFS_THUMBNAIL_MAX_PIXELS")]
+    pub thumbnail_max_pixels: Option<u64>,
+    /// Thumbnail renders running at once (0: one per CPU).
+    #[arg(long, env = "FDFS_THUMBNAIL_MAX_RENDERS")]
+    pub thumbnail_max_renders: Option<usize>,
+    /// Deadline of one thumbnail render in milliseconds.
+    #[arg(long, env = "FDFS_THUMBNAIL_DEADLINE_MS")]
+    pub thumbnail_deadline_ms: Option<u64>,
 }
 
 impl Args {
@@ -95,6 +139,8 @@ impl Args {
             scrub_interval_secs,
             peer_stall_timeout_ms
         );
+        set!(fastdfs_ip_width, fastdfs_timeout_ms);
+        set_opt!(fastdfs_listen);
         set_opt!(
             listen,
             public_url,
@@ -103,6 +149,21 @@ impl Args {
             node_id,
             cluster_secret,
             anti_leech_secret
+        );
+        let t = *self.thumbnails;
+        macro_rules! set_thumbnail {
+            ($($f:ident),*) => { $( if let Some(v) = t.$f { c.$f = v; } )* };
+        }
+        set_thumbnail!(
+            thumbnail_sizes,
+            thumbnail_fit,
+            thumbnail_jpeg_quality,
+            thumbnail_webp_quality,
+            thumbnail_formats,
+            thumbnail_upscale,
+            thumbnail_max_pixels,
+            thumbnail_max_renders,
+            thumbnail_deadline_ms
         );
         c
     }

@@ -39,6 +39,18 @@ pub enum StorageError {
     Db(#[from] sled::Error),
     #[error("internal error: {0}")]
     Internal(String),
+    /// 422 with its own error code (a thumbnail's master that is not an image, or too large to decode).
+    #[error("{1}")]
+    Unprocessable(&'static str, String),
+    /// An appender file that expired (410).
+    #[error("{0}")]
+    Gone(String),
+    /// An appender file another append is writing to (423).
+    #[error("{0}")]
+    Locked(String),
+    /// An append whose content does not match its checksum; it was discarded (460, tus).
+    #[error("checksum mismatch: the chunk was discarded")]
+    ChecksumMismatch,
 }
 
 /// Result alias for the crate.
@@ -82,9 +94,15 @@ impl StorageError {
             StorageError::Unavailable(_) | StorageError::QuorumUnreachable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            StorageError::Gone(_) => StatusCode::GONE,
+            StorageError::Locked(_) => StatusCode::LOCKED,
+            StorageError::ChecksumMismatch => {
+                StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST)
+            }
             StorageError::Io(_) | StorageError::Db(_) | StorageError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
+            StorageError::Unprocessable(..) => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 }
@@ -96,6 +114,10 @@ impl IntoResponse for StorageError {
             StorageError::BodyAborted(_) => "body_aborted",
             StorageError::PreconditionFailed => "precondition_failed",
             StorageError::QuorumUnreachable(_) => "quorum_unreachable",
+            StorageError::Unprocessable(code, _) => code,
+            StorageError::Gone(_) => "gone",
+            StorageError::Locked(_) => "locked",
+            StorageError::ChecksumMismatch => "checksum_mismatch",
             _ => code_for(status),
         };
         if let StorageError::QuorumUnreachable(m) = self {

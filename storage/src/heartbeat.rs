@@ -75,6 +75,7 @@ pub async fn heartbeat(node: &AppState) -> Heartbeat {
         store_paths,
         file_count: node.store.file_count(),
         version: fdfs_common::VERSION.to_owned(),
+        fastdfs_port: node.fastdfs_port,
     }
 }
 

@@ -6,13 +6,17 @@
 //! catch-up), [`cli`] (flags), [`error`].
 
 pub mod api;
+pub mod appender;
 pub mod cli;
 pub mod error;
+pub mod fastdfs;
 pub mod heartbeat;
+pub mod import;
 pub mod scrub;
 pub mod serve;
 pub mod store;
 pub mod sync;
+pub mod thumbnail;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -85,6 +89,34 @@ pub struct Config {
     /// A peer transfer (replica upload, catch-up download) fails when no data moves for this long; each
     /// transfer also has a deadline of 30 s plus 1 s per MiB.
     pub peer_stall_timeout_ms: u64,
+    /// Thumbnail sizes rendered on first read as slave files `<master>_<W>x<H>[c].<ext>` (`WxH`: fit inside,
+    /// by `thumbnail_fit`; `WxHc`: crop to fill; a 0 side keeps the ratio). Empty: no thumbnails.
+    pub thumbnail_sizes: Vec<String>,
+    /// How a `WxH` size fills its box: `inside` (default) or `crop`.
+    pub thumbnail_fit: thumbnail::Fit,
+    /// JPEG quality of thumbnails (1-100).
+    pub thumbnail_jpeg_quality: u8,
+    /// Lossy WebP quality of thumbnails (1-100).
+    pub thumbnail_webp_quality: u8,
+    /// Formats a thumbnail may be rendered as (its master's own, or WebP): `jpg`, `png`, `gif`, `webp`.
+    pub thumbnail_formats: Vec<String>,
+    /// Render sources smaller than the box up to the box (default: they keep their size).
+    pub thumbnail_upscale: bool,
+    /// Largest source, in pixels, a thumbnail is rendered from (a decompression bomb is refused with 422).
+    pub thumbnail_max_pixels: u64,
+    /// Renders running at once (0: one per CPU); more requests wait for a slot.
+    pub thumbnail_max_renders: usize,
+    /// A render (waiting for a slot included) that takes longer answers 503 and stores nothing.
+    pub thumbnail_deadline_ms: u64,
+    /// Address of the FastDFS protocol listener (FastDFS's storage port is 23000); unset: none. Its port is
+    /// reported to the trackers, which hand it to FastDFS clients.
+    pub fastdfs_listen: Option<String>,
+    /// Width of IP address fields in FastDFS replies: 16 (classic builds) or 46 (IPv6-capable builds).
+    pub fastdfs_ip_width: fdfs_common::fastdfs::IpWidth,
+    /// A FastDFS connection is closed after this long without a request, or without progress in one.
+    pub fastdfs_timeout_ms: u64,
+    /// FastDFS connections served at once (more wait until one ends).
+    pub fastdfs_max_connections: usize,
 }
 
 impl Default for Config {
@@ -111,6 +143,19 @@ impl Default for Config {
             scrub_bytes_per_sec: Size::Bytes(2 << 20),
             scrub_interval_secs: 86_400,
             peer_stall_timeout_ms: 15_000,
+            thumbnail_sizes: vec!["150x150".into(), "300x300".into(), "600x600".into()],
+            thumbnail_fit: thumbnail::Fit::Inside,
+            thumbnail_jpeg_quality: 85,
+            thumbnail_webp_quality: 80,
+            thumbnail_formats: vec!["jpg".into(), "png".into(), "gif".into(), "webp".into()],
+            thumbnail_upscale: false,
+            thumbnail_max_pixels: 50_000_000,
+            thumbnail_max_renders: 0,
+            thumbnail_deadline_ms: 30_000,
+            fastdfs_listen: None,
+            fastdfs_ip_width: fdfs_common::fastdfs::IpWidth::Classic,
+            fastdfs_timeout_ms: 60_000,
+            fastdfs_max_connections: 256,
         }
     }
 }
@@ -133,6 +178,14 @@ pub struct Node {
     pub sync: sync::SyncEngine,
     /// Client for trackers and peers.
     pub http: reqwest::Client,
+    /// Thumbnails rendered on first read (see [`thumbnail`]).
+    pub thumbnails: thumbnail::Thumbnails,
+    /// Appender files (resumable uploads), see [`appender`].
+    pub appenders: Arc<appender::Appenders>,
+    /// Port of the FastDFS protocol listener, when there is one (reported in heartbeats).
+    pub fastdfs_port: Option<u16>,
+    /// Width of IP address fields in FastDFS replies.
+    pub fastdfs_ip_width: fdfs_common::fastdfs::IpWidth,
 }
 
 /// Shared application state.
@@ -149,9 +202,28 @@ pub fn default_node_id(group: &GroupName, addr: &str) -> u32 {
     crc32fast::hash(format!("{group}/{addr}").as_bytes())
 }
 
-/// Run a storage node on an already bound listener until `shutdown` resolves.
+/// Run a storage node on an already bound listener until `shutdown` resolves (and the FastDFS door on
+/// `fastdfs_listen`, when set: bound here, announced as `fastdfs listening on ADDR`).
 pub async fn run(
     listener: tokio::net::TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let fastdfs = match config.fastdfs_listen.as_deref() {
+        Some(listen) => Some(
+            fdfs_common::serve::bind_and_announce_as("fastdfs listening on", listen)
+                .await
+                .with_context(|| format!("binding the FastDFS address {listen}"))?,
+        ),
+        None => None,
+    };
+    run_with_fastdfs(listener, fastdfs, config, shutdown).await
+}
+
+/// [`run`] with the FastDFS listener already bound (`None`: no FastDFS door; `fastdfs_listen` is ignored).
+pub async fn run_with_fastdfs(
+    listener: tokio::net::TcpListener,
+    fastdfs_listener: Option<tokio::net::TcpListener>,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -201,6 +273,7 @@ pub async fn run(
         config.file_mode <= 0o7777 && config.dir_mode <= 0o7777,
         "file_mode and dir_mode are permission bits (at most 0o7777)"
     );
+    let thumbnails = thumbnail::Thumbnails::new(thumbnail::Settings::from_config(&config)?);
     let store = Store::open_with(
         config.group.clone(),
         config.store_paths.clone(),
@@ -252,7 +325,22 @@ pub async fn run(
         },
     ));
 
+    let appenders = Arc::new(appender::Appenders::new(
+        store.clone(),
+        engine.clone(),
+        node_id,
+        public_url.clone(),
+        max_file_size,
+    ));
+    let sweeper = tokio::spawn(appenders.clone().run_sweeper());
+    // The FastDFS door (see `fastdfs`): its port goes into every heartbeat.
+    let fastdfs_port = match &fastdfs_listener {
+        Some(l) => Some(l.local_addr()?.port()),
+        None => None,
+    };
     let node = Arc::new(Node {
+        fastdfs_port,
+        fastdfs_ip_width: config.fastdfs_ip_width,
         group: config.group.clone(),
         config,
         node_id,
@@ -263,9 +351,22 @@ pub async fn run(
         peers,
         sync: engine.clone(),
         http,
+        thumbnails,
+        appenders,
     });
     tracing::info!(node_id, group = %node.group, public_url = %node.public_url, "storage node started");
     let heartbeats = tokio::spawn(heartbeat::run(node.clone()));
+    let shutdown = futures_util::FutureExt::shared(Box::pin(shutdown));
+    let fastdfs_door = fastdfs_listener.map(|l| {
+        let door_node = node.clone();
+        tokio::spawn(fdfs_common::fastdfs::serve(
+            l,
+            fastdfs::limits(&node.config),
+            "storage",
+            move |conn| fastdfs::handle(door_node.clone(), conn),
+            shutdown.clone(),
+        ))
+    });
     // `POST /v1/scrub` (see `scrub`), behind the cluster secret like the other internal routes.
     let internal_app = router(node.clone()).merge(scrub::router(engine.clone()).route_layer(
         middleware::from_fn_with_state(node.clone(), api::require_secret),
@@ -292,8 +393,19 @@ pub async fn run(
             a.and(b)
         }
     };
+    if let Some(mut door) = fastdfs_door {
+        // Told to stop by the same signal; it drains its connections within its grace period (unless serving
+        // HTTP failed without a shutdown: then it is aborted).
+        let grace = fdfs_common::fastdfs::STOP_GRACE + Duration::from_secs(5);
+        if tokio::time::timeout(grace, &mut door).await.is_err() {
+            door.abort();
+            let _ = door.await;
+        }
+    }
     heartbeats.abort();
     scrubber.abort();
+    sweeper.abort();
+    let _ = sweeper.await;
     let _ = heartbeats.await;
     let _ = scrubber.await;
     engine.shutdown().await;
@@ -339,6 +451,13 @@ pub fn router(node: AppState) -> Router {
         )
         // Replication routes (`/v1/replica/...`, `/v1/sync/...`), behind the cluster secret too.
         .merge(node.sync.router())
+        // Appender files (`/v1/appender/...`): resumable uploads.
+        .merge(appender::routes::router())
+        // Files stored under the ID they already have (`fdfs import-fastdfs`).
+        .route(
+            "/v1/import/{*file_id}",
+            axum::routing::put(import::import).layer(DefaultBodyLimit::disable()),
+        )
         .route_layer(middleware::from_fn_with_state(
             node.clone(),
             api::require_secret,

@@ -232,6 +232,17 @@ async fn serve_inner(node: AppState, req: Request) -> Result<Response, StorageEr
     let modified = last_modified_for(&id);
     let res = match opened {
         Opened::Missing => {
+            // A configured thumbnail of a master held here: rendered and stored, then served as a file.
+            if parts
+                .extensions
+                .get::<crate::thumbnail::Rendered>()
+                .is_none()
+                && crate::thumbnail::ensure(&node, &id).await?
+            {
+                let mut req = Request::from_parts(parts, Body::empty());
+                req.extensions_mut().insert(crate::thumbnail::Rendered);
+                return serve_again(node, req).await;
+            }
             if parts.headers.contains_key(NO_PROXY_HEADER) {
                 return Err(StorageError::NotFound(format!("no such file {id}")));
             }
@@ -292,6 +303,14 @@ async fn serve_inner(node: AppState, req: Request) -> Result<Response, StorageEr
         }
     };
     Ok(res)
+}
+
+/// [`serve_inner`] once more (a thumbnail was just stored), boxed: the future of a recursive call.
+fn serve_again(
+    node: AppState,
+    req: Request,
+) -> futures_util::future::BoxFuture<'static, Result<Response, StorageError>> {
+    Box::pin(serve_inner(node, req))
 }
 
 /// Open the file, check the conditional headers against its validators and, for a small answer, read it.

@@ -42,6 +42,16 @@ pub struct Args {
     /// Shared secret internal routes require in the `x-fdfs-cluster-secret` header.
     #[arg(long, env = "FDFS_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
+    /// Also speak FastDFS's binary protocol on this address (`host:port`; FastDFS's tracker port is 22122).
+    #[arg(long, env = "FDFS_FASTDFS_LISTEN")]
+    pub fastdfs_listen: Option<String>,
+    /// Width of IP address fields in FastDFS replies: 16 (classic FastDFS) or 46 (IPv6-capable builds)
+    /// [default: 16].
+    #[arg(long, env = "FDFS_FASTDFS_IP_WIDTH")]
+    pub fastdfs_ip_width: Option<fdfs_common::fastdfs::IpWidth>,
+    /// FastDFS connections are closed after this many milliseconds without a request or progress.
+    #[arg(long, env = "FDFS_FASTDFS_TIMEOUT_MS")]
+    pub fastdfs_timeout_ms: Option<u64>,
 }
 
 impl Args {
@@ -68,6 +78,15 @@ impl Args {
         }
         if let Some(v) = &self.cluster_secret {
             c.cluster_secret = Some(v.clone());
+        }
+        if let Some(v) = &self.fastdfs_listen {
+            c.fastdfs_listen = Some(v.clone());
+        }
+        if let Some(v) = self.fastdfs_ip_width {
+            c.fastdfs_ip_width = v;
+        }
+        if let Some(v) = self.fastdfs_timeout_ms {
+            c.fastdfs_timeout_ms = v;
         }
         Ok(c)
     }

@@ -7,12 +7,15 @@
 
 pub mod cli;
 pub mod error;
+pub mod fastdfs;
 mod members;
 pub mod registry;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
+
+use anyhow::Context;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
@@ -69,6 +72,14 @@ pub struct Config {
     /// still lists them (offline until they beat). Without it a restarted tracker knows only members that
     /// beat since, and a wiped member could take an empty group for the truth.
     pub data_dir: Option<std::path::PathBuf>,
+    /// Address of the FastDFS protocol listener (FastDFS's tracker port is 22122); unset: none.
+    pub fastdfs_listen: Option<String>,
+    /// Width of IP address fields in FastDFS replies: 16 (classic builds) or 46 (IPv6-capable builds).
+    pub fastdfs_ip_width: fdfs_common::fastdfs::IpWidth,
+    /// A FastDFS connection is closed after this long without a request, or without progress in one.
+    pub fastdfs_timeout_ms: u64,
+    /// FastDFS connections served at once (more wait until one ends).
+    pub fastdfs_max_connections: usize,
 }
 
 impl Default for Config {
@@ -81,6 +92,10 @@ impl Default for Config {
             reserved_storage_space: Size::Percent(10),
             cluster_secret: None,
             data_dir: None,
+            fastdfs_listen: None,
+            fastdfs_ip_width: fdfs_common::fastdfs::IpWidth::Classic,
+            fastdfs_timeout_ms: 60_000,
+            fastdfs_max_connections: 256,
         }
     }
 }
@@ -104,9 +119,28 @@ impl AppState {
     }
 }
 
-/// Serve the tracker on `listener` until `shutdown` resolves.
+/// Serve the tracker on `listener` until `shutdown` resolves (and the FastDFS door on `fastdfs_listen`, when
+/// set: bound here, announced as `fastdfs listening on ADDR`).
 pub async fn run(
     listener: tokio::net::TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let fastdfs = match config.fastdfs_listen.as_deref() {
+        Some(listen) => Some(
+            fdfs_common::serve::bind_and_announce_as("fastdfs listening on", listen)
+                .await
+                .with_context(|| format!("binding the FastDFS address {listen}"))?,
+        ),
+        None => None,
+    };
+    run_with_fastdfs(listener, fastdfs, config, shutdown).await
+}
+
+/// [`run`] with the FastDFS listener already bound (`None`: no FastDFS door; `fastdfs_listen` is ignored).
+pub async fn run_with_fastdfs(
+    listener: tokio::net::TcpListener,
+    fastdfs: Option<tokio::net::TcpListener>,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -133,9 +167,11 @@ pub async fn run(
         }
         None => None,
     };
+    let registry_handle = state.registry.clone();
     let internal = Router::new()
         .route("/v1/heartbeat", post(heartbeat))
         .route("/v1/assign", get(assign))
+        .route("/v1/assign/batch", get(assign_batch))
         .route("/v1/locate/{*file_id}", get(locate))
         .route("/v1/members/{group}/{node_id}", delete(remove_member))
         .route_layer(middleware::from_fn_with_state(
@@ -152,9 +188,40 @@ pub async fn run(
         .with_state(state);
     let app = fdfs_common::metrics::instrument(app, "tracker");
     tracing::info!(addr = %listener.local_addr()?, "tracker serving");
+    // The FastDFS door (see `fastdfs`): its own listener, stopped by the same shutdown signal.
+    let shutdown = futures_util::FutureExt::shared(Box::pin(shutdown));
+    let fastdfs_door = match fastdfs {
+        Some(l) => {
+            let door = fastdfs::Door {
+                registry: registry_handle,
+                width: config.fastdfs_ip_width,
+            };
+            let limits = fdfs_common::fastdfs::Limits {
+                max_connections: config.fastdfs_max_connections,
+                timeout: Duration::from_millis(config.fastdfs_timeout_ms.max(1)),
+            };
+            Some(tokio::spawn(fdfs_common::fastdfs::serve(
+                l,
+                limits,
+                "tracker",
+                move |conn| fastdfs::handle(door.clone(), conn),
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
     let served = fdfs_common::serve::serve(listener, app, shutdown).await;
     if let Some(p) = persister {
         p.abort();
+    }
+    if let Some(mut door) = fastdfs_door {
+        // Told to stop by the same signal; it drains its connections within its grace period (unless serving
+        // HTTP failed without a shutdown: then it is aborted).
+        let grace = fdfs_common::fastdfs::STOP_GRACE + Duration::from_secs(5);
+        if tokio::time::timeout(grace, &mut door).await.is_err() {
+            door.abort();
+            let _ = door.await;
+        }
     }
     served?;
     Ok(())
@@ -218,6 +285,47 @@ async fn assign(
             .registry()
             .assign_excluding(group.as_ref(), q.size, Instant::now(), &exclude)?;
     Ok(Json(assignment))
+}
+
+/// Most assignments one `/v1/assign/batch` answers.
+const MAX_BATCH: usize = 64;
+
+#[derive(Deserialize)]
+struct BatchQuery {
+    group: Option<String>,
+    #[serde(default)]
+    size: u64,
+    #[serde(default = "one")]
+    count: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// `GET /v1/assign/batch?count=N`: the next N assignments, exactly as N calls of `/v1/assign` in a row would
+/// give them (the round-robin cursors advance N times), so a gateway that uses them in order places files as
+/// if it had asked each time. Stops early at the first failure; the first one failing is the answer.
+async fn assign_batch(
+    State(state): State<AppState>,
+    query: Result<Query<BatchQuery>, QueryRejection>,
+) -> Result<Json<Vec<Assignment>>, Error> {
+    let Query(q) = query?;
+    let group = match q.group.as_deref() {
+        None | Some("") => None,
+        Some(g) => Some(g.parse::<GroupName>()?),
+    };
+    let now = Instant::now();
+    let mut registry = state.registry();
+    let mut out = Vec::with_capacity(q.count.clamp(1, MAX_BATCH));
+    for _ in 0..q.count.clamp(1, MAX_BATCH) {
+        match registry.assign(group.as_ref(), q.size, now) {
+            Ok(a) => out.push(a),
+            Err(e) if out.is_empty() => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(Json(out))
 }
 
 async fn locate(

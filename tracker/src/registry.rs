@@ -282,6 +282,11 @@ impl Registry {
         }
     }
 
+    /// Port of a member's FastDFS listener, from its latest heartbeat (`None`: it has none).
+    pub fn fastdfs_port(&self, node_id: u32) -> Option<u16> {
+        self.members.get(&node_id).and_then(|m| m.hb.fastdfs_port)
+    }
+
     fn info(&self, m: &Member, now: Instant) -> MemberInfo {
         let last_seen = now.saturating_duration_since(m.last_seen);
         MemberInfo {
@@ -405,6 +410,7 @@ mod tests {
             sync: Vec::new(),
             file_count: 0,
             version: "test".into(),
+            fastdfs_port: None,
         }
     }
 

@@ -75,6 +75,7 @@ fn hb(group: &str, node_id: u32, free: u64) -> Heartbeat {
         sync: Vec::new(),
         file_count: 0,
         version: fdfs_common::VERSION.into(),
+        fastdfs_port: None,
     }
 }
 
@@ -130,6 +131,42 @@ async fn assigns_round_robin_and_locates_holders_first() {
     let g1: Vec<u32> = seen.iter().filter(|s| s.0 == "g1").map(|s| s.1).collect();
     assert_eq!(seen.iter().filter(|s| s.0 == "g2").count(), 3, "{seen:?}");
     assert_eq!(g1, [1, 2, 4], "{seen:?}");
+
+    // A batch is the next N single assignments: the same round robin over groups and members.
+    let batch: Vec<Assignment> = t
+        .get("/v1/assign/batch?count=6&size=1024")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let batched: Vec<(String, u32)> = batch
+        .iter()
+        .map(|a| (a.group.to_string(), a.node_id))
+        .collect();
+    assert_eq!(batched, seen, "a batch continues the round robin exactly");
+    let r = t
+        .get("/v1/assign/batch?count=2&group=nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await.0, StatusCode::NOT_FOUND);
+    let r = t
+        .get(&format!("/v1/assign/batch?count=3&size={}", 60 * GB))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await.0, StatusCode::INSUFFICIENT_STORAGE);
+    let many: Vec<Assignment> = t
+        .get("/v1/assign/batch?count=100000")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(many.len(), 64, "a batch is capped");
 
     let a: Assignment = t
         .get("/v1/assign?group=g2&size=1")

@@ -3,7 +3,9 @@
 pub mod bench;
 pub mod download;
 pub mod files;
+pub mod import_fastdfs;
 pub mod monitor;
+pub mod resumable;
 pub mod upload;
 pub mod verify;
 

@@ -1,5 +1,5 @@
 //! `fdfs upload FILE|DIR..`: streams each file from disk to the gateway as `multipart/form-data` (form fields
-//! `group` and `meta.*` first, then the `file` part), one request per file; directories are walked recursively.
+//! `group`, `meta.*` and `thumbnails` first, then the `file` part), one request per file; directories are walked recursively.
 
 use std::path::{Path, PathBuf};
 
@@ -29,6 +29,24 @@ pub struct Args {
     /// Print only the file IDs, one per line, instead of the JSON answers.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Render these thumbnail sizes right after each upload, e.g. `150x150,300x300` (the storage nodes'
+    /// `thumbnail_sizes`); the answer lists them under `thumbnails`.
+    #[arg(long, value_name = "WxH,..")]
+    pub thumbnails: Option<String>,
+    /// Upload through the resumable (tus) API in chunks; rerunning after a break resumes where it stopped.
+    #[arg(long)]
+    pub resumable: bool,
+    /// Chunk size of --resumable uploads, e.g. 16MiB.
+    #[arg(
+        long,
+        value_name = "SIZE",
+        default_value = "16MiB",
+        requires = "resumable"
+    )]
+    pub chunk_size: fdfs_common::config::Size,
+    /// Test hook: stop a --resumable upload after N chunks, as if the connection broke.
+    #[arg(long, hide = true, value_name = "N")]
+    pub stop_after_chunks: Option<u64>,
 }
 
 /// Upload every file; print one JSON answer (or ID with `--quiet`) per line as each finishes.
@@ -41,8 +59,35 @@ pub async fn run(client: &Client, args: Args) -> Result<()> {
     if files.is_empty() {
         return Err(CliError::Usage("no regular files to upload".into()));
     }
+    let resumable = match (args.resumable, args.chunk_size) {
+        (false, _) => None,
+        (true, fdfs_common::config::Size::Bytes(n)) if n > 0 => Some(super::resumable::Options {
+            chunk_size: n,
+            stop_after_chunks: args.stop_after_chunks,
+        }),
+        (true, _) => {
+            return Err(CliError::Usage(
+                "--chunk-size must be a positive size".into(),
+            ))
+        }
+    };
     for path in files {
-        let answer = upload_file(client, &path, args.group.as_deref(), &meta).await?;
+        let answer = match &resumable {
+            Some(opts) => {
+                super::resumable::upload_file(client, &path, args.group.as_deref(), &meta, opts)
+                    .await?
+            }
+            None => {
+                upload_file(
+                    client,
+                    &path,
+                    args.group.as_deref(),
+                    &meta,
+                    args.thumbnails.as_deref(),
+                )
+                .await?
+            }
+        };
         if args.quiet {
             match answer.get("file_id").and_then(|v| v.as_str()) {
                 Some(id) => println!("{id}"),
@@ -113,6 +158,7 @@ pub async fn upload_file(
     path: &Path,
     group: Option<&str>,
     meta: &fdfs_common::wire::Metadata,
+    thumbnails: Option<&str>,
 ) -> Result<serde_json::Value> {
     let file = tokio::fs::File::open(path)
         .await
@@ -149,6 +195,9 @@ pub async fn upload_file(
     }
     for (k, v) in meta {
         form = form.text(format!("meta.{k}"), v.clone());
+    }
+    if let Some(t) = thumbnails {
+        form = form.text("thumbnails", t.to_owned());
     }
     let form = form.part("file", part);
 

@@ -28,6 +28,14 @@ def test_decodes_a_fastdfs_name_like_the_rust_codec() -> None:
     assert info.created_at.isoformat() == "2018-02-12T23:39:35+00:00"
 
 
+def test_decodes_a_real_fastdfs_name_without_extension() -> None:
+    # Uploaded to FastDFS 6.16 (`fdfs_upload_file`, content "hello fastdfs\n"): 7 random digits, no extension.
+    info = decode("group1/M00/00/00/wAACAmsPcvWACMaKAAAADg4Qul08238963")
+    assert (info.source_ip, info.size, info.crc32, info.ext, info.prefix) == ("192.0.2.2", 14, 0x0E10BA5D, None, None)
+    assert decode("group1/M00/00/00/wAACAmsPcvWACMaKAAAADg4Qul08238963_big").prefix == "_big"
+    assert not is_file_id("group1/M00/00/00/wAACAmsPcvWACMaKAAAADg4Qul082389631")
+
+
 def test_leading_slash_is_accepted_and_dropped() -> None:
     assert decode("/" + FASTDFS_ID).file_id == FASTDFS_ID
 

@@ -9,11 +9,11 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use fdfs_common::wire::Metadata;
-use fdfs_common::{FileId, FileName, NameInfo};
+use fdfs_common::FileId;
 use futures_util::Stream;
 
 use super::dedup::content_key;
-use super::layout::{fail_point, fsync_dir};
+use super::layout::fail_point;
 use super::{is_reserved, Staged, Store, META_SUFFIX};
 use crate::error::{Result, StorageError};
 use crate::sync::binlog::Op;
@@ -117,16 +117,16 @@ impl Store {
             fail_point("after-rename");
         }
         let outcome = match placed {
-            Ok(Some(deduplicated)) => {
-                fsync_dir(&parent)
-                    .map_err(StorageError::from)
-                    .and_then(|()| {
-                        if sp.index_add(&id.to_string(), key, &holders.stale)? {
-                            self.file_count.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok(Committed::Created { deduplicated })
-                    })
-            }
+            Ok(Some(deduplicated)) => self
+                .dir_sync
+                .sync(&parent)
+                .map_err(StorageError::from)
+                .and_then(|()| {
+                    if sp.index_add(&id.to_string(), key, &holders.stale)? {
+                        self.file_count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Committed::Created { deduplicated })
+                }),
             Ok(None) => Ok(Committed::AlreadyExists),
             Err(e) => Err(e),
         };
@@ -180,22 +180,20 @@ impl Store {
     }
 
     /// Durably write a replica under a known ID: stream, check size and CRC32 against the ID (for master files,
-    /// whose name encodes them), commit (journal). An existing file is left alone ([`Committed::AlreadyExists`]).
+    /// whose name encodes them), commit (journal) with `meta`. An existing file is left alone
+    /// ([`Committed::AlreadyExists`]).
     pub async fn write_file<S, E>(
         self: &Arc<Self>,
         id: &FileId,
         body: S,
         mtime: Option<SystemTime>,
+        meta: Metadata,
     ) -> Result<Committed>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        if is_reserved(id) {
-            return Err(StorageError::BadRequest(format!(
-                "file names ending in {META_SUFFIX:?} are reserved for metadata"
-            )));
-        }
+        check_writable(id)?;
         self.locate(id)?;
         if self.exists(id).await? {
             return Ok(Committed::AlreadyExists);
@@ -203,17 +201,51 @@ impl Store {
         let staged = self
             .receive(id.store_path, body, self.max_file_size)
             .await?;
-        if id.name.prefix().is_none() {
-            let info = id.info();
-            if info.size != staged.size || info.crc32 != staged.crc32 {
-                return Err(StorageError::BadRequest(format!(
-                    "content does not match {id}: got {} bytes crc32 {:08x}, the id says {} bytes crc32 {:08x}",
-                    staged.size, staged.crc32, info.size, info.crc32
-                )));
-            }
+        check_content(id, &staged)?;
+        self.commit(staged, id, Incoming::peer(mtime, meta)).await
+    }
+
+    /// [`Store::write_file`] for a small body already in memory, in one blocking call.
+    pub fn write_bytes_blocking(
+        &self,
+        id: &FileId,
+        data: &[u8],
+        mtime: Option<SystemTime>,
+        meta: Metadata,
+    ) -> Result<Committed> {
+        check_writable(id)?;
+        if data.len() as u64 > self.max_file_size {
+            return Err(StorageError::TooLarge {
+                limit: self.max_file_size,
+            });
         }
-        self.commit(staged, id, Incoming::peer(mtime, Metadata::new()))
-            .await
+        let (_, path) = self.locate(id)?;
+        if fs::symlink_metadata(&path).is_ok() {
+            return Ok(Committed::AlreadyExists);
+        }
+        let staged = self.stage_bytes_blocking(id.store_path, data)?;
+        check_content(id, &staged)?;
+        self.commit_blocking(staged, id, Incoming::peer(mtime, meta))
+    }
+
+    /// A new master upload that is already in memory, under the `id` its caller made from it (the small-body
+    /// path of [`crate::sync::SyncEngine::upload`]), in one blocking call: stage, fsync, commit (binlog).
+    pub fn create_bytes_blocking(
+        &self,
+        id: &FileId,
+        data: &[u8],
+        incoming: Incoming,
+    ) -> Result<()> {
+        check_writable(id)?;
+        let staged = self.stage_bytes_blocking(id.store_path, data)?;
+        check_content(id, &staged)?;
+        match self.commit_blocking(staged, id, incoming)? {
+            // Not this upload's file: the caller must not undo anything under this ID.
+            Committed::AlreadyExists => Err(StorageError::Conflict(format!(
+                "generated name {id} collided with an existing file"
+            ))),
+            Committed::Created { .. } => Ok(()),
+        }
     }
 
     /// Delete a file and its metadata, record first: the record is durable before the unlink, so a crash in
@@ -257,7 +289,8 @@ impl Store {
                 _ => {}
             }
         }
-        fsync_dir(path.parent().expect("relative_path has a parent"))?;
+        self.dir_sync
+            .sync(path.parent().expect("relative_path has a parent"))?;
         if sp.index_remove(&id.to_string())? {
             let _ = self
                 .file_count
@@ -285,6 +318,30 @@ impl Store {
     }
 }
 
+/// Names ending in the metadata suffix cannot be written as files.
+fn check_writable(id: &FileId) -> Result<()> {
+    if is_reserved(id) {
+        return Err(StorageError::BadRequest(format!(
+            "file names ending in {META_SUFFIX:?} are reserved for metadata"
+        )));
+    }
+    Ok(())
+}
+
+/// A master file's name encodes its size and CRC32: the staged body must match them.
+fn check_content(id: &FileId, staged: &Staged) -> Result<()> {
+    if id.name.prefix().is_none() {
+        let info = id.info();
+        if info.size != staged.size || info.crc32 != staged.crc32 {
+            return Err(StorageError::BadRequest(format!(
+                "content does not match {id}: got {} bytes crc32 {:08x}, the id says {} bytes crc32 {:08x}",
+                staged.size, staged.crc32, info.size, info.crc32
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// What a new upload is stored as.
 #[derive(Debug, Clone)]
 pub enum NewFile {
@@ -298,6 +355,11 @@ pub enum NewFile {
     },
     /// A slave file under its known ID (next to its master, which must be here).
     Slave { master: FileId, id: FileId },
+    /// A file under the ID it already has (see [`super::import`]): checked against the ID, keeping `mtime`.
+    Import {
+        id: FileId,
+        mtime: Option<SystemTime>,
+    },
 }
 
 impl NewFile {
@@ -306,6 +368,7 @@ impl NewFile {
         match self {
             NewFile::Master { store_path, .. } => *store_path,
             NewFile::Slave { id, .. } => id.store_path,
+            NewFile::Import { id, .. } => id.store_path,
         }
     }
 }
@@ -332,7 +395,14 @@ impl Store {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
+        let new = match new {
+            NewFile::Import { id, mtime } => {
+                return self.create_imported(id, mtime, meta, body, limit).await
+            }
+            other => other,
+        };
         let store_path = match &new {
+            NewFile::Import { id, .. } => id.store_path,
             NewFile::Master { store_path, .. } => *store_path,
             NewFile::Slave { master, id } => {
                 if is_reserved(id) {
@@ -363,25 +433,17 @@ impl Store {
                 }
                 id
             }
+            NewFile::Import { id, .. } => {
+                return Err(StorageError::Internal(format!(
+                    "import of {id} took the upload path"
+                )))
+            }
             NewFile::Master {
                 store_path,
                 ext,
                 source_id,
             } => {
-                let info = NameInfo {
-                    source_id,
-                    created: u32::try_from(fdfs_common::time::unix_now()).unwrap_or(u32::MAX),
-                    size,
-                    crc32,
-                };
-                let (dir1, dir2) = self.pick_dirs();
-                let id = FileId {
-                    group: self.group.clone(),
-                    store_path,
-                    dir1,
-                    dir2,
-                    name: FileName::generate(&info, ext.as_deref())?,
-                };
+                let id = self.master_id(store_path, ext.as_deref(), source_id, size, crc32)?;
                 if self.commit(staged, &id, Incoming::client(meta)).await?
                     == Committed::AlreadyExists
                 {

@@ -14,6 +14,74 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Group commit of directory fsyncs: concurrent commits that renamed files into directories each wait for one
+/// fsync of every directory touched so far, done by whichever of them finds no sync running (leader/follower,
+/// like the binlog's). With [`super::DIR_ROTATE`] files per directory, neighbouring uploads share one directory,
+/// so a batch of commits costs one directory fsync instead of one each.
+#[derive(Default)]
+pub(crate) struct DirSync {
+    state: std::sync::Mutex<DirSyncState>,
+    done: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct DirSyncState {
+    /// Directories renamed into and not yet synced.
+    pending: std::collections::HashSet<std::path::PathBuf>,
+    /// Last ticket handed out, and every ticket at or below `synced` is settled.
+    issued: u64,
+    synced: u64,
+    running: bool,
+    /// Tickets whose directory sync failed (`(ticket, error)`), until their waiter collects it.
+    failed: std::collections::HashMap<u64, String>,
+}
+
+impl DirSync {
+    fn lock(&self) -> std::sync::MutexGuard<'_, DirSyncState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Return once a rename or link made in `dir` before this call is durable.
+    pub(crate) fn sync(&self, dir: &Path) -> io::Result<()> {
+        let mut st = self.lock();
+        st.issued += 1;
+        let ticket = st.issued;
+        st.pending.insert(dir.to_owned());
+        loop {
+            if st.synced >= ticket {
+                return match st.failed.remove(&ticket) {
+                    Some(e) => Err(io::Error::other(e)),
+                    None => Ok(()),
+                };
+            }
+            if st.running {
+                st = self.done.wait(st).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            st.running = true;
+            let batch = std::mem::take(&mut st.pending);
+            let (from, upto) = (st.synced + 1, st.issued);
+            drop(st);
+            let errors: Vec<String> = batch
+                .iter()
+                .filter_map(|d| fsync_dir(d).err().map(|e| format!("{}: {e}", d.display())))
+                .collect();
+            st = self.lock();
+            st.running = false;
+            st.synced = upto;
+            if !errors.is_empty() {
+                // Which commits of the batch used the failed directory is not kept: every waiter of the batch
+                // gets the error (its commit fails as a failed fsync did before).
+                let msg = errors.join("; ");
+                for t in from..=upto {
+                    st.failed.insert(t, msg.clone());
+                }
+            }
+            self.done.notify_all();
+        }
+    }
+}
+
 /// Create a directory with exactly `mode` (not masked by the umask); an existing one is left as it is.
 pub(crate) fn mkdir_ok(p: &Path, mode: u32) -> io::Result<()> {
     match fs::create_dir(p) {
@@ -112,5 +180,36 @@ pub(crate) fn fail_point(name: &str) {
     if FAIL_POINT.get().is_some_and(|p| p == name) {
         eprintln!("fail point {name} reached: aborting");
         std::process::abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn batched_directory_syncs_all_return_and_a_failed_one_is_reported_to_its_waiter() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sync = Arc::new(DirSync::default());
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let (sync, dir) = (sync.clone(), tmp.path().join(format!("d{}", i % 3)));
+                std::thread::spawn(move || {
+                    fs::create_dir_all(&dir).unwrap();
+                    for _ in 0..20 {
+                        sync.sync(&dir).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let err = sync.sync(&tmp.path().join("missing")).unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+        // The failure belonged to that batch only.
+        sync.sync(tmp.path()).unwrap();
+        assert!(sync.lock().failed.is_empty());
     }
 }

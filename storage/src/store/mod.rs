@@ -41,8 +41,10 @@
 //! All methods that touch the disk or sled come in two flavours: `*_blocking` (call them from blocking code) and
 //! async wrappers that run them on the blocking pool.
 
+mod adopt;
 mod commit;
 mod dedup;
+mod import;
 pub mod layout;
 mod listing;
 mod meta;
@@ -63,7 +65,9 @@ use crate::error::{Result, StorageError};
 use crate::sync::binlog::{Binlog, DEFAULT_SEGMENT_BYTES};
 use layout::{clear_dir, create_data_dirs};
 
+pub use adopt::APPENDER_DIR;
 pub use commit::{Committed, Incoming, NewFile, Origin, Stored};
+pub use import::check_against_id;
 pub use listing::ReindexReport;
 pub use meta::MetaUpdate;
 pub use staging::Staged;
@@ -124,6 +128,9 @@ impl Default for StoreOptions {
 
 /// sled keys of the index checkpoints: the last record of each log whose effect is in the index.
 const CHECKPOINT_BINLOG: &[u8] = b"checkpoint-binlog";
+/// Files placed in one `XX/YY` directory before the next ([`Store::pick_dirs`]); FastDFS's
+/// `file_distribute_rotate_count` default.
+pub const DIR_ROTATE: u64 = 100;
 const CHECKPOINT_JOURNAL: &[u8] = b"checkpoint-journal";
 
 /// The storage node's files on all its store paths, plus the dedup index and the logs that record changes.
@@ -136,6 +143,10 @@ pub struct Store {
     max_file_size: u64,
     options: StoreOptions,
     file_count: AtomicU64,
+    /// New files placed so far by [`Store::pick_dirs`], counted from a random start.
+    placed: AtomicU64,
+    /// Directory fsyncs of commits, batched.
+    dir_sync: layout::DirSync,
     /// Changes accepted from clients (read by the sync workers).
     binlog: Arc<Binlog>,
     /// Changes received from peers.
@@ -152,7 +163,7 @@ pub(crate) fn is_reserved(id: &FileId) -> bool {
 
 impl Store {
     /// Open (creating as needed) the store paths, the index, and rebuild the index from disk when it is new or
-    /// empty. Blocking: creates up to 65536 directories per store path on first start.
+    /// empty. Blocking. `data/XX/YY` directories are made on first use.
     pub fn open_blocking(
         group: GroupName,
         roots: &[PathBuf],
@@ -228,6 +239,8 @@ impl Store {
             max_file_size: options.max_file_size,
             options,
             file_count: AtomicU64::new(0),
+            placed: AtomicU64::new(u64::from(rand::rng().random::<u16>()) * DIR_ROTATE),
+            dir_sync: layout::DirSync::default(),
             binlog,
             journal,
         });
@@ -442,10 +455,14 @@ impl Store {
         Ok(self.stat(id).await?.is_some())
     }
 
-    /// Pick a random `XX/YY` directory for a new file.
+    /// The `XX/YY` directory of a new file: [`DIR_ROTATE`] files in one directory, then the next one, round
+    /// robin over all 65536 (FastDFS's `file_distribute_path_mode = 0`). Neighbouring uploads share a directory,
+    /// so a directory is created (and its parent fsynced) once per [`DIR_ROTATE`] files instead of for almost
+    /// every upload of a young store, as a random pick did. The start is random, so restarts spread too.
     pub fn pick_dirs(&self) -> (u8, u8) {
-        let mut rng = rand::rng();
-        (rng.random(), rng.random())
+        let n = self.placed.fetch_add(1, Ordering::Relaxed) / DIR_ROTATE;
+        let [hi, lo] = ((n % 65536) as u16).to_be_bytes();
+        (hi, lo)
     }
 
     /// Space of each store path. Blocking (statvfs).
@@ -638,7 +655,12 @@ mod tests {
         };
         let mtime = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
         let c = store
-            .write_file(&id, body(data), Some(mtime))
+            .write_file(
+                &id,
+                body(data),
+                Some(mtime),
+                fdfs_common::wire::Metadata::new(),
+            )
             .await
             .unwrap();
         assert_eq!(
@@ -649,14 +671,22 @@ mod tests {
         );
         let m = store.stat(&id).await.unwrap().unwrap();
         assert_eq!(m.modified().unwrap(), mtime);
-        let again = store.write_file(&id, body(data), None).await.unwrap();
+        let again = store
+            .write_file(&id, body(data), None, fdfs_common::wire::Metadata::new())
+            .await
+            .unwrap();
         assert_eq!(again, Committed::AlreadyExists);
         let other = FileId {
             dir2: 3,
             ..id.clone()
         };
         let err = store
-            .write_file(&other, body(b"wrong"), None)
+            .write_file(
+                &other,
+                body(b"wrong"),
+                None,
+                fdfs_common::wire::Metadata::new(),
+            )
             .await
             .err()
             .unwrap();

@@ -37,6 +37,22 @@ impl Staged {
 }
 
 impl Store {
+    /// Stage a small body that is already in memory (see [`crate::sync::pipeline::SMALL_BODY`]): temp file,
+    /// write, fsync, in the calling (blocking) thread: one hop for the whole write instead of one per chunk.
+    pub fn stage_bytes_blocking(&self, store_path: u8, data: &[u8]) -> Result<Staged> {
+        let tmp_dir = &self.store_path(store_path)?.tmp;
+        let mut tmp = super::layout::temp_file(tmp_dir, "up-", self.options.file_mode)?;
+        tmp.write_all(data)?;
+        tmp.as_file().sync_all()?;
+        Ok(Staged {
+            store_path,
+            tmp,
+            size: data.len() as u64,
+            crc32: crc32fast::hash(data),
+            hash: *blake3::hash(data).as_bytes(),
+        })
+    }
+
     /// Stream a body into a temp file on store path `store_path`, computing size, CRC32 and the content hash,
     /// rejecting it once it exceeds `limit` bytes; fsync it. On any error the temp file is gone when this returns.
     pub async fn receive<S, E>(&self, store_path: u8, body: S, limit: u64) -> Result<Staged>

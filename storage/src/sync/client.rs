@@ -181,6 +181,38 @@ pub async fn push_upload(
     Ok(outcome)
 }
 
+/// Store a small upload that is in memory on a peer under its ID, with its metadata, in one request (the
+/// small-body path of the upload pipeline). The peer answers once the replica is durable.
+pub async fn put_bytes(
+    engine: &SyncEngine,
+    peer: &MemberInfo,
+    id: &FileId,
+    mtime: u64,
+    gen: u64,
+    meta: &Metadata,
+    data: bytes::Bytes,
+) -> Result<(), PushError> {
+    let mut rb = request(
+        engine,
+        Method::PUT,
+        format!("{}/v1/replica/{id}", base(peer)),
+    )
+    .header(INCARNATION_HEADER, gen)
+    .header(MTIME_HEADER, mtime)
+    .header(reqwest::header::CONTENT_LENGTH, data.len())
+    .timeout(engine.config.peer_limits.deadline(data.len() as u64));
+    if !meta.is_empty() {
+        let json = serde_json::to_string(meta)
+            .map_err(|e| StorageError::Internal(format!("encoding metadata: {e}")))?;
+        rb = rb.query(&[("meta", json)]);
+    }
+    let resp = rb.body(data).send().await?;
+    if resp.status() == StatusCode::GONE {
+        return Err(PushError::Rejected(format!("{id} was deleted on the peer")));
+    }
+    check(resp.status(), "replica upload")
+}
+
 async fn push_meta_value(
     engine: &SyncEngine,
     peer: &MemberInfo,
@@ -300,7 +332,12 @@ async fn fetch_within(
     let mtime = mtime_from(resp.headers());
     let committed = match engine
         .store
-        .write_file(id, progress.track(Box::pin(resp.bytes_stream())), mtime)
+        .write_file(
+            id,
+            progress.track(Box::pin(resp.bytes_stream())),
+            mtime,
+            Metadata::new(),
+        )
         .await
     {
         Ok(c) => c,

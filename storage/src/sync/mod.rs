@@ -25,6 +25,7 @@
 pub mod binlog;
 pub mod catchup;
 pub mod client;
+pub mod import;
 mod metrics;
 pub mod pipeline;
 pub mod protocol;
@@ -42,7 +43,7 @@ use std::time::Duration;
 
 use axum::Router;
 use fdfs_common::wire::{MemberInfo, MemberState, Metadata, PeerSync};
-use fdfs_common::FileId;
+use fdfs_common::{FileId, FileName, NameInfo};
 use tokio::task::JoinHandle;
 
 use crate::error::{Result, StorageError};
@@ -107,6 +108,31 @@ pub struct PeerProgress {
     pub synced_until: AtomicU64,
     /// Set to stop the worker (the peer left the group).
     pub stop: AtomicBool,
+    /// Uploads the upload path already placed on the peer, durably and with their metadata (pipeline or
+    /// small-body put): the worker skips their records instead of asking the peer again. At most
+    /// [`MAX_DELIVERED`] are kept (beyond that the worker just checks with the peer, as for any record).
+    pub delivered: Mutex<std::collections::HashSet<FileId>>,
+}
+
+/// Most uploads remembered per peer as delivered by the upload path ([`PeerProgress::delivered`]).
+pub const MAX_DELIVERED: usize = 65_536;
+
+impl PeerProgress {
+    /// Remember that the upload path placed `id` on this peer.
+    fn delivered(&self, id: &FileId) {
+        let mut set = self.delivered.lock().unwrap_or_else(|p| p.into_inner());
+        if set.len() < MAX_DELIVERED {
+            set.insert(id.clone());
+        }
+    }
+
+    /// Whether the upload path placed `id` on this peer (forgotten once asked).
+    pub fn take_delivered(&self, id: &FileId) -> bool {
+        self.delivered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id)
+    }
 }
 
 struct PeerSlot {
@@ -484,13 +510,28 @@ impl SyncEngine {
     }
 }
 
+/// The chunks of a small body as one buffer.
+fn concat(mut chunks: Vec<bytes::Bytes>) -> bytes::Bytes {
+    if chunks.len() == 1 {
+        return chunks.pop().expect("one chunk");
+    }
+    let mut all = bytes::BytesMut::with_capacity(chunks.iter().map(bytes::Bytes::len).sum());
+    for c in chunks {
+        all.extend_from_slice(&c);
+    }
+    all.freeze()
+}
+
 /// What the node does on client requests; each change is durable here and recorded in the binlog before it is
 /// acknowledged.
 impl SyncEngine {
     /// Store a new upload (ID made from the content, metadata with the file, recorded in the binlog) while its
-    /// body streams to `write_quorum - 1` live peers ([`pipeline`]); answer once the quorum holds it durably.
-    /// Returns the file and how many members hold it. A peer that fails is replaced by a push of the committed
-    /// file to another live peer; 503 when the quorum cannot be reached (the file stays, the workers push it).
+    /// body goes to `write_quorum - 1` live peers; answer once the quorum holds it durably. Returns the file and
+    /// how many members hold it. A peer that fails is replaced by a push of the committed file to another live
+    /// peer; 503 when the quorum cannot be reached (the file stays, the workers push it).
+    ///
+    /// A master file whose body ends within [`pipeline::SMALL_BODY`] takes the small-upload path; anything else
+    /// streams through the [`pipeline`].
     pub async fn upload<S, E>(
         &self,
         new: NewFile,
@@ -502,9 +543,154 @@ impl SyncEngine {
         S: futures_util::Stream<Item = std::result::Result<bytes::Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        // Peers that failed lately go last: the pipeline starts with those that answer.
+        use futures_util::StreamExt;
+        // Known unable to reach the quorum: refuse before reading any of the body (every door comes here).
+        self.quorum_check()?;
+        // Fused: a body read to its end here is chained below and polled once more, which must answer `None`.
+        let mut body = Box::pin(body.fuse());
+        let mut head = Vec::new();
+        let mut len = 0usize;
+        let whole = loop {
+            match body.next().await {
+                Some(Ok(chunk)) => {
+                    len += chunk.len();
+                    head.push(chunk);
+                    if len > pipeline::SMALL_BODY {
+                        break false;
+                    }
+                }
+                Some(Err(e)) => return Err(StorageError::BodyAborted(e.to_string())),
+                None => break true,
+            }
+        };
+        if len as u64 > limit {
+            return Err(StorageError::TooLarge { limit });
+        }
+        if whole {
+            if let NewFile::Master {
+                store_path,
+                ext,
+                source_id,
+            } = &new
+            {
+                let data = concat(head);
+                return self
+                    .upload_small(*store_path, ext.as_deref(), *source_id, meta, data)
+                    .await;
+            }
+        }
+        let rest = futures_util::stream::iter(head.into_iter().map(Ok::<_, E>)).chain(body);
+        self.upload_streamed(new, meta, rest, limit).await
+    }
+
+    /// The write quorum for an upload now, and the live peers to reach it with.
+    fn quorum(&self) -> (usize, Vec<MemberInfo>) {
+        // Peers that failed lately go last: the first round starts with those that answer.
         let live = self.reach.order(self.live_peers());
         let quorum = (self.config.write_quorum.max(1) as usize).min(live.len() + 1);
+        (quorum, live)
+    }
+
+    /// The small-upload path of [`SyncEngine::upload`] (see [`pipeline::SMALL_BODY`]).
+    async fn upload_small(
+        &self,
+        store_path: u8,
+        ext: Option<&str>,
+        source_id: u32,
+        meta: Metadata,
+        data: bytes::Bytes,
+    ) -> Result<(Stored, u32)> {
+        self.store.store_path(store_path)?;
+        let (quorum, live) = self.quorum();
+        let need = quorum - 1;
+        let (size, crc32) = (data.len() as u64, crc32fast::hash(&data));
+        let now = fdfs_common::time::unix_now();
+        let info = NameInfo {
+            source_id,
+            created: u32::try_from(now).unwrap_or(u32::MAX),
+            size,
+            crc32,
+        };
+        let (dir1, dir2) = self.store.pick_dirs();
+        let id = FileId {
+            group: self.store.group().clone(),
+            store_path,
+            dir1,
+            dir2,
+            name: FileName::generate(&info, ext)?,
+        };
+        // Every member gets the same mtime (the creation second, as in the ID).
+        let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(now);
+        let gen = self.tombstones.incarnation(&id);
+        let local = {
+            let (this, id, data, meta) = (self.clone(), id.clone(), data.clone(), meta.clone());
+            tokio::task::spawn_blocking(move || -> Result<()> {
+                let incoming = crate::store::Incoming {
+                    mtime: Some(mtime),
+                    meta,
+                    origin: crate::store::Origin::Client,
+                };
+                this.store.create_bytes_blocking(&id, &data, incoming)?;
+                this.tombstones.revive(&id)?;
+                Ok(())
+            })
+        };
+        let peers = &live[..need];
+        let pushes = futures_util::future::join_all(
+            peers
+                .iter()
+                .map(|p| client::put_bytes(self, p, &id, now, gen, &meta, data.clone())),
+        );
+        let (local, pushed) = tokio::join!(local, pushes);
+        if let Err(e) = local.map_err(StorageError::from).and_then(|r| r) {
+            if let StorageError::Conflict(msg) = e {
+                // Another file has this ID (astronomically unlikely): leave it alone; the client may retry.
+                return Err(StorageError::Unavailable(msg));
+            }
+            // Never acknowledged: take back the copies the peers made (best effort; a leftover would only be an
+            // unreferenced file).
+            let took: Vec<MemberInfo> = peers
+                .iter()
+                .zip(&pushed)
+                .filter(|(_, r)| r.is_ok())
+                .map(|(p, _)| p.clone())
+                .collect();
+            if !took.is_empty() {
+                let (this, tid) = (self.clone(), id.clone());
+                tokio::spawn(async move {
+                    for peer in took {
+                        let _ = client::push_delete(&this, &peer, &tid).await;
+                    }
+                });
+            }
+            return Err(e);
+        }
+        self.appended.send_replace(self.binlog.last_seq());
+        let mut took = Vec::new();
+        let mut failed = Vec::new();
+        for (peer, r) in peers.iter().zip(pushed) {
+            match r {
+                Ok(()) => took.push(peer.clone()),
+                Err(e) => failed.push((peer.clone(), e)),
+            }
+        }
+        let replicas = self.settle(&id, quorum, &live, took, failed).await?;
+        Ok((Stored { id, size, crc32 }, replicas))
+    }
+
+    /// The streamed path of [`SyncEngine::upload`]: the body goes through the [`pipeline`].
+    async fn upload_streamed<S, E>(
+        &self,
+        new: NewFile,
+        meta: Metadata,
+        body: S,
+        limit: u64,
+    ) -> Result<(Stored, u32)>
+    where
+        S: futures_util::Stream<Item = std::result::Result<bytes::Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let (quorum, live) = self.quorum();
         let need = quorum - 1;
         if need == 0 {
             let stored = self.store.create(new, meta, body, limit).await?;
@@ -533,10 +719,34 @@ impl SyncEngine {
             .and_then(|m| m.modified().ok())
             .map_or(0, crate::store::layout::unix_secs);
         let (took, failed) = pipe.commit(self, id, mtime, &meta).await;
+        let replicas = self.settle(id, quorum, &live, took, failed).await?;
+        Ok((stored, replicas))
+    }
+
+    /// After the first round of an upload (`took` of the `write_quorum - 1` peers asked hold it, `failed` did
+    /// not): reach the quorum with pushes to the other live peers, and say how many members hold the file, or
+    /// 503 when they are too few.
+    async fn settle(
+        &self,
+        id: &FileId,
+        quorum: usize,
+        live: &[MemberInfo],
+        took: Vec<MemberInfo>,
+        failed: Vec<(MemberInfo, client::PushError)>,
+    ) -> Result<u32> {
+        let need = quorum - 1;
         for peer in &took {
             self.reach.answered(peer.node_id);
         }
         let mut ok = took.len();
+        if !took.is_empty() {
+            let workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+            for peer in &took {
+                if let Some(slot) = workers.get(&peer.node_id) {
+                    slot.progress.delivered(id);
+                }
+            }
+        }
         let mut down = 0;
         let mut retry = Vec::new();
         for (peer, e) in failed {
@@ -571,7 +781,53 @@ impl SyncEngine {
                 ok + 1
             )));
         }
-        Ok((stored, u32::try_from(ok + 1).unwrap_or(u32::MAX)))
+        Ok(u32::try_from(ok + 1).unwrap_or(u32::MAX))
+    }
+
+    /// Commit a body that was staged elsewhere (a finished appender file) as a new upload under `id`, recorded
+    /// in the binlog, then push the file from disk to `write_quorum - 1` live peers. Returns the file, how many
+    /// members hold it, and whether that is the quorum (when not, the file stays and the workers push it later).
+    pub async fn commit_new(
+        &self,
+        staged: crate::store::Staged,
+        id: &FileId,
+        meta: Metadata,
+    ) -> Result<(Stored, u32, bool)> {
+        let (size, crc32) = (staged.size, staged.crc32);
+        let committed = self
+            .store
+            .commit(staged, id, crate::store::Incoming::client(meta))
+            .await?;
+        if committed == crate::store::Committed::AlreadyExists {
+            return Err(StorageError::Internal(format!(
+                "generated name {id} collided with an existing file"
+            )));
+        }
+        let (this, tid) = (self.clone(), id.clone());
+        tokio::task::spawn_blocking(move || this.tombstones.revive(&tid)).await??;
+        self.appended.send_replace(self.binlog.last_seq());
+        let live = self.live_peers();
+        let quorum = (self.config.write_quorum.max(1) as usize).min(live.len() + 1);
+        let need = quorum - 1;
+        let (ok, down) = if need == 0 {
+            (0, 0)
+        } else {
+            self.push_quorum(id, need, live.clone()).await
+        };
+        let need = need.min(live.len() - down.min(live.len()));
+        if quorum > 1 {
+            metrics::quorum_push(ok >= need);
+        }
+        let stored = Stored {
+            id: id.clone(),
+            size,
+            crc32,
+        };
+        Ok((
+            stored,
+            u32::try_from(ok + 1).unwrap_or(u32::MAX),
+            ok >= need,
+        ))
     }
 
     /// Refuse an upload before reading its body when this node already knows it cannot reach the write quorum

@@ -14,6 +14,9 @@
 //! usual way ([`super::client::push_upload`]) to another live peer, and the binlog record still carries the
 //! upload for later sync. The client's status is decided exactly as before (quorum or 503).
 //!
+//! Small bodies ([`SMALL_BODY`]) skip the two phases: the ID is known before anything is written, so the
+//! source sends each peer one `PUT /v1/replica/{id}` while it writes its own copy.
+//!
 //! A frozen peer cannot hold the upload: a chunk its buffer has not taken within the stall timeout
 //! (`peer_stall_timeout_ms`) drops it from the pipeline, and its stage request is aborted (the connection is
 //! closed, so the peer discards the partial body) if it has not answered within the transfer's deadline.
@@ -35,6 +38,12 @@ use super::client::{request, PushError};
 use super::SyncEngine;
 use crate::error::{Result, StorageError};
 use crate::store::{Committed, Incoming, Staged};
+
+/// Bodies up to this many bytes take the small-upload path of [`SyncEngine::upload`]: read whole, the ID made
+/// from them at once, then the local write and one `PUT /v1/replica/{id}` per peer (body, metadata and
+/// incarnation together) run side by side, each a single blocking call on its node. No stage/commit round
+/// trips, no per-chunk hand-offs between threads. The memory this holds per upload is bounded by it.
+pub const SMALL_BODY: usize = 128 * 1024;
 
 /// Chunks buffered towards each peer.
 const PIPE_DEPTH: usize = 8;

@@ -4,8 +4,9 @@
 //!   `x-fdfs-mtime` and `x-fdfs-incarnation`; 404 when absent (or only an older incarnation than the one
 //!   asked for is here), 410 when it (the incarnation asked for) was deleted here (tombstone); with
 //!   `x-fdfs-size`, 507 when the absent file would not fit above the reserved space.
-//! - `PUT /v1/replica/{file_id}` with `x-fdfs-mtime` and `x-fdfs-incarnation`: store a replica (streamed,
-//!   checked against the ID, never recreating a deleted incarnation: 410; an older incarnation here is
+//! - `PUT /v1/replica/{file_id}?meta=` with `x-fdfs-mtime` and `x-fdfs-incarnation`: store a replica (streamed,
+//!   or read whole and written in one blocking call when its `Content-Length` is small; checked against the ID,
+//!   with the metadata given, never recreating a deleted incarnation: 410; an older incarnation here is
 //!   replaced, an equal one left alone; 507 before the body when it does not fit). Not written to this node's
 //!   binlog.
 //! - `DELETE /v1/replica/{file_id}` with `x-fdfs-incarnation`: record a tombstone on disk, then remove the file
@@ -81,6 +82,7 @@ fn gone(id: &FileId) -> Response {
 async fn meta_or_file(
     State(engine): State<SyncEngine>,
     Path(rest): Path<String>,
+    query: Query<PutQuery>,
     method: Method,
     headers: HeaderMap,
     body: Body,
@@ -90,7 +92,7 @@ async fn meta_or_file(
         let raw = format!("meta/{rest}");
         return match method {
             Method::GET | Method::HEAD => get_file(State(engine), Path(raw), headers).await,
-            Method::PUT => put_file(State(engine), Path(raw), headers, body).await,
+            Method::PUT => put_file(State(engine), Path(raw), query, headers, body).await,
             Method::DELETE => delete_file(State(engine), Path(raw), headers).await,
             _ => Err(StorageError::BadRequest(format!(
                 "method {method} not allowed here"
@@ -178,6 +180,7 @@ async fn get_file(
 async fn put_file(
     State(engine): State<SyncEngine>,
     Path(raw): Path<String>,
+    Query(q): Query<PutQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
@@ -187,15 +190,39 @@ async fn put_file(
         return Ok(gone(&id));
     }
     engine.accept_incarnation(&id, gen).await?;
-    // No room: answer 507 before reading the body.
-    if let Some(size) = header_u64(&headers, header::CONTENT_LENGTH.as_str()) {
-        super::space::ensure_room(&engine, &id, size).await?;
-    }
+    let meta: Metadata = match q.meta.as_deref() {
+        None | Some("") => Metadata::new(),
+        Some(m) => {
+            serde_json::from_str(m).map_err(|e| StorageError::BadRequest(format!("meta: {e}")))?
+        }
+    };
     let mtime = mtime_from(&headers);
-    let committed = engine
-        .store
-        .write_file(&id, body.into_data_stream(), mtime)
-        .await?;
+    let declared = header_u64(&headers, header::CONTENT_LENGTH.as_str());
+    let committed = match declared {
+        // A small body (the pipeline's small-upload path): read it whole, then room check, write, fsync and
+        // commit in one blocking call.
+        Some(size) if size <= pipeline::SMALL_BODY as u64 => {
+            let data = axum::body::to_bytes(body, pipeline::SMALL_BODY)
+                .await
+                .map_err(|e| StorageError::BodyAborted(e.to_string()))?;
+            let (this, tid) = (engine.clone(), id.clone());
+            tokio::task::spawn_blocking(move || {
+                super::space::ensure_room_blocking(&this, &tid, size)?;
+                this.store.write_bytes_blocking(&tid, &data, mtime, meta)
+            })
+            .await??
+        }
+        _ => {
+            // No room: answer 507 before reading the body.
+            if let Some(size) = declared {
+                super::space::ensure_room(&engine, &id, size).await?;
+            }
+            engine
+                .store
+                .write_file(&id, body.into_data_stream(), mtime, meta)
+                .await?
+        }
+    };
     // A delete that raced with this write wins.
     if engine.tombstones.hides(&id, gen) {
         engine.store.remove(&id).await?;
@@ -228,6 +255,12 @@ async fn delete_file(
     })
     .await??;
     Ok(Json(serde_json::json!({ "file_id": id, "deleted": deleted })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct PutQuery {
+    /// Metadata stored with the replica (JSON object of strings), so it needs no second request.
+    meta: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

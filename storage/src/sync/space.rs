@@ -31,7 +31,13 @@ pub fn fits(size: u64, free: u64, total: u64, reserved: Size) -> bool {
 
 /// 507 when a replica of `size` bytes for `id` would not fit on its store path (keeping the reserve).
 pub async fn ensure_room(engine: &SyncEngine, id: &FileId, size: u64) -> Result<()> {
-    let stats = engine.store.stats().await?;
+    let (this, id) = (engine.clone(), id.clone());
+    tokio::task::spawn_blocking(move || ensure_room_blocking(&this, &id, size)).await?
+}
+
+/// [`ensure_room`] in the calling (blocking) thread.
+pub fn ensure_room_blocking(engine: &SyncEngine, id: &FileId, size: u64) -> Result<()> {
+    let stats = engine.store.stats_blocking();
     let Some(path) = stats.iter().find(|p| p.index == id.store_path) else {
         return Ok(()); // an unknown store path is refused by the write itself
     };

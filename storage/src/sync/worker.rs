@@ -107,8 +107,15 @@ fn current(engine: &SyncEngine, peer_id: u32) -> Option<MemberInfo> {
         .find(|p| p.node_id == peer_id)
 }
 
-async fn push(engine: &SyncEngine, peer: &MemberInfo, rec: &Record) -> Result<u64, PushError> {
+async fn push(
+    engine: &SyncEngine,
+    peer: &MemberInfo,
+    progress: &PeerProgress,
+    rec: &Record,
+) -> Result<u64, PushError> {
     match rec.op {
+        // The upload path placed it there already (durably, with its metadata).
+        Op::Upload if progress.take_delivered(&rec.file_id) => Ok(0),
         Op::Upload => match client::push_upload(engine, peer, &rec.file_id).await? {
             Pushed::Sent(n) => Ok(n),
             Pushed::Skipped | Pushed::Gone => Ok(0),
@@ -138,7 +145,7 @@ async fn push_until_done(
         let Some(peer) = current(engine, peer_id) else {
             return Outcome::Stop;
         };
-        let pushed = push(engine, &peer, rec).await;
+        let pushed = push(engine, &peer, progress, rec).await;
         engine.reach.record(peer_id, &pushed);
         match pushed {
             Ok(bytes) => {
@@ -349,7 +356,7 @@ async fn retry_deferred(
             return false;
         }
         let rec = &deferred.recs[&seq];
-        let pushed = push(engine, &peer, rec).await;
+        let pushed = push(engine, &peer, progress, rec).await;
         engine.reach.record(peer_id, &pushed);
         match pushed {
             Ok(bytes) => {

@@ -3,7 +3,8 @@
 This mirrors `common/src/fileid.rs` and `common/src/token.rs` of the fdfs repository exactly: an ID is
 `{group}/M{idx:02X}/{XX}/{YY}/{name}` where the first 27 characters of `name` are URL-safe base64 (no padding) of
 20 big-endian bytes `source id (4) | created (4) | size field (8) | CRC32 (4)`; a master name then has
-`6 - len(ext)` random digits and an optional `.ext`, a slave name keeps its master's digits and adds a prefix.
+`6 - len(ext)` random digits and an optional `.ext` (FastDFS's own names have 7 digits when there is no extension),
+a slave name keeps its master's digits and adds a prefix.
 """
 
 from __future__ import annotations
@@ -126,10 +127,12 @@ def decode(file_id: str) -> FileIdInfo:
     digits = len(body) - len(body.lstrip("0123456789"))
     prefix = body[digits:]
     if not prefix:
-        if digits != MAX_EXT_LEN - (len(ext) if ext else 0):
+        # Without an extension FastDFS pads to 7 digits, fdfs to 6: both are master names.
+        expected = MAX_EXT_LEN - (len(ext) if ext else 0)
+        if digits != expected and not (ext is None and digits == MAX_EXT_LEN + 1):
             raise InvalidFileId(file_id, "wrong number of random digits")
     else:
-        if digits > MAX_EXT_LEN:
+        if digits > MAX_EXT_LEN + 1:
             raise InvalidFileId(file_id, "too many random digits")
         if not _PREFIX.match(prefix):
             raise InvalidFileId(file_id, "slave prefix: 1-16 of A-Z a-z 0-9 _ -, not starting with a digit")

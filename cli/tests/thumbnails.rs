@@ -1,0 +1,427 @@
+//! Issue "thumbnails on first read, stored as FastDFS slave files", against real processes (`fdfs tracker|
+//! storage|gateway`, see `common/`): a first GET of `<master>_<W>x<H>.<ext>` renders it once (concurrent
+//! requests included) and stores it on every member; later reads are plain hits; the picture is turned by its
+//! EXIF orientation, keeps PNG alpha, decodes as WebP; unknown sizes, decompression bombs and non-images are
+//! refused and leave nothing on disk; uploads with `thumbnails=` answer the slaves' IDs (gateway and CLI).
+
+mod common;
+
+use std::io::Cursor;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{args, error_of, eventually, upload, Cluster, ClusterSpec, Node, BIN};
+use fdfs_common::FileId;
+use image::{DynamicImage, GenericImageView, ImageFormat, Rgb, RgbImage, Rgba, RgbaImage};
+use reqwest::{header, StatusCode};
+use serde_json::Value;
+
+/// One group of two members (write quorum 2: a stored thumbnail is on both before it is served).
+async fn start() -> Cluster {
+    Cluster::start(ClusterSpec {
+        groups: 1,
+        members: 2,
+        trackers: 1,
+        storage_args: args(&[
+            "--heartbeat-interval-ms",
+            "200",
+            "--thumbnail-sizes",
+            "150x150,300x300,100x100c,800x0",
+            "--thumbnail-max-pixels",
+            "4000000",
+        ]),
+        ..ClusterSpec::default()
+    })
+    .await
+}
+
+fn jpeg(img: &DynamicImage) -> Vec<u8> {
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, ImageFormat::Jpeg).unwrap();
+    out.into_inner()
+}
+
+fn png(img: &DynamicImage) -> Vec<u8> {
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+/// A `w` x `h` photo-like gradient (so JPEG sizes are realistic).
+fn photo(w: u32, h: u32) -> DynamicImage {
+    DynamicImage::ImageRgb8(RgbImage::from_fn(w, h, |x, y| {
+        Rgb([
+            (x * 255 / w) as u8,
+            (y * 255 / h) as u8,
+            ((x + y) % 256) as u8,
+        ])
+    }))
+}
+
+/// A JPEG with an EXIF APP1 segment saying "rotate 90 clockwise to display" (orientation 6).
+fn with_exif_orientation_6(jpeg: &[u8]) -> Vec<u8> {
+    assert_eq!(&jpeg[..2], [0xFF, 0xD8]);
+    // TIFF little endian, one IFD entry: 0x0112 Orientation, SHORT, count 1, value 6.
+    let mut tiff = b"II*\0".to_vec();
+    tiff.extend_from_slice(&8u32.to_le_bytes());
+    tiff.extend_from_slice(&1u16.to_le_bytes());
+    tiff.extend_from_slice(&0x0112u16.to_le_bytes());
+    tiff.extend_from_slice(&3u16.to_le_bytes());
+    tiff.extend_from_slice(&1u32.to_le_bytes());
+    tiff.extend_from_slice(&[6, 0, 0, 0]);
+    tiff.extend_from_slice(&0u32.to_le_bytes());
+    let mut app1 = b"Exif\0\0".to_vec();
+    app1.extend_from_slice(&tiff);
+    let mut out = jpeg[..2].to_vec();
+    out.extend_from_slice(&[0xFF, 0xE1]);
+    out.extend_from_slice(&u16::try_from(app1.len() + 2).unwrap().to_be_bytes());
+    out.extend_from_slice(&app1);
+    out.extend_from_slice(&jpeg[2..]);
+    out
+}
+
+/// A valid 1x1 PNG whose header claims `w` x `h` pixels (a decompression bomb costs a header read to spot).
+fn bomb_png(w: u32, h: u32) -> Vec<u8> {
+    let mut bytes = png(&DynamicImage::ImageRgb8(RgbImage::new(1, 1)));
+    // IHDR data starts at 16 (8 signature, 4 length, 4 type); its CRC covers type + data (13 bytes).
+    bytes[16..20].copy_from_slice(&w.to_be_bytes());
+    bytes[20..24].copy_from_slice(&h.to_be_bytes());
+    let crc = crc32fast::hash(&bytes[12..29]);
+    bytes[29..33].copy_from_slice(&crc.to_be_bytes());
+    bytes
+}
+
+fn slave(master: &str, prefix: &str, ext: &str) -> FileId {
+    let id: FileId = master.parse().unwrap();
+    id.slave(prefix, Some(ext)).unwrap()
+}
+
+/// Sum of `fdfs_thumbnail_renders_total` on one node.
+async fn renders(c: &Cluster, n: &Node) -> u64 {
+    let text = c
+        .http
+        .get(format!("{}/metrics", n.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("fdfs_thumbnail_renders_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+async fn all_renders(c: &Cluster) -> u64 {
+    let mut n = 0;
+    for node in c.all_storage() {
+        n += renders(c, node).await;
+    }
+    n
+}
+
+/// The file on `node`'s disk, if any.
+fn on_disk(node: &Node, id: &FileId) -> PathBuf {
+    node.dir.join(id.relative_path())
+}
+
+async fn get(c: &Cluster, node: &Node, id: &FileId) -> reqwest::Response {
+    c.http
+        .get(format!("{}/{id}", node.url()))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn get_image(c: &Cluster, node: &Node, id: &FileId) -> (reqwest::header::HeaderMap, Vec<u8>) {
+    let r = get(c, node, id).await;
+    let status = r.status();
+    let headers = r.headers().clone();
+    let body = r.bytes().await.unwrap().to_vec();
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{id} on {}: {}",
+        node.name,
+        String::from_utf8_lossy(&body)
+    );
+    (headers, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_first_read_renders_once_stores_on_every_member_and_later_reads_are_hits() {
+    let c = start().await;
+    let (m1, m2) = (&c.storage[0][0], &c.storage[0][1]);
+    let master = upload(&c, "photo.jpg", jpeg(&photo(1200, 800))).await;
+    let master = master["file_id"].as_str().unwrap().to_owned();
+    let before = all_renders(&c).await;
+
+    // Eight concurrent first requests on one member: one render, every answer the same picture.
+    let thumb = slave(&master, "_300x300", "jpg");
+    let answers = futures_util::future::join_all((0..8).map(|_| get_image(&c, m1, &thumb))).await;
+    let first = &answers[0].1;
+    assert!(answers.iter().all(|(_, b)| b == first));
+    let (headers, body) = &answers[0];
+    assert_eq!(headers[header::CONTENT_TYPE], "image/jpeg");
+    assert!(headers[header::CACHE_CONTROL]
+        .to_str()
+        .unwrap()
+        .contains("immutable"));
+    let img = image::load_from_memory(body).unwrap();
+    assert_eq!(
+        img.dimensions(),
+        (300, 200),
+        "fits inside 300x300, ratio kept"
+    );
+    assert_eq!(
+        all_renders(&c).await,
+        before + 1,
+        "concurrent first reads render once"
+    );
+
+    // Stored as a slave file on both members (the write quorum), with the same bytes.
+    for n in [m1, m2] {
+        let path = on_disk(n, &thumb);
+        let stored = eventually(30, "the thumbnail on every member", || async {
+            std::fs::read(&path).ok()
+        })
+        .await;
+        assert_eq!(&stored, body, "{}", n.name);
+    }
+    // Later reads, on either member, are file hits: no render.
+    let (_, again) = get_image(&c, m2, &thumb).await;
+    assert_eq!(&again, body);
+    let (_, again) = get_image(&c, m1, &thumb).await;
+    assert_eq!(&again, body);
+    assert_eq!(
+        all_renders(&c).await,
+        before + 1,
+        "later reads do not render"
+    );
+
+    // Through the gateway's redirect: a new size, rendered by the member the gateway sends the client to.
+    let wide = slave(&master, "_800x0", "jpg");
+    let r = c
+        .follow
+        .get(format!("{}/{wide}", c.gateway_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let img = image::load_from_memory(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(img.dimensions(), (800, 533), "800 wide, ratio kept");
+    // Crop-to-fill: exactly the box.
+    let (_, body) = get_image(&c, m2, &slave(&master, "_100x100c", "jpg")).await;
+    assert_eq!(
+        image::load_from_memory(&body).unwrap().dimensions(),
+        (100, 100)
+    );
+    assert_eq!(all_renders(&c).await, before + 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thumbnails_are_turned_by_exif_keep_alpha_and_decode_as_webp() {
+    let c = start().await;
+    let m1 = &c.storage[0][0];
+
+    // 400x200, red left half, blue right half; EXIF says rotate 90 clockwise: displayed 200x400, red on top.
+    let raw = DynamicImage::ImageRgb8(RgbImage::from_fn(400, 200, |x, _| {
+        if x < 200 {
+            Rgb([255, 0, 0])
+        } else {
+            Rgb([0, 0, 255])
+        }
+    }));
+    let master = upload(&c, "turned.jpg", with_exif_orientation_6(&jpeg(&raw))).await;
+    let master = master["file_id"].as_str().unwrap();
+    let (_, body) = get_image(&c, m1, &slave(master, "_150x150", "jpg")).await;
+    let img = image::load_from_memory(&body).unwrap().to_rgb8();
+    assert_eq!(img.dimensions(), (75, 150), "portrait once turned");
+    let (top, bottom) = (img.get_pixel(37, 10), img.get_pixel(37, 140));
+    assert!(top[0] > 200 && top[2] < 60, "red on top: {top:?}");
+    assert!(
+        bottom[2] > 200 && bottom[0] < 60,
+        "blue at the bottom: {bottom:?}"
+    );
+    // Metadata stripped: no EXIF in the output.
+    assert!(!body.windows(6).any(|w| w == b"Exif\0\0"));
+
+    // PNG with a transparent left half: alpha kept in PNG and in WebP.
+    let rgba = DynamicImage::ImageRgba8(RgbaImage::from_fn(300, 300, |x, _| {
+        if x < 150 {
+            Rgba([0, 0, 0, 0])
+        } else {
+            Rgba([0, 200, 0, 255])
+        }
+    }));
+    let master = upload(&c, "logo.png", png(&rgba)).await;
+    let master = master["file_id"].as_str().unwrap();
+    let (headers, body) = get_image(&c, m1, &slave(master, "_150x150", "png")).await;
+    assert_eq!(headers[header::CONTENT_TYPE], "image/png");
+    let img = image::load_from_memory_with_format(&body, ImageFormat::Png)
+        .unwrap()
+        .to_rgba8();
+    assert_eq!(img.dimensions(), (150, 150));
+    assert_eq!(img.get_pixel(10, 75)[3], 0, "transparent stays transparent");
+    assert_eq!(img.get_pixel(140, 75)[3], 255);
+    let (headers, body) = get_image(&c, m1, &slave(master, "_150x150", "webp")).await;
+    assert_eq!(headers[header::CONTENT_TYPE], "image/webp");
+    let img = image::load_from_memory_with_format(&body, ImageFormat::WebP)
+        .unwrap()
+        .to_rgba8();
+    assert_eq!(img.dimensions(), (150, 150));
+    assert!(img.get_pixel(10, 75)[3] < 10, "WebP keeps alpha");
+    assert!(img.get_pixel(140, 75)[3] > 245);
+
+    // A JPEG master asked as WebP (lossy) decodes.
+    let master = upload(&c, "photo.jpg", jpeg(&photo(640, 480))).await;
+    let master = master["file_id"].as_str().unwrap();
+    let (_, body) = get_image(&c, m1, &slave(master, "_300x300", "webp")).await;
+    assert_eq!(&body[..4], b"RIFF");
+    let img = image::load_from_memory_with_format(&body, ImageFormat::WebP).unwrap();
+    assert_eq!(img.dimensions(), (300, 225));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_sizes_bombs_and_non_images_are_refused_and_leave_nothing() {
+    let c = start().await;
+    let m1 = &c.storage[0][0];
+    let master = upload(&c, "photo.jpg", jpeg(&photo(320, 240))).await;
+    let master = master["file_id"].as_str().unwrap().to_owned();
+
+    // A size that is not configured: 404, nothing rendered.
+    let odd = slave(&master, "_123x123", "jpg");
+    let (status, code) = error_of(get(&c, m1, &odd).await).await;
+    assert_eq!((status, code.as_str()), (404, "not_found"));
+    // A format conversion other than to WebP: 404.
+    let (status, _) = error_of(get(&c, m1, &slave(&master, "_150x150", "png")).await).await;
+    assert_eq!(status, 404);
+
+    // 100 000 x 100 000 pixels claimed by a tiny PNG: refused from its header.
+    let bomb = upload(&c, "bomb.png", bomb_png(100_000, 100_000)).await;
+    let bomb = bomb["file_id"].as_str().unwrap();
+    let thumb = slave(bomb, "_150x150", "png");
+    let (status, code) = error_of(get(&c, m1, &thumb).await).await;
+    assert_eq!((status, code.as_str()), (422, "image_too_large"));
+
+    // Text named .jpg.
+    let text = upload(&c, "notes.jpg", b"just some text, not a picture\n".to_vec()).await;
+    let text = text["file_id"].as_str().unwrap();
+    let fake = slave(text, "_150x150", "jpg");
+    let r = get(&c, m1, &fake).await;
+    assert_eq!(
+        r.headers()[header::CONTENT_TYPE],
+        "application/json",
+        "a JSON error"
+    );
+    let (status, code) = error_of(r).await;
+    assert_eq!((status, code.as_str()), (422, "not_an_image"));
+
+    // Nothing of any of them on any member.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for n in c.all_storage() {
+        for id in [&odd, &thumb, &fake] {
+            assert!(!on_disk(n, id).exists(), "{id} on {}", n.name);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_with_thumbnails_answer_the_slave_ids() {
+    let c = start().await;
+    let gw = c.gateway_url();
+    let jpg = jpeg(&photo(900, 600));
+
+    // PUT with the query.
+    let r = c
+        .http
+        .put(format!("{gw}/upload/shoe.jpg?thumbnails=150x150,300x300"))
+        .body(jpg.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let answer: Value = r.json().await.unwrap();
+    let thumbs = answer["thumbnails"].as_array().unwrap();
+    assert_eq!(thumbs.len(), 2, "{answer}");
+    for (t, (size, dims)) in thumbs
+        .iter()
+        .zip([("150x150", (150, 100)), ("300x300", (300, 200))])
+    {
+        assert_eq!(t["size"], size);
+        let id: FileId = t["file_id"].as_str().unwrap().parse().unwrap();
+        assert_eq!(
+            id,
+            slave(
+                answer["file_id"].as_str().unwrap(),
+                &format!("_{size}"),
+                "jpg"
+            )
+        );
+        let body = c
+            .follow
+            .get(t["url"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(image::load_from_memory(&body).unwrap().dimensions(), dims);
+    }
+
+    // Multipart field, and a size the nodes do not render: the upload stands, that entry says why.
+    let form = reqwest::multipart::Form::new()
+        .text("thumbnails", "150x150,77x77")
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(jpg.clone()).file_name("boot.jpg"),
+        );
+    let r = c
+        .http
+        .post(format!("{gw}/upload"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let answer: Value = r.json().await.unwrap();
+    let thumbs = answer["thumbnails"].as_array().unwrap();
+    assert!(thumbs[0]["file_id"]
+        .as_str()
+        .unwrap()
+        .ends_with("_150x150.jpg"));
+    assert!(thumbs[0].get("error").is_none(), "{answer}");
+    assert_eq!(thumbs[1]["error"]["code"], "not_found", "{answer}");
+    // A malformed size is refused before anything is stored.
+    let r = c
+        .http
+        .put(format!("{gw}/upload/x.jpg?thumbnails=big"))
+        .body(jpg.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+
+    // `fdfs upload --thumbnails`.
+    let file = c.dir.path().join("hat.jpg");
+    std::fs::write(&file, &jpg).unwrap();
+    let out = tokio::process::Command::new(BIN)
+        .env("FDFS_GATEWAY", &gw)
+        .args(["upload", "--thumbnails", "300x300", file.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(answer["thumbnails"][0]["file_id"]
+        .as_str()
+        .unwrap()
+        .ends_with("_300x300.jpg"));
+}

@@ -1,0 +1,114 @@
+//! `PUT /v1/import/{file_id}` (internal, behind the cluster secret): store a file under the ID it already has,
+//! for moving an existing FastDFS store into fdfs (`fdfs import-fastdfs`). It lets the caller choose IDs, so it
+//! is never public; the gateway's `PUT /import/{file_id}` forwards to it for callers with the API key or the
+//! cluster secret.
+//!
+//! Query: `meta` (a JSON object of strings, stored with the file), `mtime` (unix seconds given to the file,
+//! default its ID's creation time). The raw body is the file. The body is checked against the size and CRC32
+//! the ID encodes while it is staged (400 when it does not match: nothing is kept), then goes through the
+//! upload path ([`crate::sync::SyncEngine::import`]). Answer [`ImportResult`]: `imported` (with the replica
+//! count) or `skipped` (the same bytes were already here); 409 when the ID holds other bytes.
+
+use std::time::{Duration, SystemTime};
+
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap};
+use axum::Json;
+use fdfs_common::wire::Metadata;
+use fdfs_common::FileId;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, StorageError};
+use crate::store::Stored;
+use crate::sync::import::ImportOutcome;
+use crate::AppState;
+
+/// Query of `PUT /v1/import/{file_id}`.
+#[derive(Debug, Deserialize)]
+pub struct ImportQuery {
+    /// JSON object of string metadata.
+    pub meta: Option<String>,
+    /// Modification time given to the stored file, unix seconds.
+    pub mtime: Option<u64>,
+}
+
+/// What an import did: `imported` or `skipped`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImportStatus {
+    Imported,
+    Skipped,
+}
+
+/// Answer of `PUT /v1/import/{file_id}` (and of the gateway's `PUT /import/{file_id}`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportResult {
+    pub file_id: FileId,
+    pub status: ImportStatus,
+    /// Download URL on this node.
+    pub url: String,
+    pub size: u64,
+    /// CRC32 of the content, 8 lower-case hex digits.
+    pub crc32: String,
+    /// Members holding the file when it was imported (absent when skipped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+}
+
+/// `PUT /v1/import/{file_id}`.
+pub async fn import(
+    State(node): State<AppState>,
+    path: std::result::Result<Path<String>, PathRejection>,
+    query: std::result::Result<Query<ImportQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<ImportResult>> {
+    let Path(raw) = path.map_err(|e| StorageError::BadRequest(e.body_text()))?;
+    let Query(q) = query.map_err(|e| StorageError::BadRequest(e.body_text()))?;
+    let id: FileId = raw.parse()?;
+    let meta: Metadata = match q.meta.as_deref() {
+        None | Some("") => Metadata::new(),
+        Some(m) => serde_json::from_str(m).map_err(|e| {
+            StorageError::BadRequest(format!("meta must be a JSON object of strings: {e}"))
+        })?,
+    };
+    let limit = node.max_file_size;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(StorageError::TooLarge { limit });
+    }
+    if let Some(n) = declared {
+        // A master's size is in its ID: a body of another length cannot match, refuse it before reading.
+        let expected = id.info().size;
+        if id.name.prefix().is_none() && n != expected {
+            return Err(StorageError::BadRequest(format!(
+                "content does not match {id}: {n} bytes sent, the id says {expected} bytes"
+            )));
+        }
+    }
+    let mtime = q.mtime.unwrap_or(u64::from(id.info().created));
+    let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(mtime);
+    let (stored, outcome) = node
+        .sync
+        .import(id, Some(mtime), meta, body.into_data_stream(), limit)
+        .await?;
+    let Stored { id, size, crc32 } = stored;
+    let (status, replicas) = match outcome {
+        ImportOutcome::Imported { replicas } => (ImportStatus::Imported, Some(replicas)),
+        ImportOutcome::Skipped => (ImportStatus::Skipped, None),
+    };
+    tracing::info!(file_id = %id, size, ?status, replicas, "imported");
+    Ok(Json(ImportResult {
+        url: format!("{}/{id}", node.public_url),
+        size,
+        crc32: format!("{crc32:08x}"),
+        status,
+        replicas,
+        file_id: id,
+    }))
+}
