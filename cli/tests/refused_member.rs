@@ -1,11 +1,18 @@
-//! A member killed without warning (issue 13 item 9): until the trackers notice, they still assign uploads to it.
-//! The node refuses the connection before any byte of the body goes out, so the gateway asks the tracker again
-//! and sends the same unread body elsewhere: clients see no error while another member has room.
+//! Uploads refused while a failure is being detected (issue 13 item 9).
+//!
+//! - A member killed without warning: until the trackers notice, they still assign uploads to it. The node
+//!   refuses the connection before any byte of the body goes out, so the gateway asks the tracker again and
+//!   sends the same unread body elsewhere: clients see no error while another member has room.
+//! - A member that cannot reach its write quorum (its peer is frozen: transfers time out, nothing is refused)
+//!   answers 503 `quorum_unreachable` before reading the body, which the gateway treats the same way (the
+//!   gateway side under a real partition is in `partition.rs`).
 
 mod common;
 
-use common::{args, content, upload, Cluster, ClusterSpec};
-use fdfs_common::wire::MemberState;
+use std::time::{Duration, Instant};
+
+use common::{args, content, upload, Cluster, ClusterSpec, SECRET};
+use fdfs_common::wire::{MemberState, CLUSTER_SECRET_HEADER};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn uploads_through_the_gateway_go_elsewhere_while_a_killed_member_is_not_yet_offline() {
@@ -37,4 +44,88 @@ async fn uploads_through_the_gateway_go_elsewhere_while_a_killed_member_is_not_y
         "the tracker noticed the kill; the test proves nothing: {view:?}"
     );
     assert_eq!(groups.len(), 2, "{groups:?}");
+}
+
+/// Whether storage node `base` says it cannot reach its peer now (`timed_out`), from its sync status.
+async fn peer_unreachable(c: &Cluster, base: &str) -> Option<String> {
+    let r = c
+        .http
+        .get(format!("{base}/v1/sync/status"))
+        .header(CLUSTER_SECRET_HEADER, SECRET)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?;
+    let v: serde_json::Value = r.json().await.ok()?;
+    v["peers"][0]["unreachable"].as_str().map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_that_cannot_reach_its_quorum_refuses_an_upload_before_reading_it() {
+    // The tracker keeps the frozen peer active for the whole run.
+    let spec = ClusterSpec {
+        groups: 1,
+        members: 2,
+        storage_args: args(&[
+            "--heartbeat-interval-ms",
+            "200",
+            "--peer-stall-timeout-ms",
+            "1500",
+        ]),
+        tracker_args: args(&["--heartbeat-timeout-ms", "600000"]),
+        ..ClusterSpec::default()
+    };
+    let c = Cluster::start(spec).await;
+    let a = c.storage[0][0].internal_url();
+    c.storage[0][1].freeze();
+    // a's sync worker probes its idle peer: a learns that b does not answer without losing an upload to it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while peer_unreachable(&c, &a).await.as_deref() != Some("timed_out") {
+        assert!(
+            Instant::now() < deadline,
+            "a does not notice that b is frozen"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A body that never ends: a node that read it would never answer.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    tx.send(Ok(content(1, 64 << 10))).await.unwrap();
+    let body = reqwest::Body::wrap_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }));
+    let resp = c
+        .http
+        .post(format!("{a}/v1/upload?ext=bin"))
+        .header(CLUSTER_SECRET_HEADER, SECRET)
+        .timeout(Duration::from_secs(60))
+        .body(body)
+        .send()
+        .await
+        .expect("an answer while the body is still open");
+    let (status, code) = common::error_of(resp).await;
+    assert_eq!((status, code.as_str()), (503, "quorum_unreachable"));
+    drop(tx);
+
+    // b answers again: a notices, and takes uploads with both replicas.
+    c.storage[0][1].thaw();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while peer_unreachable(&c, &a).await.is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "a does not notice that b is back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = c
+        .http
+        .post(format!("{a}/v1/upload?ext=bin"))
+        .header(CLUSTER_SECRET_HEADER, SECRET)
+        .body(content(2, 5000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let up: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(up["replicas"], 2, "{up}");
 }

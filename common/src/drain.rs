@@ -6,6 +6,10 @@
 //! [`drain_refused`] middleware keeps hold of the request body: when the answer is an error, it reads and
 //! discards what is left (bounded in bytes and time, like nginx's lingering close) before answering, and
 //! marks the answer `Connection: close` when it could not read to the end.
+//!
+//! An answer marked [`AnswerAtOnce`] (a refusal given before any of the body was read, which the client may
+//! want to send elsewhere) goes out at once instead; the body is drained after it, in the background, and the
+//! connection closed.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Poll;
@@ -22,6 +26,10 @@ use futures_util::StreamExt;
 pub const DRAIN_BYTES: u64 = 16 << 20;
 /// Longest time spent draining a refused body.
 pub const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// Response extension: send this refusal at once (the handler read none of the body), drain the body after it.
+#[derive(Debug, Clone, Copy)]
+pub struct AnswerAtOnce;
 
 /// The request body, shared between the handler and [`drain_refused`].
 struct Shared {
@@ -63,6 +71,16 @@ pub async fn drain_refused(req: Request, next: Next) -> Response {
     let Some(stream) = stream else {
         return resp;
     };
+    if resp.extensions().get::<AnswerAtOnce>().is_some() {
+        // The client reads the answer while what it sends meanwhile is still taken (its writes do not fail
+        // before it reads); a client waiting for `100 Continue` was never asked for the body.
+        if started || !expects_continue {
+            tokio::spawn(drain(stream));
+        }
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return resp;
+    }
     let drained = (started || !expects_continue) && drain(stream).await;
     if !drained {
         resp.headers_mut()

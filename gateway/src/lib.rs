@@ -9,6 +9,7 @@ pub mod error;
 mod files;
 mod import;
 mod page;
+mod replay;
 pub mod request_id;
 pub mod storage;
 pub mod thumbnails;

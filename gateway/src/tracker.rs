@@ -72,7 +72,18 @@ impl TrackerClient {
     /// Where to upload a file of about `size` bytes: the next fetched assignment when it may be used (see the
     /// module doc), else `GET /v1/assign`.
     pub async fn assign(&self, group: Option<&GroupName>, size: Option<u64>) -> Result<Assignment> {
-        if group.is_none() && size.is_none_or(|s| s <= BATCHED_MAX_SIZE) {
+        self.assign_excluding(group, size, &[]).await
+    }
+
+    /// [`TrackerClient::assign`] on any member but those in `exclude` (node ids that just turned the upload
+    /// down); with an exclusion the tracker is always asked.
+    pub async fn assign_excluding(
+        &self,
+        group: Option<&GroupName>,
+        size: Option<u64>,
+        exclude: &[u32],
+    ) -> Result<Assignment> {
+        if exclude.is_empty() && group.is_none() && size.is_none_or(|s| s <= BATCHED_MAX_SIZE) {
             let mut ahead = self.ahead.lock().await;
             if ahead.0.elapsed() > ASSIGN_TTL {
                 ahead.1.clear();
@@ -95,17 +106,26 @@ impl TrackerClient {
                 }
             }
         }
-        self.assign_one(group, size).await
+        self.assign_one(group, size, exclude).await
     }
 
-    /// Drop fetched assignments to a node that refused an upload.
+    /// Drop fetched assignments to a node that turned an upload down.
     pub async fn forget(&self, addr: &str) {
         self.ahead.lock().await.1.retain(|a| a.addr != addr);
     }
 
-    /// `GET /v1/assign`: where to upload a file of about `size` bytes.
-    async fn assign_one(&self, group: Option<&GroupName>, size: Option<u64>) -> Result<Assignment> {
+    /// `GET /v1/assign`: where to upload a file of about `size` bytes, on a member not in `exclude`.
+    async fn assign_one(
+        &self,
+        group: Option<&GroupName>,
+        size: Option<u64>,
+        exclude: &[u32],
+    ) -> Result<Assignment> {
         let mut query = Vec::new();
+        if !exclude.is_empty() {
+            let ids: Vec<String> = exclude.iter().map(u32::to_string).collect();
+            query.push(("exclude", ids.join(",")));
+        }
         if let Some(g) = group {
             query.push(("group", g.to_string()));
         }

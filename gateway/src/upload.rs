@@ -28,8 +28,9 @@ use tokio::sync::mpsc;
 
 use crate::error::{GatewayError, Result};
 
-/// Assignments asked of the trackers for one upload whose storage nodes refuse the connection.
+/// Assignments asked of the trackers for one upload whose storage nodes turn it down before reading it.
 const MAX_ASSIGNMENTS: usize = 5;
+use crate::replay::Replay;
 use crate::storage::UploadParams;
 use crate::App;
 
@@ -226,25 +227,32 @@ impl App {
         }
     }
 
-    /// Where the next file goes: the master's holder for a slave file, else a tracker assignment.
+    /// Where the next file goes (node id, address, store path): the master's holder for a slave file, else a
+    /// tracker assignment on any member but those in `exclude`.
     async fn target(
         &self,
         params: &UploadParams,
         fields: &UploadFields,
         size: Option<u64>,
-    ) -> Result<(String, u8)> {
+        exclude: &[u32],
+    ) -> Result<(u32, String, u8)> {
         if let Some((master, _)) = &params.master {
             let loc = self.tracker.locate(master).await?;
-            let addr = loc.members[0].addr.clone();
-            return Ok((addr, master.store_path));
+            let m = &loc.members[0];
+            return Ok((m.node_id, m.addr.clone(), master.store_path));
         }
-        let a = self.tracker.assign(fields.group.as_ref(), size).await?;
-        Ok((a.addr, a.store_path))
+        let a = self
+            .tracker
+            .assign_excluding(fields.group.as_ref(), size, exclude)
+            .await?;
+        Ok((a.node_id, a.addr, a.store_path))
     }
 
-    /// Send the body arriving on `rx` to the storage node the tracker assigns. A node that refuses the connection
-    /// (down, and the tracker has not noticed yet) has read nothing, so the tracker is asked again and the same
-    /// unread body goes to the next assignment, a few times at most; slave files go to their master's holder.
+    /// Send the body arriving on `rx` to the storage node the tracker assigns. A node that turns the upload
+    /// down before reading any of it (it refuses the connection: down, and the tracker has not noticed yet; or
+    /// it answers `quorum_unreachable`: it knows it cannot reach its group's write quorum now) is left out and
+    /// the tracker asked again, and the same body goes to the next assignment (see [`Replay`]), a few times at
+    /// most; slave files go to their master's holder.
     async fn send_to_storage(
         &self,
         params: &UploadParams,
@@ -252,41 +260,37 @@ impl App {
         size: Option<u64>,
         rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
     ) -> Result<(UploadResult, String)> {
-        let rx = Arc::new(tokio::sync::Mutex::new(rx));
-        let mut refused: Vec<String> = Vec::new();
-        let mut asked = 0;
-        loop {
-            asked += 1;
-            let (addr, store_path) = self.target(params, fields, size).await?;
-            if refused.contains(&addr) && asked <= MAX_ASSIGNMENTS {
-                continue; // the tracker still offers a node that just refused: ask again
-            }
-            let polled = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let body = futures_util::stream::unfold(
-                (rx.clone(), polled.clone()),
-                |(rx, polled)| async move {
-                    polled.store(true, std::sync::atomic::Ordering::Relaxed);
-                    let item = rx.lock().await.recv().await;
-                    item.map(|item| (item, (rx, polled)))
-                },
-            );
+        let replay = Replay::new(rx);
+        let mut excluded: Vec<u32> = Vec::new();
+        let mut turned_down: Option<GatewayError> = None;
+        for asked in 1..=MAX_ASSIGNMENTS {
+            let (node_id, addr, store_path) =
+                match self.target(params, fields, size, &excluded).await {
+                    Ok(t) => t,
+                    // Every member left is excluded (or the tracker fails): the last node's answer says why.
+                    Err(e) => return Err(turned_down.unwrap_or(e)),
+                };
             let sent = self
                 .storage
-                .upload(&addr, store_path, params, reqwest::Body::wrap_stream(body))
+                .upload(&addr, store_path, params, replay.next_body())
                 .await;
             match sent {
-                Err(GatewayError::StorageRefused(_))
-                    if !polled.load(std::sync::atomic::Ordering::Relaxed)
+                Err(e)
+                    if unread(&e)
+                        && replay.replayable()
                         && params.master.is_none()
                         && asked < MAX_ASSIGNMENTS =>
                 {
-                    tracing::warn!(storage = %addr, "storage node refused the upload's connection; asking the tracker again");
+                    tracing::warn!(storage = %addr, error = %e, "storage node turned the upload down before reading it; asking the tracker again");
                     self.tracker.forget(&addr).await;
-                    refused.push(addr);
+                    excluded.push(node_id);
+                    turned_down = Some(e);
                 }
                 other => return other.map(|r| (r, addr)),
             }
         }
+        Err(turned_down
+            .unwrap_or_else(|| GatewayError::BadGateway("no storage node took the upload".into())))
     }
 
     /// Stream one file from `src` to a storage node.
@@ -344,6 +348,18 @@ impl App {
             }
         }
         Ok((result, addr))
+    }
+}
+
+/// Whether a storage node turned an upload down without reading any of its body: it refused the connection, or
+/// answered `quorum_unreachable`.
+fn unread(e: &GatewayError) -> bool {
+    match e {
+        GatewayError::StorageRefused(_) => true,
+        GatewayError::Upstream { status, code, .. } => {
+            *status == reqwest::StatusCode::SERVICE_UNAVAILABLE && code == "quorum_unreachable"
+        }
+        _ => false,
     }
 }
 

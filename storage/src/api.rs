@@ -131,6 +131,8 @@ pub async fn upload(
     if declared.is_some_and(|n| n > limit) {
         return Err(StorageError::TooLarge { limit });
     }
+    // Before any byte of the body: the gateway can still send it elsewhere.
+    node.sync.quorum_check()?;
     let (stored, replicas) = node
         .sync
         .upload(new, meta, body.into_data_stream(), limit)

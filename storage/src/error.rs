@@ -30,6 +30,9 @@ pub enum StorageError {
     BodyAborted(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The node knows it cannot reach its write quorum now, and refused an upload before reading its body.
+    #[error("{0}")]
+    QuorumUnreachable(String),
     #[error("i/o error: {0}")]
     Io(#[source] io::Error),
     #[error("index error: {0}")]
@@ -88,7 +91,9 @@ impl StorageError {
             StorageError::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             StorageError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             StorageError::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
-            StorageError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            StorageError::Unavailable(_) | StorageError::QuorumUnreachable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             StorageError::Gone(_) => StatusCode::GONE,
             StorageError::Locked(_) => StatusCode::LOCKED,
             StorageError::ChecksumMismatch => {
@@ -108,12 +113,21 @@ impl IntoResponse for StorageError {
         let code = match &self {
             StorageError::BodyAborted(_) => "body_aborted",
             StorageError::PreconditionFailed => "precondition_failed",
+            StorageError::QuorumUnreachable(_) => "quorum_unreachable",
             StorageError::Unprocessable(code, _) => code,
             StorageError::Gone(_) => "gone",
             StorageError::Locked(_) => "locked",
             StorageError::ChecksumMismatch => "checksum_mismatch",
             _ => code_for(status),
         };
+        if let StorageError::QuorumUnreachable(m) = self {
+            tracing::warn!(error = %m, "upload refused before its body");
+            // The client reads this at once, while the body it is still sending is drained.
+            let mut resp = error_response(status, code, m);
+            resp.extensions_mut()
+                .insert(fdfs_common::drain::AnswerAtOnce);
+            return resp;
+        }
         if status.is_server_error() && status != StatusCode::INSUFFICIENT_STORAGE {
             tracing::error!(error = %self, "request failed");
             let message = match self {

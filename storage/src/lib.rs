@@ -409,6 +409,15 @@ pub async fn run_with_fastdfs(
     let _ = heartbeats.await;
     let _ = scrubber.await;
     engine.shutdown().await;
+    // Whatever still holds the node (a connection task being dropped, a blocking write finishing) lets go of
+    // the store before `run` returns, so that the same store paths can be opened again at once (the index is
+    // locked while open). Bounded: a stuck holder only delays the return.
+    let store = Arc::downgrade(&node.store);
+    drop((node, engine));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.strong_count() > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     result.context("serving HTTP")
 }
 

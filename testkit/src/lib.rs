@@ -3,10 +3,12 @@
 //! - [`server`]: a server future (tracker, storage node, gateway) run in this process on `127.0.0.1:0`,
 //!   stopped when dropped, or stopped gracefully with [`server::Server::stop`].
 //! - [`process`]: a real cluster of `fdfs` child processes (kill -9, SIGSTOP, restart on the same port).
+//! - [`netns`]: servers in network namespaces, for partitions (cut and heal the link between two of them).
 //! - [`eventually`] / [`wait_until`]: polling with a deadline (never a fixed sleep, never a timing assertion).
 //! - [`error_of`] / [`error_code`]: the `error.code` of a JSON error answer.
 //! - [`content`]: deterministic file contents.
 
+pub mod netns;
 pub mod process;
 pub mod server;
 

@@ -252,6 +252,8 @@ struct AssignQuery {
     group: Option<String>,
     #[serde(default)]
     size: u64,
+    /// Node ids not to assign, comma separated (members that just turned this upload down).
+    exclude: Option<String>,
 }
 
 async fn assign(
@@ -263,9 +265,25 @@ async fn assign(
         None | Some("") => None,
         Some(g) => Some(g.parse::<GroupName>()?),
     };
-    let assignment = state
-        .registry()
-        .assign(group.as_ref(), q.size, Instant::now())?;
+    let exclude = q
+        .exclude
+        .as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.trim().parse::<u32>().map_err(|_| {
+                Error::Rejected(
+                    axum::http::StatusCode::BAD_REQUEST,
+                    format!("exclude must be node ids separated by commas, not {s:?}"),
+                )
+            })
+        })
+        .collect::<Result<Vec<u32>, Error>>()?;
+    let assignment =
+        state
+            .registry()
+            .assign_excluding(group.as_ref(), q.size, Instant::now(), &exclude)?;
     Ok(Json(assignment))
 }
 

@@ -153,6 +153,18 @@ impl Registry {
         size: u64,
         now: Instant,
     ) -> Result<Assignment, Error> {
+        self.assign_excluding(group, size, now, &[])
+    }
+
+    /// [`Registry::assign`] among the active members not in `exclude` (members that just turned the upload
+    /// down: they are down or cannot reach their group's write quorum, and the tracker has not noticed).
+    pub fn assign_excluding(
+        &mut self,
+        group: Option<&GroupName>,
+        size: u64,
+        now: Instant,
+        exclude: &[u32],
+    ) -> Result<Assignment, Error> {
         let named = group.or(match self.store_lookup {
             StoreLookup::FixedGroup => self.store_group.as_ref(),
             _ => None,
@@ -181,6 +193,7 @@ impl Registry {
                 .in_group(&g)
                 .filter(|m| m.state(self.timeout, now) == MemberState::Active)
                 .map(|m| m.hb.node_id)
+                .filter(|id| !exclude.contains(id))
                 .collect();
             any_active |= !active.is_empty();
             // Every live member receives the file on the same store path: only paths with room on all of them.
@@ -581,6 +594,37 @@ mod tests {
         assert_eq!(peers.len(), 1);
         assert_eq!(peers[0].state, MemberState::Offline);
         assert_eq!(r.assign(None, 1, later).unwrap().node_id, 1);
+    }
+
+    #[test]
+    fn excluded_members_are_not_assigned_even_with_most_free_space() {
+        let now = Instant::now();
+        let config = Config {
+            store_lookup: StoreLookup::MostFree,
+            ..Config::default()
+        };
+        let mut r = registry(
+            config,
+            vec![
+                hb("g1", 1, &[90 * GB]),
+                hb("g1", 2, &[90 * GB]),
+                hb("g2", 3, &[50 * GB]),
+            ],
+            now,
+        );
+        // g1 has the most room, but both its members just turned the upload down.
+        for _ in 0..4 {
+            let a = r.assign_excluding(None, 1, now, &[1]).unwrap();
+            assert_eq!(a.node_id, 2);
+            assert_eq!(
+                r.assign_excluding(None, 1, now, &[1, 2]).unwrap().node_id,
+                3
+            );
+        }
+        assert!(matches!(
+            r.assign_excluding(Some(&g("g1")), 1, now, &[1, 2]),
+            Err(Error::NoStorage(Some(_)))
+        ));
     }
 
     #[test]

@@ -271,7 +271,8 @@ async fn apply_page(
                     return Ok(None);
                 }
                 match client::fetch(engine, source, &id, meta).await {
-                    Err(PushError::Retry(e) | PushError::Unreachable(e)) if attempt < FETCH_ATTEMPTS => {
+                    Err(PushError::Retry(e) | PushError::Unreachable(e) | PushError::TimedOut(e))
+                        if attempt < FETCH_ATTEMPTS => {
                         tracing::debug!(file_id = %id, error = %e, "fetch failed; retrying");
                         tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
                     }

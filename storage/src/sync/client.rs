@@ -28,6 +28,10 @@ pub enum PushError {
     /// Worth retrying later: the peer is busy or failed.
     #[error("peer unavailable: {0}")]
     Retry(String),
+    /// The peer did not answer in time (connect or transfer timeout, stalled body): it cannot be reached now
+    /// (a partition, a frozen process), though it may not be down. Worth retrying later.
+    #[error("peer did not answer in time: {0}")]
+    TimedOut(String),
     /// The peer has no room for the file (507): retry once it reports free space, without holding up the
     /// records behind it.
     #[error("peer is full: {0}")]
@@ -42,7 +46,7 @@ pub enum PushError {
 
 impl From<Stalled> for PushError {
     fn from(e: Stalled) -> Self {
-        PushError::Retry(format!("peer stalled: {e}"))
+        PushError::TimedOut(format!("peer stalled: {e}"))
     }
 }
 
@@ -52,6 +56,8 @@ impl From<reqwest::Error> for PushError {
         // out is a slow or overloaded peer, which must not silently lower the number of copies.
         if e.is_connect() && !e.is_timeout() {
             PushError::Unreachable(e.to_string())
+        } else if e.is_timeout() {
+            PushError::TimedOut(e.to_string())
         } else {
             PushError::Retry(e.to_string())
         }
@@ -82,6 +88,19 @@ pub(crate) fn request(engine: &SyncEngine, method: Method, url: String) -> Reque
         rb = rb.header(CLUSTER_SECRET_HEADER, secret);
     }
     rb
+}
+
+/// Longest a peer has to answer a probe (less when `peer_stall_timeout_ms` is shorter).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether a peer answers at all (`GET /health`), for a sync worker with nothing to push; see
+/// [`super::reach`].
+pub async fn probe(engine: &SyncEngine, peer: &MemberInfo) -> Result<(), PushError> {
+    let resp = request(engine, Method::GET, format!("{}/health", base(peer)))
+        .timeout(engine.config.peer_limits.stall.min(PROBE_TIMEOUT))
+        .send()
+        .await?;
+    check(resp.status(), "probe")
 }
 
 /// Map a status to the push outcome: success, full (507), retry (5xx, 401, 408, 429) or a permanent rejection.

@@ -10,7 +10,9 @@
 //!   is retried with backoff; uploads never wait for it.
 //! - `write_quorum`: an upload is pushed synchronously to `write_quorum - 1` peers (active ones first, then
 //!   members still catching up; capped by how many are live: not offline and accepting connections) before it is
-//!   acknowledged; 503 when that fails (the file stays and the workers still push it).
+//!   acknowledged; 503 when that fails (the file stays and the workers still push it). When this node already
+//!   knows it cannot reach the quorum (a peer's transfers time out: see [`reach`]) it answers 503
+//!   `quorum_unreachable` before reading the body ([`SyncEngine::quorum_check`]).
 //! - [`catchup`]: a new or wiped member (no `.fdfs/sync/synced` marker) reports `syncing: true`, copies the
 //!   group's files from every active peer's listing (`GET /v1/sync/files`), then marks itself synced. Every
 //!   member also applies a peer's listing whenever that peer becomes active, for files whose source died while
@@ -27,6 +29,7 @@ pub mod import;
 mod metrics;
 pub mod pipeline;
 pub mod protocol;
+pub mod reach;
 pub mod routes;
 pub mod space;
 pub mod tombstones;
@@ -157,6 +160,8 @@ pub struct Inner {
     last_catchup: Mutex<Option<CatchupReport>>,
     /// Bodies staged by peers' upload pipelines, waiting for their commit.
     pub staged: pipeline::StagedTable,
+    /// Peers that refused a connection or timed out lately (from replica traffic).
+    pub reach: reach::Reach,
 }
 
 /// The replication engine; cheap to clone. The node holds one and sends every change through it.
@@ -205,6 +210,7 @@ impl SyncEngine {
             tasks: Mutex::new(Vec::new()),
             last_catchup: Mutex::new(None),
             staged: pipeline::StagedTable::default(),
+            reach: reach::Reach::default(),
         }));
         if !synced {
             tracing::info!(
@@ -475,6 +481,7 @@ impl SyncEngine {
                 if matches!(r, Err(client::PushError::Retry(_))) {
                     r = client::push_upload(&this, &peer, &id).await;
                 }
+                this.reach.record(peer.node_id, &r);
                 (peer, r)
             }
         };
@@ -537,6 +544,8 @@ impl SyncEngine {
         E: std::fmt::Display,
     {
         use futures_util::StreamExt;
+        // Known unable to reach the quorum: refuse before reading any of the body (every door comes here).
+        self.quorum_check()?;
         // Fused: a body read to its end here is chained below and polled once more, which must answer `None`.
         let mut body = Box::pin(body.fuse());
         let mut head = Vec::new();
@@ -576,7 +585,8 @@ impl SyncEngine {
 
     /// The write quorum for an upload now, and the live peers to reach it with.
     fn quorum(&self) -> (usize, Vec<MemberInfo>) {
-        let live = self.live_peers();
+        // Peers that failed lately go last: the first round starts with those that answer.
+        let live = self.reach.order(self.live_peers());
         let quorum = (self.config.write_quorum.max(1) as usize).min(live.len() + 1);
         (quorum, live)
     }
@@ -725,6 +735,9 @@ impl SyncEngine {
         failed: Vec<(MemberInfo, client::PushError)>,
     ) -> Result<u32> {
         let need = quorum - 1;
+        for peer in &took {
+            self.reach.answered(peer.node_id);
+        }
         let mut ok = took.len();
         if !took.is_empty() {
             let workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
@@ -738,15 +751,22 @@ impl SyncEngine {
         let mut retry = Vec::new();
         for (peer, e) in failed {
             tracing::warn!(peer = peer.node_id, file_id = %id, error = %e, "pipelined replica failed");
+            match reach::Failure::of(&e) {
+                Some(how) => self.reach.failed(peer.node_id, how),
+                None => retry.push(peer),
+            }
             if matches!(e, client::PushError::Unreachable(_)) {
                 down += 1;
-            } else {
-                retry.push(peer);
             }
         }
         if ok < need {
-            // Other live peers first, then those that failed for a reason a push may not hit again.
-            let mut candidates: Vec<MemberInfo> = live[need..].to_vec();
+            // Other live peers first (not those that timed out lately: they would only hold the answer up), then
+            // those that failed for a reason a push may not hit again.
+            let mut candidates: Vec<MemberInfo> = live[need..]
+                .iter()
+                .filter(|p| self.reach.recent(p.node_id) != Some(reach::Failure::TimedOut))
+                .cloned()
+                .collect();
             candidates.extend(retry);
             let (more, more_down) = self.push_quorum(id, need - ok, candidates).await;
             ok += more;
@@ -808,6 +828,15 @@ impl SyncEngine {
             u32::try_from(ok + 1).unwrap_or(u32::MAX),
             ok >= need,
         ))
+    }
+
+    /// Refuse an upload before reading its body when this node already knows it cannot reach the write quorum
+    /// (a live peer's transfers time out lately, see [`reach`]): 503 `quorum_unreachable`, which a gateway
+    /// takes as a cue to send the same unread body to another member or group.
+    pub fn quorum_check(&self) -> Result<()> {
+        self.reach
+            .quorum_check(&self.live_peers(), self.config.write_quorum)
+            .map_err(StorageError::QuorumUnreachable)
     }
 
     /// A peer is about to hand us incarnation `gen` of `id`. When it is newer than ours (a re-upload after a

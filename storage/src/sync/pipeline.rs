@@ -272,7 +272,7 @@ impl Pipeline {
                 task.abort();
                 failed.push((
                     peer,
-                    PushError::Retry("peer stopped taking the body".into()),
+                    PushError::TimedOut("peer stopped taking the body".into()),
                 ));
                 continue;
             }
@@ -280,7 +280,10 @@ impl Pipeline {
                 Ok(joined) => joined,
                 Err(_) => {
                     task.abort();
-                    failed.push((peer, PushError::Retry("peer did not stage in time".into())));
+                    failed.push((
+                        peer,
+                        PushError::TimedOut("peer did not stage in time".into()),
+                    ));
                     continue;
                 }
             };

@@ -79,6 +79,9 @@ pub struct PeerStatus {
     pub state: fdfs_common::wire::MemberState,
     pub pending_records: u64,
     pub synced_until: u64,
+    /// Why this node cannot reach the peer now (`refused` or `timed_out`, see [`super::reach`]), if it cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreachable: Option<String>,
 }
 
 /// A header holding a plain unsigned number (`x-fdfs-size`, `content-length`, ...), if present and valid.

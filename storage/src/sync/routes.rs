@@ -317,6 +317,10 @@ async fn status(State(engine): State<SyncEngine>) -> Json<SyncStatus> {
                 state: p.state,
                 pending_records: s.map_or(0, |s| s.pending_records),
                 synced_until: s.map_or(0, |s| s.synced_until),
+                unreachable: engine
+                    .reach
+                    .recent(p.node_id)
+                    .map(|f| f.as_str().to_owned()),
             }
         })
         .collect();

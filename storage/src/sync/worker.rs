@@ -1,7 +1,9 @@
 //! One worker per peer: follows this node's binlog from the peer's persisted position and pushes each record
 //! (see [`super::client`]). Records of distinct files are pushed a few at a time; records of one file keep their
 //! order. A record is retried with backoff until the peer takes it (or rejects it for good), so a peer that is
-//! down simply falls behind and catches up when it returns. The position is persisted after every batch.
+//! down simply falls behind and catches up when it returns. The position is persisted after every batch. A
+//! worker with nothing to push probes its peer every [`IDLE`], so this node knows whether the peer can be
+//! reached (see [`super::reach`]).
 //!
 //! A peer that is full (507) does not stop the worker: the refused record is set aside ([`Deferred`]) and the
 //! records behind it (deletes, metadata, uploads that fit) still go through; the refused ones are retried every
@@ -143,7 +145,9 @@ async fn push_until_done(
         let Some(peer) = current(engine, peer_id) else {
             return Outcome::Stop;
         };
-        match push(engine, &peer, progress, rec).await {
+        let pushed = push(engine, &peer, progress, rec).await;
+        engine.reach.record(peer_id, &pushed);
+        match pushed {
             Ok(bytes) => {
                 metrics::pushed(peer_id, rec.op, bytes, rec.ts);
                 if warned {
@@ -259,7 +263,14 @@ pub async fn run(engine: SyncEngine, peer_id: u32, progress: Arc<PeerProgress>) 
             }
             tokio::select! {
                 _ = appended.changed() => {}
-                () = tokio::time::sleep(IDLE) => {}
+                () = tokio::time::sleep(IDLE) => {
+                    // Nothing to push: check that the peer answers at all, so that a partition is known
+                    // before an upload needs the peer (see `reach`).
+                    if let Some(peer) = current(&engine, peer_id) {
+                        let probed = client::probe(&engine, &peer).await;
+                        engine.reach.record(peer_id, &probed);
+                    }
+                }
             }
             continue;
         }
@@ -345,7 +356,9 @@ async fn retry_deferred(
             return false;
         }
         let rec = &deferred.recs[&seq];
-        match push(engine, &peer, progress, rec).await {
+        let pushed = push(engine, &peer, progress, rec).await;
+        engine.reach.record(peer_id, &pushed);
+        match pushed {
             Ok(bytes) => {
                 metrics::pushed(peer_id, rec.op, bytes, rec.ts);
                 deferred.recs.remove(&seq);

@@ -1,0 +1,145 @@
+//! The body of one upload on its way to a storage node, which can be sent again from its start while little of
+//! it has gone out. Chunks come from the client side over a channel; the first [`REPLAY_BYTES`] are kept, so
+//! that when a node turns the upload down without reading any of it (it refused the connection, or answered
+//! `quorum_unreachable`) the same body goes to the next node. Past that, the kept chunks are dropped (memory per
+//! upload stays bounded, whatever the file's size) and the body cannot be sent again.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+/// Most of a body kept for sending it again. A node that refuses before reading answers within a round trip,
+/// long before this much has left.
+pub const REPLAY_BYTES: usize = 1 << 20;
+
+type Chunk = Result<Bytes, std::io::Error>;
+
+struct Feed {
+    rx: mpsc::Receiver<Chunk>,
+    /// The chunks that went out so far, while they fit in [`REPLAY_BYTES`].
+    kept: Vec<Bytes>,
+    kept_bytes: usize,
+    /// More than [`REPLAY_BYTES`] went out: the body cannot be sent again.
+    spilled: bool,
+    /// The attempt the body goes to now; earlier attempts' bodies fail from then on.
+    attempt: u32,
+}
+
+/// A replayable upload body (see the module doc).
+pub struct Replay(Arc<Mutex<Feed>>);
+
+impl Replay {
+    pub fn new(rx: mpsc::Receiver<Chunk>) -> Replay {
+        Replay(Arc::new(Mutex::new(Feed {
+            rx,
+            kept: Vec::new(),
+            kept_bytes: 0,
+            spilled: false,
+            attempt: 0,
+        })))
+    }
+
+    /// Whether the body can still be sent from its start.
+    pub fn replayable(&self) -> bool {
+        !self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .spilled
+    }
+
+    /// The body for the next attempt: what went out so far, then the rest from the client. The body given to
+    /// the previous attempt ends with an error from now on (that request is over).
+    pub fn next_body(&self) -> reqwest::Body {
+        let attempt = {
+            let mut feed = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            feed.attempt += 1;
+            feed.attempt
+        };
+        let feed = self.0.clone();
+        let mut pos = 0;
+        let stream = futures_util::stream::poll_fn(move |cx| {
+            let mut f = feed.lock().unwrap_or_else(PoisonError::into_inner);
+            if f.attempt != attempt {
+                return Poll::Ready(Some(Err(std::io::Error::other(
+                    "the upload went to another storage node",
+                ))));
+            }
+            if !f.spilled && pos < f.kept.len() {
+                pos += 1;
+                return Poll::Ready(Some(Ok(f.kept[pos - 1].clone())));
+            }
+            let next = f.rx.poll_recv(cx);
+            if let Poll::Ready(Some(Ok(chunk))) = &next {
+                if !f.spilled {
+                    f.kept_bytes += chunk.len();
+                    if f.kept_bytes > REPLAY_BYTES {
+                        f.spilled = true;
+                        f.kept = Vec::new();
+                    } else {
+                        f.kept.push(chunk.clone());
+                        pos += 1;
+                    }
+                }
+            }
+            next
+        });
+        reqwest::Body::wrap_stream(stream)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn collect(body: reqwest::Body) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        let mut body = body;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| e.to_string())?;
+            if let Ok(data) = frame.into_data() {
+                out.extend_from_slice(&data);
+            }
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn a_body_that_went_out_in_part_is_sent_again_whole() {
+        let (tx, rx) = mpsc::channel(8);
+        let replay = Replay::new(rx);
+        let mut first = replay.next_body();
+        tx.send(Ok(Bytes::from_static(b"hello "))).await.unwrap();
+        // The first attempt takes one chunk, then the node turns the upload down.
+        let frame = first.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "hello ");
+        assert!(replay.replayable());
+        let second = replay.next_body();
+        assert!(
+            first.frame().await.unwrap().is_err(),
+            "the old attempt's body ends"
+        );
+        tx.send(Ok(Bytes::from_static(b"world"))).await.unwrap();
+        drop(tx);
+        assert_eq!(collect(second).await.unwrap(), b"hello world");
+    }
+
+    #[tokio::test]
+    async fn a_body_past_the_replay_limit_cannot_be_sent_again() {
+        let (tx, rx) = mpsc::channel(8);
+        let replay = Replay::new(rx);
+        let body = replay.next_body();
+        let chunk = Bytes::from(vec![7u8; REPLAY_BYTES / 2 + 1]);
+        tokio::spawn(async move {
+            for _ in 0..3 {
+                tx.send(Ok(chunk.clone())).await.unwrap();
+            }
+        });
+        let got = collect(body).await.unwrap();
+        assert_eq!(got.len(), 3 * (REPLAY_BYTES / 2 + 1));
+        assert!(!replay.replayable());
+    }
+}

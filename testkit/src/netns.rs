@@ -1,0 +1,386 @@
+//! Network partitions for process-level tests: one Linux network namespace per server, each joined by a veth
+//! pair to a hub namespace that routes between them, plus a link from the hub to the test process (root
+//! namespace), which is never cut. [`Net::cut`] drops every packet between two servers in both directions in
+//! the hub (`ip rule ... blackhole`: silently, like a dead switch port, so connections time out instead of
+//! being refused) and [`Net::heal`] lets them through again. Servers start inside their namespace with
+//! [`Net::spawn`] and are killed when their [`NetNode`] is dropped; the namespaces (and with them every veth)
+//! are deleted when the [`Net`] is dropped, even when the test panics. Namespaces left by a test process that
+//! died without unwinding (kill -9) are deleted by the next [`Net::new`].
+//!
+//! Needs root and iproute2 (`ip netns`); [`Net::check`] says why it cannot run.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::process::{bin, hermetic_env, read_lines, tail, wait_listening, Role};
+
+/// Namespace names start with this, then `<pid>-<n>-`.
+const PREFIX: &str = "fdfsnet-";
+/// How long a server may take to print `listening on`.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Run `ip <args>`; the error carries its stderr.
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("running ip {args:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// `ip <args>`, panicking on failure.
+fn ip_ok(args: &[&str]) {
+    ip(args).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// The output of `ip <args>` (empty on failure).
+fn ip_out(args: &[&str]) -> String {
+    Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// Delete the namespaces of test processes that are gone (they died without running their `Drop`).
+fn remove_stale() {
+    for line in ip_out(&["netns", "list"]).lines() {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let Some(pid) = name
+            .strip_prefix(PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = ip(&["netns", "del", name]);
+        }
+    }
+}
+
+/// A set of network namespaces: one per named host, a hub routing between them, a link to the test process.
+#[derive(Debug)]
+pub struct Net {
+    /// `fdfsnet-<pid>-<n>-`: every namespace name starts with it.
+    prefix: String,
+    /// Second octet of every address: host `i` is `10.<subnet>.<i+1>.2`, the test process `10.<subnet>.0.2`.
+    subnet: u8,
+    hosts: Vec<String>,
+}
+
+impl Net {
+    /// Why partition tests cannot run here (not root, no `ip netns`), if they cannot.
+    pub fn check() -> Result<(), String> {
+        // SAFETY: plain syscall without arguments.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("network namespaces need root".into());
+        }
+        ip(&["netns", "list"]).map_err(|e| format!("iproute2 `ip netns` does not work: {e}"))
+    }
+
+    /// Create a namespace per host (named as given), the hub, and the test process's link to the hub.
+    pub fn new(hosts: &[&str]) -> Net {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        // One allocation at a time: parallel tests of one process pick distinct subnets.
+        static ALLOC: Mutex<()> = Mutex::new(());
+        let _guard = ALLOC.lock().unwrap_or_else(|p| p.into_inner());
+        remove_stale();
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let prefix = format!("{PREFIX}{}-{n}-", std::process::id());
+        // A subnet no route of the root namespace uses yet (another test process may hold one).
+        let routes = ip_out(&["-4", "route", "show"]);
+        let subnet = (0..200u32)
+            .map(|k| (20 + (std::process::id() + n + k) % 200) as u8)
+            .find(|s| !routes.contains(&format!("10.{s}.")))
+            .expect("a free 10.x.0.0/16 subnet");
+        let net = Net {
+            prefix,
+            subnet,
+            hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
+        };
+        net.build();
+        net
+    }
+
+    fn build(&self) {
+        let hub = self.ns_name("hub");
+        ip_ok(&["netns", "add", &hub]);
+        let forward = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &hub,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ])
+            .status()
+            .expect("running sysctl in the hub");
+        assert!(forward.success(), "enabling forwarding in {hub}");
+        for (i, host) in self.hosts.iter().enumerate() {
+            let ns = self.ns_name(host);
+            let link = format!("h{}", i + 1);
+            let (inner, outer) = (self.ip_at(i + 1, 2), self.ip_at(i + 1, 1));
+            ip_ok(&["netns", "add", &ns]);
+            ip_ok(&[
+                "link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &link,
+                "netns", &hub,
+            ]);
+            ip_ok(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{inner}/24"),
+                "dev",
+                "eth0",
+            ]);
+            ip_ok(&["-n", &ns, "link", "set", "eth0", "up"]);
+            ip_ok(&["-n", &ns, "link", "set", "lo", "up"]);
+            ip_ok(&[
+                "-n",
+                &ns,
+                "route",
+                "add",
+                "default",
+                "via",
+                &outer.to_string(),
+            ]);
+            ip_ok(&[
+                "-n",
+                &hub,
+                "addr",
+                "add",
+                &format!("{outer}/24"),
+                "dev",
+                &link,
+            ]);
+            ip_ok(&["-n", &hub, "link", "set", &link, "up"]);
+        }
+        // The test process's side lives in the root namespace: a name unique there (at most 15 bytes).
+        let root_link = self.root_link();
+        let (mine, theirs) = (self.ip_at(0, 2), self.ip_at(0, 1));
+        ip_ok(&[
+            "link", "add", &root_link, "type", "veth", "peer", "name", "h0", "netns", &hub,
+        ]);
+        ip_ok(&["addr", "add", &format!("{mine}/24"), "dev", &root_link]);
+        ip_ok(&["link", "set", &root_link, "up"]);
+        ip_ok(&[
+            "-n",
+            &hub,
+            "addr",
+            "add",
+            &format!("{theirs}/24"),
+            "dev",
+            "h0",
+        ]);
+        ip_ok(&["-n", &hub, "link", "set", "h0", "up"]);
+        ip_ok(&[
+            "route",
+            "add",
+            &format!("10.{}.0.0/16", self.subnet),
+            "via",
+            &theirs.to_string(),
+        ]);
+    }
+
+    fn ns_name(&self, host: &str) -> String {
+        format!("{}{host}", self.prefix)
+    }
+
+    fn root_link(&self) -> String {
+        format!("fnet{}", self.subnet)
+    }
+
+    fn ip_at(&self, link: usize, last: u8) -> Ipv4Addr {
+        Ipv4Addr::new(
+            10,
+            self.subnet,
+            u8::try_from(link).expect("few hosts"),
+            last,
+        )
+    }
+
+    fn index(&self, host: &str) -> usize {
+        self.hosts
+            .iter()
+            .position(|h| h == host)
+            .unwrap_or_else(|| panic!("no host {host} in {:?}", self.hosts))
+    }
+
+    /// The address of `host`.
+    pub fn ip(&self, host: &str) -> Ipv4Addr {
+        self.ip_at(self.index(host) + 1, 2)
+    }
+
+    /// The namespace of `host` (for `ip netns exec`).
+    pub fn namespace(&self, host: &str) -> String {
+        self.ns_name(&self.hosts[self.index(host)])
+    }
+
+    fn rules(&self, a: &str, b: &str, verb: &str) -> Result<(), String> {
+        let hub = self.ns_name("hub");
+        let (a, b) = (self.ip(a).to_string(), self.ip(b).to_string());
+        for (from, to) in [(&a, &b), (&b, &a)] {
+            ip(&[
+                "-n",
+                &hub,
+                "rule",
+                verb,
+                "from",
+                from,
+                "to",
+                to,
+                "blackhole",
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// Drop every packet between `a` and `b`, both ways (open connections hang, new ones time out).
+    pub fn cut(&self, a: &str, b: &str) {
+        self.rules(a, b, "add").unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Let packets between `a` and `b` through again.
+    pub fn heal(&self, a: &str, b: &str) {
+        self.rules(a, b, "del").unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// `program` set up to run inside `host`'s namespace (it enters the namespace between fork and exec).
+    pub fn command(&self, host: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let path = format!("/run/netns/{}", self.namespace(host));
+        let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        let mut cmd = Command::new(program);
+        // SAFETY: setns is a plain syscall, async-signal-safe; the file stays open in the closure until exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+
+    /// Start `fdfs <role> --listen <host's address>:<port> <args>` inside `host`'s namespace, its stderr in
+    /// `log`; returns once it prints `listening on`. Call it from the test's thread: the child dies with the
+    /// thread that started it.
+    pub fn spawn(
+        &self,
+        host: &str,
+        role: Role,
+        port: u16,
+        args: &[String],
+        dir: &Path,
+        log: &Path,
+    ) -> NetNode {
+        std::fs::create_dir_all(dir).expect("create node dir");
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open log");
+        let listen = format!("{}:{port}", self.ip(host));
+        let sub = match role {
+            Role::Tracker => "tracker",
+            Role::Storage => "storage",
+            Role::Gateway => "gateway",
+        };
+        let mut cmd = self.command(host, bin());
+        cmd.arg(sub)
+            .args(["--listen", &listen])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file));
+        hermetic_env(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn fdfs in a namespace");
+        let lines = read_lines(child.stdout.take().expect("piped stdout"));
+        let addr = match wait_listening(&lines, LISTEN_TIMEOUT) {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("fdfs {sub} in {host}: {e}; log:\n{}", tail(log, 40));
+            }
+        };
+        NetNode {
+            name: host.to_owned(),
+            addr,
+            dir: dir.to_owned(),
+            log: log.to_owned(),
+            child: Some(child),
+        }
+    }
+}
+
+impl Drop for Net {
+    /// Delete every namespace (their veths go with them, the test process's link included).
+    fn drop(&mut self) {
+        for host in self.hosts.iter().map(String::as_str).chain(["hub"]) {
+            let ns = self.ns_name(host);
+            if let Err(e) = ip(&["netns", "del", &ns]) {
+                eprintln!("cleaning up: {e}");
+            }
+        }
+    }
+}
+
+/// A server process inside a namespace; killed (SIGKILL) when dropped.
+#[derive(Debug)]
+pub struct NetNode {
+    /// The host (namespace) it runs in.
+    pub name: String,
+    pub addr: SocketAddr,
+    /// Its data directory.
+    pub dir: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl NetNode {
+    /// `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The last `n` lines of its log.
+    pub fn log_tail(&self, n: usize) -> String {
+        tail(&self.log, n)
+    }
+
+    /// SIGKILL the process and reap it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for NetNode {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
