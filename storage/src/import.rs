@@ -16,7 +16,6 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap};
 use axum::Json;
-use fdfs_common::wire::Metadata;
 use fdfs_common::FileId;
 use serde::{Deserialize, Serialize};
 
@@ -68,12 +67,7 @@ pub async fn import(
     let Path(raw) = path.map_err(|e| StorageError::BadRequest(e.body_text()))?;
     let Query(q) = query.map_err(|e| StorageError::BadRequest(e.body_text()))?;
     let id: FileId = raw.parse()?;
-    let meta: Metadata = match q.meta.as_deref() {
-        None | Some("") => Metadata::new(),
-        Some(m) => serde_json::from_str(m).map_err(|e| {
-            StorageError::BadRequest(format!("meta must be a JSON object of strings: {e}"))
-        })?,
-    };
+    let meta = crate::api::meta_param(q.meta.as_deref())?;
     let limit = node.max_file_size;
     let declared = headers
         .get(header::CONTENT_LENGTH)

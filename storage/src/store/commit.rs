@@ -201,7 +201,7 @@ impl Store {
         let staged = self
             .receive(id.store_path, body, self.max_file_size)
             .await?;
-        check_content(id, &staged)?;
+        super::check_against_id(id, staged.size, staged.crc32)?;
         self.commit(staged, id, Incoming::peer(mtime, meta)).await
     }
 
@@ -224,7 +224,7 @@ impl Store {
             return Ok(Committed::AlreadyExists);
         }
         let staged = self.stage_bytes_blocking(id.store_path, data)?;
-        check_content(id, &staged)?;
+        super::check_against_id(id, staged.size, staged.crc32)?;
         self.commit_blocking(staged, id, Incoming::peer(mtime, meta))
     }
 
@@ -238,7 +238,7 @@ impl Store {
     ) -> Result<()> {
         check_writable(id)?;
         let staged = self.stage_bytes_blocking(id.store_path, data)?;
-        check_content(id, &staged)?;
+        super::check_against_id(id, staged.size, staged.crc32)?;
         match self.commit_blocking(staged, id, incoming)? {
             // Not this upload's file: the caller must not undo anything under this ID.
             Committed::AlreadyExists => Err(StorageError::Conflict(format!(
@@ -324,20 +324,6 @@ fn check_writable(id: &FileId) -> Result<()> {
         return Err(StorageError::BadRequest(format!(
             "file names ending in {META_SUFFIX:?} are reserved for metadata"
         )));
-    }
-    Ok(())
-}
-
-/// A master file's name encodes its size and CRC32: the staged body must match them.
-fn check_content(id: &FileId, staged: &Staged) -> Result<()> {
-    if id.name.prefix().is_none() {
-        let info = id.info();
-        if info.size != staged.size || info.crc32 != staged.crc32 {
-            return Err(StorageError::BadRequest(format!(
-                "content does not match {id}: got {} bytes crc32 {:08x}, the id says {} bytes crc32 {:08x}",
-                staged.size, staged.crc32, info.size, info.crc32
-            )));
-        }
     }
     Ok(())
 }

@@ -133,15 +133,7 @@ pub async fn commit_staged(engine: &SyncEngine, req: CommitRequest) -> Result<Op
     if engine.tombstones.hides(&id, gen) {
         return Ok(None);
     }
-    if id.name.prefix().is_none() {
-        let info = id.info();
-        if info.size != staged.size || info.crc32 != staged.crc32 {
-            return Err(StorageError::BadRequest(format!(
-                "content does not match {id}: got {} bytes crc32 {:08x}",
-                staged.size, staged.crc32
-            )));
-        }
-    }
+    crate::store::check_against_id(&id, staged.size, staged.crc32)?;
     engine.accept_incarnation(&id, gen).await?;
     let mtime = std::time::UNIX_EPOCH + Duration::from_secs(req.mtime);
     let committed = engine
