@@ -5,12 +5,10 @@
 //! every process serves Prometheus metrics and request ids; internal routes cannot be reached through the
 //! gateway and need the cluster secret on the nodes.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{args, content, member_in, upload, Cluster, ClusterSpec, Node, STATE_TIMEOUT};
+use crate::common::{args, content, member_in, upload, Cluster, ClusterSpec, Node, STATE_TIMEOUT};
 use fdfs_common::wire::{ClusterView, MemberState, CLUSTER_SECRET_HEADER};
 use reqwest::multipart::{Form, Part};
 use reqwest::StatusCode;
@@ -355,7 +353,7 @@ async fn every_process_serves_metrics_and_request_ids() {
                 let st: Value = c
                     .http
                     .get(&url)
-                    .header(CLUSTER_SECRET_HEADER, common::SECRET)
+                    .header(CLUSTER_SECRET_HEADER, crate::common::SECRET)
                     .send()
                     .await
                     .ok()?
@@ -623,7 +621,7 @@ async fn internal_routes_are_closed_to_users() {
     ];
     for (base, routes) in [(&node, &node_routes), (&tracker, &tracker_routes)] {
         for (method, path) in routes {
-            for wrong in [None, Some("wrong-secret"), Some(common::SECRET)] {
+            for wrong in [None, Some("wrong-secret"), Some(crate::common::SECRET)] {
                 let what = format!("{base} {method} {path} (secret {wrong:?})");
                 let mut rb = c.http.request(method.clone(), format!("{base}{path}"));
                 if let Some(s) = wrong {

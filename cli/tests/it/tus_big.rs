@@ -3,13 +3,11 @@
 //! file has the size and CRC32 of what was sent, on both members. With `FDFS_TUS_COMPARE=1` the same content is
 //! then uploaded as one `PUT /upload` and both throughputs are printed (the note's comparison).
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::{args, Cluster, ClusterSpec};
 use bytes::Bytes;
-use common::{args, Cluster, ClusterSpec};
 use fdfs::pattern::Pattern;
 use reqwest::StatusCode;
 
@@ -46,7 +44,7 @@ fn body(p: Arc<Mutex<Pattern>>, len: u64, crc: Arc<Mutex<crc32fast::Hasher>>) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tus_big_file_streams_in_bounded_memory() {
     let size = size_bytes();
-    let dir = common::tempdir(3 * size + (1 << 30));
+    let dir = crate::common::tempdir(3 * size + (1 << 30));
     let c = Cluster::start_in(
         ClusterSpec {
             groups: 1,
@@ -68,7 +66,7 @@ async fn tus_big_file_streams_in_bounded_memory() {
         tokio::spawn(async move {
             loop {
                 for (i, (_, pid)) in pids.iter().enumerate() {
-                    if let Some(r) = common::peak_rss(*pid) {
+                    if let Some(r) = crate::common::peak_rss(*pid) {
                         let mut p = peaks.lock().unwrap();
                         p[i] = p[i].max(r);
                     }
@@ -141,7 +139,7 @@ async fn tus_big_file_streams_in_bounded_memory() {
     let peaks = peaks.lock().unwrap().clone();
     let mut report = Vec::new();
     for ((name, pid), sampled) in pids.iter().zip(peaks) {
-        let peak = common::peak_rss(*pid).unwrap_or(0).max(sampled);
+        let peak = crate::common::peak_rss(*pid).unwrap_or(0).max(sampled);
         report.push(format!("{name}: {:.1} MiB", peak as f64 / (1 << 20) as f64));
         assert!(
             peak < RSS_LIMIT,

@@ -3,12 +3,10 @@
 //! node that holds the partial upload; 409 on a wrong offset, 460 on a bad checksum (chunk discarded),
 //! termination, expiry, limits, and `fdfs upload --resumable` broken off and rerun.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
+use crate::common::{args, content, error_of, eventually, Cluster, ClusterSpec};
 use base64::Engine as _;
-use common::{args, content, error_of, eventually, Cluster, ClusterSpec};
 use fdfs_common::wire::MemberState;
 use fdfs_common::FileId;
 use reqwest::StatusCode;
@@ -113,7 +111,7 @@ async fn holder(c: &Cluster, url: &str) -> (usize, usize) {
     let v = c.view().await;
     for (g, members) in c.storage.iter().enumerate() {
         for (m, n) in members.iter().enumerate() {
-            if common::member_in(&v, n).is_some_and(|i| i.node_id == node_id) {
+            if crate::common::member_in(&v, n).is_some_and(|i| i.node_id == node_id) {
                 return (g, m);
             }
         }
@@ -501,8 +499,8 @@ async fn tus_termination_expiry_limits_and_the_cli_resume() {
     let trackers: Vec<String> = c.trackers.iter().map(|t| t.addr.to_string()).collect();
     let mut gw2_args = args(&["--tracker", &trackers.join(","), "--tus-expiry-secs", "1"]);
     gw2_args.extend(args(&["--body-timeout-secs", "30"]));
-    let (mut gw2, gw2_addr) = common::spawn_server(
-        common::Role::Gateway,
+    let (mut gw2, gw2_addr) = crate::common::spawn_server(
+        crate::common::Role::Gateway,
         "127.0.0.1:0",
         &gw2_args,
         &c.dir.path().join("logs").join("gateway-2.log"),
@@ -540,7 +538,7 @@ async fn tus_termination_expiry_limits_and_the_cli_resume() {
     std::fs::write(&file, &data).unwrap();
     let state_dir = tmp.path().join("state");
     let run = |extra: &[&str]| {
-        let mut cmd = std::process::Command::new(common::BIN);
+        let mut cmd = std::process::Command::new(crate::common::BIN);
         cmd.env_remove("FDFS_GATEWAY")
             .env_remove("FDFS_API_KEY")
             .env("FDFS_STATE_DIR", &state_dir)

@@ -2,9 +2,7 @@
 //! gateway): multipart and raw uploads, downloads with Range / conditional requests / HEAD, error statuses,
 //! spreading over groups, and a member killed with -9 and restarted.
 
-mod common;
-
-use common::{args, Cluster, ClusterSpec};
+use crate::common::{args, Cluster, ClusterSpec};
 use fdfs_common::wire::MemberState;
 use fdfs_common::FileId;
 use regex::Regex;

@@ -2,12 +2,10 @@
 //! prints the gateway URL once every member is active, serves an upload, and on SIGTERM stops every child
 //! and exits 0.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{hermetic_env, read_lines, BIN};
+use crate::common::{hermetic_env, read_lines, BIN};
 
 /// PIDs of live processes whose command line mentions `needle`.
 fn processes_mentioning(needle: &str) -> Vec<u32> {
@@ -29,7 +27,7 @@ fn processes_mentioning(needle: &str) -> Vec<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fdfs_up_starts_serves_and_stops_cleanly() {
-    let data = common::tempdir(1 << 30);
+    let data = crate::common::tempdir(1 << 30);
     let dir = data.path().join("cluster");
     let mut cmd = Command::new(BIN);
     cmd.args([

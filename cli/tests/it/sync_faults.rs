@@ -3,14 +3,12 @@
 //! catch-up metadata that converges, catch-up from the union of the members, a wiped member that waits for its
 //! group, and a removed member that stops pinning the binlog.
 
-mod common;
-
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, StreamExt};
 
-use common::{args, content, upload, Cluster, ClusterSpec, Node, SECRET, STATE_TIMEOUT};
+use crate::common::{args, content, upload, Cluster, ClusterSpec, Node, SECRET, STATE_TIMEOUT};
 use fdfs_common::wire::CLUSTER_SECRET_HEADER;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -371,7 +369,7 @@ async fn synced_missing(c: &Cluster, files: &[(String, Vec<u8>)]) -> Option<usiz
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wiped_member_after_a_tracker_restart_waits_for_its_group() {
     const N: usize = 20;
-    let dir = common::tempdir(1 << 30);
+    let dir = crate::common::tempdir(1 << 30);
     let tracker_data = dir.path().join("tracker-data");
     let mut s = spec(2);
     s.tracker_args
@@ -434,7 +432,7 @@ async fn wiped_member_after_a_tracker_restart_waits_for_its_group() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removed_member_stops_pinning_the_binlog() {
-    let dir = common::tempdir(1 << 30);
+    let dir = crate::common::tempdir(1 << 30);
     let conf = dir.path().join("storage.toml");
     std::fs::write(&conf, "binlog_segment_bytes = \"2KiB\"\n").unwrap();
     let mut s = spec(2);
@@ -463,7 +461,7 @@ async fn removed_member_stops_pinning_the_binlog() {
         .as_u64()
         .unwrap();
     let remove = |id: u64| {
-        std::process::Command::new(common::BIN)
+        std::process::Command::new(crate::common::BIN)
             .args(["monitor", "delete", "group1", &id.to_string(), "--tracker"])
             .arg(c.trackers[0].addr.to_string())
             .env("FDFS_CLUSTER_SECRET", SECRET)

@@ -3,15 +3,15 @@
 //! every file stays downloadable through the gateway; a member that missed uploads and deletes while killed
 //! converges to its peer's exact file set; losing one of two trackers changes nothing for clients.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{args, content, member_in, upload, Cluster, ClusterSpec, SECRET, STATE_TIMEOUT};
+use crate::common::{
+    args, content, member_in, upload, Cluster, ClusterSpec, SECRET, STATE_TIMEOUT,
+};
 use fdfs_common::wire::MemberState;
 use reqwest::StatusCode;
 use serde_json::Value;

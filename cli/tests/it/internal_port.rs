@@ -2,15 +2,13 @@
 //! the node announces to trackers, so the gateway and peers use it; the public port serves downloads only and
 //! answers 404 for `/v1/...`. And every server started without a cluster secret says so loudly.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{
+use crate::common::{
     args, bin, hermetic_env, member_in, read_lines, wait_listening, Cluster, ClusterSpec,
 };
-use common::{tempdir, Role, SECRET};
+use crate::common::{tempdir, Role, SECRET};
 use fdfs_common::wire::CLUSTER_SECRET_HEADER;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -39,7 +37,7 @@ async fn internal_routes_listen_apart_and_the_public_port_refuses_them() {
     }
 
     // Through the gateway (which reaches the node on its internal address): stored on both members.
-    let body = common::content(1, 100_000);
+    let body = crate::common::content(1, 100_000);
     let r = c
         .http
         .put(format!("{}/upload/a.bin", c.gateway_url()))
@@ -77,7 +75,7 @@ async fn internal_routes_listen_apart_and_the_public_port_refuses_them() {
                 .unwrap();
             let what = format!("{} on {public}", r.url().path());
             assert_eq!(r.status(), StatusCode::NOT_FOUND, "{what}");
-            let (_, code) = common::error_of(r).await;
+            let (_, code) = crate::common::error_of(r).await;
             assert_eq!(code, "not_found", "{what}");
         }
         // The internal address serves them (behind the secret).
@@ -114,7 +112,7 @@ async fn internal_routes_listen_apart_and_the_public_port_refuses_them() {
     assert_eq!(r.status(), StatusCode::OK);
     for n in c.all_storage() {
         let url = format!("{}/{id}", n.url());
-        common::eventually(60, &format!("{url} to be deleted"), || async {
+        crate::common::eventually(60, &format!("{url} to be deleted"), || async {
             let r = c.http.get(&url).send().await.unwrap();
             (r.status() == StatusCode::NOT_FOUND).then_some(())
         })
@@ -146,12 +144,17 @@ fn start_and_read_log(role: Role, secret: Option<&str>, extra: &[String]) -> Str
         None => cmd.env_remove("FDFS_CLUSTER_SECRET"),
     };
     if role == Role::Gateway {
-        cmd.args(["--tracker", &common::closed_addr()]);
+        cmd.args(["--tracker", &crate::common::closed_addr()]);
     }
     if role == Role::Storage {
-        cmd.args(["--group", "group1", "--tracker", &common::closed_addr()])
-            .arg("--store-path")
-            .arg(dir.path().join("store"));
+        cmd.args([
+            "--group",
+            "group1",
+            "--tracker",
+            &crate::common::closed_addr(),
+        ])
+        .arg("--store-path")
+        .arg(dir.path().join("store"));
     }
     let mut child = cmd.spawn().unwrap();
     let lines = read_lines(child.stdout.take().unwrap());

@@ -1,12 +1,10 @@
 //! `GET /dashboard` and `GET /dashboard/stats` on a real in-process cluster (the browser side is tested by
 //! `e2e/dashboard.test.mjs`).
 
-mod common;
-
-use common::{client, cluster, eventually, Setup};
+use crate::common::{client, cluster, eventually, Setup};
 use serde_json::Value;
 
-async fn stats(c: &reqwest::Client, gw: &common::Server) -> Value {
+async fn stats(c: &reqwest::Client, gw: &crate::common::Server) -> Value {
     let r = c.get(gw.url("/dashboard/stats")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     r.json().await.unwrap()

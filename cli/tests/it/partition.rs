@@ -15,14 +15,12 @@
 //! CI run without the rights never passes silently. A developer machine without root can skip them explicitly
 //! with `FDFS_SKIP_NETNS_TESTS=1` (the skip is printed).
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{args, content, tempdir, Role, SECRET};
+use crate::common::{args, content, tempdir, Role, SECRET};
 use fdfs_common::wire::{ClusterView, MemberState, UploadResult, CLUSTER_SECRET_HEADER};
 use fdfs_testkit::netns::{Net, NetNode};
 

@@ -2,12 +2,10 @@
 //! upload (files, directories, metadata, group), download (to file, to stdout, resumed), info (online and
 //! --offline), meta, delete, monitor, bench, and one-line errors with non-zero exit codes.
 
-mod common;
-
 use std::path::Path;
 use std::process::Output;
 
-use common::{Cluster, ClusterSpec, BIN};
+use crate::common::{Cluster, ClusterSpec, BIN};
 use fdfs::pattern::Pattern;
 use fdfs_common::wire::{ClusterView, MemberState};
 use serde_json::Value;
@@ -83,7 +81,7 @@ fn write(path: &Path, data: &[u8]) {
 async fn cli_commands_against_a_real_cluster() {
     let c = Cluster::start(ClusterSpec::default()).await;
     let gw = c.gateway_url();
-    let work = common::tempdir(1 << 30);
+    let work = crate::common::tempdir(1 << 30);
     let w = work.path();
 
     // upload: a 5 MiB file with metadata, streamed from disk.
@@ -263,12 +261,12 @@ async fn cli_sends_the_api_key() {
     let c = Cluster::start(ClusterSpec {
         groups: 1,
         members: 1,
-        gateway_args: common::args(&["--api-key", "sekret"]),
+        gateway_args: crate::common::args(&["--api-key", "sekret"]),
         ..ClusterSpec::default()
     })
     .await;
     let gw = c.gateway_url();
-    let work = common::tempdir(1 << 20);
+    let work = crate::common::tempdir(1 << 20);
     let f = work.path().join("k.txt");
     std::fs::write(&f, b"key").unwrap();
     let f = f.to_str().unwrap();
@@ -284,7 +282,7 @@ async fn cli_signs_anti_leech_links() {
     let c = Cluster::start(ClusterSpec {
         groups: 1,
         members: 1,
-        storage_args: common::args(&[
+        storage_args: crate::common::args(&[
             "--heartbeat-interval-ms",
             "200",
             "--anti-leech-secret",
@@ -296,7 +294,7 @@ async fn cli_signs_anti_leech_links() {
     })
     .await;
     let gw = c.gateway_url();
-    let work = common::tempdir(1 << 20);
+    let work = crate::common::tempdir(1 << 20);
     let f = work.path().join("s.txt");
     std::fs::write(&f, b"signed bytes").unwrap();
     let id = ok(&fdfs(&gw, &["upload", "-q", f.to_str().unwrap()]).await);

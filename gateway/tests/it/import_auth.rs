@@ -1,9 +1,7 @@
 //! `PUT /import/{file_id}` lets its caller choose file IDs: who may call it, checked before any tracker is asked
 //! (the tracker here is a closed port, so a request that gets past the check answers 503 `no_tracker`).
 
-mod common;
-
-use common::{client, closed_addr, error_of, gateway};
+use crate::common::{client, closed_addr, error_of, gateway};
 use fdfs_common::wire::{API_KEY_HEADER, CLUSTER_SECRET_HEADER};
 use fdfs_gateway::Config;
 

@@ -7,11 +7,9 @@
 //!   answers 503 `quorum_unreachable` before reading the body, which the gateway treats the same way (the
 //!   gateway side under a real partition is in `partition.rs`).
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{args, content, upload, Cluster, ClusterSpec, SECRET};
+use crate::common::{args, content, upload, Cluster, ClusterSpec, SECRET};
 use fdfs_common::wire::{MemberState, CLUSTER_SECRET_HEADER};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -103,7 +101,7 @@ async fn a_member_that_cannot_reach_its_quorum_refuses_an_upload_before_reading_
         .send()
         .await
         .expect("an answer while the body is still open");
-    let (status, code) = common::error_of(resp).await;
+    let (status, code) = crate::common::error_of(resp).await;
     assert_eq!((status, code.as_str()), (503, "quorum_unreachable"));
     drop(tx);
 

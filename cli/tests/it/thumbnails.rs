@@ -4,13 +4,11 @@
 //! EXIF orientation, keeps PNG alpha, decodes as WebP; unknown sizes, decompression bombs and non-images are
 //! refused and leave nothing on disk; uploads with `thumbnails=` answer the slaves' IDs (gateway and CLI).
 
-mod common;
-
 use std::io::Cursor;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{args, error_of, eventually, upload, Cluster, ClusterSpec, Node, BIN};
+use crate::common::{args, error_of, eventually, upload, Cluster, ClusterSpec, Node, BIN};
 use fdfs_common::FileId;
 use image::{DynamicImage, GenericImageView, ImageFormat, Rgb, RgbImage, Rgba, RgbaImage};
 use reqwest::{header, StatusCode};

@@ -2,13 +2,11 @@
 //! on their own): every peer transfer has a deadline by size and a stall timeout, so uploads still end in
 //! bounded time, and a member catching up from a frozen source fails over to another member.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{args, content, member_in, Cluster, ClusterSpec, SECRET};
+use crate::common::{args, content, member_in, Cluster, ClusterSpec, SECRET};
 use fdfs_common::wire::{ClusterView, MemberState, UploadResult, CLUSTER_SECRET_HEADER};
 use futures_util::StreamExt;
 

@@ -9,12 +9,10 @@
 //! 200 from a storage node only ever carrying the bytes of a file that was uploaded. Afterwards every process is
 //! still running and answers `/health`, and an upload still round-trips.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{args, Cluster, ClusterSpec, SECRET};
+use crate::common::{args, Cluster, ClusterSpec, SECRET};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -166,7 +164,7 @@ impl KillOnDrop {
         assert!(
             matches!(self.0.try_wait(), Ok(None)),
             "{what} died; log:\n{}",
-            common::tail(log, 40)
+            crate::common::tail(log, 40)
         );
     }
 }
@@ -889,8 +887,8 @@ async fn hostile_requests_never_break_a_node() {
     // 9. Range and conditional headers no client should send, on the storage node and through a gateway in
     // proxy mode (which passes them on and streams the answer back).
     let proxy_log = c.dir.path().join("logs").join("gateway-proxy.log");
-    let (proxy_child, proxy_addr) = common::spawn_server(
-        common::Role::Gateway,
+    let (proxy_child, proxy_addr) = crate::common::spawn_server(
+        crate::common::Role::Gateway,
         "127.0.0.1:0",
         &args(&[
             "--tracker",

@@ -4,13 +4,11 @@
 //! aborts the process right there) is reconciled at the next start; a delete interrupted between its record and
 //! the unlink is finished at the next start.
 
-mod common;
-
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{args, content, Cluster, ClusterSpec, Node, Role, SECRET, STATE_TIMEOUT};
+use crate::common::{args, content, Cluster, ClusterSpec, Node, Role, SECRET, STATE_TIMEOUT};
 use fdfs_common::wire::CLUSTER_SECRET_HEADER;
 use serde_json::Value;
 
@@ -152,7 +150,7 @@ where
     let listen = node.addr.to_string();
     let deadline = Instant::now() + Duration::from_secs(10);
     let (mut child, _) = loop {
-        match common::try_spawn_server(Role::Storage, &listen, &a, &log) {
+        match crate::common::try_spawn_server(Role::Storage, &listen, &a, &log) {
             Ok(x) => break x,
             Err(e) if e.contains("in use") && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(100))

@@ -2,14 +2,12 @@
 //! another file truncated on the other are found and repaired from the peer's good copy, by the background
 //! scrubber and by `fdfs verify --repair`; `fdfs verify` also reports a file missing from one member.
 
-mod common;
-
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{args, content, Cluster, ClusterSpec, BIN, STATE_TIMEOUT};
+use crate::common::{args, content, Cluster, ClusterSpec, BIN, STATE_TIMEOUT};
 use serde_json::Value;
 
 /// One group of two members.
@@ -28,7 +26,7 @@ async fn upload_files(c: &Cluster, n: usize) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     for i in 0..n {
         let body = content(i, 100_000 + i * 1000);
-        let j = common::upload(c, &format!("s{i}.bin"), body.clone()).await;
+        let j = crate::common::upload(c, &format!("s{i}.bin"), body.clone()).await;
         assert_eq!(j["replicas"], 2, "{j}");
         out.push((j["file_id"].as_str().unwrap().to_owned(), body));
     }
@@ -44,7 +42,10 @@ async fn settled(c: &Cluster) {
             let st: Value = c
                 .http
                 .get(format!("{}/v1/sync/status", n.url()))
-                .header(fdfs_common::wire::CLUSTER_SECRET_HEADER, common::SECRET)
+                .header(
+                    fdfs_common::wire::CLUSTER_SECRET_HEADER,
+                    crate::common::SECRET,
+                )
                 .send()
                 .await
                 .unwrap()
@@ -103,7 +104,7 @@ fn verify(c: &Cluster, extra: &[&str]) -> (i32, Value) {
     let mut cmd = Command::new(BIN);
     cmd.args(["--gateway", &c.gateway_url(), "verify", "--json"])
         .args(extra);
-    common::hermetic_env(&mut cmd);
+    crate::common::hermetic_env(&mut cmd);
     let out = cmd.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
@@ -201,7 +202,7 @@ async fn verify_reports_corrupt_and_missing_copies_and_repairs_the_corrupt_ones(
         assert_eq!(r["missing"].as_u64(), Some(1), "{r:#}");
     }
     let members = r["groups"][0]["members"].as_array().unwrap();
-    let by_addr = |node: &common::Node| {
+    let by_addr = |node: &crate::common::Node| {
         members
             .iter()
             .find(|m| {
@@ -265,7 +266,7 @@ async fn verify_reports_corrupt_and_missing_copies_and_repairs_the_corrupt_ones(
     // The readable report names the missing copy.
     let mut cmd = Command::new(BIN);
     cmd.args(["--gateway", &c.gateway_url(), "verify"]);
-    common::hermetic_env(&mut cmd);
+    crate::common::hermetic_env(&mut cmd);
     let out = cmd.output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     if out.status.code() == Some(0) {

@@ -5,14 +5,12 @@
 //! metadata, every bad one is reported with its reason, a second run skips everything, and a run killed halfway
 //! (its target storage node frozen, a body in flight) resumes.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
-use common::{content, Cluster, ClusterSpec, BIN, SECRET, STATE_TIMEOUT};
+use crate::common::{content, Cluster, ClusterSpec, BIN, SECRET, STATE_TIMEOUT};
 use fdfs_common::wire::CLUSTER_SECRET_HEADER;
 use fdfs_common::NameInfo;
 use serde_json::Value;
@@ -227,7 +225,7 @@ fn build_store(root: PathBuf) -> (Store, String, String) {
 /// Run `fdfs import-fastdfs` with `extra` flags and `--json`; exit code and the summary.
 fn import(gateway: &str, store: &Path, extra: &[&str]) -> (i32, Value) {
     let mut cmd = Command::new(BIN);
-    common::hermetic_env(&mut cmd);
+    crate::common::hermetic_env(&mut cmd);
     cmd.args([
         "--gateway",
         gateway,
@@ -329,7 +327,10 @@ async fn fastdfs_store_is_imported_under_its_ids_and_a_second_run_skips_it() {
         .send()
         .await
         .unwrap();
-    assert_eq!(common::error_of(r).await, (401, "unauthorized".into()));
+    assert_eq!(
+        crate::common::error_of(r).await,
+        (401, "unauthorized".into())
+    );
 
     let (code, summary) = import(&c.gateway_url(), &s.root, &[]);
     assert_eq!(
@@ -413,7 +414,10 @@ async fn fastdfs_store_is_imported_under_its_ids_and_a_second_run_skips_it() {
         .send()
         .await
         .unwrap();
-    assert_eq!(common::error_of(r).await, (400, "bad_request".into()));
+    assert_eq!(
+        crate::common::error_of(r).await,
+        (400, "bad_request".into())
+    );
     let r = c
         .http
         .put(format!("{}/v1/import/{id}", node.url()))
@@ -422,14 +426,14 @@ async fn fastdfs_store_is_imported_under_its_ids_and_a_second_run_skips_it() {
         .await
         .unwrap();
     assert_eq!(
-        common::error_of(r).await.0,
+        crate::common::error_of(r).await.0,
         401,
         "the storage route needs the cluster secret"
     );
     for n in &c.storage[0] {
         // The peer of the pipeline saw the body end with an error and drops its staged copy.
         let tmp = n.dir.join(".fdfs").join("tmp");
-        common::eventually(30, "no staged body left", || async {
+        crate::common::eventually(30, "no staged body left", || async {
             (std::fs::read_dir(&tmp).unwrap().count() == 0).then_some(())
         })
         .await;
@@ -470,7 +474,7 @@ async fn import_killed_halfway_resumes_where_it_stopped() {
     let target = &c.storage[0][0];
     let mut child = {
         let mut cmd = Command::new(BIN);
-        common::hermetic_env(&mut cmd);
+        crate::common::hermetic_env(&mut cmd);
         cmd.args([
             "import-fastdfs",
             "--group",
@@ -514,7 +518,7 @@ async fn import_killed_halfway_resumes_where_it_stopped() {
     child.kill().unwrap();
     child.wait().unwrap();
     target.thaw();
-    let before = common::eventually(30, "heartbeats after the thaw", || async {
+    let before = crate::common::eventually(30, "heartbeats after the thaw", || async {
         let n = count(&c.view().await);
         (n >= seen).then_some(n)
     })
@@ -541,7 +545,7 @@ async fn import_killed_halfway_resumes_where_it_stopped() {
     // No partial or extra file became visible: each member holds exactly the store's files.
     for n in &c.storage[0] {
         let what = format!("{} to report exactly {FILES} files", n.name);
-        common::eventually(30, &what, || async {
+        crate::common::eventually(30, &what, || async {
             let v = c.view().await;
             let m = v.groups[0]
                 .members

@@ -1,8 +1,6 @@
 //! The gateway in front of a real tracker and real storage nodes, all in-process on 127.0.0.1:0.
 
-mod common;
-
-use common::{client, cluster, error_of, Setup};
+use crate::common::{client, cluster, error_of, Setup};
 use reqwest::multipart::{Form, Part};
 use serde_json::{json, Value};
 
@@ -12,7 +10,7 @@ fn content(n: usize) -> Vec<u8> {
 }
 
 /// Follow the gateway's redirect for `id` and return (location, bytes).
-async fn download(c: &reqwest::Client, gw: &common::Server, id: &str) -> (String, Vec<u8>) {
+async fn download(c: &reqwest::Client, gw: &crate::common::Server, id: &str) -> (String, Vec<u8>) {
     let r = c.get(gw.url(&format!("/{id}"))).send().await.unwrap();
     assert_eq!(r.status(), 302, "download of {id}");
     let location = r.headers()["location"].to_str().unwrap().to_owned();
@@ -561,7 +559,7 @@ async fn stalled_uploads_and_dead_storage_get_clean_errors() {
         .to_owned();
     drop(cl.storages.pop());
     let gw = cl.gateway.url("");
-    common::eventually(15, "upload to a dead storage node fails cleanly", || {
+    crate::common::eventually(15, "upload to a dead storage node fails cleanly", || {
         let c = c.clone();
         let gw = gw.clone();
         async move {
@@ -645,7 +643,7 @@ async fn cluster_secret_is_sent_upstream() {
     assert_eq!(meta, json!({}));
 
     // A gateway with the wrong secret: the refusal is the operator's problem, reported as 502, not 401.
-    let wrong = common::gateway(fdfs_gateway::Config {
+    let wrong = crate::common::gateway(fdfs_gateway::Config {
         trackers: vec![cl.tracker.addr.to_string()],
         cluster_secret: Some("outside".into()),
         ..fdfs_gateway::Config::default()

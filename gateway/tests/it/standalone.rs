@@ -1,8 +1,6 @@
 //! Gateway behaviour that needs no storage node: routing, validation, auth, limits, tracker fail-over.
 
-mod common;
-
-use common::{client, closed_addr, error_of, gateway, tracker};
+use crate::common::{client, closed_addr, error_of, gateway, tracker};
 use fdfs_gateway::Config;
 
 fn config(trackers: Vec<String>) -> Config {

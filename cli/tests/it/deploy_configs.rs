@@ -2,11 +2,9 @@
 //! listen address and the data paths overridden by flags) and prints `listening on`; every commented-out key
 //! is valid too once uncommented; and every key the server's `Config` accepts appears in its example.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::{args, try_spawn_server, Role};
+use crate::common::{args, try_spawn_server, Role};
 use serde::de::DeserializeOwned;
 
 fn example(name: &str) -> PathBuf {
@@ -17,7 +15,7 @@ fn example(name: &str) -> PathBuf {
 
 /// Start `role` with `--config file` and the extra flags; it must print `listening on`, then is stopped.
 fn starts(role: Role, file: &Path, extra: &[String]) {
-    let dir = common::tempdir(0);
+    let dir = crate::common::tempdir(0);
     let log = dir.path().join("server.log");
     let mut a = vec!["--config".to_owned(), file.display().to_string()];
     a.extend(extra.iter().cloned());
@@ -99,7 +97,7 @@ fn example_configs_cover_and_parse() {
 
 #[test]
 fn storage_starts_from_its_example() {
-    let store = common::tempdir(0);
+    let store = crate::common::tempdir(0);
     starts(
         Role::Storage,
         &example("storage.toml"),

@@ -4,13 +4,13 @@
 //! for group1), and once space is freed (after a kill -9 of the peer, whose persisted position must not have
 //! skipped the refused upload) the full member takes it and its peer's binlog drains.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{args, content, member_in, upload, Cluster, ClusterSpec, SECRET, STATE_TIMEOUT};
+use crate::common::{
+    args, content, member_in, upload, Cluster, ClusterSpec, SECRET, STATE_TIMEOUT,
+};
 use fdfs_common::wire::CLUSTER_SECRET_HEADER;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -83,7 +83,7 @@ async fn replica_status(c: &Cluster, node: &str, id: &str) -> StatusCode {
 /// Fill the filesystem of `dir` until `leave` bytes are free (a file of zeros).
 fn fill(dir: &Path, leave: u64) -> PathBuf {
     use std::io::Write;
-    let free = common::free_bytes(dir).expect("free space of the tmpfs");
+    let free = crate::common::free_bytes(dir).expect("free space of the tmpfs");
     let mut left = free.saturating_sub(leave);
     let path = dir.join("filler");
     let mut f = std::fs::File::create(&path).unwrap();
@@ -99,7 +99,7 @@ fn fill(dir: &Path, leave: u64) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_member_takes_deletes_and_metadata_and_catches_up_while_uploads_go_elsewhere() {
-    let dir = common::tempdir(1 << 30);
+    let dir = crate::common::tempdir(1 << 30);
     let store_b = dir.path().join("storage-g1-m2");
     let tmpfs = match Tmpfs::mount(&store_b, "48m", dir.path()) {
         Ok(t) => t,

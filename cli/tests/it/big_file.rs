@@ -3,12 +3,10 @@
 //! The upload's CRC32 (computed while sending) must equal the server's and the download's (computed while
 //! receiving).
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{args, Cluster, ClusterSpec};
+use crate::common::{args, Cluster, ClusterSpec};
 use fdfs::pattern::Pattern;
 use futures_util::StreamExt;
 
@@ -26,7 +24,7 @@ fn size_bytes() -> u64 {
 async fn big_file_streams_in_bounded_memory() {
     let size = size_bytes();
     // Two replicas of the file plus slack.
-    let dir = common::tempdir(2 * size + (1 << 30));
+    let dir = crate::common::tempdir(2 * size + (1 << 30));
     let c = Cluster::start_in(
         ClusterSpec {
             groups: 1,
@@ -53,7 +51,7 @@ async fn big_file_streams_in_bounded_memory() {
         tokio::spawn(async move {
             loop {
                 for (i, (_, pid)) in pids.iter().enumerate() {
-                    if let Some(r) = common::peak_rss(*pid) {
+                    if let Some(r) = crate::common::peak_rss(*pid) {
                         let mut p = peaks.lock().unwrap();
                         p[i] = p[i].max(r);
                     }
@@ -108,7 +106,7 @@ async fn big_file_streams_in_bounded_memory() {
     let peaks = peaks.lock().unwrap().clone();
     let mut report = Vec::new();
     for ((name, pid), sampled) in pids.iter().zip(peaks) {
-        let peak = common::peak_rss(*pid).unwrap_or(0).max(sampled);
+        let peak = crate::common::peak_rss(*pid).unwrap_or(0).max(sampled);
         report.push(format!("{name}: {:.1} MiB", peak as f64 / (1 << 20) as f64));
         assert!(
             peak < RSS_LIMIT,

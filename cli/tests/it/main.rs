@@ -1,0 +1,25 @@
+//! End-to-end tests of `fdfs`: real tracker, storage and gateway processes (`fdfs tracker|storage|gateway`) on
+//! 127.0.0.1:0, one module per behaviour. One test binary for the crate, so the workspace links a handful of
+//! test executables instead of one per file.
+
+mod big_file;
+mod cli_commands;
+mod common;
+mod core_path;
+mod deploy_configs;
+mod durability;
+mod full_member;
+mod hostile;
+mod import_fastdfs;
+mod internal_port;
+mod partition;
+mod peer_faults;
+mod refused_member;
+mod replication;
+mod scale_out;
+mod scrub;
+mod sync_faults;
+mod thumbnails;
+mod tus;
+mod tus_big;
+mod up;
