@@ -39,6 +39,8 @@ pub enum Command {
     Gateway(fdfs_gateway::cli::Args),
     /// Run a whole local cluster (trackers, storage groups, gateway) until ctrl-c.
     Up(up::Args),
+    /// Print a server's config file with every setting commented (`fdfs config storage > storage.toml`).
+    Config(commands::config::Args),
     /// Upload files (directories recursively); prints one JSON answer per file.
     Upload(upload::Args),
     /// Download a file (resumes an interrupted download).
@@ -62,6 +64,39 @@ pub enum Command {
     ImportFastdfs(commands::import_fastdfs::Args),
 }
 
+/// Subcommands that run a server: they take `--tracker`, never the client-only `--gateway`.
+pub const SERVER_SUBCOMMANDS: [&str; 3] = ["tracker", "storage", "gateway"];
+
+impl Cli {
+    /// The command line as `fdfs` parses it: [`Cli`], where the global `--gateway` (for client commands) is
+    /// kept out of the server subcommands' flags and help. There it is a hidden flag that refuses any value
+    /// with a message, so `fdfs storage --gateway URL` fails instead of being silently taken.
+    pub fn command_line() -> clap::Command {
+        let mut cmd = <Cli as clap::CommandFactory>::command();
+        for server in SERVER_SUBCOMMANDS {
+            cmd = cmd.mut_subcommand(server, |sc| {
+                sc.arg(
+                    clap::Arg::new("gateway")
+                        .long("gateway")
+                        .hide(true)
+                        .value_parser(|_: &str| -> Result<String, String> {
+                            Err("--gateway is a flag of the client commands (upload, monitor, ...), \
+                                 not of the servers: they take --tracker"
+                                .into())
+                        }),
+                )
+            });
+        }
+        cmd
+    }
+
+    /// Parse `std::env::args` with [`Cli::command_line`]; exits with clap's message on a usage error.
+    pub fn parse_args() -> Cli {
+        let matches = Self::command_line().get_matches();
+        <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+}
+
 /// Run a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = || Client::new(&cli.gateway).map(|c| c.with_api_key(cli.api_key.clone()));
@@ -70,6 +105,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Storage(a) => fdfs_storage::cli::main(*a).await?,
         Command::Gateway(a) => fdfs_gateway::cli::main(a).await?,
         Command::Up(a) => up::run(a).await?,
+        Command::Config(a) => commands::config::run(&a),
         Command::Upload(a) => upload::run(&client()?, a).await?,
         Command::Download(a) => download::run(&client()?, a).await?,
         Command::Delete(a) => files::delete(&client()?, a).await?,

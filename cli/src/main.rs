@@ -2,11 +2,9 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = fdfs::Cli::parse();
+    let cli = fdfs::Cli::parse_args();
     match fdfs::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

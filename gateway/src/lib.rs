@@ -49,7 +49,9 @@ pub enum DownloadMode {
 pub struct Config {
     /// Address to listen on (used by the binary; `run` takes a bound listener).
     pub listen: Option<String>,
-    /// Tracker peers, `host:port`, tried in order starting from the last one that answered.
+    /// Tracker peers, `host:port`, tried in order starting from the last one that answered. TOML key `tracker`
+    /// (the flag's name; `trackers` is still read).
+    #[serde(rename = "tracker", alias = "trackers")]
     pub trackers: Vec<String>,
     /// Largest upload accepted, in bytes (TOML accepts sizes such as `"8GiB"`). Over it: 413.
     #[serde(deserialize_with = "de_size")]

@@ -80,6 +80,18 @@ pub struct Args {
     /// FastDFS connections are closed after this many milliseconds without a request or progress.
     #[arg(long, env = "FDFS_FASTDFS_TIMEOUT_MS")]
     pub fastdfs_timeout_ms: Option<u64>,
+    /// FastDFS connections served at once; more wait until one ends.
+    #[arg(long, env = "FDFS_FASTDFS_MAX_CONNECTIONS")]
+    pub fastdfs_max_connections: Option<usize>,
+    /// Size at which the replication binlog starts a new segment, e.g. `64MiB`.
+    #[arg(long, env = "FDFS_BINLOG_SEGMENT_BYTES")]
+    pub binlog_segment_bytes: Option<Size>,
+    /// Permission bits of stored files, octal (e.g. `644`, `0o640`).
+    #[arg(long, env = "FDFS_FILE_MODE", value_parser = parse_mode)]
+    pub file_mode: Option<u32>,
+    /// Permission bits of the data directories, octal (e.g. `755`).
+    #[arg(long, env = "FDFS_DIR_MODE", value_parser = parse_mode)]
+    pub dir_mode: Option<u32>,
     /// Thumbnail settings (boxed: they are many and rarely given).
     #[command(flatten)]
     pub thumbnails: Box<ThumbnailArgs>,
@@ -117,6 +129,15 @@ pub struct ThumbnailArgs {
     pub thumbnail_deadline_ms: Option<u64>,
 }
 
+/// Permission bits written in octal, with or without a `0o`/`0` prefix (`644`, `0644`, `0o644`).
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.trim().trim_start_matches("0o");
+    u32::from_str_radix(digits, 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("{s:?} is not octal permission bits such as 644"))
+}
+
 impl Args {
     /// Apply the flags over a config loaded from the file.
     pub fn apply(self, mut c: Config) -> Config {
@@ -139,7 +160,14 @@ impl Args {
             scrub_interval_secs,
             peer_stall_timeout_ms
         );
-        set!(fastdfs_ip_width, fastdfs_timeout_ms);
+        set!(
+            fastdfs_ip_width,
+            fastdfs_timeout_ms,
+            fastdfs_max_connections,
+            binlog_segment_bytes,
+            file_mode,
+            dir_mode
+        );
         set_opt!(fastdfs_listen);
         set_opt!(
             listen,

@@ -46,9 +46,13 @@ pub struct Config {
     pub listen: Option<String>,
     /// Group this node belongs to.
     pub group: GroupName,
-    /// Tracker addresses (`host:port` or a base URL); the node heartbeats to every one.
+    /// Tracker addresses (`host:port` or a base URL); the node heartbeats to every one. TOML key `tracker`
+    /// (the flag's name; `trackers` is still read).
+    #[serde(rename = "tracker", alias = "trackers")]
     pub trackers: Vec<String>,
-    /// Store path roots, `M00` first. Store path 0 also holds the node state (`.fdfs/`).
+    /// Store path roots, `M00` first. Store path 0 also holds the node state (`.fdfs/`). TOML key `store_path`
+    /// (the flag's name; `store_paths` is still read).
+    #[serde(rename = "store_path", alias = "store_paths")]
     pub store_paths: Vec<PathBuf>,
     /// Base URL users download from; defaults to `http://<bound addr>`.
     pub public_url: Option<String>,

@@ -29,15 +29,15 @@ pub struct Args {
     /// The group used with `--store-lookup fixed_group`.
     #[arg(long, env = "FDFS_STORE_GROUP")]
     pub store_group: Option<GroupName>,
-    /// How a store path is chosen on the member [default: round_robin]. (Env name differs from the storage
-    /// node's `FDFS_STORE_PATH`, which holds directories.)
-    #[arg(long, env = "FDFS_TRACKER_STORE_PATH", value_enum)]
+    /// How a store path is chosen on the member [default: round_robin].
+    #[arg(long, env = "FDFS_STORE_PATH", value_enum)]
     pub store_path: Option<StorePathPolicy>,
     /// Space every store path keeps free: bytes (`10GiB`) or a percentage of its size (`10%`) [default: 10%].
     #[arg(long, env = "FDFS_RESERVED_STORAGE_SPACE")]
     pub reserved_storage_space: Option<Size>,
-    /// Directory where the tracker remembers its members across restarts (`members.json`).
-    #[arg(long, env = "FDFS_TRACKER_DATA_DIR")]
+    /// Directory where the tracker remembers its members across restarts (`members.json`); it must be
+    /// writable (the tracker refuses to start otherwise).
+    #[arg(long, env = "FDFS_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Shared secret internal routes require in the `x-fdfs-cluster-secret` header.
     #[arg(long, env = "FDFS_CLUSTER_SECRET", hide_env_values = true)]
@@ -52,12 +52,18 @@ pub struct Args {
     /// FastDFS connections are closed after this many milliseconds without a request or progress.
     #[arg(long, env = "FDFS_FASTDFS_TIMEOUT_MS")]
     pub fastdfs_timeout_ms: Option<u64>,
+    /// FastDFS connections served at once; more wait until one ends [default: 256].
+    #[arg(long, env = "FDFS_FASTDFS_MAX_CONNECTIONS")]
+    pub fastdfs_max_connections: Option<usize>,
 }
 
 impl Args {
     /// The config file (or defaults) with these flags laid over it.
     pub fn config(&self) -> anyhow::Result<Config> {
         let mut c: Config = fdfs_common::config::load(self.config.as_deref())?;
+        if let Some(v) = &self.listen {
+            c.listen = Some(v.clone());
+        }
         if let Some(v) = self.heartbeat_timeout_ms {
             c.heartbeat_timeout_ms = v;
         }
@@ -88,6 +94,9 @@ impl Args {
         if let Some(v) = self.fastdfs_timeout_ms {
             c.fastdfs_timeout_ms = v;
         }
+        if let Some(v) = self.fastdfs_max_connections {
+            c.fastdfs_max_connections = v;
+        }
         Ok(c)
     }
 }
@@ -97,7 +106,11 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
     let config = args.config()?;
     fdfs_common::telemetry::init();
     fdfs_common::serve::warn_if_no_secret("tracker", config.cluster_secret.as_deref());
-    let listen = args.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+    // State first: a tracker that cannot keep its members refuses to start, before it announces anything.
+    if let Some(dir) = &config.data_dir {
+        crate::members::check_dir(dir)?;
+    }
+    let listen = config.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
     let listener = fdfs_common::serve::bind_and_announce(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;

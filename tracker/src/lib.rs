@@ -58,6 +58,8 @@ pub enum StorePathPolicy {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// Address to bind, `host:port` (used by [`cli::main`]; `run` takes an already bound listener).
+    pub listen: Option<String>,
     /// A member that has not sent a heartbeat for this long is offline.
     pub heartbeat_timeout_ms: u64,
     pub store_lookup: StoreLookup,
@@ -85,6 +87,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            listen: None,
             heartbeat_timeout_ms: 6000,
             store_lookup: StoreLookup::RoundRobin,
             store_group: None,

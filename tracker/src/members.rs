@@ -3,7 +3,6 @@
 //! `storage_servers_new.dat`). Written at most once a second when something changed (a new or moved member, a
 //! file count), atomically (temp file, fsync, rename).
 
-use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -15,24 +14,26 @@ use crate::registry::Registry;
 const FILE: &str = "members.json";
 const EVERY: Duration = Duration::from_secs(1);
 
+/// Create `data_dir` if needed and prove it writable (a tracker that could not remember its members must not
+/// start as if it could). Blocking.
+pub fn check_dir(dir: &Path) -> Result<(), fdfs_common::state::StateError> {
+    fdfs_common::state::check_writable(dir, "data_dir")
+}
+
 /// Read the remembered members (none when the file does not exist yet). Blocking.
 pub fn load(dir: &Path) -> anyhow::Result<Vec<Heartbeat>> {
-    std::fs::create_dir_all(dir)?;
-    match std::fs::read(dir.join(FILE)) {
+    check_dir(dir)?;
+    let path = dir.join(FILE);
+    match std::fs::read(&path) {
         Ok(bytes) => Ok(serde_json::from_slice(&bytes)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join(FILE).display()))?),
+            .map_err(|e| anyhow::anyhow!("data_dir {}: {e}", path.display()))?),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(anyhow::anyhow!("data_dir {}: {e}", path.display())),
     }
 }
 
 fn save(dir: &Path, members: &[Heartbeat]) -> anyhow::Result<()> {
-    let tmp = dir.join(format!(".{FILE}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&serde_json::to_vec(members)?)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, dir.join(FILE))?;
-    std::fs::File::open(dir)?.sync_all()?;
+    fdfs_common::state::write_atomic(&dir.join(FILE), &serde_json::to_vec(members)?)?;
     Ok(())
 }
 

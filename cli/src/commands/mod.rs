@@ -1,6 +1,7 @@
 //! One module per client subcommand; each exposes a clap `Args` struct and an async `run`.
 
 pub mod bench;
+pub mod config;
 pub mod download;
 pub mod files;
 pub mod import_fastdfs;

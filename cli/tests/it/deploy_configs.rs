@@ -45,7 +45,11 @@ fn uncommented(file: &Path) -> String {
         .join("\n")
 }
 
-/// The field names `T` accepts, read from serde's `unknown field` error (which lists the expected ones).
+/// Old key names still read for files written before the keys took the flags' names (serde aliases).
+const OLD_NAMES: [&str; 2] = ["trackers", "store_paths"];
+
+/// The field names `T` accepts, read from serde's `unknown field` error (which lists the expected ones), without
+/// the [`OLD_NAMES`].
 fn accepted_keys<T: DeserializeOwned + Default + std::fmt::Debug>() -> Vec<String> {
     let err = toml_from_str::<T>("no_such_key_in_any_config = 1\n").unwrap_err();
     let list = err
@@ -54,7 +58,11 @@ fn accepted_keys<T: DeserializeOwned + Default + std::fmt::Debug>() -> Vec<Strin
         .unwrap_or_else(|| panic!("unexpected error shape: {err}"))
         .1;
     let re = regex::Regex::new(r"`([a-z_]+)`").unwrap();
-    let keys: Vec<String> = re.captures_iter(list).map(|c| c[1].to_owned()).collect();
+    let keys: Vec<String> = re
+        .captures_iter(list)
+        .map(|c| c[1].to_owned())
+        .filter(|k| !OLD_NAMES.contains(&k.as_str()))
+        .collect();
     assert!(!keys.is_empty(), "no keys found in: {err}");
     keys
 }
@@ -113,4 +121,109 @@ fn gateway_starts_from_its_example() {
 #[test]
 fn tracker_starts_from_its_example() {
     starts(Role::Tracker, &example("tracker.toml"), &[]);
+}
+
+/// The flags of server subcommand `sub` as `(long name, env variable)`, leaving out `--config` (the file
+/// itself, flag and `FDFS_CONFIG` only) and hidden test hooks.
+fn flags(sub: &str) -> Vec<(String, Option<String>)> {
+    let cmd = fdfs::Cli::command_line();
+    let sc = cmd
+        .find_subcommand(sub)
+        .unwrap_or_else(|| panic!("no subcommand {sub}"));
+    sc.get_arguments()
+        .filter(|a| !a.is_hide_set())
+        .filter_map(|a| {
+            let long = a.get_long()?;
+            Some((
+                long.to_owned(),
+                a.get_env().map(|e| e.to_string_lossy().into_owned()),
+            ))
+        })
+        .filter(|(long, _)| !matches!(long.as_str(), "help" | "version"))
+        .collect()
+}
+
+fn check_names<T: DeserializeOwned + Default + std::fmt::Debug>(sub: &str) {
+    let keys = accepted_keys::<T>();
+    let mut flagged = Vec::new();
+    for (long, env) in flags(sub) {
+        if long == "config" {
+            assert_eq!(env.as_deref(), Some("FDFS_CONFIG"));
+            continue;
+        }
+        let key = long.replace('-', "_");
+        assert!(
+            keys.contains(&key),
+            "fdfs {sub} --{long} has no TOML key `{key}` (keys: {keys:?})"
+        );
+        let want = format!("FDFS_{}", key.to_ascii_uppercase());
+        assert_eq!(
+            env.as_deref(),
+            Some(want.as_str()),
+            "fdfs {sub} --{long}: env variable"
+        );
+        flagged.push(key);
+    }
+    for key in &keys {
+        assert!(
+            flagged.contains(key),
+            "{sub} TOML key `{key}` has no flag --{}",
+            key.replace('_', "-")
+        );
+    }
+}
+
+#[test]
+fn every_flag_is_a_toml_key_and_an_env_variable_of_one_name() {
+    check_names::<fdfs_tracker::Config>("tracker");
+    check_names::<fdfs_storage::Config>("storage");
+    check_names::<fdfs_gateway::Config>("gateway");
+}
+
+#[test]
+fn server_help_has_no_client_gateway_flag() {
+    for sub in fdfs::SERVER_SUBCOMMANDS {
+        let out = std::process::Command::new(crate::common::BIN)
+            .args([sub, "--help"])
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{help}");
+        assert!(help.contains("--config"), "{help}");
+        assert!(!help.contains("--gateway"), "fdfs {sub} --help: {help}");
+        let out = std::process::Command::new(crate::common::BIN)
+            .args([sub, "--gateway", "http://127.0.0.1:8080"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "fdfs {sub} --gateway must be refused");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("client commands"));
+    }
+    // Client commands take it before or after their name.
+    let out = std::process::Command::new(crate::common::BIN)
+        .args(["info", "--offline", "--gateway", "http://127.0.0.1:1"])
+        .arg("group1/M00/00/00/wKgAA1qCJbeAQ3sLAABe0xvpx3Q419.jpg")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn config_scaffold_prints_the_shipped_files() {
+    for (sub, file) in [
+        ("tracker", "tracker.toml"),
+        ("storage", "storage.toml"),
+        ("gateway", "gateway.toml"),
+    ] {
+        let out = std::process::Command::new(crate::common::BIN)
+            .args(["config", sub])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let shipped = std::fs::read(example(file)).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&shipped),
+            "fdfs config {sub} differs from deploy/config/{file}"
+        );
+    }
 }
