@@ -8,6 +8,7 @@ pub mod drain;
 pub mod error;
 pub mod fastdfs;
 pub mod fileid;
+pub mod health;
 pub mod metrics;
 pub mod serve;
 pub mod state;

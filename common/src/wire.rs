@@ -71,6 +71,10 @@ pub struct Heartbeat {
     /// Port of the node's FastDFS protocol listener (`fastdfs_listen`), on the host of `addr`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fastdfs_port: Option<u16>,
+    /// Random number chosen by the process at start: heartbeats of one run carry the same one, so a tracker
+    /// tells a restart of a member from a second process claiming its node id (0: not sent).
+    #[serde(default)]
+    pub instance: u64,
 }
 
 /// A storage member as the tracker describes it to others.
@@ -88,6 +92,9 @@ pub struct MemberInfo {
     pub file_count: u64,
     /// Milliseconds since the tracker last heard from the member.
     pub last_seen_ms: u64,
+    /// An operator drains the member (`fdfs monitor drain`): it gets no new uploads, still serves reads.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 impl MemberInfo {
@@ -103,6 +110,9 @@ impl MemberInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeartbeatReply {
     pub peers: Vec<MemberInfo>,
+    /// The sender is being drained: it gets no new uploads (its `/health` says so).
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// Tracker reply to `GET /v1/assign`: where to upload.

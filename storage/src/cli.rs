@@ -35,7 +35,7 @@ pub struct Args {
     /// TOML config file.
     #[arg(long, env = "FDFS_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Node id (default: crc32 of group/address).
+    /// Node id (1 to 4294967295), kept in the store [default: the store's, random for a new store].
     #[arg(long, env = "FDFS_NODE_ID")]
     pub node_id: Option<u32>,
     /// Milliseconds between heartbeats.
@@ -206,6 +206,8 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
     let file: Config = fdfs_common::config::load(args.config.as_deref())?;
     let config = args.apply(file);
     fdfs_common::serve::warn_if_no_secret("storage node", config.cluster_secret.as_deref());
+    // State first: a node that cannot write its store refuses to start before it announces anything.
+    crate::check_state(&config)?;
     let listen = config
         .listen
         .clone()

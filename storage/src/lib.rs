@@ -11,6 +11,7 @@ pub mod cli;
 pub mod error;
 pub mod fastdfs;
 pub mod heartbeat;
+pub mod identity;
 pub mod import;
 pub mod scrub;
 pub mod serve;
@@ -62,7 +63,8 @@ pub struct Config {
     /// `host:port` other processes reach `internal_listen` at (default: its bound address; set it when
     /// listening on `0.0.0.0`).
     pub internal_addr: Option<String>,
-    /// Node id; defaults to crc32 of `group + "/" + address` (stable across restarts and wipes).
+    /// Node id (1 to 2^32-1), as FastDFS's `storage_ids.conf` assigns them. Unset: the id recorded in store path
+    /// 0 (`.fdfs/node_id`), chosen at random for a new store (see [`identity`]).
     pub node_id: Option<u32>,
     /// Milliseconds between heartbeats.
     pub heartbeat_interval_ms: u64,
@@ -201,9 +203,17 @@ fn authority(url: &str) -> &str {
     rest.split('/').next().unwrap_or(rest)
 }
 
-/// Default node id: crc32 of `group/addr`.
-pub fn default_node_id(group: &GroupName, addr: &str) -> u32 {
-    crc32fast::hash(format!("{group}/{addr}").as_bytes())
+/// Refuse to start on state that cannot be kept: every store path must exist (or be creatable) and be
+/// writable. Called before anything is announced; the error names the setting and the path.
+pub fn check_state(config: &Config) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !config.store_paths.is_empty(),
+        "at least one store path is required (store_path, flag --store-path)"
+    );
+    for p in &config.store_paths {
+        fdfs_common::state::check_writable(p, "store_path")?;
+    }
+    Ok(())
 }
 
 /// Run a storage node on an already bound listener until `shutdown` resolves (and the FastDFS door on
@@ -243,11 +253,33 @@ pub async fn run_with_fastdfs(
     } else {
         bound.to_string()
     };
-    let node_id = config
-        .node_id
-        .unwrap_or_else(|| default_node_id(&config.group, &addr));
+    check_state(&config)?;
+    let public_setting = if config.public_url.is_some() {
+        "public_url"
+    } else {
+        "public_url (the default is http://<listen>)"
+    };
+    identity::check_address(
+        "public address",
+        authority(&public_url),
+        public_setting,
+        &config.trackers,
+    )
+    .map_err(anyhow::Error::msg)?;
+    // The id recorded in store path 0 (or, for a store from before that file, the one derived from the public
+    // address as it always was).
+    let derived_from = addr.clone();
+    let group = config.group.clone();
+    let (root, configured) = (config.store_paths[0].clone(), config.node_id);
+    let (node_id, origin) = tokio::task::spawn_blocking(move || {
+        identity::settle(&root, configured, || {
+            identity::derived_id(&group, &derived_from)
+        })
+    })
+    .await??;
+    tracing::info!(node_id, origin = ?origin, "node id");
     // With a separate internal listener, that is the address announced to trackers (peers and the gateway
-    // use the announced address for `/v1` and proxied reads); the node id stays derived from the public one.
+    // use the announced address for `/v1` and proxied reads).
     let internal = match config.internal_listen.as_deref() {
         Some(listen) => Some(
             fdfs_common::serve::bind_and_announce_as("internal listening on", listen)
@@ -261,14 +293,19 @@ pub async fn run_with_fastdfs(
         (Some(_), Some(announced)) => announced.clone(),
         (Some(l), None) => l.local_addr()?.to_string(),
     };
+    if internal.is_some() {
+        identity::check_address(
+            "internal address",
+            &addr,
+            "internal_addr",
+            &config.trackers,
+        )
+        .map_err(anyhow::Error::msg)?;
+    }
     let max_file_size = match config.max_file_size {
         Size::Bytes(n) => n.min(fdfs_common::fileid::MAX_FILE_SIZE),
         Size::Percent(_) => anyhow::bail!("max_file_size must be a size, not a percentage"),
     };
-    anyhow::ensure!(
-        !config.store_paths.is_empty(),
-        "at least one --store-path is required"
-    );
     let segment_bytes = match config.binlog_segment_bytes {
         Size::Bytes(n) => n,
         Size::Percent(_) => anyhow::bail!("binlog_segment_bytes must be a size, not a percentage"),

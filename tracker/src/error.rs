@@ -30,8 +30,33 @@ pub enum Error {
     #[error("no member {1} in group {0}")]
     UnknownMember(GroupName, u32),
     /// Only an offline member can be removed.
-    #[error("member {0} is {1}: stop it before removing it")]
+    #[error("member {0} is {1}: stop it before removing it (a stopped member leaves at once)")]
     MemberLive(u32, &'static str),
+    /// A heartbeat with the id of another live member (a copied store or node_id setting).
+    #[error(
+        "node id {node_id} is already the id of live member {addr} (heard {seen_ms} ms ago): two storage nodes \
+         must not share a node id (a copied store path or node_id setting?)"
+    )]
+    NodeIdConflict {
+        node_id: u32,
+        addr: String,
+        seen_ms: u64,
+        retry_after: std::time::Duration,
+    },
+    /// A heartbeat announcing the address of another live member.
+    #[error(
+        "{addr} is already the address of live member {other} (heard {seen_ms} ms ago): two storage nodes \
+         announce the same address (check public_url and internal_addr)"
+    )]
+    AddressConflict {
+        addr: String,
+        other: u32,
+        seen_ms: u64,
+        retry_after: std::time::Duration,
+    },
+    /// The tracker restarted moments ago and has not heard every member yet.
+    #[error("tracker started {0} ms ago and has not heard every storage node yet: ask another tracker")]
+    WarmingUp(u64),
 }
 
 impl Error {
@@ -43,7 +68,10 @@ impl Error {
             Error::UnknownGroup(_) | Error::NoRoute | Error::UnknownMember(..) => {
                 StatusCode::NOT_FOUND
             }
-            Error::MemberLive(..) => StatusCode::CONFLICT,
+            Error::MemberLive(..)
+            | Error::NodeIdConflict { .. }
+            | Error::AddressConflict { .. } => StatusCode::CONFLICT,
+            Error::WarmingUp(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Error::NoStorage(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
@@ -56,6 +84,9 @@ impl Error {
             Error::NoStorage(_) => "no_storage",
             Error::UnknownMember(..) => "unknown_member",
             Error::MemberLive(..) => "member_live",
+            Error::NodeIdConflict { .. } => "node_id_conflict",
+            Error::AddressConflict { .. } => "address_conflict",
+            Error::WarmingUp(_) => "tracker_warming_up",
             other => code_for(other.status()),
         }
     }
@@ -64,7 +95,19 @@ impl Error {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         // Every variant is an expected condition with a message safe to show; none hides an internal fault.
-        error_response(self.status(), self.code(), self.to_string())
+        let retry_after = match &self {
+            Error::NodeIdConflict { retry_after, .. } | Error::AddressConflict { retry_after, .. } => {
+                Some(retry_after.as_secs() + 1)
+            }
+            Error::WarmingUp(_) => Some(1),
+            _ => None,
+        };
+        let mut resp = error_response(self.status(), self.code(), self.to_string());
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        resp
     }
 }
 

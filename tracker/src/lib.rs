@@ -113,12 +113,45 @@ impl Config {
 struct AppState {
     registry: Arc<Mutex<Registry>>,
     secret: Option<Arc<str>>,
+    /// When this tracker started, and how long it needs to have heard every live member (one heartbeat
+    /// timeout): until then an answer that no member could give ("no storage", "unknown group", "no room") may
+    /// only mean that member has not beaten here yet, so it is refused (503) and gateways ask another tracker.
+    started: Instant,
+    warmup: Duration,
+    stopping: fdfs_common::health::Stopping,
+    /// Why the member list could not be saved lately (the data_dir went read-only or full).
+    save_error: Arc<Mutex<Option<String>>>,
 }
 
 impl AppState {
     /// The registry, held only for one synchronous call (never across an await).
     fn registry(&self) -> MutexGuard<'_, Registry> {
         self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Milliseconds since start while still warming up.
+    fn warming_up(&self) -> Option<u64> {
+        let up = self.started.elapsed();
+        (up < self.warmup).then(|| u64::try_from(up.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// An error answer, unless it may only come from not having heard every member yet.
+    fn settled(&self, e: Error) -> Error {
+        match (&e, self.warming_up()) {
+            (
+                Error::NoStorage(_) | Error::UnknownGroup(_) | Error::InsufficientStorage(_),
+                Some(ms),
+            ) => Error::WarmingUp(ms),
+            _ => e,
+        }
+    }
+
+    fn has_secret(&self, headers: &axum::http::HeaderMap) -> bool {
+        self.secret.as_ref().is_none_or(|secret| {
+            headers
+                .get(CLUSTER_SECRET_HEADER)
+                .is_some_and(|g| fdfs_common::constant_time_eq(g.as_bytes(), secret.as_bytes()))
+        })
     }
 }
 
@@ -158,15 +191,25 @@ pub async fn run_with_fastdfs(
     let state = AppState {
         secret: config.cluster_secret.as_deref().map(Arc::from),
         registry: Arc::new(Mutex::new(Registry::new(&config))),
+        started: Instant::now(),
+        warmup: config.heartbeat_timeout(),
+        stopping: fdfs_common::health::Stopping::default(),
+        save_error: Arc::default(),
     };
     let persister = match &config.data_dir {
         Some(dir) => {
             let dir = dir.clone();
             let d = dir.clone();
-            let members = tokio::task::spawn_blocking(move || members::load(&d)).await??;
+            let (members, draining) =
+                tokio::task::spawn_blocking(move || members::load(&d)).await??;
             tracing::info!(members = members.len(), dir = %dir.display(), "remembered members");
             state.registry().restore(members, Instant::now());
-            Some(tokio::spawn(members::persist(state.registry.clone(), dir)))
+            state.registry().restore_draining(draining);
+            Some(tokio::spawn(members::persist(
+                state.registry.clone(),
+                dir,
+                state.save_error.clone(),
+            )))
         }
         None => None,
     };
@@ -177,6 +220,11 @@ pub async fn run_with_fastdfs(
         .route("/v1/assign/batch", get(assign_batch))
         .route("/v1/locate/{*file_id}", get(locate))
         .route("/v1/members/{group}/{node_id}", delete(remove_member))
+        .route("/v1/members/{group}/{node_id}/leave", post(leave))
+        .route(
+            "/v1/members/{group}/{node_id}/drain",
+            axum::routing::put(drain_on).delete(drain_off),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_secret,
@@ -184,15 +232,21 @@ pub async fn run_with_fastdfs(
     let app = Router::new()
         .route("/cluster", get(cluster))
         .route("/health", get(health))
+        .route("/livez", get(|| async { fdfs_common::health::live("tracker") }))
         .merge(internal)
         .fallback(|| async { Error::NoRoute })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(1 << 20))
-        .with_state(state);
+        .with_state(state.clone());
     let app = fdfs_common::metrics::instrument(app, "tracker");
     tracing::info!(addr = %listener.local_addr()?, "tracker serving");
     // The FastDFS door (see `fastdfs`): its own listener, stopped by the same shutdown signal.
-    let shutdown = futures_util::FutureExt::shared(Box::pin(shutdown));
+    let stopping = state.stopping.clone();
+    let shutdown = futures_util::FutureExt::shared(Box::pin(async move {
+        shutdown.await;
+        // `/health` turns unready; gateways move to another tracker on the closed connections.
+        stopping.set();
+    }));
     let fastdfs_door = match fastdfs {
         Some(l) => {
             let door = fastdfs::Door {
@@ -246,8 +300,8 @@ async fn heartbeat(
     body: Result<Json<Heartbeat>, JsonRejection>,
 ) -> Result<Json<HeartbeatReply>, Error> {
     let Json(hb) = body?;
-    let peers = state.registry().heartbeat(hb, Instant::now());
-    Ok(Json(HeartbeatReply { peers }))
+    let (peers, draining) = state.registry().heartbeat(hb, Instant::now())?;
+    Ok(Json(HeartbeatReply { peers, draining }))
 }
 
 #[derive(Deserialize)]
@@ -283,10 +337,10 @@ async fn assign(
             })
         })
         .collect::<Result<Vec<u32>, Error>>()?;
-    let assignment =
-        state
-            .registry()
-            .assign_excluding(group.as_ref(), q.size, Instant::now(), &exclude)?;
+    let assignment = state
+        .registry()
+        .assign_excluding(group.as_ref(), q.size, Instant::now(), &exclude)
+        .map_err(|e| state.settled(e))?;
     Ok(Json(assignment))
 }
 
@@ -324,7 +378,7 @@ async fn assign_batch(
     for _ in 0..q.count.clamp(1, MAX_BATCH) {
         match registry.assign(group.as_ref(), q.size, now) {
             Ok(a) => out.push(a),
-            Err(e) if out.is_empty() => return Err(e),
+            Err(e) if out.is_empty() => return Err(state.settled(e)),
             Err(_) => break,
         }
     }
@@ -337,7 +391,8 @@ async fn locate(
 ) -> Result<Json<Locations>, Error> {
     let Path(file_id) = path?;
     let id: FileId = file_id.parse()?;
-    Ok(Json(state.registry().locate(&id, Instant::now())?))
+    let located = state.registry().locate(&id, Instant::now());
+    Ok(Json(located.map_err(|e| state.settled(e))?))
 }
 
 /// `DELETE /v1/members/{group}/{node_id}` (internal): forget an offline member.
@@ -353,14 +408,91 @@ async fn remove_member(
     ))
 }
 
-async fn cluster(State(state): State<AppState>) -> Json<ClusterView> {
-    Json(state.registry().cluster(Instant::now()))
+#[derive(Deserialize)]
+struct LeaveQuery {
+    #[serde(default)]
+    instance: u64,
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({
-        "status": "ok",
-        "role": "tracker",
-        "version": fdfs_common::VERSION,
-    }))
+/// `POST /v1/members/{group}/{node_id}/leave?instance=N` (internal): a member stopping cleanly is offline at once.
+async fn leave(
+    State(state): State<AppState>,
+    path: Result<Path<(String, u32)>, PathRejection>,
+    query: Result<Query<LeaveQuery>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, Error> {
+    let Path((group, node_id)) = path?;
+    let Query(q) = query?;
+    let group: GroupName = group.parse()?;
+    state
+        .registry()
+        .leave(&group, node_id, q.instance, Instant::now())?;
+    Ok(Json(
+        serde_json::json!({ "group": group, "node_id": node_id, "state": "offline" }),
+    ))
+}
+
+/// `PUT|DELETE /v1/members/{group}/{node_id}/drain` (internal): start or stop draining a member.
+async fn drain(
+    state: AppState,
+    path: Result<Path<(String, u32)>, PathRejection>,
+    on: bool,
+) -> Result<Json<serde_json::Value>, Error> {
+    let Path((group, node_id)) = path?;
+    let group: GroupName = group.parse()?;
+    state.registry().drain(&group, node_id, on)?;
+    Ok(Json(
+        serde_json::json!({ "group": group, "node_id": node_id, "draining": on }),
+    ))
+}
+
+async fn drain_on(
+    State(state): State<AppState>,
+    path: Result<Path<(String, u32)>, PathRejection>,
+) -> Result<Json<serde_json::Value>, Error> {
+    drain(state, path, true).await
+}
+
+async fn drain_off(
+    State(state): State<AppState>,
+    path: Result<Path<(String, u32)>, PathRejection>,
+) -> Result<Json<serde_json::Value>, Error> {
+    drain(state, path, false).await
+}
+
+/// `GET /cluster`: every group and member. Without the cluster secret (when one is set) only what users see
+/// anyway: each member's `addr` is the host:port of its public URL, never an internal address.
+async fn cluster(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Json<ClusterView> {
+    let mut view = state.registry().cluster(Instant::now());
+    if !state.has_secret(&headers) {
+        for m in view.groups.iter_mut().flat_map(|g| g.members.iter_mut()) {
+            let public = m.public_url.split_once("://").map_or(&*m.public_url, |(_, r)| r);
+            m.addr = public.split('/').next().unwrap_or(public).to_owned();
+        }
+    }
+    Json(view)
+}
+
+/// `GET /health`: ready unless stopping, warming up (not every member heard yet) or unable to save members.
+async fn health(State(state): State<AppState>) -> Response {
+    let reason = if state.stopping.is_set() {
+        Some("stopping".to_owned())
+    } else if let Some(err) = state
+        .save_error
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
+    {
+        Some(err)
+    } else {
+        state.warming_up().map(|ms| {
+            format!(
+                "warming up: started {ms} ms ago, hearing from every storage node takes {} ms",
+                state.warmup.as_millis()
+            )
+        })
+    };
+    fdfs_common::health::answer("tracker", reason)
 }

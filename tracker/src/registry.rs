@@ -49,6 +49,8 @@ pub struct Registry {
     member_cursors: HashMap<GroupName, usize>,
     /// Membership changed (a new or moved member, a file count) since [`Registry::take_dirty`].
     dirty: bool,
+    /// Members an operator drains (`fdfs monitor drain`): never assigned uploads, still located for reads.
+    draining: BTreeSet<u32>,
 }
 
 impl Registry {
@@ -63,6 +65,7 @@ impl Registry {
             group_cursor: 0,
             member_cursors: HashMap::new(),
             dirty: false,
+            draining: BTreeSet::new(),
         }
     }
 
@@ -86,6 +89,56 @@ impl Registry {
         self.members.values().map(|m| m.hb.clone()).collect()
     }
 
+    /// The members being drained, for persisting.
+    pub fn draining(&self) -> Vec<u32> {
+        self.draining.iter().copied().collect()
+    }
+
+    /// Drains remembered from an earlier run.
+    pub fn restore_draining(&mut self, ids: Vec<u32>) {
+        self.draining.extend(ids);
+    }
+
+    /// Start (`on`) or stop draining a member: a draining member gets no new uploads; reads still go to it.
+    pub fn drain(&mut self, group: &GroupName, node_id: u32, on: bool) -> Result<(), Error> {
+        if !self.members.get(&node_id).is_some_and(|m| m.hb.group == *group) {
+            return Err(Error::UnknownMember(group.clone(), node_id));
+        }
+        let changed = if on {
+            self.draining.insert(node_id)
+        } else {
+            self.draining.remove(&node_id)
+        };
+        if changed {
+            self.dirty = true;
+            tracing::info!(node_id, group = %group, draining = on, "member drain changed");
+        }
+        Ok(())
+    }
+
+    /// A member stopping cleanly says so: it is offline at once (no uploads, no reads, and it can be removed
+    /// without waiting for the heartbeat timeout). Only the run that beats (`instance`) can take itself out.
+    pub fn leave(
+        &mut self,
+        group: &GroupName,
+        node_id: u32,
+        instance: u64,
+        now: Instant,
+    ) -> Result<(), Error> {
+        let long_ago = now
+            .checked_sub(self.timeout + Duration::from_secs(1))
+            .unwrap_or(now);
+        match self.members.get_mut(&node_id) {
+            Some(m) if m.hb.group == *group && (instance == 0 || m.hb.instance == instance) => {
+                m.last_seen = m.last_seen.min(long_ago);
+                tracing::info!(node_id, group = %group, "member stopped (left cleanly)");
+                Ok(())
+            }
+            Some(_) => Ok(()),
+            None => Err(Error::UnknownMember(group.clone(), node_id)),
+        }
+    }
+
     /// Whether membership changed since the last call.
     pub fn take_dirty(&mut self) -> bool {
         std::mem::take(&mut self.dirty)
@@ -103,6 +156,7 @@ impl Registry {
             MemberState::Syncing => return Err(Error::MemberLive(node_id, "syncing")),
         }
         self.members.remove(&node_id);
+        self.draining.remove(&node_id);
         self.dirty = true;
         tracing::info!(node_id, group = %group, "member removed");
         Ok(())
@@ -113,8 +167,71 @@ impl Registry {
         self.dirty = true;
     }
 
-    /// Record a heartbeat; returns the other members of the sender's group.
-    pub fn heartbeat(&mut self, hb: Heartbeat, now: Instant) -> Vec<MemberInfo> {
+    /// Refuse a heartbeat that claims the id or the address of another live member (two nodes with one id,
+    /// or one address: a copied store, node_id setting or public_url). A restart of a member (same id, same
+    /// address, another run) is no conflict; an offline member whose address a new member of its group takes
+    /// (the host was wiped or reinstalled) is replaced.
+    fn check_conflicts(&mut self, hb: &Heartbeat, now: Instant) -> Result<(), Error> {
+        let seen = |m: &Member| now.saturating_duration_since(m.last_seen);
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        if let Some(m) = self.members.get(&hb.node_id) {
+            let live = m.state(self.timeout, now) != MemberState::Offline;
+            let other_run = m.hb.instance != 0 && hb.instance != 0 && m.hb.instance != hb.instance;
+            if live && other_run && m.hb.addr != hb.addr {
+                return Err(Error::NodeIdConflict {
+                    node_id: hb.node_id,
+                    addr: m.hb.addr.clone(),
+                    seen_ms: ms(seen(m)),
+                    retry_after: self.timeout.saturating_sub(seen(m)),
+                });
+            }
+        }
+        let same_addr: Vec<(u32, bool, bool)> = self
+            .members
+            .values()
+            .filter(|m| m.hb.node_id != hb.node_id && m.hb.addr == hb.addr)
+            .map(|m| {
+                (
+                    m.hb.node_id,
+                    m.state(self.timeout, now) != MemberState::Offline,
+                    m.hb.group == hb.group,
+                )
+            })
+            .collect();
+        if let Some((other, _, _)) = same_addr.iter().find(|(_, live, _)| *live) {
+            let m = &self.members[other];
+            return Err(Error::AddressConflict {
+                addr: hb.addr.clone(),
+                other: *other,
+                seen_ms: ms(seen(m)),
+                retry_after: self.timeout.saturating_sub(seen(m)),
+            });
+        }
+        for (old, _, same_group) in same_addr {
+            if same_group {
+                tracing::warn!(
+                    old,
+                    new = hb.node_id,
+                    addr = %hb.addr,
+                    group = %hb.group,
+                    "offline member replaced by a new node at its address (wiped or reinstalled)"
+                );
+                self.members.remove(&old);
+                self.draining.remove(&old);
+                self.dirty = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Record a heartbeat; returns the other members of the sender's group and whether the sender is being
+    /// drained. Refused when it conflicts with another live member (see `check_conflicts`).
+    pub fn heartbeat(
+        &mut self,
+        hb: Heartbeat,
+        now: Instant,
+    ) -> Result<(Vec<MemberInfo>, bool), Error> {
+        self.check_conflicts(&hb, now)?;
         let (id, group) = (hb.node_id, hb.group.clone());
         match self.members.get_mut(&id) {
             Some(m) => {
@@ -140,10 +257,12 @@ impl Registry {
                 self.dirty = true;
             }
         }
-        self.in_group(&group)
+        let peers = self
+            .in_group(&group)
             .filter(|m| m.hb.node_id != id)
             .map(|m| self.info(m, now))
-            .collect()
+            .collect();
+        Ok((peers, self.draining.contains(&id)))
     }
 
     /// Choose a group, an active member and a store path for an upload of `size` bytes.
@@ -193,7 +312,7 @@ impl Registry {
                 .in_group(&g)
                 .filter(|m| m.state(self.timeout, now) == MemberState::Active)
                 .map(|m| m.hb.node_id)
-                .filter(|id| !exclude.contains(id))
+                .filter(|id| !exclude.contains(id) && !self.draining.contains(id))
                 .collect();
             any_active |= !active.is_empty();
             // Every live member receives the file on the same store path: only paths with room on all of them.
@@ -252,8 +371,14 @@ impl Registry {
         if active.is_empty() {
             return Err(Error::NoStorage(Some(id.group.clone())));
         }
-        // Stable: ties stay in node id order. Holders (>= created) sort before non-holders (< created).
-        active.sort_by_key(|m| Reverse(synced_until(m)));
+        // Stable: ties stay in node id order. Holders (>= created) sort before non-holders (< created); among
+        // equals, members being drained come last.
+        active.sort_by_key(|m| {
+            (
+                Reverse(synced_until(m)),
+                self.draining.contains(&m.hb.node_id),
+            )
+        });
         Ok(Locations {
             group: id.group.clone(),
             members: active.into_iter().map(|m| self.info(m, now)).collect(),
@@ -299,6 +424,7 @@ impl Registry {
             sync: m.hb.sync.clone(),
             file_count: m.hb.file_count,
             last_seen_ms: u64::try_from(last_seen.as_millis()).unwrap_or(u64::MAX),
+            draining: self.draining.contains(&m.hb.node_id),
         }
     }
 
@@ -411,13 +537,14 @@ mod tests {
             file_count: 0,
             version: "test".into(),
             fastdfs_port: None,
+            instance: u64::from(node_id),
         }
     }
 
     fn registry(config: Config, beats: Vec<Heartbeat>, now: Instant) -> Registry {
         let mut r = Registry::new(&config);
         for b in beats {
-            r.heartbeat(b, now);
+            r.heartbeat(b, now).unwrap();
         }
         r
     }
@@ -470,14 +597,14 @@ mod tests {
 
         let mut r = Registry::new(&Config::default());
         r.restore(saved, now);
-        let peers = r.heartbeat(hb("g1", 1, &[50 * GB]), now);
+        let peers = r.heartbeat(hb("g1", 1, &[50 * GB]), now).unwrap().0;
         assert_eq!(peers.len(), 1);
         assert_eq!(peers[0].node_id, 2);
         assert_eq!(peers[0].state, MemberState::Offline);
         assert_eq!(peers[0].file_count, 7);
         assert!(r.assign(None, 1, now).is_ok_and(|a| a.node_id == 1));
-        r.heartbeat(hb("g1", 2, &[50 * GB]), now);
-        let peers = r.heartbeat(hb("g1", 1, &[50 * GB]), now);
+        r.heartbeat(hb("g1", 2, &[50 * GB]), now).unwrap();
+        let peers = r.heartbeat(hb("g1", 1, &[50 * GB]), now).unwrap().0;
         assert_eq!(peers[0].state, MemberState::Active);
     }
 
@@ -563,10 +690,10 @@ mod tests {
         ));
         // Once the full member is offline the group takes uploads again (it catches up when back).
         let later = now + Duration::from_millis(6001);
-        r.heartbeat(hb("g1", 1, &[50 * GB]), later);
+        r.heartbeat(hb("g1", 1, &[50 * GB]), later).unwrap();
         assert_eq!(r.assign(Some(&g("g1")), 1, later).unwrap().node_id, 1);
         // And once it has room again.
-        r.heartbeat(hb("g1", 2, &[10 * GB]), later);
+        r.heartbeat(hb("g1", 2, &[10 * GB]), later).unwrap();
         assert!(r.assign(Some(&g("g1")), 1, later).is_ok());
     }
 
@@ -590,7 +717,7 @@ mod tests {
         let states: Vec<_> = view.groups[0].members.iter().map(|m| m.state).collect();
         assert_eq!(states, [MemberState::Offline, MemberState::Offline]);
         // A fresh heartbeat brings the member back; peers are the rest of the group.
-        let peers = r.heartbeat(hb("g1", 1, &[50 * GB]), later);
+        let peers = r.heartbeat(hb("g1", 1, &[50 * GB]), later).unwrap().0;
         assert_eq!(peers.len(), 1);
         assert_eq!(peers[0].state, MemberState::Offline);
         assert_eq!(r.assign(None, 1, later).unwrap().node_id, 1);
@@ -692,9 +819,98 @@ mod tests {
         let mut r = registry(Config::default(), vec![hb("g1", 1, &[50 * GB])], now);
         let mut moved = hb("g1", 1, &[50 * GB]);
         moved.addr = "10.0.0.9:23000".into();
-        r.heartbeat(moved, now);
+        r.heartbeat(moved, now).unwrap();
         let view = r.cluster(now);
         assert_eq!(view.groups[0].members.len(), 1);
         assert_eq!(view.groups[0].members[0].addr, "10.0.0.9:23000");
+    }
+
+    #[test]
+    fn a_second_node_with_a_live_members_id_or_address_is_refused() {
+        let now = Instant::now();
+        let mut r = registry(Config::default(), vec![hb("g1", 1, &[50 * GB])], now);
+        // Same id from another address and another run, while the first is live.
+        let mut twin = hb("g1", 1, &[50 * GB]);
+        twin.addr = "10.0.0.9:23000".into();
+        twin.instance = 99;
+        let e = r.heartbeat(twin.clone(), now).unwrap_err();
+        assert!(matches!(e, Error::NodeIdConflict { node_id: 1, .. }), "{e}");
+        assert_eq!(e.status(), axum::http::StatusCode::CONFLICT);
+        assert_eq!(r.cluster(now).groups[0].members[0].addr, "127.0.0.1:20001");
+        // Another id at the live member's address.
+        let mut copy = hb("g1", 2, &[50 * GB]);
+        copy.addr = "127.0.0.1:20001".into();
+        assert!(matches!(
+            r.heartbeat(copy.clone(), now),
+            Err(Error::AddressConflict { other: 1, .. })
+        ));
+        // Once the first is offline: the twin is the member that moved; a new id at an offline member's
+        // address replaces it (a wiped host).
+        let later = now + Duration::from_secs(7);
+        r.heartbeat(twin, later).unwrap();
+        assert_eq!(r.cluster(later).groups[0].members[0].addr, "10.0.0.9:23000");
+        let much_later = later + Duration::from_secs(7);
+        copy.addr = "10.0.0.9:23000".into();
+        r.heartbeat(copy, much_later).unwrap();
+        let members = &r.cluster(much_later).groups[0].members;
+        assert_eq!(members.len(), 1, "{members:?}");
+        assert_eq!(members[0].node_id, 2);
+    }
+
+    #[test]
+    fn a_restart_at_the_same_address_is_no_conflict() {
+        let now = Instant::now();
+        let mut r = registry(Config::default(), vec![hb("g1", 1, &[50 * GB])], now);
+        let mut again = hb("g1", 1, &[50 * GB]);
+        again.instance = 1234;
+        r.heartbeat(again, now).unwrap();
+    }
+
+    #[test]
+    fn a_member_that_leaves_is_offline_at_once_and_removable() {
+        let now = Instant::now();
+        let beats = vec![hb("g1", 1, &[50 * GB]), hb("g1", 2, &[50 * GB])];
+        let mut r = registry(Config::default(), beats, now);
+        assert!(matches!(r.remove(&g("g1"), 2, now), Err(Error::MemberLive(2, "active"))));
+        // A leave from another run does nothing.
+        r.leave(&g("g1"), 2, 777, now).unwrap();
+        assert_eq!(r.cluster(now).groups[0].members[1].state, MemberState::Active);
+        r.leave(&g("g1"), 2, 2, now).unwrap();
+        assert_eq!(r.cluster(now).groups[0].members[1].state, MemberState::Offline);
+        for _ in 0..4 {
+            assert_eq!(r.assign(None, 1, now).unwrap().node_id, 1);
+        }
+        r.remove(&g("g1"), 2, now).unwrap();
+        assert!(matches!(r.leave(&g("g1"), 2, 2, now), Err(Error::UnknownMember(..))));
+    }
+
+    #[test]
+    fn a_draining_member_gets_no_uploads_but_is_still_located() {
+        let now = Instant::now();
+        let beats = vec![hb("g1", 1, &[50 * GB]), hb("g1", 2, &[50 * GB])];
+        let mut r = registry(Config::default(), beats, now);
+        r.drain(&g("g1"), 1, true).unwrap();
+        assert!(r.take_dirty());
+        for _ in 0..4 {
+            assert_eq!(r.assign(None, 1, now).unwrap().node_id, 2);
+        }
+        let (_, draining) = r.heartbeat(hb("g1", 1, &[50 * GB]), now).unwrap();
+        assert!(draining, "the node is told");
+        let view = r.cluster(now);
+        assert!(view.groups[0].members[0].draining);
+        let info = NameInfo {
+            source_id: 1,
+            created: 100,
+            size: 1,
+            crc32: 1,
+        };
+        let name = fdfs_common::FileName::generate(&info, None).unwrap();
+        let id: FileId = format!("g1/M00/00/00/{}", name.as_str()).parse().unwrap();
+        let located: Vec<u32> = r.locate(&id, now).unwrap().members.iter().map(|m| m.node_id).collect();
+        assert_eq!(located, [1, 2], "the draining source still holds it");
+        assert_eq!(r.draining(), [1]);
+        r.drain(&g("g1"), 1, false).unwrap();
+        assert!(r.draining().is_empty());
+        assert!(matches!(r.drain(&g("g1"), 9, true), Err(Error::UnknownMember(..))));
     }
 }

@@ -76,6 +76,7 @@ fn hb(group: &str, node_id: u32, free: u64) -> Heartbeat {
         file_count: 0,
         version: fdfs_common::VERSION.into(),
         fastdfs_port: None,
+        instance: u64::from(node_id),
     }
 }
 
@@ -97,9 +98,26 @@ fn file_id(group: &str, source_id: u32, created: u32) -> String {
 
 #[tokio::test]
 async fn assigns_round_robin_and_locates_holders_first() {
-    let t = Tracker::start(Config::default()).await;
+    let t = Tracker::start(Config {
+        heartbeat_timeout_ms: 3000,
+        ..Config::default()
+    })
+    .await;
+    // Just started: "no storage" may only mean no member has beaten here yet; gateways ask another tracker.
+    let r = t.get("/v1/assign?size=1").send().await.unwrap();
+    assert!(r.headers().contains_key("retry-after"));
     assert_eq!(
-        error_code(t.get("/v1/assign?size=1").send().await.unwrap()).await,
+        error_code(r).await,
+        (StatusCode::SERVICE_UNAVAILABLE, "tracker_warming_up".into())
+    );
+    fdfs_testkit::eventually(20, "the warm-up over", || async {
+        let r = t.get("/health").send().await.ok()?;
+        (r.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+    let r = t.get("/v1/assign?size=1").send().await.unwrap();
+    assert_eq!(
+        error_code(r).await,
         (StatusCode::SERVICE_UNAVAILABLE, "no_storage".into())
     );
 
@@ -308,7 +326,7 @@ async fn internal_routes_need_the_cluster_secret() {
 
     // Public routes stay open.
     assert_eq!(t.cluster().await.groups.len(), 1);
-    let health: serde_json::Value = t.get("/health").send().await.unwrap().json().await.unwrap();
+    let health: serde_json::Value = t.get("/livez").send().await.unwrap().json().await.unwrap();
     assert_eq!(health["role"], "tracker");
     assert_eq!(health["status"], "ok");
     let metrics = t
@@ -366,7 +384,7 @@ async fn binary_prints_its_address_and_serves() {
         .unwrap();
     let addr = line.strip_prefix("listening on ").expect(&line);
     let r = Client::new()
-        .get(format!("http://{addr}/health"))
+        .get(format!("http://{addr}/livez"))
         .send()
         .await
         .unwrap();
@@ -383,4 +401,96 @@ async fn binary_prints_its_address_and_serves() {
         .unwrap()
         .unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn health_waits_out_the_warmup_and_cluster_hides_internal_addresses_without_the_secret() {
+    let config = Config {
+        heartbeat_timeout_ms: 400,
+        cluster_secret: Some("s3cret".into()),
+        ..Config::default()
+    };
+    let t = Tracker::start(config).await;
+    let live = t.get("/livez").send().await.unwrap();
+    assert_eq!(live.status(), StatusCode::OK);
+    let r = t.get("/health").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["status"], "unavailable");
+    assert!(body["reason"].as_str().unwrap().contains("warming up"), "{body}");
+
+    let mut node = hb("g1", 1, 50 * GB);
+    node.addr = "10.9.9.9:23100".into();
+    node.public_url = "http://files.example.com:8888".into();
+    let r = t
+        .client
+        .post(format!("{}/v1/heartbeat", t.base))
+        .header(CLUSTER_SECRET_HEADER, "s3cret")
+        .json(&node)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    fdfs_testkit::eventually(10, "the tracker ready", || async {
+        let r = t.get("/health").send().await.ok()?;
+        (r.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+
+    let public = t.cluster().await;
+    assert_eq!(public.groups[0].members[0].addr, "files.example.com:8888");
+    let full: ClusterView = t
+        .get("/cluster")
+        .header(CLUSTER_SECRET_HEADER, "s3cret")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(full.groups[0].members[0].addr, "10.9.9.9:23100");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_member_leaving_is_offline_at_once_and_a_drained_one_gets_no_uploads() {
+    let t = Tracker::start(Config::default()).await;
+    t.beat(&hb("g1", 1, 50 * GB)).await;
+    t.beat(&hb("g1", 2, 50 * GB)).await;
+    let drain = t
+        .client
+        .put(format!("{}/v1/members/g1/1/drain", t.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(drain.status(), StatusCode::OK);
+    assert!(t.beat(&hb("g1", 1, 50 * GB)).await.draining);
+    for _ in 0..4 {
+        let a: Assignment = t.get("/v1/assign").send().await.unwrap().json().await.unwrap();
+        assert_eq!(a.node_id, 2);
+    }
+    assert!(t.cluster().await.groups[0].members[0].draining);
+
+    let remove = || {
+        t.client
+            .delete(format!("{}/v1/members/g1/1", t.base))
+            .send()
+    };
+    let r = remove().await.unwrap();
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::CONFLICT, "member_live".into())
+    );
+    let r = t
+        .client
+        .post(format!("{}/v1/members/g1/1/leave?instance=1", t.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(t.cluster().await.groups[0].members[0].state, MemberState::Offline);
+    assert_eq!(remove().await.unwrap().status(), StatusCode::OK);
+    let ids: Vec<u32> = t.cluster().await.groups[0].members.iter().map(|m| m.node_id).collect();
+    assert_eq!(ids, [2]);
+    t.stop().await;
 }
