@@ -49,6 +49,9 @@ pub struct Args {
     /// Unfinished resumable uploads per API key at a time [default: 1000].
     #[arg(long, env = "FDFS_TUS_MAX_UNFINISHED_PER_KEY")]
     pub tus_max_unfinished_per_key: Option<u64>,
+    /// On SIGTERM: milliseconds of serving while unready before the listener closes [default: 0].
+    #[arg(long, env = "FDFS_SHUTDOWN_DELAY_MS")]
+    pub shutdown_delay_ms: Option<u64>,
 }
 
 impl Args {
@@ -95,6 +98,9 @@ impl Args {
         }
         if let Some(v) = self.tus_max_unfinished_per_key {
             c.tus_max_unfinished_per_key = v;
+        }
+        if let Some(v) = self.shutdown_delay_ms {
+            c.shutdown_delay_ms = v;
         }
         Ok(c)
     }

@@ -280,10 +280,14 @@ pub async fn cluster(State(app): State<Arc<App>>) -> Result<Json<ClusterView>> {
 }
 
 /// `GET /health`.
-pub async fn health() -> Json<Value> {
-    Json(serde_json::json!({
-        "status": "ok",
-        "role": "gateway",
-        "version": fdfs_common::VERSION,
-    }))
+/// `GET /health`: ready to take requests, or 503 with why not (stopping, no tracker reachable).
+pub async fn health(State(app): State<Arc<App>>) -> Response {
+    let reason = if app.stopping.is_set() {
+        Some("stopping".to_owned())
+    } else if !app.tracker.any_reachable().await {
+        Some(format!("no tracker reachable (tried {})", app.tracker.addrs().join(", ")))
+    } else {
+        None
+    };
+    fdfs_common::health::answer("gateway", reason)
 }

@@ -75,6 +75,10 @@ pub struct Config {
     pub tus_expiry_secs: u64,
     /// Unfinished resumable uploads one API key (or, without one, all clients) may have at a time; over it 429.
     pub tus_max_unfinished_per_key: u64,
+    /// On SIGTERM the gateway turns `/health` unready and keeps serving this long (every answer closing its
+    /// connection) before it stops accepting; requests in flight then finish. Give load balancers in front the
+    /// time to notice.
+    pub shutdown_delay_ms: u64,
 }
 
 impl Default for Config {
@@ -92,6 +96,7 @@ impl Default for Config {
             request_timeout_secs: 30,
             tus_expiry_secs: 86_400,
             tus_max_unfinished_per_key: 1000,
+            shutdown_delay_ms: 0,
         }
     }
 }
@@ -122,6 +127,8 @@ pub(crate) struct App {
     pub(crate) config: Config,
     pub(crate) tracker: tracker::TrackerClient,
     pub(crate) storage: storage::StorageClient,
+    /// Set on SIGTERM: `/health` answers 503 and every answer closes its connection.
+    pub(crate) stopping: fdfs_common::health::Stopping,
 }
 
 impl App {
@@ -145,6 +152,14 @@ pub enum StartError {
 
 /// The gateway's routes with their layers.
 pub fn router(config: Config) -> Result<Router, StartError> {
+    router_with(config, fdfs_common::health::Stopping::default())
+}
+
+/// [`router`], turning unready (and closing connections) once `stopping` is set.
+pub fn router_with(
+    config: Config,
+    stopping: fdfs_common::health::Stopping,
+) -> Result<Router, StartError> {
     config.validate()?;
     let timeout = Duration::from_secs(config.request_timeout_secs.max(1));
     let app = Arc::new(App {
@@ -155,6 +170,7 @@ pub fn router(config: Config) -> Result<Router, StartError> {
         )?,
         storage: storage::StorageClient::new(config.cluster_secret.clone(), timeout)?,
         config,
+        stopping: stopping.clone(),
     });
     let cors = cors_layer(&app.config.cors_origins)?;
 
@@ -175,6 +191,7 @@ pub fn router(config: Config) -> Result<Router, StartError> {
         .route("/dashboard", get(dashboard::page))
         .route("/dashboard/stats", get(dashboard::stats))
         .route("/health", get(files::health))
+        .route("/livez", get(|| async { fdfs_common::health::live("gateway") }))
         .route("/cluster", get(files::cluster))
         .route("/info/{*file_id}", get(files::info))
         .route(
@@ -211,7 +228,11 @@ pub fn router(config: Config) -> Result<Router, StartError> {
         .merge(bounded)
         .fallback(|| async { GatewayError::NoRoute })
         .layer(axum::middleware::from_fn(request_id::scope))
-        .with_state(app);
+        .with_state(app)
+        .layer(axum::middleware::from_fn_with_state(
+            stopping,
+            fdfs_common::health::close_when_stopping,
+        ));
     let mut router = fdfs_common::metrics::instrument(routes, "gateway");
     if let Some(cors) = cors {
         router = router.layer(cors);
@@ -283,13 +304,18 @@ fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, StartError> {
     ))
 }
 
-/// Serve the gateway on `listener` until `shutdown` resolves.
+/// Serve the gateway on `listener` until `shutdown` resolves; then `/health` turns unready, the gateway keeps
+/// serving for `shutdown_delay_ms`, stops accepting and answers the requests in flight before it returns.
 pub async fn run(
     listener: tokio::net::TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    let router = router(config)?;
+    let stopping = fdfs_common::health::Stopping::default();
+    let delay = Duration::from_millis(config.shutdown_delay_ms);
+    let router = router_with(config, stopping.clone())?;
+    let shutdown =
+        fdfs_common::health::stop_after(shutdown, stopping, || std::future::ready(()), delay);
     fdfs_common::serve::serve(listener, router, shutdown).await?;
     Ok(())
 }

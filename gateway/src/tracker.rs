@@ -182,6 +182,17 @@ impl TrackerClient {
         Err(first_error.unwrap_or(GatewayError::NoTracker))
     }
 
+    /// Whether any tracker answers (`GET /livez`), asked of all at once.
+    pub async fn any_reachable(&self) -> bool {
+        let answers = futures_util::future::join_all(
+            self.addrs
+                .iter()
+                .map(|addr| self.get_one::<serde_json::Value>(addr, "/livez", &[])),
+        )
+        .await;
+        answers.iter().any(|a| !matches!(a, Attempt::Unreachable))
+    }
+
     /// GET `path` with fail-over across trackers.
     async fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, String)]) -> Result<T> {
         let n = self.addrs.len();

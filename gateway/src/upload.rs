@@ -7,8 +7,9 @@
 //!
 //! Multipart fields are state that accumulates in order: `group`, `meta.<key>`, `master_file_id` and `prefix`
 //! apply to every file part that follows them. `meta.*` fields after the last file part are applied to that
-//! last file with a follow-up metadata PUT (its whole accumulated metadata). Other fields after the last file
-//! part, and fields with unknown names, are ignored.
+//! last file with a follow-up metadata PUT (its whole accumulated metadata). A placement field (`group`,
+//! `master_file_id`, `prefix`, `thumbnails`) after a file part comes too late for it: the request is refused
+//! with 400 and the files it stored are deleted. Fields with unknown names are ignored.
 
 use std::sync::Arc;
 
@@ -352,12 +353,16 @@ impl App {
 }
 
 /// Whether a storage node turned an upload down without reading any of its body: it refused the connection, or
-/// answered `quorum_unreachable`.
+/// answered `quorum_unreachable`, `node_draining` or `node_stopping`.
 fn unread(e: &GatewayError) -> bool {
     match e {
         GatewayError::StorageRefused(_) => true,
         GatewayError::Upstream { status, code, .. } => {
-            *status == reqwest::StatusCode::SERVICE_UNAVAILABLE && code == "quorum_unreachable"
+            *status == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                && matches!(
+                    code.as_str(),
+                    "quorum_unreachable" | "node_draining" | "node_stopping"
+                )
         }
         _ => false,
     }
@@ -460,6 +465,8 @@ pub(crate) async fn multipart_upload(
     let mut uploaded: Vec<(UploadResult, String)> = Vec::new();
     let mut thumbnails: Vec<Vec<String>> = Vec::new();
     let mut trailing_meta = false;
+    // A placement field that came after a file part: the request is refused once read to its end.
+    let mut misplaced: Option<String> = None;
     let timeout = app.body_timeout();
     loop {
         let next = tokio::time::timeout(timeout, multipart.next_field())
@@ -469,6 +476,16 @@ pub(crate) async fn multipart_upload(
             break;
         };
         let name = field.name().unwrap_or_default().to_owned();
+        if name == "file" && misplaced.is_some() {
+            // Refused anyway: read and drop it, so that the client gets the answer.
+            while let Some(chunk) = tokio::time::timeout(timeout, field.next_chunk())
+                .await
+                .map_err(|_| GatewayError::BodyTimeout(app.config.body_timeout_secs))??
+            {
+                budget.take(chunk.len())?;
+            }
+            continue;
+        }
         if name == "file" {
             let filename = field.file_name().map(str::to_owned);
             // With a single file the request length bounds its size; the tracker uses it to skip full paths.
@@ -485,11 +502,32 @@ pub(crate) async fn multipart_upload(
         match kind {
             FieldKind::Meta if !uploaded.is_empty() => trailing_meta = true,
             FieldKind::Placement if !uploaded.is_empty() => {
-                tracing::debug!(field = %name, "field after the last file part ignored");
+                misplaced.get_or_insert(name);
             }
             FieldKind::Unknown => tracing::debug!(field = %name, "unknown upload field ignored"),
             _ => {}
         }
+    }
+    if let Some(name) = misplaced {
+        for (result, addr) in &uploaded {
+            let path = format!("/v1/files/{}", result.file_id);
+            let deleted: Result<serde_json::Value> = app
+                .storage
+                .on_holder(
+                    std::slice::from_ref(addr),
+                    Method::DELETE,
+                    &path,
+                    None::<&()>,
+                )
+                .await;
+            if let Err(e) = deleted {
+                tracing::warn!(file_id = %result.file_id, error = %e, "deleting the file of a refused upload");
+            }
+        }
+        return Err(GatewayError::BadRequest(format!(
+            "field {name:?} came after a file part: send group, master_file_id, prefix and thumbnails before \
+             the file parts they apply to (nothing was stored)"
+        )));
     }
     if uploaded.is_empty() {
         return Err(GatewayError::BadRequest(

@@ -137,6 +137,7 @@ pub async fn upload(
         return Err(StorageError::TooLarge { limit });
     }
     // Before any byte of the body: the gateway can still send it elsewhere.
+    node.takes_uploads()?;
     node.sync.quorum_check()?;
     let (stored, replicas) = node
         .sync

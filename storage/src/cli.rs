@@ -86,6 +86,9 @@ pub struct Args {
     /// Size at which the replication binlog starts a new segment, e.g. `64MiB`.
     #[arg(long, env = "FDFS_BINLOG_SEGMENT_BYTES")]
     pub binlog_segment_bytes: Option<Size>,
+    /// On SIGTERM: milliseconds of serving (unready, no new uploads, trackers told) before the listeners close.
+    #[arg(long, env = "FDFS_SHUTDOWN_DELAY_MS")]
+    pub shutdown_delay_ms: Option<u64>,
     /// Permission bits of stored files, octal (e.g. `644`, `0o640`).
     #[arg(long, env = "FDFS_FILE_MODE", value_parser = parse_mode)]
     pub file_mode: Option<u32>,
@@ -166,7 +169,8 @@ impl Args {
             fastdfs_max_connections,
             binlog_segment_bytes,
             file_mode,
-            dir_mode
+            dir_mode,
+            shutdown_delay_ms
         );
         set_opt!(fastdfs_listen);
         set_opt!(

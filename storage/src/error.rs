@@ -33,6 +33,10 @@ pub enum StorageError {
     /// The node knows it cannot reach its write quorum now, and refused an upload before reading its body.
     #[error("{0}")]
     QuorumUnreachable(String),
+    #[error("{1}")]
+    /// This node takes no new uploads (it is being drained or stopping), said before any of the body is read
+    /// so that the gateway sends it elsewhere: the code (`node_draining`, `node_stopping`) and why.
+    NotTakingUploads(&'static str, String),
     #[error("i/o error: {0}")]
     Io(#[source] io::Error),
     #[error("index error: {0}")]
@@ -91,7 +95,9 @@ impl StorageError {
             StorageError::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             StorageError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             StorageError::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
-            StorageError::Unavailable(_) | StorageError::QuorumUnreachable(_) => {
+            StorageError::Unavailable(_)
+            | StorageError::QuorumUnreachable(_)
+            | StorageError::NotTakingUploads(..) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             StorageError::Gone(_) => StatusCode::GONE,
@@ -114,13 +120,14 @@ impl IntoResponse for StorageError {
             StorageError::BodyAborted(_) => "body_aborted",
             StorageError::PreconditionFailed => "precondition_failed",
             StorageError::QuorumUnreachable(_) => "quorum_unreachable",
+            StorageError::NotTakingUploads(code, _) => code,
             StorageError::Unprocessable(code, _) => code,
             StorageError::Gone(_) => "gone",
             StorageError::Locked(_) => "locked",
             StorageError::ChecksumMismatch => "checksum_mismatch",
             _ => code_for(status),
         };
-        if let StorageError::QuorumUnreachable(m) = self {
+        if let StorageError::QuorumUnreachable(m) | StorageError::NotTakingUploads(_, m) = self {
             tracing::warn!(error = %m, "upload refused before its body");
             // The client reads this at once, while the body it is still sending is drained.
             let mut resp = error_response(status, code, m);

@@ -3,12 +3,89 @@
 //! is down is simply tried again next interval.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use fdfs_common::wire::{Heartbeat, HeartbeatReply, MemberInfo, CLUSTER_SECRET_HEADER};
 
 use crate::AppState;
+
+/// What the heartbeats learn about this node's standing, read by `/health` (see [`Status::not_ready`]).
+#[derive(Debug, Default)]
+pub struct Status {
+    /// Random per run: tells the trackers a restart from a second process with this node id.
+    pub instance: u64,
+    /// A tracker says an operator drains this node.
+    pub draining: AtomicBool,
+    /// Unix milliseconds of the last heartbeat a tracker accepted (0: none yet).
+    pub last_accepted_ms: AtomicU64,
+    /// A store path that cannot be written or is full, as of the last heartbeat.
+    pub store_problem: Mutex<Option<String>>,
+    /// Set on SIGTERM.
+    pub stopping: fdfs_common::health::Stopping,
+}
+
+impl Status {
+    pub fn new() -> Status {
+        Status {
+            instance: rand::random::<u64>() | 1,
+            ..Status::default()
+        }
+    }
+
+    /// Why this node cannot do its job now, if it cannot: the `/health` reason.
+    pub fn not_ready(&self, interval: Duration, syncing: bool) -> Option<String> {
+        if self.stopping.is_set() {
+            return Some("stopping".into());
+        }
+        if self.draining.load(Ordering::Relaxed) {
+            return Some("draining: an operator takes this node out (fdfs monitor drain); no new uploads".into());
+        }
+        if let Some(p) = self
+            .store_problem
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        {
+            return Some(p);
+        }
+        let last = self.last_accepted_ms.load(Ordering::Relaxed);
+        let now = unix_ms();
+        // Three missed beats (at least 10 s): the trackers will soon take this node for offline.
+        let window = (3 * interval).max(Duration::from_secs(10));
+        if last == 0 {
+            return Some("no tracker has accepted a heartbeat yet".into());
+        }
+        if now.saturating_sub(last) > u64::try_from(window.as_millis()).unwrap_or(u64::MAX) {
+            return Some(format!(
+                "no tracker reachable: the last heartbeat accepted was {} ms ago",
+                now.saturating_sub(last)
+            ));
+        }
+        if syncing {
+            return Some("catching up with its group (not offered for uploads or reads yet)".into());
+        }
+        None
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A tracker's answer to a heartbeat.
+enum Answer {
+    Accepted(HeartbeatReply),
+    /// 409: another live member has this node's id or address; the tracker says when it could be gone.
+    Refused {
+        message: String,
+        retry_after: Duration,
+    },
+    Failed(String),
+}
 
 /// The other members of this node's group, as the trackers last described them.
 #[derive(Debug, Default)]
@@ -36,16 +113,55 @@ fn tracker_url(tracker: &str, route: &str) -> String {
     }
 }
 
-/// The heartbeat loop; runs until aborted.
-pub async fn run(node: AppState) {
+/// The heartbeat loop; runs until aborted, or returns why this node must not run: every tracker refused it
+/// (another live node has its id or address) since it started, for longer than the other could still be a
+/// member that just died.
+pub async fn run(node: AppState) -> String {
     let interval = Duration::from_millis(node.config.heartbeat_interval_ms.max(10));
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reachable: HashMap<String, bool> = HashMap::new();
+    let mut accepted_once = false;
+    let mut refused_since: Option<(Instant, Duration)> = None;
     loop {
         tick.tick().await;
-        beat(&node, interval, &mut reachable).await;
+        let refusal = beat(&node, interval, &mut reachable).await;
+        accepted_once |= node.status.last_accepted_ms.load(Ordering::Relaxed) != 0;
+        match refusal {
+            Some((message, retry_after)) if !accepted_once => {
+                let (since, wait) = *refused_since.get_or_insert((Instant::now(), retry_after));
+                if since.elapsed() > wait + 2 * interval {
+                    return message;
+                }
+            }
+            _ => refused_since = None,
+        }
     }
+}
+
+/// Tell every tracker this node stops (it is offline there at once, so nothing is sent here any more and it
+/// can be removed without waiting for the heartbeat timeout). Best effort, bounded.
+pub async fn leave(node: &AppState) {
+    let path = format!(
+        "/v1/members/{}/{}/leave?instance={}",
+        node.group, node.node_id, node.status.instance
+    );
+    futures_util::future::join_all(node.config.trackers.iter().map(|t| {
+        let mut rb = node
+            .http
+            .post(tracker_url(t, &path))
+            .timeout(Duration::from_secs(2));
+        if let Some(secret) = &node.config.cluster_secret {
+            rb = rb.header(CLUSTER_SECRET_HEADER, secret);
+        }
+        async move {
+            match rb.send().await.and_then(reqwest::Response::error_for_status) {
+                Ok(_) => tracing::info!(tracker = %t, "told the tracker this node stops"),
+                Err(e) => tracing::warn!(tracker = %t, error = %e, "could not tell the tracker this node stops"),
+            }
+        }
+    }))
+    .await;
 }
 
 /// Build this node's heartbeat.
@@ -76,15 +192,11 @@ pub async fn heartbeat(node: &AppState) -> Heartbeat {
         file_count: node.store.file_count(),
         version: fdfs_common::VERSION.to_owned(),
         fastdfs_port: node.fastdfs_port,
+        instance: node.status.instance,
     }
 }
 
-async fn send(
-    node: &AppState,
-    tracker: &str,
-    hb: &Heartbeat,
-    timeout: Duration,
-) -> Result<HeartbeatReply, String> {
+async fn send(node: &AppState, tracker: &str, hb: &Heartbeat, timeout: Duration) -> Answer {
     let mut rb = node
         .http
         .post(tracker_url(tracker, "/v1/heartbeat"))
@@ -93,13 +205,74 @@ async fn send(
     if let Some(secret) = &node.config.cluster_secret {
         rb = rb.header(CLUSTER_SECRET_HEADER, secret);
     }
-    let resp = rb.send().await.map_err(|e| e.to_string())?;
-    let resp = resp.error_for_status().map_err(|e| e.to_string())?;
-    resp.json().await.map_err(|e| e.to_string())
+    let resp = match rb.send().await {
+        Ok(r) => r,
+        Err(e) => return Answer::Failed(e.to_string()),
+    };
+    if resp.status() == reqwest::StatusCode::CONFLICT {
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .map_or(Duration::from_secs(10), Duration::from_secs);
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        let message = body["error"]["message"]
+            .as_str()
+            .unwrap_or("refused (409)")
+            .to_owned();
+        return Answer::Refused {
+            message,
+            retry_after,
+        };
+    }
+    match resp.error_for_status() {
+        Ok(r) => r.json().await.map_or_else(|e| Answer::Failed(e.to_string()), Answer::Accepted),
+        Err(e) => Answer::Failed(e.to_string()),
+    }
 }
 
-async fn beat(node: &AppState, timeout: Duration, reachable: &mut HashMap<String, bool>) {
+/// Whether every store path can be written and has room above the reserve; the first problem otherwise.
+async fn store_problem(node: &AppState, stats: &[fdfs_common::wire::StorePathStat]) -> Option<String> {
+    let roots: Vec<_> = node.config.store_paths.clone();
+    let unwritable = tokio::task::spawn_blocking(move || {
+        roots.iter().find_map(|root| {
+            fdfs_common::state::check_writable(&root.join(".fdfs"), "store_path")
+                .err()
+                .map(|e| e.to_string())
+        })
+    })
+    .await
+    .unwrap_or_else(|e| Some(e.to_string()));
+    if unwritable.is_some() {
+        return unwritable;
+    }
+    stats.iter().find_map(|p| {
+        let reserve = match node.config.reserved_storage_space {
+            fdfs_common::config::Size::Bytes(b) => b,
+            fdfs_common::config::Size::Percent(pct) => p.total_bytes / 100 * u64::from(pct),
+        };
+        (p.free_bytes <= reserve).then(|| {
+            format!(
+                "store path M{:02X} is full: {} bytes free, reserved_storage_space keeps {reserve}",
+                p.index, p.free_bytes
+            )
+        })
+    })
+}
+
+/// One round of heartbeats; returns a refusal (message, how long the other could still be a dead member) when
+/// every tracker that answered refused this node.
+async fn beat(
+    node: &AppState,
+    timeout: Duration,
+    reachable: &mut HashMap<String, bool>,
+) -> Option<(String, Duration)> {
     let hb = heartbeat(node).await;
+    *node
+        .status
+        .store_problem
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = store_problem(node, &hb.store_paths).await;
     let replies = futures_util::future::join_all(node.config.trackers.iter().map(|t| {
         let hb = &hb;
         async move { (t, send(node, t, hb, timeout).await) }
@@ -107,11 +280,14 @@ async fn beat(node: &AppState, timeout: Duration, reachable: &mut HashMap<String
     .await;
     let mut merged: HashMap<u32, MemberInfo> = HashMap::new();
     let mut any = false;
+    let mut draining = false;
+    let mut refusal = None;
     for (tracker, reply) in replies {
-        let was = reachable.insert(tracker.clone(), reply.is_ok());
+        let was = reachable.insert(tracker.clone(), matches!(reply, Answer::Accepted(_)));
         match reply {
-            Ok(reply) => {
+            Answer::Accepted(reply) => {
                 any = true;
+                draining |= reply.draining;
                 if was != Some(true) {
                     tracing::info!(tracker = %tracker, "tracker reachable");
                 }
@@ -127,7 +303,14 @@ async fn beat(node: &AppState, timeout: Duration, reachable: &mut HashMap<String
                     }
                 }
             }
-            Err(e) => {
+            Answer::Refused {
+                message,
+                retry_after,
+            } => {
+                tracing::error!(tracker = %tracker, "heartbeat refused: {message}");
+                refusal = Some((message, retry_after));
+            }
+            Answer::Failed(e) => {
                 if was != Some(false) {
                     tracing::warn!(tracker = %tracker, error = %e, "heartbeat failed; will retry");
                 }
@@ -138,7 +321,14 @@ async fn beat(node: &AppState, timeout: Duration, reachable: &mut HashMap<String
         let mut peers: Vec<MemberInfo> = merged.into_values().collect();
         peers.sort_by_key(|p| p.node_id);
         node.peers.set(peers);
+        node.status.last_accepted_ms.store(unix_ms(), Ordering::Relaxed);
+        let was = node.status.draining.swap(draining, Ordering::Relaxed);
+        if was != draining {
+            tracing::warn!(draining, "drain changed by an operator");
+        }
+        return None;
     }
+    refusal
 }
 
 #[cfg(test)]

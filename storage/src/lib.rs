@@ -27,7 +27,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use axum::{middleware, Json, Router};
+use axum::{middleware, Router};
 use fdfs_common::config::Size;
 use fdfs_common::GroupName;
 use serde::Deserialize;
@@ -123,6 +123,10 @@ pub struct Config {
     pub fastdfs_timeout_ms: u64,
     /// FastDFS connections served at once (more wait until one ends).
     pub fastdfs_max_connections: usize,
+    /// On SIGTERM the node tells the trackers it leaves, turns `/health` unready and refuses new uploads
+    /// (gateways send them elsewhere), then serves everything else this long before it stops accepting
+    /// connections (requests in flight still finish). Covers what gateways and load balancers learned before.
+    pub shutdown_delay_ms: u64,
 }
 
 impl Default for Config {
@@ -162,6 +166,7 @@ impl Default for Config {
             fastdfs_ip_width: fdfs_common::fastdfs::IpWidth::Classic,
             fastdfs_timeout_ms: 60_000,
             fastdfs_max_connections: 256,
+            shutdown_delay_ms: 0,
         }
     }
 }
@@ -192,6 +197,28 @@ pub struct Node {
     pub fastdfs_port: Option<u16>,
     /// Width of IP address fields in FastDFS replies.
     pub fastdfs_ip_width: fdfs_common::fastdfs::IpWidth,
+    /// Readiness: drained, stopping, trackers reachable, store writable (see [`heartbeat::Status`]).
+    pub status: heartbeat::Status,
+}
+
+impl Node {
+    /// Refuse a new upload before its body when this node takes none (drained or stopping): the gateway then
+    /// sends it to another member.
+    pub fn takes_uploads(&self) -> Result<(), StorageError> {
+        if self.status.stopping.is_set() {
+            return Err(StorageError::NotTakingUploads(
+                "node_stopping",
+                "this storage node is stopping".into(),
+            ));
+        }
+        if self.status.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(StorageError::NotTakingUploads(
+                "node_draining",
+                "this storage node is being drained".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Shared application state.
@@ -394,9 +421,47 @@ pub async fn run_with_fastdfs(
         http,
         thumbnails,
         appenders,
+        status: heartbeat::Status::new(),
     });
     tracing::info!(node_id, group = %node.group, public_url = %node.public_url, "storage node started");
-    let heartbeats = tokio::spawn(heartbeat::run(node.clone()));
+    // Heartbeats; a node refused by every tracker since it started (a second live node with its id or address)
+    // stops with that reason.
+    let (refused_tx, refused_rx) = tokio::sync::oneshot::channel::<String>();
+    let heartbeats = tokio::spawn({
+        let node = node.clone();
+        async move {
+            let why = heartbeat::run(node).await;
+            let _ = refused_tx.send(why);
+        }
+    });
+    let refused = Arc::new(std::sync::Mutex::new(None::<String>));
+    let signal = {
+        let refused = refused.clone();
+        async move {
+            tokio::select! {
+                () = shutdown => {}
+                Ok(why) = refused_rx => {
+                    tracing::error!("refused by the trackers, stopping: {why}");
+                    *refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(why);
+                }
+            }
+        }
+    };
+    // Stopping: unready and no new uploads at once, the trackers told (offline there at once), then
+    // `shutdown_delay_ms` of serving before the listeners close.
+    let farewell = {
+        let (node, beats) = (node.clone(), heartbeats.abort_handle());
+        move || async move {
+            beats.abort();
+            heartbeat::leave(&node).await;
+        }
+    };
+    let shutdown = fdfs_common::health::stop_after(
+        signal,
+        node.status.stopping.clone(),
+        farewell,
+        Duration::from_millis(node.config.shutdown_delay_ms),
+    );
     let shutdown = futures_util::FutureExt::shared(Box::pin(shutdown));
     let fastdfs_door = fastdfs_listener.map(|l| {
         let door_node = node.clone();
@@ -459,18 +524,31 @@ pub async fn run_with_fastdfs(
     while store.strong_count() > 0 && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    if let Some(why) = refused
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
+    {
+        anyhow::bail!("{why}");
+    }
     result.context("serving HTTP")
 }
 
 /// Routes of the public listener when internal routes have their own (`internal_listen`): downloads and
 /// `/health`; every `/v1/...` answers 404.
 pub fn public_router(node: AppState) -> Router {
+    let stopping = node.status.stopping.clone();
     let app = Router::new()
         .route("/health", get(health))
+        .route("/livez", get(|| async { fdfs_common::health::live("storage") }))
         .route("/v1/{*rest}", axum::routing::any(api::not_found))
         .route("/{*path}", get(serve::serve))
         .fallback(api::not_found)
-        .with_state(node);
+        .with_state(node)
+        .layer(middleware::from_fn_with_state(
+            stopping,
+            fdfs_common::health::close_when_stopping,
+        ));
     fdfs_common::metrics::instrument(app, "storage")
 }
 
@@ -505,19 +583,25 @@ pub fn router(node: AppState) -> Router {
         ))
         // Outermost: a refused body (401, 413 mid-stream, 507) is drained so the client reads the answer.
         .route_layer(middleware::from_fn(fdfs_common::drain::drain_refused));
+    let stopping = node.status.stopping.clone();
     let app = Router::new()
         .route("/health", get(health))
+        .route("/livez", get(|| async { fdfs_common::health::live("storage") }))
         .merge(internal)
         .route("/{*path}", get(serve::serve))
         .fallback(api::not_found)
-        .with_state(node);
+        .with_state(node)
+        .layer(middleware::from_fn_with_state(
+            stopping,
+            fdfs_common::health::close_when_stopping,
+        ));
     fdfs_common::metrics::instrument(app, "storage")
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({
-        "status": "ok",
-        "role": "storage",
-        "version": fdfs_common::VERSION,
-    }))
+/// `GET /health`: ready to do its job, or 503 with why not (stopping, drained, a store path unwritable or
+/// full, no tracker reachable, still catching up with its group).
+async fn health(axum::extract::State(node): axum::extract::State<AppState>) -> axum::response::Response {
+    let interval = Duration::from_millis(node.config.heartbeat_interval_ms.max(10));
+    let reason = node.status.not_ready(interval, node.sync.syncing());
+    fdfs_common::health::answer("storage", reason)
 }

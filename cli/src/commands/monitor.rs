@@ -3,12 +3,18 @@
 //!
 //! `fdfs monitor delete GROUP NODE_ID --tracker T1,T2`: remove an offline member from every tracker (FastDFS's
 //! `fdfs_monitor delete`), with the cluster secret (`FDFS_CLUSTER_SECRET`); its peers then stop keeping binlog
-//! records for it.
+//! records for it. A member stopped cleanly is offline at once.
+//!
+//! `fdfs monitor drain GROUP NODE_ID --tracker T1,T2`: take a member out before removing it: every tracker stops
+//! giving it uploads (it still serves reads), then the command waits until the other active members of its
+//! group hold every file it holds (its binlog pushed, their listings checked) and says so. `undrain` undoes it.
 
 use std::fmt::Write as _;
+use std::time::{Duration, Instant};
 
-use fdfs_common::wire::{ClusterView, MemberInfo, MemberState};
+use fdfs_common::wire::{ClusterView, MemberInfo, MemberState, CLUSTER_SECRET_HEADER};
 use indicatif::HumanBytes;
+use reqwest::Method;
 
 use crate::client::Client;
 use crate::error::{CliError, Result};
@@ -22,31 +28,62 @@ pub struct Args {
     pub action: Option<Action>,
 }
 
+/// A member, and how to reach every tracker.
+#[derive(Debug, clap::Args)]
+pub struct MemberArgs {
+    pub group: String,
+    pub node_id: u32,
+    /// Every tracker, `host:port` or URL, comma-separated.
+    #[arg(long, env = "FDFS_TRACKER", value_delimiter = ',', required = true)]
+    pub tracker: Vec<String>,
+    /// Cluster secret the trackers (and, for drain, the storage nodes) require.
+    #[arg(long, env = "FDFS_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+}
+
 #[derive(Debug, clap::Subcommand)]
 pub enum Action {
     /// Remove an offline member from the group (on every tracker): its peers stop keeping binlog records for
-    /// it. Refused while it is active or syncing. If it comes back it joins as a new member and catches up.
-    Delete {
-        group: String,
-        node_id: u32,
-        /// Every tracker, `host:port` or URL, comma-separated.
-        #[arg(long, env = "FDFS_TRACKER", value_delimiter = ',', required = true)]
-        tracker: Vec<String>,
-        /// Cluster secret the trackers require.
-        #[arg(long, env = "FDFS_CLUSTER_SECRET", hide_env_values = true)]
-        cluster_secret: Option<String>,
+    /// it. Refused while it is active or syncing (a member stopped cleanly is offline at once). If it comes
+    /// back it joins as a new member and catches up.
+    Delete(MemberArgs),
+    /// Drain a member: no new uploads go to it (reads still do); waits until the other active members of its
+    /// group hold every file it holds, then says it can be stopped and removed.
+    Drain {
+        #[command(flatten)]
+        member: MemberArgs,
+        /// Give up waiting for the catch-up after this many seconds (the drain stays on).
+        #[arg(long, default_value_t = 3600)]
+        timeout_secs: u64,
+        /// Only start the drain; do not wait for the catch-up.
+        #[arg(long)]
+        no_wait: bool,
     },
+    /// Stop draining a member: it takes uploads again.
+    Undrain(MemberArgs),
 }
 
 pub async fn run(client: &Client, args: Args) -> Result<()> {
-    if let Some(Action::Delete {
-        group,
-        node_id,
-        tracker,
-        cluster_secret,
-    }) = args.action
-    {
-        return delete(&group, node_id, &tracker, cluster_secret.as_deref()).await;
+    match args.action {
+        Some(Action::Delete(m)) => {
+            return delete(&m.group, m.node_id, &m.tracker, m.cluster_secret.as_deref()).await
+        }
+        Some(Action::Drain {
+            member,
+            timeout_secs,
+            no_wait,
+        }) => {
+            on_every_tracker(&member, Method::PUT, "drain", "drained (no new uploads)").await?;
+            if no_wait {
+                return Ok(());
+            }
+            return wait_drained(client, &member, Duration::from_secs(timeout_secs)).await;
+        }
+        Some(Action::Undrain(member)) => {
+            return on_every_tracker(&member, Method::DELETE, "drain", "takes uploads again")
+                .await
+        }
+        None => {}
     }
     let view = client.cluster().await?;
     if args.json {
@@ -62,6 +99,175 @@ pub async fn run(client: &Client, args: Args) -> Result<()> {
     Ok(())
 }
 
+/// `http://host:port{path}` of a tracker given as `host:port` or a URL.
+fn tracker_url(tracker: &str, path: &str) -> String {
+    let base = tracker.trim_end_matches('/');
+    if base.starts_with("http://") || base.starts_with("https://") {
+        format!("{base}{path}")
+    } else {
+        format!("http://{base}{path}")
+    }
+}
+
+/// `{method} /v1/members/{group}/{node_id}/{what}` on every tracker; fails when any refuses or is unreachable.
+async fn on_every_tracker(m: &MemberArgs, method: Method, what: &str, done: &str) -> Result<()> {
+    let http = reqwest::Client::new();
+    let mut first_err = None;
+    for t in &m.tracker {
+        let url = tracker_url(t, &format!("/v1/members/{}/{}/{what}", m.group, m.node_id));
+        let mut rb = http.request(method.clone(), &url);
+        if let Some(s) = &m.cluster_secret {
+            rb = rb.header(CLUSTER_SECRET_HEADER, s);
+        }
+        match rb.send().await {
+            Ok(resp) if resp.status().is_success() => {
+                println!("{t}: member {} of {} {done}", m.node_id, m.group);
+            }
+            Ok(resp) => {
+                let status = resp.status();
+                let body: serde_json::Value = resp.json().await.unwrap_or_default();
+                let message = body["error"]["message"].as_str().unwrap_or("").to_owned();
+                eprintln!("{t}: {message} ({status})");
+                first_err.get_or_insert(CliError::Api {
+                    status: status.as_u16(),
+                    code: body["error"]["code"].as_str().unwrap_or("").to_owned(),
+                    message,
+                });
+            }
+            Err(source) => {
+                eprintln!("{t}: unreachable");
+                first_err.get_or_insert(CliError::Http { url, source });
+            }
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
+/// The cluster as the first tracker that answers sees it (with the secret: internal addresses included).
+async fn tracker_view(http: &reqwest::Client, m: &MemberArgs) -> Option<ClusterView> {
+    for t in &m.tracker {
+        let mut rb = http
+            .get(tracker_url(t, "/cluster"))
+            .timeout(Duration::from_secs(10));
+        if let Some(s) = &m.cluster_secret {
+            rb = rb.header(CLUSTER_SECRET_HEADER, s);
+        }
+        if let Ok(resp) = rb.send().await {
+            if let Ok(view) = resp.json::<ClusterView>().await {
+                return Some(view);
+            }
+        }
+    }
+    None
+}
+
+/// Where a drain stands: `Ok(files)` once every other active member holds the drained member's files, else
+/// what is still missing.
+async fn drain_progress(
+    client: &Client,
+    http: &reqwest::Client,
+    m: &MemberArgs,
+) -> Result<std::result::Result<usize, String>> {
+    let Some(view) = tracker_view(http, m).await else {
+        return Ok(Err("no tracker answers".into()));
+    };
+    let members = view
+        .groups
+        .iter()
+        .find(|g| g.name.as_str() == m.group)
+        .map(|g| g.members.clone())
+        .unwrap_or_default();
+    let Some(me) = members.iter().find(|x| x.node_id == m.node_id) else {
+        return Err(CliError::Usage(format!(
+            "no member {} in group {}",
+            m.node_id, m.group
+        )));
+    };
+    let others: Vec<&MemberInfo> = members
+        .iter()
+        .filter(|x| x.node_id != m.node_id && x.state == MemberState::Active && !x.draining)
+        .collect();
+    if others.is_empty() {
+        return Ok(Err(format!(
+            "no other active member in {}: nobody could take its files",
+            m.group
+        )));
+    }
+    if me.state == MemberState::Offline {
+        return Ok(Err(format!(
+            "member {} is offline: start it so that its files can be checked",
+            m.node_id
+        )));
+    }
+    let pending: u64 = me
+        .sync
+        .iter()
+        .filter(|s| others.iter().any(|o| o.node_id == s.peer_id))
+        .map(|s| s.pending_records)
+        .sum();
+    if pending > 0 {
+        return Ok(Err(format!("{pending} binlog record(s) still to push")));
+    }
+    let secret = m.cluster_secret.as_deref();
+    let (files, mut deleted) = super::verify::listing(client, http, secret, me).await?;
+    let mut held = Vec::new();
+    for o in &others {
+        let (f, t) = super::verify::listing(client, http, secret, o).await?;
+        deleted.extend(t);
+        held.push((o.addr.clone(), f));
+    }
+    for (addr, f) in &held {
+        let lacking = files
+            .iter()
+            .filter(|id| !deleted.contains(*id) && !f.contains(*id))
+            .count();
+        if lacking > 0 {
+            return Ok(Err(format!("{addr} still lacks {lacking} of its file(s)")));
+        }
+    }
+    Ok(Ok(files.len()))
+}
+
+/// Poll until the drained member's files are on every other active member of its group.
+async fn wait_drained(client: &Client, m: &MemberArgs, timeout: Duration) -> Result<()> {
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|source| CliError::Http {
+            url: m.tracker.join(","),
+            source,
+        })?;
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        match drain_progress(client, &http, m).await? {
+            Ok(files) => {
+                println!(
+                    "member {} of {} is drained: every other active member holds its {files} file(s). Stop it, \
+                     then remove it: fdfs monitor delete {} {}",
+                    m.node_id, m.group, m.group, m.node_id
+                );
+                return Ok(());
+            }
+            Err(why) => {
+                if why != last {
+                    eprintln!("waiting: {why}");
+                    last = why;
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(CliError::Verify(format!(
+                "member {} not drained after {}s: {last} (it still gets no uploads)",
+                m.node_id,
+                timeout.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// `DELETE /v1/members/{group}/{node_id}` on every tracker; fails when any tracker refuses or is unreachable
 /// (a tracker that does not know the member counts as done).
 async fn delete(
@@ -73,12 +279,7 @@ async fn delete(
     let http = reqwest::Client::new();
     let mut first_err = None;
     for t in trackers {
-        let base = t.trim_end_matches('/');
-        let url = if base.starts_with("http://") || base.starts_with("https://") {
-            format!("{base}/v1/members/{group}/{node_id}")
-        } else {
-            format!("http://{base}/v1/members/{group}/{node_id}")
-        };
+        let url = tracker_url(t, &format!("/v1/members/{group}/{node_id}"));
         let mut rb = http.delete(&url);
         if let Some(s) = secret {
             rb = rb.header(fdfs_common::wire::CLUSTER_SECRET_HEADER, s);
@@ -112,32 +313,50 @@ async fn delete(
     first_err.map_or(Ok(()), Err)
 }
 
-fn state_name(s: MemberState) -> &'static str {
-    match s {
+fn state_name(m: &MemberInfo) -> &'static str {
+    match m.state {
+        MemberState::Active if m.draining => "draining",
         MemberState::Active => "active",
         MemberState::Syncing => "syncing",
         MemberState::Offline => "offline",
     }
 }
 
-/// How far behind this member's peers are on its writes: "in sync", or pending records and age.
-fn sync_lag(m: &MemberInfo, now: u64) -> String {
-    let pending: u64 = m.sync.iter().map(|s| s.pending_records).sum();
-    if pending == 0 {
-        return "in sync".into();
-    }
-    let oldest = m
-        .sync
+/// Where member `m` of `group` stands: what the others have not pushed to it yet (it lags: "N behind", with
+/// the age of the oldest), what it has not pushed to them ("N to send"), "catching up" while it copies its
+/// group, "unknown" for an offline member nobody owes anything, else "in sync".
+fn sync_lag(m: &MemberInfo, group: &[MemberInfo], now: u64) -> String {
+    let owed: Vec<&fdfs_common::wire::PeerSync> = group
         .iter()
+        .filter(|o| o.node_id != m.node_id)
+        .flat_map(|o| o.sync.iter().filter(|s| s.peer_id == m.node_id))
         .filter(|s| s.pending_records > 0)
-        .map(|s| s.synced_until)
-        .min()
-        .unwrap_or(0);
-    if oldest == 0 {
-        format!("{pending} pending")
-    } else {
-        format!("{pending} pending, {}s behind", now.saturating_sub(oldest))
+        .collect();
+    let behind: u64 = owed.iter().map(|s| s.pending_records).sum();
+    let to_send: u64 = m.sync.iter().map(|s| s.pending_records).sum();
+    let mut parts = Vec::new();
+    if m.state == MemberState::Syncing {
+        parts.push("catching up".to_owned());
     }
+    if behind > 0 {
+        let oldest = owed.iter().map(|s| s.synced_until).min().unwrap_or(0);
+        parts.push(if oldest == 0 {
+            format!("{behind} behind")
+        } else {
+            format!("{behind} behind, {}s", now.saturating_sub(oldest))
+        });
+    }
+    if to_send > 0 && m.state != MemberState::Offline {
+        parts.push(format!("{to_send} to send"));
+    }
+    if parts.is_empty() {
+        return if m.state == MemberState::Offline {
+            "unknown (offline)".into()
+        } else {
+            "in sync".into()
+        };
+    }
+    parts.join(", ")
 }
 
 fn seen(ms: u64) -> String {
@@ -189,11 +408,11 @@ pub fn render(gateway: &str, view: &ClusterView, now: u64) -> String {
                 [
                     m.node_id.to_string(),
                     m.addr.clone(),
-                    state_name(m.state).to_owned(),
+                    state_name(m).to_owned(),
                     HumanBytes(m.free_bytes()).to_string(),
                     HumanBytes(m.total_bytes()).to_string(),
                     m.file_count.to_string(),
-                    sync_lag(m, now),
+                    sync_lag(m, &g.members, now),
                     seen(m.last_seen_ms),
                 ]
             })
@@ -242,8 +461,8 @@ mod tests {
     use fdfs_common::wire::{GroupInfo, PeerSync, StorePathStat, TrackerStatus};
 
     #[test]
-    fn table_shows_members_and_lag() {
-        let member = |id, state, pending| MemberInfo {
+    fn table_shows_members_lagging_offline_and_draining() {
+        let member = |id: u32, state, sync: Vec<PeerSync>| MemberInfo {
             node_id: id,
             group: "group1".parse().unwrap(),
             addr: format!("127.0.0.1:{}", 9000 + id),
@@ -254,22 +473,31 @@ mod tests {
                 total_bytes: 10 << 30,
                 free_bytes: 4 << 30,
             }],
-            sync: vec![PeerSync {
-                peer_id: 9,
-                pending_records: pending,
-                synced_until: 990,
-            }],
+            sync,
             file_count: 12,
             last_seen_ms: 1500,
+            draining: false,
         };
+        let owes = |peer_id, pending_records| PeerSync {
+            peer_id,
+            pending_records,
+            synced_until: 990,
+        };
+        let mut drained = member(4, MemberState::Active, vec![owes(1, 0)]);
+        drained.draining = true;
         let view = ClusterView {
             groups: vec![GroupInfo {
                 name: "group1".parse().unwrap(),
                 free_bytes: 4 << 30,
                 total_bytes: 10 << 30,
                 members: vec![
-                    member(1, MemberState::Active, 0),
-                    member(2, MemberState::Syncing, 3),
+                    // 1 still has 3 records for 3 and 5 for 5 (offline).
+                    member(1, MemberState::Active, vec![owes(3, 3), owes(5, 5)]),
+                    member(2, MemberState::Syncing, vec![]),
+                    member(3, MemberState::Active, vec![owes(1, 0)]),
+                    drained,
+                    member(5, MemberState::Offline, vec![owes(1, 0)]),
+                    member(6, MemberState::Offline, vec![]),
                 ],
             }],
             trackers: vec![TrackerStatus {
@@ -278,13 +506,21 @@ mod tests {
             }],
         };
         let t = render("http://127.0.0.1:8080", &view, 1000);
+        let row = |id: u32| {
+            t.lines()
+                .find(|l| l.trim_start().starts_with(&format!("{id} ")))
+                .unwrap_or_else(|| panic!("no row {id} in {t}"))
+                .to_owned()
+        };
         assert!(t.contains("trackers 127.0.0.1:8081 (up)"), "{t}");
-        assert!(t.contains("2 storage node(s), 1 active"), "{t}");
+        assert!(t.contains("6 storage node(s), 3 active"), "{t}");
         assert!(t.contains("group1: free 4.00 GiB / total 10.00 GiB"), "{t}");
-        assert!(t.contains("127.0.0.1:9002"), "{t}");
-        assert!(t.contains("syncing"), "{t}");
-        assert!(t.contains("3 pending, 10s behind"), "{t}");
-        assert!(t.contains("in sync"), "{t}");
+        assert!(row(1).contains("active") && row(1).contains("8 to send"), "{t}");
+        assert!(row(2).contains("syncing") && row(2).contains("catching up"), "{t}");
+        assert!(row(3).contains("3 behind, 10s"), "{t}");
+        assert!(row(4).contains("draining") && row(4).contains("in sync"), "{t}");
+        assert!(row(5).contains("offline") && row(5).contains("5 behind"), "{t}");
+        assert!(row(6).contains("unknown (offline)"), "{t}");
         assert!(t.contains("1.5s ago"), "{t}");
     }
 }

@@ -144,6 +144,23 @@ impl Node<'_> {
     }
 }
 
+/// Every file and tombstone of `member` (`GET /v1/sync/files` with the cluster secret, paged).
+pub(crate) async fn listing(
+    client: &Client,
+    http: &reqwest::Client,
+    secret: Option<&str>,
+    member: &MemberInfo,
+) -> Result<(BTreeSet<String>, BTreeSet<String>)> {
+    Node {
+        client,
+        http: http.clone(),
+        secret,
+        member,
+    }
+    .listing()
+    .await
+}
+
 /// Check one group's live members.
 async fn verify_group(
     client: &Client,

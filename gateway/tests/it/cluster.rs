@@ -700,3 +700,49 @@ async fn two_members_send_reads_to_the_holder() {
         "uploads spread over both members: {sources:?}"
     );
 }
+
+#[tokio::test]
+async fn a_group_field_after_the_file_is_refused_and_nothing_is_kept() {
+    let cl = cluster(Setup::default()).await;
+    let (gw, c) = (&cl.gateway, client());
+    let form = Form::new()
+        .part("file", Part::bytes(content(3000)).file_name("late.bin"))
+        .text("group", "group1")
+        .part("file", Part::bytes(content(10)).file_name("more.bin"));
+    let r = c
+        .post(gw.url("/upload"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["code"], "bad_request");
+    assert!(v["error"]["message"].as_str().unwrap().contains("\"group\""), "{v}");
+    // The file stored before the late field is deleted (its replica moments later): no member keeps a file.
+    eventually(30, "no member holding a file", || async {
+        cl.dirs
+            .iter()
+            .all(|d| walk(d.path().join("data")).is_empty())
+            .then_some(())
+    })
+    .await;
+}
+
+/// Regular files under `dir`, recursively.
+fn walk(dir: std::path::PathBuf) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
