@@ -4,8 +4,9 @@
 //! answer of up to `SMALL` (128 KiB) bytes reads it too (a 4 KiB photo thumbnail costs one hop, not four); larger
 //! answers stream in `CHUNK` (256 KiB) reads with flat memory. The validators come from the file ID, not the inode (whose
 //! mtime differs between members and between deduplicated IDs):
-//! - `ETag: "<crc32 hex>-<size hex>"` from the name (a slave, whose name carries its master's facts, adds its
-//!   own size and prefix), identical on every member;
+//! - `ETag: "<file name>"` (the last part of the file ID, e.g. `"wKgAA1qCJbeAQ3sLAABe0xvpx3Q419.jpg"`): the name
+//!   encodes source, time, size and CRC32 and never names other bytes, so it is identical on every member and
+//!   on an nginx serving the store path (`deploy/nginx/fdfs-storage.conf` sends the same header from the URL);
 //! - `Last-Modified`: the creation time encoded in the ID (what a fresh upload's mtime is), identical on every
 //!   member whatever the local inode's history.
 //!
@@ -59,13 +60,9 @@ struct TokenQuery {
     ts: Option<String>,
 }
 
-/// ETag of a file, from facts every member agrees on.
-pub fn etag_for(id: &FileId, stored_len: u64) -> String {
-    let info = id.info();
-    match id.name.prefix() {
-        None => format!("\"{:08x}-{:x}\"", info.crc32, info.size),
-        Some(prefix) => format!("\"{:08x}-{:x}-{prefix}\"", info.crc32, stored_len),
-    }
+/// ETag of a file: its name, quoted. Every member and nginx (from the URL) give the same one.
+pub fn etag_for(id: &FileId) -> String {
+    format!("\"{}\"", id.name.as_str())
 }
 
 /// Last-Modified of a file: its creation time from the ID.
@@ -330,7 +327,7 @@ fn open_blocking(
         return Ok(Opened::Missing);
     }
     let len = meta.len();
-    let etag = etag_for(id, len);
+    let etag = etag_for(id);
     let honour_range = match evaluate(headers, &etag, last_modified_for(id)) {
         Precondition::Failed => return Ok(Opened::Failed),
         Precondition::NotModified => return Ok(Opened::NotModified { etag }),
@@ -549,8 +546,8 @@ mod tests {
         let id: FileId = "group1/M00/00/00/wKgAA1qCJbeAQ3sLAABe0xvpx3Q419.jpg"
             .parse()
             .unwrap();
-        assert_eq!(etag_for(&id, 999), "\"1be9c774-5ed3\"");
+        assert_eq!(etag_for(&id), "\"wKgAA1qCJbeAQ3sLAABe0xvpx3Q419.jpg\"");
         let slave = id.slave("_s", Some("jpg")).unwrap();
-        assert_eq!(etag_for(&slave, 16), "\"1be9c774-10-_s\"");
+        assert_eq!(etag_for(&slave), "\"wKgAA1qCJbeAQ3sLAABe0xvpx3Q419_s.jpg\"");
     }
 }

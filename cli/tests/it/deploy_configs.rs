@@ -120,7 +120,12 @@ fn gateway_starts_from_its_example() {
 
 #[test]
 fn tracker_starts_from_its_example() {
-    starts(Role::Tracker, &example("tracker.toml"), &[]);
+    let data = crate::common::tempdir(0);
+    starts(
+        Role::Tracker,
+        &example("tracker.toml"),
+        &args(&["--data-dir", &data.path().display().to_string()]),
+    );
 }
 
 /// The flags of server subcommand `sub` as `(long name, env variable)`, leaving out `--config` (the file
