@@ -90,9 +90,22 @@ impl Cli {
         cmd
     }
 
-    /// Parse `std::env::args` with [`Cli::command_line`]; exits with clap's message on a usage error.
+    /// Parse `std::env::args` with [`Cli::command_line`]; exits with clap's message on a usage error. Called
+    /// as `fdfs-tracker`, `fdfs-storage` or `fdfs-gateway` (a symlink to `fdfs`, as the install guide and the
+    /// image lay out), it runs that server: `fdfs-storage ARGS` is `fdfs storage ARGS`.
     pub fn parse_args() -> Cli {
-        let matches = Self::command_line().get_matches();
+        let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        let role = args
+            .first()
+            .and_then(|a| std::path::Path::new(a).file_name())
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("fdfs-"))
+            .filter(|r| SERVER_SUBCOMMANDS.contains(r))
+            .map(str::to_owned);
+        if let Some(role) = role {
+            args.insert(1, role.into());
+        }
+        let matches = Self::command_line().get_matches_from(args);
         <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
     }
 }

@@ -43,6 +43,10 @@ pub enum GatewayError {
     /// yet): no byte of the body went out, so the upload can be sent elsewhere.
     #[error("storage node {0} refused the connection")]
     StorageRefused(String),
+    /// The connection to the storage node taking an upload broke before it answered (it died or stopped):
+    /// nothing was acknowledged, so a body still held whole can go to another node.
+    #[error("storage node unreachable or upload interrupted")]
+    StorageLost(String),
     /// The route is switched off by configuration (the message says which setting turns it on).
     #[error("{0}")]
     Forbidden(String),
@@ -69,7 +73,9 @@ impl GatewayError {
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::NoTracker => StatusCode::SERVICE_UNAVAILABLE,
-            Self::BadGateway(_) | Self::StorageRefused(_) => StatusCode::BAD_GATEWAY,
+            Self::BadGateway(_) | Self::StorageRefused(_) | Self::StorageLost(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::Upstream { status, .. } => *status,
         }
@@ -86,7 +92,7 @@ impl GatewayError {
             Self::NoRoute => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::NoTracker => "no_tracker",
-            Self::BadGateway(_) | Self::StorageRefused(_) => "bad_gateway",
+            Self::BadGateway(_) | Self::StorageRefused(_) | Self::StorageLost(_) => "bad_gateway",
             Self::Forbidden(_) => "forbidden",
             Self::Upstream { code, .. } => code,
         }

@@ -21,7 +21,7 @@ struct Feed {
     /// The chunks that went out so far, while they fit in [`REPLAY_BYTES`].
     kept: Vec<Bytes>,
     kept_bytes: usize,
-    /// More than [`REPLAY_BYTES`] went out: the body cannot be sent again.
+    /// More than [`REPLAY_BYTES`] went out, or the client side failed: the body cannot be sent again.
     spilled: bool,
     /// The attempt the body goes to now; earlier attempts' bodies fail from then on.
     attempt: u32,
@@ -72,6 +72,11 @@ impl Replay {
                 return Poll::Ready(Some(Ok(f.kept[pos - 1].clone())));
             }
             let next = f.rx.poll_recv(cx);
+            if let Poll::Ready(Some(Err(_))) = &next {
+                // The client side failed: this body must never be sent again (it would end cleanly, short).
+                f.spilled = true;
+                f.kept = Vec::new();
+            }
             if let Poll::Ready(Some(Ok(chunk))) = &next {
                 if !f.spilled {
                     f.kept_bytes += chunk.len();
@@ -141,5 +146,19 @@ mod tests {
         let got = collect(body).await.unwrap();
         assert_eq!(got.len(), 3 * (REPLAY_BYTES / 2 + 1));
         assert!(!replay.replayable());
+    }
+
+    #[tokio::test]
+    async fn a_body_whose_client_failed_is_never_sent_again() {
+        let (tx, rx) = mpsc::channel(8);
+        let replay = Replay::new(rx);
+        let body = replay.next_body();
+        tx.send(Ok(Bytes::from_static(b"part"))).await.unwrap();
+        tx.send(Err(std::io::Error::other("client went away")))
+            .await
+            .unwrap();
+        drop(tx);
+        assert!(collect(body).await.is_err());
+        assert!(!replay.replayable(), "a replay would end cleanly, short");
     }
 }

@@ -95,6 +95,8 @@ impl StorageClient {
             tracing::warn!(storage = addr, error = %e, "upload to storage node failed");
             if e.is_connect() && !e.is_timeout() {
                 GatewayError::StorageRefused(addr.to_owned())
+            } else if !e.is_timeout() {
+                GatewayError::StorageLost(addr.to_owned())
             } else {
                 GatewayError::BadGateway("storage node unreachable or upload interrupted".into())
             }

@@ -251,9 +251,10 @@ impl App {
 
     /// Send the body arriving on `rx` to the storage node the tracker assigns. A node that turns the upload
     /// down before reading any of it (it refuses the connection: down, and the tracker has not noticed yet; or
-    /// it answers `quorum_unreachable`: it knows it cannot reach its group's write quorum now) is left out and
-    /// the tracker asked again, and the same body goes to the next assignment (see [`Replay`]), a few times at
-    /// most; slave files go to their master's holder.
+    /// it answers `quorum_unreachable`, `node_draining`, `node_stopping`), or whose connection breaks before it
+    /// answers (it died: nothing was acknowledged), is left out and the tracker asked again, and the same body
+    /// goes to the next assignment while it is still held whole (see [`Replay`]), a few times at most; slave
+    /// files go to their master's holder.
     async fn send_to_storage(
         &self,
         params: &UploadParams,
@@ -277,12 +278,12 @@ impl App {
                 .await;
             match sent {
                 Err(e)
-                    if unread(&e)
+                    if (unread(&e) || matches!(e, GatewayError::StorageLost(_)))
                         && replay.replayable()
                         && params.master.is_none()
                         && asked < MAX_ASSIGNMENTS =>
                 {
-                    tracing::warn!(storage = %addr, error = %e, "storage node turned the upload down before reading it; asking the tracker again");
+                    tracing::warn!(storage = %addr, error = %e, "storage node turned the upload down or went away before answering; asking the tracker again");
                     self.tracker.forget(&addr).await;
                     excluded.push(node_id);
                     turned_down = Some(e);

@@ -4,6 +4,7 @@
 //!   stopped when dropped, or stopped gracefully with [`server::Server::stop`].
 //! - [`process`]: a real cluster of `fdfs` child processes (kill -9, SIGSTOP, restart on the same port).
 //! - [`netns`]: servers in network namespaces, for partitions (cut and heal the link between two of them).
+//! - [`unit`]: servers started as the shipped systemd units start them, on simulated hosts (namespaces).
 //! - [`eventually`] / [`wait_until`]: polling with a deadline (never a fixed sleep, never a timing assertion).
 //! - [`error_of`] / [`error_code`]: the `error.code` of a JSON error answer.
 //! - [`content`]: deterministic file contents.
@@ -11,6 +12,7 @@
 pub mod netns;
 pub mod process;
 pub mod server;
+pub mod unit;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
