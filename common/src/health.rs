@@ -68,7 +68,11 @@ pub fn live(role: &str) -> Response {
 }
 
 /// Middleware: once stopping, every answer closes its connection.
-pub async fn close_when_stopping(State(stopping): State<Stopping>, req: Request, next: Next) -> Response {
+pub async fn close_when_stopping(
+    State(stopping): State<Stopping>,
+    req: Request,
+    next: Next,
+) -> Response {
     let mut resp = next.run(req).await;
     if stopping.is_set() {
         resp.headers_mut()

@@ -57,10 +57,9 @@ pub fn check_writable(dir: &Path, setting: &str) -> Result<(), StateError> {
 /// Blocking.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map_or_else(
-        || "state".into(),
-        |n| n.to_string_lossy().into_owned(),
-    );
+    let name = path
+        .file_name()
+        .map_or_else(|| "state".into(), |n| n.to_string_lossy().into_owned());
     let tmp = dir.join(format!(".{name}.tmp"));
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(bytes)?;
@@ -80,7 +79,11 @@ mod tests {
         let state = dir.path().join("a/b");
         check_writable(&state, "data_dir").unwrap();
         assert!(state.is_dir());
-        assert_eq!(std::fs::read_dir(&state).unwrap().count(), 0, "probe left behind");
+        assert_eq!(
+            std::fs::read_dir(&state).unwrap().count(),
+            0,
+            "probe left behind"
+        );
 
         write_atomic(&state.join("x.json"), b"{}").unwrap();
         assert_eq!(std::fs::read(state.join("x.json")).unwrap(), b"{}");

@@ -39,6 +39,9 @@ mod tests {
         assert!(colours(true, None));
         assert!(!colours(false, None), "a file or a pipe gets no escapes");
         assert!(!colours(true, Some(std::ffi::OsStr::new("1"))));
-        assert!(colours(true, Some(std::ffi::OsStr::new(""))), "NO_COLOR= (empty) is unset");
+        assert!(
+            colours(true, Some(std::ffi::OsStr::new(""))),
+            "NO_COLOR= (empty) is unset"
+        );
     }
 }

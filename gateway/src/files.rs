@@ -285,7 +285,10 @@ pub async fn health(State(app): State<Arc<App>>) -> Response {
     let reason = if app.stopping.is_set() {
         Some("stopping".to_owned())
     } else if !app.tracker.any_reachable().await {
-        Some(format!("no tracker reachable (tried {})", app.tracker.addrs().join(", ")))
+        Some(format!(
+            "no tracker reachable (tried {})",
+            app.tracker.addrs().join(", ")
+        ))
     } else {
         None
     };

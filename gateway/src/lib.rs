@@ -191,7 +191,10 @@ pub fn router_with(
         .route("/dashboard", get(dashboard::page))
         .route("/dashboard/stats", get(dashboard::stats))
         .route("/health", get(files::health))
-        .route("/livez", get(|| async { fdfs_common::health::live("gateway") }))
+        .route(
+            "/livez",
+            get(|| async { fdfs_common::health::live("gateway") }),
+        )
         .route("/cluster", get(files::cluster))
         .route("/info/{*file_id}", get(files::info))
         .route(

@@ -97,9 +97,7 @@ impl StorageError {
             StorageError::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             StorageError::Unavailable(_)
             | StorageError::QuorumUnreachable(_)
-            | StorageError::NotTakingUploads(..) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            | StorageError::NotTakingUploads(..) => StatusCode::SERVICE_UNAVAILABLE,
             StorageError::Gone(_) => StatusCode::GONE,
             StorageError::Locked(_) => StatusCode::LOCKED,
             StorageError::ChecksumMismatch => {

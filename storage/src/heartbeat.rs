@@ -40,7 +40,10 @@ impl Status {
             return Some("stopping".into());
         }
         if self.draining.load(Ordering::Relaxed) {
-            return Some("draining: an operator takes this node out (fdfs monitor drain); no new uploads".into());
+            return Some(
+                "draining: an operator takes this node out (fdfs monitor drain); no new uploads"
+                    .into(),
+            );
         }
         if let Some(p) = self
             .store_problem
@@ -64,7 +67,9 @@ impl Status {
             ));
         }
         if syncing {
-            return Some("catching up with its group (not offered for uploads or reads yet)".into());
+            return Some(
+                "catching up with its group (not offered for uploads or reads yet)".into(),
+            );
         }
         None
     }
@@ -226,13 +231,19 @@ async fn send(node: &AppState, tracker: &str, hb: &Heartbeat, timeout: Duration)
         };
     }
     match resp.error_for_status() {
-        Ok(r) => r.json().await.map_or_else(|e| Answer::Failed(e.to_string()), Answer::Accepted),
+        Ok(r) => r
+            .json()
+            .await
+            .map_or_else(|e| Answer::Failed(e.to_string()), Answer::Accepted),
         Err(e) => Answer::Failed(e.to_string()),
     }
 }
 
 /// Whether every store path can be written and has room above the reserve; the first problem otherwise.
-async fn store_problem(node: &AppState, stats: &[fdfs_common::wire::StorePathStat]) -> Option<String> {
+async fn store_problem(
+    node: &AppState,
+    stats: &[fdfs_common::wire::StorePathStat],
+) -> Option<String> {
     let roots: Vec<_> = node.config.store_paths.clone();
     let unwritable = tokio::task::spawn_blocking(move || {
         roots.iter().find_map(|root| {
@@ -321,7 +332,9 @@ async fn beat(
         let mut peers: Vec<MemberInfo> = merged.into_values().collect();
         peers.sort_by_key(|p| p.node_id);
         node.peers.set(peers);
-        node.status.last_accepted_ms.store(unix_ms(), Ordering::Relaxed);
+        node.status
+            .last_accepted_ms
+            .store(unix_ms(), Ordering::Relaxed);
         let was = node.status.draining.swap(draining, Ordering::Relaxed);
         if was != draining {
             tracing::warn!(draining, "drain changed by an operator");

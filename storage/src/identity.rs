@@ -172,8 +172,13 @@ mod tests {
             (id, Origin::Store),
             "the recorded id wins over any derivation"
         );
-        assert_eq!(settle(dir.path(), Some(id), || 7).unwrap(), (id, Origin::Store));
-        let e = settle(dir.path(), Some(id ^ 1), || 7).unwrap_err().to_string();
+        assert_eq!(
+            settle(dir.path(), Some(id), || 7).unwrap(),
+            (id, Origin::Store)
+        );
+        let e = settle(dir.path(), Some(id ^ 1), || 7)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(&format!("belongs to node {id}")), "{e}");
         assert!(e.contains(&dir.path().display().to_string()), "{e}");
     }
@@ -199,7 +204,10 @@ mod tests {
             (42, Origin::Setting)
         );
         assert_eq!(settle(set.path(), None, || 7).unwrap(), (42, Origin::Store));
-        assert!(matches!(settle(set.path(), Some(0), || 7), Err(IdentityError::Zero)));
+        assert!(matches!(
+            settle(set.path(), Some(0), || 7),
+            Err(IdentityError::Zero)
+        ));
 
         std::fs::write(set.path().join(FILE), "banana\n").unwrap();
         let e = settle(set.path(), None, || 7).unwrap_err().to_string();
@@ -209,7 +217,10 @@ mod tests {
     #[test]
     fn unusable_addresses_are_refused_with_the_setting() {
         let remote = ["10.1.2.3:22122".to_owned()];
-        let local = ["127.0.0.1:22122".to_owned(), "http://localhost:22122/".to_owned()];
+        let local = [
+            "127.0.0.1:22122".to_owned(),
+            "http://localhost:22122/".to_owned(),
+        ];
         let e = check_address("public address", "0.0.0.0:23000", "public_url", &local).unwrap_err();
         assert!(e.contains("public_url"), "{e}");
         assert!(check_address("a", "[::]:23000", "public_url", &local).is_err());

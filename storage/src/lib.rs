@@ -211,7 +211,11 @@ impl Node {
                 "this storage node is stopping".into(),
             ));
         }
-        if self.status.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        if self
+            .status
+            .draining
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
             return Err(StorageError::NotTakingUploads(
                 "node_draining",
                 "this storage node is being drained".into(),
@@ -321,13 +325,8 @@ pub async fn run_with_fastdfs(
         (Some(l), None) => l.local_addr()?.to_string(),
     };
     if internal.is_some() {
-        identity::check_address(
-            "internal address",
-            &addr,
-            "internal_addr",
-            &config.trackers,
-        )
-        .map_err(anyhow::Error::msg)?;
+        identity::check_address("internal address", &addr, "internal_addr", &config.trackers)
+            .map_err(anyhow::Error::msg)?;
     }
     let max_file_size = match config.max_file_size {
         Size::Bytes(n) => n.min(fdfs_common::fileid::MAX_FILE_SIZE),
@@ -540,7 +539,10 @@ pub fn public_router(node: AppState) -> Router {
     let stopping = node.status.stopping.clone();
     let app = Router::new()
         .route("/health", get(health))
-        .route("/livez", get(|| async { fdfs_common::health::live("storage") }))
+        .route(
+            "/livez",
+            get(|| async { fdfs_common::health::live("storage") }),
+        )
         .route("/v1/{*rest}", axum::routing::any(api::not_found))
         .route("/{*path}", get(serve::serve))
         .fallback(api::not_found)
@@ -586,7 +588,10 @@ pub fn router(node: AppState) -> Router {
     let stopping = node.status.stopping.clone();
     let app = Router::new()
         .route("/health", get(health))
-        .route("/livez", get(|| async { fdfs_common::health::live("storage") }))
+        .route(
+            "/livez",
+            get(|| async { fdfs_common::health::live("storage") }),
+        )
         .merge(internal)
         .route("/{*path}", get(serve::serve))
         .fallback(api::not_found)
@@ -600,7 +605,9 @@ pub fn router(node: AppState) -> Router {
 
 /// `GET /health`: ready to do its job, or 503 with why not (stopping, drained, a store path unwritable or
 /// full, no tracker reachable, still catching up with its group).
-async fn health(axum::extract::State(node): axum::extract::State<AppState>) -> axum::response::Response {
+async fn health(
+    axum::extract::State(node): axum::extract::State<AppState>,
+) -> axum::response::Response {
     let interval = Duration::from_millis(node.config.heartbeat_interval_ms.max(10));
     let reason = node.status.not_ready(interval, node.sync.syncing());
     fdfs_common::health::answer("storage", reason)

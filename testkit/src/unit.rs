@@ -65,7 +65,8 @@ impl Unit {
                 "Environment" => {
                     for kv in value.split_whitespace() {
                         let (k, v) = kv.split_once('=').expect("Environment=K=V");
-                        unit.environment.push((k.to_owned(), v.trim_matches('"').to_owned()));
+                        unit.environment
+                            .push((k.to_owned(), v.trim_matches('"').to_owned()));
                     }
                 }
                 "StateDirectory" => unit
@@ -79,7 +80,10 @@ impl Unit {
                     unit.exec_start = value.split_whitespace().map(str::to_owned).collect();
                 }
                 "WorkingDirectory" | "RootDirectory" | "ExecStartPre" | "DynamicUser" => {
-                    panic!("{}: {key} is not emulated by the test harness", path.display())
+                    panic!(
+                        "{}: {key} is not emulated by the test harness",
+                        path.display()
+                    )
                 }
                 _ => {}
             }
@@ -117,7 +121,12 @@ pub fn system_user(name: &str) -> (u32, u32) {
             .output()
             .ok()
             .filter(|o| o.status.success())
-            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<u32>().ok())
+            .and_then(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .trim()
+                    .parse::<u32>()
+                    .ok()
+            })
     };
     if id("-u").is_none() {
         let status = std::process::Command::new("useradd")
@@ -134,10 +143,7 @@ pub fn system_user(name: &str) -> (u32, u32) {
             .expect("running useradd");
         assert!(status.success(), "useradd {name}");
     }
-    (
-        id("-u").expect("uid"),
-        id("-g").expect("gid"),
-    )
+    (id("-u").expect("uid"), id("-g").expect("gid"))
 }
 
 /// A simulated host: its root directory, holding what the mount points show to its processes.
@@ -157,7 +163,15 @@ impl HostRoot {
         for dir in [base, root.as_path()] {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         }
-        for rel in ["etc", "etc/fdfs", "var", "var/lib", "usr", "usr/local", "usr/local/bin"] {
+        for rel in [
+            "etc",
+            "etc/fdfs",
+            "var",
+            "var/lib",
+            "usr",
+            "usr/local",
+            "usr/local/bin",
+        ] {
             std::fs::set_permissions(root.join(rel), std::fs::Permissions::from_mode(0o755))
                 .expect("chmod");
         }
@@ -310,12 +324,19 @@ mod tests {
         let u = Unit::load(&f);
         assert_eq!(u.user.as_deref(), Some("fdfs"));
         assert_eq!(u.environment_files, ["/etc/fdfs/fdfs.env"]);
-        assert_eq!(u.environment, [("A".into(), "1".into()), ("B".into(), "2".into())]);
+        assert_eq!(
+            u.environment,
+            [("A".into(), "1".into()), ("B".into(), "2".into())]
+        );
         assert_eq!(u.state_directories, ["fdfs", "fdfs/t"]);
         assert_eq!(u.state_directory_mode, Some(0o750));
         assert_eq!(
             u.exec_start,
-            ["/usr/local/bin/fdfs-tracker", "--config", "/etc/fdfs/tracker.toml"]
+            [
+                "/usr/local/bin/fdfs-tracker",
+                "--config",
+                "/etc/fdfs/tracker.toml"
+            ]
         );
         std::fs::write(dir.path().join("e"), "# c\nFDFS_X=\"y\"\n\nFDFS_Z=1\n").unwrap();
         assert_eq!(

@@ -55,7 +55,9 @@ pub enum Error {
         retry_after: std::time::Duration,
     },
     /// The tracker restarted moments ago and has not heard every member yet.
-    #[error("tracker started {0} ms ago and has not heard every storage node yet: ask another tracker")]
+    #[error(
+        "tracker started {0} ms ago and has not heard every storage node yet: ask another tracker"
+    )]
     WarmingUp(u64),
 }
 
@@ -96,9 +98,8 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         // Every variant is an expected condition with a message safe to show; none hides an internal fault.
         let retry_after = match &self {
-            Error::NodeIdConflict { retry_after, .. } | Error::AddressConflict { retry_after, .. } => {
-                Some(retry_after.as_secs() + 1)
-            }
+            Error::NodeIdConflict { retry_after, .. }
+            | Error::AddressConflict { retry_after, .. } => Some(retry_after.as_secs() + 1),
             Error::WarmingUp(_) => Some(1),
             _ => None,
         };

@@ -232,7 +232,10 @@ pub async fn run_with_fastdfs(
     let app = Router::new()
         .route("/cluster", get(cluster))
         .route("/health", get(health))
-        .route("/livez", get(|| async { fdfs_common::health::live("tracker") }))
+        .route(
+            "/livez",
+            get(|| async { fdfs_common::health::live("tracker") }),
+        )
         .merge(internal)
         .fallback(|| async { Error::NoRoute })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
@@ -468,7 +471,10 @@ async fn cluster(
     let mut view = state.registry().cluster(Instant::now());
     if !state.has_secret(&headers) {
         for m in view.groups.iter_mut().flat_map(|g| g.members.iter_mut()) {
-            let public = m.public_url.split_once("://").map_or(&*m.public_url, |(_, r)| r);
+            let public = m
+                .public_url
+                .split_once("://")
+                .map_or(&*m.public_url, |(_, r)| r);
             m.addr = public.split('/').next().unwrap_or(public).to_owned();
         }
     }

@@ -70,8 +70,7 @@ pub async fn persist(
             (r.snapshot(), r.draining())
         };
         let d = dir.clone();
-        let saved =
-            tokio::task::spawn_blocking(move || save(&d, &snapshot.0, &snapshot.1)).await;
+        let saved = tokio::task::spawn_blocking(move || save(&d, &snapshot.0, &snapshot.1)).await;
         *error.lock().unwrap_or_else(PoisonError::into_inner) = match &saved {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(format!("{e:#}")),

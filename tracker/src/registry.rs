@@ -101,7 +101,11 @@ impl Registry {
 
     /// Start (`on`) or stop draining a member: a draining member gets no new uploads; reads still go to it.
     pub fn drain(&mut self, group: &GroupName, node_id: u32, on: bool) -> Result<(), Error> {
-        if !self.members.get(&node_id).is_some_and(|m| m.hb.group == *group) {
+        if !self
+            .members
+            .get(&node_id)
+            .is_some_and(|m| m.hb.group == *group)
+        {
             return Err(Error::UnknownMember(group.clone(), node_id));
         }
         let changed = if on {
@@ -871,17 +875,29 @@ mod tests {
         let now = Instant::now();
         let beats = vec![hb("g1", 1, &[50 * GB]), hb("g1", 2, &[50 * GB])];
         let mut r = registry(Config::default(), beats, now);
-        assert!(matches!(r.remove(&g("g1"), 2, now), Err(Error::MemberLive(2, "active"))));
+        assert!(matches!(
+            r.remove(&g("g1"), 2, now),
+            Err(Error::MemberLive(2, "active"))
+        ));
         // A leave from another run does nothing.
         r.leave(&g("g1"), 2, 777, now).unwrap();
-        assert_eq!(r.cluster(now).groups[0].members[1].state, MemberState::Active);
+        assert_eq!(
+            r.cluster(now).groups[0].members[1].state,
+            MemberState::Active
+        );
         r.leave(&g("g1"), 2, 2, now).unwrap();
-        assert_eq!(r.cluster(now).groups[0].members[1].state, MemberState::Offline);
+        assert_eq!(
+            r.cluster(now).groups[0].members[1].state,
+            MemberState::Offline
+        );
         for _ in 0..4 {
             assert_eq!(r.assign(None, 1, now).unwrap().node_id, 1);
         }
         r.remove(&g("g1"), 2, now).unwrap();
-        assert!(matches!(r.leave(&g("g1"), 2, 2, now), Err(Error::UnknownMember(..))));
+        assert!(matches!(
+            r.leave(&g("g1"), 2, 2, now),
+            Err(Error::UnknownMember(..))
+        ));
     }
 
     #[test]
@@ -906,11 +922,20 @@ mod tests {
         };
         let name = fdfs_common::FileName::generate(&info, None).unwrap();
         let id: FileId = format!("g1/M00/00/00/{}", name.as_str()).parse().unwrap();
-        let located: Vec<u32> = r.locate(&id, now).unwrap().members.iter().map(|m| m.node_id).collect();
+        let located: Vec<u32> = r
+            .locate(&id, now)
+            .unwrap()
+            .members
+            .iter()
+            .map(|m| m.node_id)
+            .collect();
         assert_eq!(located, [1, 2], "the draining source still holds it");
         assert_eq!(r.draining(), [1]);
         r.drain(&g("g1"), 1, false).unwrap();
         assert!(r.draining().is_empty());
-        assert!(matches!(r.drain(&g("g1"), 9, true), Err(Error::UnknownMember(..))));
+        assert!(matches!(
+            r.drain(&g("g1"), 9, true),
+            Err(Error::UnknownMember(..))
+        ));
     }
 }

@@ -80,8 +80,7 @@ pub async fn run(client: &Client, args: Args) -> Result<()> {
             return wait_drained(client, &member, Duration::from_secs(timeout_secs)).await;
         }
         Some(Action::Undrain(member)) => {
-            return on_every_tracker(&member, Method::DELETE, "drain", "takes uploads again")
-                .await
+            return on_every_tracker(&member, Method::DELETE, "drain", "takes uploads again").await
         }
         None => {}
     }
@@ -515,11 +514,23 @@ mod tests {
         assert!(t.contains("trackers 127.0.0.1:8081 (up)"), "{t}");
         assert!(t.contains("6 storage node(s), 3 active"), "{t}");
         assert!(t.contains("group1: free 4.00 GiB / total 10.00 GiB"), "{t}");
-        assert!(row(1).contains("active") && row(1).contains("8 to send"), "{t}");
-        assert!(row(2).contains("syncing") && row(2).contains("catching up"), "{t}");
+        assert!(
+            row(1).contains("active") && row(1).contains("8 to send"),
+            "{t}"
+        );
+        assert!(
+            row(2).contains("syncing") && row(2).contains("catching up"),
+            "{t}"
+        );
         assert!(row(3).contains("3 behind, 10s"), "{t}");
-        assert!(row(4).contains("draining") && row(4).contains("in sync"), "{t}");
-        assert!(row(5).contains("offline") && row(5).contains("5 behind"), "{t}");
+        assert!(
+            row(4).contains("draining") && row(4).contains("in sync"),
+            "{t}"
+        );
+        assert!(
+            row(5).contains("offline") && row(5).contains("5 behind"),
+            "{t}"
+        );
         assert!(row(6).contains("unknown (offline)"), "{t}");
         assert!(t.contains("1.5s ago"), "{t}");
     }

@@ -200,7 +200,11 @@ fn server_help_has_no_client_gateway_flag() {
             .args([sub, "--gateway", "http://127.0.0.1:8080"])
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(2), "fdfs {sub} --gateway must be refused");
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "fdfs {sub} --gateway must be refused"
+        );
         assert!(String::from_utf8_lossy(&out.stderr).contains("client commands"));
     }
     // Client commands take it before or after their name.

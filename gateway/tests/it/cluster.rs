@@ -719,7 +719,13 @@ async fn a_group_field_after_the_file_is_refused_and_nothing_is_kept() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(status, 400, "{v}");
     assert_eq!(v["error"]["code"], "bad_request");
-    assert!(v["error"]["message"].as_str().unwrap().contains("\"group\""), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"group\""),
+        "{v}"
+    );
     // The file stored before the late field is deleted (its replica moments later): no member keeps a file.
     eventually(30, "no member holding a file", || async {
         cl.dirs

@@ -417,7 +417,10 @@ async fn health_waits_out_the_warmup_and_cluster_hides_internal_addresses_withou
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["status"], "unavailable");
-    assert!(body["reason"].as_str().unwrap().contains("warming up"), "{body}");
+    assert!(
+        body["reason"].as_str().unwrap().contains("warming up"),
+        "{body}"
+    );
 
     let mut node = hb("g1", 1, 50 * GB);
     node.addr = "10.9.9.9:23100".into();
@@ -466,7 +469,14 @@ async fn a_member_leaving_is_offline_at_once_and_a_drained_one_gets_no_uploads()
     assert_eq!(drain.status(), StatusCode::OK);
     assert!(t.beat(&hb("g1", 1, 50 * GB)).await.draining);
     for _ in 0..4 {
-        let a: Assignment = t.get("/v1/assign").send().await.unwrap().json().await.unwrap();
+        let a: Assignment = t
+            .get("/v1/assign")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         assert_eq!(a.node_id, 2);
     }
     assert!(t.cluster().await.groups[0].members[0].draining);
@@ -488,9 +498,16 @@ async fn a_member_leaving_is_offline_at_once_and_a_drained_one_gets_no_uploads()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(t.cluster().await.groups[0].members[0].state, MemberState::Offline);
+    assert_eq!(
+        t.cluster().await.groups[0].members[0].state,
+        MemberState::Offline
+    );
     assert_eq!(remove().await.unwrap().status(), StatusCode::OK);
-    let ids: Vec<u32> = t.cluster().await.groups[0].members.iter().map(|m| m.node_id).collect();
+    let ids: Vec<u32> = t.cluster().await.groups[0]
+        .members
+        .iter()
+        .map(|m| m.node_id)
+        .collect();
     assert_eq!(ids, [2]);
     t.stop().await;
 }
