@@ -101,10 +101,10 @@ impl Registry {
 
     /// Start (`on`) or stop draining a member: a draining member gets no new uploads; reads still go to it.
     pub fn drain(&mut self, group: &GroupName, node_id: u32, on: bool) -> Result<(), Error> {
-        if !self
+        if self
             .members
             .get(&node_id)
-            .is_some_and(|m| m.hb.group == *group)
+            .is_none_or(|m| m.hb.group != *group)
         {
             return Err(Error::UnknownMember(group.clone(), node_id));
         }

@@ -727,7 +727,7 @@ async fn a_group_field_after_the_file_is_refused_and_nothing_is_kept() {
         "{v}"
     );
     // The file stored before the late field is deleted (its replica moments later): no member keeps a file.
-    eventually(30, "no member holding a file", || async {
+    crate::common::eventually(30, "no member holding a file", || async {
         cl.dirs
             .iter()
             .all(|d| walk(d.path().join("data")).is_empty())

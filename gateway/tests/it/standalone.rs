@@ -287,7 +287,11 @@ async fn cors_when_configured() {
 
 #[tokio::test]
 async fn fails_over_to_a_live_tracker() {
-    let t = tracker(fdfs_tracker::Config::default()).await;
+    let t = tracker(fdfs_tracker::Config {
+        heartbeat_timeout_ms: 300,
+        ..fdfs_tracker::Config::default()
+    })
+    .await;
     let down = closed_addr();
     let gw = gateway(config(vec![down.clone(), t.addr.to_string()])).await;
     let c = client();
@@ -304,7 +308,13 @@ async fn fails_over_to_a_live_tracker() {
         serde_json::json!([{"addr": down, "up": false}, {"addr": t.addr.to_string(), "up": true}])
     );
     assert_eq!(view["groups"], serde_json::json!([]));
-    // The live tracker answers (no storage yet): its 503 is passed through, not "no tracker".
+    // The live tracker answers (no storage yet, and past its warm-up): its 503 is passed through, not "no
+    // tracker".
+    crate::common::eventually(20, "the tracker past its warm-up", || async {
+        let r = c.get(format!("http://{}/health", t.addr)).send().await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
     let r = c
         .put(gw.url("/upload/a.txt"))
         .body("hello")

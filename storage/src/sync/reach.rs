@@ -152,6 +152,7 @@ mod tests {
             sync: Vec::new(),
             file_count: 0,
             last_seen_ms: 0,
+            draining: false,
         }
     }
 
