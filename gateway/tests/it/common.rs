@@ -51,6 +51,8 @@ pub async fn cluster(setup: Setup) -> Cluster {
     let mut tc = fdfs_tracker::Config {
         // Test disks may be nearly full; keep no space in reserve.
         reserved_storage_space: fdfs_common::config::Size::Bytes(0),
+        // The members beat every 200 ms: a short warm-up (one timeout) after the tracker starts.
+        heartbeat_timeout_ms: 1000,
         ..fdfs_tracker::Config::default()
     };
     (setup.tracker)(&mut tc);
@@ -84,10 +86,16 @@ pub async fn cluster(setup: Setup) -> Cluster {
     let c = client();
     let want = setup.members;
     let url = gateway.url("/cluster");
-    eventually(20, "storage members active", || {
+    let tracker_health = format!("{}/health", tracker.base());
+    eventually(20, "storage members active, the tracker past its warm-up", || {
         let c = c.clone();
         let url = url.clone();
+        let tracker_health = tracker_health.clone();
         async move {
+            let ready = c.get(&tracker_health).send().await.ok()?;
+            if ready.status() != 200 {
+                return None;
+            }
             let v: serde_json::Value = c.get(&url).send().await.ok()?.json().await.ok()?;
             let active = v["groups"]
                 .as_array()?

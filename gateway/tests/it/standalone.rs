@@ -16,16 +16,25 @@ const SOME_ID: &str = "group1/M00/00/00/wKgAA1qCJbeAQ3sLAABe0xvpx3Q419.jpg";
 async fn health_page_and_route_order() {
     let gw = gateway(config(vec![closed_addr()])).await;
     let c = client();
-    let health: serde_json::Value = c
-        .get(gw.url("/health"))
+    // Alive, but not ready without a reachable tracker.
+    let live: serde_json::Value = c
+        .get(gw.url("/livez"))
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    assert_eq!(health["status"], "ok");
-    assert_eq!(health["role"], "gateway");
+    assert_eq!(live["status"], "ok");
+    assert_eq!(live["role"], "gateway");
+    let r = c.get(gw.url("/health")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let health: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(health["status"], "unavailable");
+    assert!(
+        health["reason"].as_str().unwrap().contains("no tracker reachable"),
+        "{health}"
+    );
 
     let page = c.get(gw.url("/")).send().await.unwrap();
     assert_eq!(page.status(), 200);
