@@ -49,19 +49,31 @@ start_fdfs_cluster
 GW=$ADDR_gateway
 sleep 2 # a heartbeat round: each node knows its peer, so a stored thumbnail reaches the write quorum
 
+# `thumbnails SYSTEM UPLOAD_FN`: N times, UPLOAD_FN I uploads the photo as number I and prints the URL of its
+# 300x300 thumbnail, whose first GET's time to first byte is recorded; then loadgen repeats GETs of them all.
+# Sets FIRST_<SYSTEM>, RPS_<SYSTEM> and BYTES_<SYSTEM>.
+thumbnails() {
+    local sys=$1 upload=$2 i thumb
+    : >"$RUN/$sys-urls"
+    : >"$RUN/$sys-first"
+    for i in $(seq "$N"); do
+        thumb=$("$upload" "$i")
+        curl -fsS -o /dev/null -w '%{time_starttransfer}\n' "$thumb" >>"$RUN/$sys-first"
+        echo "$thumb" >>"$RUN/$sys-urls"
+    done
+    printf -v "FIRST_$sys" '%s' "$(median_ms <"$RUN/$sys-first")"
+    "$LG" get --urls "$RUN/$sys-urls" --duration-s "$SECS" -c "$CONC" >"$RUN/$sys-get.txt" 2>"$RUN/$sys-get.err" || true
+    printf -v "RPS_$sys" '%s' "$(rps "$RUN/$sys-get.txt")"
+    printf -v "BYTES_$sys" '%s' "$(curl -fsS "$(head -1 "$RUN/$sys-urls")" | wc -c)"
+}
+
+fdfs_upload() {
+    local url
+    url=$(curl -fsS -T "$PHOTO" "http://$GW/upload/photo$1.jpg" | python3 -c 'import json,sys; print(json.load(sys.stdin)["url"])')
+    echo "${url%.jpg}_300x300.jpg"
+}
 log "fdfs: $N uploads, then the first GET of each one's 300x300 thumbnail"
-: >"$RUN/fdfs-urls"
-: >"$RUN/fdfs-first"
-for i in $(seq "$N"); do
-    url=$(curl -fsS -T "$PHOTO" "http://$GW/upload/photo$i.jpg" | python3 -c 'import json,sys; print(json.load(sys.stdin)["url"])')
-    thumb=${url%.jpg}_300x300.jpg
-    curl -fsS -o /dev/null -w '%{time_starttransfer}\n' "$thumb" >>"$RUN/fdfs-first"
-    echo "$thumb" >>"$RUN/fdfs-urls"
-done
-FDFS_FIRST=$(median_ms <"$RUN/fdfs-first")
-"$LG" get --urls "$RUN/fdfs-urls" --duration-s "$SECS" -c "$CONC" >"$RUN/fdfs-get.txt" 2>"$RUN/fdfs-get.err" || true
-FDFS_RPS=$(rps "$RUN/fdfs-get.txt")
-FDFS_BYTES=$(curl -fsS "$(head -1 "$RUN/fdfs-urls")" | wc -c)
+thumbnails fdfs fdfs_upload
 
 # ---------------------------------------------------------------- SeaweedFS
 log "starting SeaweedFS: master, 1 volume server"
@@ -70,21 +82,15 @@ SWV=()
 start_weed_volume 1
 wait_weed_assign ""
 
-log "SeaweedFS: $N uploads, then the first GET of each one resized to 300x300"
-: >"$RUN/sw-urls"
-: >"$RUN/sw-first"
-for i in $(seq "$N"); do
+sw_upload() {
+    local fid vol
     read -r fid vol < <(curl -fsS "http://127.0.0.1:$SWM_PORT/dir/assign" |
         python3 -c 'import json,sys; a = json.load(sys.stdin); print(a["fid"], a["url"])')
-    curl -fsS -o /dev/null -F "file=@$PHOTO;filename=photo$i.jpg" "http://$vol/$fid"
-    thumb="http://$vol/$fid.jpg?width=300&height=300&mode=fit"
-    curl -fsS -o /dev/null -w '%{time_starttransfer}\n' "$thumb" >>"$RUN/sw-first"
-    echo "$thumb" >>"$RUN/sw-urls"
-done
-SW_FIRST=$(median_ms <"$RUN/sw-first")
-"$LG" get --urls "$RUN/sw-urls" --duration-s "$SECS" -c "$CONC" >"$RUN/sw-get.txt" 2>"$RUN/sw-get.err" || true
-SW_RPS=$(rps "$RUN/sw-get.txt")
-SW_BYTES=$(curl -fsS "$(head -1 "$RUN/sw-urls")" | wc -c)
+    curl -fsS -o /dev/null -F "file=@$PHOTO;filename=photo$1.jpg" "http://$vol/$fid"
+    echo "http://$vol/$fid.jpg?width=300&height=300&mode=fit"
+}
+log "SeaweedFS: $N uploads, then the first GET of each one resized to 300x300"
+thumbnails sw sw_upload
 
 # ---------------------------------------------------------------- table
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.1fx", a / b; else print "-" }'; }
@@ -93,8 +99,8 @@ echo "(fdfs: 2 storage nodes, write_quorum 2, the thumbnail stored as a slave; S
 printf '| %-40s | %10s | %10s | %10s |\n' what fdfs SeaweedFS ratio
 printf '|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..42})" "$(printf -- '-%.0s' {1..12})" \
     "$(printf -- '-%.0s' {1..12})" "$(printf -- '-%.0s' {1..12})"
-printf '| %-40s | %10s | %10s | %10s |\n' "first request, TTFB ms (median of $N)" "$FDFS_FIRST" "$SW_FIRST" \
-    "$(ratio "$SW_FIRST" "$FDFS_FIRST")"
-printf '| %-40s | %10s | %10s | %10s |\n' "repeated requests, thumbnails/s (c=$CONC)" "${FDFS_RPS:-err}" "${SW_RPS:-err}" \
-    "$(ratio "${FDFS_RPS:-0}" "${SW_RPS:-0}")"
-printf '| %-40s | %10s | %10s | %10s |\n' "thumbnail bytes" "$FDFS_BYTES" "$SW_BYTES" ""
+printf '| %-40s | %10s | %10s | %10s |\n' "first request, TTFB ms (median of $N)" "$FIRST_fdfs" "$FIRST_sw" \
+    "$(ratio "$FIRST_sw" "$FIRST_fdfs")"
+printf '| %-40s | %10s | %10s | %10s |\n' "repeated requests, thumbnails/s (c=$CONC)" "${RPS_fdfs:-err}" "${RPS_sw:-err}" \
+    "$(ratio "${RPS_fdfs:-0}" "${RPS_sw:-0}")"
+printf '| %-40s | %10s | %10s | %10s |\n' "thumbnail bytes" "$BYTES_fdfs" "$BYTES_sw" ""
