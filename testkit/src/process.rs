@@ -8,12 +8,12 @@
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use fdfs_common::sys;
 use fdfs_common::wire::{ClusterView, MemberInfo, MemberState};
 
 /// The `fdfs` binary under test: `FDFS_TEST_BIN` if set, else `fdfs` in the directory above the running test
@@ -217,16 +217,7 @@ pub fn hermetic_env(cmd: &mut Command) {
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "info");
     }
-    #[cfg(target_os = "linux")]
-    // SAFETY: prctl is async-signal-safe and touches no parent memory.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    sys::die_with_parent(cmd, sys::Signal::KILL);
 }
 
 /// Wait for a `listening on ADDR` line among a child's stdout lines.
@@ -297,18 +288,11 @@ pub fn tempdir(min_free: u64) -> tempfile::TempDir {
 
 /// Free bytes of the filesystem holding `path`, if it is a writable directory.
 pub fn free_bytes(path: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
     let meta = std::fs::metadata(path).ok()?;
     if !meta.is_dir() || meta.permissions().readonly() {
         return None;
     }
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid NUL-terminated path and a properly sized out struct.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    Some(st.f_bavail as u64 * st.f_frsize as u64)
+    sys::free_bytes(path).ok()
 }
 
 /// Last `n` lines of a file.
@@ -369,24 +353,17 @@ impl Node {
 
     /// Freeze the process (SIGSTOP): it keeps its sockets but answers nothing.
     pub fn freeze(&self) {
-        self.signal(libc::SIGSTOP);
+        self.signal(sys::Signal::STOP);
     }
 
     /// Resume a frozen process (SIGCONT).
     pub fn thaw(&self) {
-        self.signal(libc::SIGCONT);
+        self.signal(sys::Signal::CONT);
     }
 
-    fn signal(&self, sig: i32) {
+    fn signal(&self, sig: sys::Signal) {
         let pid = self.pid().expect("node is running");
-        // SAFETY: plain syscall on a child we have not reaped.
-        let rc = unsafe { libc::kill(pid as i32, sig) };
-        assert_eq!(
-            rc,
-            0,
-            "kill({pid}, {sig}): {}",
-            std::io::Error::last_os_error()
-        );
+        sys::kill(pid, sig).unwrap_or_else(|e| panic!("kill({pid}, {sig:?}): {e}"));
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -415,10 +392,7 @@ impl Node {
     /// SIGTERM and wait for a clean exit (panics after `timeout`).
     pub fn stop(&mut self, timeout: Duration) -> ExitStatus {
         let mut c = self.child.take().expect("node is running");
-        // SAFETY: plain syscall on a child we have not reaped.
-        unsafe {
-            libc::kill(c.id() as i32, libc::SIGTERM);
-        }
+        let _ = sys::kill(c.id(), sys::Signal::TERM);
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(st) = c.try_wait().expect("wait") {
