@@ -51,8 +51,11 @@ pub const STATE_TIMEOUT: Duration = Duration::from_secs(60);
 /// What to start.
 #[derive(Debug, Clone)]
 pub struct ClusterSpec {
+    /// Storage groups, named `group1`, `group2`...
     pub groups: usize,
+    /// Storage nodes per group.
     pub members: usize,
+    /// Trackers; every storage node and the gateway get them all.
     pub trackers: usize,
     /// Extra flags for every storage node.
     pub storage_args: Vec<String>,
@@ -81,10 +84,14 @@ pub fn args(a: &[&str]) -> Vec<String> {
     a.iter().map(|s| (*s).to_owned()).collect()
 }
 
+/// Which server a [`Node`] runs (the `fdfs` subcommand).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
+    /// `fdfs tracker`.
     Tracker,
+    /// `fdfs storage`.
     Storage,
+    /// `fdfs gateway`.
     Gateway,
 }
 
@@ -101,7 +108,9 @@ impl Role {
 /// One server process.
 #[derive(Debug)]
 pub struct Node {
+    /// `tracker-N`, `storage-gG-mM` or `gateway`: names its directory and log, and shows in panics.
     pub name: String,
+    /// What it runs.
     pub role: Role,
     /// Bound address (stays the same across [`Node::restart`]).
     pub addr: SocketAddr,
@@ -366,10 +375,12 @@ impl Node {
         sys::kill(pid, sig).unwrap_or_else(|e| panic!("kill({pid}, {sig:?}): {e}"));
     }
 
+    /// Process id of the running child; `None` after [`Node::kill9`] or [`Node::stop`].
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Whether the child is still alive (not exited, not killed).
     pub fn is_running(&mut self) -> bool {
         self.child
             .as_mut()
@@ -479,10 +490,13 @@ impl PendingNode {
 
 /// A running cluster.
 pub struct Cluster {
+    /// Holds every node's directory and `logs/`; removed when the cluster is dropped.
     pub dir: tempfile::TempDir,
+    /// `trackers[t]` is `tracker-{t+1}`.
     pub trackers: Vec<Node>,
     /// `storage[g][m]` is member m+1 of group g+1 (named `group{g+1}`).
     pub storage: Vec<Vec<Node>>,
+    /// The one gateway, configured with every tracker.
     pub gateway: Node,
     /// Does not follow redirects (to inspect the gateway's 302s).
     pub http: reqwest::Client,
@@ -592,6 +606,7 @@ impl Cluster {
         format!("group{}", g + 1)
     }
 
+    /// Every storage node, group by group.
     pub fn all_storage(&self) -> impl Iterator<Item = &Node> {
         self.storage.iter().flatten()
     }
@@ -604,6 +619,7 @@ impl Cluster {
             .chain(std::iter::once(&self.gateway))
     }
 
+    /// Every process, mutably (to kill or restart them all).
     pub fn all_nodes_mut(&mut self) -> impl Iterator<Item = &mut Node> {
         self.trackers
             .iter_mut()
