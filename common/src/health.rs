@@ -26,10 +26,12 @@ use axum::Json;
 pub struct Stopping(Arc<AtomicBool>);
 
 impl Stopping {
+    /// Mark the server as stopping.
     pub fn set(&self) {
         self.0.store(true, Ordering::Relaxed);
     }
 
+    /// Whether the server is stopping.
     pub fn is_set(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }

@@ -12,6 +12,7 @@ pub mod health;
 pub mod metrics;
 pub mod serve;
 pub mod state;
+pub mod sys;
 pub mod telemetry;
 pub mod token;
 pub mod wire;

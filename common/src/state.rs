@@ -11,15 +11,18 @@ use std::path::{Path, PathBuf};
 pub struct StateError {
     /// The config key (and flag) that names the path, e.g. `data_dir`.
     pub setting: String,
+    /// The directory or file.
     pub path: PathBuf,
     /// What was being done, e.g. `cannot create the directory`.
     pub what: &'static str,
+    /// The system's error.
     pub source: std::io::Error,
     /// How to fix it, when the error says (permissions).
     hint: &'static str,
 }
 
 impl StateError {
+    /// The error of `what` on `path`, named by its `setting`.
     pub fn new(setting: &str, path: &Path, what: &'static str, source: std::io::Error) -> Self {
         let hint = if matches!(
             source.kind(),

@@ -27,6 +27,7 @@ pub struct Status {
 }
 
 impl Status {
+    /// A new run's status (a fresh random instance).
     pub fn new() -> Status {
         Status {
             instance: rand::random::<u64>() | 1,

@@ -35,10 +35,18 @@ pub enum Origin {
 /// Why the node id cannot be settled.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
+    /// The node id file cannot be read or written.
     #[error(transparent)]
     State(#[from] StateError),
+    /// The node id file holds no node id.
     #[error("store_path {}: {} does not hold a node id (a number from 1 to 4294967295): {text:?}", root.display(), FILE)]
-    Corrupt { root: PathBuf, text: String },
+    Corrupt {
+        /// Store path 0.
+        root: PathBuf,
+        /// The start of what the file holds.
+        text: String,
+    },
+    /// The `node_id` setting differs from the store's.
     #[error(
         "node_id = {configured} is set, but store_path {} belongs to node {stored} ({}): a store keeps the id its \
          files were created under. Remove node_id from the config (or set it to {stored}); to give this host a new \
@@ -46,10 +54,14 @@ pub enum IdentityError {
         root.display(), FILE
     )]
     Mismatch {
+        /// The `node_id` setting.
         configured: u32,
+        /// The store's id.
         stored: u32,
+        /// Store path 0.
         root: PathBuf,
     },
+    /// `node_id = 0`.
     #[error("node_id = 0 is not a valid node id (use 1 to 4294967295)")]
     Zero,
 }

@@ -8,16 +8,19 @@
 //! - [`eventually`] / [`wait_until`]: polling with a deadline (never a fixed sleep, never a timing assertion).
 //! - [`error_of`] / [`error_code`]: the `error.code` of a JSON error answer.
 //! - [`content`]: deterministic file contents.
+//! - [`big_transfer`] ([`turns`]): tests that move gigabytes take turns.
 
 pub mod netns;
 pub mod process;
 pub mod server;
+pub mod turns;
 pub mod unit;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 pub use server::{closed_addr, Server};
+pub use turns::big_transfer;
 
 /// Poll `check` until it returns `Some`, panicking with `what` after `secs` seconds.
 pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T

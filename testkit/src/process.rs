@@ -8,12 +8,12 @@
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use fdfs_common::sys;
 use fdfs_common::wire::{ClusterView, MemberInfo, MemberState};
 
 /// The `fdfs` binary under test: `FDFS_TEST_BIN` if set, else `fdfs` in the directory above the running test
@@ -51,8 +51,11 @@ pub const STATE_TIMEOUT: Duration = Duration::from_secs(60);
 /// What to start.
 #[derive(Debug, Clone)]
 pub struct ClusterSpec {
+    /// Storage groups, named `group1`, `group2`...
     pub groups: usize,
+    /// Storage nodes per group.
     pub members: usize,
+    /// Trackers; every storage node and the gateway get them all.
     pub trackers: usize,
     /// Extra flags for every storage node.
     pub storage_args: Vec<String>,
@@ -81,10 +84,14 @@ pub fn args(a: &[&str]) -> Vec<String> {
     a.iter().map(|s| (*s).to_owned()).collect()
 }
 
+/// Which server a [`Node`] runs (the `fdfs` subcommand).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
+    /// `fdfs tracker`.
     Tracker,
+    /// `fdfs storage`.
     Storage,
+    /// `fdfs gateway`.
     Gateway,
 }
 
@@ -101,7 +108,9 @@ impl Role {
 /// One server process.
 #[derive(Debug)]
 pub struct Node {
+    /// `tracker-N`, `storage-gG-mM` or `gateway`: names its directory and log, and shows in panics.
     pub name: String,
+    /// What it runs.
     pub role: Role,
     /// Bound address (stays the same across [`Node::restart`]).
     pub addr: SocketAddr,
@@ -217,16 +226,7 @@ pub fn hermetic_env(cmd: &mut Command) {
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "info");
     }
-    #[cfg(target_os = "linux")]
-    // SAFETY: prctl is async-signal-safe and touches no parent memory.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    sys::die_with_parent(cmd, sys::Signal::KILL);
 }
 
 /// Wait for a `listening on ADDR` line among a child's stdout lines.
@@ -297,18 +297,11 @@ pub fn tempdir(min_free: u64) -> tempfile::TempDir {
 
 /// Free bytes of the filesystem holding `path`, if it is a writable directory.
 pub fn free_bytes(path: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
     let meta = std::fs::metadata(path).ok()?;
     if !meta.is_dir() || meta.permissions().readonly() {
         return None;
     }
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid NUL-terminated path and a properly sized out struct.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    Some(st.f_bavail as u64 * st.f_frsize as u64)
+    sys::free_bytes(path).ok()
 }
 
 /// Last `n` lines of a file.
@@ -369,30 +362,25 @@ impl Node {
 
     /// Freeze the process (SIGSTOP): it keeps its sockets but answers nothing.
     pub fn freeze(&self) {
-        self.signal(libc::SIGSTOP);
+        self.signal(sys::Signal::STOP);
     }
 
     /// Resume a frozen process (SIGCONT).
     pub fn thaw(&self) {
-        self.signal(libc::SIGCONT);
+        self.signal(sys::Signal::CONT);
     }
 
-    fn signal(&self, sig: i32) {
+    fn signal(&self, sig: sys::Signal) {
         let pid = self.pid().expect("node is running");
-        // SAFETY: plain syscall on a child we have not reaped.
-        let rc = unsafe { libc::kill(pid as i32, sig) };
-        assert_eq!(
-            rc,
-            0,
-            "kill({pid}, {sig}): {}",
-            std::io::Error::last_os_error()
-        );
+        sys::kill(pid, sig).unwrap_or_else(|e| panic!("kill({pid}, {sig:?}): {e}"));
     }
 
+    /// Process id of the running child; `None` after [`Node::kill9`] or [`Node::stop`].
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Whether the child is still alive (not exited, not killed).
     pub fn is_running(&mut self) -> bool {
         self.child
             .as_mut()
@@ -415,10 +403,7 @@ impl Node {
     /// SIGTERM and wait for a clean exit (panics after `timeout`).
     pub fn stop(&mut self, timeout: Duration) -> ExitStatus {
         let mut c = self.child.take().expect("node is running");
-        // SAFETY: plain syscall on a child we have not reaped.
-        unsafe {
-            libc::kill(c.id() as i32, libc::SIGTERM);
-        }
+        let _ = sys::kill(c.id(), sys::Signal::TERM);
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(st) = c.try_wait().expect("wait") {
@@ -505,10 +490,13 @@ impl PendingNode {
 
 /// A running cluster.
 pub struct Cluster {
+    /// Holds every node's directory and `logs/`; removed when the cluster is dropped.
     pub dir: tempfile::TempDir,
+    /// `trackers[t]` is `tracker-{t+1}`.
     pub trackers: Vec<Node>,
     /// `storage[g][m]` is member m+1 of group g+1 (named `group{g+1}`).
     pub storage: Vec<Vec<Node>>,
+    /// The one gateway, configured with every tracker.
     pub gateway: Node,
     /// Does not follow redirects (to inspect the gateway's 302s).
     pub http: reqwest::Client,
@@ -618,6 +606,7 @@ impl Cluster {
         format!("group{}", g + 1)
     }
 
+    /// Every storage node, group by group.
     pub fn all_storage(&self) -> impl Iterator<Item = &Node> {
         self.storage.iter().flatten()
     }
@@ -630,6 +619,7 @@ impl Cluster {
             .chain(std::iter::once(&self.gateway))
     }
 
+    /// Every process, mutably (to kill or restart them all).
     pub fn all_nodes_mut(&mut self) -> impl Iterator<Item = &mut Node> {
         self.trackers
             .iter_mut()

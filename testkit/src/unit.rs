@@ -7,6 +7,10 @@
 //! `etc/fdfs`, `var/lib/fdfs` and `usr/local/bin` are bind-mounted on `/etc/fdfs`, `/var/lib/fdfs` and
 //! `/usr/local/bin`, so the unit's absolute paths are used as written. Those mount points are created on this
 //! machine (empty directories) when missing. Needs root, like the namespaces.
+//!
+//! The second module with `unsafe` (after `fdfs_common::sys`): the child's set-up between fork and exec (mount
+//! namespace, bind mounts, the unit's user), with libc; test support only.
+#![allow(unsafe_code)]
 
 use std::ffi::CString;
 use std::os::unix::fs::PermissionsExt;
@@ -22,7 +26,9 @@ pub const MOUNTED: [&str; 3] = ["etc/fdfs", "var/lib/fdfs", "usr/local/bin"];
 /// What the `[Service]` section of a unit says about starting it.
 #[derive(Debug, Clone, Default)]
 pub struct Unit {
+    /// `User=`.
     pub user: Option<String>,
+    /// `Group=`.
     pub group: Option<String>,
     /// `EnvironmentFile=` paths; a leading `-` (optional file) is kept.
     pub environment_files: Vec<String>,
@@ -30,6 +36,7 @@ pub struct Unit {
     pub environment: Vec<(String, String)>,
     /// `StateDirectory=` names (under `/var/lib`).
     pub state_directories: Vec<String>,
+    /// `StateDirectoryMode=` (octal).
     pub state_directory_mode: Option<u32>,
     /// `ExecStart=`, split on whitespace (the shipped units quote nothing).
     pub exec_start: Vec<String>,
@@ -149,7 +156,9 @@ pub fn system_user(name: &str) -> (u32, u32) {
 /// A simulated host: its root directory, holding what the mount points show to its processes.
 #[derive(Debug, Clone)]
 pub struct HostRoot {
+    /// The host (its network namespace in the [`Net`]).
     pub name: String,
+    /// Its root directory on this machine.
     pub root: PathBuf,
 }
 

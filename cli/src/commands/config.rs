@@ -5,11 +5,15 @@
 /// A server whose config can be printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Server {
+    /// `tracker.toml`.
     Tracker,
+    /// `storage.toml`.
     Storage,
+    /// `gateway.toml`.
     Gateway,
 }
 
+/// Flags of `fdfs config`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Which server's config.
@@ -25,6 +29,7 @@ pub fn text(server: Server) -> &'static str {
     }
 }
 
+/// Print the config.
 pub fn run(args: &Args) {
     print!("{}", text(args.server));
 }

@@ -19,11 +19,13 @@ use reqwest::Method;
 use crate::client::Client;
 use crate::error::{CliError, Result};
 
+/// `fdfs monitor` flags.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Print the raw JSON cluster view instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// What to change; `None`: only show the cluster.
     #[command(subcommand)]
     pub action: Option<Action>,
 }
@@ -31,7 +33,9 @@ pub struct Args {
 /// A member, and how to reach every tracker.
 #[derive(Debug, clap::Args)]
 pub struct MemberArgs {
+    /// Group of the member.
     pub group: String,
+    /// Node id of the member.
     pub node_id: u32,
     /// Every tracker, `host:port` or URL, comma-separated.
     #[arg(long, env = "FDFS_TRACKER", value_delimiter = ',', required = true)]
@@ -41,6 +45,7 @@ pub struct MemberArgs {
     pub cluster_secret: Option<String>,
 }
 
+/// `fdfs monitor` subcommands that change the cluster.
 #[derive(Debug, clap::Subcommand)]
 pub enum Action {
     /// Remove an offline member from the group (on every tracker): its peers stop keeping binlog records for
@@ -63,7 +68,7 @@ pub enum Action {
     Undrain(MemberArgs),
 }
 
-pub async fn run(client: &Client, args: Args) -> Result<()> {
+pub(crate) async fn run(client: &Client, args: Args) -> Result<()> {
     match args.action {
         Some(Action::Delete(m)) => {
             return delete(&m.group, m.node_id, &m.tracker, m.cluster_secret.as_deref()).await

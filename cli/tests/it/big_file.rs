@@ -24,6 +24,7 @@ fn size_bytes() -> u64 {
 async fn big_file_streams_in_bounded_memory() {
     let size = size_bytes();
     // Two replicas of the file plus slack.
+    let _turn = fdfs_testkit::big_transfer().await;
     let dir = crate::common::tempdir(2 * size + (1 << 30));
     let c = Cluster::start_in(
         ClusterSpec {

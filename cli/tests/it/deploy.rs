@@ -188,10 +188,7 @@ impl Deployment {
     /// `systemctl stop`: SIGTERM, then wait for the exit (status 0).
     async fn stop(&mut self, host: &str) {
         let mut child = self.services.get_mut(host).unwrap().child.take().unwrap();
-        // SAFETY: plain syscall on our own child.
-        unsafe {
-            libc::kill(child.id() as i32, libc::SIGTERM);
-        }
+        fdfs_common::sys::kill(child.id(), fdfs_common::sys::Signal::TERM).unwrap();
         let deadline = Instant::now() + Duration::from_secs(120);
         let status = loop {
             if let Some(s) = child.try_wait().unwrap() {

@@ -44,6 +44,7 @@ fn body(p: Arc<Mutex<Pattern>>, len: u64, crc: Arc<Mutex<crc32fast::Hasher>>) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tus_big_file_streams_in_bounded_memory() {
     let size = size_bytes();
+    let _turn = fdfs_testkit::big_transfer().await;
     let dir = crate::common::tempdir(3 * size + (1 << 30));
     let c = Cluster::start_in(
         ClusterSpec {

@@ -131,10 +131,7 @@ async fn fdfs_up_starts_serves_and_stops_cleanly() {
     );
 
     // SIGTERM: every child stops, then `fdfs up` exits 0.
-    // SAFETY: plain syscall on our own child.
-    unsafe {
-        libc::kill(up.id() as i32, libc::SIGTERM);
-    }
+    fdfs_common::sys::kill(up.id(), fdfs_common::sys::Signal::TERM).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(st) = up.try_wait().unwrap() {

@@ -87,25 +87,29 @@ pub async fn cluster(setup: Setup) -> Cluster {
     let want = setup.members;
     let url = gateway.url("/cluster");
     let tracker_health = format!("{}/health", tracker.base());
-    eventually(20, "storage members active, the tracker past its warm-up", || {
-        let c = c.clone();
-        let url = url.clone();
-        let tracker_health = tracker_health.clone();
-        async move {
-            let ready = c.get(&tracker_health).send().await.ok()?;
-            if ready.status() != 200 {
-                return None;
+    eventually(
+        20,
+        "storage members active, the tracker past its warm-up",
+        || {
+            let c = c.clone();
+            let url = url.clone();
+            let tracker_health = tracker_health.clone();
+            async move {
+                let ready = c.get(&tracker_health).send().await.ok()?;
+                if ready.status() != 200 {
+                    return None;
+                }
+                let v: serde_json::Value = c.get(&url).send().await.ok()?.json().await.ok()?;
+                let active = v["groups"]
+                    .as_array()?
+                    .iter()
+                    .flat_map(|g| g["members"].as_array().cloned().unwrap_or_default())
+                    .filter(|m| m["state"] == "active")
+                    .count();
+                (active >= want).then_some(())
             }
-            let v: serde_json::Value = c.get(&url).send().await.ok()?.json().await.ok()?;
-            let active = v["groups"]
-                .as_array()?
-                .iter()
-                .flat_map(|g| g["members"].as_array().cloned().unwrap_or_default())
-                .filter(|m| m["state"] == "active")
-                .count();
-            (active >= want).then_some(())
-        }
-    })
+        },
+    )
     .await;
     Cluster {
         gateway,

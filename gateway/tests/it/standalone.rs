@@ -32,7 +32,10 @@ async fn health_page_and_route_order() {
     let health: serde_json::Value = r.json().await.unwrap();
     assert_eq!(health["status"], "unavailable");
     assert!(
-        health["reason"].as_str().unwrap().contains("no tracker reachable"),
+        health["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no tracker reachable"),
         "{health}"
     );
 
@@ -320,7 +323,11 @@ async fn fails_over_to_a_live_tracker() {
     // The live tracker answers (no storage yet, and past its warm-up): its 503 is passed through, not "no
     // tracker".
     crate::common::eventually(20, "the tracker past its warm-up", || async {
-        let r = c.get(format!("http://{}/health", t.addr)).send().await.ok()?;
+        let r = c
+            .get(format!("http://{}/health", t.addr))
+            .send()
+            .await
+            .ok()?;
         (r.status() == 200).then_some(())
     })
     .await;
