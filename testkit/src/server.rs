@@ -1,5 +1,6 @@
 //! A server future run in this process on `127.0.0.1:0`: `Server::start(|listener, shutdown| run(listener,
-//! config, shutdown))` works for `fdfs_tracker::run`, `fdfs_storage::run` and `fdfs_gateway::run`.
+//! config, shutdown))` works for `fdfs_tracker::run`, `fdfs_storage::run` and `fdfs_gateway::run`; and
+//! [`closed_addr`], an address where nothing listens.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -40,16 +41,27 @@ impl Server {
         Server::start_on("127.0.0.1:0", run).await
     }
 
-    /// [`Server::start`] on a given address (e.g. to restart on the same port).
+    /// [`Server::start`] on a given address (e.g. to restart on the same port: while the old socket lingers,
+    /// the bind is retried for up to 10 s).
     pub async fn start_on<F, Fut, E>(listen: &str, run: F) -> Server
     where
         F: FnOnce(TcpListener, Shutdown) -> Fut,
         Fut: Future<Output = Result<(), E>> + Send + 'static,
         E: std::fmt::Display + Send + 'static,
     {
-        let listener = TcpListener::bind(listen)
-            .await
-            .unwrap_or_else(|e| panic!("bind {listen}: {e}"));
+        let t0 = std::time::Instant::now();
+        let listener = loop {
+            match TcpListener::bind(listen).await {
+                Ok(l) => break l,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AddrInUse
+                        && t0.elapsed() < Duration::from_secs(10) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("bind {listen}: {e}"),
+            }
+        };
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = oneshot::channel();
         let fut = run(listener, Shutdown(rx));
@@ -120,10 +132,28 @@ impl Drop for Server {
     }
 }
 
-/// An address where nothing listens (bound then released).
+/// An address where nothing listens, and nothing will while the test process runs: a socket bound to
+/// `127.0.0.1:0` and never listening holds the port (connections to it are refused), so no server of a test
+/// running alongside can be given it, as it could if the port were bound and released.
 pub fn closed_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let a = l.local_addr().expect("local addr").to_string();
-    drop(l);
-    a
+    use std::os::fd::{FromRawFd, OwnedFd};
+    static HELD: std::sync::Mutex<Vec<OwnedFd>> = std::sync::Mutex::new(Vec::new());
+    // SAFETY: plain socket calls on a descriptor this function owns; the address structs are sized for IPv4.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let owned = OwnedFd::from_raw_fd(fd);
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let rc = libc::bind(fd, (&raw const addr).cast(), len);
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        let mut got: libc::sockaddr_in = std::mem::zeroed();
+        let mut got_len = len;
+        let rc = libc::getsockname(fd, (&raw mut got).cast(), &mut got_len);
+        assert_eq!(rc, 0, "getsockname: {}", std::io::Error::last_os_error());
+        HELD.lock().unwrap_or_else(|e| e.into_inner()).push(owned);
+        format!("127.0.0.1:{}", u16::from_be(got.sin_port))
+    }
 }

@@ -54,7 +54,7 @@ fn netns_or_skip(test: &str) -> bool {
 struct Partitioned {
     nodes: HashMap<&'static str, NetNode>,
     net: Net,
-    dir: tempfile::TempDir,
+    dir: fdfs_testkit::TestDir,
     http: reqwest::Client,
 }
 

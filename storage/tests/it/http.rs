@@ -76,7 +76,7 @@ fn tmp_is_empty(root: &Path) -> bool {
 }
 
 async fn wait_until(what: &str, f: impl FnMut() -> bool) {
-    fdfs_testkit::wait_until(what, Duration::from_secs(10), f).await;
+    fdfs_testkit::wait_until(Duration::from_secs(10), what, f).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
