@@ -161,6 +161,17 @@ impl Cluster {
         cluster
     }
 
+    /// For the big-file tests: one group of two members taking files and uploads up to 4 GiB, with room for
+    /// `copies` copies of a file of [`crate::big_file_size`] (plus 1 GiB); the cluster and that size.
+    pub async fn for_big_files(copies: u64) -> (Cluster, u64) {
+        let size = crate::big_file_size();
+        let spec = ClusterSpec::group(2)
+            .storage(&["--max-file-size", "4GiB"])
+            .gateway(&["--max-upload-size", "4GiB"]);
+        let c = Cluster::start_in(spec, tempdir(copies * size + (1 << 30))).await;
+        (c, size)
+    }
+
     /// Gateway base URL.
     pub fn gateway_url(&self) -> String {
         self.gateway.url()
@@ -194,17 +205,8 @@ impl Cluster {
 
     /// `GET {base}/cluster` parsed.
     pub async fn view_at(&self, base: &str) -> Result<ClusterView, String> {
-        let resp = self
-            .http
-            .get(format!("{base}/cluster"))
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        if !resp.status().is_success() {
-            return Err(format!("/cluster answered {}", resp.status()));
-        }
-        resp.json().await.map_err(|e| e.to_string())
+        let r = self.http.get(format!("{base}/cluster"));
+        r.timeout(Duration::from_secs(5)).try_json().await
     }
 
     /// The cluster as the gateway shows it.
@@ -325,6 +327,17 @@ impl Cluster {
             .await
     }
 
+    /// Upload [`crate::content`]`(i, len)` as `name` through the gateway (asserting 200).
+    pub async fn upload_content(&self, name: &str, i: usize, len: usize) -> Uploaded {
+        let body = crate::content(i, len);
+        let answer = self.upload(name, body.clone()).await;
+        let id = answer["file_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no file_id in {answer}"))
+            .to_owned();
+        Uploaded { id, body, answer }
+    }
+
     /// `GET /{id}` through the gateway, following its redirect, asserting 200; the bytes.
     pub async fn download(&self, id: &str) -> Vec<u8> {
         self.follow
@@ -333,20 +346,19 @@ impl Cluster {
             .await
     }
 
+    /// `DELETE /{id}` through the gateway, asserting 200.
+    pub async fn delete(&self, id: &str) {
+        let r = self.http.delete(format!("{}/{id}", self.gateway_url()));
+        let v: Value = r.ok_json().await;
+        assert_eq!(v["deleted"], true, "delete {id}: {v}");
+    }
+
     /// Storage node `n`'s `GET /v1/sync/status`.
     pub async fn sync_status(&self, n: &Node) -> Result<Value, String> {
         let r = self
             .http
-            .get(format!("{}/v1/sync/status", n.internal_url()))
-            .secret()
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        if !r.status().is_success() {
-            return Err(format!("/v1/sync/status answered {}", r.status()));
-        }
-        r.json().await.map_err(|e| e.to_string())
+            .get(format!("{}/v1/sync/status", n.internal_url()));
+        r.secret().timeout(Duration::from_secs(10)).try_json().await
     }
 
     /// Poll storage node `n`'s sync status until `pred` holds (panics with the last one after `timeout`).
@@ -388,16 +400,12 @@ impl Cluster {
     pub async fn held(&self, n: &Node, id: &str) -> Option<Vec<u8>> {
         let r = self
             .http
-            .get(format!("{}/v1/replica/{id}", n.internal_url()))
-            .secret()
+            .get(format!("{}/v1/replica/{id}", n.internal_url()));
+        r.secret()
             .timeout(Duration::from_secs(10))
-            .send()
+            .try_bytes()
             .await
-            .ok()?;
-        if !r.status().is_success() {
-            return None;
-        }
-        r.bytes().await.ok().map(|b| b.to_vec())
+            .ok()
     }
 
     /// Poll until every storage member holds exactly `want` for `id` (`None`: none holds it).
@@ -422,6 +430,16 @@ impl Cluster {
         })
         .await;
     }
+}
+
+/// A file uploaded through the gateway ([`Cluster::upload_content`]).
+pub struct Uploaded {
+    /// Its file ID.
+    pub id: String,
+    /// The bytes sent.
+    pub body: Vec<u8>,
+    /// The gateway's JSON answer.
+    pub answer: Value,
 }
 
 /// Whether a sync status lists at least one peer, each with `field` equal to `value`.

@@ -46,6 +46,10 @@ pub trait RequestExt: Sized {
     fn ok_bytes(self) -> impl Future<Output = Vec<u8>> + Send;
     /// Send and return the status and `error.code` of the JSON error answer (see [`error_of`]).
     fn error(self) -> impl Future<Output = (u16, String)> + Send;
+    /// Send and parse a 2xx JSON answer; `Err` says why not (transport error, status, body): for polling.
+    fn try_json<T: DeserializeOwned>(self) -> impl Future<Output = Result<T, String>> + Send;
+    /// Send and return the body of a 2xx answer; `Err` says why not: for polling.
+    fn try_bytes(self) -> impl Future<Output = Result<Vec<u8>, String>> + Send;
 }
 
 impl RequestExt for RequestBuilder {
@@ -83,6 +87,23 @@ impl RequestExt for RequestBuilder {
 
     async fn error(self) -> (u16, String) {
         error_of(self.go().await).await
+    }
+
+    async fn try_json<T: DeserializeOwned>(self) -> Result<T, String> {
+        let body = self.try_bytes().await?;
+        serde_json::from_slice(&body)
+            .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&body)))
+    }
+
+    async fn try_bytes(self) -> Result<Vec<u8>, String> {
+        let r = self.send().await.map_err(|e| format!("{e:?}"))?;
+        let (url, status) = (r.url().clone(), r.status());
+        let body = r.bytes().await.map_err(|e| format!("{url}: {e:?}"))?;
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&body[..body.len().min(2000)]).into_owned();
+            return Err(format!("{url}: {status}: {text}"));
+        }
+        Ok(body.to_vec())
     }
 }
 

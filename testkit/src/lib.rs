@@ -6,6 +6,8 @@
 //!   (`Server::start(|l, stop| fdfs_storage::run(l, config, stop))`), stopped when dropped or gracefully with
 //!   [`Server::stop`]; [`Server::start_on`] restarts one on its old address. [`closed_addr`]: an address where
 //!   nothing listens, and nothing will.
+//!   [`inproc`] has one such function per server (`inproc::storage(config)`, behind the features `tracker`,
+//!   `storage`, `gateway`).
 //! - [`Node`] ([`node`]): one `fdfs` child process: start, wait for `listening on`, kill -9
 //!   ([`Node::kill9`]), SIGSTOP/SIGCONT ([`Node::freeze`]/[`Node::thaw`]), SIGTERM ([`Node::stop`]),
 //!   [`Node::restart`] on the same address and data dir, its log and peak RSS. [`node::command`]: the `fdfs`
@@ -14,7 +16,8 @@
 //!   (`ClusterSpec::group(2).storage(&["--write-quorum", "1"])`); waits on member states
 //!   ([`Cluster::wait_state`], [`Cluster::wait_tracker`]) and on storage nodes' sync status
 //!   ([`Cluster::wait_sync`], [`Cluster::wait_peers_active`]); what a member holds ([`Cluster::held`],
-//!   [`Cluster::wait_held`]); gateway [`Cluster::upload`] / [`Cluster::download`]; [`Cluster::add_storage`],
+//!   [`Cluster::wait_held`]); gateway [`Cluster::upload`] (of [`content`]: [`Cluster::upload_content`]) /
+//!   [`Cluster::download`] / [`Cluster::delete`]; [`Cluster::add_storage`],
 //!   [`Cluster::wipe`]; peak RSS while a transfer runs ([`Cluster::sample_rss`]).
 //! - [`netns`]: servers in network namespaces, for partitions (cut and heal the link between two of them).
 //!
@@ -38,13 +41,14 @@
 pub mod cluster;
 pub mod dirs;
 pub mod http;
+pub mod inproc;
 pub mod netns;
 pub mod node;
 pub mod raw;
 pub mod server;
 pub mod wait;
 
-pub use cluster::{member_in, peers_all, Cluster, ClusterSpec, STATE_TIMEOUT};
+pub use cluster::{member_in, peers_all, Cluster, ClusterSpec, Uploaded, STATE_TIMEOUT};
 pub use dirs::{files_under, free_bytes, stored_files, stored_path, tempdir, TestDir};
 pub use http::{
     client, error_code, error_of, follow_client, json_ok, metric, metric_sum, metrics, redirected,
@@ -53,6 +57,15 @@ pub use http::{
 pub use node::{args, Node, Role, SECRET};
 pub use server::{closed_addr, Server};
 pub use wait::{eventually, eventually_ok, wait_until};
+
+/// Size of the big-file tests: `FDFS_BIG_FILE_MB` MiB (`256` makes them quicker locally), 2 GiB by default.
+pub fn big_file_size() -> u64 {
+    let mb: u64 = std::env::var("FDFS_BIG_FILE_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2048);
+    mb << 20
+}
 
 /// Deterministic content number `i` of `len` bytes: a pseudo-random stream (splitmix64) seeded by `i`, so
 /// different files differ, no two offsets of a file line up by accident (a shifted read is caught), and

@@ -61,6 +61,14 @@ pub fn command() -> Command {
     cmd
 }
 
+/// [`command`] with the test cluster's [`SECRET`] in `FDFS_CLUSTER_SECRET`: for the tools that call internal
+/// routes (`fdfs verify`, `fdfs import-fastdfs`, `fdfs monitor delete`).
+pub fn command_with_secret() -> Command {
+    let mut cmd = command();
+    cmd.env("FDFS_CLUSTER_SECRET", SECRET);
+    cmd
+}
+
 /// No `FDFS_*` variable of the developer's environment leaks in, no colours, and the child dies with the test
 /// thread (`PR_SET_PDEATHSIG`).
 pub fn clean_env(cmd: &mut Command) {
@@ -450,9 +458,32 @@ impl Node {
         }
     }
 
+    /// Wait until `GET /health` answers 2xx (a storage node prints `listening on` before it opens and replays
+    /// its store); panics after `timeout`.
+    pub async fn wait_healthy(&self, timeout: Duration) {
+        let url = format!("{}/health", self.url());
+        let client = crate::client();
+        crate::eventually(
+            timeout,
+            &format!("{} to answer {url}", self.name),
+            || async {
+                let r = client.get(&url).send().await.ok()?;
+                r.status().is_success().then_some(())
+            },
+        )
+        .await;
+    }
+
     /// The last `n` lines of this node's log (every run of it).
     pub fn log_tail(&self, n: usize) -> String {
         tail(&self.log, n)
+    }
+}
+
+impl Drop for Node {
+    /// A node never outlives its test: kill -9 (a [`crate::Cluster`] prints the logs first when a test fails).
+    fn drop(&mut self) {
+        self.kill9();
     }
 }
 
