@@ -6,6 +6,7 @@ mod big_file;
 mod cli_commands;
 mod common;
 mod core_path;
+mod dashboard;
 mod deploy_configs;
 mod durability;
 mod full_member;
