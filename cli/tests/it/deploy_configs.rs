@@ -4,7 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::common::{args, try_spawn_server, Role};
+use fdfs_testkit::node::try_spawn_server;
+use fdfs_testkit::{args, tempdir, Role};
 use serde::de::DeserializeOwned;
 
 fn example(name: &str) -> PathBuf {
@@ -15,7 +16,7 @@ fn example(name: &str) -> PathBuf {
 
 /// Start `role` with `--config file` and the extra flags; it must print `listening on`, then is stopped.
 fn starts(role: Role, file: &Path, extra: &[String]) {
-    let dir = crate::common::tempdir(0);
+    let dir = tempdir(0);
     let log = dir.path().join("server.log");
     let mut a = vec!["--config".to_owned(), file.display().to_string()];
     a.extend(extra.iter().cloned());
@@ -97,7 +98,7 @@ fn example_configs_cover_and_parse() {
 
 #[test]
 fn storage_starts_from_its_example() {
-    let store = crate::common::tempdir(0);
+    let store = tempdir(0);
     starts(
         Role::Storage,
         &example("storage.toml"),

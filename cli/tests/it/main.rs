@@ -4,7 +4,6 @@
 
 mod big_file;
 mod cli_commands;
-mod common;
 mod core_path;
 mod dashboard;
 mod deploy_configs;
