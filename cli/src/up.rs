@@ -10,10 +10,12 @@
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
+use fdfs_common::sys;
 use fdfs_common::wire::{ClusterView, MemberState};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::time::Instant;
@@ -136,8 +138,9 @@ async fn spawn(
         Role::Storage => "storage",
         Role::Gateway => "gateway",
     };
-    let mut cmd = tokio::process::Command::new(exe);
-    cmd.arg(sub)
+    let mut std_cmd = std::process::Command::new(exe);
+    std_cmd
+        .arg(sub)
         .args(args)
         .env_remove("FDFS_CONFIG")
         .env("FDFS_CLUSTER_SECRET", secret)
@@ -146,18 +149,10 @@ async fn spawn(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log_file))
-        .kill_on_drop(true)
         .process_group(0);
-    #[cfg(target_os = "linux")]
-    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    sys::die_with_parent(&mut std_cmd, sys::Signal::TERM);
+    let mut cmd = tokio::process::Command::from(std_cmd);
+    cmd.kill_on_drop(true);
     let mut child = cmd
         .spawn()
         .map_err(|e| CliError::Up(format!("cannot start {name} ({}): {e}", exe.display())))?;
@@ -415,11 +410,8 @@ async fn stop(procs: &mut [Proc]) {
             .filter(|p| p.role == role && p.exited.is_none())
             .collect();
         for p in &tier {
-            if let Some(pid) = p.child.id().and_then(|id| i32::try_from(id).ok()) {
-                // SAFETY: plain syscall on a pid we spawned and have not reaped yet.
-                unsafe {
-                    libc::kill(pid, libc::SIGTERM);
-                }
+            if let Some(pid) = p.child.id() {
+                let _ = sys::kill(pid, sys::Signal::TERM);
             }
         }
         let waits = tier.into_iter().map(|p| async move {

@@ -10,6 +10,7 @@ pub mod fastdfs;
 pub mod fileid;
 pub mod metrics;
 pub mod serve;
+pub mod sys;
 pub mod telemetry;
 pub mod token;
 pub mod wire;

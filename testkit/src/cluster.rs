@@ -20,8 +20,11 @@ pub const STATE_TIMEOUT: Duration = Duration::from_secs(60);
 /// What to start.
 #[derive(Debug, Clone)]
 pub struct ClusterSpec {
+    /// Groups (`group1`, `group2`, ...).
     pub groups: usize,
+    /// Storage members per group.
     pub members: usize,
+    /// Trackers (every storage node and the gateway know them all).
     pub trackers: usize,
     /// Extra flags for every storage node.
     pub storage_args: Vec<String>,
@@ -78,9 +81,11 @@ impl ClusterSpec {
 pub struct Cluster {
     /// Every node's data and logs (`logs/<name>.log`).
     pub dir: TestDir,
+    /// `trackers[t]` is `tracker-{t+1}`.
     pub trackers: Vec<Node>,
     /// `storage[g][m]` is member m+1 of group g+1 (named `group{g+1}`).
     pub storage: Vec<Vec<Node>>,
+    /// The one gateway.
     pub gateway: Node,
     /// Does not follow redirects (to inspect the gateway's 302s).
     pub http: reqwest::Client,

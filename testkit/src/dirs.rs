@@ -21,6 +21,7 @@ pub struct TestDir {
 }
 
 impl TestDir {
+    /// Where it is.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -74,19 +75,11 @@ pub fn tempdir(min_free: u64) -> TestDir {
 
 /// Free bytes of the filesystem holding `path`, if it is a writable directory.
 pub fn free_bytes(path: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
     let meta = std::fs::metadata(path).ok()?;
     if !meta.is_dir() || meta.permissions().readonly() {
         return None;
     }
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: an all-zero statvfs is a valid value of this plain C struct.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid NUL-terminated path and a properly sized out struct.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    Some(st.f_bavail as u64 * st.f_frsize as u64)
+    fdfs_common::sys::free_bytes(path).ok()
 }
 
 /// Where a store path keeps the file `id`: `<store>/data/XX/YY/<name>`.

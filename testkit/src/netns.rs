@@ -10,12 +10,12 @@
 //! Needs root and iproute2 (`ip netns`); [`Net::check`] says why it cannot run.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
+
+use fdfs_common::sys;
 
 use crate::node::{launch_with, tail, Role};
 
@@ -87,8 +87,7 @@ pub struct Net {
 impl Net {
     /// Why partition tests cannot run here (not root, no `ip netns`), if they cannot.
     pub fn check() -> Result<(), String> {
-        // SAFETY: plain syscall without arguments.
-        if unsafe { libc::geteuid() } != 0 {
+        if !sys::is_root() {
             return Err("network namespaces need root".into());
         }
         ip(&["netns", "list"]).map_err(|e| format!("iproute2 `ip netns` does not work: {e}"))
@@ -267,15 +266,7 @@ impl Net {
     pub fn enter(&self, host: &str, cmd: &mut Command) {
         let path = format!("/run/netns/{}", self.namespace(host));
         let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-        // SAFETY: setns is a plain syscall, async-signal-safe; the file stays open in the closure until exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        sys::in_net_namespace(cmd, ns);
     }
 
     /// Start `fdfs <role> --listen <host's address>:<port> <args>` inside `host`'s namespace, its stderr in
@@ -322,6 +313,7 @@ impl Drop for Net {
 pub struct NetNode {
     /// The host (namespace) it runs in.
     pub name: String,
+    /// Its address inside its namespace (reachable from the test process).
     pub addr: SocketAddr,
     /// Its data directory.
     pub dir: PathBuf,

@@ -9,11 +9,12 @@
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use fdfs_common::sys::{self, Signal};
 
 /// Cluster secret every test cluster uses (so internal routes are exercised with auth on).
 pub const SECRET: &str = "test-cluster-secret";
@@ -78,16 +79,7 @@ pub fn clean_env(cmd: &mut Command) {
         }
     }
     cmd.env("NO_COLOR", "1");
-    #[cfg(target_os = "linux")]
-    // SAFETY: prctl is async-signal-safe and touches no parent memory.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    sys::die_with_parent(cmd, Signal::KILL);
 }
 
 /// [`clean_env`] plus the test cluster's [`SECRET`] and `RUST_LOG=info` (unless set): what servers, and the
@@ -103,8 +95,11 @@ pub fn hermetic_env(cmd: &mut Command) {
 /// Which server a process is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
+    /// `fdfs tracker`.
     Tracker,
+    /// `fdfs storage`.
     Storage,
+    /// `fdfs gateway`.
     Gateway,
 }
 
@@ -290,15 +285,8 @@ pub fn peak_rss(pid: u32) -> Option<u64> {
 }
 
 /// Send `sig` to a child we have not reaped; panics if that fails.
-pub fn signal(pid: u32, sig: i32) {
-    // SAFETY: plain syscall on a child we have not reaped.
-    let rc = unsafe { libc::kill(pid as i32, sig) };
-    assert_eq!(
-        rc,
-        0,
-        "kill({pid}, {sig}): {}",
-        std::io::Error::last_os_error()
-    );
+pub fn signal(pid: u32, sig: Signal) {
+    sys::kill(pid, sig).unwrap_or_else(|e| panic!("kill({pid}, {sig:?}): {e}"));
 }
 
 /// Poll a child until it exits; kills it and panics after `timeout`.
@@ -320,7 +308,9 @@ pub fn wait_exit(child: &mut Child, what: &str, timeout: Duration) -> ExitStatus
 /// One server process, with what it takes to start it again.
 #[derive(Debug)]
 pub struct Node {
+    /// `tracker-1`, `storage-g1-m2`, `gateway`, ... (its log is `logs/<name>.log` in a cluster).
     pub name: String,
+    /// Which server it is.
     pub role: Role,
     /// Bound address (stays the same across [`Node::restart`]).
     pub addr: SocketAddr,
@@ -374,12 +364,12 @@ impl Node {
 
     /// Freeze the process (SIGSTOP): it keeps its sockets but answers nothing.
     pub fn freeze(&self) {
-        signal(self.pid().expect("node is running"), libc::SIGSTOP);
+        signal(self.pid().expect("node is running"), Signal::STOP);
     }
 
     /// Resume a frozen process (SIGCONT).
     pub fn thaw(&self) {
-        signal(self.pid().expect("node is running"), libc::SIGCONT);
+        signal(self.pid().expect("node is running"), Signal::CONT);
     }
 
     /// The process id while it runs.
@@ -410,7 +400,7 @@ impl Node {
     /// SIGTERM and wait for the exit (panics after `timeout`).
     pub fn stop(&mut self, timeout: Duration) -> ExitStatus {
         let mut c = self.child.take().expect("node is running");
-        signal(c.id(), libc::SIGTERM);
+        signal(c.id(), Signal::TERM);
         wait_exit(&mut c, &format!("{} after SIGTERM", self.name), timeout)
     }
 

@@ -46,11 +46,13 @@ impl How {
 pub struct Answer {
     /// `None`: the server closed (or the read timed out) without a whole status line.
     pub status: Option<u16>,
+    /// The response headers, in order (names as sent).
     pub headers: Vec<(String, String)>,
     /// The body, de-chunked.
     pub body: Vec<u8>,
     /// Time until the server closed the connection (or the read ended).
     pub elapsed: Duration,
+    /// The read gave up at the [`How::read_timeout`] (the server neither closed nor finished answering).
     pub timed_out: bool,
 }
 

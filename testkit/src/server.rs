@@ -25,6 +25,7 @@ impl Future for Shutdown {
 
 /// A server running in this process; asked to stop (gracefully) when dropped.
 pub struct Server {
+    /// The address it listens on.
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), String>>>,
@@ -136,24 +137,13 @@ impl Drop for Server {
 /// `127.0.0.1:0` and never listening holds the port (connections to it are refused), so no server of a test
 /// running alongside can be given it, as it could if the port were bound and released.
 pub fn closed_addr() -> String {
-    use std::os::fd::{FromRawFd, OwnedFd};
-    static HELD: std::sync::Mutex<Vec<OwnedFd>> = std::sync::Mutex::new(Vec::new());
-    // SAFETY: plain socket calls on a descriptor this function owns; the address structs are sized for IPv4.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        let owned = OwnedFd::from_raw_fd(fd);
-        let mut addr: libc::sockaddr_in = std::mem::zeroed();
-        addr.sin_family = libc::AF_INET as libc::sa_family_t;
-        addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
-        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        let rc = libc::bind(fd, (&raw const addr).cast(), len);
-        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
-        let mut got: libc::sockaddr_in = std::mem::zeroed();
-        let mut got_len = len;
-        let rc = libc::getsockname(fd, (&raw mut got).cast(), &mut got_len);
-        assert_eq!(rc, 0, "getsockname: {}", std::io::Error::last_os_error());
-        HELD.lock().unwrap_or_else(|e| e.into_inner()).push(owned);
-        format!("127.0.0.1:{}", u16::from_be(got.sin_port))
-    }
+    use rustix::net::{AddressFamily, SocketType};
+    static HELD: std::sync::Mutex<Vec<std::os::fd::OwnedFd>> = std::sync::Mutex::new(Vec::new());
+    let fd = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).expect("socket");
+    let any = std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 0);
+    rustix::net::bind(&fd, &any).expect("bind 127.0.0.1:0");
+    let addr = std::net::SocketAddr::try_from(rustix::net::getsockname(&fd).expect("getsockname"))
+        .expect("an IP address");
+    HELD.lock().unwrap_or_else(|e| e.into_inner()).push(fd);
+    addr.to_string()
 }

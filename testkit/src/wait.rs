@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 /// A deadline: whole seconds (`u64`) or a [`Duration`].
 pub trait Timeout {
+    /// The deadline as a duration.
     fn duration(self) -> Duration;
 }
 

@@ -5,6 +5,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fdfs_common::sys::Signal;
 use fdfs_testkit::node::{bin, hermetic_env, read_lines, signal, wait_exit};
 use fdfs_testkit::{tempdir, RequestExt};
 
@@ -119,7 +120,7 @@ async fn fdfs_up_starts_serves_and_stops_cleanly() {
     );
 
     // SIGTERM: every child stops, then `fdfs up` exits 0.
-    signal(up.id(), libc::SIGTERM);
+    signal(up.id(), Signal::TERM);
     let status = wait_exit(&mut up, "fdfs up after SIGTERM", Duration::from_secs(60));
     let errs: Vec<String> = err_lines.try_iter().collect();
     assert!(status.success(), "{status:?}; stderr: {errs:#?}");
