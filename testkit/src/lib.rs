@@ -2,41 +2,47 @@
 //! writing a helper in a test file, and put a new general one here.
 //!
 //! Servers and clusters:
-//! - [`Server`] ([`server`]): a tracker, storage node or gateway future run in this process on `127.0.0.1:0`
-//!   (`Server::start(|l, stop| fdfs_storage::run(l, config, stop))`), stopped when dropped or gracefully with
-//!   [`Server::stop`]; [`Server::start_on`] restarts one on its old address. [`closed_addr`]: an address where
-//!   nothing listens, and nothing will.
-//!   [`inproc`] has one such function per server (`inproc::storage(config)`, behind the features `tracker`,
-//!   `storage`, `gateway`).
-//! - [`Node`] ([`node`]): one `fdfs` child process: start, wait for `listening on`, kill -9
+//! - [`Server`] ([`server`]): a server future run in this process on `127.0.0.1:0`, stopped when dropped or
+//!   gracefully with [`Server::stop`]; [`inproc`] starts each fdfs server that way (`inproc::tracker(config)`,
+//!   `inproc::storage(config)` (waits for `/health`), `inproc::storage_on(old_addr, config)` to restart one,
+//!   `inproc::gateway(config)`; features `tracker`, `storage`, `gateway`). [`closed_addr`]: an address where
+//!   nothing listens, and nothing will while the tests run.
+//! - [`Node`] ([`node`]): one `fdfs` child process: started, waited for (`listening on`), kill -9
 //!   ([`Node::kill9`]), SIGSTOP/SIGCONT ([`Node::freeze`]/[`Node::thaw`]), SIGTERM ([`Node::stop`]),
-//!   [`Node::restart`] on the same address and data dir, its log and peak RSS. [`node::command`]: the `fdfs`
-//!   binary for a client command, with a clean environment. [`SECRET`]: the cluster secret of test clusters.
+//!   [`Node::restart`] on the same address and data dir ([`Node::restart_with`] extra flags for one run),
+//!   [`Node::wait_healthy`], its log and peak RSS; killed when dropped. [`node::command`]: the `fdfs` binary
+//!   for a client command (`fdfs upload ...`) with a clean environment; [`node::command_with_secret`] for the
+//!   tools that call internal routes. [`SECRET`]: the cluster secret of test clusters.
 //! - [`Cluster`] ([`cluster`]): trackers, storage groups and a gateway as processes, from a [`ClusterSpec`]
-//!   (`ClusterSpec::group(2).storage(&["--write-quorum", "1"])`); waits on member states
-//!   ([`Cluster::wait_state`], [`Cluster::wait_tracker`]) and on storage nodes' sync status
-//!   ([`Cluster::wait_sync`], [`Cluster::wait_peers_active`]); what a member holds ([`Cluster::held`],
-//!   [`Cluster::wait_held`]); gateway [`Cluster::upload`] (of [`content`]: [`Cluster::upload_content`]) /
-//!   [`Cluster::download`] / [`Cluster::delete`]; [`Cluster::add_storage`],
-//!   [`Cluster::wipe`]; peak RSS while a transfer runs ([`Cluster::sample_rss`]).
+//!   (`ClusterSpec::group(2).storage(&["--write-quorum", "1"])`: flags are added to the defaults). Waits on
+//!   member states ([`Cluster::wait_state`], [`Cluster::wait_tracker`]) and on storage nodes' sync status
+//!   ([`Cluster::wait_sync`], [`Cluster::wait_sync_all`], [`Cluster::wait_peers_active`]); what a member
+//!   holds itself ([`Cluster::held`], [`Cluster::wait_held`]); the gateway's [`Cluster::upload`],
+//!   [`Cluster::upload_content`] (of [`content`]), [`Cluster::download`], [`Cluster::delete`]; changes
+//!   ([`Cluster::kill9`], [`Cluster::restart`], [`Cluster::wipe`], [`Cluster::add_storage`]); peak RSS while
+//!   a transfer runs ([`Cluster::sample_rss`]); [`Cluster::for_big_files`].
 //! - [`netns`]: servers in network namespaces, for partitions (cut and heal the link between two of them).
 //!
 //! Talking to them:
 //! - [`http`]: [`client`] (no redirects) / [`follow_client`], and [`RequestExt`] on reqwest's request builder:
-//!   `.secret()` (the cluster secret header), `.go()` (send, panic on a transport error), `.ok_json()` /
-//!   `.ok_bytes()` (assert 200), `.error()` (status and `error.code`). [`error_of`] / [`error_code`] on a
-//!   response (the JSON error shape, with a message, is asserted); [`metrics`] / [`metric`] / [`metric_sum`]
-//!   for Prometheus text; [`redirected`] follows the gateway's 302 by hand.
-//! - [`raw`]: HTTP/1.1 over a bare TCP connection, for bytes no client library sends.
+//!   `.secret()` (the cluster secret header), `.go()` (send; a transport error panics naming the request),
+//!   `.ok_json()` / `.ok_bytes()` (assert 200, else panic with the body), `.error()` (status and `error.code`),
+//!   `.try_json()` / `.try_bytes()` (`Err` with the reason: for polling). [`error_of`] / [`error_code`] /
+//!   [`json_ok`] on a response (the JSON error shape, with a non-empty message, is asserted); [`metrics`] /
+//!   [`metric`] / [`metric_sum`] for Prometheus text; [`redirected`] follows the gateway's 302 by hand.
+//! - [`raw`]: HTTP/1.1 over a bare TCP connection, for bytes no client library sends
+//!   (`raw::send(addr, &raw::request("GET", target, headers, body), How::within(15))`).
 //!
 //! Waiting and data:
-//! - [`eventually`] / [`eventually_ok`] / [`wait_until`] ([`wait`]): polling with a deadline (seconds or a
-//!   `Duration`); never a fixed sleep, never a timing assertion.
+//! - [`eventually`] (a check returning `Option`) / [`eventually_ok`] (a `Result`, whose last `Err` is
+//!   reported) / [`wait_until`] (a plain condition; returns how long it took) ([`wait`]): polling with a
+//!   deadline, in seconds or as a `Duration`; never a fixed sleep, never a timing assertion.
 //! - [`content`]: deterministic, non-repeating file contents; [`tempdir`] ([`dirs`]): node data on tmpfs when
 //!   it has room; [`stored_files`] / [`stored_path`] / [`files_under`]: what a store path holds on disk.
 //!
 //! Tests run side by side in one binary (`cargo test` threads): nothing here uses a fixed port, a fixed path
-//! or a process-wide setting, and every child process dies with its test.
+//! or a process-wide setting (servers run in the test process share the process-wide metrics recorder, so a
+//! test that counts requests runs against processes), and every child process dies with its test.
 
 pub mod cluster;
 pub mod dirs;

@@ -214,6 +214,12 @@ impl Partitioned {
         .await;
     }
 
+    /// `PUT /upload/{name}` through the gateway: what the client saw.
+    async fn upload(&self, name: &str, body: Vec<u8>) -> Seen {
+        let url = format!("{}/upload/{name}", self.url("gw"));
+        judge(self.http.put(url).body(body.clone()).send().await, body).await
+    }
+
     /// Storage member `host`'s own copy of `id` (never proxied), if it has one.
     async fn copy_on(&self, host: &str, id: &str) -> Option<Vec<u8>> {
         let r = self.http.get(format!("{}/v1/replica/{id}", self.url(host)));
@@ -439,13 +445,7 @@ async fn verify(p: &Partitioned, outcomes: Vec<Outcome>) {
     // Uploads go through again with both replicas, and both binlogs move and are acknowledged by the peer.
     for i in 0..10 {
         let body = content(900_000 + i, 3000 + i);
-        let sent = p
-            .http
-            .put(format!("{}/upload/after{i}.bin", p.url("gw")))
-            .body(body.clone())
-            .send()
-            .await;
-        match judge(sent, body).await {
+        match p.upload(&format!("after{i}.bin"), body).await {
             Seen::Acked { replicas: 2, .. } => {}
             other => panic!("upload {i} after the heal: {other:?}"),
         }
@@ -485,9 +485,10 @@ async fn wait_progress(p: &Partitioned, load: &Load, from: u64, n: u64, what: &s
     .await
 }
 
-/// Group1 of `a` and `b` once both are active, under upload load that has gone through: the servers, the
-/// load, and the binlog records so far (`None` when partition tests cannot run here and are skipped).
-async fn under_load() -> Option<(Partitioned, Load, u64)> {
+/// Group1 of `a` and `b` once both are active, under upload load that has gone through, then the link
+/// between `x` and `y` cut: the servers, the load, and the binlog records before the cut (`None` when
+/// partition tests cannot run here and are skipped).
+async fn cut_under_load(x: &str, y: &str) -> Option<(Partitioned, Load, u64)> {
     if !netns_or_skip("this partition test") {
         return None;
     }
@@ -496,6 +497,8 @@ async fn under_load() -> Option<(Partitioned, Load, u64)> {
         .await;
     let load = Load::start(&p);
     let start = wait_progress(&p, &load, 0, 10, "uploads before the cut").await;
+    p.net.cut(x, y);
+    load.enter(CUT);
     Some((p, load, start))
 }
 
@@ -512,14 +515,11 @@ async fn heal(p: &Partitioned, load: &Load, x: &str, y: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_uploads_survive_a_member_cut_off_from_the_tracker_and_nothing_stays_stuck() {
-    let Some((p, load, start)) = under_load().await else {
-        return;
-    };
-
     // a loses the tracker (not b, not the gateway): the tracker declares it offline and sends every upload to
     // b, while a keeps taking uploads sent straight to it and replicating with b.
-    p.net.cut("a", "t");
-    load.enter(CUT);
+    let Some((p, load, start)) = cut_under_load("a", "t").await else {
+        return;
+    };
     let cut_at = Instant::now();
     p.wait_states(MemberState::Offline, MemberState::Active)
         .await;
@@ -538,14 +538,11 @@ async fn acknowledged_uploads_survive_a_member_cut_off_from_the_tracker_and_noth
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_uploads_survive_members_cut_off_from_each_other_and_nothing_stays_stuck() {
-    let Some((p, load, _)) = under_load().await else {
-        return;
-    };
-
     // a and b lose each other, both still reach the tracker (which keeps both active) and the gateway: neither
     // can reach the write quorum of 2, so uploads must be refused cleanly, and none may be lost.
-    p.net.cut("a", "b");
-    load.enter(CUT);
+    let Some((p, load, _)) = cut_under_load("a", "b").await else {
+        return;
+    };
     tokio::time::sleep(CUT_FOR).await;
     let v = p.view().await.expect("tracker view");
     assert_eq!(
@@ -626,14 +623,10 @@ async fn uploads_go_to_another_group_while_a_group_cannot_reach_its_write_quorum
     p.wait_caught_up().await;
     let mut group1 = 0;
     for i in 0..10 {
-        let body = content(5000 + i, 2000);
-        let sent = p
-            .http
-            .put(format!("{}/upload/after{i}.bin", p.url("gw")))
-            .body(body.clone())
-            .send()
-            .await;
-        match judge(sent, body).await {
+        match p
+            .upload(&format!("after{i}.bin"), content(5000 + i, 2000))
+            .await
+        {
             Seen::Acked {
                 id, replicas: 2, ..
             } => group1 += usize::from(id.starts_with("group1/")),

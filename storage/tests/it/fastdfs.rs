@@ -177,11 +177,17 @@ fn id_of(reply: &[u8]) -> FileId {
     format!("{group}/{name}").parse().unwrap()
 }
 
+/// The fixed part of an upload's body: store path index, file size, extension (6 bytes).
+fn upload_head(store_path: u8, size: u64, ext: &[u8]) -> Vec<u8> {
+    let mut head = vec![store_path];
+    put_u64(&mut head, size);
+    put_fixed(&mut head, ext, 6);
+    head
+}
+
 async fn upload(door: SocketAddr, store_path: u8, ext: &str, data: &[u8]) -> FileId {
     let mut s = connect(door).await;
-    let mut body = vec![store_path];
-    put_u64(&mut body, data.len() as u64);
-    put_fixed(&mut body, ext.as_bytes(), 6);
+    let mut body = upload_head(store_path, data.len() as u64, ext.as_bytes());
     body.extend_from_slice(data);
     let (status, reply) = request(&mut s, cmd::UPLOAD_FILE, &body).await;
     assert_eq!(status, 0, "upload refused");
@@ -455,9 +461,7 @@ async fn hostile_fastdfs_input_gets_an_errno_or_a_closed_connection() {
 
     // An upload of 10 GiB (over max_file_size): EFBIG and closed.
     let mut s = connect(member.door).await;
-    let mut fixed = vec![0u8];
-    put_u64(&mut fixed, 10 << 30);
-    put_fixed(&mut fixed, b"bin", 6);
+    let fixed = upload_head(0, 10 << 30, b"bin");
     send(&mut s, cmd::UPLOAD_FILE, 15 + (10 << 30), &fixed).await;
     assert_eq!(read_reply(&mut s).await.map(|r| r.0), Some(errno::EFBIG));
     assert!(closed_by_server(&mut s).await);
@@ -465,29 +469,17 @@ async fn hostile_fastdfs_input_gets_an_errno_or_a_closed_connection() {
     // An upload whose packet length disagrees with its file size, and one with a bad extension: EINVAL, the
     // packet is skipped, and the connection stays usable.
     let mut s = connect(member.door).await;
-    let mut body = vec![0u8];
-    put_u64(&mut body, 100);
-    put_fixed(&mut body, b"bin", 6);
-    body.extend_from_slice(&[7u8; 50]);
-    assert_eq!(
-        request(&mut s, cmd::UPLOAD_FILE, &body).await.0,
-        errno::EINVAL
-    );
-    let mut body = vec![0u8];
-    put_u64(&mut body, 10);
-    put_fixed(&mut body, b"a/b", 6);
-    body.extend_from_slice(&[7u8; 10]);
-    assert_eq!(
-        request(&mut s, cmd::UPLOAD_FILE, &body).await.0,
-        errno::EINVAL
-    );
+    for (size, ext, sent) in [(100, &b"bin"[..], 50), (10, b"a/b", 10)] {
+        let mut body = upload_head(0, size, ext);
+        body.extend_from_slice(&vec![7u8; sent]);
+        let status = request(&mut s, cmd::UPLOAD_FILE, &body).await.0;
+        assert_eq!(status, errno::EINVAL, "{size} bytes declared, {sent} sent");
+    }
     assert_eq!(request(&mut s, cmd::ACTIVE_TEST, &[]).await, (0, vec![]));
 
     // An upload cut short (the client dies mid-body) and one that stalls mid-body: closed, nothing kept.
     let mut s = connect(member.door).await;
-    let mut fixed = vec![0u8];
-    put_u64(&mut fixed, 1 << 20);
-    put_fixed(&mut fixed, b"bin", 6);
+    let fixed = upload_head(0, 1 << 20, b"bin");
     send(&mut s, cmd::UPLOAD_FILE, 15 + (1 << 20), &fixed).await;
     s.write_all(&content(4, 100_000)).await.unwrap();
     drop(s);

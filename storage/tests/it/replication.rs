@@ -71,6 +71,16 @@ struct Opts {
     binlog_segment_bytes: u64,
 }
 
+impl Opts {
+    /// These options with `write_quorum` set.
+    fn quorum(self, write_quorum: u32) -> Opts {
+        Opts {
+            write_quorum,
+            ..self
+        }
+    }
+}
+
 impl Default for Opts {
     fn default() -> Self {
         Opts {
@@ -122,6 +132,11 @@ impl Node {
 
     async fn upload(&self, body: Vec<u8>) -> UploadResult {
         fdfs_testkit::json_ok(self.try_upload(body).await).await
+    }
+
+    /// Upload `content(i, len)`; its file ID.
+    async fn upload_id(&self, i: usize, len: usize) -> String {
+        self.upload(content(i, len)).await.file_id.to_string()
     }
 
     async fn try_upload(&self, body: Vec<u8>) -> reqwest::Response {
@@ -329,10 +344,7 @@ async fn uploads_deletes_and_metadata_propagate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn write_quorum_two_holds_at_acknowledgement() {
-    let opts = Opts {
-        write_quorum: 2,
-        ..Opts::default()
-    };
+    let opts = Opts::default().quorum(2);
     let (tracker, mut nodes, _dirs) = cluster_of(2, &opts).await;
     for i in 0..10 {
         let up = nodes[0].upload(content(i, 20_000)).await;
@@ -362,9 +374,8 @@ async fn write_quorum_two_holds_at_acknowledgement() {
     // A member that refuses the replica (here: its size limit is smaller) makes the quorum fail: 503 JSON, and
     // the file stays on the node that took it.
     let strict = Opts {
-        write_quorum: 2,
         max_file_size: 100,
-        ..Opts::default()
+        ..Opts::default().quorum(2)
     };
     nodes[1].restart(&tracker, &strict).await;
     tracker.wait_state(&nodes[1], MemberState::Active).await;
@@ -383,8 +394,7 @@ async fn stopped_member_converges_after_restart() {
     let (tracker, mut nodes, _dirs) = cluster_of(2, &opts).await;
     let mut ids = Vec::new();
     for i in 0..30 {
-        let up = nodes[0].upload(content(i, 2000 + i)).await;
-        ids.push(up.file_id.to_string());
+        ids.push(nodes[0].upload_id(i, 2000 + i).await);
     }
     wait_until(DEADLINE, "B to hold every file", || {
         nodes[0].names() == nodes[1].names()
@@ -394,7 +404,7 @@ async fn stopped_member_converges_after_restart() {
     nodes[1].stop().await;
     // While B is down: new uploads, deletes, a metadata change.
     for i in 30..50 {
-        ids.push(nodes[0].upload(content(i, 1500)).await.file_id.to_string());
+        ids.push(nodes[0].upload_id(i, 1500).await);
     }
     for id in &ids[..10] {
         nodes[0].delete(id).await;
@@ -431,7 +441,7 @@ async fn wiped_member_catches_up_and_deletes_stay_deleted() {
     let mut ids = Vec::new();
     for i in 0..40 {
         let on = &nodes[i % 3];
-        ids.push(on.upload(content(i, 3000)).await.file_id.to_string());
+        ids.push(on.upload_id(i, 3000).await);
     }
     wait_until(DEADLINE, "every member to hold the 40 files", || {
         nodes[0].names().len() == 40
@@ -444,7 +454,7 @@ async fn wiped_member_catches_up_and_deletes_stay_deleted() {
     nodes[2].stop().await;
     let mut late = Vec::new();
     for i in 40..50 {
-        late.push(nodes[1].upload(content(i, 3000)).await.file_id.to_string());
+        late.push(nodes[1].upload_id(i, 3000).await);
     }
     wait_until(DEADLINE, "B's late files on A", || {
         late.iter().all(|id| nodes[0].disk(id).exists())
@@ -484,7 +494,7 @@ async fn binlog_segments_are_removed_once_every_peer_acknowledged() {
     let (tracker, mut nodes, _dirs) = cluster_of(2, &opts).await;
     let mut ids = Vec::new();
     for i in 0..60 {
-        ids.push(nodes[0].upload(content(i, 100)).await.file_id.to_string());
+        ids.push(nodes[0].upload_id(i, 100).await);
     }
     let st = nodes[0].sync_status().await;
     assert_eq!(st["binlog_last_seq"], 60, "{st}");
