@@ -38,7 +38,7 @@ install_seaweed
 build_loadgen
 build_fdfs "$PROFILE"
 log "building the test picture maker ($PROFILE)"
-cargo build -q --profile "$PROFILE" -p fdfs-storage --example thumbnail_libs
+cargo build -q --profile "$PROFILE" -p fdfs-storage --features examples --example thumbnail_libs
 
 fresh_run
 PHOTO=$RUN/photo.jpg

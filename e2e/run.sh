@@ -105,6 +105,12 @@ if ! "$VENV/bin/python" -c 'import tusclient' 2>/dev/null; then
         || abort "setup: pip install tuspy==$TUSPY_VERSION"
 fi
 
+# `--setup`: only the installs (.ci/prepare runs them while cargo builds).
+if [[ "${1:-}" == --setup ]]; then
+    log "setup done"
+    exit 0
+fi
+
 # ------------------------------------------------------------------------------------------------ build
 log "cargo build -p fdfs"
 (cd "$ROOT" && cargo build -q -p fdfs >&2) || abort "build: cargo build -p fdfs"

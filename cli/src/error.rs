@@ -9,29 +9,45 @@ pub enum CliError {
     /// The server answered with an error; `message` is the server's own JSON `error.message`.
     #[error("{message} (HTTP {status} {code})")]
     Api {
+        /// HTTP status of the answer.
         status: u16,
+        /// The server's `error.code`.
         code: String,
+        /// The server's `error.message`.
         message: String,
     },
     /// No HTTP answer at all (connection refused, reset, timeout).
     #[error("request to {url} failed")]
     Http {
+        /// The URL asked.
         url: String,
+        /// What reqwest reported.
         #[source]
         source: reqwest::Error,
     },
     /// The server answered 2xx but the body was not what the protocol promises.
     #[error("unexpected answer from {url}: {why}")]
-    Protocol { url: String, why: String },
+    Protocol {
+        /// The URL asked.
+        url: String,
+        /// What was wrong with the body.
+        why: String,
+    },
+    /// A file ID (or download URL) given on the command line that does not parse (exit code 2).
     #[error("invalid file id {input:?}")]
     InvalidId {
+        /// The argument as given.
         input: String,
+        /// Why it is not a file ID.
         #[source]
         source: IdError,
     },
+    /// Reading or writing a local file failed.
     #[error("{path}")]
     Io {
+        /// The local path.
         path: String,
+        /// The underlying error.
         #[source]
         source: std::io::Error,
     },

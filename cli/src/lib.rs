@@ -25,10 +25,12 @@ pub struct Cli {
     /// API key sent (header `x-api-key`) to a gateway that requires one. Give it before the subcommand.
     #[arg(long, env = "FDFS_API_KEY", hide_env_values = true, value_name = "KEY")]
     pub api_key: Option<String>,
+    /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The subcommands of `fdfs`.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a tracker server in this process (same flags as `fdfs-tracker`).

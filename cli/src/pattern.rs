@@ -14,6 +14,7 @@ pub struct Pattern {
 }
 
 impl Pattern {
+    /// The sequence named by `seed`, from its start.
     pub fn new(seed: u64) -> Self {
         Pattern {
             state: seed ^ 0x5DEE_CE66_D1CE_4E5B,
@@ -103,6 +104,7 @@ pub struct Verifier {
 }
 
 impl Verifier {
+    /// Expect exactly the first `expected_len` bytes of `seed`'s pattern.
     pub fn new(seed: u64, expected_len: u64) -> Self {
         Verifier {
             pattern: Pattern::new(seed),

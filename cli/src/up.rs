@@ -28,6 +28,7 @@ const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a child gets to exit after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
+/// `fdfs up` flags.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// Directory for all node data and logs (created if missing).

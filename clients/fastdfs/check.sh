@@ -29,6 +29,8 @@ if [[ ! -f "$NODE_DIR/node_modules/fdfs/package.json" ]]; then
     mkdir -p "$NODE_DIR"
     npm install --silent --no-audit --no-fund --prefix "$NODE_DIR" "fdfs@1.0.4"
 fi
+# `--setup`: only the installs (.ci/prepare runs them while cargo builds).
+[[ ${1:-} == --setup ]] && exit 0
 (cd "$ROOT" && cargo build -q -p fdfs)
 FDFS="$ROOT/target/debug/fdfs"
 

@@ -51,8 +51,10 @@ pub struct AppenderInfo {
     pub length: Option<u64>,
     /// Unix seconds after which the upload is removed.
     pub expires: u64,
+    /// Client file name given at creation, if any.
     #[serde(default)]
     pub filename: Option<String>,
+    /// Metadata the finished file gets.
     #[serde(default)]
     pub meta: Metadata,
     /// The ordinary file it became, once the last byte arrived.
@@ -63,13 +65,16 @@ pub struct AppenderInfo {
 /// `GET /v1/appender?owner=`: unfinished uploads of one owner on a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppenderCount {
+    /// Unfinished, unexpired uploads created with that owner tag.
     pub unfinished: u64,
 }
 
 /// Checksum algorithms of the tus checksum extension that are supported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChecksumAlgorithm {
+    /// `sha1`: 20-byte digest.
     Sha1,
+    /// `md5`: 16-byte digest.
     Md5,
 }
 
@@ -89,15 +94,19 @@ impl ChecksumAlgorithm {
 /// A chunk's expected checksum (`Upload-Checksum: sha1 <base64>`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checksum {
+    /// How the digest was computed.
     pub algorithm: ChecksumAlgorithm,
+    /// The decoded digest, of the algorithm's length.
     pub digest: Vec<u8>,
 }
 
 /// Why an `Upload-Checksum` value was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChecksumError {
+    /// An algorithm other than sha1 and md5 (400).
     #[error("unsupported checksum algorithm {0:?} (supported: sha1, md5)")]
     Unsupported(String),
+    /// No space between algorithm and digest, bad base64, or a digest of the wrong length (400).
     #[error("malformed checksum header: {0}")]
     Malformed(&'static str),
 }

@@ -8,14 +8,20 @@ use serde::de::DeserializeOwned;
 /// Why a config could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file could not be read (missing, unreadable).
     #[error("reading config {path}: {source}")]
     Read {
+        /// The config file as given.
         path: String,
+        /// Why reading failed.
         source: std::io::Error,
     },
+    /// The file is not valid TOML, has an unknown key or a value of the wrong type.
     #[error("config {path}: {source}")]
     Parse {
+        /// The config file as given.
         path: String,
+        /// What is wrong, with line and column.
         source: toml::de::Error,
     },
 }
@@ -39,7 +45,9 @@ pub fn load<T: DeserializeOwned + Default>(path: Option<&Path>) -> Result<T, Con
 /// Parse a size such as `10GiB`, `512MB`, `1048576` or `10%`-free (the latter returned as `Size::Percent`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Size {
+    /// An absolute number of bytes (`K`/`M`/`G`/`T` are powers of 1000, `KiB`... powers of 1024).
     Bytes(u64),
+    /// A share of a store path's total size, 0 to 100.
     Percent(u8),
 }
 

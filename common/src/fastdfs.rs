@@ -36,43 +36,75 @@ pub const FIELD_SEP: u8 = 0x02;
 pub mod cmd {
     /// The command byte of every reply.
     pub const RESP: u8 = 100;
+    /// Close the connection (no reply).
     pub const QUIT: u8 = 82;
+    /// Liveness probe; empty reply.
     pub const ACTIVE_TEST: u8 = 111;
     // Tracker.
+    /// Stats of one group.
     pub const LIST_ONE_GROUP: u8 = 90;
+    /// Stats of every group.
     pub const LIST_ALL_GROUPS: u8 = 91;
+    /// Stats of a group's members (`TrackerStorageStat` each).
     pub const LIST_STORAGE: u8 = 92;
+    /// Where to upload, any group: one member.
     pub const QUERY_STORE_WITHOUT_GROUP_ONE: u8 = 101;
+    /// Where to download a file: the first member holding it.
     pub const QUERY_FETCH_ONE: u8 = 102;
+    /// Where to change a file (delete, metadata): the first member holding it.
     pub const QUERY_UPDATE: u8 = 103;
+    /// Where to upload in a given group: one member.
     pub const QUERY_STORE_WITH_GROUP_ONE: u8 = 104;
+    /// Where to download a file: every member holding it.
     pub const QUERY_FETCH_ALL: u8 = 105;
+    /// Where to upload, any group: every active member of the chosen group.
     pub const QUERY_STORE_WITHOUT_GROUP_ALL: u8 = 106;
+    /// Where to upload in a given group: every active member.
     pub const QUERY_STORE_WITH_GROUP_ALL: u8 = 107;
     // Storage.
+    /// Store a file; the reply is its group and name.
     pub const UPLOAD_FILE: u8 = 11;
+    /// Delete a file.
     pub const DELETE_FILE: u8 = 12;
+    /// Overwrite or merge a file's metadata.
     pub const SET_METADATA: u8 = 13;
+    /// Read a file, whole or a range.
     pub const DOWNLOAD_FILE: u8 = 14;
+    /// A file's metadata.
     pub const GET_METADATA: u8 = 15;
+    /// Store a slave file named after its master plus a prefix.
     pub const UPLOAD_SLAVE_FILE: u8 = 21;
+    /// Size, creation time, CRC32 and source address of a file.
     pub const QUERY_FILE_INFO: u8 = 22;
+    /// Appender upload (not supported: `ENOTSUP`).
     pub const UPLOAD_APPENDER_FILE: u8 = 23;
+    /// Append to an appender file (not supported: `ENOTSUP`).
     pub const APPEND_FILE: u8 = 24;
+    /// Overwrite part of an appender file (not supported: `ENOTSUP`).
     pub const MODIFY_FILE: u8 = 34;
+    /// Truncate an appender file (not supported: `ENOTSUP`).
     pub const TRUNCATE_FILE: u8 = 36;
 }
 
 /// Status values of replies (Linux errno numbers, as FastDFS sends them).
 pub mod errno {
+    /// No such file or group, or no storage to offer.
     pub const ENOENT: u8 = 2;
+    /// Internal failure (the detail is logged).
     pub const EIO: u8 = 5;
+    /// Not allowed (missing secret, forbidden operation).
     pub const EACCES: u8 = 13;
+    /// Write quorum not reached: the file stays and replication carries it.
     pub const EBUSY: u8 = 16;
+    /// The slave file already exists.
     pub const EEXIST: u8 = 17;
+    /// Malformed request: wrong lengths, bad name, ext or prefix, another group's file, unknown command.
     pub const EINVAL: u8 = 22;
+    /// Over `max_file_size`.
     pub const EFBIG: u8 = 27;
+    /// No group or store path has room.
     pub const ENOSPC: u8 = 28;
+    /// Command not supported (appender commands).
     pub const ENOTSUP: u8 = 95;
 }
 
@@ -81,11 +113,14 @@ pub mod errno {
 pub struct Header {
     /// Length of the body that follows.
     pub len: u64,
+    /// Command number ([`cmd`]); [`cmd::RESP`] in replies.
     pub cmd: u8,
+    /// 0 in requests and successful replies, else an [`errno`] value.
     pub status: u8,
 }
 
 impl Header {
+    /// The 10 bytes on the wire.
     pub fn encode(&self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
         b[..8].copy_from_slice(&self.len.to_be_bytes());
@@ -94,6 +129,7 @@ impl Header {
         b
     }
 
+    /// Parse the 10 bytes on the wire.
     pub fn decode(b: &[u8; HEADER_LEN]) -> Header {
         let mut len = [0u8; 8];
         len.copy_from_slice(&b[..8]);
@@ -110,8 +146,10 @@ impl Header {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "u8")]
 pub enum IpWidth {
+    /// 16 bytes (`fastdfs_ip_width = 16`, the default).
     #[default]
     Classic,
+    /// 46 bytes (`fastdfs_ip_width = 46`).
     Ipv6,
 }
 
@@ -227,7 +265,9 @@ fn timed_out() -> io::Error {
 }
 
 impl Conn {
-    pub fn new(
+    /// Wrap an accepted stream; each read and write gets `timeout`, and the connection ends before its next
+    /// request once `stop` turns true.
+    pub(crate) fn new(
         stream: TcpStream,
         timeout: Duration,
         stop: tokio::sync::watch::Receiver<bool>,

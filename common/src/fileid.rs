@@ -35,18 +35,25 @@ pub const MAX_FILE_SIZE: u64 = RANDOM_MARK - 1;
 /// Why a string is not a valid file ID (or part of one).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
+    /// Not five `/`-separated parts (the number found).
     #[error("file id must look like group/M00/XX/YY/name, got {0} parts")]
     Parts(usize),
+    /// A bad group name.
     #[error("invalid group name {0:?}: 1-16 characters of A-Z a-z 0-9 _ -")]
     Group(String),
+    /// A store path other than `M` and two upper-case hex digits.
     #[error("invalid store path {0:?}: expected M followed by two upper-case hex digits")]
     StorePath(String),
+    /// A directory level other than two upper-case hex digits.
     #[error("invalid directory {0:?}: expected two upper-case hex digits")]
     Dir(String),
+    /// A bad file name, with what is wrong with it.
     #[error("invalid file name {0:?}: {1}")]
     Name(String, &'static str),
+    /// A bad extension.
     #[error("invalid extension {0:?}: 1-6 characters of A-Z a-z 0-9")]
     Ext(String),
+    /// A bad slave prefix.
     #[error(
         "invalid slave prefix {0:?}: 1-16 characters of A-Z a-z 0-9 _ -, not starting with a digit"
     )]
@@ -59,6 +66,7 @@ pub enum IdError {
 pub struct GroupName(String);
 
 impl GroupName {
+    /// The name as given.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -230,6 +238,7 @@ impl FileName {
         s.parse()
     }
 
+    /// The whole name: encoded part, slave prefix and extension.
     pub fn as_str(&self) -> &str {
         &self.full
     }
@@ -308,11 +317,15 @@ impl fmt::Display for FileName {
 /// A complete, validated file ID.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FileId {
+    /// Group whose members hold the file.
     pub group: GroupName,
     /// Index of the store path on the storage node (`M00` = 0).
     pub store_path: u8,
+    /// First directory level under `data/` (`XX`).
     pub dir1: u8,
+    /// Second directory level (`YY`).
     pub dir2: u8,
+    /// File name inside that directory.
     pub name: FileName,
 }
 

@@ -17,10 +17,13 @@ pub fn make(id: &FileId, secret: &str, ts: u64) -> String {
 /// Why a token was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
+    /// The URL lacks `token` or `ts`.
     #[error("missing token or ts")]
     Missing,
+    /// `ts` is older than the TTL, or more than 5 minutes in the future.
     #[error("token expired")]
     Expired,
+    /// `ts` is not a number, or the token does not match the file, secret and `ts`.
     #[error("invalid token")]
     Invalid,
 }

@@ -36,13 +36,16 @@ pub enum MemberState {
 pub struct StorePathStat {
     /// Index in the node's store path list (`M00` = 0).
     pub index: u8,
+    /// Size of the file system holding the store path, in bytes.
     pub total_bytes: u64,
+    /// Bytes the file system still has available to unprivileged writers (`statvfs` `f_bavail`).
     pub free_bytes: u64,
 }
 
 /// Replication progress of one node towards one peer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerSync {
+    /// Node id of the peer.
     pub peer_id: u32,
     /// Binlog records this node has that the peer has not acknowledged yet.
     pub pending_records: u64,
@@ -53,7 +56,9 @@ pub struct PeerSync {
 /// What a storage node tells every tracker, every heartbeat interval.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {
+    /// The node's id (`node_id` in its config), unique in the cluster; also the source id in its file IDs.
     pub node_id: u32,
+    /// The group the node belongs to.
     pub group: GroupName,
     /// `host:port` other processes use to reach the node's HTTP server.
     pub addr: String,
@@ -61,12 +66,15 @@ pub struct Heartbeat {
     pub public_url: String,
     /// True while the node is still catching up with its group (a new or wiped member).
     pub syncing: bool,
+    /// Space of each store path, in index order.
     pub store_paths: Vec<StorePathStat>,
+    /// Replication progress towards each peer of the group (empty from nodes that do not report it).
     #[serde(default)]
     pub sync: Vec<PeerSync>,
     /// Files stored on this node.
     #[serde(default)]
     pub file_count: u64,
+    /// fdfs version of the node (`fdfs_common::VERSION`).
     pub version: String,
     /// Port of the node's FastDFS protocol listener (`fastdfs_listen`), on the host of `addr`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -76,14 +84,22 @@ pub struct Heartbeat {
 /// A storage member as the tracker describes it to others.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberInfo {
+    /// The member's node id.
     pub node_id: u32,
+    /// Its group.
     pub group: GroupName,
+    /// `host:port` of its HTTP server, as in its last [`Heartbeat`].
     pub addr: String,
+    /// Base URL users download from, as in its last [`Heartbeat`].
     pub public_url: String,
+    /// State the tracker derives from its heartbeats.
     pub state: MemberState,
+    /// Space of each store path, from its last heartbeat.
     pub store_paths: Vec<StorePathStat>,
+    /// Replication progress towards each peer, from its last heartbeat.
     #[serde(default)]
     pub sync: Vec<PeerSync>,
+    /// Files stored on the member, from its last heartbeat.
     #[serde(default)]
     pub file_count: u64,
     /// Milliseconds since the tracker last heard from the member.
@@ -91,9 +107,11 @@ pub struct MemberInfo {
 }
 
 impl MemberInfo {
+    /// Free bytes over all store paths.
     pub fn free_bytes(&self) -> u64 {
         self.store_paths.iter().map(|p| p.free_bytes).sum()
     }
+    /// Total bytes over all store paths.
     pub fn total_bytes(&self) -> u64 {
         self.store_paths.iter().map(|p| p.total_bytes).sum()
     }
@@ -102,15 +120,20 @@ impl MemberInfo {
 /// Tracker reply to a heartbeat: the other members of the node's group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeartbeatReply {
+    /// Every other member of the group the tracker knows, the node itself left out.
     pub peers: Vec<MemberInfo>,
 }
 
 /// Tracker reply to `GET /v1/assign`: where to upload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Assignment {
+    /// Group chosen for the file.
     pub group: GroupName,
+    /// Active member of that group to upload to.
     pub node_id: u32,
+    /// `host:port` of that member's HTTP server.
     pub addr: String,
+    /// Base URL users download from on that member.
     pub public_url: String,
     /// Store path index to write to.
     pub store_path: u8,
@@ -119,33 +142,42 @@ pub struct Assignment {
 /// Tracker reply to `GET /v1/locate/{file_id}`: members that can serve the file, best first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Locations {
+    /// Group named in the file ID.
     pub group: GroupName,
+    /// Active members of the group, those holding the file first; the others proxy the read to a holder.
     pub members: Vec<MemberInfo>,
 }
 
 /// One group in the cluster view.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupInfo {
+    /// The group's name.
     pub name: GroupName,
     /// Free space of the group: the least free space among its active members (FastDFS rule: a group can
     /// only take what its fullest member can still hold).
     pub free_bytes: u64,
+    /// Capacity of the group: the least total space among its active members.
     pub total_bytes: u64,
+    /// Every member the tracker knows in the group, by node id, offline ones included.
     pub members: Vec<MemberInfo>,
 }
 
 /// `GET /cluster`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterView {
+    /// Every group the tracker knows, sorted by name.
     pub groups: Vec<GroupInfo>,
     /// Trackers known to whoever answered (the gateway lists its configured trackers and whether they answer).
     #[serde(default)]
     pub trackers: Vec<TrackerStatus>,
 }
 
+/// One configured tracker in [`ClusterView::trackers`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrackerStatus {
+    /// `host:port` as configured.
     pub addr: String,
+    /// Whether it answered `GET /cluster` this time.
     pub up: bool,
 }
 
@@ -155,13 +187,17 @@ pub type Metadata = BTreeMap<String, String>;
 /// Result of storing one file, returned by the storage node and passed through by the gateway.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UploadResult {
+    /// ID the file is known by from now on.
     pub file_id: FileId,
     /// Absolute download URL on a storage node.
     pub url: String,
+    /// Group holding the file (the one in `file_id`).
     pub group: GroupName,
+    /// Content length in bytes.
     pub size: u64,
     /// CRC32 of the content, 8 lower-case hex digits.
     pub crc32: String,
+    /// MIME type served on download, guessed from the extension.
     pub content_type: String,
     /// Original file name given by the client, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -174,21 +210,30 @@ pub struct UploadResult {
 /// `GET /info/{file_id}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileInfo {
+    /// The file asked about.
     pub file_id: FileId,
+    /// Its group.
     pub group: GroupName,
+    /// Node id of the storage node that first stored it (encoded in the ID).
     pub source_id: u32,
-    /// Creation time, unix seconds, and RFC 3339.
+    /// Creation time, unix seconds.
     pub created: u32,
+    /// The same time in RFC 3339 (UTC).
     pub created_at: String,
+    /// Content length in bytes.
     pub size: u64,
+    /// CRC32 of the content, 8 lower-case hex digits.
     pub crc32: String,
+    /// Slave prefix, when the file is a slave of another file; `None` for a master.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
+    /// MIME type served on download; `None` when not known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
     /// Public URLs of the members known to hold the file (empty when decoded offline).
     #[serde(default)]
     pub locations: Vec<String>,
+    /// User metadata set on the file (empty when decoded offline).
     #[serde(default)]
     pub metadata: Metadata,
 }
@@ -221,12 +266,15 @@ impl FileInfo {
 /// Error body every process returns: `{"error": {"code": "...", "message": "..."}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
+    /// What went wrong.
     pub error: ErrorDetail,
 }
 
+/// The inside of an [`ErrorBody`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorDetail {
     /// Stable machine-readable code, e.g. `not_found`, `payload_too_large`.
     pub code: String,
+    /// Human-readable explanation; just "internal error" for internal faults (the detail goes to the log).
     pub message: String,
 }

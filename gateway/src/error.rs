@@ -23,7 +23,10 @@ pub enum GatewayError {
     Unauthorized,
     /// The upload is larger than `max_upload_size`.
     #[error("upload exceeds the limit of {limit} bytes")]
-    TooLarge { limit: u64 },
+    TooLarge {
+        /// The configured `max_upload_size`, in bytes.
+        limit: u64,
+    },
     /// The client stopped sending the body for longer than `body_timeout_secs`.
     #[error("request body stalled for more than {0} seconds")]
     BodyTimeout(u64),
@@ -49,8 +52,11 @@ pub enum GatewayError {
     /// A tracker or storage node answered with an error, passed through with its status and code.
     #[error("{message}")]
     Upstream {
+        /// The upstream's status.
         status: StatusCode,
+        /// The upstream's `error.code`.
         code: String,
+        /// The upstream's `error.message`.
         message: String,
     },
 }

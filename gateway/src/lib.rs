@@ -131,12 +131,16 @@ impl App {
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// `trackers` is empty.
     #[error("no tracker configured (--tracker ADDR[,ADDR..])")]
     NoTracker,
+    /// An entry of `cors_origins` is not a valid header value.
     #[error("invalid CORS origin {0:?}")]
     CorsOrigin(String),
+    /// The HTTP client for trackers and storage nodes could not be built.
     #[error("building the HTTP client: {0}")]
     Client(#[from] reqwest::Error),
+    /// The listener failed while serving.
     #[error("serving: {0}")]
     Serve(#[from] std::io::Error),
 }

@@ -36,7 +36,10 @@ pub struct StorageClient {
 }
 
 impl StorageClient {
-    pub fn new(cluster_secret: Option<String>, timeout: Duration) -> Result<Self, reqwest::Error> {
+    pub(crate) fn new(
+        cluster_secret: Option<String>,
+        timeout: Duration,
+    ) -> Result<Self, reqwest::Error> {
         let streaming = reqwest::Client::builder()
             .no_proxy()
             .pool_idle_timeout(fdfs_common::serve::CLIENT_POOL_IDLE)

@@ -45,7 +45,7 @@ const CHUNK_TYPE: &str = "application/offset+octet-stream";
 /// Chunks in flight between the client and the storage node.
 const CHANNEL_CHUNKS: usize = 8;
 
-/// Headers a browser on another origin may send and read (added to the CORS layer).
+/// Request headers a browser on another origin may send (added to the CORS layer).
 pub const CORS_ALLOW_HEADERS: [&str; 8] = [
     "tus-resumable",
     "upload-length",
@@ -56,6 +56,7 @@ pub const CORS_ALLOW_HEADERS: [&str; 8] = [
     "x-http-method-override",
     "x-requested-with",
 ];
+/// Response headers a browser on another origin may read (added to the CORS layer).
 pub const CORS_EXPOSE_HEADERS: [&str; 11] = [
     "tus-resumable",
     "tus-version",
@@ -137,13 +138,17 @@ fn http_date(unix: u64) -> String {
 
 /// Where an upload lives: `{group}.{node id hex}.{appender name}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UploadId {
+pub(crate) struct UploadId {
+    /// Group of the node holding the appender file.
     pub group: GroupName,
+    /// That node's id.
     pub node_id: u32,
+    /// The appender file's name on it.
     pub name: String,
 }
 
 impl UploadId {
+    /// Parse an upload URL's last segment; `None` when it is not one this gateway made.
     pub fn parse(s: &str) -> Option<UploadId> {
         let mut parts = s.split('.');
         let (g, n, name) = (parts.next()?, parts.next()?, parts.next()?);

@@ -48,10 +48,14 @@ const CHANNEL_CHUNKS: usize = 8;
 
 /// Fields that shape the next file parts.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct UploadFields {
+pub(crate) struct UploadFields {
+    /// `group`: the group to upload to; `None`: the tracker chooses.
     pub group: Option<GroupName>,
+    /// `meta.<key>` fields: metadata of the following files.
     pub meta: Metadata,
+    /// `master_file_id`: the following files are slaves of this master.
     pub master: Option<FileId>,
+    /// `prefix`: the slave prefix, with `master_file_id`.
     pub prefix: Option<String>,
     /// Thumbnail sizes rendered right after each following file (`thumbnails=150x150,300x300`).
     pub thumbnails: Vec<String>,
@@ -155,7 +159,7 @@ impl UploadFields {
 
 /// Byte budget of one request (`max_upload_size`).
 #[derive(Debug)]
-pub struct Budget {
+pub(crate) struct Budget {
     limit: u64,
     used: u64,
 }

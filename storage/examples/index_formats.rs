@@ -3,7 +3,7 @@
 //! the process reports the build time, the index's size on disk, its peak RSS, and the time to reopen it and
 //! count the entries (what a node does at start). Run one format per process, so peak RSS is that format's.
 //!
-//! `cargo run --release -p fdfs-storage --example index_formats -- FORMAT [N] [DIR] [walk|random]`
+//! `cargo run --release -p fdfs-storage --features examples --example index_formats -- FORMAT [N] [DIR] [walk|random]`
 //!
 //! FORMAT:
 //! - `sled-full`: the layout before this change: content key (32-byte hash + 8-byte size) -> newline-separated ID

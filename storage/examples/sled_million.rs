@@ -3,7 +3,7 @@
 //! it from disk with the real `reindex` code (hashing each file, filling the dedup and id trees, flushing).
 //! Prints the rebuild time, the sled directory's size on disk and the process's peak RSS.
 //!
-//! `cargo run --release -p fdfs-storage --example sled_million -- [N] [DIR]`
+//! `cargo run --release -p fdfs-storage --features examples --example sled_million -- [N] [DIR]`
 //! (DIR defaults to a temp dir under the current directory; it is removed afterwards unless given.)
 
 use std::path::{Path, PathBuf};

@@ -2,8 +2,8 @@
 //! decoded, resized into 300x300 and encoded by each candidate, best and median of a few runs, one thread.
 //!
 //! ```sh
-//! cargo run --release -p fdfs-storage --example thumbnail_libs                  # the table
-//! cargo run --release -p fdfs-storage --example thumbnail_libs -- write p.jpg   # only write the 12 MP JPEG
+//! cargo run --release -p fdfs-storage --features examples --example thumbnail_libs                  # the table
+//! cargo run --release -p fdfs-storage --features examples --example thumbnail_libs -- write p.jpg   # only write the 12 MP JPEG
 //! ```
 
 use std::io::Cursor;

@@ -10,33 +10,50 @@ use fdfs_common::error_response;
 /// Everything that can go wrong in the storage node.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
+    /// Malformed input: a bad file ID, header, query or body (400).
     #[error("{0}")]
     BadRequest(String),
+    /// An internal route called without the configured cluster secret (401).
     #[error("missing or wrong cluster secret")]
     Unauthorized,
+    /// A download whose anti-leech token is missing, wrong or expired (403).
     #[error("{0}")]
     Forbidden(#[from] fdfs_common::token::TokenError),
+    /// No such file or upload, here or on a peer (404).
     #[error("{0}")]
     NotFound(String),
+    /// The file (a slave, a finished upload) exists already, or an append's offset is not the upload's (409).
     #[error("{0}")]
     Conflict(String),
+    /// An `If-Match` / `If-Unmodified-Since` that the file does not satisfy (412).
     #[error("precondition failed")]
     PreconditionFailed,
+    /// A body or declared length over `max_file_size` (413).
     #[error("body exceeds the maximum file size of {limit} bytes")]
-    TooLarge { limit: u64 },
+    TooLarge {
+        /// The configured `max_file_size`, in bytes.
+        limit: u64,
+    },
+    /// The store path is full, or would fall below its reserve (507).
     #[error("no space left on the store path")]
     InsufficientStorage,
+    /// The client's body ended early or broke off; nothing was kept (400, `body_aborted`).
     #[error("upload body aborted: {0}")]
     BodyAborted(String),
+    /// The node cannot do it now: write quorum not reached (the file stays and replication carries it), too
+    /// many staged replicas, a thumbnail render past its deadline (503; the message is shown).
     #[error("{0}")]
     Unavailable(String),
     /// The node knows it cannot reach its write quorum now, and refused an upload before reading its body.
     #[error("{0}")]
     QuorumUnreachable(String),
+    /// A disk error other than a full disk (500; logged, the body says "internal error").
     #[error("i/o error: {0}")]
     Io(#[source] io::Error),
+    /// The sled index failed (500; logged).
     #[error("index error: {0}")]
     Db(#[from] sled::Error),
+    /// Any other fault of this node: a failed blocking task, state that does not decode (500; logged).
     #[error("internal error: {0}")]
     Internal(String),
     /// 422 with its own error code (a thumbnail's master that is not an image, or too large to decode).

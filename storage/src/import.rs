@@ -37,17 +37,22 @@ pub struct ImportQuery {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ImportStatus {
+    /// Stored now, and replicated like an upload.
     Imported,
+    /// The same bytes were already here under that ID; nothing changed.
     Skipped,
 }
 
 /// Answer of `PUT /v1/import/{file_id}` (and of the gateway's `PUT /import/{file_id}`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ImportResult {
+    /// The ID the file was imported under (the one in the path).
     pub file_id: FileId,
+    /// Whether it was stored now or already there.
     pub status: ImportStatus,
     /// Download URL on this node.
     pub url: String,
+    /// Content length in bytes.
     pub size: u64,
     /// CRC32 of the content, 8 lower-case hex digits.
     pub crc32: String,

@@ -162,8 +162,11 @@ impl Default for Config {
 
 /// Everything a request handler needs; shared as [`AppState`].
 pub struct Node {
+    /// The settings the node was started with.
     pub config: Config,
+    /// Its group (`group` in the config).
     pub group: GroupName,
+    /// Its id (`node_id` in the config); the source id of the files it creates.
     pub node_id: u32,
     /// `host:port` other processes reach this node at.
     pub addr: String,
@@ -171,6 +174,7 @@ pub struct Node {
     pub public_url: String,
     /// Effective upload limit in bytes.
     pub max_file_size: u64,
+    /// The files on disk and their index.
     pub store: Arc<Store>,
     /// The other members of the group, from the latest heartbeat replies.
     pub peers: Arc<Peers>,

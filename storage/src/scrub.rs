@@ -48,6 +48,7 @@ pub struct ScrubConfig {
 /// One file that did not match its ID.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Corrupt {
+    /// ID of the bad file.
     pub file_id: String,
     /// What is wrong, e.g. `size 100, expected 200` or `crc32 1234abcd, expected 89ef0011`.
     pub problem: String,
@@ -58,6 +59,7 @@ pub struct Corrupt {
 /// Result of a scrub pass.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScrubReport {
+    /// The node that scrubbed its store.
     pub node_id: u32,
     /// Files whose size and CRC32 were checked.
     pub checked: u64,
@@ -65,7 +67,9 @@ pub struct ScrubReport {
     pub bytes: u64,
     /// Files that cannot be checked on their own (slave files carry their master's size and CRC32).
     pub skipped: u64,
+    /// Every file found not to match its ID, repaired or not.
     pub corrupt: Vec<Corrupt>,
+    /// How many of `corrupt` were replaced with a good copy.
     pub repaired: u64,
 }
 

@@ -93,6 +93,8 @@ pub struct Cluster {
     pub follow: reqwest::Client,
     /// What the cluster was started with (for nodes added later).
     pub spec: ClusterSpec,
+    /// A big transfer's turn ([`crate::big_transfer`]), given back after the processes and their data are gone.
+    turn: Option<tokio::sync::MutexGuard<'static, ()>>,
 }
 
 impl Cluster {
@@ -149,6 +151,7 @@ impl Cluster {
             http: client(),
             follow: follow_client(),
             spec,
+            turn: None,
         };
         for t in 0..cluster.trackers.len() {
             cluster
@@ -167,13 +170,16 @@ impl Cluster {
     }
 
     /// For the big-file tests: one group of two members taking files and uploads up to 4 GiB, with room for
-    /// `copies` copies of a file of [`crate::big_file_size`] (plus 1 GiB); the cluster and that size.
+    /// `copies` copies of a file of [`crate::big_file_size`] (plus 1 GiB); the cluster and that size. The
+    /// cluster holds a [`crate::big_transfer`] turn while it lives.
     pub async fn for_big_files(copies: u64) -> (Cluster, u64) {
+        let turn = crate::big_transfer().await;
         let size = crate::big_file_size();
         let spec = ClusterSpec::group(2)
             .storage(&["--max-file-size", "4GiB"])
             .gateway(&["--max-upload-size", "4GiB"]);
-        let c = Cluster::start_in(spec, tempdir(copies * size + (1 << 30))).await;
+        let mut c = Cluster::start_in(spec, tempdir(copies * size + (1 << 30))).await;
+        c.turn = Some(turn);
         (c, size)
     }
 

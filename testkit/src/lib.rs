@@ -37,6 +37,8 @@
 //! - [`eventually`] (a check returning `Option`) / [`eventually_ok`] (a `Result`, whose last `Err` is
 //!   reported) / [`wait_until`] (a plain condition; returns how long it took) ([`wait`]): polling with a
 //!   deadline, in seconds or as a `Duration`; never a fixed sleep, never a timing assertion.
+//! - [`big_transfer`] ([`turns`]): tests that move gigabytes take turns ([`Cluster::for_big_files`] takes
+//!   one for the cluster's life).
 //! - [`content`]: deterministic, non-repeating file contents; [`tempdir`] ([`dirs`]): node data on tmpfs when
 //!   it has room; [`stored_files`] / [`stored_path`] / [`files_under`]: what a store path holds on disk.
 //!
@@ -52,6 +54,7 @@ pub mod netns;
 pub mod node;
 pub mod raw;
 pub mod server;
+pub mod turns;
 pub mod wait;
 
 pub use cluster::{member_in, peers_all, Cluster, ClusterSpec, Uploaded, STATE_TIMEOUT};
@@ -62,6 +65,7 @@ pub use http::{
 };
 pub use node::{args, Node, Role, SECRET};
 pub use server::{closed_addr, Server};
+pub use turns::big_transfer;
 pub use wait::{eventually, eventually_ok, wait_until};
 
 /// Size of the big-file tests: `FDFS_BIG_FILE_MB` MiB (`256` makes them quicker locally), 2 GiB by default.

@@ -313,7 +313,7 @@ impl Drop for Net {
 pub struct NetNode {
     /// The host (namespace) it runs in.
     pub name: String,
-    /// Its address inside its namespace (reachable from the test process).
+    /// Address it listens on: the host's address in the namespace, port as bound.
     pub addr: SocketAddr,
     /// Its data directory.
     pub dir: PathBuf,

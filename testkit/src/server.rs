@@ -25,7 +25,7 @@ impl Future for Shutdown {
 
 /// A server running in this process; asked to stop (gracefully) when dropped.
 pub struct Server {
-    /// The address it listens on.
+    /// The bound address (with the port the kernel picked when asked for port 0).
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), String>>>,

@@ -12,6 +12,7 @@ use crate::{Config, StoreLookup, StorePathPolicy};
 /// Address used when `--listen` is not given (the FastDFS tracker port).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:22122";
 
+/// `fdfs tracker` / `fdfs-tracker` flags; each overrides its config key and has an `FDFS_*` variable.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// Address to listen on, `host:port` (port 0 picks a free port) [default: 127.0.0.1:22122].

@@ -15,26 +15,34 @@ pub enum Error {
     /// A request axum could not extract (bad JSON body, bad query string), with axum's status.
     #[error("{1}")]
     Rejected(StatusCode, String),
+    /// An internal route called without the configured cluster secret (401).
     #[error("missing or wrong cluster secret")]
     Unauthorized,
+    /// A group no member has reported (404, `unknown_group`).
     #[error("unknown group {0}")]
     UnknownGroup(GroupName),
+    /// A path no route serves (404).
     #[error("no such route")]
     NoRoute,
+    /// A route asked with a method it does not take (405).
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// No active member to offer, in the given group or (`None`) in any group (503, `no_storage`).
     #[error("no active storage node{}", .0.as_ref().map(|g| format!(" in group {g}")).unwrap_or_default())]
     NoStorage(Option<GroupName>),
+    /// No group can take an upload of this many bytes and keep its reserve (507).
     #[error("no store path has {0} bytes free above the reserved space")]
     InsufficientStorage(u64),
+    /// No member with this node id in the group (404, `unknown_member`).
     #[error("no member {1} in group {0}")]
     UnknownMember(GroupName, u32),
-    /// Only an offline member can be removed.
+    /// Only an offline member can be removed; the second field is its state (409, `member_live`).
     #[error("member {0} is {1}: stop it before removing it")]
     MemberLive(u32, &'static str),
 }
 
 impl Error {
+    /// HTTP status of the error.
     pub fn status(&self) -> StatusCode {
         match self {
             Error::Invalid(_) => StatusCode::BAD_REQUEST,
@@ -50,6 +58,7 @@ impl Error {
         }
     }
 
+    /// Stable `error.code` of the JSON body.
     pub fn code(&self) -> &'static str {
         match self {
             Error::UnknownGroup(_) => "unknown_group",

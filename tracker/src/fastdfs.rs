@@ -27,8 +27,10 @@ const SUBDIRS: u64 = 256;
 
 /// What the handlers share.
 #[derive(Clone)]
-pub struct Door {
+pub(crate) struct Door {
+    /// The tracker's registry, shared with its HTTP routes.
     pub registry: Arc<Mutex<Registry>>,
+    /// Width of the address fields of replies (`fastdfs_ip_width`).
     pub width: IpWidth,
 }
 
@@ -52,7 +54,7 @@ impl From<Error> for Refused {
 }
 
 /// Serve one connection until the client quits or closes it, or breaks the protocol.
-pub async fn handle(door: Door, mut conn: Conn) {
+pub(crate) async fn handle(door: Door, mut conn: Conn) {
     loop {
         let header = match conn.next_header().await {
             Ok(Some(h)) => h,

@@ -38,9 +38,12 @@ use registry::Registry;
 #[serde(rename_all = "snake_case")]
 #[value(rename_all = "snake_case")]
 pub enum StoreLookup {
+    /// Each upload starts at the next group in name order; a group without room passes to the next.
     #[default]
     RoundRobin,
+    /// Every upload goes to `store_group`.
     FixedGroup,
+    /// The group with the most free space (that of its fullest active member).
     MostFree,
 }
 
@@ -49,8 +52,10 @@ pub enum StoreLookup {
 #[serde(rename_all = "snake_case")]
 #[value(rename_all = "snake_case")]
 pub enum StorePathPolicy {
+    /// The member's next store path with room, in turn.
     #[default]
     RoundRobin,
+    /// The store path with the most free space (lowest index on a tie).
     MostFree,
 }
 
@@ -60,9 +65,11 @@ pub enum StorePathPolicy {
 pub struct Config {
     /// A member that has not sent a heartbeat for this long is offline.
     pub heartbeat_timeout_ms: u64,
+    /// How a group is chosen for an upload that names none.
     pub store_lookup: StoreLookup,
     /// The group every upload goes to with `store_lookup = "fixed_group"`.
     pub store_group: Option<GroupName>,
+    /// How a store path is chosen on the assigned member.
     pub store_path: StorePathPolicy,
     /// Space a store path keeps free: bytes, or a percentage of the path's total.
     pub reserved_storage_space: Size,

@@ -52,6 +52,7 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// An empty registry with the config's timeout, lookup and reserve rules.
     pub fn new(config: &Config) -> Self {
         Registry {
             timeout: config.heartbeat_timeout(),

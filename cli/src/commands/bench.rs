@@ -18,6 +18,7 @@ use crate::pattern::{Pattern, Verifier};
 /// Bodies at most this big are built in memory; bigger ones are streamed.
 const IN_MEMORY_MAX: u64 = 1 << 20;
 
+/// `fdfs bench` flags.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Number of files.
@@ -47,14 +48,23 @@ fn parse_size(s: &str) -> std::result::Result<u64, String> {
 /// Results of one phase.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PhaseStats {
+    /// `upload`, `download` or `delete`.
     pub phase: &'static str,
+    /// Requests made, failed ones included.
     pub requests: usize,
+    /// Requests that failed.
     pub failed: usize,
+    /// Bytes moved by the successful requests.
     pub bytes: u64,
+    /// Wall-clock duration of the phase.
     pub seconds: f64,
+    /// Successful requests per second.
     pub req_per_sec: f64,
+    /// Megabytes (10^6 bytes) per second.
     pub mb_per_sec: f64,
+    /// Median latency of the successful requests, in milliseconds (0 with none).
     pub p50_ms: f64,
+    /// 99th-percentile latency, in milliseconds.
     pub p99_ms: f64,
     /// First error seen, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -139,7 +149,7 @@ async fn download_one(client: &Client, id: &FileId, seed: u64, size: u64) -> Res
         .map_err(|e| CliError::Corrupt(format!("{id}: {e}")))
 }
 
-pub async fn run(client: &Client, args: Args) -> Result<()> {
+pub(crate) async fn run(client: &Client, args: Args) -> Result<()> {
     if args.count == 0 || args.concurrency == 0 {
         return Err(CliError::Usage(
             "--count and --concurrency must be at least 1".into(),

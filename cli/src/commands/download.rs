@@ -13,6 +13,7 @@ use crate::client::{parse_file_id, Client};
 use crate::commands::progress_bar;
 use crate::error::{CliError, Result};
 
+/// `fdfs download` flags.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// File ID (or a download URL) to fetch.
@@ -58,7 +59,7 @@ fn check_expected(exp: Option<Expected>, size: u64, crc: u32) -> Result<()> {
     Ok(())
 }
 
-pub async fn run(client: &Client, args: Args) -> Result<()> {
+pub(crate) async fn run(client: &Client, args: Args) -> Result<()> {
     let id = parse_file_id(&args.id)?;
     match args.output {
         Some(p) if p.as_os_str() == "-" => to_stdout(client, &id).await,

@@ -7,12 +7,14 @@ use crate::client::{parse_file_id, Client};
 use crate::commands::parse_pairs;
 use crate::error::{CliError, Result};
 
+/// `fdfs delete` arguments.
 #[derive(Debug, clap::Args)]
 pub struct DeleteArgs {
     /// File ID to delete.
     pub id: String,
 }
 
+/// `fdfs info` arguments.
 #[derive(Debug, clap::Args)]
 pub struct InfoArgs {
     /// File ID to describe.
@@ -22,6 +24,7 @@ pub struct InfoArgs {
     pub offline: bool,
 }
 
+/// `fdfs meta` arguments.
 #[derive(Debug, clap::Args)]
 pub struct MetaArgs {
     /// File ID whose metadata to read or change.
@@ -34,6 +37,7 @@ pub struct MetaArgs {
     pub merge: Vec<String>,
 }
 
+/// `fdfs sign` arguments.
 #[derive(Debug, clap::Args)]
 pub struct SignArgs {
     /// File ID to sign.
@@ -68,14 +72,14 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     Ok(())
 }
 
-pub async fn delete(client: &Client, args: DeleteArgs) -> Result<()> {
+pub(crate) async fn delete(client: &Client, args: DeleteArgs) -> Result<()> {
     let id = parse_file_id(&args.id)?;
     client.delete(&id).await?;
     println!("deleted {id}");
     Ok(())
 }
 
-pub async fn info(client: Option<&Client>, args: InfoArgs) -> Result<()> {
+pub(crate) async fn info(client: Option<&Client>, args: InfoArgs) -> Result<()> {
     let id = parse_file_id(&args.id)?;
     let info = match client {
         Some(c) if !args.offline => c.info(&id).await?,
@@ -84,7 +88,7 @@ pub async fn info(client: Option<&Client>, args: InfoArgs) -> Result<()> {
     print_json(&info)
 }
 
-pub async fn meta(client: &Client, args: MetaArgs) -> Result<()> {
+pub(crate) async fn meta(client: &Client, args: MetaArgs) -> Result<()> {
     let id = parse_file_id(&args.id)?;
     let meta = if !args.set.is_empty() {
         client

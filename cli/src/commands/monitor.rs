@@ -13,21 +13,26 @@ use indicatif::HumanBytes;
 use crate::client::Client;
 use crate::error::{CliError, Result};
 
+/// `fdfs monitor` flags.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Print the raw JSON cluster view instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// What to change; `None`: only show the cluster.
     #[command(subcommand)]
     pub action: Option<Action>,
 }
 
+/// `fdfs monitor` subcommands that change the cluster.
 #[derive(Debug, clap::Subcommand)]
 pub enum Action {
     /// Remove an offline member from the group (on every tracker): its peers stop keeping binlog records for
     /// it. Refused while it is active or syncing. If it comes back it joins as a new member and catches up.
     Delete {
+        /// Group of the member.
         group: String,
+        /// Node id of the member.
         node_id: u32,
         /// Every tracker, `host:port` or URL, comma-separated.
         #[arg(long, env = "FDFS_TRACKER", value_delimiter = ',', required = true)]
@@ -38,7 +43,7 @@ pub enum Action {
     },
 }
 
-pub async fn run(client: &Client, args: Args) -> Result<()> {
+pub(crate) async fn run(client: &Client, args: Args) -> Result<()> {
     if let Some(Action::Delete {
         group,
         node_id,

@@ -61,6 +61,7 @@ fn protocol(url: &str, why: &str) -> CliError {
 /// How a tus upload goes.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// Bytes sent per `PATCH` (at least 1).
     pub chunk_size: u64,
     /// Test hook: stop (as if the connection broke) after this many chunks.
     pub stop_after_chunks: Option<u64>,

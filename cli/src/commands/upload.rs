@@ -15,6 +15,7 @@ use crate::error::{CliError, Result};
 /// Read buffer for streaming a file to the gateway.
 const CHUNK: usize = 256 << 10;
 
+/// `fdfs upload` flags.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Files or directories (uploaded recursively) to upload.

@@ -23,6 +23,7 @@ const PAGE: usize = 10_000;
 /// A scrub pass reads every file of a member: allow it a long time.
 const SCRUB_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 
+/// `fdfs verify` flags.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Only this group.
@@ -42,19 +43,24 @@ pub struct Args {
 /// One member's part of the report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MemberReport {
+    /// The member's node id.
     pub node_id: u32,
+    /// `host:port` of its HTTP server.
     pub addr: String,
     /// Files held.
     pub files: usize,
     /// Files another member holds that this one lacks (and no member deleted).
     pub missing: Vec<String>,
+    /// Its own check of its files against their IDs.
     pub scrub: ScrubReport,
 }
 
 /// One group's part of the report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GroupReport {
+    /// The group's name.
     pub group: String,
+    /// Every member checked.
     pub members: Vec<MemberReport>,
     /// Members not checked (offline).
     pub skipped: Vec<String>,
@@ -63,6 +69,7 @@ pub struct GroupReport {
 /// The whole report (`--json` prints it).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
+    /// Every group checked.
     pub groups: Vec<GroupReport>,
     /// Corrupt copies found.
     pub corrupt: usize,
@@ -202,7 +209,7 @@ async fn verify_group(
     })
 }
 
-pub async fn run(client: &Client, args: Args) -> Result<()> {
+pub(crate) async fn run(client: &Client, args: Args) -> Result<()> {
     let view = client.cluster().await?;
     let http = reqwest::Client::builder()
         .no_proxy()

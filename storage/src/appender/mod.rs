@@ -75,8 +75,11 @@ struct State {
 /// chunk's checksum.
 #[derive(Debug, Clone, Default)]
 pub struct Append {
+    /// Offset the client expects the upload to be at; a different one is a 409.
     pub offset: u64,
+    /// Total length, for an upload created without one; `None`: not declared with this append.
     pub length: Option<u64>,
+    /// Checksum the chunk must match; `None`: not checked.
     pub checksum: Option<Checksum>,
 }
 
@@ -122,7 +125,7 @@ fn now() -> u64 {
 }
 
 impl Appenders {
-    pub fn new(
+    pub(crate) fn new(
         store: Arc<Store>,
         sync: SyncEngine,
         node_id: u32,

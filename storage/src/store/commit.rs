@@ -22,7 +22,10 @@ use crate::sync::binlog::Op;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Committed {
     /// The file is now in place; `deduplicated` when it became a hard link to identical content.
-    Created { deduplicated: bool },
+    Created {
+        /// The file is a hard link to a file with the same content.
+        deduplicated: bool,
+    },
     /// A file with that ID already existed; nothing was changed.
     AlreadyExists,
 }
@@ -32,7 +35,9 @@ pub enum Committed {
 /// peers, only replayed here).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
+    /// Accepted from a client here: recorded in the binlog and pushed to peers.
     Client,
+    /// A replica or delete received from a peer: recorded in the journal only.
     Peer,
 }
 
@@ -43,6 +48,7 @@ pub struct Incoming {
     pub mtime: Option<SystemTime>,
     /// Metadata stored with the file (put in place before the file itself).
     pub meta: Metadata,
+    /// Who the change came from (which log records it).
     pub origin: Origin,
 }
 
@@ -333,6 +339,7 @@ fn check_writable(id: &FileId) -> Result<()> {
 pub enum NewFile {
     /// A master file: its ID is made from the content (source node, creation time, size, CRC32) once received.
     Master {
+        /// Store path index to write to.
         store_path: u8,
         /// Extension without the dot, already validated.
         ext: Option<String>,
@@ -340,10 +347,17 @@ pub enum NewFile {
         source_id: u32,
     },
     /// A slave file under its known ID (next to its master, which must be here).
-    Slave { master: FileId, id: FileId },
+    Slave {
+        /// The master the slave is named after.
+        master: FileId,
+        /// The slave's own ID (master name, prefix, extension).
+        id: FileId,
+    },
     /// A file under the ID it already has (see [`super::import`]): checked against the ID, keeping `mtime`.
     Import {
+        /// The ID the file keeps.
         id: FileId,
+        /// Modification time to give it; `None`: the time it is written.
         mtime: Option<SystemTime>,
     },
 }
@@ -362,8 +376,11 @@ impl NewFile {
 /// A file stored by [`Store::create`].
 #[derive(Debug, Clone)]
 pub struct Stored {
+    /// Its ID.
     pub id: FileId,
+    /// Content length in bytes.
     pub size: u64,
+    /// CRC32 (IEEE) of the content.
     pub crc32: u32,
 }
 

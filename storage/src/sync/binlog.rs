@@ -78,7 +78,9 @@ pub struct Record {
     pub seq: u64,
     /// Unix seconds of the operation (never decreasing along the log).
     pub ts: u64,
+    /// What happened to the file.
     pub op: Op,
+    /// The file it happened to.
     pub file_id: FileId,
 }
 

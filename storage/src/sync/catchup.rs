@@ -37,20 +37,22 @@ pub struct CatchupReport {
     pub listed: u64,
     /// Files copied.
     pub files: u64,
+    /// Bytes of the files copied.
     pub bytes: u64,
     /// Tombstones applied (files removed here).
     pub removed: u64,
     /// Files whose metadata was copied because it differed (the file itself was here already).
     #[serde(default)]
     pub metadata: u64,
+    /// Wall-clock duration of the catch-up.
     pub seconds: f64,
 }
 
 impl CatchupReport {
-    pub fn files_per_second(&self) -> f64 {
+    pub(crate) fn files_per_second(&self) -> f64 {
         self.files as f64 / self.seconds.max(1e-9)
     }
-    pub fn megabytes_per_second(&self) -> f64 {
+    pub(crate) fn megabytes_per_second(&self) -> f64 {
         self.bytes as f64 / 1e6 / self.seconds.max(1e-9)
     }
 }

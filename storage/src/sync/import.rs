@@ -19,7 +19,10 @@ use crate::store::{NewFile, Stored};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImportOutcome {
     /// Stored now, on `replicas` members.
-    Imported { replicas: u32 },
+    Imported {
+        /// Members holding the file at acknowledgement, this one included.
+        replicas: u32,
+    },
     /// The same bytes were already here under that ID; nothing changed.
     Skipped,
 }

@@ -142,13 +142,19 @@ struct PeerSlot {
 
 /// Shared state of the engine.
 pub struct Inner {
+    /// Replication settings (write quorum, peer transfer limits, concurrency).
     pub config: SyncConfig,
+    /// The node's store, where received replicas go.
     pub store: Arc<Store>,
+    /// The group's other members, from the latest heartbeat replies.
     pub peers: Arc<Peers>,
     /// The peer list as it was when the engine started: once `peers` holds another one, a tracker answered.
     initial_peers: Arc<Vec<MemberInfo>>,
+    /// Client for pushes to peers.
     pub http: reqwest::Client,
+    /// Log of the changes accepted here, which the per-peer workers push.
     pub binlog: Arc<Binlog>,
+    /// Deleted incarnations of file IDs, so that a catch-up never brings a deleted file back.
     pub tombstones: Tombstones,
     /// `.fdfs/sync/`: per-peer positions and the synced marker.
     sync_dir: PathBuf,

@@ -57,17 +57,22 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Answer of the stage request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StageAnswer {
+    /// Names the staged body in the commit request.
     pub token: u64,
+    /// Bytes the peer staged (the source checks it against what it sent).
     pub size: u64,
 }
 
 /// Body of the commit request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CommitRequest {
+    /// The stage answer's token.
     pub token: u64,
+    /// The ID the source gave the upload.
     pub file_id: String,
     /// Unix seconds given to the replica.
     pub mtime: u64,
+    /// Metadata stored with the replica.
     #[serde(default)]
     pub meta: Metadata,
     /// The upload's incarnation (see [`super::tombstones`]): a slave ID uploaded again after a delete.
@@ -114,6 +119,7 @@ impl StagedTable {
         self.next.lock().unwrap_or_else(|p| p.into_inner()).1.len()
     }
 
+    /// Whether no body is waiting.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

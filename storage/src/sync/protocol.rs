@@ -19,9 +19,11 @@ pub const MAX_PAGE: usize = 10_000;
 /// One file in a listing page.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListedFile {
+    /// The file's ID.
     pub id: String,
+    /// Its length in bytes.
     pub size: u64,
-    /// Unix seconds.
+    /// Modification time of the file here, unix seconds.
     pub mtime: u64,
     /// Whether the file has metadata.
     #[serde(default)]
@@ -46,6 +48,7 @@ pub fn meta_crc(meta: &Metadata) -> Option<u32> {
 /// `GET /v1/sync/files` answer.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListPage {
+    /// Files in ID order, after the request's `after`.
     pub files: Vec<ListedFile>,
     /// Deleted IDs in the same ID range as `files`, as `ID@incarnation` (every incarnation up to it deleted).
     #[serde(default)]
@@ -58,14 +61,19 @@ pub struct ListPage {
 /// `GET /v1/sync/status` answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SyncStatus {
+    /// The answering node.
     pub node_id: u32,
     /// Still catching up (not serving).
     pub syncing: bool,
     /// The peers as this node knows them (from heartbeat replies) and its progress towards each.
     pub peers: Vec<PeerStatus>,
+    /// Sequence number of the oldest binlog record still on disk (`binlog_last_seq + 1` when none).
     pub binlog_first_seq: u64,
+    /// Sequence number of the newest binlog record (0 when none was ever written).
     pub binlog_last_seq: u64,
+    /// Binlog segment files on disk.
     pub binlog_segments: usize,
+    /// File IDs with a tombstone.
     pub tombstones: usize,
     /// The latest listing catch-up, once one finished.
     pub last_catchup: Option<super::CatchupReport>,
@@ -74,10 +82,15 @@ pub struct SyncStatus {
 /// One peer in [`SyncStatus`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerStatus {
+    /// The peer's node id.
     pub node_id: u32,
+    /// `host:port` of its HTTP server.
     pub addr: String,
+    /// Its state as the tracker last reported it.
     pub state: fdfs_common::wire::MemberState,
+    /// Binlog records the peer has not acknowledged yet (as [`fdfs_common::wire::PeerSync`]).
     pub pending_records: u64,
+    /// Unix seconds of the newest record the peer acknowledged (0 = none).
     pub synced_until: u64,
     /// Why this node cannot reach the peer now (`refused` or `timed_out`, see [`super::reach`]), if it cannot.
     #[serde(default, skip_serializing_if = "Option::is_none")]

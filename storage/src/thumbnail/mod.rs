@@ -57,8 +57,11 @@ pub enum Fit {
 /// One configured size: `WxH` (fit by `thumbnail_fit`), `WxHc` (crop-to-fill); a 0 side keeps the ratio.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Size {
+    /// Box width in pixels; 0: follows the height, keeping the ratio.
     pub width: u32,
+    /// Box height in pixels; 0: follows the width, keeping the ratio.
     pub height: u32,
+    /// How the image fills the box.
     pub fit: Fit,
 }
 
@@ -68,8 +71,11 @@ pub const MAX_SIDE: u32 = 8192;
 /// A size as written in the config or a request: `WxH` with an optional `c` (crop) suffix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SizeSpec {
+    /// `W`, in pixels (0: keep the ratio).
     pub width: u32,
+    /// `H`, in pixels (0: keep the ratio).
     pub height: u32,
+    /// The `c` suffix: crop to fill (both sides then non-zero).
     pub crop: bool,
 }
 
@@ -127,9 +133,13 @@ impl SizeSpec {
 /// An output image format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
+    /// `jpg` / `jpeg`, at `thumbnail_jpeg_quality`.
     Jpeg,
+    /// `png`, lossless.
     Png,
+    /// `gif` (still images only: animations are not thumbnailed).
     Gif,
+    /// `webp`, lossy at `thumbnail_webp_quality`.
     Webp,
 }
 
@@ -164,12 +174,19 @@ const MASTER_EXTS: [&str; 5] = ["jpg", "png", "gif", "jpeg", "webp"];
 pub struct Settings {
     /// Allowed sizes by slave prefix (`_300x300`).
     pub sizes: HashMap<String, Size>,
+    /// `thumbnail_jpeg_quality`, 1-100.
     pub jpeg_quality: u8,
+    /// `thumbnail_webp_quality`, 1-100.
     pub webp_quality: u8,
+    /// `thumbnail_formats`: formats a thumbnail may be rendered as.
     pub formats: Vec<Format>,
+    /// `thumbnail_upscale`: enlarge sources smaller than the box.
     pub upscale: bool,
+    /// `thumbnail_max_pixels`: largest source rendered (at least 1).
     pub max_pixels: u64,
+    /// Renders at once (`thumbnail_max_renders`, 0 resolved to the CPU count).
     pub max_renders: usize,
+    /// `thumbnail_deadline_ms`: time a render may take, waiting for a slot included.
     pub deadline: Duration,
 }
 
@@ -230,8 +247,10 @@ type Outcome = std::result::Result<(), RenderFailure>;
 
 /// A cloneable description of a failed render.
 #[derive(Debug, Clone)]
-pub enum RenderFailure {
+pub(crate) enum RenderFailure {
+    /// The renderer refused or failed (see [`RenderError`]).
     Refused(RenderError),
+    /// Reading the master or storing the thumbnail failed, with the status it would answer.
     Failed { status: u16, message: String },
 }
 
@@ -263,13 +282,14 @@ impl From<RenderFailure> for StorageError {
 
 /// The renderer of a node: settings, render slots and the in-flight table.
 pub struct Thumbnails {
+    /// The checked thumbnail settings.
     pub settings: Settings,
     slots: Arc<Semaphore>,
     inflight: Mutex<HashMap<FileId, Shared<BoxFuture<'static, Outcome>>>>,
 }
 
 impl Thumbnails {
-    pub fn new(settings: Settings) -> Thumbnails {
+    pub(crate) fn new(settings: Settings) -> Thumbnails {
         Thumbnails {
             slots: Arc::new(Semaphore::new(settings.max_renders.max(1))),
             settings,

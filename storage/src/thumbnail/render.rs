@@ -31,16 +31,22 @@ use super::{Fit, Format, Size};
 /// Why a render produced nothing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RenderError {
+    /// The master does not decode as a supported image (422, `not_an_image`).
     #[error("the master is not an image this node can read: {0}")]
     NotAnImage(String),
+    /// The master has more than `max_pixels` pixels, or needs more memory than allowed (422, `image_too_large`).
     #[error("the master is too large to decode: {0}")]
     TooLarge(String),
+    /// The master is an animated GIF or WebP (404).
     #[error("the master is an animation: animations are not thumbnailed")]
     Animated,
+    /// The job's deadline passed (503; nothing stored).
     #[error("the render did not finish within its deadline")]
     Deadline,
+    /// The encoder failed (500).
     #[error("encoding failed: {0}")]
     Encode(String),
+    /// The master could not be read (500).
     #[error("reading the master: {0}")]
     Io(String),
 }
@@ -48,12 +54,19 @@ pub enum RenderError {
 /// What a render is asked to do.
 #[derive(Debug, Clone)]
 pub struct Job {
+    /// The box and how to fill it.
     pub size: Size,
+    /// Output format.
     pub format: Format,
+    /// JPEG quality, 1-100.
     pub jpeg_quality: u8,
+    /// Lossy WebP quality, 1-100.
     pub webp_quality: u8,
+    /// Enlarge a source smaller than the box.
     pub upscale: bool,
+    /// Largest source, in pixels; larger ones are refused before decoding.
     pub max_pixels: u64,
+    /// When the render gives up with [`RenderError::Deadline`].
     pub deadline: Instant,
 }
 

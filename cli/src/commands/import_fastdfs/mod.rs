@@ -39,6 +39,7 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// Files waiting between the walker and the senders.
 const QUEUE: usize = 64;
 
+/// `fdfs import-fastdfs` flags.
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Exit status: 0 when every file was imported or was already there; 1 when any \
@@ -80,10 +81,12 @@ struct Target {
 /// One file that was not imported.
 #[derive(Debug, Clone, Serialize)]
 pub struct Problem {
+    /// The file in the FastDFS store path.
     pub path: String,
     /// The ID it would have had, when its name is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file_id: Option<String>,
+    /// Why it was not imported.
     pub reason: String,
 }
 
@@ -92,9 +95,11 @@ pub struct Problem {
 pub struct Summary {
     /// Files found in the store path.
     pub found: u64,
+    /// Stored in the cluster by this run.
     pub imported: u64,
     /// Already in the cluster with the same content.
     pub skipped: u64,
+    /// Bytes of the files imported.
     pub bytes_imported: u64,
     /// Not imported because of the file (bad name, CRC32, size, ...) or the cluster's refusal (conflict).
     pub refused: Vec<Problem>,

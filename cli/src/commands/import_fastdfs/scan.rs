@@ -45,9 +45,19 @@ pub enum Refusal {
     /// An appender file.
     Appender,
     /// Size differs from the size in the name.
-    SizeMismatch { name: u64, file: u64 },
+    SizeMismatch {
+        /// Size encoded in the name.
+        name: u64,
+        /// Size of the file on disk.
+        file: u64,
+    },
     /// CRC32 differs from the CRC32 in the name.
-    BadCrc { name: u32, file: u32 },
+    BadCrc {
+        /// CRC32 encoded in the name.
+        name: u32,
+        /// CRC32 of the file's content.
+        file: u32,
+    },
     /// The file or its metadata could not be read.
     Unreadable(String),
     /// The metadata file is not FastDFS's format in UTF-8.
