@@ -1,88 +1,98 @@
-//! Test support shared by every fdfs crate's tests (a dev-dependency only).
+//! Test support shared by every fdfs crate's integration tests (a dev-dependency only). Look here before
+//! writing a helper in a test file, and put a new general one here.
 //!
-//! - [`server`]: a server future (tracker, storage node, gateway) run in this process on `127.0.0.1:0`,
-//!   stopped when dropped, or stopped gracefully with [`server::Server::stop`].
-//! - [`process`]: a real cluster of `fdfs` child processes (kill -9, SIGSTOP, restart on the same port).
+//! Servers and clusters:
+//! - [`Server`] ([`server`]): a server future run in this process on `127.0.0.1:0`, stopped when dropped or
+//!   gracefully with [`Server::stop`]; [`inproc`] starts each fdfs server that way (`inproc::tracker(config)`,
+//!   `inproc::storage(config)` (waits for `/health`), `inproc::storage_on(old_addr, config)` to restart one,
+//!   `inproc::gateway(config)`; features `tracker`, `storage`, `gateway`). [`closed_addr`]: an address where
+//!   nothing listens, and nothing will while the tests run.
+//! - [`Node`] ([`node`]): one `fdfs` child process: started, waited for (`listening on`), kill -9
+//!   ([`Node::kill9`]), SIGSTOP/SIGCONT ([`Node::freeze`]/[`Node::thaw`]), SIGTERM ([`Node::stop`]),
+//!   [`Node::restart`] on the same address and data dir ([`Node::restart_with`] extra flags for one run),
+//!   [`Node::wait_healthy`], its log and peak RSS; killed when dropped. [`node::command`]: the `fdfs` binary
+//!   for a client command (`fdfs upload ...`) with a clean environment; [`node::command_with_secret`] for the
+//!   tools that call internal routes. [`SECRET`]: the cluster secret of test clusters.
+//! - [`Cluster`] ([`cluster`]): trackers, storage groups and a gateway as processes, from a [`ClusterSpec`]
+//!   (`ClusterSpec::group(2).storage(&["--write-quorum", "1"])`: flags are added to the defaults). Waits on
+//!   member states ([`Cluster::wait_state`], [`Cluster::wait_tracker`]) and on storage nodes' sync status
+//!   ([`Cluster::wait_sync`], [`Cluster::wait_sync_all`], [`Cluster::wait_peers_active`]); what a member
+//!   holds itself ([`Cluster::held`], [`Cluster::wait_held`]); the gateway's [`Cluster::upload`],
+//!   [`Cluster::upload_content`] (of [`content`]), [`Cluster::download`], [`Cluster::delete`]; changes
+//!   ([`Cluster::kill9`], [`Cluster::restart`], [`Cluster::wipe`], [`Cluster::add_storage`]); peak RSS while
+//!   a transfer runs ([`Cluster::sample_rss`]); [`Cluster::for_big_files`].
 //! - [`netns`]: servers in network namespaces, for partitions (cut and heal the link between two of them).
 //! - [`unit`]: servers started as the shipped systemd units start them, on simulated hosts (namespaces).
-//! - [`eventually`] / [`wait_until`]: polling with a deadline (never a fixed sleep, never a timing assertion).
-//! - [`error_of`] / [`error_code`]: the `error.code` of a JSON error answer.
-//! - [`content`]: deterministic file contents.
-//! - [`big_transfer`] ([`turns`]): tests that move gigabytes take turns.
+//!
+//! Talking to them:
+//! - [`http`]: [`client`] (no redirects) / [`follow_client`], and [`RequestExt`] on reqwest's request builder:
+//!   `.secret()` (the cluster secret header), `.go()` (send; a transport error panics naming the request),
+//!   `.ok_json()` / `.ok_bytes()` (assert 200, else panic with the body), `.error()` (status and `error.code`),
+//!   `.try_json()` / `.try_bytes()` (`Err` with the reason: for polling). [`error_of`] / [`error_code`] /
+//!   [`json_ok`] on a response (the JSON error shape, with a non-empty message, is asserted); [`metrics`] /
+//!   [`metric`] / [`metric_sum`] for Prometheus text; [`redirected`] follows the gateway's 302 by hand.
+//! - [`raw`]: HTTP/1.1 over a bare TCP connection, for bytes no client library sends
+//!   (`raw::send(addr, &raw::request("GET", target, headers, body), How::within(15))`).
+//!
+//! Waiting and data:
+//! - [`eventually`] (a check returning `Option`) / [`eventually_ok`] (a `Result`, whose last `Err` is
+//!   reported) / [`wait_until`] (a plain condition; returns how long it took) ([`wait`]): polling with a
+//!   deadline, in seconds or as a `Duration`; never a fixed sleep, never a timing assertion.
+//! - [`big_transfer`] ([`turns`]): tests that move gigabytes take turns ([`Cluster::for_big_files`] takes
+//!   one for the cluster's life).
+//! - [`content`]: deterministic, non-repeating file contents; [`tempdir`] ([`dirs`]): node data on tmpfs when
+//!   it has room; [`stored_files`] / [`stored_path`] / [`files_under`]: what a store path holds on disk.
+//!
+//! Tests run side by side in one binary (`cargo test` threads): nothing here uses a fixed port, a fixed path
+//! or a process-wide setting (servers run in the test process share the process-wide metrics recorder, so a
+//! test that counts requests runs against processes), and every child process dies with its test.
 
+pub mod cluster;
+pub mod dirs;
+pub mod http;
+pub mod inproc;
 pub mod netns;
-pub mod process;
+pub mod node;
+pub mod raw;
 pub mod server;
 pub mod turns;
 pub mod unit;
+pub mod wait;
 
-use std::future::Future;
-use std::time::{Duration, Instant};
-
+pub use cluster::{member_in, peers_all, Cluster, ClusterSpec, Uploaded, STATE_TIMEOUT};
+pub use dirs::{files_under, free_bytes, stored_files, stored_path, tempdir, TestDir};
+pub use http::{
+    client, error_code, error_of, follow_client, json_ok, metric, metric_sum, metrics, redirected,
+    RequestExt,
+};
+pub use node::{args, Node, Role, SECRET};
 pub use server::{closed_addr, Server};
 pub use turns::big_transfer;
+pub use wait::{eventually, eventually_ok, wait_until};
 
-/// Poll `check` until it returns `Some`, panicking with `what` after `secs` seconds.
-pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {secs}s waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Size of the big-file tests: `FDFS_BIG_FILE_MB` MiB (`256` makes them quicker locally), 2 GiB by default.
+pub fn big_file_size() -> u64 {
+    let mb: u64 = std::env::var("FDFS_BIG_FILE_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2048);
+    mb << 20
 }
 
-/// Poll a synchronous condition until it holds, panicking with `what` after `timeout`; returns how long it took.
-pub async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Duration {
-    let t0 = Instant::now();
-    while !cond() {
-        assert!(
-            t0.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    t0.elapsed()
-}
-
-/// A reqwest client that ignores proxy settings and does not follow redirects.
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("reqwest client")
-}
-
-/// The status and `error.code` of a JSON error answer (panics if the body is not the JSON error shape).
-pub async fn error_of(resp: reqwest::Response) -> (u16, String) {
-    let status = resp.status().as_u16();
-    let text = resp.text().await.expect("error body");
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{status}: error body is not JSON ({e}): {text}"));
-    let code = v["error"]["code"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{status}: no error.code in {text}"));
-    (status, code.to_owned())
-}
-
-/// The `error.code` of a JSON error answer.
-pub async fn error_code(resp: reqwest::Response) -> String {
-    error_of(resp).await.1
-}
-
-/// Deterministic test content number `i` of `len` bytes (different files differ, no file is all one byte).
+/// Deterministic content number `i` of `len` bytes: a pseudo-random stream (splitmix64) seeded by `i`, so
+/// different files differ, no two offsets of a file line up by accident (a shifted read is caught), and
+/// `content(i, n)` is a prefix of `content(i, m)` for `n < m`.
 pub fn content(i: usize, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|j| (i * 131 + j * 7 + j / 251) as u8)
-        .collect()
+    const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut state = (i as u64).wrapping_mul(GOLDEN) ^ 0xD1B5_4A32_D192_ED03;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state = state.wrapping_add(GOLDEN);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    out.truncate(len);
+    out
 }

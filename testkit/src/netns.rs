@@ -14,16 +14,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
 
 use fdfs_common::sys;
 
-use crate::process::{bin, hermetic_env, read_lines, tail, wait_listening, Role};
+use crate::node::{launch_with, tail, Role};
 
 /// Namespace names start with this, then `<pid>-<n>-`.
 const PREFIX: &str = "fdfsnet-";
-/// How long a server may take to print `listening on`.
-const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Run `ip <args>`; the error carries its stderr.
 fn ip(args: &[&str]) -> Result<(), String> {
@@ -265,13 +262,11 @@ impl Net {
         self.rules(a, b, "del").unwrap_or_else(|e| panic!("{e}"));
     }
 
-    /// `program` set up to run inside `host`'s namespace (it enters the namespace between fork and exec).
-    pub fn command(&self, host: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    /// Make `cmd` run inside `host`'s namespace (it enters the namespace between fork and exec).
+    pub fn enter(&self, host: &str, cmd: &mut Command) {
         let path = format!("/run/netns/{}", self.namespace(host));
         let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-        let mut cmd = Command::new(program);
-        sys::in_net_namespace(&mut cmd, ns);
-        cmd
+        sys::in_net_namespace(cmd, ns);
     }
 
     /// Start `fdfs <role> --listen <host's address>:<port> <args>` inside `host`'s namespace, its stderr in
@@ -287,35 +282,10 @@ impl Net {
         log: &Path,
     ) -> NetNode {
         std::fs::create_dir_all(dir).expect("create node dir");
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("open log");
         let listen = format!("{}:{port}", self.ip(host));
-        let sub = match role {
-            Role::Tracker => "tracker",
-            Role::Storage => "storage",
-            Role::Gateway => "gateway",
-        };
-        let mut cmd = self.command(host, bin());
-        cmd.arg(sub)
-            .args(["--listen", &listen])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log_file));
-        hermetic_env(&mut cmd);
-        let mut child = cmd.spawn().expect("spawn fdfs in a namespace");
-        let lines = read_lines(child.stdout.take().expect("piped stdout"));
-        let addr = match wait_listening(&lines, LISTEN_TIMEOUT) {
-            Ok(a) => a,
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("fdfs {sub} in {host}: {e}; log:\n{}", tail(log, 40));
-            }
-        };
+        let (child, addr) = launch_with(role, &listen, args, log, |cmd| self.enter(host, cmd))
+            .wait()
+            .unwrap_or_else(|e| panic!("in {host}: {e}"));
         NetNode {
             name: host.to_owned(),
             addr,

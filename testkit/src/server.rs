@@ -1,5 +1,6 @@
 //! A server future run in this process on `127.0.0.1:0`: `Server::start(|listener, shutdown| run(listener,
-//! config, shutdown))` works for `fdfs_tracker::run`, `fdfs_storage::run` and `fdfs_gateway::run`.
+//! config, shutdown))` works for `fdfs_tracker::run`, `fdfs_storage::run` and `fdfs_gateway::run`; and
+//! [`closed_addr`], an address where nothing listens.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -41,16 +42,27 @@ impl Server {
         Server::start_on("127.0.0.1:0", run).await
     }
 
-    /// [`Server::start`] on a given address (e.g. to restart on the same port).
+    /// [`Server::start`] on a given address (e.g. to restart on the same port: while the old socket lingers,
+    /// the bind is retried for up to 10 s).
     pub async fn start_on<F, Fut, E>(listen: &str, run: F) -> Server
     where
         F: FnOnce(TcpListener, Shutdown) -> Fut,
         Fut: Future<Output = Result<(), E>> + Send + 'static,
         E: std::fmt::Display + Send + 'static,
     {
-        let listener = TcpListener::bind(listen)
-            .await
-            .unwrap_or_else(|e| panic!("bind {listen}: {e}"));
+        let t0 = std::time::Instant::now();
+        let listener = loop {
+            match TcpListener::bind(listen).await {
+                Ok(l) => break l,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AddrInUse
+                        && t0.elapsed() < Duration::from_secs(10) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("bind {listen}: {e}"),
+            }
+        };
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = oneshot::channel();
         let fut = run(listener, Shutdown(rx));
@@ -77,10 +89,19 @@ impl Server {
         self.task.as_ref().is_none_or(JoinHandle::is_finished)
     }
 
-    /// Wait until `GET /health` answers 2xx; panics if the server exits first or after `timeout`.
+    /// Wait until `GET /health` (ready) answers 2xx; panics if the server exits first or after `timeout`.
     pub async fn wait_healthy(&self, timeout: Duration) {
+        self.wait_answering("/health", timeout).await;
+    }
+
+    /// Wait until `GET /livez` (alive, whether or not ready: a storage node without a tracker) answers 2xx.
+    pub async fn wait_live(&self, timeout: Duration) {
+        self.wait_answering("/livez", timeout).await;
+    }
+
+    async fn wait_answering(&self, path: &str, timeout: Duration) {
         let client = crate::client();
-        let url = self.url("/health");
+        let url = self.url(path);
         crate::eventually(
             timeout.as_secs().max(1),
             &format!("{url} to answer"),
@@ -121,10 +142,17 @@ impl Drop for Server {
     }
 }
 
-/// An address where nothing listens (bound then released).
+/// An address where nothing listens, and nothing will while the test process runs: a socket bound to
+/// `127.0.0.1:0` and never listening holds the port (connections to it are refused), so no server of a test
+/// running alongside can be given it, as it could if the port were bound and released.
 pub fn closed_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let a = l.local_addr().expect("local addr").to_string();
-    drop(l);
-    a
+    use rustix::net::{AddressFamily, SocketType};
+    static HELD: std::sync::Mutex<Vec<std::os::fd::OwnedFd>> = std::sync::Mutex::new(Vec::new());
+    let fd = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).expect("socket");
+    let any = std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 0);
+    rustix::net::bind(&fd, &any).expect("bind 127.0.0.1:0");
+    let addr = std::net::SocketAddr::try_from(rustix::net::getsockname(&fd).expect("getsockname"))
+        .expect("an IP address");
+    HELD.lock().unwrap_or_else(|e| e.into_inner()).push(fd);
+    addr.to_string()
 }

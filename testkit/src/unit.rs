@@ -247,7 +247,8 @@ pub fn start(net: &Net, host: &HostRoot, unit: &Unit, log: &Path) -> Child {
         .append(true)
         .open(log)
         .expect("open log");
-    let mut cmd = net.command(&host.name, &unit.exec_start[0]);
+    let mut cmd = std::process::Command::new(&unit.exec_start[0]);
+    net.enter(&host.name, &mut cmd);
     cmd.args(&unit.exec_start[1..])
         .env_clear()
         .envs(env)

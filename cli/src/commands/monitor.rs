@@ -55,6 +55,7 @@ pub enum Action {
     /// Drain a member: no new uploads go to it (reads still do); waits until the other active members of its
     /// group hold every file it holds, then says it can be stopped and removed.
     Drain {
+        /// The member to drain.
         #[command(flatten)]
         member: MemberArgs,
         /// Give up waiting for the catch-up after this many seconds (the drain stays on).
@@ -512,7 +513,7 @@ mod tests {
         let t = render("http://127.0.0.1:8080", &view, 1000);
         let row = |id: u32| {
             t.lines()
-                .find(|l| l.trim_start().starts_with(&format!("{id} ")))
+                .find(|l| l.contains(&format!(" 127.0.0.1:900{id} ")))
                 .unwrap_or_else(|| panic!("no row {id} in {t}"))
                 .to_owned()
         };

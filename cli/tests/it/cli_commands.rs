@@ -5,9 +5,9 @@
 use std::path::Path;
 use std::process::Output;
 
-use crate::common::{Cluster, ClusterSpec, BIN};
 use fdfs::pattern::Pattern;
 use fdfs_common::wire::{ClusterView, MemberState};
+use fdfs_testkit::{node, tempdir, Cluster, ClusterSpec, RequestExt};
 use serde_json::Value;
 
 /// Run `fdfs ARGS` against `gateway`.
@@ -17,16 +17,12 @@ async fn fdfs(gateway: &str, args: &[&str]) -> Output {
 
 /// Run `fdfs ARGS` against `gateway` with extra environment variables.
 async fn fdfs_env(gateway: &str, env: &[(&str, &str)], args: &[&str]) -> Output {
-    let mut cmd = tokio::process::Command::new(BIN);
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("FDFS_") {
-            cmd.env_remove(k);
-        }
-    }
+    let mut cmd = node::command();
     cmd.env("FDFS_GATEWAY", gateway)
         .envs(env.iter().copied())
         .args(args)
-        .stdin(std::process::Stdio::null())
+        .stdin(std::process::Stdio::null());
+    tokio::process::Command::from(cmd)
         .output()
         .await
         .expect("run fdfs")
@@ -81,7 +77,7 @@ fn write(path: &Path, data: &[u8]) {
 async fn cli_commands_against_a_real_cluster() {
     let c = Cluster::start(ClusterSpec::default()).await;
     let gw = c.gateway_url();
-    let work = crate::common::tempdir(1 << 30);
+    let work = tempdir(1 << 30);
     let w = work.path();
 
     // upload: a 5 MiB file with metadata, streamed from disk.
@@ -258,15 +254,9 @@ async fn cli_commands_against_a_real_cluster() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_sends_the_api_key() {
-    let c = Cluster::start(ClusterSpec {
-        groups: 1,
-        members: 1,
-        gateway_args: crate::common::args(&["--api-key", "sekret"]),
-        ..ClusterSpec::default()
-    })
-    .await;
+    let c = Cluster::start(ClusterSpec::group(1).gateway(&["--api-key", "sekret"])).await;
     let gw = c.gateway_url();
-    let work = crate::common::tempdir(1 << 20);
+    let work = tempdir(1 << 20);
     let f = work.path().join("k.txt");
     std::fs::write(&f, b"key").unwrap();
     let f = f.to_str().unwrap();
@@ -279,22 +269,11 @@ async fn cli_sends_the_api_key() {
 
 #[tokio::test]
 async fn cli_signs_anti_leech_links() {
-    let c = Cluster::start(ClusterSpec {
-        groups: 1,
-        members: 1,
-        storage_args: crate::common::args(&[
-            "--heartbeat-interval-ms",
-            "200",
-            "--anti-leech-secret",
-            "leech",
-            "--token-ttl-secs",
-            "600",
-        ]),
-        ..ClusterSpec::default()
-    })
-    .await;
+    let spec =
+        ClusterSpec::group(1).storage(&["--anti-leech-secret", "leech", "--token-ttl-secs", "600"]);
+    let c = Cluster::start(spec).await;
     let gw = c.gateway_url();
-    let work = crate::common::tempdir(1 << 20);
+    let work = tempdir(1 << 20);
     let f = work.path().join("s.txt");
     std::fs::write(&f, b"signed bytes").unwrap();
     let id = ok(&fdfs(&gw, &["upload", "-q", f.to_str().unwrap()]).await);
@@ -302,18 +281,17 @@ async fn cli_signs_anti_leech_links() {
     let node = c.storage[0][0].url();
 
     // Without a token the node refuses.
-    let r = c.http.get(format!("{node}/{id}")).send().await.unwrap();
-    assert_eq!(r.status(), 403);
+    let http = &c.http;
+    let status = |url: String| async move { http.get(url.trim()).go().await.status() };
+    assert_eq!(status(format!("{node}/{id}")).await, 403);
 
     // `fdfs sign --base` prints a full link the node accepts.
     let link = ok(&fdfs(&gw, &["sign", id, "--secret", "leech", "--base", &node]).await);
-    let r = c.http.get(link.trim()).send().await.unwrap();
-    assert_eq!(r.status(), 200, "{link}");
-    assert_eq!(r.bytes().await.unwrap().as_ref(), b"signed bytes");
+    assert_eq!(c.http.get(link.trim()).ok_bytes().await, b"signed bytes");
 
     // Signed with the wrong secret, or longer ago than the TTL: refused.
     let wrong = ok(&fdfs(&gw, &["sign", id, "--secret", "nope", "--base", &node]).await);
-    assert_eq!(c.http.get(wrong.trim()).send().await.unwrap().status(), 403);
+    assert_eq!(status(wrong).await, 403);
     let old = (fdfs_common::time::unix_now() - 3600).to_string();
     let stale = ok(&fdfs(
         &gw,
@@ -322,7 +300,7 @@ async fn cli_signs_anti_leech_links() {
         ],
     )
     .await);
-    assert_eq!(c.http.get(stale.trim()).send().await.unwrap().status(), 403);
+    assert_eq!(status(stale).await, 403);
 
     // Without --base only the query is printed; a malformed ID is a usage error.
     let q = ok(&fdfs(&gw, &["sign", id, "--secret", "leech"]).await);

@@ -100,7 +100,7 @@ struct Deployment {
     nginxes: Vec<Nginx>,
     hosts: HashMap<String, HostRoot>,
     net: Net,
-    dir: tempfile::TempDir,
+    dir: fdfs_testkit::TestDir,
     http: reqwest::Client,
 }
 
@@ -127,7 +127,7 @@ impl Deployment {
         for bin in ["fdfs", "fdfs-tracker", "fdfs-storage", "fdfs-gateway"] {
             let link = h.path(&format!("/usr/local/bin/{bin}"));
             let _ = std::fs::remove_file(&link);
-            std::os::unix::fs::symlink(crate::common::BIN, &link).unwrap();
+            std::os::unix::fs::symlink(fdfs_testkit::node::bin(), &link).unwrap();
         }
         std::fs::write(h.path(&format!("/etc/fdfs/{role}.toml")), config).unwrap();
         let env = h.path("/etc/fdfs/fdfs.env");
@@ -235,7 +235,8 @@ impl Deployment {
              fastcgi_temp_path {p}/fcgi;\n uwsgi_temp_path {p}/uwsgi;\n scgi_temp_path {p}/scgi;\n{block}\n}}\n"
         );
         std::fs::write(prefix.join("nginx.conf"), main).unwrap();
-        let mut cmd = self.net.command(host, nginx().unwrap());
+        let mut cmd = Command::new(nginx().unwrap());
+        self.net.enter(host, &mut cmd);
         cmd.args([
             "-p",
             &p.to_string(),
@@ -400,7 +401,7 @@ impl Load {
                     let mut i = 0usize;
                     while !stop.load(Ordering::Relaxed) {
                         i += 1;
-                        let data = crate::common::content(w * 100_000 + i, 20_000 + i % 5000);
+                        let data = fdfs_testkit::content(w * 100_000 + i, 20_000 + i % 5000);
                         let got =
                             match upload(&http, &lb, &format!("l{w}-{i}.bin"), None, data.clone())
                                 .await
@@ -459,7 +460,7 @@ impl Load {
 /// Wait until the load made `n` more successful requests (the cluster serves between two steps).
 async fn progress(load: &Load, n: usize) {
     let start = load.done();
-    crate::common::eventually(120, "the load to go on", || async {
+    fdfs_testkit::eventually(120, "the load to go on", || async {
         (load.done() >= start + n).then_some(())
     })
     .await;
@@ -482,7 +483,7 @@ async fn gateway_uploads(http: &reqwest::Client, url: &str) -> u64 {
 }
 
 fn fdfs_cli(args: &[&str], trackers: &str) -> std::process::Output {
-    Command::new(crate::common::BIN)
+    Command::new(fdfs_testkit::node::bin())
         .args(args)
         .args(["--tracker", trackers])
         .env("FDFS_CLUSTER_SECRET", SECRET)
@@ -500,7 +501,7 @@ async fn operator_deploys_from_the_shipped_files() {
     let mut hosts = vec!["t1", "t2", "gw1", "gw2", "lb"];
     hosts.extend(storage_hosts);
     let net = Net::new(&hosts);
-    let dir = crate::common::tempdir(2 << 30);
+    let dir = fdfs_testkit::tempdir(2 << 30);
     let http = reqwest::Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
@@ -612,7 +613,7 @@ async fn operator_deploys_from_the_shipped_files() {
     // Upload; download by the URL (nginx), the gateway (redirect) and nginx with conditional requests.
     let mut known: Vec<(String, String, Vec<u8>)> = Vec::new();
     for i in 0..8 {
-        let data = crate::common::content(i, 50_000 + i);
+        let data = fdfs_testkit::content(i, 50_000 + i);
         let v = upload(&http, &d.lb(), &format!("f{i}.jpg"), None, data.clone())
             .await
             .unwrap();
@@ -716,7 +717,7 @@ async fn operator_deploys_from_the_shipped_files() {
     let mut n = 0;
     loop {
         n += 1;
-        let data = crate::common::content(900 + n, 1000);
+        let data = fdfs_testkit::content(900 + n, 1000);
         let v = upload(&http, &d.lb(), "g3.bin", None, data.clone())
             .await
             .unwrap();
@@ -762,7 +763,7 @@ async fn operator_deploys_from_the_shipped_files() {
             &d.lb(),
             "d.bin",
             Some("group1"),
-            crate::common::content(700 + i, 500),
+            fdfs_testkit::content(700 + i, 500),
         )
         .await
         .unwrap();
@@ -776,7 +777,7 @@ async fn operator_deploys_from_the_shipped_files() {
     }
     // The node learns it is drained with its next heartbeat.
     let s12_health = format!("http://{}:23000/health", d.ip("s12"));
-    crate::common::eventually(30, "the draining node unready", || async {
+    fdfs_testkit::eventually(30, "the draining node unready", || async {
         let r = http.get(&s12_health).send().await.ok()?;
         let v: serde_json::Value = r.json().await.ok()?;
         (v["reason"].as_str()?.starts_with("draining")).then_some(())
@@ -830,7 +831,7 @@ async fn operator_deploys_from_the_shipped_files() {
             // nginx leaves a gateway it could not reach alone for fail_timeout: wait until it sends it
             // requests again before the next one stops (the procedure docs/DEPLOY.md gives).
             let served = gateway_uploads(&http, &url).await;
-            crate::common::eventually(60, "nginx sending to the restarted gateway", || async {
+            fdfs_testkit::eventually(60, "nginx sending to the restarted gateway", || async {
                 (gateway_uploads(&http, &url).await > served).then_some(())
             })
             .await;

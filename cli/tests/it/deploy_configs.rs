@@ -4,7 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::common::{args, try_spawn_server, Role};
+use fdfs_testkit::node::try_spawn_server;
+use fdfs_testkit::{args, tempdir, Role};
 use serde::de::DeserializeOwned;
 
 fn example(name: &str) -> PathBuf {
@@ -15,7 +16,7 @@ fn example(name: &str) -> PathBuf {
 
 /// Start `role` with `--config file` and the extra flags; it must print `listening on`, then is stopped.
 fn starts(role: Role, file: &Path, extra: &[String]) {
-    let dir = crate::common::tempdir(0);
+    let dir = tempdir(0);
     let log = dir.path().join("server.log");
     let mut a = vec!["--config".to_owned(), file.display().to_string()];
     a.extend(extra.iter().cloned());
@@ -105,7 +106,7 @@ fn example_configs_cover_and_parse() {
 
 #[test]
 fn storage_starts_from_its_example() {
-    let store = crate::common::tempdir(0);
+    let store = tempdir(0);
     starts(
         Role::Storage,
         &example("storage.toml"),
@@ -120,7 +121,7 @@ fn gateway_starts_from_its_example() {
 
 #[test]
 fn tracker_starts_from_its_example() {
-    let data = crate::common::tempdir(0);
+    let data = fdfs_testkit::tempdir(0);
     starts(
         Role::Tracker,
         &example("tracker.toml"),
@@ -188,7 +189,7 @@ fn every_flag_is_a_toml_key_and_an_env_variable_of_one_name() {
 #[test]
 fn server_help_has_no_client_gateway_flag() {
     for sub in fdfs::SERVER_SUBCOMMANDS {
-        let out = std::process::Command::new(crate::common::BIN)
+        let out = std::process::Command::new(fdfs_testkit::node::bin())
             .args([sub, "--help"])
             .output()
             .unwrap();
@@ -196,7 +197,7 @@ fn server_help_has_no_client_gateway_flag() {
         assert!(out.status.success(), "{help}");
         assert!(help.contains("--config"), "{help}");
         assert!(!help.contains("--gateway"), "fdfs {sub} --help: {help}");
-        let out = std::process::Command::new(crate::common::BIN)
+        let out = std::process::Command::new(fdfs_testkit::node::bin())
             .args([sub, "--gateway", "http://127.0.0.1:8080"])
             .output()
             .unwrap();
@@ -208,7 +209,7 @@ fn server_help_has_no_client_gateway_flag() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("client commands"));
     }
     // Client commands take it before or after their name.
-    let out = std::process::Command::new(crate::common::BIN)
+    let out = std::process::Command::new(fdfs_testkit::node::bin())
         .args(["info", "--offline", "--gateway", "http://127.0.0.1:1"])
         .arg("group1/M00/00/00/wKgAA1qCJbeAQ3sLAABe0xvpx3Q419.jpg")
         .output()
@@ -223,7 +224,7 @@ fn config_scaffold_prints_the_shipped_files() {
         ("storage", "storage.toml"),
         ("gateway", "gateway.toml"),
     ] {
-        let out = std::process::Command::new(crate::common::BIN)
+        let out = std::process::Command::new(fdfs_testkit::node::bin())
             .args(["config", sub])
             .output()
             .unwrap();

@@ -6,12 +6,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
-use crate::common::{
-    args, content, member_in, upload, Cluster, ClusterSpec, SECRET, STATE_TIMEOUT,
+use fdfs_common::wire::MemberState;
+use fdfs_testkit::{
+    content, eventually_ok, free_bytes, member_in, tempdir, Cluster, ClusterSpec, RequestExt,
+    STATE_TIMEOUT,
 };
-use fdfs_common::wire::CLUSTER_SECRET_HEADER;
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -48,42 +48,16 @@ impl Drop for Tmpfs {
     }
 }
 
-fn secret(rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-    rb.header(CLUSTER_SECRET_HEADER, SECRET)
-}
-
-/// Poll `cond` until it holds; panics with `what` after `timeout`.
-async fn eventually<F, Fut>(what: &str, timeout: Duration, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        let last = cond().await;
-        match last {
-            Ok(()) => return,
-            Err(e) if Instant::now() > deadline => {
-                panic!("timed out after {timeout:?} waiting for {what}: {e}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
-}
-
 /// Status of `HEAD {node}/v1/replica/{id}` (200 held, 404 absent, 410 deleted).
 async fn replica_status(c: &Cluster, node: &str, id: &str) -> StatusCode {
-    secret(c.http.head(format!("{node}/v1/replica/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .status()
+    let r = c.http.head(format!("{node}/v1/replica/{id}")).secret();
+    r.go().await.status()
 }
 
 /// Fill the filesystem of `dir` until `leave` bytes are free (a file of zeros).
 fn fill(dir: &Path, leave: u64) -> PathBuf {
     use std::io::Write;
-    let free = crate::common::free_bytes(dir).expect("free space of the tmpfs");
+    let free = free_bytes(dir).expect("free space of the tmpfs");
     let mut left = free.saturating_sub(leave);
     let path = dir.join("filler");
     let mut f = std::fs::File::create(&path).unwrap();
@@ -99,7 +73,7 @@ fn fill(dir: &Path, leave: u64) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_member_takes_deletes_and_metadata_and_catches_up_while_uploads_go_elsewhere() {
-    let dir = crate::common::tempdir(1 << 30);
+    let dir = tempdir(1 << 30);
     let store_b = dir.path().join("storage-g1-m2");
     let tmpfs = match Tmpfs::mount(&store_b, "48m", dir.path()) {
         Ok(t) => t,
@@ -108,12 +82,10 @@ async fn full_member_takes_deletes_and_metadata_and_catches_up_while_uploads_go_
             return;
         }
     };
-    let mut spec = ClusterSpec::default();
     // The tracker keeps 4 MiB free on every store path, the storage nodes 1 MiB (their floor for replicas).
-    spec.tracker_args
-        .extend(args(&["--reserved-storage-space", "4MiB"]));
-    spec.storage_args
-        .extend(args(&["--reserved-storage-space", "1MiB"]));
+    let spec = ClusterSpec::default()
+        .tracker(&["--reserved-storage-space", "4MiB"])
+        .storage(&["--reserved-storage-space", "1MiB"]);
     let c = Cluster::start_in(spec, dir).await;
     let (a, b) = (c.storage[0][0].url(), c.storage[0][1].url());
     let base = c.gateway_url();
@@ -121,15 +93,9 @@ async fn full_member_takes_deletes_and_metadata_and_catches_up_while_uploads_go_
     // Two files in group1, held by both members.
     let mut ids = Vec::new();
     for i in 0..2 {
-        let r = c
-            .http
-            .put(format!("{base}/upload/f{i}.bin?group=group1"))
-            .body(content(i, 64 * 1024))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
-        let j: Value = r.json().await.unwrap();
+        let j = c
+            .upload(&format!("f{i}.bin?group=group1"), content(i, 64 * 1024))
+            .await;
         assert_eq!(j["replicas"], 2, "{j}");
         ids.push(j["file_id"].as_str().unwrap().to_owned());
     }
@@ -145,24 +111,20 @@ async fn full_member_takes_deletes_and_metadata_and_catches_up_while_uploads_go_
     // An upload straight to A that cannot fit on B (3 MiB): B refuses it, so the write quorum of 2 is not reached
     // (503) but A keeps the file and must replicate it later.
     let big = content(7, 3 * MIB as usize);
-    let r = secret(c.http.post(format!("{a}/v1/upload?ext=bin")))
-        .body(big.clone())
-        .send()
-        .await
-        .unwrap();
+    let r = c.http.post(format!("{a}/v1/upload?ext=bin")).secret();
+    let r = r.body(big.clone()).go().await;
     assert_eq!(
         r.status(),
         StatusCode::SERVICE_UNAVAILABLE,
         "{}",
         r.text().await.unwrap()
     );
-    let listing: Value = secret(c.http.get(format!("{a}/v1/sync/files?limit=100")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listing: Value = c
+        .http
+        .get(format!("{a}/v1/sync/files?limit=100"))
+        .secret()
+        .ok_json()
+        .await;
     let refused = listing["files"]
         .as_array()
         .unwrap()
@@ -178,20 +140,14 @@ async fn full_member_takes_deletes_and_metadata_and_catches_up_while_uploads_go_
     );
 
     // A delete and a metadata change on A, behind the refused upload in A's binlog, reach B.
-    let r = secret(c.http.delete(format!("{a}/v1/files/{}", ids[0])))
-        .send()
-        .await
-        .unwrap();
+    let r = c.http.delete(format!("{a}/v1/files/{}", ids[0]));
+    assert_eq!(r.secret().go().await.status(), StatusCode::OK);
+    let r = c.http.put(format!("{a}/v1/meta/{}", ids[1]));
+    let r = r.secret().json(&serde_json::json!({"k": "v"})).go().await;
     assert_eq!(r.status(), StatusCode::OK);
-    let r = secret(c.http.put(format!("{a}/v1/meta/{}", ids[1])))
-        .json(&serde_json::json!({"k": "v"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    eventually(
-        "the delete to reach the full member",
+    eventually_ok(
         STATE_TIMEOUT,
+        "the delete to reach the full member",
         || async {
             match replica_status(&c, &b, &ids[0]).await {
                 StatusCode::GONE => Ok(()),
@@ -200,15 +156,12 @@ async fn full_member_takes_deletes_and_metadata_and_catches_up_while_uploads_go_
         },
     )
     .await;
-    eventually(
-        "the metadata to reach the full member",
+    eventually_ok(
         STATE_TIMEOUT,
+        "the metadata to reach the full member",
         || async {
-            let r = secret(c.http.get(format!("{b}/v1/replica/meta/{}", ids[1])))
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            let meta: Value = r.json().await.map_err(|e| e.to_string())?;
+            let r = c.http.get(format!("{b}/v1/replica/meta/{}", ids[1]));
+            let meta: Value = r.secret().try_json().await?;
             if meta["k"] == "v" {
                 Ok(())
             } else {
@@ -224,17 +177,14 @@ async fn full_member_takes_deletes_and_metadata_and_catches_up_while_uploads_go_
 
     // New uploads all go to group2; group1 is refused while a member is full.
     for i in 0..6 {
-        let j = upload(&c, &format!("n{i}.bin"), content(10 + i, 32 * 1024)).await;
+        let j = c
+            .upload(&format!("n{i}.bin"), content(10 + i, 32 * 1024))
+            .await;
         assert_eq!(j["group"], "group2", "{j}");
         assert_eq!(j["replicas"], 2, "{j}");
     }
-    let r = c
-        .http
-        .put(format!("{base}/upload/g1.bin?group=group1"))
-        .body(content(20, 1024))
-        .send()
-        .await
-        .unwrap();
+    let r = c.http.put(format!("{base}/upload/g1.bin?group=group1"));
+    let r = r.body(content(20, 1024)).go().await;
     assert_eq!(
         r.status(),
         StatusCode::INSUFFICIENT_STORAGE,
@@ -246,34 +196,21 @@ async fn full_member_takes_deletes_and_metadata_and_catches_up_while_uploads_go_
     let mut c = c;
     c.kill9(0, 0);
     c.restart(0, 0);
-    c.wait_state(0, 0, fdfs_common::wire::MemberState::Active)
-        .await;
+    c.wait_state(0, 0, MemberState::Active).await;
 
     // Space frees: B takes the refused upload, A's binlog drains, group1 takes uploads again.
     std::fs::remove_file(&filler).unwrap();
-    eventually("the full member to catch up", STATE_TIMEOUT, || async {
+    eventually_ok(STATE_TIMEOUT, "the full member to catch up", || async {
         match replica_status(&c, &b, &refused).await {
             StatusCode::OK => Ok(()),
             s => Err(format!("B answers {s} for the refused upload")),
         }
     })
     .await;
-    let got = secret(c.http.get(format!("{b}/v1/replica/{refused}")))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    assert!(got == big, "B's copy of the refused upload differs");
-    eventually("A's binlog to drain towards B", STATE_TIMEOUT, || async {
-        let st: Value = secret(c.http.get(format!("{a}/v1/sync/status")))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
+    let got = c.held(&c.storage[0][1], &refused).await;
+    assert!(got == Some(big), "B's copy of the refused upload differs");
+    eventually_ok(STATE_TIMEOUT, "A's binlog to drain towards B", || async {
+        let st = c.sync_status(&c.storage[0][0]).await?;
         let pending: u64 = st["peers"]
             .as_array()
             .into_iter()
@@ -287,14 +224,10 @@ async fn full_member_takes_deletes_and_metadata_and_catches_up_while_uploads_go_
         }
     })
     .await;
-    eventually("group1 to take uploads again", STATE_TIMEOUT, || async {
-        let r = c
-            .http
-            .put(format!("{base}/upload/g1.bin?group=group1"))
-            .body(content(21, 1024))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
+    eventually_ok(STATE_TIMEOUT, "group1 to take uploads again", || async {
+        let r = c.http.put(format!("{base}/upload/g1.bin?group=group1"));
+        let r = r.body(content(21, 1024)).send().await;
+        let r = r.map_err(|e| e.to_string())?;
         let status = r.status();
         let text = r.text().await.map_err(|e| e.to_string())?;
         if status == StatusCode::OK && text.contains("\"replicas\":2") {

@@ -7,22 +7,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
-use crate::common::{content, Cluster, ClusterSpec, BIN, SECRET, STATE_TIMEOUT};
-use fdfs_common::wire::CLUSTER_SECRET_HEADER;
 use fdfs_common::NameInfo;
+use fdfs_testkit::{
+    content, eventually, node, stored_path, Cluster, ClusterSpec, RequestExt, STATE_TIMEOUT,
+};
 use serde_json::Value;
-
-/// One group of two members.
-fn spec() -> ClusterSpec {
-    ClusterSpec {
-        groups: 1,
-        members: 2,
-        ..ClusterSpec::default()
-    }
-}
 
 /// Source of every file: the IPv4 address FastDFS puts in its names.
 const SOURCE: [u8; 4] = [10, 0, 0, 7];
@@ -157,13 +149,8 @@ fn build_store(root: PathBuf) -> (Store, String, String) {
     s.good(0x00, 0x00, &thumb_name, &thumb, &[("size", "150x150")]);
     // A slave stored as a symlink (FastDFS `store_slave_file_use_link`) to a file that has its own master name.
     let linked = content(8, 4_000);
-    let target = s.good(
-        0x30,
-        0x30,
-        &fastdfs_name(&linked, 8, Some("gif")),
-        &linked,
-        &[],
-    );
+    let gif = fastdfs_name(&linked, 8, Some("gif"));
+    let target = s.good(0x30, 0x30, &gif, &linked, &[]);
     let link_name = format!("{bare_name}_big");
     let link = s.path(0x10, 0x01, &link_name);
     let target_path = s
@@ -209,13 +196,8 @@ fn build_store(root: PathBuf) -> (Store, String, String) {
     );
     s.bad(0x40, 0x04, &appender, b"appended lines\n", "appender file");
     let odd = content(12, 500);
-    let odd_path = s.bad(
-        0x40,
-        0x05,
-        &fastdfs_name(&odd, 12, Some("txt")),
-        &odd,
-        "bad metadata file",
-    );
+    let odd_name = fastdfs_name(&odd, 12, Some("txt"));
+    let odd_path = s.bad(0x40, 0x05, &odd_name, &odd, "bad metadata file");
     let mut m = odd_path.into_os_string();
     m.push("-m");
     std::fs::write(m, b"title\x02caf\xe9").unwrap();
@@ -224,8 +206,7 @@ fn build_store(root: PathBuf) -> (Store, String, String) {
 
 /// Run `fdfs import-fastdfs` with `extra` flags and `--json`; exit code and the summary.
 fn import(gateway: &str, store: &Path, extra: &[&str]) -> (i32, Value) {
-    let mut cmd = Command::new(BIN);
-    crate::common::hermetic_env(&mut cmd);
+    let mut cmd = node::command_with_secret();
     cmd.args([
         "--gateway",
         gateway,
@@ -262,7 +243,7 @@ fn refused(summary: &Value) -> BTreeMap<String, String> {
 }
 
 async fn get(c: &Cluster, url: &str) -> (u16, Vec<u8>) {
-    let r = c.http.get(url).send().await.unwrap();
+    let r = c.http.get(url).go().await;
     (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
 }
 
@@ -270,8 +251,7 @@ async fn get(c: &Cluster, url: &str) -> (u16, Vec<u8>) {
 async fn assert_served(c: &Cluster, s: &Store) {
     for (id, (body, meta)) in &s.good {
         for node in &c.storage[0] {
-            let rel = id.split_once("M00/").unwrap().1;
-            let on_disk = node.dir.join("data").join(rel);
+            let on_disk = stored_path(&node.dir, id);
             // Replication is asynchronous past the quorum only for members that were down: both are up here.
             let bytes = std::fs::read(&on_disk)
                 .unwrap_or_else(|e| panic!("{id} not on {}'s disk: {e}", node.name));
@@ -279,37 +259,20 @@ async fn assert_served(c: &Cluster, s: &Store) {
             let (status, served) = get(c, &format!("{}/{id}", node.url())).await;
             assert_eq!(status, 200, "{id} from {}", node.name);
             assert_eq!(&served, body, "{id} from {}", node.name);
-            let m: BTreeMap<String, String> = c
-                .http
-                .get(format!("{}/v1/meta/{id}", node.url()))
-                .header(CLUSTER_SECRET_HEADER, SECRET)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let meta_url = format!("{}/v1/meta/{id}", node.url());
+            let m: BTreeMap<String, String> = c.http.get(meta_url).secret().ok_json().await;
             assert_eq!(&m, meta, "metadata of {id} on {}", node.name);
         }
-        let r = c
-            .follow
-            .get(format!("{}/{id}", c.gateway_url()))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "{id} through the gateway");
+        c.download(id).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fastdfs_store_is_imported_under_its_ids_and_a_second_run_skips_it() {
-    let c = Cluster::start(spec()).await;
+    let c = Cluster::start(ClusterSpec::group(2)).await;
     let (s, photo_id, thumb_name) = build_store(c.dir.path().join("fastdfs-store"));
     // FastDFS kept the creation time as the file's mtime: the import keeps the source's mtime.
-    let photo_src = s
-        .root
-        .join("data")
-        .join(photo_id.split_once("M00/").unwrap().1);
+    let photo_src = stored_path(&s.root, &photo_id);
     let old = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::from(CREATED) + 5);
     std::fs::File::options()
         .write(true)
@@ -320,17 +283,8 @@ async fn fastdfs_store_is_imported_under_its_ids_and_a_second_run_skips_it() {
 
     // The gateway route needs the API key or the cluster secret.
     let any_id = s.good.keys().next().unwrap();
-    let r = c
-        .http
-        .put(format!("{}/import/{any_id}", c.gateway_url()))
-        .body("x")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        crate::common::error_of(r).await,
-        (401, "unauthorized".into())
-    );
+    let r = c.http.put(format!("{}/import/{any_id}", c.gateway_url()));
+    assert_eq!(r.body("x").error().await, (401, "unauthorized".into()));
 
     let (code, summary) = import(&c.gateway_url(), &s.root, &[]);
     assert_eq!(
@@ -354,10 +308,7 @@ async fn fastdfs_store_is_imported_under_its_ids_and_a_second_run_skips_it() {
         assert!(reason.starts_with(kind), "{path}: {reason}");
     }
     assert_served(&c, &s).await;
-    let photo_copy = c.storage[0][1]
-        .dir
-        .join("data")
-        .join(photo_id.split_once("M00/").unwrap().1);
+    let photo_copy = stored_path(&c.storage[0][1].dir, &photo_id);
     assert_eq!(
         std::fs::metadata(photo_copy).unwrap().modified().unwrap(),
         old
@@ -383,10 +334,7 @@ async fn fastdfs_store_is_imported_under_its_ids_and_a_second_run_skips_it() {
         .find(|id| id.ends_with(&thumb_name))
         .unwrap()
         .clone();
-    let thumb_src = s
-        .root
-        .join("data")
-        .join(thumb_id.split_once("M00/").unwrap().1);
+    let thumb_src = stored_path(&s.root, &thumb_id);
     std::fs::write(&thumb_src, b"another thumbnail").unwrap();
     let (code, summary) = import(&c.gateway_url(), &s.root, &["--concurrency", "3"]);
     assert_eq!(code, 1, "{summary:#}");
@@ -406,50 +354,25 @@ async fn fastdfs_store_is_imported_under_its_ids_and_a_second_run_skips_it() {
     let node = &c.storage[0][0];
     let mut wrong = body.clone();
     wrong[0] ^= 1;
-    let r = c
-        .http
-        .put(format!("{}/v1/import/{id}", node.url()))
-        .header(CLUSTER_SECRET_HEADER, SECRET)
-        .body(wrong)
-        .send()
-        .await
-        .unwrap();
+    let import_url = format!("{}/v1/import/{id}", node.url());
+    let r = c.http.put(&import_url).secret().body(wrong);
+    assert_eq!(r.error().await, (400, "bad_request".into()));
+    let r = c.http.put(&import_url).body(body.clone());
     assert_eq!(
-        crate::common::error_of(r).await,
-        (400, "bad_request".into())
-    );
-    let r = c
-        .http
-        .put(format!("{}/v1/import/{id}", node.url()))
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        crate::common::error_of(r).await.0,
+        r.error().await.0,
         401,
         "the storage route needs the cluster secret"
     );
     for n in &c.storage[0] {
         // The peer of the pipeline saw the body end with an error and drops its staged copy.
         let tmp = n.dir.join(".fdfs").join("tmp");
-        crate::common::eventually(30, "no staged body left", || async {
+        eventually(30, "no staged body left", || async {
             (std::fs::read_dir(&tmp).unwrap().count() == 0).then_some(())
         })
         .await;
         assert_eq!(get(&c, &format!("{}/{id}", n.url())).await.0, 404);
     }
-    let r: Value = c
-        .http
-        .put(format!("{}/v1/import/{id}", node.url()))
-        .header(CLUSTER_SECRET_HEADER, SECRET)
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: Value = c.http.put(&import_url).secret().body(body).ok_json().await;
     assert_eq!(r["status"], "imported", "{r}");
     assert_eq!(r["replicas"], 2, "{r}");
     assert_eq!(r["file_id"], id.as_str(), "{r}");
@@ -457,7 +380,7 @@ async fn fastdfs_store_is_imported_under_its_ids_and_a_second_run_skips_it() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn import_killed_halfway_resumes_where_it_stopped() {
-    let c = Cluster::start(spec()).await;
+    let c = Cluster::start(ClusterSpec::group(2)).await;
     let mut s = Store::new(c.dir.path().join("fastdfs-store"));
     const FILES: usize = 300;
     for i in 0..FILES {
@@ -472,9 +395,8 @@ async fn import_killed_halfway_resumes_where_it_stopped() {
         );
     }
     let target = &c.storage[0][0];
-    let mut child = {
-        let mut cmd = Command::new(BIN);
-        crate::common::hermetic_env(&mut cmd);
+    let child = {
+        let mut cmd = node::command_with_secret();
         cmd.args([
             "import-fastdfs",
             "--group",
@@ -500,25 +422,22 @@ async fn import_killed_halfway_resumes_where_it_stopped() {
             .find(|m| m.addr == addr)
             .map_or(0, |m| m.file_count)
     };
-    let mut seen = 0;
-    let deadline = std::time::Instant::now() + STATE_TIMEOUT;
-    while seen < 20 {
+    let child = std::cell::RefCell::new(child);
+    let seen = eventually(STATE_TIMEOUT, "the import to make progress", || async {
         assert!(
-            std::time::Instant::now() < deadline,
-            "the import made no progress"
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
+            child.borrow_mut().try_wait().unwrap().is_none(),
             "import ended before it was killed"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        seen = count(&c.view().await);
-    }
+        let seen = count(&c.view().await);
+        (seen >= 20).then_some(seen)
+    })
+    .await;
     target.freeze();
+    let mut child = child.into_inner();
     child.kill().unwrap();
     child.wait().unwrap();
     target.thaw();
-    let before = crate::common::eventually(30, "heartbeats after the thaw", || async {
+    let before = eventually(30, "heartbeats after the thaw", || async {
         let n = count(&c.view().await);
         (n >= seen).then_some(n)
     })
@@ -545,7 +464,7 @@ async fn import_killed_halfway_resumes_where_it_stopped() {
     // No partial or extra file became visible: each member holds exactly the store's files.
     for n in &c.storage[0] {
         let what = format!("{} to report exactly {FILES} files", n.name);
-        crate::common::eventually(30, &what, || async {
+        eventually(30, &what, || async {
             let v = c.view().await;
             let m = v.groups[0]
                 .members

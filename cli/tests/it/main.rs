@@ -4,8 +4,8 @@
 
 mod big_file;
 mod cli_commands;
-mod common;
 mod core_path;
+mod dashboard;
 mod deploy;
 mod deploy_configs;
 mod durability;

@@ -20,9 +20,9 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::common::{args, content, tempdir, Role, SECRET};
-use fdfs_common::wire::{ClusterView, MemberState, UploadResult, CLUSTER_SECRET_HEADER};
+use fdfs_common::wire::{ClusterView, MemberState, UploadResult};
 use fdfs_testkit::netns::{Net, NetNode};
+use fdfs_testkit::{args, content, eventually, eventually_ok, tempdir, RequestExt, Role, TestDir};
 
 /// Every server listens on this port of its own address.
 const PORT: u16 = 8000;
@@ -54,7 +54,7 @@ fn netns_or_skip(test: &str) -> bool {
 struct Partitioned {
     nodes: HashMap<&'static str, NetNode>,
     net: Net,
-    dir: tempfile::TempDir,
+    dir: TestDir,
     http: reqwest::Client,
 }
 
@@ -138,14 +138,8 @@ impl Partitioned {
 
     /// The tracker's view.
     async fn view(&self) -> Option<ClusterView> {
-        let r = self
-            .http
-            .get(format!("{}/cluster", self.url("t")))
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-            .ok()?;
-        r.json().await.ok()
+        let r = self.http.get(format!("{}/cluster", self.url("t")));
+        r.timeout(Duration::from_secs(5)).try_json().await.ok()
     }
 
     /// The state the tracker gives storage member `host`.
@@ -160,40 +154,30 @@ impl Partitioned {
 
     /// Poll the tracker until `a` and `b` are in the given states.
     async fn wait_states(&self, a: MemberState, b: MemberState) {
-        let deadline = Instant::now() + WAIT;
-        loop {
+        let what = format!("a {a:?} and b {b:?}");
+        eventually_ok(WAIT, &what, || async {
             let v = self.view().await;
-            if let Some(v) = &v {
-                if self.state_in(v, "a") == Some(a) && self.state_in(v, "b") == Some(b) {
-                    return;
+            match &v {
+                Some(v) if self.state_in(v, "a") == Some(a) && self.state_in(v, "b") == Some(b) => {
+                    Ok(())
                 }
+                _ => Err(format!("last view {v:#?}")),
             }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for a {a:?} and b {b:?}; last view {v:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await;
     }
 
     /// `GET /v1/sync/status` of storage member `host`.
     async fn sync_status(&self, host: &str) -> Option<serde_json::Value> {
-        let r = self
-            .http
-            .get(format!("{}/v1/sync/status", self.url(host)))
-            .header(CLUSTER_SECRET_HEADER, SECRET)
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-            .ok()?;
-        r.json().await.ok()
+        let r = self.http.get(format!("{}/v1/sync/status", self.url(host)));
+        let r = r.secret().timeout(Duration::from_secs(5));
+        r.try_json().await.ok()
     }
 
     /// Wait until both members hold their group's files and have nothing pending towards each other; their
     /// binlogs' last sequence numbers then.
     async fn wait_caught_up(&self) -> (u64, u64) {
-        let deadline = Instant::now() + WAIT;
-        loop {
+        eventually_ok(WAIT, "replication to catch up after the heal", || async {
             let (sa, sb) = (self.sync_status("a").await, self.sync_status("b").await);
             let done = |s: &Option<serde_json::Value>| {
                 s.as_ref().and_then(|s| {
@@ -206,49 +190,41 @@ impl Partitioned {
                     caught_up.then(|| s["binlog_last_seq"].as_u64()).flatten()
                 })
             };
-            if let (Some(a), Some(b)) = (done(&sa), done(&sb)) {
-                return (a, b);
+            match (done(&sa), done(&sb)) {
+                (Some(a), Some(b)) => Ok((a, b)),
+                _ => Err(format!("a {sa:#?}, b {sb:#?}")),
             }
-            assert!(
-                Instant::now() < deadline,
-                "replication did not catch up after the heal: a {sa:#?}, b {sb:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await
     }
 
     /// Wait until storage member `host` knows it cannot reach its peer (its sync status says why).
     async fn wait_knows_peer_unreachable(&self, host: &str) {
-        let deadline = Instant::now() + WAIT;
-        loop {
+        let what = format!("{host} to notice that its peer is cut off");
+        eventually_ok(WAIT, &what, || async {
             let s = self.sync_status(host).await;
             if s.as_ref()
                 .is_some_and(|s| s["peers"][0]["unreachable"] == "timed_out")
             {
-                return;
+                Ok(())
+            } else {
+                Err(format!("{s:#?}"))
             }
-            assert!(
-                Instant::now() < deadline,
-                "{host} does not notice that its peer is cut off: {s:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await;
+    }
+
+    /// `PUT /upload/{name}` through the gateway: what the client saw.
+    async fn upload(&self, name: &str, body: Vec<u8>) -> Seen {
+        let url = format!("{}/upload/{name}", self.url("gw"));
+        judge(self.http.put(url).body(body.clone()).send().await, body).await
     }
 
     /// Storage member `host`'s own copy of `id` (never proxied), if it has one.
     async fn copy_on(&self, host: &str, id: &str) -> Option<Vec<u8>> {
-        let r = self
-            .http
-            .get(format!("{}/v1/replica/{id}", self.url(host)))
-            .header(CLUSTER_SECRET_HEADER, SECRET)
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .ok()?;
-        if !r.status().is_success() {
-            return None;
-        }
-        r.bytes().await.ok().map(|b| b.to_vec())
+        let r = self.http.get(format!("{}/v1/replica/{id}", self.url(host)));
+        let r = r.secret().timeout(Duration::from_secs(10));
+        r.try_bytes().await.ok()
     }
 }
 
@@ -369,7 +345,7 @@ impl Load {
                     let req = if via == "gateway" {
                         http.put(&url)
                     } else {
-                        http.post(&url).header(CLUSTER_SECRET_HEADER, SECRET)
+                        http.post(&url).secret()
                     };
                     let sent = req.body(body.clone()).send().await;
                     let outcome = judge(sent, body).await;
@@ -452,33 +428,24 @@ async fn verify(p: &Partitioned, outcomes: Vec<Outcome>) {
             continue;
         };
         for host in ["a", "b"] {
-            let deadline = Instant::now() + WAIT;
-            loop {
+            let what = format!(
+                "{host} to hold acknowledged {id} (phase {}, via {})",
+                o.phase, o.via
+            );
+            eventually_ok(WAIT, &what, || async {
                 match p.copy_on(host, id).await {
-                    Some(got) if got == *body => break,
-                    got => assert!(
-                        Instant::now() < deadline,
-                        "{host} lacks acknowledged {id} (phase {}, via {}): {:?} bytes",
-                        o.phase,
-                        o.via,
-                        got.map(|g| g.len())
-                    ),
+                    Some(got) if got == *body => Ok(()),
+                    got => Err(format!("{:?} bytes", got.map(|g| g.len()))),
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            })
+            .await;
         }
     }
 
     // Uploads go through again with both replicas, and both binlogs move and are acknowledged by the peer.
     for i in 0..10 {
         let body = content(900_000 + i, 3000 + i);
-        let sent = p
-            .http
-            .put(format!("{}/upload/after{i}.bin", p.url("gw")))
-            .body(body.clone())
-            .send()
-            .await;
-        match judge(sent, body).await {
+        match p.upload(&format!("after{i}.bin"), body).await {
             Seen::Acked { replicas: 2, .. } => {}
             other => panic!("upload {i} after the heal: {other:?}"),
         }
@@ -504,40 +471,55 @@ async fn binlog_total(p: &Partitioned) -> u64 {
 
 /// Wait until the servers have recorded `n` more uploads than `from` (progress of the load).
 async fn wait_progress(p: &Partitioned, load: &Load, from: u64, n: u64, what: &str) -> u64 {
-    let deadline = Instant::now() + WAIT;
-    loop {
+    eventually_ok(WAIT, what, || async {
         let now = binlog_total(p).await;
         if now >= from + n {
-            return now;
+            return Ok(now);
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what} ({now} of {})",
-            from + n
-        );
         assert!(
             load.tasks.iter().all(|t| !t.is_finished()),
             "an upload client ended early"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        Err(format!("{now} of {}", from + n))
+    })
+    .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn acknowledged_uploads_survive_a_member_cut_off_from_the_tracker_and_nothing_stays_stuck() {
+/// Group1 of `a` and `b` once both are active, under upload load that has gone through, then the link
+/// between `x` and `y` cut: the servers, the load, and the binlog records before the cut (`None` when
+/// partition tests cannot run here and are skipped).
+async fn cut_under_load(x: &str, y: &str) -> Option<(Partitioned, Load, u64)> {
     if !netns_or_skip("this partition test") {
-        return;
+        return None;
     }
     let p = Partitioned::start(&[&["a", "b"]]);
     p.wait_states(MemberState::Active, MemberState::Active)
         .await;
     let load = Load::start(&p);
     let start = wait_progress(&p, &load, 0, 10, "uploads before the cut").await;
+    p.net.cut(x, y);
+    load.enter(CUT);
+    Some((p, load, start))
+}
 
+/// Heal the cut between `x` and `y` under the load; return once both members are active and uploads went
+/// through again.
+async fn heal(p: &Partitioned, load: &Load, x: &str, y: &str) {
+    p.net.heal(x, y);
+    load.enter(HEALED);
+    p.wait_states(MemberState::Active, MemberState::Active)
+        .await;
+    let healed = binlog_total(p).await;
+    wait_progress(p, load, healed, 10, "uploads after the heal").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_uploads_survive_a_member_cut_off_from_the_tracker_and_nothing_stays_stuck() {
     // a loses the tracker (not b, not the gateway): the tracker declares it offline and sends every upload to
     // b, while a keeps taking uploads sent straight to it and replicating with b.
-    p.net.cut("a", "t");
-    load.enter(CUT);
+    let Some((p, load, start)) = cut_under_load("a", "t").await else {
+        return;
+    };
     let cut_at = Instant::now();
     p.wait_states(MemberState::Offline, MemberState::Active)
         .await;
@@ -547,12 +529,7 @@ async fn acknowledged_uploads_survive_a_member_cut_off_from_the_tracker_and_noth
         tokio::time::sleep(left).await;
     }
 
-    p.net.heal("a", "t");
-    load.enter(HEALED);
-    p.wait_states(MemberState::Active, MemberState::Active)
-        .await;
-    let healed = binlog_total(&p).await;
-    wait_progress(&p, &load, healed, 10, "uploads after the heal").await;
+    heal(&p, &load, "a", "t").await;
     let outcomes = load.finish().await;
     assert!(acked(&outcomes, BEFORE) > 0 && acked(&outcomes, CUT) > 0);
     assert!(binlog_total(&p).await > start);
@@ -561,19 +538,11 @@ async fn acknowledged_uploads_survive_a_member_cut_off_from_the_tracker_and_noth
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_uploads_survive_members_cut_off_from_each_other_and_nothing_stays_stuck() {
-    if !netns_or_skip("this partition test") {
-        return;
-    }
-    let p = Partitioned::start(&[&["a", "b"]]);
-    p.wait_states(MemberState::Active, MemberState::Active)
-        .await;
-    let load = Load::start(&p);
-    wait_progress(&p, &load, 0, 10, "uploads before the cut").await;
-
     // a and b lose each other, both still reach the tracker (which keeps both active) and the gateway: neither
     // can reach the write quorum of 2, so uploads must be refused cleanly, and none may be lost.
-    p.net.cut("a", "b");
-    load.enter(CUT);
+    let Some((p, load, _)) = cut_under_load("a", "b").await else {
+        return;
+    };
     tokio::time::sleep(CUT_FOR).await;
     let v = p.view().await.expect("tracker view");
     assert_eq!(
@@ -582,10 +551,7 @@ async fn acknowledged_uploads_survive_members_cut_off_from_each_other_and_nothin
         "the tracker saw the cut between the members; the test proves nothing"
     );
 
-    p.net.heal("a", "b");
-    load.enter(HEALED);
-    let healed = binlog_total(&p).await;
-    wait_progress(&p, &load, healed, 10, "uploads after the heal").await;
+    heal(&p, &load, "a", "b").await;
     let outcomes = load.finish().await;
     assert!(acked(&outcomes, BEFORE) > 0);
     verify(&p, outcomes).await;
@@ -605,11 +571,13 @@ async fn uploads_go_to_another_group_while_a_group_cannot_reach_its_write_quorum
             .iter()
             .all(|h| p.state_in(v, h) == Some(MemberState::Active))
     };
-    let deadline = Instant::now() + WAIT;
-    while !p.view().await.is_some_and(|v| all_active(&p, &v)) {
-        assert!(Instant::now() < deadline, "members do not become active");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(WAIT, "members to become active", || async {
+        p.view()
+            .await
+            .is_some_and(|v| all_active(&p, &v))
+            .then_some(())
+    })
+    .await;
 
     p.net.cut("a", "b");
     // Their sync workers probe each other: both know before any upload needs the other.
@@ -655,14 +623,10 @@ async fn uploads_go_to_another_group_while_a_group_cannot_reach_its_write_quorum
     p.wait_caught_up().await;
     let mut group1 = 0;
     for i in 0..10 {
-        let body = content(5000 + i, 2000);
-        let sent = p
-            .http
-            .put(format!("{}/upload/after{i}.bin", p.url("gw")))
-            .body(body.clone())
-            .send()
-            .await;
-        match judge(sent, body).await {
+        match p
+            .upload(&format!("after{i}.bin"), content(5000 + i, 2000))
+            .await
+        {
             Seen::Acked {
                 id, replicas: 2, ..
             } => group1 += usize::from(id.starts_with("group1/")),

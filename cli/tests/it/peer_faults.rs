@@ -6,23 +6,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::common::{args, content, member_in, Cluster, ClusterSpec, SECRET};
-use fdfs_common::wire::{ClusterView, MemberState, UploadResult, CLUSTER_SECRET_HEADER};
+use fdfs_common::wire::{ClusterView, MemberState, UploadResult};
+use fdfs_testkit::{
+    content, eventually, eventually_ok, member_in, metric, Cluster, ClusterSpec, RequestExt,
+};
 use futures_util::StreamExt;
 
 /// One group of two members; peers count as stalled after 2 s without data.
 fn spec() -> ClusterSpec {
-    ClusterSpec {
-        groups: 1,
-        members: 2,
-        storage_args: args(&[
-            "--heartbeat-interval-ms",
-            "200",
-            "--peer-stall-timeout-ms",
-            "2000",
-        ]),
-        ..ClusterSpec::default()
-    }
+    ClusterSpec::group(2).storage(&["--peer-stall-timeout-ms", "2000"])
 }
 
 /// Upper bound of any one upload here; a frozen peer must not hold an upload anywhere near it.
@@ -36,7 +28,7 @@ async fn upload_to(
 ) -> Result<(u16, Option<UploadResult>), String> {
     let r = http
         .post(format!("{base}/v1/upload?ext=bin"))
-        .header(CLUSTER_SECRET_HEADER, SECRET)
+        .secret()
         .timeout(UPLOAD_BOUND)
         .body(body)
         .send()
@@ -55,7 +47,7 @@ async fn upload_to(
 /// Whether `base` (a storage node's internal URL) holds `id`.
 async fn holds(http: &reqwest::Client, base: &str, id: &str) -> bool {
     http.get(format!("{base}/v1/files/{id}"))
-        .header(CLUSTER_SECRET_HEADER, SECRET)
+        .secret()
         .timeout(Duration::from_secs(10))
         .send()
         .await
@@ -109,36 +101,32 @@ async fn uploads_end_in_bounded_time_while_a_peer_is_frozen() {
     }
 
     let deadline = Instant::now() + Duration::from_secs(300);
-    while finished.load(Ordering::Relaxed) < 8 {
-        assert!(Instant::now() < deadline, "uploads do not go through");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(300, "uploads to go through", || async {
+        (finished.load(Ordering::Relaxed) >= 8).then_some(())
+    })
+    .await;
     // Freeze b while uploads (and their replica pushes to b) are in flight.
     c.storage[0][1].freeze();
     frozen.store(true, Ordering::Relaxed);
     let at_freeze = finished.load(Ordering::Relaxed);
     eprintln!("froze b after {at_freeze} uploads");
     // Uploads go on: first 503s or 200s once the stall is detected, then (b offline) 200 with one replica.
-    loop {
+    let left = deadline.saturating_duration_since(Instant::now());
+    eventually_ok(left, "uploads to go on while b is frozen", || async {
         let capped = acked
             .lock()
             .unwrap()
             .iter()
             .filter(|(_, replicas, after)| *after && *replicas == 1)
             .count();
-        if capped >= 4 && finished.load(Ordering::Relaxed) >= at_freeze + 12 {
-            break;
+        let since = finished.load(Ordering::Relaxed) - at_freeze;
+        // An uploader that failed ends the wait: its panic is reported below.
+        if (capped >= 4 && since >= 12) || workers.iter().any(|w| w.is_finished()) {
+            return Ok(());
         }
-        assert!(
-            Instant::now() < deadline,
-            "uploads stopped finishing while b is frozen ({} finished since)",
-            finished.load(Ordering::Relaxed) - at_freeze
-        );
-        if workers.iter().any(|w| w.is_finished()) {
-            break; // an uploader failed: its panic is reported below
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        Err(format!("{since} finished since, {capped} with one replica"))
+    })
+    .await;
     done.store(true, Ordering::Relaxed);
     for w in workers {
         w.await.expect("uploader");
@@ -151,31 +139,23 @@ async fn uploads_end_in_bounded_time_while_a_peer_is_frozen() {
     eprintln!("{} uploads acknowledged", acked.len());
     let deadline = Instant::now() + Duration::from_secs(180);
     for (id, _, _) in &acked {
-        while !holds(&http, &b, id).await {
-            assert!(
-                Instant::now() < deadline,
-                "{id} never reached b after it resumed"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        eventually(
+            left,
+            &format!("{id} to reach b after it resumed"),
+            || async { holds(&http, &b, id).await.then_some(()) },
+        )
+        .await;
     }
 }
 
 /// `fdfs_catchup_files_total` of a storage node (0 before its first fetch).
 async fn catchup_files(http: &reqwest::Client, base: &str) -> u64 {
-    let Ok(r) = http
-        .get(format!("{base}/metrics"))
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-    else {
+    let r = http.get(format!("{base}/metrics"));
+    let Ok(text) = r.timeout(Duration::from_secs(5)).try_bytes().await else {
         return 0;
     };
-    let text = r.text().await.unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix("fdfs_catchup_files_total "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
+    metric(&String::from_utf8_lossy(&text), "fdfs_catchup_files_total ").map_or(0, |v| v as u64)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -202,6 +182,7 @@ async fn a_new_member_ends_its_catch_up_when_the_source_freezes() {
     // with the most files, then the lowest id: what the catch-up picks).
     let new = c.add_storage(0, &[]);
     let new_base = c.storage[0][new].internal_url();
+    // Polled often: the freeze must come while the catch-up still has most of its files to copy.
     let deadline = Instant::now() + Duration::from_secs(300);
     while catchup_files(&http, &new_base).await == 0 {
         assert!(

@@ -7,10 +7,10 @@
 //!   answers 503 `quorum_unreachable` before reading the body, which the gateway treats the same way (the
 //!   gateway side under a real partition is in `partition.rs`).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::common::{args, content, upload, Cluster, ClusterSpec, SECRET};
-use fdfs_common::wire::{MemberState, CLUSTER_SECRET_HEADER};
+use fdfs_common::wire::MemberState;
+use fdfs_testkit::{args, content, eventually, Cluster, ClusterSpec, RequestExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn uploads_through_the_gateway_go_elsewhere_while_a_killed_member_is_not_yet_offline() {
@@ -24,15 +24,13 @@ async fn uploads_through_the_gateway_go_elsewhere_while_a_killed_member_is_not_y
     let mut groups = std::collections::BTreeMap::<String, usize>::new();
     for i in 0..50 {
         let body = content(i, 4096 + i);
-        let up = upload(&c, &format!("f{i}.bin"), body.clone()).await;
+        let up = c.upload(&format!("f{i}.bin"), body.clone()).await;
         *groups
             .entry(up["group"].as_str().unwrap().to_owned())
             .or_default() += 1;
         // Every acknowledged file reads back with its bytes.
         let url = up["url"].as_str().unwrap();
-        let got = c.http.get(url).send().await.unwrap();
-        assert_eq!(got.status(), 200, "{url}");
-        assert_eq!(got.bytes().await.unwrap().as_ref(), &body[..], "{url}");
+        assert_eq!(c.http.get(url).ok_bytes().await, body, "{url}");
     }
     // The dead member was still listed the whole time, and uploads kept reaching both groups.
     let view = c.view().await;
@@ -44,17 +42,9 @@ async fn uploads_through_the_gateway_go_elsewhere_while_a_killed_member_is_not_y
     assert_eq!(groups.len(), 2, "{groups:?}");
 }
 
-/// Whether storage node `base` says it cannot reach its peer now (`timed_out`), from its sync status.
-async fn peer_unreachable(c: &Cluster, base: &str) -> Option<String> {
-    let r = c
-        .http
-        .get(format!("{base}/v1/sync/status"))
-        .header(CLUSTER_SECRET_HEADER, SECRET)
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .ok()?;
-    let v: serde_json::Value = r.json().await.ok()?;
+/// Why storage member 1 says it cannot reach its peer now (`timed_out`), from its sync status.
+async fn peer_unreachable(c: &Cluster) -> Option<String> {
+    let v = c.sync_status(&c.storage[0][0]).await.ok()?;
     v["peers"][0]["unreachable"].as_str().map(str::to_owned)
 }
 
@@ -62,29 +52,17 @@ async fn peer_unreachable(c: &Cluster, base: &str) -> Option<String> {
 async fn a_member_that_cannot_reach_its_quorum_refuses_an_upload_before_reading_it() {
     // The tracker keeps the frozen peer active for the whole run.
     let spec = ClusterSpec {
-        groups: 1,
-        members: 2,
-        storage_args: args(&[
-            "--heartbeat-interval-ms",
-            "200",
-            "--peer-stall-timeout-ms",
-            "1500",
-        ]),
         tracker_args: args(&["--heartbeat-timeout-ms", "600000"]),
-        ..ClusterSpec::default()
+        ..ClusterSpec::group(2).storage(&["--peer-stall-timeout-ms", "1500"])
     };
     let c = Cluster::start(spec).await;
     let a = c.storage[0][0].internal_url();
     c.storage[0][1].freeze();
     // a's sync worker probes its idle peer: a learns that b does not answer without losing an upload to it.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while peer_unreachable(&c, &a).await.as_deref() != Some("timed_out") {
-        assert!(
-            Instant::now() < deadline,
-            "a does not notice that b is frozen"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(60, "a to notice that b is frozen", || async {
+        (peer_unreachable(&c).await.as_deref() == Some("timed_out")).then_some(())
+    })
+    .await;
 
     // A body that never ends: a node that read it would never answer.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
@@ -95,35 +73,28 @@ async fn a_member_that_cannot_reach_its_quorum_refuses_an_upload_before_reading_
     let resp = c
         .http
         .post(format!("{a}/v1/upload?ext=bin"))
-        .header(CLUSTER_SECRET_HEADER, SECRET)
+        .secret()
         .timeout(Duration::from_secs(60))
         .body(body)
         .send()
         .await
         .expect("an answer while the body is still open");
-    let (status, code) = crate::common::error_of(resp).await;
+    let (status, code) = fdfs_testkit::error_of(resp).await;
     assert_eq!((status, code.as_str()), (503, "quorum_unreachable"));
     drop(tx);
 
     // b answers again: a notices, and takes uploads with both replicas.
     c.storage[0][1].thaw();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while peer_unreachable(&c, &a).await.is_some() {
-        assert!(
-            Instant::now() < deadline,
-            "a does not notice that b is back"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let r = c
+    eventually(60, "a to notice that b is back", || async {
+        peer_unreachable(&c).await.is_none().then_some(())
+    })
+    .await;
+    let up: serde_json::Value = c
         .http
         .post(format!("{a}/v1/upload?ext=bin"))
-        .header(CLUSTER_SECRET_HEADER, SECRET)
+        .secret()
         .body(content(2, 5000))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let up: serde_json::Value = r.json().await.unwrap();
+        .ok_json()
+        .await;
     assert_eq!(up["replicas"], 2, "{up}");
 }

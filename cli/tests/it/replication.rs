@@ -3,113 +3,35 @@
 //! every file stays downloadable through the gateway; a member that missed uploads and deletes while killed
 //! converges to its peer's exact file set; losing one of two trackers changes nothing for clients.
 
-use std::collections::BTreeSet;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::common::{
-    args, content, member_in, upload, Cluster, ClusterSpec, SECRET, STATE_TIMEOUT,
-};
 use fdfs_common::wire::MemberState;
+use fdfs_testkit::{
+    content, stored_files, wait_until, Cluster, ClusterSpec, RequestExt, STATE_TIMEOUT,
+};
 use reqwest::StatusCode;
-use serde_json::Value;
 
 /// One group of two members, one tracker unless told, the gateway streaming downloads itself (so a dead member
-/// is skipped rather than redirected to).
-fn spec(trackers: usize) -> ClusterSpec {
-    ClusterSpec {
-        groups: 1,
-        members: 2,
+/// is skipped rather than redirected to); returns once every member sees its peer active (from then on uploads
+/// reach `write_quorum` members).
+async fn start(trackers: usize) -> Cluster {
+    let spec = ClusterSpec {
         trackers,
-        gateway_args: args(&["--download-mode", "proxy"]),
-        ..ClusterSpec::default()
-    }
-}
-
-/// Start the cluster and wait until every storage node sees each of its peers active (a node learns that from
-/// heartbeat replies, a beat after the tracker): from then on uploads reach `write_quorum` members.
-async fn start(spec: ClusterSpec) -> Cluster {
+        ..ClusterSpec::group(2).gateway(&["--download-mode", "proxy"])
+    };
     let c = Cluster::start(spec).await;
-    wait_peers(&c, "active").await;
+    c.wait_peers_active().await;
     c
 }
 
-/// Poll every storage node's `GET /v1/sync/status` until all its peers are in `state`.
-async fn wait_peers(c: &Cluster, state: &str) {
-    let t0 = Instant::now();
-    for n in c.all_storage() {
-        loop {
-            let st: Value = c
-                .http
-                .get(format!("{}/v1/sync/status", n.url()))
-                .header(fdfs_common::wire::CLUSTER_SECRET_HEADER, SECRET)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let peers = st["peers"]
-                .as_array()
-                .unwrap_or_else(|| panic!("{}: {st}", n.name));
-            if !peers.is_empty() && peers.iter().all(|p| p["state"] == state) {
-                break;
-            }
-            assert!(
-                t0.elapsed() < STATE_TIMEOUT,
-                "{}: peers never all {state}: {st}",
-                n.name
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
+/// The bytes the gateway serves for `id`, or why it does not.
 async fn download(c: &Cluster, id: &str) -> Result<Vec<u8>, String> {
-    let r = c
-        .follow
+    c.follow
         .get(format!("{}/{id}", c.gateway_url()))
-        .send()
+        .try_bytes()
         .await
-        .map_err(|e| e.to_string())?;
-    if r.status() != StatusCode::OK {
-        return Err(format!("{id}: {}", r.status()));
-    }
-    r.bytes()
-        .await
-        .map(|b| b.to_vec())
-        .map_err(|e| e.to_string())
-}
-
-/// Names of the files in a storage node's data directory (metadata files excluded).
-fn files_on_disk(dir: &Path) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let Ok(d1s) = std::fs::read_dir(dir.join("data")) else {
-        return out;
-    };
-    for d1 in d1s.flatten() {
-        let Ok(d2s) = std::fs::read_dir(d1.path()) else {
-            continue;
-        };
-        for d2 in d2s.flatten() {
-            let Ok(files) = std::fs::read_dir(d2.path()) else {
-                continue;
-            };
-            for f in files.flatten() {
-                let name = f.file_name().to_string_lossy().into_owned();
-                if !name.ends_with("-m") {
-                    out.insert(format!(
-                        "{}/{}/{name}",
-                        d1.file_name().to_string_lossy(),
-                        d2.file_name().to_string_lossy()
-                    ));
-                }
-            }
-        }
-    }
-    out
 }
 
 /// `XX/YY/name` of a file ID.
@@ -117,16 +39,15 @@ fn rel(id: &str) -> String {
     id.splitn(3, '/').nth(2).unwrap().to_owned()
 }
 
-async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Duration {
-    let t0 = Instant::now();
-    while !cond() {
-        assert!(
-            t0.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    t0.elapsed()
+/// Wait until tracker 0 sees storage member `m` of group 1 in `state`.
+async fn wait_member(c: &Cluster, m: usize, state: MemberState) {
+    c.wait_state(0, m, state).await;
+}
+
+/// Whether every storage node is active in a view.
+fn all_active(c: &Cluster, v: &fdfs_common::wire::ClusterView) -> bool {
+    c.all_storage()
+        .all(|n| c.state_in(v, n) == Some(MemberState::Active))
 }
 
 /// Downloads every file through the gateway in a loop until stopped; counts failures.
@@ -170,11 +91,10 @@ impl Reader {
 
     async fn wait_rounds(&self, n: u64) {
         let target = self.rounds.load(Ordering::Relaxed) + n;
-        let t0 = Instant::now();
-        while self.rounds.load(Ordering::Relaxed) < target {
-            assert!(t0.elapsed() < STATE_TIMEOUT, "reader stalled");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_until(STATE_TIMEOUT, "the reader's rounds", || {
+            self.rounds.load(Ordering::Relaxed) >= target
+        })
+        .await;
     }
 
     async fn finish(self) -> (u64, Vec<String>) {
@@ -186,21 +106,22 @@ impl Reader {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_and_wiped_member_recovers_while_files_stay_available() {
-    let mut c = start(spec(1)).await;
+    let mut c = start(1).await;
     let mut files = Vec::new();
     for i in 0..30 {
-        let body = content(i, 10_000 + i * 1000);
-        let j = upload(&c, &format!("f{i}.bin"), body.clone()).await;
+        let u = c
+            .upload_content(&format!("f{i}.bin"), i, 10_000 + i * 1000)
+            .await;
         // Default write_quorum = 2: both members hold it at acknowledgement.
-        assert_eq!(j["replicas"], 2, "{j}");
-        files.push((j["file_id"].as_str().unwrap().to_owned(), body));
+        assert_eq!(u.answer["replicas"], 2, "{}", u.answer);
+        files.push((u.id, u.body));
     }
     let reader = Reader::start(c.gateway_url(), files.clone());
     reader.wait_rounds(1).await;
 
     // One more acknowledged upload, then kill -9 the member that took it.
     let body = content(99, 50_000);
-    let j = upload(&c, "last.bin", body.clone()).await;
+    let j = c.upload("last.bin", body.clone()).await;
     let last = j["file_id"].as_str().unwrap().to_owned();
     let url = j["url"].as_str().unwrap().to_owned();
     let victim = c.storage[0]
@@ -211,30 +132,22 @@ async fn killed_and_wiped_member_recovers_while_files_stay_available() {
     files.push((last.clone(), body));
     // The survivor has every file, including the one acknowledged just before the kill.
     let survivor = &c.storage[0][1 - victim];
-    let have = files_on_disk(&survivor.dir);
+    let have = stored_files(&survivor.dir);
     for (id, _) in &files {
         assert!(have.contains(&rel(id)), "{id} missing on the survivor");
     }
 
     // Its whole data folder is lost.
-    let dir = c.storage[0][victim].dir.clone();
-    std::fs::remove_dir_all(&dir).unwrap();
-    std::fs::create_dir_all(&dir).unwrap();
-    c.wait_tracker(0, "the victim offline", STATE_TIMEOUT, |c, v| {
-        member_in(v, &c.storage[0][victim]).is_some_and(|m| m.state == MemberState::Offline)
-    })
-    .await;
+    c.wipe(0, victim);
+    wait_member(&c, victim, MemberState::Offline).await;
     reader.wait_rounds(1).await;
 
     let t0 = Instant::now();
-    c.storage[0][victim].restart();
-    c.wait_tracker(0, "the wiped member active again", STATE_TIMEOUT, |c, v| {
-        member_in(v, &c.storage[0][victim]).is_some_and(|m| m.state == MemberState::Active)
-    })
-    .await;
+    c.restart(0, victim);
+    wait_member(&c, victim, MemberState::Active).await;
     let recovered = t0.elapsed();
     // Active means caught up: it holds every file already.
-    let have = files_on_disk(&c.storage[0][victim].dir);
+    let have = stored_files(&c.storage[0][victim].dir);
     for (id, _) in &files {
         assert!(
             have.contains(&rel(id)),
@@ -257,56 +170,41 @@ async fn killed_and_wiped_member_recovers_while_files_stay_available() {
     // Both members serve every file from their own disk, identically.
     for (id, body) in &files {
         for n in &c.storage[0] {
-            let r = c
-                .http
-                .get(format!("{}/{id}", n.url()))
-                .header("x-fdfs-no-proxy", "1")
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), StatusCode::OK, "{id} on {}", n.name);
-            assert_eq!(&r.bytes().await.unwrap()[..], &body[..]);
+            let r = c.http.get(format!("{}/{id}", n.url()));
+            let got = r.header("x-fdfs-no-proxy", "1").ok_bytes().await;
+            assert_eq!(&got, body, "{id} on {}", n.name);
         }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_that_missed_uploads_and_deletes_converges() {
-    let mut c = start(spec(1)).await;
+    let mut c = start(1).await;
     let mut ids = Vec::new();
     for i in 0..20 {
-        let j = upload(&c, &format!("a{i}.txt"), content(i, 3000)).await;
+        let j = c.upload(&format!("a{i}.txt"), content(i, 3000)).await;
         ids.push(j["file_id"].as_str().unwrap().to_owned());
     }
-    c.storage[0][1].kill9();
-    c.wait_tracker(0, "member 2 offline", STATE_TIMEOUT, |c, v| {
-        member_in(v, &c.storage[0][1]).is_some_and(|m| m.state == MemberState::Offline)
-    })
-    .await;
+    c.kill9(0, 1);
+    wait_member(&c, 1, MemberState::Offline).await;
     // While it is down: uploads (acknowledged with one replica: the quorum is capped by live members) and
     // deletes.
     for i in 20..35 {
-        let j = upload(&c, &format!("b{i}.txt"), content(i, 2000)).await;
+        let j = c.upload(&format!("b{i}.txt"), content(i, 2000)).await;
         assert_eq!(j["replicas"], 1, "{j}");
         ids.push(j["file_id"].as_str().unwrap().to_owned());
     }
     for id in &ids[..8] {
-        let r = c
-            .http
-            .delete(format!("{}/{id}", c.gateway_url()))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+        c.delete(id).await;
     }
-    c.storage[0][1].restart();
+    c.restart(0, 1);
     let (a, b) = (c.storage[0][0].dir.clone(), c.storage[0][1].dir.clone());
-    let took = wait_until("member 2 to converge", STATE_TIMEOUT, || {
-        files_on_disk(&a) == files_on_disk(&b)
+    let took = wait_until(STATE_TIMEOUT, "member 2 to converge", || {
+        stored_files(&a) == stored_files(&b)
     })
     .await;
     println!("member converged {took:?} after restart");
-    let have = files_on_disk(&b);
+    let have = stored_files(&b);
     assert_eq!(have.len(), 27);
     for id in &ids[..8] {
         assert!(
@@ -326,20 +224,18 @@ async fn member_that_missed_uploads_and_deletes_converges() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_one_of_two_trackers_changes_nothing_for_clients() {
-    let mut c = start(spec(2)).await;
+    let mut c = start(2).await;
     let mut files = Vec::new();
     for i in 0..5 {
-        let body = content(i, 4000);
-        let j = upload(&c, &format!("t{i}.bin"), body.clone()).await;
-        files.push((j["file_id"].as_str().unwrap().to_owned(), body));
+        let u = c.upload_content(&format!("t{i}.bin"), i, 4000).await;
+        files.push((u.id, u.body));
     }
     c.trackers[0].kill9();
     // Straight away: uploads and downloads through the gateway keep working.
     for i in 5..15 {
-        let body = content(i, 4000);
-        let j = upload(&c, &format!("t{i}.bin"), body.clone()).await;
-        assert_eq!(j["replicas"], 2, "{j}");
-        files.push((j["file_id"].as_str().unwrap().to_owned(), body));
+        let u = c.upload_content(&format!("t{i}.bin"), i, 4000).await;
+        assert_eq!(u.answer["replicas"], 2, "{}", u.answer);
+        files.push((u.id, u.body));
     }
     for (id, body) in &files {
         assert_eq!(&download(&c, id).await.unwrap(), body);
@@ -349,25 +245,14 @@ async fn losing_one_of_two_trackers_changes_nothing_for_clients() {
         1,
         "both members active on tracker 2",
         STATE_TIMEOUT,
-        |c, v| {
-            c.all_storage()
-                .all(|n| member_in(v, n).is_some_and(|m| m.state == MemberState::Active))
-        },
+        all_active,
     )
     .await;
     // The killed tracker comes back and learns the group again from heartbeats.
     c.trackers[0].restart();
-    c.wait_tracker(
-        0,
-        "both members active on tracker 1 again",
-        STATE_TIMEOUT,
-        |c, v| {
-            c.all_storage()
-                .all(|n| member_in(v, n).is_some_and(|m| m.state == MemberState::Active))
-        },
-    )
-    .await;
-    let j = upload(&c, "after.bin", content(77, 1234)).await;
+    let again = "both members active on tracker 1 again";
+    c.wait_tracker(0, again, STATE_TIMEOUT, all_active).await;
+    let j = c.upload("after.bin", content(77, 1234)).await;
     let id = j["file_id"].as_str().unwrap();
     assert_eq!(download(&c, id).await.unwrap(), content(77, 1234));
 }

@@ -8,10 +8,13 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::common::{args, content, member_in, upload, Cluster, ClusterSpec, Node, STATE_TIMEOUT};
 use fdfs_common::wire::{ClusterView, MemberState, CLUSTER_SECRET_HEADER};
+use fdfs_testkit::{
+    args, content, error_of, eventually, member_in, metric, metrics, Cluster, ClusterSpec, Node,
+    RequestExt, SECRET, STATE_TIMEOUT,
+};
 use reqwest::multipart::{Form, Part};
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 /// Header carrying the request id.
@@ -20,28 +23,13 @@ const REQUEST_ID: &str = "x-request-id";
 /// `groups` x `members` with one tracker, fast heartbeats and an upload acknowledged by one member (so
 /// single-member groups take uploads), plus extra tracker flags.
 fn spec(groups: usize, members: usize, tracker_args: &[&str]) -> ClusterSpec {
-    let mut t = args(&["--heartbeat-timeout-ms", "2000"]);
-    t.extend(args(tracker_args));
     ClusterSpec {
         groups,
         members,
-        trackers: 1,
-        storage_args: args(&["--heartbeat-interval-ms", "200", "--write-quorum", "1"]),
-        tracker_args: t,
         ..ClusterSpec::default()
+            .storage(&["--write-quorum", "1"])
+            .tracker(tracker_args)
     }
-}
-
-/// Download through the gateway (following its redirect), asserting 200.
-async fn download(c: &Cluster, id: &str) -> Vec<u8> {
-    let r = c
-        .follow
-        .get(format!("{}/{id}", c.gateway_url()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK, "download {id}");
-    r.bytes().await.unwrap().to_vec()
 }
 
 /// The group of an upload answer, checked against its file ID.
@@ -52,43 +40,8 @@ fn group_of(j: &Value) -> String {
     g
 }
 
-/// Status and parsed JSON error `code` of an answer that must be a JSON error.
-async fn json_error(r: reqwest::Response, what: &str) -> (StatusCode, String) {
-    let status = r.status();
-    let text = r.text().await.unwrap();
-    let v: Value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{what}: {status} not JSON ({e}): {text:?}"));
-    let code = v["error"]["code"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{what}: no error code: {text}"));
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()),
-        "{what}: {text}"
-    );
-    (status, code.to_owned())
-}
-
 fn active(v: &ClusterView, n: &Node) -> bool {
     member_in(v, n).is_some_and(|m| m.state == MemberState::Active)
-}
-
-/// `GET {base}/metrics`: asserts 200 and Prometheus text; the body.
-async fn metrics(c: &Cluster, base: &str) -> String {
-    let r = c.http.get(format!("{base}/metrics")).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::OK, "{base}/metrics");
-    let ct = r.headers()["content-type"].to_str().unwrap().to_owned();
-    assert!(ct.starts_with("text/plain"), "{base}/metrics: {ct}");
-    r.text().await.unwrap()
-}
-
-/// Value of the first sample line starting with `prefix` (name plus the start of its labels).
-fn sample(text: &str, prefix: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 /// `fdfs_http_requests_total` samples whose line satisfies `keep`, by labels.
@@ -102,18 +55,6 @@ fn request_counts(text: &str, keep: impl Fn(&str) -> bool) -> BTreeMap<String, S
         .collect()
 }
 
-/// Poll `f` until it returns `Some`, panicking with `what` after `timeout`.
-async fn poll<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_added_while_running_takes_uploads() {
     let mut c = Cluster::start(spec(1, 1, &[])).await;
@@ -122,10 +63,11 @@ async fn a_group_added_while_running_takes_uploads() {
 
     let mut files = Vec::new();
     for i in 0..3 {
-        let body = content(i, 10_000 + i);
-        let j = upload(&c, &format!("old{i}.bin"), body.clone()).await;
-        assert_eq!(group_of(&j), "group1");
-        files.push((j["file_id"].as_str().unwrap().to_owned(), body));
+        let u = c
+            .upload_content(&format!("old{i}.bin"), i, 10_000 + i)
+            .await;
+        assert_eq!(group_of(&u.answer), "group1");
+        files.push((u.id, u.body));
     }
 
     // A new storage process for a new group, pointed at the running tracker.
@@ -146,10 +88,11 @@ async fn a_group_added_while_running_takes_uploads() {
     // Round robin over the groups now includes group3.
     let mut per_group: BTreeMap<String, usize> = BTreeMap::new();
     for i in 3..9 {
-        let body = content(i, 20_000 + i);
-        let j = upload(&c, &format!("new{i}.bin"), body.clone()).await;
-        *per_group.entry(group_of(&j)).or_default() += 1;
-        files.push((j["file_id"].as_str().unwrap().to_owned(), body));
+        let u = c
+            .upload_content(&format!("new{i}.bin"), i, 20_000 + i)
+            .await;
+        *per_group.entry(group_of(&u.answer)).or_default() += 1;
+        files.push((u.id, u.body));
     }
     assert!(
         per_group.len() == 2 && per_group.values().all(|&n| n >= 2),
@@ -158,16 +101,11 @@ async fn a_group_added_while_running_takes_uploads() {
 
     // Every file, old and new, downloads through the gateway; group3's files from the new node itself too.
     for (id, body) in &files {
-        assert_eq!(&download(&c, id).await, body, "{id}");
+        assert_eq!(&c.download(id).await, body, "{id}");
         if id.starts_with("group3/") {
-            let r = c
-                .http
-                .get(format!("{}/{id}", c.storage[2][m].url()))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), StatusCode::OK, "{id} on the new node");
-            assert_eq!(&r.bytes().await.unwrap()[..], &body[..]);
+            let on_new = c.storage[2][m].url();
+            let got = c.http.get(format!("{on_new}/{id}")).ok_bytes().await;
+            assert_eq!(&got, body, "{id} on the new node");
         }
     }
 
@@ -184,25 +122,18 @@ async fn a_restarted_tracker_rebuilds_its_view_from_heartbeats() {
     let mut c = Cluster::start(spec(2, 1, &[])).await;
     let mut files = Vec::new();
     for i in 0..2 {
-        let body = content(i, 5_000);
-        let j = upload(&c, &format!("before{i}.bin"), body.clone()).await;
-        files.push((j["file_id"].as_str().unwrap().to_owned(), body));
+        let u = c.upload_content(&format!("before{i}.bin"), i, 5_000).await;
+        files.push((u.id, u.body));
     }
 
     c.trackers[0].kill9();
     // Without a tracker the gateway answers a clear JSON error rather than hanging, once the assignments it
     // fetched in a batch (used for at most ASSIGN_TTL, 1 s) are spent.
     tokio::time::sleep(Duration::from_millis(1_100)).await;
-    let r = c
-        .http
-        .put(format!("{}/upload/down.bin", c.gateway_url()))
-        .body(content(9, 100))
-        .timeout(Duration::from_secs(30))
-        .send()
-        .await
-        .unwrap();
-    let (status, code) = json_error(r, "upload without a tracker").await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{code}");
+    let r = c.http.put(format!("{}/upload/down.bin", c.gateway_url()));
+    let r = r.body(content(9, 100)).timeout(Duration::from_secs(30));
+    let (status, code) = r.error().await;
+    assert_eq!(status, 503, "upload without a tracker: {code}");
 
     // Same port, no state: the view comes back from the members' next heartbeats.
     c.trackers[0].restart();
@@ -229,14 +160,13 @@ async fn a_restarted_tracker_rebuilds_its_view_from_heartbeats() {
     // Uploads reach both groups again; old and new files download.
     let mut groups = std::collections::BTreeSet::new();
     for i in 2..4 {
-        let body = content(i, 7_000);
-        let j = upload(&c, &format!("after{i}.bin"), body.clone()).await;
-        groups.insert(group_of(&j));
-        files.push((j["file_id"].as_str().unwrap().to_owned(), body));
+        let u = c.upload_content(&format!("after{i}.bin"), i, 7_000).await;
+        groups.insert(group_of(&u.answer));
+        files.push((u.id, u.body));
     }
     assert_eq!(groups.len(), 2, "{groups:?}");
     for (id, body) in &files {
-        assert_eq!(&download(&c, id).await, body, "{id}");
+        assert_eq!(&c.download(id).await, body, "{id}");
     }
 }
 
@@ -250,23 +180,16 @@ async fn fixed_group_sends_every_upload_to_that_group() {
     .await;
     for i in 0..6 {
         let body = content(i, 3_000);
-        let j = upload(&c, &format!("f{i}.bin"), body.clone()).await;
+        let j = c.upload(&format!("f{i}.bin"), body.clone()).await;
         assert_eq!(group_of(&j), "group2", "{j}");
-        assert_eq!(download(&c, j["file_id"].as_str().unwrap()).await, body);
+        assert_eq!(c.download(j["file_id"].as_str().unwrap()).await, body);
     }
     // A group named by the client still wins over the fixed one.
     let form = Form::new()
         .text("group", "group1")
         .part("file", Part::bytes(content(7, 100)).file_name("named.bin"));
-    let r = c
-        .http
-        .post(format!("{}/upload", c.gateway_url()))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let j: Value = r.json().await.unwrap();
+    let r = c.http.post(format!("{}/upload", c.gateway_url()));
+    let j: Value = r.multipart(form).ok_json().await;
     assert_eq!(group_of(&j), "group1", "{j}");
 }
 
@@ -296,38 +219,24 @@ async fn most_free_picks_the_group_with_the_most_free_space() {
     );
     for i in 0..6 {
         let body = content(i, 4_000);
-        let j = upload(&c, &format!("m{i}.bin"), body.clone()).await;
+        let j = c.upload(&format!("m{i}.bin"), body.clone()).await;
         assert_eq!(group_of(&j), "group2", "{j} with free space {free:?}");
-        assert_eq!(download(&c, j["file_id"].as_str().unwrap()).await, body);
+        assert_eq!(c.download(j["file_id"].as_str().unwrap()).await, body);
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_room_left_answers_507_insufficient_storage() {
     let c = Cluster::start(spec(1, 1, &["--reserved-storage-space", "100%"])).await;
-    let r = c
-        .http
-        .put(format!("{}/upload/full.bin", c.gateway_url()))
-        .body(content(1, 1_000))
-        .send()
-        .await
-        .unwrap();
+    let gw = c.gateway_url();
+    let r = c.http.put(format!("{gw}/upload/full.bin"));
+    let r = r.body(content(1, 1_000)).go().await;
     assert!(r.headers().contains_key(REQUEST_ID));
-    let (status, code) = json_error(r, "raw upload with 100% reserved").await;
-    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE);
-    assert_eq!(code, "insufficient_storage");
-
+    let full = (507, "insufficient_storage".to_owned());
+    assert_eq!(error_of(r).await, full, "raw upload with 100% reserved");
     let form = Form::new().part("file", Part::bytes(content(2, 1_000)).file_name("full.jpg"));
-    let r = c
-        .http
-        .post(format!("{}/upload", c.gateway_url()))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    let (status, code) = json_error(r, "multipart upload with 100% reserved").await;
-    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE);
-    assert_eq!(code, "insufficient_storage");
+    let r = c.http.post(format!("{gw}/upload")).multipart(form);
+    assert_eq!(r.error().await, full, "multipart upload with 100% reserved");
 
     // The tracker still lists the member as active: it is full, not gone.
     let v = c.view().await;
@@ -337,99 +246,63 @@ async fn no_room_left_answers_507_insufficient_storage() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_process_serves_metrics_and_request_ids() {
     // Two members with a write quorum of two: every upload is pushed to the peer (replication metrics).
-    let c = Cluster::start(ClusterSpec {
-        groups: 1,
-        members: 2,
-        ..ClusterSpec::default()
-    })
-    .await;
+    let c = Cluster::start(ClusterSpec::group(2)).await;
     // Each member learns its peer is active from a heartbeat reply, a beat after the tracker.
-    for n in c.all_storage() {
-        let url = format!("{}/v1/sync/status", n.url());
-        poll(
-            &format!("{} to see its peer active", n.name),
-            STATE_TIMEOUT,
-            async || {
-                let st: Value = c
-                    .http
-                    .get(&url)
-                    .header(CLUSTER_SECRET_HEADER, crate::common::SECRET)
-                    .send()
-                    .await
-                    .ok()?
-                    .json()
-                    .await
-                    .ok()?;
-                let peers = st["peers"].as_array()?;
-                (!peers.is_empty() && peers.iter().all(|p| p["state"] == "active")).then_some(())
-            },
-        )
-        .await;
-    }
+    c.wait_peers_active().await;
     // Uploads (one carrying our own request id), then downloads through the gateway's redirect.
     let traced = "scale-out-trace-7f3a";
-    let r = c
-        .http
-        .put(format!("{}/upload/traced.bin", c.gateway_url()))
+    let r = c.http.put(format!("{}/upload/traced.bin", c.gateway_url()));
+    let r = r
         .header(REQUEST_ID, traced)
         .body(content(0, 2_000))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
+        .go()
+        .await;
     assert_eq!(r.headers()[REQUEST_ID], traced);
-    let first: Value = r.json().await.unwrap();
+    let first: Value = fdfs_testkit::json_ok(r).await;
     let mut ids = vec![first["file_id"].as_str().unwrap().to_owned()];
     for i in 1..5 {
-        let j = upload(&c, &format!("m{i}.bin"), content(i, 2_000 + i)).await;
+        let j = c.upload(&format!("m{i}.bin"), content(i, 2_000 + i)).await;
         ids.push(j["file_id"].as_str().unwrap().to_owned());
     }
     for id in &ids {
-        download(&c, id).await;
+        c.download(id).await;
     }
     // The gateway passed our id on: the member that stored the file logged it with the upload.
-    poll(
-        "the traced id in a storage log",
-        STATE_TIMEOUT,
-        async || {
-            c.all_storage()
-                .any(|n| {
-                    n.log_tail(10_000)
-                        .lines()
-                        .any(|l| l.contains(traced) && l.contains("stored"))
-                })
-                .then_some(())
-        },
-    )
+    eventually(STATE_TIMEOUT, "the traced id in a storage log", || async {
+        c.all_storage()
+            .any(|n| {
+                n.log_tail(10_000)
+                    .lines()
+                    .any(|l| l.contains(traced) && l.contains("stored"))
+            })
+            .then_some(())
+    })
     .await;
 
     // Tracker.
-    let t = metrics(&c, &c.trackers[0].url()).await;
+    let t = metrics(&c.http, &c.trackers[0].url()).await;
     check_http_metrics(&t, "tracker");
     // Assignments come one at a time or in batches (small uploads through the gateway).
     assert!(t.contains("route=\"/v1/assign"), "{t}");
     assert!(t.contains("route=\"/v1/heartbeat\""), "{t}");
 
     // Gateway.
-    let g = metrics(&c, &c.gateway_url()).await;
+    let g = metrics(&c.http, &c.gateway_url()).await;
     check_http_metrics(&g, "gateway");
     assert!(g.contains("route=\"/upload/{filename}\""), "{g}");
 
     // Storage: space gauges and replication metrics on every member.
     for n in c.all_storage() {
         let base = n.url();
-        let s = poll(
-            &format!("{} replication metrics", n.name),
-            STATE_TIMEOUT,
-            async || {
-                let s = metrics(&c, &base).await;
-                s.lines().any(|l| l.starts_with("fdfs_sync_")).then_some(s)
-            },
-        )
+        let what = format!("{} replication metrics", n.name);
+        let s = eventually(STATE_TIMEOUT, &what, || async {
+            let s = metrics(&c.http, &base).await;
+            s.lines().any(|l| l.starts_with("fdfs_sync_")).then_some(s)
+        })
         .await;
         check_http_metrics(&s, "storage");
         assert!(s.contains("route=\"/v1/upload\""), "{}: {s}", n.name);
-        let free = sample(&s, "fdfs_store_path_free_bytes{path=\"M00\"}")
+        let free = metric(&s, "fdfs_store_path_free_bytes{path=\"M00\"}")
             .unwrap_or_else(|| panic!("{}: no free-space gauge: {s}", n.name));
         assert!(free > 0.0, "{}: {free}", n.name);
         assert!(
@@ -444,19 +317,13 @@ async fn every_process_serves_metrics_and_request_ids() {
     for n in c.all_nodes() {
         for path in ["/health", "/metrics", "/cluster", "/no/such/thing"] {
             let url = format!("{}{path}", n.url());
-            let r = c.http.get(&url).send().await.unwrap();
+            let r = c.http.get(&url).go().await;
             let id = r.headers().get(REQUEST_ID).unwrap_or_else(|| {
                 panic!("{} {path}: {} without {REQUEST_ID}", n.name, r.status())
             });
             assert!(!id.is_empty(), "{} {path}", n.name);
             let sent = format!("client-{}-{}", n.name, path.len());
-            let r = c
-                .http
-                .get(&url)
-                .header(REQUEST_ID, &sent)
-                .send()
-                .await
-                .unwrap();
+            let r = c.http.get(&url).header(REQUEST_ID, &sent).go().await;
             assert_eq!(r.headers()[REQUEST_ID], sent.as_str(), "{} {path}", n.name);
         }
     }
@@ -464,13 +331,11 @@ async fn every_process_serves_metrics_and_request_ids() {
     let r = c
         .http
         .get(format!("{}/{}", c.gateway_url(), ids[0]))
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert!(r.status().is_redirection(), "{}", r.status());
     assert!(r.headers().contains_key(REQUEST_ID));
-    let url = first["url"].as_str().unwrap();
-    let r = c.http.get(url).send().await.unwrap();
+    let r = c.http.get(first["url"].as_str().unwrap()).go().await;
     assert_eq!(r.status(), StatusCode::OK);
     assert!(r.headers().contains_key(REQUEST_ID));
 }
@@ -513,7 +378,7 @@ async fn internal_routes_are_closed_to_users() {
         ..base
     })
     .await;
-    let j = upload(&c, "a.jpg", content(1, 1_000)).await;
+    let j = c.upload("a.jpg", content(1, 1_000)).await;
     let id = j["file_id"].as_str().unwrap().to_owned();
     let gw = c.gateway_url();
     let node = c.storage[0][0].url();
@@ -521,12 +386,12 @@ async fn internal_routes_are_closed_to_users() {
 
     // Every request the nodes counted so far, except the scrapes and the heartbeats, which go on.
     let node_counts = async || {
-        request_counts(&metrics(&c, &node).await, |l| {
+        request_counts(&metrics(&c.http, &node).await, |l| {
             !l.contains("route=\"/metrics\"")
         })
     };
     let tracker_counts = async || {
-        request_counts(&metrics(&c, &tracker).await, |l| {
+        request_counts(&metrics(&c.http, &tracker).await, |l| {
             let scrape = l.contains("route=\"/metrics\"");
             let heartbeat = l.contains("route=\"/v1/heartbeat\"") && l.contains("status=\"200\"");
             !scrape && !heartbeat
@@ -538,47 +403,56 @@ async fn internal_routes_are_closed_to_users() {
     // Internal routes named on the gateway, with and without the secret: 4xx JSON from the gateway itself.
     let hb = serde_json::json!({"node_id": 1, "group": "group1", "addr": "127.0.0.1:1",
         "public_url": "http://127.0.0.1:1", "syncing": false, "store_paths": [], "version": "x"});
-    let internal: Vec<(reqwest::Method, String)> = vec![
-        (
-            reqwest::Method::POST,
-            "/v1/upload?store_path=0&ext=jpg".into(),
-        ),
-        (reqwest::Method::GET, "/v1/upload".into()),
-        (reqwest::Method::POST, "/v1/heartbeat".into()),
-        (reqwest::Method::GET, "/v1/assign?size=10".into()),
-        (reqwest::Method::GET, format!("/v1/locate/{id}")),
-        (reqwest::Method::GET, format!("/v1/files/{id}")),
-        (reqwest::Method::DELETE, format!("/v1/files/{id}")),
-        (reqwest::Method::GET, format!("/v1/meta/{id}")),
-        (reqwest::Method::HEAD, format!("/v1/replica/{id}")),
-        (reqwest::Method::GET, format!("/v1/replica/{id}")),
-        (reqwest::Method::PUT, format!("/v1/replica/{id}")),
-        (reqwest::Method::DELETE, format!("/v1/replica/{id}")),
-        (reqwest::Method::GET, format!("/v1/replica/meta/{id}")),
-        (
-            reqwest::Method::GET,
-            "/v1/sync/files?after=0&limit=10".into(),
-        ),
-        (reqwest::Method::GET, "/v1/sync/status".into()),
-        (reqwest::Method::POST, "/v1/reindex".into()),
+    // The internal routes of storage nodes and of trackers; the gateway has none of them (nor a few more).
+    let node_routes: Vec<(Method, String)> = vec![
+        (Method::POST, "/v1/upload?store_path=0&ext=jpg".into()),
+        (Method::GET, format!("/v1/files/{id}")),
+        (Method::DELETE, format!("/v1/files/{id}")),
+        (Method::GET, format!("/v1/meta/{id}")),
+        (Method::GET, format!("/v1/replica/{id}")),
+        (Method::PUT, format!("/v1/replica/{id}")),
+        (Method::GET, "/v1/sync/files?after=0&limit=10".into()),
+        (Method::GET, "/v1/sync/status".into()),
+        (Method::POST, "/v1/reindex".into()),
     ];
+    let tracker_routes: Vec<(Method, String)> = vec![
+        (Method::POST, "/v1/heartbeat".into()),
+        (Method::GET, "/v1/assign?size=10".into()),
+        (Method::GET, format!("/v1/locate/{id}")),
+    ];
+    let internal: Vec<(Method, String)> = node_routes
+        .iter()
+        .chain(&tracker_routes)
+        .cloned()
+        .chain([
+            (Method::GET, "/v1/upload".into()),
+            (Method::HEAD, format!("/v1/replica/{id}")),
+            (Method::DELETE, format!("/v1/replica/{id}")),
+            (Method::GET, format!("/v1/replica/meta/{id}")),
+        ])
+        .collect();
+    // An internal request as a node would send it (`secret` in the header when given).
+    let internal_request = |base: &str, method: &Method, path: &str, secret: Option<&str>| {
+        let mut rb = c.http.request(method.clone(), format!("{base}{path}"));
+        if let Some(s) = secret {
+            rb = rb.header(CLUSTER_SECRET_HEADER, s);
+        }
+        if path.contains("heartbeat") {
+            rb.json(&hb)
+        } else if *method == Method::POST || *method == Method::PUT {
+            rb.body("not for you")
+        } else {
+            rb
+        }
+    };
     for (method, path) in &internal {
-        for send_secret in [false, true] {
-            let what = format!("gateway {method} {path} (secret sent: {send_secret})");
-            let mut rb = c.http.request(method.clone(), format!("{gw}{path}"));
-            if send_secret {
-                rb = rb.header(CLUSTER_SECRET_HEADER, secret);
-            }
-            if path.contains("heartbeat") {
-                rb = rb.json(&hb);
-            } else if *method == reqwest::Method::POST || *method == reqwest::Method::PUT {
-                rb = rb.body("not for you");
-            }
-            let r = rb.send().await.unwrap();
+        for sent in [None, Some(secret)] {
+            let what = format!("gateway {method} {path} (secret sent: {sent:?})");
+            let r = internal_request(&gw, method, path, sent).go().await;
             let status = r.status();
             assert!(status.is_client_error(), "{what}: {status}");
-            if *method != reqwest::Method::HEAD {
-                json_error(r, &what).await;
+            if *method != Method::HEAD {
+                error_of(r).await;
             }
         }
     }
@@ -594,57 +468,25 @@ async fn internal_routes_are_closed_to_users() {
         "a gateway request reached the tracker"
     );
     // The file is untouched.
-    assert_eq!(download(&c, &id).await, content(1, 1_000));
+    assert_eq!(c.download(&id).await, content(1, 1_000));
 
     // On the nodes themselves: 401 without the secret or with a wrong one.
-    let node_routes: Vec<(reqwest::Method, String)> = vec![
-        (
-            reqwest::Method::POST,
-            "/v1/upload?store_path=0&ext=jpg".into(),
-        ),
-        (reqwest::Method::GET, format!("/v1/files/{id}")),
-        (reqwest::Method::DELETE, format!("/v1/files/{id}")),
-        (reqwest::Method::GET, format!("/v1/meta/{id}")),
-        (reqwest::Method::GET, format!("/v1/replica/{id}")),
-        (reqwest::Method::PUT, format!("/v1/replica/{id}")),
-        (
-            reqwest::Method::GET,
-            "/v1/sync/files?after=0&limit=10".into(),
-        ),
-        (reqwest::Method::GET, "/v1/sync/status".into()),
-        (reqwest::Method::POST, "/v1/reindex".into()),
-    ];
-    let tracker_routes: Vec<(reqwest::Method, String)> = vec![
-        (reqwest::Method::POST, "/v1/heartbeat".into()),
-        (reqwest::Method::GET, "/v1/assign?size=10".into()),
-        (reqwest::Method::GET, format!("/v1/locate/{id}")),
-    ];
     for (base, routes) in [(&node, &node_routes), (&tracker, &tracker_routes)] {
         for (method, path) in routes {
-            for wrong in [None, Some("wrong-secret"), Some(crate::common::SECRET)] {
+            for wrong in [None, Some("wrong-secret"), Some(SECRET)] {
                 let what = format!("{base} {method} {path} (secret {wrong:?})");
-                let mut rb = c.http.request(method.clone(), format!("{base}{path}"));
-                if let Some(s) = wrong {
-                    rb = rb.header(CLUSTER_SECRET_HEADER, s);
-                }
-                if path.contains("heartbeat") {
-                    rb = rb.json(&hb);
-                } else if *method == reqwest::Method::POST || *method == reqwest::Method::PUT {
-                    rb = rb.body("not for you");
-                }
-                let (status, _) = json_error(rb.send().await.unwrap(), &what).await;
-                assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}");
+                let (status, _) = internal_request(base, method, path, wrong).error().await;
+                assert_eq!(status, 401, "{what}");
             }
         }
     }
     // With the right secret the same node answers (the secret is the one set on the command line).
-    let r = c
-        .http
-        .get(format!("{node}/v1/files/{id}"))
-        .header(CLUSTER_SECRET_HEADER, secret)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(download(&c, &id).await, content(1, 1_000));
+    let r = internal_request(
+        &node,
+        &Method::GET,
+        &format!("/v1/files/{id}"),
+        Some(secret),
+    );
+    assert_eq!(r.go().await.status(), StatusCode::OK);
+    assert_eq!(c.download(&id).await, content(1, 1_000));
 }

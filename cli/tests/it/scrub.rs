@@ -3,69 +3,32 @@
 //! scrubber and by `fdfs verify --repair`; `fdfs verify` also reports a file missing from one member.
 
 use std::io::{Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::path::Path;
 
-use crate::common::{args, content, Cluster, ClusterSpec, BIN, STATE_TIMEOUT};
+use fdfs_testkit::{
+    metrics, node, peers_all, stored_path as on_disk, wait_until, Cluster, ClusterSpec, Node,
+    STATE_TIMEOUT,
+};
 use serde_json::Value;
 
-/// One group of two members.
-fn spec(storage: &[&str]) -> ClusterSpec {
-    let mut spec = ClusterSpec {
-        groups: 1,
-        members: 2,
-        ..ClusterSpec::default()
-    };
-    spec.storage_args.extend(args(storage));
-    spec
-}
-
-/// Upload `n` files; their IDs and contents.
-async fn upload_files(c: &Cluster, n: usize) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
+/// One group of two members with these storage flags; `n` files uploaded (their IDs and contents), and every
+/// member's peers have acknowledged all its records (a worker pushing an upload late would put back a copy
+/// the test removes).
+async fn start(storage: &[&str], n: usize) -> (Cluster, Vec<(String, Vec<u8>)>) {
+    let c = Cluster::start(ClusterSpec::group(2).storage(storage)).await;
+    let mut files = Vec::new();
     for i in 0..n {
-        let body = content(i, 100_000 + i * 1000);
-        let j = crate::common::upload(c, &format!("s{i}.bin"), body.clone()).await;
-        assert_eq!(j["replicas"], 2, "{j}");
-        out.push((j["file_id"].as_str().unwrap().to_owned(), body));
+        let u = c
+            .upload_content(&format!("s{i}.bin"), i, 100_000 + i * 1000)
+            .await;
+        assert_eq!(u.answer["replicas"], 2, "{}", u.answer);
+        files.push((u.id, u.body));
     }
-    out
-}
-
-/// Wait until every member's peers acknowledged all its records: a worker pushing an upload late would put
-/// back a copy the test removes.
-async fn settled(c: &Cluster) {
-    let deadline = Instant::now() + STATE_TIMEOUT;
-    for n in c.all_storage() {
-        loop {
-            let st: Value = c
-                .http
-                .get(format!("{}/v1/sync/status", n.url()))
-                .header(
-                    fdfs_common::wire::CLUSTER_SECRET_HEADER,
-                    crate::common::SECRET,
-                )
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let peers = st["peers"].as_array().cloned().unwrap_or_default();
-            if !peers.is_empty() && peers.iter().all(|p| p["pending_records"] == 0) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{} never settled: {st}", n.name);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-/// Where a member keeps a file: `<store>/data/XX/YY/<name>`.
-fn on_disk(store: &Path, id: &str) -> PathBuf {
-    let rest = id.splitn(3, '/').nth(2).unwrap();
-    store.join("data").join(rest)
+    c.wait_sync_all("every record acknowledged", |st| {
+        peers_all(st, "pending_records", 0)
+    })
+    .await;
+    (c, files)
 }
 
 fn flip_byte(path: &Path, at: u64) {
@@ -88,23 +51,20 @@ fn truncate(path: &Path, len: u64) {
     f.sync_all().unwrap();
 }
 
-async fn until_equal(path: &Path, want: &[u8], what: &str) {
-    let deadline = Instant::now() + STATE_TIMEOUT;
-    loop {
-        if std::fs::read(path).is_ok_and(|got| got == want) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what} was not repaired in time");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+/// Wait until the file at `path` holds `want` again.
+async fn repaired(path: &Path, want: &[u8], what: &str) {
+    let what = format!("{what} to be repaired");
+    wait_until(STATE_TIMEOUT, &what, || {
+        std::fs::read(path).is_ok_and(|got| got == want)
+    })
+    .await;
 }
 
 /// Run `fdfs verify <extra> --json` against the cluster; (exit code, report).
 fn verify(c: &Cluster, extra: &[&str]) -> (i32, Value) {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = node::command_with_secret();
     cmd.args(["--gateway", &c.gateway_url(), "verify", "--json"])
         .args(extra);
-    crate::common::hermetic_env(&mut cmd);
     let out = cmd.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
@@ -118,33 +78,26 @@ fn verify(c: &Cluster, extra: &[&str]) -> (i32, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn background_scrubber_repairs_bit_rot_and_truncation_from_the_peer() {
-    let c = Cluster::start(spec(&[
-        "--scrub-bytes-per-sec",
-        "64MiB",
-        "--scrub-interval-secs",
-        "1",
-    ]))
+    let (c, files) = start(
+        &[
+            "--scrub-bytes-per-sec",
+            "64MiB",
+            "--scrub-interval-secs",
+            "1",
+        ],
+        3,
+    )
     .await;
-    let files = upload_files(&c, 3).await;
-    settled(&c).await;
     let (a, b) = (&c.storage[0][0], &c.storage[0][1]);
     let rot = on_disk(&a.dir, &files[0].0);
     let cut = on_disk(&b.dir, &files[1].0);
     flip_byte(&rot, 5000);
     truncate(&cut, 777);
-    until_equal(&rot, &files[0].1, "the flipped byte").await;
-    until_equal(&cut, &files[1].1, "the truncated file").await;
+    repaired(&rot, &files[0].1, "the flipped byte").await;
+    repaired(&cut, &files[1].1, "the truncated file").await;
     // Both members counted what they found and repaired.
     for node in [a, b] {
-        let metrics = c
-            .http
-            .get(format!("{}/metrics", node.url()))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = metrics(&c.http, &node.url()).await;
         for name in [
             "fdfs_scrub_files_checked_total",
             "fdfs_scrub_corrupt_total 1",
@@ -159,25 +112,17 @@ async fn background_scrubber_repairs_bit_rot_and_truncation_from_the_peer() {
     }
     // Downloads through the gateway get the good content.
     for (id, body) in &files {
-        let got = c
-            .follow
-            .get(format!("{}/{id}", c.gateway_url()))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        assert!(got == body[..], "{id} differs after the repair");
+        assert!(
+            c.download(id).await == *body,
+            "{id} differs after the repair"
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_reports_corrupt_and_missing_copies_and_repairs_the_corrupt_ones() {
     // The background scrubber is off: only `fdfs verify` looks.
-    let c = Cluster::start(spec(&["--scrub-bytes-per-sec", "0"])).await;
-    let files = upload_files(&c, 4).await;
-    settled(&c).await;
+    let (c, files) = start(&["--scrub-bytes-per-sec", "0"], 4).await;
     let (a, b) = (&c.storage[0][0], &c.storage[0][1]);
     let rot = on_disk(&a.dir, &files[0].0);
     let cut = on_disk(&b.dir, &files[1].0);
@@ -202,7 +147,7 @@ async fn verify_reports_corrupt_and_missing_copies_and_repairs_the_corrupt_ones(
         assert_eq!(r["missing"].as_u64(), Some(1), "{r:#}");
     }
     let members = r["groups"][0]["members"].as_array().unwrap();
-    let by_addr = |node: &crate::common::Node| {
+    let by_addr = |node: &Node| {
         members
             .iter()
             .find(|m| {
@@ -264,10 +209,11 @@ async fn verify_reports_corrupt_and_missing_copies_and_repairs_the_corrupt_ones(
     );
 
     // The readable report names the missing copy.
-    let mut cmd = Command::new(BIN);
-    cmd.args(["--gateway", &c.gateway_url(), "verify"]);
-    crate::common::hermetic_env(&mut cmd);
-    let out = cmd.output().unwrap();
+    let mut cmd = node::command_with_secret();
+    let out = cmd
+        .args(["--gateway", &c.gateway_url(), "verify"])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     if out.status.code() == Some(0) {
         assert_eq!(std::fs::read(&missing_path).unwrap(), files[2].1, "{text}");

@@ -1,5 +1,5 @@
 //! Issue "thumbnails on first read, stored as FastDFS slave files", against real processes (`fdfs tracker|
-//! storage|gateway`, see `common/`): a first GET of `<master>_<W>x<H>.<ext>` renders it once (concurrent
+//! storage|gateway`, see `fdfs_testkit::cluster`): a first GET of `<master>_<W>x<H>.<ext>` renders it once (concurrent
 //! requests included) and stores it on every member; later reads are plain hits; the picture is turned by its
 //! EXIF orientation, keeps PNG alpha, decodes as WebP; unknown sizes, decompression bombs and non-images are
 //! refused and leave nothing on disk; uploads with `thumbnails=` answer the slaves' IDs (gateway and CLI).
@@ -8,28 +8,22 @@ use std::io::Cursor;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::common::{args, error_of, eventually, upload, Cluster, ClusterSpec, Node, BIN};
 use fdfs_common::FileId;
+use fdfs_testkit::{
+    error_of, eventually, metric_sum, metrics, node, Cluster, ClusterSpec, Node, RequestExt,
+};
 use image::{DynamicImage, GenericImageView, ImageFormat, Rgb, RgbImage, Rgba, RgbaImage};
 use reqwest::{header, StatusCode};
 use serde_json::Value;
 
 /// One group of two members (write quorum 2: a stored thumbnail is on both before it is served).
 async fn start() -> Cluster {
-    Cluster::start(ClusterSpec {
-        groups: 1,
-        members: 2,
-        trackers: 1,
-        storage_args: args(&[
-            "--heartbeat-interval-ms",
-            "200",
-            "--thumbnail-sizes",
-            "150x150,300x300,100x100c,800x0",
-            "--thumbnail-max-pixels",
-            "4000000",
-        ]),
-        ..ClusterSpec::default()
-    })
+    Cluster::start(ClusterSpec::group(2).storage(&[
+        "--thumbnail-sizes",
+        "150x150,300x300,100x100c,800x0",
+        "--thumbnail-max-pixels",
+        "4000000",
+    ]))
     .await
 }
 
@@ -94,29 +88,14 @@ fn slave(master: &str, prefix: &str, ext: &str) -> FileId {
     id.slave(prefix, Some(ext)).unwrap()
 }
 
-/// Sum of `fdfs_thumbnail_renders_total` on one node.
-async fn renders(c: &Cluster, n: &Node) -> u64 {
-    let text = c
-        .http
-        .get(format!("{}/metrics", n.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with("fdfs_thumbnail_renders_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
+/// Sum of `fdfs_thumbnail_renders_total` over every storage node.
 async fn all_renders(c: &Cluster) -> u64 {
-    let mut n = 0;
+    let mut n = 0.0;
     for node in c.all_storage() {
-        n += renders(c, node).await;
+        let text = metrics(&c.http, &node.url()).await;
+        n += metric_sum(&text, "fdfs_thumbnail_renders_total");
     }
-    n
+    n as u64
 }
 
 /// The file on `node`'s disk, if any.
@@ -125,11 +104,7 @@ fn on_disk(node: &Node, id: &FileId) -> PathBuf {
 }
 
 async fn get(c: &Cluster, node: &Node, id: &FileId) -> reqwest::Response {
-    c.http
-        .get(format!("{}/{id}", node.url()))
-        .send()
-        .await
-        .unwrap()
+    c.http.get(format!("{}/{id}", node.url())).go().await
 }
 
 async fn get_image(c: &Cluster, node: &Node, id: &FileId) -> (reqwest::header::HeaderMap, Vec<u8>) {
@@ -147,12 +122,17 @@ async fn get_image(c: &Cluster, node: &Node, id: &FileId) -> (reqwest::header::H
     (headers, body)
 }
 
+/// Upload `body` as `name` through the gateway; its file ID.
+async fn upload(c: &Cluster, name: &str, body: Vec<u8>) -> String {
+    let up = c.upload(name, body).await;
+    up["file_id"].as_str().unwrap().to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_first_read_renders_once_stores_on_every_member_and_later_reads_are_hits() {
     let c = start().await;
     let (m1, m2) = (&c.storage[0][0], &c.storage[0][1]);
     let master = upload(&c, "photo.jpg", jpeg(&photo(1200, 800))).await;
-    let master = master["file_id"].as_str().unwrap().to_owned();
     let before = all_renders(&c).await;
 
     // Eight concurrent first requests on one member: one render, every answer the same picture.
@@ -200,14 +180,7 @@ async fn a_first_read_renders_once_stores_on_every_member_and_later_reads_are_hi
 
     // Through the gateway's redirect: a new size, rendered by the member the gateway sends the client to.
     let wide = slave(&master, "_800x0", "jpg");
-    let r = c
-        .follow
-        .get(format!("{}/{wide}", c.gateway_url()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let img = image::load_from_memory(&r.bytes().await.unwrap()).unwrap();
+    let img = image::load_from_memory(&c.download(&wide.to_string()).await).unwrap();
     assert_eq!(img.dimensions(), (800, 533), "800 wide, ratio kept");
     // Crop-to-fill: exactly the box.
     let (_, body) = get_image(&c, m2, &slave(&master, "_100x100c", "jpg")).await;
@@ -232,8 +205,7 @@ async fn thumbnails_are_turned_by_exif_keep_alpha_and_decode_as_webp() {
         }
     }));
     let master = upload(&c, "turned.jpg", with_exif_orientation_6(&jpeg(&raw))).await;
-    let master = master["file_id"].as_str().unwrap();
-    let (_, body) = get_image(&c, m1, &slave(master, "_150x150", "jpg")).await;
+    let (_, body) = get_image(&c, m1, &slave(&master, "_150x150", "jpg")).await;
     let img = image::load_from_memory(&body).unwrap().to_rgb8();
     assert_eq!(img.dimensions(), (75, 150), "portrait once turned");
     let (top, bottom) = (img.get_pixel(37, 10), img.get_pixel(37, 140));
@@ -254,28 +226,25 @@ async fn thumbnails_are_turned_by_exif_keep_alpha_and_decode_as_webp() {
         }
     }));
     let master = upload(&c, "logo.png", png(&rgba)).await;
-    let master = master["file_id"].as_str().unwrap();
-    let (headers, body) = get_image(&c, m1, &slave(master, "_150x150", "png")).await;
-    assert_eq!(headers[header::CONTENT_TYPE], "image/png");
-    let img = image::load_from_memory_with_format(&body, ImageFormat::Png)
-        .unwrap()
-        .to_rgba8();
-    assert_eq!(img.dimensions(), (150, 150));
-    assert_eq!(img.get_pixel(10, 75)[3], 0, "transparent stays transparent");
-    assert_eq!(img.get_pixel(140, 75)[3], 255);
-    let (headers, body) = get_image(&c, m1, &slave(master, "_150x150", "webp")).await;
-    assert_eq!(headers[header::CONTENT_TYPE], "image/webp");
-    let img = image::load_from_memory_with_format(&body, ImageFormat::WebP)
-        .unwrap()
-        .to_rgba8();
-    assert_eq!(img.dimensions(), (150, 150));
-    assert!(img.get_pixel(10, 75)[3] < 10, "WebP keeps alpha");
-    assert!(img.get_pixel(140, 75)[3] > 245);
+    // Alpha of the transparent half at most, of the opaque half at least (WebP is lossy).
+    for (ext, format, ct, transparent, opaque) in [
+        ("png", ImageFormat::Png, "image/png", 0, 255),
+        ("webp", ImageFormat::WebP, "image/webp", 9, 246),
+    ] {
+        let (headers, body) = get_image(&c, m1, &slave(&master, "_150x150", ext)).await;
+        assert_eq!(headers[header::CONTENT_TYPE], ct);
+        let img = image::load_from_memory_with_format(&body, format)
+            .unwrap()
+            .to_rgba8();
+        assert_eq!(img.dimensions(), (150, 150), "{ext}");
+        let (left, right) = (img.get_pixel(10, 75)[3], img.get_pixel(140, 75)[3]);
+        assert!(left <= transparent, "{ext}: transparent stays transparent");
+        assert!(right >= opaque, "{ext}: opaque stays opaque");
+    }
 
     // A JPEG master asked as WebP (lossy) decodes.
     let master = upload(&c, "photo.jpg", jpeg(&photo(640, 480))).await;
-    let master = master["file_id"].as_str().unwrap();
-    let (_, body) = get_image(&c, m1, &slave(master, "_300x300", "webp")).await;
+    let (_, body) = get_image(&c, m1, &slave(&master, "_300x300", "webp")).await;
     assert_eq!(&body[..4], b"RIFF");
     let img = image::load_from_memory_with_format(&body, ImageFormat::WebP).unwrap();
     assert_eq!(img.dimensions(), (300, 225));
@@ -286,7 +255,6 @@ async fn unknown_sizes_bombs_and_non_images_are_refused_and_leave_nothing() {
     let c = start().await;
     let m1 = &c.storage[0][0];
     let master = upload(&c, "photo.jpg", jpeg(&photo(320, 240))).await;
-    let master = master["file_id"].as_str().unwrap().to_owned();
 
     // A size that is not configured: 404, nothing rendered.
     let odd = slave(&master, "_123x123", "jpg");
@@ -298,15 +266,13 @@ async fn unknown_sizes_bombs_and_non_images_are_refused_and_leave_nothing() {
 
     // 100 000 x 100 000 pixels claimed by a tiny PNG: refused from its header.
     let bomb = upload(&c, "bomb.png", bomb_png(100_000, 100_000)).await;
-    let bomb = bomb["file_id"].as_str().unwrap();
-    let thumb = slave(bomb, "_150x150", "png");
+    let thumb = slave(&bomb, "_150x150", "png");
     let (status, code) = error_of(get(&c, m1, &thumb).await).await;
     assert_eq!((status, code.as_str()), (422, "image_too_large"));
 
     // Text named .jpg.
     let text = upload(&c, "notes.jpg", b"just some text, not a picture\n".to_vec()).await;
-    let text = text["file_id"].as_str().unwrap();
-    let fake = slave(text, "_150x150", "jpg");
+    let fake = slave(&text, "_150x150", "jpg");
     let r = get(&c, m1, &fake).await;
     assert_eq!(
         r.headers()[header::CONTENT_TYPE],
@@ -332,15 +298,9 @@ async fn uploads_with_thumbnails_answer_the_slave_ids() {
     let jpg = jpeg(&photo(900, 600));
 
     // PUT with the query.
-    let r = c
-        .http
-        .put(format!("{gw}/upload/shoe.jpg?thumbnails=150x150,300x300"))
-        .body(jpg.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let answer: Value = r.json().await.unwrap();
+    let answer = c
+        .upload("shoe.jpg?thumbnails=150x150,300x300", jpg.clone())
+        .await;
     let thumbs = answer["thumbnails"].as_array().unwrap();
     assert_eq!(thumbs.len(), 2, "{answer}");
     for (t, (size, dims)) in thumbs
@@ -357,15 +317,7 @@ async fn uploads_with_thumbnails_answer_the_slave_ids() {
                 "jpg"
             )
         );
-        let body = c
-            .follow
-            .get(t["url"].as_str().unwrap())
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        let body = c.follow.get(t["url"].as_str().unwrap()).ok_bytes().await;
         assert_eq!(image::load_from_memory(&body).unwrap().dimensions(), dims);
     }
 
@@ -376,15 +328,12 @@ async fn uploads_with_thumbnails_answer_the_slave_ids() {
             "file",
             reqwest::multipart::Part::bytes(jpg.clone()).file_name("boot.jpg"),
         );
-    let r = c
+    let answer: Value = c
         .http
         .post(format!("{gw}/upload"))
         .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let answer: Value = r.json().await.unwrap();
+        .ok_json()
+        .await;
     let thumbs = answer["thumbnails"].as_array().unwrap();
     assert!(thumbs[0]["file_id"]
         .as_str()
@@ -393,19 +342,16 @@ async fn uploads_with_thumbnails_answer_the_slave_ids() {
     assert!(thumbs[0].get("error").is_none(), "{answer}");
     assert_eq!(thumbs[1]["error"]["code"], "not_found", "{answer}");
     // A malformed size is refused before anything is stored.
-    let r = c
-        .http
-        .put(format!("{gw}/upload/x.jpg?thumbnails=big"))
-        .body(jpg.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = c.http.put(format!("{gw}/upload/x.jpg?thumbnails=big"));
+    assert_eq!(
+        r.body(jpg.clone()).go().await.status(),
+        StatusCode::BAD_REQUEST
+    );
 
     // `fdfs upload --thumbnails`.
     let file = c.dir.path().join("hat.jpg");
     std::fs::write(&file, &jpg).unwrap();
-    let out = tokio::process::Command::new(BIN)
+    let out = tokio::process::Command::from(node::command())
         .env("FDFS_GATEWAY", &gw)
         .args(["upload", "--thumbnails", "300x300", file.to_str().unwrap()])
         .stdin(std::process::Stdio::null())

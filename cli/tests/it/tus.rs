@@ -5,10 +5,13 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::common::{args, content, error_of, eventually, Cluster, ClusterSpec};
 use base64::Engine as _;
 use fdfs_common::wire::MemberState;
 use fdfs_common::FileId;
+use fdfs_testkit::{
+    args, content, error_of, eventually, files_under, member_in, node, Cluster, ClusterSpec, Node,
+    RequestExt, Role,
+};
 use reqwest::StatusCode;
 use serde_json::Value;
 use sha1::Digest as _;
@@ -23,6 +26,14 @@ fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
     resp.headers()
         .get(name)
         .map(|v| v.to_str().unwrap().to_owned())
+}
+
+/// Every one of `want` is an entry of the comma-separated `list` (a header value).
+fn assert_listed(list: &str, want: &[&str], what: &str) {
+    let entries: Vec<String> = list.split(',').map(|e| e.trim().to_lowercase()).collect();
+    for w in want {
+        assert!(entries.iter().any(|e| e == w), "{w} not {what}: {list}");
+    }
 }
 
 fn offset_of(resp: &reqwest::Response) -> u64 {
@@ -53,15 +64,11 @@ async fn patch(
     if let Some(c) = checksum {
         req = req.header("upload-checksum", c);
     }
-    req.send().await.unwrap()
+    req.go().await
 }
 
 async fn head(http: &reqwest::Client, url: &str) -> reqwest::Response {
-    http.head(url)
-        .header("tus-resumable", "1.0.0")
-        .send()
-        .await
-        .unwrap()
+    http.head(url).header("tus-resumable", "1.0.0").go().await
 }
 
 /// `POST /tus/` with a length and metadata; the absolute upload URL.
@@ -77,9 +84,8 @@ async fn create(c: &Cluster, len: u64, meta: &[(&str, &str)]) -> String {
         .header("tus-resumable", "1.0.0")
         .header("upload-length", len)
         .header("upload-metadata", m.join(","))
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(
         resp.status(),
         StatusCode::CREATED,
@@ -111,7 +117,7 @@ async fn holder(c: &Cluster, url: &str) -> (usize, usize) {
     let v = c.view().await;
     for (g, members) in c.storage.iter().enumerate() {
         for (m, n) in members.iter().enumerate() {
-            if crate::common::member_in(&v, n).is_some_and(|i| i.node_id == node_id) {
+            if member_in(&v, n).is_some_and(|i| i.node_id == node_id) {
                 return (g, m);
             }
         }
@@ -121,33 +127,27 @@ async fn holder(c: &Cluster, url: &str) -> (usize, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tus_upload_resumes_across_clients_gateway_and_storage_restarts() {
-    let mut c = Cluster::start(ClusterSpec {
-        groups: 1,
-        ..ClusterSpec::default()
-    })
-    .await;
+    let mut c = Cluster::start(ClusterSpec::group(2)).await;
     let gw = c.gateway_url();
 
     // Discovery.
     let resp = c
         .http
         .request(reqwest::Method::OPTIONS, format!("{gw}/tus/"))
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     assert_eq!(header(&resp, "tus-version").as_deref(), Some("1.0.0"));
     let ext = header(&resp, "tus-extension").unwrap();
-    for e in [
+    let extensions = [
         "creation",
         "creation-with-upload",
         "creation-defer-length",
         "termination",
         "expiration",
         "checksum",
-    ] {
-        assert!(ext.split(',').any(|x| x == e), "{e} missing in {ext}");
-    }
+    ];
+    assert_listed(&ext, &extensions, "Tus-Extension");
     assert!(header(&resp, "tus-max-size").is_some());
     assert_eq!(
         header(&resp, "tus-checksum-algorithm").as_deref(),
@@ -242,12 +242,8 @@ async fn tus_upload_resumes_across_clients_gateway_and_storage_restarts() {
     assert_eq!(offset_of(&resp), 2 << 20);
     // Not a file of the store while partial: nothing under data/ yet on any member.
     for n in c.all_storage() {
-        assert_eq!(
-            walk_files(&n.dir.join("data")),
-            0,
-            "{} holds a partial file",
-            n.name
-        );
+        let partial = files_under(&n.dir.join("data"));
+        assert!(partial.is_empty(), "{} holds {partial:?}", n.name);
     }
 
     // The rest with an md5, in one chunk: the answer names the file.
@@ -268,7 +264,7 @@ async fn tus_upload_resumes_across_clients_gateway_and_storage_restarts() {
     assert!(fid.ends_with(".mp4"), "{fid}");
 
     // GET /tus/{id}: the POST /upload JSON.
-    let j: Value = c.http.get(&url).send().await.unwrap().json().await.unwrap();
+    let j: Value = c.http.get(&url).ok_json().await;
     assert_eq!(j["file_id"], fid);
     assert_eq!(j["size"], len);
     assert_eq!(j["crc32"], format!("{:08x}", crc32fast::hash(&data)));
@@ -282,24 +278,10 @@ async fn tus_upload_resumes_across_clients_gateway_and_storage_restarts() {
 
     // An ordinary file on both members, with its bytes and metadata.
     for n in &c.storage[0] {
-        let got = c
-            .http
-            .get(format!("{}/{fid}", n.url()))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(got.status(), StatusCode::OK, "{}", n.name);
-        assert!(got.bytes().await.unwrap() == data, "{} bytes", n.name);
+        let got = c.http.get(format!("{}/{fid}", n.url())).ok_bytes().await;
+        assert!(got == data, "{} bytes", n.name);
     }
-    let meta: Value = c
-        .http
-        .get(format!("{gw}/meta/{fid}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let meta: Value = c.http.get(format!("{gw}/meta/{fid}")).ok_json().await;
     assert_eq!(meta["author"], "ann");
     assert!(
         appender_files(&node_dir)
@@ -309,31 +291,16 @@ async fn tus_upload_resumes_across_clients_gateway_and_storage_restarts() {
     );
 }
 
-/// Regular files under `dir`, recursively.
-fn walk_files(dir: &Path) -> usize {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    rd.map(|e| e.unwrap().path())
-        .map(|p| if p.is_dir() { walk_files(&p) } else { 1 })
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tus_termination_expiry_limits_and_the_cli_resume() {
-    let c = Cluster::start(ClusterSpec {
-        groups: 1,
-        members: 1,
-        gateway_args: args(&[
-            "--max-upload-size",
-            "8MiB",
-            "--tus-max-unfinished-per-key",
-            "3",
-            "--cors-origins",
-            "https://app.example",
-        ]),
-        ..ClusterSpec::default()
-    })
+    let c = Cluster::start(ClusterSpec::group(1).gateway(&[
+        "--max-upload-size",
+        "8MiB",
+        "--tus-max-unfinished-per-key",
+        "3",
+        "--cors-origins",
+        "https://app.example",
+    ]))
     .await;
     let gw = c.gateway_url();
     let http = new_client();
@@ -348,42 +315,27 @@ async fn tus_termination_expiry_limits_and_the_cli_resume() {
             "access-control-request-headers",
             "tus-resumable,upload-offset,upload-checksum,content-type",
         )
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert!(resp.status().is_success(), "{}", resp.status());
     let allowed = header(&resp, "access-control-allow-headers").unwrap_or_default();
-    for h in [
-        "tus-resumable",
-        "upload-offset",
-        "upload-checksum",
-        "upload-length",
-        "upload-metadata",
-    ] {
-        assert!(allowed.contains(h), "{h} not allowed: {allowed}");
-    }
+    let sent = ["tus-resumable", "upload-offset", "upload-checksum"];
+    let more = ["upload-length", "upload-metadata"];
+    assert_listed(&allowed, &[&sent[..], &more].concat(), "allowed");
     let resp = http
         .post(format!("{gw}/tus/"))
         .header("origin", "https://app.example")
         .header("upload-length", 1)
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(resp.status(), StatusCode::CREATED);
     let exposed = header(&resp, "access-control-expose-headers").unwrap_or_default();
-    for h in [
-        "location",
-        "upload-offset",
-        "upload-length",
-        "upload-expires",
-        "tus-resumable",
-        "fdfs-file-id",
-    ] {
-        assert!(exposed.contains(h), "{h} not exposed: {exposed}");
-    }
+    let answered = ["location", "upload-offset", "upload-length"];
+    let more = ["upload-expires", "tus-resumable", "fdfs-file-id"];
+    assert_listed(&exposed, &[&answered[..], &more].concat(), "exposed");
     let cors_upload = format!("{gw}{}", header(&resp, "location").unwrap());
     assert_eq!(
-        http.delete(&cors_upload).send().await.unwrap().status(),
+        http.delete(&cors_upload).go().await.status(),
         StatusCode::NO_CONTENT
     );
 
@@ -397,9 +349,8 @@ async fn tus_termination_expiry_limits_and_the_cli_resume() {
     let resp = http
         .delete(&url)
         .header("tus-resumable", "1.0.0")
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     assert_eq!(appender_files(&node_dir).len(), 0);
     assert_eq!(head(&http, &url).await.status(), StatusCode::NOT_FOUND);
@@ -413,9 +364,8 @@ async fn tus_termination_expiry_limits_and_the_cli_resume() {
         .post(format!("{gw}/tus/"))
         .header("tus-resumable", "1.0.0")
         .header("upload-length", 9u64 << 20)
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(error_of(resp).await, (413, "payload_too_large".to_owned()));
     // A body past the declared length: 413 and nothing kept.
     let url = create(&c, 10, &[]).await;
@@ -431,9 +381,8 @@ async fn tus_termination_expiry_limits_and_the_cli_resume() {
         .patch(&url)
         .header("upload-offset", 0)
         .body("x")
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(error_of(resp).await.0, 415);
     assert_eq!(
         error_of(patch(&http, &url, 0, b"x", Some("crc32 AAAA".into())).await)
@@ -450,9 +399,8 @@ async fn tus_termination_expiry_limits_and_the_cli_resume() {
         .header("upload-metadata", format!("filename {}", b64(b"notes.txt")))
         .header("content-type", CHUNK_TYPE)
         .body(b"hello ".to_vec())
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(resp.status(), StatusCode::CREATED);
     assert_eq!(offset_of(&resp), 6);
     assert_eq!(header(&resp, "upload-defer-length").as_deref(), Some("1"));
@@ -463,20 +411,11 @@ async fn tus_termination_expiry_limits_and_the_cli_resume() {
         .header("upload-offset", 6)
         .header("upload-length", 11)
         .body(b"world".to_vec())
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     let fid = header(&resp, "fdfs-file-id").unwrap();
-    let body = c
-        .follow
-        .get(format!("{gw}/{fid}"))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let body = c.download(&fid).await;
     assert_eq!(&body[..], b"hello world");
 
     // The limit on unfinished uploads: `url` is one; two more reach it. Termination makes room again.
@@ -485,12 +424,11 @@ async fn tus_termination_expiry_limits_and_the_cli_resume() {
     let resp = http
         .post(format!("{gw}/tus/"))
         .header("upload-length", 10)
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(error_of(resp).await, (429, "too_many_uploads".to_owned()));
     for u in [&url, &b, &c3] {
-        let resp = http.delete(u.as_str()).send().await.unwrap();
+        let resp = http.delete(u.as_str()).go().await;
         assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     }
 
@@ -499,20 +437,20 @@ async fn tus_termination_expiry_limits_and_the_cli_resume() {
     let trackers: Vec<String> = c.trackers.iter().map(|t| t.addr.to_string()).collect();
     let mut gw2_args = args(&["--tracker", &trackers.join(","), "--tus-expiry-secs", "1"]);
     gw2_args.extend(args(&["--body-timeout-secs", "30"]));
-    let (mut gw2, gw2_addr) = crate::common::spawn_server(
-        crate::common::Role::Gateway,
-        "127.0.0.1:0",
-        &gw2_args,
-        &c.dir.path().join("logs").join("gateway-2.log"),
+    let gw2 = Node::start(
+        "gateway-2".into(),
+        Role::Gateway,
+        c.dir.path().join("gateway-2"),
+        gw2_args,
+        c.dir.path().join("logs").join("gateway-2.log"),
     );
     let resp = http
-        .post(format!("http://{gw2_addr}/tus/"))
+        .post(format!("{}/tus/", gw2.url()))
         .header("upload-length", 1000)
         .header("content-type", CHUNK_TYPE)
         .body(vec![5u8; 100])
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(resp.status(), StatusCode::CREATED);
     let short = format!("{gw}{}", header(&resp, "location").unwrap());
     let name = short.rsplit('.').next().unwrap().to_owned();
@@ -528,8 +466,7 @@ async fn tus_termination_expiry_limits_and_the_cli_resume() {
         [StatusCode::NOT_FOUND, StatusCode::GONE].contains(&status),
         "{status}"
     );
-    let _ = gw2.kill();
-    let _ = gw2.wait();
+    drop(gw2);
 
     // `fdfs upload --resumable`: broken off after 2 chunks, rerun: resumes and finishes.
     let tmp = tempfile::tempdir().unwrap();
@@ -538,10 +475,8 @@ async fn tus_termination_expiry_limits_and_the_cli_resume() {
     std::fs::write(&file, &data).unwrap();
     let state_dir = tmp.path().join("state");
     let run = |extra: &[&str]| {
-        let mut cmd = std::process::Command::new(crate::common::BIN);
-        cmd.env_remove("FDFS_GATEWAY")
-            .env_remove("FDFS_API_KEY")
-            .env("FDFS_STATE_DIR", &state_dir)
+        let mut cmd = node::command();
+        cmd.env("FDFS_STATE_DIR", &state_dir)
             .args([
                 "--gateway",
                 &gw,
@@ -575,14 +510,6 @@ async fn tus_termination_expiry_limits_and_the_cli_resume() {
         "state file removed"
     );
     let fid = j["file_id"].as_str().unwrap();
-    let got = c
-        .follow
-        .get(format!("{gw}/{fid}"))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let got = c.download(fid).await;
     assert!(got == data);
 }

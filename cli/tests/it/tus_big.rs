@@ -4,24 +4,16 @@
 //! then uploaded as one `PUT /upload` and both throughputs are printed (the note's comparison).
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::common::{args, Cluster, ClusterSpec};
 use bytes::Bytes;
 use fdfs::pattern::Pattern;
+use fdfs_testkit::{Cluster, RequestExt};
 use reqwest::StatusCode;
 
 const RSS_LIMIT: u64 = 64 << 20;
 const CHUNK: u64 = 16 << 20;
 const READ: usize = 256 << 10;
-
-fn size_bytes() -> u64 {
-    let mb: u64 = std::env::var("FDFS_BIG_FILE_MB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2048);
-    mb << 20
-}
 
 /// The next `len` bytes of a shared generator as a request body.
 fn body(p: Arc<Mutex<Pattern>>, len: u64, crc: Arc<Mutex<crc32fast::Hasher>>) -> reqwest::Body {
@@ -43,39 +35,9 @@ fn body(p: Arc<Mutex<Pattern>>, len: u64, crc: Arc<Mutex<crc32fast::Hasher>>) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tus_big_file_streams_in_bounded_memory() {
-    let size = size_bytes();
-    let _turn = fdfs_testkit::big_transfer().await;
-    let dir = crate::common::tempdir(3 * size + (1 << 30));
-    let c = Cluster::start_in(
-        ClusterSpec {
-            groups: 1,
-            storage_args: args(&["--heartbeat-interval-ms", "200", "--max-file-size", "4GiB"]),
-            gateway_args: args(&["--max-upload-size", "4GiB"]),
-            ..ClusterSpec::default()
-        },
-        dir,
-    )
-    .await;
+    let (c, size) = Cluster::for_big_files(3).await;
     let gw = c.gateway_url();
-    let pids: Vec<(String, u32)> = c
-        .all_nodes()
-        .map(|n| (n.name.clone(), n.pid().unwrap()))
-        .collect();
-    let peaks = Arc::new(Mutex::new(vec![0u64; pids.len()]));
-    let sampler = {
-        let (peaks, pids) = (peaks.clone(), pids.clone());
-        tokio::spawn(async move {
-            loop {
-                for (i, (_, pid)) in pids.iter().enumerate() {
-                    if let Some(r) = crate::common::peak_rss(*pid) {
-                        let mut p = peaks.lock().unwrap();
-                        p[i] = p[i].max(r);
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        })
-    };
+    let rss = c.sample_rss();
 
     let started = Instant::now();
     let resp = c
@@ -83,9 +45,8 @@ async fn tus_big_file_streams_in_bounded_memory() {
         .post(format!("{gw}/tus/"))
         .header("tus-resumable", "1.0.0")
         .header("upload-length", size)
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(resp.status(), StatusCode::CREATED);
     let url = format!("{gw}{}", resp.headers()["location"].to_str().unwrap());
     let pattern = Arc::new(Mutex::new(Pattern::new(2025)));
@@ -102,9 +63,8 @@ async fn tus_big_file_streams_in_bounded_memory() {
             .header("upload-offset", offset)
             .header("content-length", n)
             .body(body(pattern.clone(), n, crc.clone()))
-            .send()
-            .await
-            .unwrap();
+            .go()
+            .await;
         assert_eq!(resp.status(), StatusCode::NO_CONTENT, "at {offset}");
         offset = resp.headers()["upload-offset"]
             .to_str()
@@ -123,12 +83,7 @@ async fn tus_big_file_streams_in_bounded_memory() {
     assert_eq!(id.info().size, size);
     assert_eq!(id.info().crc32, sent_crc);
     for n in &c.storage[0] {
-        let resp = c
-            .http
-            .head(format!("{}/{fid}", n.url()))
-            .send()
-            .await
-            .unwrap();
+        let resp = c.http.head(format!("{}/{fid}", n.url())).go().await;
         assert_eq!(resp.status(), StatusCode::OK, "{} holds the file", n.name);
         assert_eq!(
             resp.headers()["content-length"].to_str().unwrap(),
@@ -136,38 +91,25 @@ async fn tus_big_file_streams_in_bounded_memory() {
         );
     }
 
-    sampler.abort();
-    let peaks = peaks.lock().unwrap().clone();
-    let mut report = Vec::new();
-    for ((name, pid), sampled) in pids.iter().zip(peaks) {
-        let peak = crate::common::peak_rss(*pid).unwrap_or(0).max(sampled);
-        report.push(format!("{name}: {:.1} MiB", peak as f64 / (1 << 20) as f64));
-        assert!(
-            peak < RSS_LIMIT,
-            "{name} peaked at {peak} bytes (limit {RSS_LIMIT}); all: {report:?}"
-        );
-    }
+    let report = rss.finish(RSS_LIMIT);
     let mib = (size >> 20) as f64;
     eprintln!(
-        "tus {} MiB in {} MiB chunks: {tus_secs:.1}s ({:.0} MiB/s); peak RSS {}",
+        "tus {} MiB in {} MiB chunks: {tus_secs:.1}s ({:.0} MiB/s); peak RSS {report}",
         size >> 20,
         CHUNK >> 20,
         mib / tus_secs,
-        report.join(", ")
     );
 
     if std::env::var_os("FDFS_TUS_COMPARE").is_some() {
         let t0 = Instant::now();
+        let body = reqwest::Body::wrap_stream(Pattern::stream(2026, size, READ));
         let resp = c
             .http
             .put(format!("{gw}/upload/big.bin"))
             .header("content-length", size)
-            .body(reqwest::Body::wrap_stream(Pattern::stream(
-                2026, size, READ,
-            )))
-            .send()
-            .await
-            .unwrap();
+            .body(body)
+            .go()
+            .await;
         assert_eq!(resp.status(), StatusCode::OK);
         let put_secs = t0.elapsed().as_secs_f64();
         eprintln!(

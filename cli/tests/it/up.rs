@@ -5,7 +5,9 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{hermetic_env, read_lines, BIN};
+use fdfs_common::sys::Signal;
+use fdfs_testkit::node::{bin, hermetic_env, read_lines, signal, wait_exit};
+use fdfs_testkit::{tempdir, RequestExt};
 
 /// PIDs of live processes whose command line mentions `needle`.
 fn processes_mentioning(needle: &str) -> Vec<u32> {
@@ -27,9 +29,9 @@ fn processes_mentioning(needle: &str) -> Vec<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fdfs_up_starts_serves_and_stops_cleanly() {
-    let data = crate::common::tempdir(1 << 30);
+    let data = tempdir(1 << 30);
     let dir = data.path().join("cluster");
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(bin());
     cmd.args([
         "up",
         "--port",
@@ -95,25 +97,12 @@ async fn fdfs_up_starts_serves_and_stops_cleanly() {
     }
 
     // It serves: upload and read back.
-    let http = reqwest::Client::new();
-    let r = http
-        .put(format!("{gateway}/upload/hello.txt"))
-        .body("hello from fdfs up")
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.status());
-    let j: serde_json::Value = r.json().await.unwrap();
+    let http = fdfs_testkit::follow_client();
+    let r = http.put(format!("{gateway}/upload/hello.txt"));
+    let j: serde_json::Value = r.body("hello from fdfs up").ok_json().await;
     let id = j["file_id"].as_str().unwrap();
-    let body = http
-        .get(format!("{gateway}/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(body, "hello from fdfs up");
+    let body = http.get(format!("{gateway}/{id}")).ok_bytes().await;
+    assert_eq!(body, b"hello from fdfs up");
     // Every node runs with the generated secret: none warns about a missing one.
     for entry in std::fs::read_dir(dir.join("logs")).unwrap() {
         let path = entry.unwrap().path();
@@ -131,18 +120,8 @@ async fn fdfs_up_starts_serves_and_stops_cleanly() {
     );
 
     // SIGTERM: every child stops, then `fdfs up` exits 0.
-    fdfs_common::sys::kill(up.id(), fdfs_common::sys::Signal::TERM).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(st) = up.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "fdfs up did not exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    signal(up.id(), Signal::TERM);
+    let status = wait_exit(&mut up, "fdfs up after SIGTERM", Duration::from_secs(60));
     let errs: Vec<String> = err_lines.try_iter().collect();
     assert!(status.success(), "{status:?}; stderr: {errs:#?}");
     assert!(errs.iter().any(|l| l.contains("stopped")), "{errs:#?}");

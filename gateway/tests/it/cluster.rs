@@ -1,41 +1,28 @@
 //! The gateway in front of a real tracker and real storage nodes, all in-process on 127.0.0.1:0.
 
-use crate::common::{client, cluster, error_of, Setup};
+use crate::common::{cluster, file_id, gateway_for, Setup};
+use fdfs_testkit::raw::{self, How};
+use fdfs_testkit::{content, eventually, files_under, RequestExt};
 use reqwest::multipart::{Form, Part};
 use serde_json::{json, Value};
 
-/// Deterministic content of `n` bytes that is not all one byte.
-fn content(n: usize) -> Vec<u8> {
-    (0..n).map(|i| (i * 31 % 251) as u8).collect()
-}
-
-/// Follow the gateway's redirect for `id` and return (location, bytes).
-async fn download(c: &reqwest::Client, gw: &crate::common::Server, id: &str) -> (String, Vec<u8>) {
-    let r = c.get(gw.url(&format!("/{id}"))).send().await.unwrap();
-    assert_eq!(r.status(), 302, "download of {id}");
-    let location = r.headers()["location"].to_str().unwrap().to_owned();
-    let body = c.get(&location).send().await.unwrap();
-    assert_eq!(body.status(), 200, "{location}");
-    (location, body.bytes().await.unwrap().to_vec())
+/// `n` bytes sent as `chunks` chunks of a body without a length.
+fn chunked(chunks: usize, n: usize) -> reqwest::Body {
+    let parts: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..chunks).map(|i| Ok(vec![i as u8; n])).collect();
+    reqwest::Body::wrap_stream(futures_util::stream::iter(parts))
 }
 
 #[tokio::test]
 async fn multipart_upload_download_info_meta_delete() {
     let cl = cluster(Setup::default()).await;
-    let (gw, c) = (&cl.gateway, client());
-    let data = content(300_000);
+    let c = &cl.http;
+    let data = content(1, 300_000);
     let form = Form::new()
         .text("meta.author", "ann")
         .part("file", Part::bytes(data.clone()).file_name("photo.JPG"));
-    let r = c
-        .post(gw.url("/upload"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let up: Value = r.json().await.unwrap();
-    let id = up["file_id"].as_str().unwrap().to_owned();
+    let up: Value = fdfs_testkit::json_ok(cl.post_form(form).await).await;
+    let id = file_id(&up);
     assert!(
         id.starts_with("group1/M00/") && id.ends_with(".jpg"),
         "{id}"
@@ -47,106 +34,68 @@ async fn multipart_upload_download_info_meta_delete() {
     assert_eq!(up["group"], "group1");
 
     // Redirect to the storage node, bytes identical.
-    let (location, bytes) = download(&c, gw, &id).await;
+    let (location, bytes) = cl.download(&id).await;
     assert_eq!(location, format!("http://{}/{id}", cl.storages[0].addr));
     assert!(bytes == data, "downloaded bytes differ");
-    let head = c.head(gw.url(&format!("/{id}"))).send().await.unwrap();
+    let head = c.head(cl.gateway.url(&format!("/{id}"))).go().await;
     assert_eq!(head.status(), 302);
     assert_eq!(head.headers()["location"], location.as_str());
 
     // Info: decoded fields, metadata, where it lives.
-    let info: Value = c
-        .get(gw.url(&format!("/info/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = cl.json(&format!("/info/{id}")).await;
     assert_eq!(info["file_id"], id.as_str());
     assert_eq!(info["size"], data.len());
     assert_eq!(info["metadata"], json!({"author": "ann"}));
     assert_eq!(info["locations"], json!([location]));
 
-    // Metadata: get, merge, overwrite.
-    let meta: Value = c
-        .get(gw.url(&format!("/meta/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(meta, json!({"author": "ann"}));
-    let r = c
-        .patch(gw.url(&format!("/meta/{id}")))
-        .json(&json!({"width": "640"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(
-        r.json::<Value>().await.unwrap(),
-        json!({"author": "ann", "width": "640"})
-    );
-    let r = c
-        .patch(gw.url(&format!("/meta/{id}")))
-        .json(&json!({"author": null}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.json::<Value>().await.unwrap(), json!({"width": "640"}));
-    let r = c
-        .put(gw.url(&format!("/meta/{id}")))
-        .json(&json!({"only": "this"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.json::<Value>().await.unwrap(), json!({"only": "this"}));
-    let meta: Value = c
-        .get(gw.url(&format!("/meta/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(meta, json!({"only": "this"}));
+    // Metadata: get, merge, overwrite (each answer is the metadata then held).
+    let meta = format!("/meta/{id}");
+    assert_eq!(cl.json(&meta).await, json!({"author": "ann"}));
+    let url = cl.gateway.url(&meta);
+    for (method, body, after) in [
+        (
+            reqwest::Method::PATCH,
+            json!({"width": "640"}),
+            json!({"author": "ann", "width": "640"}),
+        ),
+        (
+            reqwest::Method::PATCH,
+            json!({"author": null}),
+            json!({"width": "640"}),
+        ),
+        (
+            reqwest::Method::PUT,
+            json!({"only": "this"}),
+            json!({"only": "this"}),
+        ),
+    ] {
+        let answer: Value = c.request(method, &url).json(&body).ok_json().await;
+        assert_eq!(answer, after, "{body}");
+    }
+    assert_eq!(cl.json(&meta).await, json!({"only": "this"}));
 
     // Delete, then it is gone everywhere.
-    let r = c.delete(gw.url(&format!("/{id}"))).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    let v: Value = r.json().await.unwrap();
+    let gone = cl.gateway.url(&format!("/{id}"));
+    let v: Value = c.delete(&gone).ok_json().await;
     assert_eq!(v["deleted"], true);
-    let r = c.delete(gw.url(&format!("/{id}"))).send().await.unwrap();
-    assert_eq!(error_of(r).await, (404, "not_found".to_owned()));
-    let r = c.get(gw.url(&format!("/info/{id}"))).send().await.unwrap();
-    assert_eq!(error_of(r).await.0, 404);
-    let r = c.get(gw.url(&format!("/meta/{id}"))).send().await.unwrap();
-    assert_eq!(error_of(r).await.0, 404);
-    let r = c.get(&location).send().await.unwrap();
-    assert_eq!(r.status(), 404);
+    assert_eq!(c.delete(&gone).error().await, (404, "not_found".to_owned()));
+    for path in [format!("/info/{id}"), meta] {
+        assert_eq!(cl.get(&path).error().await.0, 404, "{path}");
+    }
+    assert_eq!(c.get(&location).go().await.status(), 404);
 }
 
 #[tokio::test]
 async fn several_file_parts_and_trailing_meta() {
     let cl = cluster(Setup::default()).await;
-    let (gw, c) = (&cl.gateway, client());
-    let a = content(1000);
+    let a = content(2, 1000);
     let b = b"second file".to_vec();
     let form = Form::new()
         .text("meta.kind", "batch")
         .part("file", Part::bytes(a.clone()).file_name("a.bin"))
         .part("file", Part::bytes(b.clone()).file_name("notes.txt"))
         .text("meta.late", "yes");
-    let r = c
-        .post(gw.url("/upload"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let v: Value = r.json().await.unwrap();
+    let v: Value = fdfs_testkit::json_ok(cl.post_form(form).await).await;
     let files = v["files"].as_array().unwrap();
     assert_eq!(files.len(), 2);
     assert_eq!(files[0]["filename"], "a.bin");
@@ -158,128 +107,60 @@ async fn several_file_parts_and_trailing_meta() {
         json!({"kind": "batch", "late": "yes"}),
     ];
     for ((f, data), want) in files.iter().zip([&a, &b]).zip(expected) {
-        let id = f["file_id"].as_str().unwrap();
-        assert!(download(&c, gw, id).await.1 == *data);
-        let meta: Value = c
-            .get(gw.url(&format!("/meta/{id}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(meta, want, "{id}");
+        let id = file_id(f);
+        assert!(cl.download(&id).await.1 == *data);
+        assert_eq!(cl.json(&format!("/meta/{id}")).await, want, "{id}");
     }
 }
 
 #[tokio::test]
 async fn raw_put_streams_and_takes_query_fields() {
     let cl = cluster(Setup::default()).await;
-    let (gw, c) = (&cl.gateway, client());
-    let data = content(5 << 20);
-    let r = c
-        .put(gw.url("/upload/archive.tar?group=group1&meta.source=curl"))
-        .body(data.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let up: Value = r.json().await.unwrap();
+    let data = content(3, 5 << 20);
+    let up = cl
+        .upload("archive.tar?group=group1&meta.source=curl", data.clone())
+        .await;
     assert_eq!(up["filename"], "archive.tar");
     assert_eq!(up["size"], data.len());
-    let id = up["file_id"].as_str().unwrap();
+    let id = file_id(&up);
     assert!(id.ends_with(".tar"), "{id}");
-    assert!(download(&c, gw, id).await.1 == data);
-    let meta: Value = c
-        .get(gw.url(&format!("/meta/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(meta, json!({"source": "curl"}));
+    assert!(cl.download(&id).await.1 == data);
+    assert_eq!(
+        cl.json(&format!("/meta/{id}")).await,
+        json!({"source": "curl"})
+    );
 
     // A chunked body (no Content-Length) streams as well.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-        (0..8).map(|i| Ok(vec![i as u8; 10_000])).collect();
-    let r = c
-        .put(gw.url("/upload/noext"))
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-            chunks,
-        )))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let up: Value = r.json().await.unwrap();
+    let up = cl.upload("noext", chunked(8, 10_000)).await;
     assert_eq!(up["size"], 80_000);
     assert_eq!(up["content_type"], "application/octet-stream");
 
     // A group that does not exist: the tracker's 404 passes through.
-    let r = c
-        .put(gw.url("/upload/x.txt?group=nosuch"))
-        .body("x")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(error_of(r).await.0, 404);
+    let r = cl.http.put(cl.gateway.url("/upload/x.txt?group=nosuch"));
+    assert_eq!(r.body("x").error().await.0, 404);
 }
 
 #[tokio::test]
 async fn uploads_over_the_limit_are_413() {
-    let cl = cluster(Setup {
-        gateway: Box::new(|c| c.max_upload_size = 10_000),
-        ..Setup::default()
-    })
-    .await;
-    let (gw, c) = (&cl.gateway, client());
+    let cl = cluster(Setup::gateway(|c| c.max_upload_size = 10_000)).await;
+    let put = || cl.http.put(cl.gateway.url("/upload/big.bin"));
     // Multipart, streamed with no length: caught while streaming.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-        (0..20).map(|_| Ok(vec![7u8; 1000])).collect();
-    let part = Part::stream(reqwest::Body::wrap_stream(futures_util::stream::iter(
-        chunks,
-    )))
-    .file_name("big.bin");
-    let r = c
-        .post(gw.url("/upload"))
-        .multipart(Form::new().part("file", part))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(error_of(r).await, (413, "payload_too_large".to_owned()));
+    let part = Part::stream(chunked(20, 1000)).file_name("big.bin");
+    let r = cl.post_form(Form::new().part("file", part)).await;
+    assert_eq!(
+        fdfs_testkit::error_of(r).await,
+        (413, "payload_too_large".to_owned())
+    );
     // Raw, chunked: caught while streaming.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-        (0..20).map(|_| Ok(vec![7u8; 1000])).collect();
-    let r = c
-        .put(gw.url("/upload/big.bin"))
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-            chunks,
-        )))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(error_of(r).await.0, 413);
+    assert_eq!(put().body(chunked(20, 1000)).error().await.0, 413);
     // Raw with Content-Length: refused up front.
-    let r = c
-        .put(gw.url("/upload/big.bin"))
-        .body(vec![0u8; 10_001])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(error_of(r).await.0, 413);
+    assert_eq!(put().body(vec![0u8; 10_001]).error().await.0, 413);
     // Exactly at the limit is fine.
     let form = Form::new().part("file", Part::bytes(vec![1u8; 10_000]).file_name("ok.bin"));
-    let r = c
-        .post(gw.url("/upload"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(cl.post_form(form).await.status(), 200);
     // Nothing of the refused uploads was kept.
     assert_eq!(
-        files_under(&cl.dirs[0].path().join("data")),
+        files_under(&cl.dirs[0].path().join("data")).len(),
         1,
         "only the accepted upload is kept"
     );
@@ -287,65 +168,31 @@ async fn uploads_over_the_limit_are_413() {
 
 #[tokio::test]
 async fn api_key_and_bad_ids() {
-    let cl = cluster(Setup {
-        gateway: Box::new(|c| c.api_key = Some("s3cret-key".into())),
-        ..Setup::default()
-    })
-    .await;
-    let (gw, c) = (&cl.gateway, client());
-    let r = c
-        .put(gw.url("/upload/a.txt"))
-        .body("hello")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(error_of(r).await, (401, "unauthorized".to_owned()));
-    let r = c
-        .put(gw.url("/upload/a.txt"))
-        .header("x-api-key", "s3cret-key")
-        .body("hello")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let id = r.json::<Value>().await.unwrap()["file_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let cl = cluster(Setup::gateway(|c| c.api_key = Some("s3cret-key".into()))).await;
+    let c = &cl.http;
+    let put = || c.put(cl.gateway.url("/upload/a.txt")).body("hello");
+    assert_eq!(put().error().await, (401, "unauthorized".to_owned()));
+    let up: Value = put().header("x-api-key", "s3cret-key").ok_json().await;
+    let id = file_id(&up);
     // Reads are open.
-    assert_eq!(download(&c, gw, &id).await.1, b"hello");
+    assert_eq!(cl.download(&id).await.1, b"hello");
     // Writes are not.
-    let r = c.delete(gw.url(&format!("/{id}"))).send().await.unwrap();
-    assert_eq!(error_of(r).await.0, 401);
-    let r = c
-        .patch(gw.url(&format!("/meta/{id}")))
-        .json(&json!({"a": "b"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(error_of(r).await.0, 401);
+    let writes = [
+        c.delete(cl.gateway.url(&format!("/{id}"))),
+        c.patch(cl.gateway.url(&format!("/meta/{id}")))
+            .json(&json!({"a": "b"})),
+    ];
+    for w in writes {
+        assert_eq!(w.error().await.0, 401);
+    }
 
-    let r = c
-        .get(gw.url("/group1/M00/00/00/garbage"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(error_of(r).await, (400, "invalid_file_id".to_owned()));
+    let bad = cl.get("/group1/M00/00/00/garbage").error().await;
+    assert_eq!(bad, (400, "invalid_file_id".to_owned()));
     let other_group = id.replacen("group1", "group9", 1);
-    let r = c
-        .get(gw.url(&format!("/{other_group}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(error_of(r).await.0, 404);
+    assert_eq!(cl.get(&format!("/{other_group}")).error().await.0, 404);
     // A well-formed ID that was never stored.
     let missing = "group1/M00/00/00/wKgAA1qCJbeAQ3sLAABe0xvpx3Q419.jpg";
-    let r = c
-        .get(gw.url(&format!("/info/{missing}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(error_of(r).await.0, 404);
+    assert_eq!(cl.get(&format!("/info/{missing}")).error().await.0, 404);
 }
 
 #[tokio::test]
@@ -355,31 +202,13 @@ async fn works_when_the_first_tracker_is_down() {
         ..Setup::default()
     })
     .await;
-    let (gw, c) = (&cl.gateway, client());
     let form = Form::new().part(
         "file",
         Part::bytes(b"fail over".to_vec()).file_name("f.txt"),
     );
-    let r = c
-        .post(gw.url("/upload"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let id = r.json::<Value>().await.unwrap()["file_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert_eq!(download(&c, gw, &id).await.1, b"fail over");
-    let view: Value = c
-        .get(gw.url("/cluster"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let up: Value = fdfs_testkit::json_ok(cl.post_form(form).await).await;
+    assert_eq!(cl.download(&file_id(&up)).await.1, b"fail over");
+    let view = cl.json("/cluster").await;
     let up: Vec<bool> = view["trackers"]
         .as_array()
         .unwrap()
@@ -391,44 +220,24 @@ async fn works_when_the_first_tracker_is_down() {
 
 #[tokio::test]
 async fn proxy_mode_streams_with_ranges_and_etags() {
-    let cl = cluster(Setup {
-        gateway: Box::new(|c| c.download_mode = fdfs_gateway::DownloadMode::Proxy),
-        ..Setup::default()
-    })
+    let cl = cluster(Setup::gateway(|c| {
+        c.download_mode = fdfs_gateway::DownloadMode::Proxy
+    }))
     .await;
-    let (gw, c) = (&cl.gateway, client());
-    let data = content(200_000);
-    let r = c
-        .put(gw.url("/upload/p.bin"))
-        .body(data.clone())
-        .send()
-        .await
-        .unwrap();
-    let id = r.json::<Value>().await.unwrap()["file_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let url = gw.url(&format!("/{id}"));
-    let r = c.get(&url).send().await.unwrap();
+    let c = &cl.http;
+    let data = content(4, 200_000);
+    let id = file_id(&cl.upload("p.bin", data.clone()).await);
+    let url = cl.gateway.url(&format!("/{id}"));
+    let r = c.get(&url).go().await;
     assert_eq!(r.status(), 200);
     let etag = r.headers()["etag"].to_str().unwrap().to_owned();
     assert!(r.bytes().await.unwrap() == data);
-    let r = c
-        .get(&url)
-        .header("range", "bytes=100-199")
-        .send()
-        .await
-        .unwrap();
+    let r = c.get(&url).header("range", "bytes=100-199").go().await;
     assert_eq!(r.status(), 206);
     assert!(r.bytes().await.unwrap()[..] == data[100..200]);
-    let r = c
-        .get(&url)
-        .header("if-none-match", &etag)
-        .send()
-        .await
-        .unwrap();
+    let r = c.get(&url).header("if-none-match", &etag).go().await;
     assert_eq!(r.status(), 304);
-    let r = c.head(&url).send().await.unwrap();
+    let r = c.head(&url).go().await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         r.headers()["content-length"],
@@ -444,135 +253,71 @@ async fn anti_leech_tokens_on_redirects() {
         ..Setup::default()
     })
     .await;
-    let (gw, c) = (&cl.gateway, client());
-    let r = c
-        .put(gw.url("/upload/t.txt"))
-        .body("guarded")
-        .send()
-        .await
-        .unwrap();
-    let up: Value = r.json().await.unwrap();
-    let id = up["file_id"].as_str().unwrap().to_owned();
-    let (location, bytes) = download(&c, gw, &id).await;
+    let c = &cl.http;
+    let up = cl.upload("t.txt", "guarded").await;
+    let (location, bytes) = cl.download(&file_id(&up)).await;
     assert!(
         location.contains("?token=") && location.contains("&ts="),
         "{location}"
     );
     assert_eq!(bytes, b"guarded");
     let unsigned = location.split('?').next().unwrap();
-    assert_eq!(c.get(unsigned).send().await.unwrap().status(), 403);
+    assert_eq!(c.get(unsigned).go().await.status(), 403);
     // The URL in the upload answer is usable as is.
-    assert_eq!(
-        c.get(up["url"].as_str().unwrap())
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(c.get(up["url"].as_str().unwrap()).go().await.status(), 200);
 }
 
 #[tokio::test]
 async fn slave_files_sit_next_to_their_master() {
     let cl = cluster(Setup::default()).await;
-    let (gw, c) = (&cl.gateway, client());
-    let r = c
-        .put(gw.url("/upload/pic.jpg"))
-        .body("master bytes")
-        .send()
-        .await
-        .unwrap();
-    let master = r.json::<Value>().await.unwrap()["file_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let master = file_id(&cl.upload("pic.jpg", "master bytes").await);
     let form = Form::new()
         .text("master_file_id", master.clone())
         .text("prefix", "_150x150")
         .part("file", Part::bytes(b"thumb".to_vec()).file_name("t.jpg"));
-    let r = c
-        .post(gw.url("/upload"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let slave = r.json::<Value>().await.unwrap()["file_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let slave = file_id(&fdfs_testkit::json_ok(cl.post_form(form).await).await);
     let stem = master.strip_suffix(".jpg").unwrap();
     assert_eq!(slave, format!("{stem}_150x150.jpg"));
-    assert_eq!(download(&c, gw, &slave).await.1, b"thumb");
+    assert_eq!(cl.download(&slave).await.1, b"thumb");
 }
 
 #[tokio::test]
 async fn stalled_uploads_and_dead_storage_get_clean_errors() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut cl = cluster(Setup {
-        gateway: Box::new(|c| c.body_timeout_secs = 1),
-        ..Setup::default()
-    })
-    .await;
-    let c = client();
+    let mut cl = cluster(Setup::gateway(|c| c.body_timeout_secs = 1)).await;
     // A raw upload whose body stops half way: 408, and the storage node keeps nothing.
-    let mut s = tokio::net::TcpStream::connect(cl.gateway.addr)
-        .await
-        .unwrap();
-    let head = "PUT /upload/slow.bin HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n";
-    s.write_all(head.as_bytes()).await.unwrap();
-    s.write_all(&[5u8; 20_000]).await.unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(std::time::Duration::from_secs(15), async {
-        let mut chunk = [0u8; 4096];
-        loop {
-            let n = s.read(&mut chunk).await.unwrap_or(0);
-            if n == 0 {
-                break;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if buf.ends_with(b"}") {
-                break;
-            }
-        }
-    })
-    .await
-    .expect("gateway answered a stalled upload");
-    let text = String::from_utf8_lossy(&buf);
-    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    let mut stalled =
+        b"PUT /upload/slow.bin HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n".to_vec();
+    stalled.extend_from_slice(&[5u8; 20_000]);
+    let how = How {
+        until_answered: true,
+        ..How::within(15)
+    };
+    let a = raw::send(cl.gateway.addr, &stalled, how).await;
+    assert!(
+        !a.timed_out && a.status == Some(408),
+        "gateway answered a stalled upload: {}",
+        a.summary()
+    );
     assert_eq!(
-        files_under(&cl.dirs[0].path().join("data")),
+        files_under(&cl.dirs[0].path().join("data")).len(),
         0,
         "partial upload kept"
     );
 
     // The only storage node goes away: uploads and downloads fail with a clean 502/503, never a 500.
-    let r = c
-        .put(cl.gateway.url("/upload/x.txt"))
-        .body("x")
-        .send()
-        .await
-        .unwrap();
-    let id = r.json::<Value>().await.unwrap()["file_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = file_id(&cl.upload("x.txt", "x").await);
     drop(cl.storages.pop());
-    let gw = cl.gateway.url("");
-    crate::common::eventually(15, "upload to a dead storage node fails cleanly", || {
-        let c = c.clone();
-        let gw = gw.clone();
-        async move {
-            let r = c
-                .put(format!("{gw}/upload/x.txt"))
-                .body("x")
-                .send()
-                .await
-                .ok()?;
+    let c = &cl.http;
+    let url = cl.gateway.url("/upload/x.txt");
+    eventually(
+        15,
+        "upload to a dead storage node fails cleanly",
+        || async {
+            let r = c.put(&url).body("x").send().await.ok()?;
             if r.status() == 200 {
                 return None; // not stopped yet
             }
-            let (status, code) = error_of(r).await;
+            let (status, code) = fdfs_testkit::error_of(r).await;
             // While it stops, the node refuses new uploads before their body (`node_stopping`); once gone, the
             // connection fails or the tracker has no member left.
             assert!(
@@ -583,33 +328,11 @@ async fn stalled_uploads_and_dead_storage_get_clean_errors() {
                 "{status} {code}"
             );
             Some(())
-        }
-    })
+        },
+    )
     .await;
-    let r = c
-        .get(cl.gateway.url(&format!("/info/{id}")))
-        .send()
-        .await
-        .unwrap();
-    let (status, _) = error_of(r).await;
+    let (status, _) = cl.get(&format!("/info/{id}")).error().await;
     assert!(status == 502 || status == 503, "{status}");
-}
-
-/// Regular files below `dir`.
-fn files_under(dir: &std::path::Path) -> usize {
-    let mut n = 0;
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            if e.file_type().unwrap().is_dir() {
-                stack.push(e.path());
-            } else {
-                n += 1;
-            }
-        }
-    }
-    n
 }
 
 #[tokio::test]
@@ -621,43 +344,17 @@ async fn cluster_secret_is_sent_upstream() {
         ..Setup::default()
     })
     .await;
-    let c = client();
-    let r = c
-        .put(cl.gateway.url("/upload/s.txt"))
-        .body("secret")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let id = r.json::<Value>().await.unwrap()["file_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert_eq!(download(&c, &cl.gateway, &id).await.1, b"secret");
-    let meta: Value = c
-        .get(cl.gateway.url(&format!("/meta/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(meta, json!({}));
+    let id = file_id(&cl.upload("s.txt", "secret").await);
+    assert_eq!(cl.download(&id).await.1, b"secret");
+    assert_eq!(cl.json(&format!("/meta/{id}")).await, json!({}));
 
     // A gateway with the wrong secret: the refusal is the operator's problem, reported as 502, not 401.
-    let wrong = crate::common::gateway(fdfs_gateway::Config {
-        trackers: vec![cl.tracker.addr.to_string()],
-        cluster_secret: Some("outside".into()),
-        ..fdfs_gateway::Config::default()
+    let wrong = gateway_for(vec![cl.tracker.addr.to_string()], |c| {
+        c.cluster_secret = Some("outside".into())
     })
     .await;
-    let r = c
-        .put(wrong.url("/upload/s.txt"))
-        .body("x")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(error_of(r).await, (502, "bad_gateway".to_owned()));
+    let r = cl.http.put(wrong.url("/upload/s.txt")).body("x");
+    assert_eq!(r.error().await, (502, "bad_gateway".to_owned()));
 }
 
 #[tokio::test]
@@ -667,33 +364,18 @@ async fn two_members_send_reads_to_the_holder() {
         ..Setup::default()
     })
     .await;
-    let (gw, c) = (&cl.gateway, client());
     let mut sources = std::collections::BTreeSet::new();
     for i in 0..4 {
         let body = format!("file number {i}");
-        let r = c
-            .put(gw.url(&format!("/upload/f{i}.txt")))
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        let up: Value = r.json().await.unwrap();
-        let id = up["file_id"].as_str().unwrap().to_owned();
+        let up = cl.upload(&format!("f{i}.txt"), body.clone()).await;
+        let id = file_id(&up);
         let url = up["url"].as_str().unwrap().to_owned();
         sources.insert(url.split('/').nth(2).unwrap().to_owned());
         // Not replicated (yet): the redirect and the info point at the member that has it.
-        let (location, bytes) = download(&c, gw, &id).await;
+        let (location, bytes) = cl.download(&id).await;
         assert_eq!(location, url);
         assert_eq!(bytes, body.as_bytes());
-        let info: Value = c
-            .get(gw.url(&format!("/info/{id}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let info = cl.json(&format!("/info/{id}")).await;
         assert_eq!(info["locations"][0], url.as_str(), "{info}");
     }
     assert_eq!(
@@ -706,17 +388,11 @@ async fn two_members_send_reads_to_the_holder() {
 #[tokio::test]
 async fn a_group_field_after_the_file_is_refused_and_nothing_is_kept() {
     let cl = cluster(Setup::default()).await;
-    let (gw, c) = (&cl.gateway, client());
     let form = Form::new()
-        .part("file", Part::bytes(content(3000)).file_name("late.bin"))
+        .part("file", Part::bytes(content(1, 3000)).file_name("late.bin"))
         .text("group", "group1")
-        .part("file", Part::bytes(content(10)).file_name("more.bin"));
-    let r = c
-        .post(gw.url("/upload"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+        .part("file", Part::bytes(content(2, 10)).file_name("more.bin"));
+    let r = cl.post_form(form).await;
     let status = r.status();
     let v: Value = r.json().await.unwrap();
     assert_eq!(status, 400, "{v}");
@@ -729,28 +405,11 @@ async fn a_group_field_after_the_file_is_refused_and_nothing_is_kept() {
         "{v}"
     );
     // The file stored before the late field is deleted (its replica moments later): no member keeps a file.
-    crate::common::eventually(30, "no member holding a file", || async {
+    eventually(30, "no member holding a file", || async {
         cl.dirs
             .iter()
-            .all(|d| walk(d.path().join("data")).is_empty())
+            .all(|d| files_under(&d.path().join("data")).is_empty())
             .then_some(())
     })
     .await;
-}
-
-/// Regular files under `dir`, recursively.
-fn walk(dir: std::path::PathBuf) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }

@@ -1,20 +1,31 @@
-//! Test harness: real trackers, storage nodes and gateways in-process on 127.0.0.1:0 (servers, polling and
-//! error helpers from `fdfs-testkit`).
+//! The gateway tests' harness: a gateway in front of given trackers ([`gateway_for`]), and a small cluster of a
+//! real tracker, storage nodes and a gateway, all in this process on 127.0.0.1:0 ([`fdfs_testkit::inproc`]),
+//! with the requests the tests make of its gateway ([`Cluster`]).
 
-#![allow(dead_code, unused_imports)]
+use fdfs_testkit::inproc::{gateway, storage, tracker};
+use fdfs_testkit::{client, closed_addr, eventually, redirected, RequestExt, Server};
+use serde_json::Value;
 
-pub use fdfs_testkit::{client, closed_addr, error_of, eventually, Server};
-
-pub async fn tracker(config: fdfs_tracker::Config) -> Server {
-    Server::start(|l, stop| fdfs_tracker::run(l, config, stop)).await
+/// A gateway in front of `trackers` (nobody need listen there), with `adjust` applied to its config.
+pub async fn gateway_for(
+    trackers: Vec<String>,
+    adjust: impl FnOnce(&mut fdfs_gateway::Config),
+) -> Server {
+    let mut config = fdfs_gateway::Config {
+        trackers,
+        ..fdfs_gateway::Config::default()
+    };
+    adjust(&mut config);
+    gateway(config).await
 }
 
-pub async fn gateway(config: fdfs_gateway::Config) -> Server {
-    Server::start(|l, stop| fdfs_gateway::run(l, config, stop)).await
-}
-
-pub async fn storage(config: fdfs_storage::Config) -> Server {
-    Server::start(|l, stop| fdfs_storage::run(l, config, stop)).await
+/// `GET <gateway><path>`, which must answer 200 with an HTML page; its text.
+pub async fn html(gw: &Server, path: &str) -> String {
+    let page = client().get(gw.url(path)).go().await;
+    assert_eq!(page.status(), 200, "{path}");
+    let ct = page.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(ct.starts_with("text/html"), "{path}: {ct}");
+    page.text().await.unwrap()
 }
 
 /// Tracker + storage members + gateway, all in this process.
@@ -23,6 +34,8 @@ pub struct Cluster {
     pub storages: Vec<Server>,
     pub tracker: Server,
     pub dirs: Vec<tempfile::TempDir>,
+    /// Does not follow redirects.
+    pub http: reqwest::Client,
 }
 
 /// Settings of the test cluster; the closures adjust each server's config.
@@ -43,6 +56,16 @@ impl Default for Setup {
             storage: Box::new(|_| {}),
             tracker: Box::new(|_| {}),
             dead_tracker_first: false,
+        }
+    }
+}
+
+impl Setup {
+    /// The default setup with the gateway's config adjusted.
+    pub fn gateway(adjust: impl FnOnce(&mut fdfs_gateway::Config) + 'static) -> Setup {
+        Setup {
+            gateway: Box::new(adjust),
+            ..Setup::default()
         }
     }
 }
@@ -77,44 +100,77 @@ pub async fn cluster(setup: Setup) -> Cluster {
     if setup.dead_tracker_first {
         trackers.insert(0, closed_addr());
     }
-    let mut gc = fdfs_gateway::Config {
-        trackers,
-        ..fdfs_gateway::Config::default()
-    };
-    (setup.gateway)(&mut gc);
-    let gateway = gateway(gc).await;
-    let c = client();
-    let want = setup.members;
-    let url = gateway.url("/cluster");
-    let tracker_health = format!("{}/health", tracker.base());
-    eventually(
-        20,
-        "storage members active, the tracker past its warm-up",
-        || {
-            let c = c.clone();
-            let url = url.clone();
-            let tracker_health = tracker_health.clone();
-            async move {
-                let ready = c.get(&tracker_health).send().await.ok()?;
-                if ready.status() != 200 {
-                    return None;
-                }
-                let v: serde_json::Value = c.get(&url).send().await.ok()?.json().await.ok()?;
-                let active = v["groups"]
-                    .as_array()?
-                    .iter()
-                    .flat_map(|g| g["members"].as_array().cloned().unwrap_or_default())
-                    .filter(|m| m["state"] == "active")
-                    .count();
-                (active >= want).then_some(())
-            }
-        },
-    )
-    .await;
-    Cluster {
+    let gateway = gateway_for(trackers, setup.gateway).await;
+    let c = Cluster {
         gateway,
         storages,
         tracker,
         dirs,
+        http: client(),
+    };
+    let want = setup.members;
+    let tracker_health = format!("{}/health", c.tracker.base());
+    eventually(
+        20,
+        "storage members active, the tracker past its warm-up",
+        || async {
+            let ready = c.http.get(&tracker_health).send().await.ok()?;
+            if ready.status() != 200 {
+                return None;
+            }
+            let v: Value = c.get("/cluster").send().await.ok()?.json().await.ok()?;
+            let active = v["groups"]
+                .as_array()?
+                .iter()
+                .flat_map(|g| g["members"].as_array().cloned().unwrap_or_default())
+                .filter(|m| m["state"] == "active")
+                .count();
+            (active >= want).then_some(())
+        },
+    )
+    .await;
+    c
+}
+
+impl Cluster {
+    /// `GET <gateway><path>`.
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http.get(self.gateway.url(path))
     }
+
+    /// `PUT <gateway>/upload/<name>` (a query may follow the name), asserting 200; the JSON answer.
+    pub async fn upload(&self, name: &str, body: impl Into<reqwest::Body>) -> Value {
+        self.http
+            .put(self.gateway.url(&format!("/upload/{name}")))
+            .body(body)
+            .ok_json()
+            .await
+    }
+
+    /// `POST <gateway>/upload` with a multipart form.
+    pub async fn post_form(&self, form: reqwest::multipart::Form) -> reqwest::Response {
+        self.http
+            .post(self.gateway.url("/upload"))
+            .multipart(form)
+            .go()
+            .await
+    }
+
+    /// The gateway's redirect for `id`, and the bytes there: (location, bytes).
+    pub async fn download(&self, id: &str) -> (String, Vec<u8>) {
+        redirected(&self.http, &self.gateway.url(&format!("/{id}"))).await
+    }
+
+    /// `GET <gateway>/<path>` answered with 200 and JSON (`/info/{id}`, `/meta/{id}`, `/cluster`).
+    pub async fn json(&self, path: &str) -> Value {
+        self.get(path).ok_json().await
+    }
+}
+
+/// The `file_id` of an upload answer.
+pub fn file_id(up: &Value) -> String {
+    up["file_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no file_id in {up}"))
+        .to_owned()
 }

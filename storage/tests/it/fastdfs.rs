@@ -8,15 +8,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::common::{config as storage_config, tracker_config};
 use fdfs_common::config::Size;
 use fdfs_common::fastdfs::{cmd, errno, fixed_str, get_u64, put_fixed, put_u64, Header};
-use fdfs_common::wire::CLUSTER_SECRET_HEADER;
 use fdfs_common::FileId;
-use fdfs_testkit::{client, content, eventually, Server};
+use fdfs_testkit::{client, content, eventually, files_under, metric, metrics, RequestExt, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const SECRET: &str = "fastdfs-test-secret";
 /// FastDFS connections of these clusters close after this long without progress.
 const DOOR_TIMEOUT_MS: u64 = 2000;
 
@@ -46,9 +45,8 @@ async fn cluster(members: usize) -> Cluster {
     let config = fdfs_tracker::Config {
         heartbeat_timeout_ms: 3000,
         reserved_storage_space: Size::Bytes(0),
-        cluster_secret: Some(SECRET.into()),
         fastdfs_timeout_ms: DOOR_TIMEOUT_MS,
-        ..fdfs_tracker::Config::default()
+        ..tracker_config()
     };
     let tracker = Server::start(move |l, stop| {
         fdfs_tracker::run_with_fastdfs(l, Some(tracker_door), config, stop)
@@ -62,17 +60,13 @@ async fn cluster(members: usize) -> Cluster {
         let door_addr = door.local_addr().unwrap();
         let config = fdfs_storage::Config {
             group: "group1".parse().unwrap(),
-            trackers: vec![tracker.addr.to_string()],
-            store_paths: vec![store.clone()],
-            heartbeat_interval_ms: 100,
-            cluster_secret: Some(SECRET.into()),
             write_quorum: members as u32,
             reserved_storage_space: Size::Bytes(0),
             max_file_size: Size::Bytes(64 << 20),
             fastdfs_timeout_ms: DOOR_TIMEOUT_MS,
             // No scrubber: a test removes a copy behind the node's back.
             scrub_bytes_per_sec: Size::Bytes(0),
-            ..fdfs_storage::Config::default()
+            ..storage_config(vec![tracker.addr.to_string()], std::slice::from_ref(&store))
         };
         let http = Server::start(move |l, stop| {
             fdfs_storage::run_with_fastdfs(l, Some(door), config, stop)
@@ -183,11 +177,17 @@ fn id_of(reply: &[u8]) -> FileId {
     format!("{group}/{name}").parse().unwrap()
 }
 
+/// The fixed part of an upload's body: store path index, file size, extension (6 bytes).
+fn upload_head(store_path: u8, size: u64, ext: &[u8]) -> Vec<u8> {
+    let mut head = vec![store_path];
+    put_u64(&mut head, size);
+    put_fixed(&mut head, ext, 6);
+    head
+}
+
 async fn upload(door: SocketAddr, store_path: u8, ext: &str, data: &[u8]) -> FileId {
     let mut s = connect(door).await;
-    let mut body = vec![store_path];
-    put_u64(&mut body, data.len() as u64);
-    put_fixed(&mut body, ext.as_bytes(), 6);
+    let mut body = upload_head(store_path, data.len() as u64, ext.as_bytes());
     body.extend_from_slice(data);
     let (status, reply) = request(&mut s, cmd::UPLOAD_FILE, &body).await;
     assert_eq!(status, 0, "upload refused");
@@ -204,11 +204,7 @@ async fn download(door: SocketAddr, id: &FileId, offset: u64, len: u64) -> (u8, 
 }
 
 async fn http_get(member: &Member, id: &FileId) -> (u16, Vec<u8>) {
-    let r = client()
-        .get(member.http.url(&format!("/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let r = client().get(member.http.url(&format!("/{id}"))).go().await;
     (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
 }
 
@@ -224,28 +220,29 @@ fn set_meta_body(id: &FileId, flag: u8, meta: &[u8]) -> Vec<u8> {
     b
 }
 
-/// Regular files under a store path's `data/` (stored files and their metadata).
-fn files_under(store: &Path) -> Vec<PathBuf> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let t = e.file_type().unwrap();
-            if t.is_dir() {
-                walk(&e.path(), out);
-            } else if t.is_file() {
-                out.push(e.path());
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(&store.join("data"), &mut out);
-    walk(&store.join(".fdfs").join("tmp"), &mut out);
+/// Regular files under a store path's `data/` (stored files and their metadata) and its staging directory.
+fn files_in(store: &Path) -> Vec<PathBuf> {
+    let mut out = files_under(&store.join("data"));
+    out.extend(files_under(&store.join(".fdfs").join("tmp")));
     out
+}
+
+/// `fdfs_fastdfs_requests_total` of successful uploads (command 11) counted by storage nodes in this process
+/// (one recorder for every server here: other tests' uploads only add to it).
+async fn fastdfs_uploads(member: &Member) -> f64 {
+    let text = metrics(&client(), &member.http.base()).await;
+    metric(
+        &text,
+        "fdfs_fastdfs_requests_total{role=\"storage\",command=\"11\",status=\"0\"}",
+    )
+    .unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_cluster_two_doors_fastdfs_and_http_see_the_same_files() {
     let c = cluster(2).await;
     let mut tracker = connect(c.tracker_door).await;
+    let uploads_before = fastdfs_uploads(&c.members[0]).await;
 
     // Query store: group, the door of an active member, a store path (40 bytes with 16-byte addresses).
     let (status, reply) = request(&mut tracker, cmd::QUERY_STORE_WITHOUT_GROUP_ONE, &[]).await;
@@ -280,15 +277,12 @@ async fn one_cluster_two_doors_fastdfs_and_http_see_the_same_files() {
 
     // Upload over HTTP, download over FastDFS from the member the tracker names: whole and ranged.
     let http_data = content(2, 100_000);
-    let r = client()
+    let uploaded: serde_json::Value = client()
         .post(c.members[0].http.url("/v1/upload?ext=txt"))
-        .header(CLUSTER_SECRET_HEADER, SECRET)
+        .secret()
         .body(http_data.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let uploaded: serde_json::Value = r.json().await.unwrap();
+        .ok_json()
+        .await;
     let http_id: FileId = uploaded["file_id"].as_str().unwrap().parse().unwrap();
     let (status, reply) = request(&mut tracker, cmd::QUERY_FETCH_ONE, &named(&http_id)).await;
     assert_eq!((status, reply.len()), (0, 39));
@@ -351,30 +345,21 @@ async fn one_cluster_two_doors_fastdfs_and_http_see_the_same_files() {
     assert_eq!(status, errno::EEXIST);
 
     // Metadata: overwrite, then merge; the HTTP side sees the same.
-    let (status, _) = request(
-        &mut s,
-        cmd::SET_METADATA,
-        &set_meta_body(&id, b'O', b"width\x021024\x01height\x02768"),
-    )
-    .await;
-    assert_eq!(status, 0);
-    let (status, _) = request(
-        &mut s,
-        cmd::SET_METADATA,
-        &set_meta_body(&id, b'M', b"height\x02800\x01author\x02ann"),
-    )
-    .await;
-    assert_eq!(status, 0);
+    for (flag, meta) in [
+        (b'O', &b"width\x021024\x01height\x02768"[..]),
+        (b'M', b"height\x02800\x01author\x02ann"),
+    ] {
+        let body = set_meta_body(&id, flag, meta);
+        assert_eq!(request(&mut s, cmd::SET_METADATA, &body).await.0, 0);
+    }
     let (status, meta) = request(&mut s, cmd::GET_METADATA, &named(&id)).await;
     assert_eq!(status, 0);
     assert_eq!(meta, b"author\x02ann\x01height\x02800\x01width\x021024");
-    let r = client()
+    let json: serde_json::Value = client()
         .get(c.members[0].http.url(&format!("/v1/meta/{id}")))
-        .header(CLUSTER_SECRET_HEADER, SECRET)
-        .send()
-        .await
-        .unwrap();
-    let json: serde_json::Value = r.json().await.unwrap();
+        .secret()
+        .ok_json()
+        .await;
     assert_eq!(
         json,
         serde_json::json!({"author": "ann", "height": "800", "width": "1024"})
@@ -426,19 +411,11 @@ async fn one_cluster_two_doors_fastdfs_and_http_see_the_same_files() {
         .await;
     }
     assert_eq!(download(door, &id, 0, 0).await.0, errno::ENOENT);
-    // The door's requests are counted on /metrics.
-    let metrics = client()
-        .get(c.members[0].http.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // The door's requests are counted on /metrics: the upload over FastDFS at least.
+    let uploads_after = fastdfs_uploads(&c.members[0]).await;
     assert!(
-        metrics
-            .contains("fdfs_fastdfs_requests_total{role=\"storage\",command=\"11\",status=\"0\"}"),
-        "{metrics}"
+        uploads_after >= uploads_before + 1.0,
+        "{uploads_before} -> {uploads_after}"
     );
     // Quit closes the connection.
     let mut s = connect(door).await;
@@ -484,9 +461,7 @@ async fn hostile_fastdfs_input_gets_an_errno_or_a_closed_connection() {
 
     // An upload of 10 GiB (over max_file_size): EFBIG and closed.
     let mut s = connect(member.door).await;
-    let mut fixed = vec![0u8];
-    put_u64(&mut fixed, 10 << 30);
-    put_fixed(&mut fixed, b"bin", 6);
+    let fixed = upload_head(0, 10 << 30, b"bin");
     send(&mut s, cmd::UPLOAD_FILE, 15 + (10 << 30), &fixed).await;
     assert_eq!(read_reply(&mut s).await.map(|r| r.0), Some(errno::EFBIG));
     assert!(closed_by_server(&mut s).await);
@@ -494,29 +469,17 @@ async fn hostile_fastdfs_input_gets_an_errno_or_a_closed_connection() {
     // An upload whose packet length disagrees with its file size, and one with a bad extension: EINVAL, the
     // packet is skipped, and the connection stays usable.
     let mut s = connect(member.door).await;
-    let mut body = vec![0u8];
-    put_u64(&mut body, 100);
-    put_fixed(&mut body, b"bin", 6);
-    body.extend_from_slice(&[7u8; 50]);
-    assert_eq!(
-        request(&mut s, cmd::UPLOAD_FILE, &body).await.0,
-        errno::EINVAL
-    );
-    let mut body = vec![0u8];
-    put_u64(&mut body, 10);
-    put_fixed(&mut body, b"a/b", 6);
-    body.extend_from_slice(&[7u8; 10]);
-    assert_eq!(
-        request(&mut s, cmd::UPLOAD_FILE, &body).await.0,
-        errno::EINVAL
-    );
+    for (size, ext, sent) in [(100, &b"bin"[..], 50), (10, b"a/b", 10)] {
+        let mut body = upload_head(0, size, ext);
+        body.extend_from_slice(&vec![7u8; sent]);
+        let status = request(&mut s, cmd::UPLOAD_FILE, &body).await.0;
+        assert_eq!(status, errno::EINVAL, "{size} bytes declared, {sent} sent");
+    }
     assert_eq!(request(&mut s, cmd::ACTIVE_TEST, &[]).await, (0, vec![]));
 
     // An upload cut short (the client dies mid-body) and one that stalls mid-body: closed, nothing kept.
     let mut s = connect(member.door).await;
-    let mut fixed = vec![0u8];
-    put_u64(&mut fixed, 1 << 20);
-    put_fixed(&mut fixed, b"bin", 6);
+    let fixed = upload_head(0, 1 << 20, b"bin");
     send(&mut s, cmd::UPLOAD_FILE, 15 + (1 << 20), &fixed).await;
     s.write_all(&content(4, 100_000)).await.unwrap();
     drop(s);
@@ -556,7 +519,7 @@ async fn hostile_fastdfs_input_gets_an_errno_or_a_closed_connection() {
 
     // Nothing of the refused, cut and stalled uploads is on disk; the node still works.
     eventually(60, "the aborted uploads' temp files to go", || async {
-        files_under(store).is_empty().then_some(())
+        files_in(store).is_empty().then_some(())
     })
     .await;
     let id = upload(member.door, 0, "", b"still fine").await;

@@ -10,57 +10,37 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::common::{config, tracker_config};
 use fdfs_common::config::Size;
-use fdfs_common::wire::{ClusterView, MemberState, Metadata, UploadResult, CLUSTER_SECRET_HEADER};
-use reqwest::{Client, StatusCode};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use fdfs_common::wire::{ClusterView, MemberState, Metadata, UploadResult};
+use fdfs_testkit::inproc::{storage_on, tracker};
+use fdfs_testkit::{
+    client, content, eventually, eventually_ok, stored_files, stored_path, wait_until, RequestExt,
+    Server,
+};
+use futures_util::StreamExt as _;
+use reqwest::StatusCode;
 
-const SECRET: &str = "replication-test-secret";
-const GROUP: &str = "g1";
 const DEADLINE: Duration = Duration::from_secs(60);
 /// Files the joining member starts from, unless `FDFS_JOIN_FILES` says otherwise.
 const DEFAULT_JOIN_FILES: usize = 10_000;
 
-struct Tracker {
-    addr: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<anyhow::Result<()>>,
-}
+/// The group's tracker.
+struct Tracker(Server);
 
 impl Tracker {
     async fn start() -> Tracker {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let (tx, rx) = oneshot::channel::<()>();
-        let config = fdfs_tracker::Config {
-            heartbeat_timeout_ms: 1500,
-            cluster_secret: Some(SECRET.into()),
-            ..Default::default()
-        };
-        let task = tokio::spawn(fdfs_tracker::run(listener, config, async {
-            let _ = rx.await;
-        }));
-        Tracker {
-            addr,
-            stop: Some(tx),
-            task,
-        }
-    }
-
-    async fn cluster(&self) -> ClusterView {
-        Client::new()
-            .get(format!("http://{}/cluster", self.addr))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        Tracker(
+            tracker(fdfs_tracker::Config {
+                heartbeat_timeout_ms: 1500,
+                ..tracker_config()
+            })
+            .await,
+        )
     }
 
     async fn state_of(&self, node: &Node) -> Option<MemberState> {
-        let view = self.cluster().await;
+        let view: ClusterView = client().get(self.0.url("/cluster")).ok_json().await;
         view.groups
             .iter()
             .flat_map(|g| &g.members)
@@ -69,28 +49,19 @@ impl Tracker {
     }
 
     async fn wait_state(&self, node: &Node, state: MemberState) {
-        let t0 = Instant::now();
-        while self.state_of(node).await != Some(state) {
-            assert!(
-                t0.elapsed() < DEADLINE,
-                "{} never became {state:?}",
-                node.addr
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.await.unwrap().unwrap();
+        let what = format!("{} to become {state:?}", node.addr);
+        eventually(DEADLINE, &what, || async {
+            (self.state_of(node).await == Some(state)).then_some(())
+        })
+        .await;
     }
 }
 
+/// One storage node, restartable on its address and store path.
 struct Node {
     addr: String,
     dir: PathBuf,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
+    server: Option<Server>,
 }
 
 #[derive(Clone)]
@@ -98,6 +69,16 @@ struct Opts {
     write_quorum: u32,
     max_file_size: u64,
     binlog_segment_bytes: u64,
+}
+
+impl Opts {
+    /// These options with `write_quorum` set.
+    fn quorum(self, write_quorum: u32) -> Opts {
+        Opts {
+            write_quorum,
+            ..self
+        }
+    }
 }
 
 impl Default for Opts {
@@ -113,41 +94,33 @@ impl Default for Opts {
 impl Node {
     /// Start a node on `addr` (`127.0.0.1:0` for a new port) with its single store path in `dir`.
     async fn start(tracker: &Tracker, dir: &Path, addr: &str, opts: &Opts) -> Node {
-        let listener = bind(addr).await;
-        let addr = listener.local_addr().unwrap().to_string();
-        let config = fdfs_storage::Config {
-            group: GROUP.parse().unwrap(),
-            trackers: vec![tracker.addr.clone()],
-            store_paths: vec![dir.to_owned()],
-            heartbeat_interval_ms: 200,
-            cluster_secret: Some(SECRET.into()),
-            write_quorum: opts.write_quorum,
-            max_file_size: Size::Bytes(opts.max_file_size),
-            binlog_segment_bytes: Size::Bytes(opts.binlog_segment_bytes),
-            ..Default::default()
-        };
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(fdfs_storage::run(listener, config, async {
-            let _ = rx.await;
-        }));
-        Node {
+        let trackers = vec![tracker.0.addr.to_string()];
+        let server = storage_on(
             addr,
+            fdfs_storage::Config {
+                heartbeat_interval_ms: 200,
+                write_quorum: opts.write_quorum,
+                max_file_size: Size::Bytes(opts.max_file_size),
+                binlog_segment_bytes: Size::Bytes(opts.binlog_segment_bytes),
+                ..config(trackers, &[dir.to_owned()])
+            },
+        )
+        .await;
+        Node {
+            addr: server.addr.to_string(),
             dir: dir.to_owned(),
-            stop: Some(tx),
-            task: Some(task),
+            server: Some(server),
         }
     }
 
     /// Shut down through the shutdown future and wait for `run` to return.
     async fn stop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await.unwrap().unwrap();
+        if let Some(s) = self.server.take() {
+            s.stop().await;
         }
     }
 
+    /// Stop, then start again on the same address and store path.
     async fn restart(&mut self, tracker: &Tracker, opts: &Opts) {
         self.stop().await;
         *self = Node::start(tracker, &self.dir.clone(), &self.addr.clone(), opts).await;
@@ -158,49 +131,33 @@ impl Node {
     }
 
     async fn upload(&self, body: Vec<u8>) -> UploadResult {
-        let r = self.try_upload(body).await;
-        assert_eq!(r.status(), StatusCode::OK);
-        r.json().await.unwrap()
+        fdfs_testkit::json_ok(self.try_upload(body).await).await
+    }
+
+    /// Upload `content(i, len)`; its file ID.
+    async fn upload_id(&self, i: usize, len: usize) -> String {
+        self.upload(content(i, len)).await.file_id.to_string()
     }
 
     async fn try_upload(&self, body: Vec<u8>) -> reqwest::Response {
-        Client::new()
-            .post(self.url("/v1/upload?ext=bin"))
-            .header(CLUSTER_SECRET_HEADER, SECRET)
-            .body(body)
-            .send()
-            .await
-            .unwrap()
+        let url = self.url("/v1/upload?ext=bin");
+        client().post(url).secret().body(body).go().await
     }
 
     async fn delete(&self, id: &str) {
-        let r = Client::new()
-            .delete(self.url(&format!("/v1/files/{id}")))
-            .header(CLUSTER_SECRET_HEADER, SECRET)
-            .send()
-            .await
-            .unwrap();
+        let r = client().delete(self.url(&format!("/v1/files/{id}")));
+        let r = r.secret().go().await;
         assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
     }
 
     async fn put_meta(&self, id: &str, meta: &Metadata) {
-        let r = Client::new()
-            .put(self.url(&format!("/v1/meta/{id}")))
-            .header(CLUSTER_SECRET_HEADER, SECRET)
-            .json(meta)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
+        let r = client().put(self.url(&format!("/v1/meta/{id}"))).json(meta);
+        assert_eq!(r.secret().go().await.status(), StatusCode::OK);
     }
 
     async fn meta(&self, id: &str) -> Option<Metadata> {
-        let r = Client::new()
-            .get(self.url(&format!("/v1/meta/{id}")))
-            .header(CLUSTER_SECRET_HEADER, SECRET)
-            .send()
-            .await
-            .unwrap();
+        let r = client().get(self.url(&format!("/v1/meta/{id}")));
+        let r = r.secret().go().await;
         if r.status() == StatusCode::NOT_FOUND {
             return None;
         }
@@ -209,100 +166,54 @@ impl Node {
 
     /// `GET /v1/sync/status`.
     async fn sync_status(&self) -> serde_json::Value {
-        Client::new()
-            .get(self.url("/v1/sync/status"))
-            .header(CLUSTER_SECRET_HEADER, SECRET)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        let r = client().get(self.url("/v1/sync/status"));
+        r.secret().ok_json().await
     }
 
     /// Poll until this node's peer list shows `other` in `state`.
     async fn wait_sees(&self, other: &Node, state: MemberState) {
         let want = serde_json::to_value(state).unwrap();
-        let t0 = Instant::now();
-        loop {
+        let what = format!("{} to see {} {state:?}", self.addr, other.addr);
+        eventually_ok(DEADLINE, &what, || async {
             let st = self.sync_status().await;
             let seen = st["peers"]
                 .as_array()
                 .unwrap()
                 .iter()
                 .any(|p| p["addr"] == other.addr.as_str() && p["state"] == want);
-            if seen {
-                return;
-            }
-            assert!(
-                t0.elapsed() < DEADLINE,
-                "{} never saw {} {state:?}: {st}",
-                self.addr,
-                other.addr
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            seen.then_some(()).ok_or_else(|| st.to_string())
+        })
+        .await;
     }
 
     /// Path of a file on this node's disk.
     fn disk(&self, file_id: &str) -> PathBuf {
-        let (_, rest) = file_id.split_once("/M00/").unwrap();
-        self.dir.join("data").join(rest)
+        stored_path(&self.dir, file_id)
     }
 
-    /// Every file on disk: relative path -> (size, mtime in unix seconds, crc32).
+    /// Every file on disk: relative path -> (size, mtime in unix seconds, crc32); a file removed while this
+    /// reads (a delete replicating) is left out.
     fn files(&self) -> BTreeMap<String, (u64, u64, u32)> {
-        let mut out = BTreeMap::new();
-        let data = self.dir.join("data");
-        let Ok(d1s) = std::fs::read_dir(&data) else {
-            return out;
-        };
-        for d1 in d1s.flatten() {
-            for d2 in std::fs::read_dir(d1.path()).unwrap().flatten() {
-                for f in std::fs::read_dir(d2.path()).unwrap().flatten() {
-                    let name = f.file_name().into_string().unwrap();
-                    if name.ends_with("-m") {
-                        continue;
-                    }
-                    let m = f.metadata().unwrap();
-                    let crc = crc32fast::hash(&std::fs::read(f.path()).unwrap());
-                    let rel = format!(
-                        "{}/{}/{name}",
-                        d1.file_name().to_str().unwrap(),
-                        d2.file_name().to_str().unwrap()
-                    );
-                    let mtime = m
-                        .modified()
-                        .unwrap()
-                        .duration_since(SystemTime::UNIX_EPOCH)
-                        .unwrap()
-                        .as_secs();
-                    out.insert(rel, (m.len(), mtime, crc));
-                }
-            }
-        }
-        out
+        stored_files(&self.dir)
+            .into_iter()
+            .filter_map(|rel| {
+                let path = self.dir.join("data").join(&rel);
+                let m = std::fs::metadata(&path).ok()?;
+                let crc = crc32fast::hash(&std::fs::read(&path).ok()?);
+                let mtime = m
+                    .modified()
+                    .unwrap()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs();
+                Some((rel, (m.len(), mtime, crc)))
+            })
+            .collect()
     }
 
-    /// Names of the files on disk (cheap: no hashing).
+    /// The files on disk, `XX/YY/name` (cheap: no hashing).
     fn names(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        let data = self.dir.join("data");
-        let Ok(d1s) = std::fs::read_dir(&data) else {
-            return out;
-        };
-        for d1 in d1s.flatten() {
-            for d2 in std::fs::read_dir(d1.path()).unwrap().flatten() {
-                for f in std::fs::read_dir(d2.path()).unwrap().flatten() {
-                    let name = f.file_name().into_string().unwrap();
-                    if !name.ends_with("-m") {
-                        out.push(name);
-                    }
-                }
-            }
-        }
-        out.sort();
-        out
+        stored_files(&self.dir).into_iter().collect()
     }
 
     /// `GET /{file_id}` served from this node's own disk (no proxying): status, ETag, Last-Modified, body.
@@ -310,44 +221,28 @@ impl Node {
         &self,
         file_id: &str,
     ) -> (StatusCode, Option<String>, Option<String>, Vec<u8>) {
-        let r = Client::new()
+        let r = client()
             .get(self.url(&format!("/{file_id}")))
             .header("x-fdfs-no-proxy", "1")
-            .send()
-            .await
-            .unwrap();
+            .go()
+            .await;
         let h = |n: &str| r.headers().get(n).map(|v| v.to_str().unwrap().to_owned());
         let (etag, lm) = (h("etag"), h("last-modified"));
         (r.status(), etag, lm, r.bytes().await.unwrap().to_vec())
     }
 }
 
-async fn bind(addr: &str) -> tokio::net::TcpListener {
-    // A restarted node takes back its port; the old socket may take a moment to go.
-    let t0 = Instant::now();
-    loop {
-        match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => return l,
-            Err(e) if t0.elapsed() < Duration::from_secs(10) => {
-                eprintln!("bind {addr}: {e}; retrying");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("bind {addr}: {e}"),
-        }
-    }
-}
-
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) -> Duration {
-    let t0 = Instant::now();
-    while !cond() {
-        assert!(t0.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    t0.elapsed()
-}
-
-fn content(i: usize, len: usize) -> Vec<u8> {
-    (0..len).map(|j| (i * 31 + j * 7) as u8).collect()
+/// Poll until `what` holds (a condition on the nodes' disks or answers), within [`DEADLINE`].
+async fn converge<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    eventually(DEADLINE, what, || {
+        let f = check();
+        async move { f.await.then_some(()) }
+    })
+    .await;
 }
 
 async fn cluster_of(n: usize, opts: &Opts) -> (Tracker, Vec<Node>, Vec<tempfile::TempDir>) {
@@ -364,18 +259,20 @@ async fn cluster_of(n: usize, opts: &Opts) -> (Tracker, Vec<Node>, Vec<tempfile:
         tracker.wait_state(node, MemberState::Active).await;
     }
     // Every node knows every other as active (its own heartbeat reply) before the test starts.
-    wait_peers_active(&nodes).await;
-    (tracker, nodes, dirs)
-}
-
-/// Wait until every node sees every other one in `state` (what a storage node learns from heartbeat replies
-/// lags the tracker by up to one heartbeat).
-async fn wait_peers_active(nodes: &[Node]) {
-    for n in nodes {
+    for n in &nodes {
         for other in nodes.iter().filter(|o| o.addr != n.addr) {
             n.wait_sees(other, MemberState::Active).await;
         }
     }
+    (tracker, nodes, dirs)
+}
+
+/// Stop every node, then the tracker.
+async fn shut_down(tracker: Tracker, nodes: &mut [Node]) {
+    for n in nodes.iter_mut() {
+        n.stop().await;
+    }
+    tracker.0.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -391,7 +288,7 @@ async fn uploads_deletes_and_metadata_propagate() {
         assert_eq!(up.replicas, 1, "write_quorum = 1 acknowledges alone");
         let id = up.file_id.to_string();
         let path = b.disk(&id);
-        lags.push(wait_for("the replica", || path.exists()).await);
+        lags.push(wait_until(DEADLINE, "the replica", || path.exists()).await);
         ids.push((id, body));
     }
     lags.sort();
@@ -410,28 +307,26 @@ async fn uploads_deletes_and_metadata_propagate() {
         assert_eq!(bb, ba);
         assert_eq!(eb, ea);
         assert_eq!(lb, la);
-        let ma = std::fs::metadata(a.disk(id)).unwrap().modified().unwrap();
-        let mb = std::fs::metadata(b.disk(id)).unwrap().modified().unwrap();
-        assert_eq!(
-            ma.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs(),
-            mb.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs()
-        );
     }
+    assert_eq!(
+        a.files(),
+        b.files(),
+        "same names, sizes, mtimes and contents"
+    );
 
     // Metadata set on A reaches B.
     let (id0, _) = &ids[0];
     let meta: Metadata = [("author".into(), "ada".into()), ("w".into(), "640".into())].into();
     a.put_meta(id0, &meta).await;
-    let t0 = Instant::now();
-    while b.meta(id0).await.as_ref() != Some(&meta) {
-        assert!(t0.elapsed() < DEADLINE, "metadata never reached B");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    converge("metadata to reach B", || async {
+        b.meta(id0).await.as_ref() == Some(&meta)
+    })
+    .await;
 
     // Operations on B travel to A too (every member logs its own).
     let up = b.upload(content(99, 5000)).await;
     let on_a = a.disk(&up.file_id.to_string());
-    wait_for("B's upload on A", || on_a.exists()).await;
+    wait_until(DEADLINE, "B's upload on A", || on_a.exists()).await;
 
     // Deletes travel, and a deleted file does not come back.
     for (id, _) in &ids[..5] {
@@ -439,24 +334,18 @@ async fn uploads_deletes_and_metadata_propagate() {
     }
     for (id, _) in &ids[..5] {
         let p = b.disk(id);
-        wait_for("the delete on B", || !p.exists()).await;
+        wait_until(DEADLINE, "the delete on B", || !p.exists()).await;
     }
     b.delete(&up.file_id.to_string()).await;
-    wait_for("B's delete on A", || !on_a.exists()).await;
+    wait_until(DEADLINE, "B's delete on A", || !on_a.exists()).await;
 
     assert_eq!(a.names(), b.names());
-    for n in nodes.iter_mut() {
-        n.stop().await;
-    }
-    tracker.stop().await;
+    shut_down(tracker, &mut nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn write_quorum_two_holds_at_acknowledgement() {
-    let opts = Opts {
-        write_quorum: 2,
-        ..Opts::default()
-    };
+    let opts = Opts::default().quorum(2);
     let (tracker, mut nodes, _dirs) = cluster_of(2, &opts).await;
     for i in 0..10 {
         let up = nodes[0].upload(content(i, 20_000)).await;
@@ -481,27 +370,23 @@ async fn write_quorum_two_holds_at_acknowledgement() {
     // B comes back and gets it from A's worker.
     nodes[1].restart(&tracker, &opts).await;
     let p = nodes[1].disk(&up.file_id.to_string());
-    wait_for("the missed upload after restart", || p.exists()).await;
+    wait_until(DEADLINE, "the missed upload after restart", || p.exists()).await;
 
     // A member that refuses the replica (here: its size limit is smaller) makes the quorum fail: 503 JSON, and
     // the file stays on the node that took it.
     let strict = Opts {
-        write_quorum: 2,
         max_file_size: 100,
-        ..Opts::default()
+        ..Opts::default().quorum(2)
     };
     nodes[1].restart(&tracker, &strict).await;
     tracker.wait_state(&nodes[1], MemberState::Active).await;
     nodes[0].wait_sees(&nodes[1], MemberState::Active).await;
     let r = nodes[0].try_upload(content(5, 1000)).await;
-    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let body: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "unavailable", "{body}");
-
-    for n in nodes.iter_mut() {
-        n.stop().await;
-    }
-    tracker.stop().await;
+    assert_eq!(
+        fdfs_testkit::error_of(r).await,
+        (503, "unavailable".to_owned())
+    );
+    shut_down(tracker, &mut nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -510,25 +395,17 @@ async fn stopped_member_converges_after_restart() {
     let (tracker, mut nodes, _dirs) = cluster_of(2, &opts).await;
     let mut ids = Vec::new();
     for i in 0..30 {
-        ids.push(
-            nodes[0]
-                .upload(content(i, 2000 + i))
-                .await
-                .file_id
-                .to_string(),
-        );
+        ids.push(nodes[0].upload_id(i, 2000 + i).await);
     }
-    let b_has_all = |nodes: &Vec<Node>| nodes[0].names() == nodes[1].names();
-    let t0 = Instant::now();
-    while !b_has_all(&nodes) {
-        assert!(t0.elapsed() < DEADLINE);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(DEADLINE, "B to hold every file", || {
+        nodes[0].names() == nodes[1].names()
+    })
+    .await;
 
     nodes[1].stop().await;
     // While B is down: new uploads, deletes, a metadata change.
     for i in 30..50 {
-        ids.push(nodes[0].upload(content(i, 1500)).await.file_id.to_string());
+        ids.push(nodes[0].upload_id(i, 1500).await);
     }
     for id in &ids[..10] {
         nodes[0].delete(id).await;
@@ -538,29 +415,24 @@ async fn stopped_member_converges_after_restart() {
 
     nodes[1].restart(&tracker, &opts).await;
     let t0 = Instant::now();
-    while nodes[0].files() != nodes[1].files() {
-        if t0.elapsed() > DEADLINE {
-            let (a, b) = (nodes[0].files(), nodes[1].files());
-            let only_a: Vec<_> = a.iter().filter(|(k, v)| b.get(*k) != Some(v)).collect();
-            let only_b: Vec<_> = b.iter().filter(|(k, v)| a.get(*k) != Some(v)).collect();
-            panic!("B never converged: A only {only_a:?}, B only {only_b:?}");
+    let (a, b) = (&nodes[0], &nodes[1]);
+    eventually_ok(DEADLINE, "B to converge", || async {
+        let (fa, fb) = (a.files(), b.files());
+        if fa == fb {
+            return Ok(());
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        let only_a: Vec<_> = fa.iter().filter(|(k, v)| fb.get(*k) != Some(v)).collect();
+        let only_b: Vec<_> = fb.iter().filter(|(k, v)| fa.get(*k) != Some(v)).collect();
+        Err(format!("A only {only_a:?}, B only {only_b:?}"))
+    })
+    .await;
     println!("stopped member converged {:?} after restart", t0.elapsed());
-    assert_eq!(nodes[1].names().len(), 40);
-    let t0 = Instant::now();
-    while nodes[1].meta(&ids[20]).await.as_ref() != Some(&meta) {
-        assert!(
-            t0.elapsed() < DEADLINE,
-            "metadata change missed while down never arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    for n in nodes.iter_mut() {
-        n.stop().await;
-    }
-    tracker.stop().await;
+    assert_eq!(b.names().len(), 40);
+    converge("the metadata change missed while down", || async {
+        b.meta(&ids[20]).await.as_ref() == Some(&meta)
+    })
+    .await;
+    shut_down(tracker, &mut nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -570,28 +442,25 @@ async fn wiped_member_catches_up_and_deletes_stay_deleted() {
     let mut ids = Vec::new();
     for i in 0..40 {
         let on = &nodes[i % 3];
-        ids.push(on.upload(content(i, 3000)).await.file_id.to_string());
+        ids.push(on.upload_id(i, 3000).await);
     }
-    let t0 = Instant::now();
-    while !(nodes[0].names().len() == 40
-        && nodes[0].names() == nodes[1].names()
-        && nodes[1].names() == nodes[2].names())
-    {
-        assert!(t0.elapsed() < DEADLINE);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(DEADLINE, "every member to hold the 40 files", || {
+        nodes[0].names().len() == 40
+            && nodes[0].names() == nodes[1].names()
+            && nodes[1].names() == nodes[2].names()
+    })
+    .await;
     // C goes down; files uploaded on B meanwhile; B then dies for good: only A has them, and their source's
     // binlog can't reach C. A delete made on A while C is down must not come back from C either.
     nodes[2].stop().await;
     let mut late = Vec::new();
     for i in 40..50 {
-        late.push(nodes[1].upload(content(i, 3000)).await.file_id.to_string());
+        late.push(nodes[1].upload_id(i, 3000).await);
     }
-    let t0 = Instant::now();
-    while !late.iter().all(|id| nodes[0].disk(id).exists()) {
-        assert!(t0.elapsed() < DEADLINE);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(DEADLINE, "B's late files on A", || {
+        late.iter().all(|id| nodes[0].disk(id).exists())
+    })
+    .await;
     nodes[1].stop().await;
     nodes[0].delete(&ids[0]).await;
 
@@ -599,26 +468,21 @@ async fn wiped_member_catches_up_and_deletes_stay_deleted() {
     std::fs::remove_dir_all(dirs[2].path()).unwrap();
     std::fs::create_dir_all(dirs[2].path()).unwrap();
     nodes[2].restart(&tracker, &opts).await;
-    let t0 = Instant::now();
-    while nodes[2].files() != nodes[0].files() {
-        assert!(t0.elapsed() < DEADLINE, "wiped member never caught up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(DEADLINE, "the wiped member to catch up", || {
+        nodes[2].files() == nodes[0].files()
+    })
+    .await;
     tracker.wait_state(&nodes[2], MemberState::Active).await;
     assert_eq!(nodes[2].names().len(), 49);
     assert!(!nodes[2].disk(&ids[0]).exists());
 
     // B returns with the deleted file still on its disk: A's worker pushes the delete; it never comes back.
     nodes[1].restart(&tracker, &opts).await;
-    let t0 = Instant::now();
-    while nodes[1].disk(&ids[0]).exists() || nodes[1].files() != nodes[0].files() {
-        assert!(t0.elapsed() < DEADLINE, "returning member never converged");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    for n in nodes.iter_mut() {
-        n.stop().await;
-    }
-    tracker.stop().await;
+    wait_until(DEADLINE, "the returning member to converge", || {
+        !nodes[1].disk(&ids[0]).exists() && nodes[1].files() == nodes[0].files()
+    })
+    .await;
+    shut_down(tracker, &mut nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -631,7 +495,7 @@ async fn binlog_segments_are_removed_once_every_peer_acknowledged() {
     let (tracker, mut nodes, _dirs) = cluster_of(2, &opts).await;
     let mut ids = Vec::new();
     for i in 0..60 {
-        ids.push(nodes[0].upload(content(i, 100)).await.file_id.to_string());
+        ids.push(nodes[0].upload_id(i, 100).await);
     }
     let st = nodes[0].sync_status().await;
     assert_eq!(st["binlog_last_seq"], 60, "{st}");
@@ -640,34 +504,29 @@ async fn binlog_segments_are_removed_once_every_peer_acknowledged() {
     for id in &ids[..30] {
         nodes[0].delete(id).await;
     }
-    let segments = |st: &serde_json::Value| st["binlog_segments"].as_u64().unwrap();
-    let t0 = Instant::now();
-    loop {
-        let st = nodes[0].sync_status().await;
-        // Everything up to 60 was acknowledged before B stopped: those segments go, the deletes stay.
-        if st["binlog_first_seq"].as_u64().unwrap() > 1 {
-            assert!(st["binlog_first_seq"].as_u64().unwrap() <= 61, "{st}");
-            break;
-        }
-        assert!(t0.elapsed() < DEADLINE, "nothing pruned: {st}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let a = &nodes[0];
+    // Everything up to 60 was acknowledged before B stopped: those segments go, the deletes stay.
+    let st = eventually_ok(DEADLINE, "the acknowledged segments pruned", || async {
+        let st = a.sync_status().await;
+        let first = st["binlog_first_seq"].as_u64().unwrap();
+        (first > 1)
+            .then_some(first)
+            .ok_or(format!("nothing pruned: {st}"))
+    })
+    .await;
+    assert!(st <= 61, "first sequence kept: {st}");
     // B returns and takes the deletes; then only the segment being written remains.
     nodes[1].restart(&tracker, &opts).await;
-    let t0 = Instant::now();
-    loop {
-        let st = nodes[0].sync_status().await;
-        if segments(&st) == 1 && st["peers"][0]["pending_records"] == 0 {
-            break;
-        }
-        assert!(t0.elapsed() < DEADLINE, "binlog never pruned: {st}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let a = &nodes[0];
+    eventually_ok(DEADLINE, "the binlog pruned to one segment", || async {
+        let st = a.sync_status().await;
+        let done =
+            st["binlog_segments"].as_u64().unwrap() == 1 && st["peers"][0]["pending_records"] == 0;
+        done.then_some(()).ok_or(format!("{st}"))
+    })
+    .await;
     assert_eq!(nodes[1].names().len(), 30);
-    for n in nodes.iter_mut() {
-        n.stop().await;
-    }
-    tracker.stop().await;
+    shut_down(tracker, &mut nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -684,58 +543,41 @@ async fn new_member_joins_with_identical_files() {
     let (tracker, mut nodes, _dirs) = cluster_of(1, &opts).await;
     let a = &nodes[0];
     let t0 = Instant::now();
-    let client = Client::new();
-    let uploads = futures_util::stream::iter(0..n)
-        .map(|i| {
-            let client = client.clone();
-            let url = a.url("/v1/upload?ext=bin");
-            async move {
-                let r = client
-                    .post(url)
-                    .header(CLUSTER_SECRET_HEADER, SECRET)
-                    .body(content(i, size.unwrap_or(512 + (i % 64) * 64)))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), StatusCode::OK);
-            }
-        })
-        .buffer_unordered(16);
-    futures_util::StreamExt::collect::<Vec<()>>(uploads).await;
+    futures_util::stream::iter(0..n)
+        .map(|i| a.upload(content(i, size.unwrap_or(512 + (i % 64) * 64))))
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
     println!("seeded {n} files in {:?}", t0.elapsed());
     let total_bytes: u64 = a.files().values().map(|v| v.0).sum();
 
     let dir = tempfile::tempdir().unwrap();
     let t0 = Instant::now();
     let joiner = Node::start(&tracker, dir.path(), "127.0.0.1:0", &opts).await;
-    let mut saw_syncing = false;
-    loop {
+    let saw_syncing = std::cell::Cell::new(false);
+    eventually(DEADLINE * 5, "the joiner to become active", || async {
         match tracker.state_of(&joiner).await {
-            Some(MemberState::Syncing) => saw_syncing = true,
-            Some(MemberState::Active) => break,
+            Some(MemberState::Syncing) => saw_syncing.set(true),
+            Some(MemberState::Active) => return Some(()),
             _ => {}
         }
-        assert!(t0.elapsed() < DEADLINE * 5, "joiner never became active");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        None
+    })
+    .await;
     let elapsed = t0.elapsed();
     let have = joiner.names().len();
     let report = joiner.sync_status().await["last_catchup"].clone();
     println!("joiner's own catch-up report: {report}");
     println!(
-        "catch-up: {have} of {n} files ({:.1} MB) in {:.2?}: {:.0} files/s, {:.2} MB/s (saw syncing: {saw_syncing})",
+        "catch-up: {have} of {n} files ({:.1} MB) in {:.2?}: {:.0} files/s, {:.2} MB/s (saw syncing: {})",
         total_bytes as f64 / 1e6,
         elapsed,
         n as f64 / elapsed.as_secs_f64(),
-        total_bytes as f64 / 1e6 / elapsed.as_secs_f64()
+        total_bytes as f64 / 1e6 / elapsed.as_secs_f64(),
+        saw_syncing.get()
     );
     assert_eq!(have, n, "active before holding every file");
     assert_eq!(joiner.files(), nodes[0].files());
     nodes.push(joiner);
-    for node in nodes.iter_mut() {
-        node.stop().await;
-    }
-    tracker.stop().await;
+    shut_down(tracker, &mut nodes).await;
 }
-
-use futures_util::StreamExt as _;

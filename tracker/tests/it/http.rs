@@ -7,7 +7,7 @@ use fdfs_common::wire::{
     StorePathStat, CLUSTER_SECRET_HEADER,
 };
 use fdfs_common::{FileName, NameInfo};
-use fdfs_testkit::Server;
+use fdfs_testkit::{eventually, metrics, RequestExt, Server};
 use fdfs_tracker::{Config, StoreLookup};
 use reqwest::{Client, StatusCode};
 
@@ -21,7 +21,7 @@ struct Tracker {
 
 impl Tracker {
     async fn start(config: Config) -> Tracker {
-        let server = Server::start(|l, stop| fdfs_tracker::run(l, config, stop)).await;
+        let server = fdfs_testkit::inproc::tracker(config).await;
         Tracker {
             base: server.base(),
             client: Client::new(),
@@ -34,25 +34,22 @@ impl Tracker {
     }
 
     async fn beat(&self, hb: &Heartbeat) -> HeartbeatReply {
-        let r = self
-            .client
-            .post(format!("{}/v1/heartbeat", self.base))
-            .json(hb)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
-        r.json().await.unwrap()
+        let r = self.client.post(format!("{}/v1/heartbeat", self.base));
+        r.json(hb).ok_json().await
+    }
+
+    /// `GET path`, answered with 200 and JSON.
+    async fn json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        self.get(path).ok_json().await
     }
 
     async fn cluster(&self) -> ClusterView {
-        self.get("/cluster")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.json("/cluster").await
+    }
+
+    /// The status and `error.code` of `GET path`'s JSON error.
+    async fn error(&self, path: &str) -> (StatusCode, String) {
+        error_code(self.get(path).go().await).await
     }
 
     async fn stop(self) {
@@ -107,7 +104,7 @@ async fn assigns_round_robin_and_locates_holders_first() {
     let r = t.get("/v1/assign?size=1").send().await.unwrap();
     assert!(r.headers().contains_key("retry-after"));
     assert_eq!(
-        error_code(r).await,
+        t.error("/v1/assign?size=1").await,
         (StatusCode::SERVICE_UNAVAILABLE, "tracker_warming_up".into())
     );
     fdfs_testkit::eventually(20, "the warm-up over", || async {
@@ -115,9 +112,8 @@ async fn assigns_round_robin_and_locates_holders_first() {
         (r.status() == StatusCode::OK).then_some(())
     })
     .await;
-    let r = t.get("/v1/assign?size=1").send().await.unwrap();
     assert_eq!(
-        error_code(r).await,
+        t.error("/v1/assign?size=1").await,
         (StatusCode::SERVICE_UNAVAILABLE, "no_storage".into())
     );
 
@@ -136,14 +132,7 @@ async fn assigns_round_robin_and_locates_holders_first() {
 
     let mut seen = Vec::new();
     for _ in 0..6 {
-        let a: Assignment = t
-            .get("/v1/assign?size=1024")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let a: Assignment = t.json("/v1/assign?size=1024").await;
         seen.push((a.group.to_string(), a.node_id));
     }
     let g1: Vec<u32> = seen.iter().filter(|s| s.0 == "g1").map(|s| s.1).collect();
@@ -151,91 +140,67 @@ async fn assigns_round_robin_and_locates_holders_first() {
     assert_eq!(g1, [1, 2, 4], "{seen:?}");
 
     // A batch is the next N single assignments: the same round robin over groups and members.
-    let batch: Vec<Assignment> = t
-        .get("/v1/assign/batch?count=6&size=1024")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let batch: Vec<Assignment> = t.json("/v1/assign/batch?count=6&size=1024").await;
     let batched: Vec<(String, u32)> = batch
         .iter()
         .map(|a| (a.group.to_string(), a.node_id))
         .collect();
     assert_eq!(batched, seen, "a batch continues the round robin exactly");
-    let r = t
-        .get("/v1/assign/batch?count=2&group=nope")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(error_code(r).await.0, StatusCode::NOT_FOUND);
-    let r = t
-        .get(&format!("/v1/assign/batch?count=3&size={}", 60 * GB))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(error_code(r).await.0, StatusCode::INSUFFICIENT_STORAGE);
-    let many: Vec<Assignment> = t
-        .get("/v1/assign/batch?count=100000")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let many: Vec<Assignment> = t.json("/v1/assign/batch?count=100000").await;
     assert_eq!(many.len(), 64, "a batch is capped");
 
-    let a: Assignment = t
-        .get("/v1/assign?group=g2&size=1")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let a: Assignment = t.json("/v1/assign?group=g2&size=1").await;
     assert_eq!((a.node_id, a.addr.as_str()), (3, "127.0.0.1:30003"));
-    let r = t.get("/v1/assign?group=nope").send().await.unwrap();
-    assert_eq!(error_code(r).await.0, StatusCode::NOT_FOUND);
-    let r = t.get("/v1/assign?size=-1").send().await.unwrap();
-    assert_eq!(error_code(r).await.0, StatusCode::BAD_REQUEST);
-    let r = t
-        .get(&format!("/v1/assign?size={}", 60 * GB))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        error_code(r).await,
+    let too_big = 60 * GB;
+    for (path, status, code) in [
         (
+            "/v1/assign/batch?count=2&group=nope".to_owned(),
+            StatusCode::NOT_FOUND,
+            None,
+        ),
+        (
+            format!("/v1/assign/batch?count=3&size={too_big}"),
             StatusCode::INSUFFICIENT_STORAGE,
-            "insufficient_storage".into()
-        )
-    );
+            None,
+        ),
+        (
+            "/v1/assign?group=nope".to_owned(),
+            StatusCode::NOT_FOUND,
+            None,
+        ),
+        (
+            "/v1/assign?size=-1".to_owned(),
+            StatusCode::BAD_REQUEST,
+            None,
+        ),
+        (
+            format!("/v1/assign?size={too_big}"),
+            StatusCode::INSUFFICIENT_STORAGE,
+            Some("insufficient_storage"),
+        ),
+        (
+            "/v1/locate/g1/M00/00/00/short.txt".to_owned(),
+            StatusCode::BAD_REQUEST,
+            None,
+        ),
+        (
+            format!("/v1/locate/{}", file_id("g7", 1, 1)),
+            StatusCode::NOT_FOUND,
+            None,
+        ),
+    ] {
+        let (got, got_code) = t.error(&path).await;
+        assert_eq!(got, status, "{path}: {got_code}");
+        if let Some(code) = code {
+            assert_eq!(got_code, code, "{path}");
+        }
+    }
 
     // Node 1 created the file at t=1500 and has synced it to node 2, not yet to node 4.
     let id = file_id("g1", 1, 1_500);
-    let loc: Locations = t
-        .get(&format!("/v1/locate/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let loc: Locations = t.json(&format!("/v1/locate/{id}")).await;
     let order: Vec<u32> = loc.members.iter().map(|m| m.node_id).collect();
     assert_eq!(order, [1, 2, 4]);
-    let r = t
-        .get("/v1/locate/g1/M00/00/00/short.txt")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(error_code(r).await.0, StatusCode::BAD_REQUEST);
-    let r = t
-        .get(&format!("/v1/locate/{}", file_id("g7", 1, 1)))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(error_code(r).await.0, StatusCode::NOT_FOUND);
 
     let view = t.cluster().await;
     let names: Vec<&str> = view.groups.iter().map(|g| g.name.as_str()).collect();
@@ -255,30 +220,19 @@ async fn silent_members_go_offline_and_stay_listed() {
     let t = Tracker::start(config).await;
     t.beat(&hb("g1", 1, 50 * GB)).await;
     let alive = Instant::now();
-    let deadline = alive + Duration::from_secs(10);
     // Keep node 2 alive while node 1 goes silent.
-    let view = loop {
+    let view = eventually(10, "node 1 to go offline", || async {
         t.beat(&hb("g1", 2, 40 * GB)).await;
         let view = t.cluster().await;
-        if view.groups[0].members[0].state == MemberState::Offline {
-            break view;
-        }
-        assert!(Instant::now() < deadline, "node 1 never went offline");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        (view.groups[0].members[0].state == MemberState::Offline).then_some(view)
+    })
+    .await;
     assert!(alive.elapsed() >= Duration::from_millis(300));
     let members = &view.groups[0].members;
     assert_eq!(members.len(), 2);
     assert_eq!(members[1].state, MemberState::Active);
     assert_eq!(view.groups[0].free_bytes, 40 * GB);
-    let a: Assignment = t
-        .get("/v1/assign")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let a: Assignment = t.json("/v1/assign").await;
     assert_eq!(a.node_id, 2);
     t.stop().await;
 }
@@ -307,39 +261,22 @@ async fn internal_routes_need_the_cluster_secret() {
             (StatusCode::UNAUTHORIZED, "unauthorized".into())
         );
     }
-    let r = t.get("/v1/assign").send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    let r = t
-        .get(&format!("/v1/locate/{}", file_id("g1", 1, 1)))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let locate = format!("/v1/locate/{}", file_id("g1", 1, 1));
+    for path in ["/v1/assign", &locate] {
+        assert_eq!(t.error(path).await.0, StatusCode::UNAUTHORIZED, "{path}");
+    }
     assert_eq!(beat(Some("s3cret")).await.unwrap().status(), StatusCode::OK);
-    let r = t
-        .get("/v1/assign")
-        .header(CLUSTER_SECRET_HEADER, "s3cret")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
+    let r = t.get("/v1/assign").header(CLUSTER_SECRET_HEADER, "s3cret");
+    assert_eq!(r.go().await.status(), StatusCode::OK);
 
     // Public routes stay open.
     assert_eq!(t.cluster().await.groups.len(), 1);
-    let health: serde_json::Value = t.get("/livez").send().await.unwrap().json().await.unwrap();
+    let health: serde_json::Value = t.json("/livez").await;
     assert_eq!(health["role"], "tracker");
     assert_eq!(health["status"], "ok");
-    let metrics = t
-        .get("/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&t.client, &t.base).await;
     assert!(metrics.contains("fdfs_http_requests_total"), "{metrics}");
-    let r = t.get("/nothing/here").send().await.unwrap();
-    assert_eq!(error_code(r).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(t.error("/nothing/here").await.0, StatusCode::NOT_FOUND);
     t.stop().await;
 }
 
@@ -351,17 +288,11 @@ async fn bad_heartbeats_are_json_errors() {
         .post(format!("{}/v1/heartbeat", t.base))
         .header("content-type", "application/json")
         .body(r#"{"node_id": 1}"#)
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert!(r.status().is_client_error());
     error_code(r).await;
-    let r = t
-        .client
-        .delete(format!("{}/cluster", t.base))
-        .send()
-        .await
-        .unwrap();
+    let r = t.client.delete(format!("{}/cluster", t.base)).go().await;
     assert_eq!(error_code(r).await.0, StatusCode::METHOD_NOT_ALLOWED);
     t.stop().await;
 }
@@ -369,7 +300,9 @@ async fn bad_heartbeats_are_json_errors() {
 #[tokio::test]
 async fn binary_prints_its_address_and_serves() {
     use tokio::io::AsyncBufReadExt;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_fdfs-tracker"))
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_fdfs-tracker"));
+    fdfs_testkit::node::clean_env(&mut cmd);
+    let mut child = tokio::process::Command::from(cmd)
         .args(["--listen", "127.0.0.1:0"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -383,11 +316,7 @@ async fn binary_prints_its_address_and_serves() {
         .unwrap()
         .unwrap();
     let addr = line.strip_prefix("listening on ").expect(&line);
-    let r = Client::new()
-        .get(format!("http://{addr}/livez"))
-        .send()
-        .await
-        .unwrap();
+    let r = Client::new().get(format!("http://{addr}/livez")).go().await;
     assert_eq!(r.status(), StatusCode::OK);
     // SIGTERM stops it gracefully with status 0.
     let pid = child.id().unwrap().to_string();
