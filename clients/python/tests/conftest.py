@@ -11,7 +11,7 @@ import pytest
 from django.test import override_settings
 
 from fdfs_http import Client
-from fdfs_http.testing import LocalCluster
+from fdfs_http.testing import LocalCluster, fdfs_binary
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -37,7 +37,7 @@ def _data_root() -> str:
 
 @pytest.fixture(scope="session")
 def fdfs_bin() -> str:
-    path = os.environ.get("FDFS_BIN") or str(REPO / "target" / "debug" / "fdfs")
+    path = str(fdfs_binary(REPO))
     if not os.access(path, os.X_OK):
         pytest.fail(f"no fdfs binary at {path}: run `cargo build -p fdfs` first (or set FDFS_BIN)")
     return path

@@ -166,17 +166,49 @@ def test_not_found_raises_not_found(client: Client) -> None:
     assert client.exists(missing) is False
 
 
-def test_gateway_down_raises_unreachable() -> None:
+def test_gateway_down_raises_unreachable_naming_the_request() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     # Nothing listens on the port now.
-    with Client(f"http://127.0.0.1:{port}", timeout=5) as c:
+    gateway = f"http://127.0.0.1:{port}"
+    missing = "group1/M00/00/00/wKgAA1qCJbeAQ3sLAABe0xvpx3Q419.jpg"
+    with Client(gateway, timeout=5) as c:
         with pytest.raises(Unreachable) as e:
             c.upload(b"x", filename="x.txt")
         assert isinstance(e.value, FdfsError) and e.value.status is None
-        with pytest.raises(Unreachable):
-            c.download("group1/M00/00/00/wKgAA1qCJbeAQ3sLAABe0xvpx3Q419.jpg")
+        assert (e.value.method, e.value.url) == ("PUT", f"{gateway}/upload/x.txt")
+        assert str(e.value).startswith(f"PUT {gateway}/upload/x.txt: ConnectError")
+        with pytest.raises(Unreachable) as e:
+            c.download(missing)
+        assert (e.value.method, e.value.url) == ("GET", f"{gateway}/{missing}")
+        with pytest.raises(Unreachable) as e:
+            c.delete(missing)
+        assert (e.value.method, e.value.url) == ("DELETE", f"{gateway}/{missing}")
+
+    async def run() -> None:
+        async with AsyncClient(gateway, timeout=5) as ac:
+            with pytest.raises(Unreachable) as e:
+                await ac.info(missing)
+            assert (e.value.method, e.value.url) == ("GET", f"{gateway}/info/{missing}")
+
+    asyncio.run(run())
+
+
+def test_answered_errors_name_the_request_that_failed(client: Client) -> None:
+    missing = "group1/M00/00/00/wKgAA1qCJbeAQ3sLAABe0xvpx3Q419.jpg"
+    with pytest.raises(NotFound) as e:
+        client.meta(missing)
+    assert (e.value.method, e.value.url) == ("GET", f"{client.gateway}/meta/{missing}")
+    assert str(e.value).startswith(f"GET {client.gateway}/meta/{missing}: ") and "(HTTP 404 not_found)" in str(e.value)
+
+
+@pytest.mark.parametrize("bad", ["127.0.0.1:8080", "localhost", "ftp://host/", "http://", ""])
+def test_a_gateway_that_is_not_an_http_url_is_refused_at_once(bad: str) -> None:
+    with pytest.raises(ValueError, match="absolute http"):
+        Client(bad)
+    with pytest.raises(ValueError, match="absolute http"):
+        AsyncClient(bad)
 
 
 def test_too_large_and_missing_api_key_raise_fdfs_error(secured: LocalCluster) -> None:

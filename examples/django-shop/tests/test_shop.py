@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fdfs_http import decode, is_file_id
-from fdfs_http.testing import LocalCluster
+from fdfs_http.testing import LocalCluster, fdfs_binary
 from PIL import Image
 
 SHOP = Path(__file__).resolve().parents[1]
@@ -28,7 +28,7 @@ REPO = SHOP.parents[1]
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
-    fdfs = os.environ.get("FDFS_BIN") or str(REPO / "target" / "debug" / "fdfs")
+    fdfs = str(fdfs_binary(REPO))
     if not os.access(fdfs, os.X_OK):
         pytest.fail(f"no fdfs binary at {fdfs}: run `cargo build -p fdfs` first (or set FDFS_BIN)")
     with tempfile.TemporaryDirectory(prefix="fdfs-shop-") as d, LocalCluster(fdfs, d, groups=1, members=2) as c:

@@ -1,12 +1,15 @@
-"""What the sync and async clients share: wire types, request building, error mapping, upload sources."""
+"""What the sync and async clients share: wire types, every request and how its answer is read ([`Calls`]),
+error mapping, upload sources. The clients add only the I/O (httpx's `Client` or `AsyncClient`)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
-from collections.abc import Iterable, Iterator, Mapping
-from typing import IO, Any, TypedDict, Union, cast
-from urllib.parse import quote
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import IO, Any, Generic, TypedDict, TypeVar, Union, cast
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -64,8 +67,74 @@ def file_path(file_id: str) -> str:
     return decode(file_id).file_id
 
 
-def api_headers(api_key: str | None) -> dict[str, str]:
-    return {"x-api-key": api_key} if api_key else {}
+def check_gateway(url: str) -> str:
+    """The gateway URL without its trailing slash; `ValueError` unless it is an absolute http(s) URL."""
+    parsed = urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError(f"the gateway must be an absolute http:// or https:// URL, got {url!r}")
+    return url.rstrip("/")
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One request of the API and how its answer is read; both clients send it, each with its own I/O."""
+
+    method: str
+    url: str
+    parse: Callable[[httpx.Response], T]
+    params: dict[str, str] | None = None
+    headers: dict[str, str] | None = None
+    json: Any = None
+    follow_redirects: bool = False
+
+
+class Calls:
+    """Builds every request of the gateway API and reads its answer; no I/O (shared by `Client` and
+    `AsyncClient`)."""
+
+    def __init__(self, api_key: str | None) -> None:
+        self.api_key = api_key
+
+    def _writes(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Headers of a request that changes something: the API key, when there is one."""
+        h = {"x-api-key": self.api_key} if self.api_key else {}
+        return {**h, **(extra or {})}
+
+    def upload(self, filename: str | None, params: dict[str, str], headers: dict[str, str]) -> Call[UploadResult]:
+        """`PUT /upload/{filename}`; the body is sent by the caller."""
+        url = "/upload/" + quote(filename or "file", safe="")
+        return Call("PUT", url, _json_of(UploadResult), params=params, headers=self._writes(headers))
+
+    def download(self, file_id: str, offset: int = 0) -> Call[None]:
+        """`GET /{file_id}` through the redirect, from `offset` (a Range request); streamed by the caller."""
+        headers = {"range": f"bytes={offset}-"} if offset else None
+        return Call("GET", "/" + file_path(file_id), _no_parse, headers=headers, follow_redirects=True)
+
+    def info(self, file_id: str) -> Call[FileInfo]:
+        return Call("GET", "/info/" + file_path(file_id), _json_of(FileInfo))
+
+    def exists(self, file_id: str) -> Call[bool]:
+        return Call("HEAD", "/" + file_path(file_id), _exists, follow_redirects=True)
+
+    def meta(self, file_id: str) -> Call[dict[str, str]]:
+        return Call("GET", "/meta/" + file_path(file_id), _json_of(dict[str, str]))
+
+    def set_meta(self, file_id: str, meta: Mapping[str, str]) -> Call[dict[str, str]]:
+        url = "/meta/" + file_path(file_id)
+        return Call("PUT", url, _json_of(dict[str, str]), json=dict(meta), headers=self._writes())
+
+    def merge_meta(self, file_id: str, changes: Mapping[str, str | None]) -> Call[dict[str, str]]:
+        url = "/meta/" + file_path(file_id)
+        return Call("PATCH", url, _json_of(dict[str, str]), json=dict(changes), headers=self._writes())
+
+    def delete(self, file_id: str) -> Call[None]:
+        return Call("DELETE", "/" + file_path(file_id), _ok, headers=self._writes())
+
+    def cluster(self) -> Call[dict[str, Any]]:
+        return Call("GET", "/cluster", _json_of(dict[str, Any]))
 
 
 def upload_params(
@@ -85,10 +154,6 @@ def upload_params(
     return params
 
 
-def upload_url(filename: str) -> str:
-    return "/upload/" + quote(filename or "file", safe="")
-
-
 def error_from(resp: httpx.Response) -> FdfsError:
     """The exception for an answered request that failed (the body must have been read)."""
     code, message = f"http_{resp.status_code}", resp.reason_phrase or "request failed"
@@ -99,20 +164,58 @@ def error_from(resp: httpx.Response) -> FdfsError:
         if resp.status_code == 404:
             code = "not_found"
     cls = NotFound if resp.status_code == 404 else FdfsError
-    return cls(code, message, resp.status_code)
+    return cls(code, message, resp.status_code, method=resp.request.method, url=str(resp.url))
 
 
-def unreachable(e: httpx.TransportError, what: str) -> Unreachable:
-    return Unreachable(f"{what}: {type(e).__name__}: {e}")
+def unreachable(e: httpx.TransportError, request: httpx.Request) -> Unreachable:
+    """The exception for a request that got no answer (`request`: the one sent, unless `e` names another, such
+    as the storage node a redirect led to)."""
+    with contextlib.suppress(RuntimeError):  # no request attached
+        request = e.request
+    return Unreachable(f"{type(e).__name__}: {e}", method=request.method, url=str(request.url))
 
 
-def json_of(resp: httpx.Response) -> Any:
-    if not resp.is_success:
-        raise error_from(resp)
-    try:
-        return resp.json()
-    except ValueError as e:
-        raise FdfsError("bad_response", f"the gateway answered {resp.status_code} without JSON") from e
+def bad_response(resp: httpx.Response, why: str) -> FdfsError:
+    return FdfsError("bad_response", why, resp.status_code, method=resp.request.method, url=str(resp.url))
+
+
+def _json_of(_: type[T]) -> Callable[[httpx.Response], T]:
+    def parse(resp: httpx.Response) -> T:
+        if not resp.is_success:
+            raise error_from(resp)
+        try:
+            return cast(T, resp.json())
+        except ValueError as e:
+            raise bad_response(resp, f"the gateway answered {resp.status_code} without JSON") from e
+
+    return parse
+
+
+def _ok(resp: httpx.Response) -> None:
+    _json_of(object)(resp)
+
+
+def _no_parse(resp: httpx.Response) -> None:
+    return None
+
+
+def _exists(resp: httpx.Response) -> bool:
+    if resp.status_code == 404:
+        return False
+    if resp.is_success:
+        return True
+    raise error_from(resp)
+
+
+def stream_size(resp: httpx.Response, offset: int) -> int | None:
+    """The whole file's size from a streamed download's headers; checks a Range request got its 206."""
+    if offset and resp.status_code != 206:
+        raise bad_response(resp, f"the storage node answered {resp.status_code} to a Range request")
+    if offset:
+        total = resp.headers.get("content-range", "").rpartition("/")[2]
+        return int(total) if total.isdigit() else None
+    length = resp.headers.get("content-length")
+    return int(length) if length is not None and length.isdigit() else None
 
 
 class Prepared:

@@ -13,29 +13,31 @@ import os
 import secrets
 from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping
 from types import TracebackType
-from typing import IO, Any, Union, cast
+from typing import IO, Any, TypeVar, Union, cast
 
 import httpx
 
 from ._common import (
     CHUNK_SIZE,
     DEFAULT_TIMEOUT,
+    Call,
+    Calls,
     FileInfo,
     Prepared,
     Source,
     UploadResult,
-    api_headers,
+    check_gateway,
     error_from,
     file_path,
-    json_of,
+    stream_size,
     unreachable,
     upload_params,
-    upload_url,
 )
-from .errors import FdfsError, NotFound
+from .errors import NotFound
 from .fileid import FileIdInfo, decode, signed_query
 
 Timeout = Union[float, httpx.Timeout]
+T = TypeVar("T")
 
 
 def _slave_filename(master_id: str, filename: str | None) -> str:
@@ -46,10 +48,13 @@ def _slave_filename(master_id: str, filename: str | None) -> str:
 
 
 class _Base:
+    """What both clients have: settings, the request builder ([`Calls`]), the local computations."""
+
     def __init__(self, gateway: str, api_key: str | None, timeout: Timeout) -> None:
-        self.gateway = gateway.rstrip("/")
+        self.gateway = check_gateway(gateway)
         self.api_key = api_key
         self.timeout = timeout
+        self._calls = Calls(api_key)
 
     def signed_url(
         self,
@@ -98,25 +103,23 @@ class Client(_Base):
     def close(self) -> None:
         self._http.close()
 
-    def _send(self, method: str, url: str, *, what: str, **kw: Any) -> httpx.Response:
+    def _send(self, call: Call[Any], content: Any = None, *, stream: bool = False) -> httpx.Response:
+        req = self._http.build_request(
+            call.method, call.url, params=call.params, headers=call.headers, json=call.json, content=content
+        )
         try:
-            return self._http.request(method, url, **kw)
+            return self._http.send(req, stream=stream, follow_redirects=call.follow_redirects)
         except httpx.TransportError as e:
-            raise unreachable(e, what) from e
+            raise unreachable(e, req) from e
+
+    def _run(self, call: Call[T], content: Any = None) -> T:
+        return call.parse(self._send(call, content))
 
     def _upload(self, p: Prepared, params: dict[str, str]) -> UploadResult:
         try:
-            resp = self._send(
-                "PUT",
-                upload_url(p.filename or "file"),
-                what="upload",
-                params=params,
-                content=p.iter_sync(),
-                headers={**p.headers(), **api_headers(self.api_key)},
-            )
+            return self._run(self._calls.upload(p.filename, params, p.headers()), p.iter_sync())
         finally:
             p.close()
-        return cast(UploadResult, json_of(resp))
 
     def upload(
         self,
@@ -153,13 +156,9 @@ class Client(_Base):
         p.filename = _slave_filename(master_id, filename)
         return self._upload(p, upload_params(None, meta, master_id, prefix))
 
-    def _stream(self, file_id: str, headers: dict[str, str] | None = None) -> httpx.Response:
-        """GET through the gateway's redirect; the caller closes the answer."""
-        req = self._http.build_request("GET", "/" + file_path(file_id), headers=headers)
-        try:
-            resp = self._http.send(req, stream=True, follow_redirects=True)
-        except httpx.TransportError as e:
-            raise unreachable(e, "download") from e
+    def _stream(self, file_id: str, offset: int = 0) -> httpx.Response:
+        """GET through the gateway's redirect, from `offset`; the caller closes the answer."""
+        resp = self._send(self._calls.download(file_id, offset), stream=True)
         if not resp.is_success:
             try:
                 resp.read()
@@ -194,7 +193,7 @@ class Client(_Base):
                 raise
             return n
         except httpx.TransportError as e:
-            raise unreachable(e, "download") from e
+            raise unreachable(e, resp.request) from e
         finally:
             resp.close()
 
@@ -204,50 +203,31 @@ class Client(_Base):
 
     def info(self, file_id: str) -> FileInfo:
         """What the cluster knows about a file: decoded facts, locations, metadata."""
-        return cast(FileInfo, json_of(self._send("GET", "/info/" + file_path(file_id), what="info")))
+        return self._run(self._calls.info(file_id))
 
     def exists(self, file_id: str) -> bool:
         """Whether the cluster has the file: a HEAD through the gateway's redirect to a storage node."""
-        resp = self._send("HEAD", "/" + file_path(file_id), what="exists", follow_redirects=True)
-        if resp.status_code == 404:
-            return False
-        if resp.is_success:
-            return True
-        raise error_from(resp)
+        return self._run(self._calls.exists(file_id))
 
     def meta(self, file_id: str) -> dict[str, str]:
         """The file's metadata."""
-        return cast("dict[str, str]", json_of(self._send("GET", "/meta/" + file_path(file_id), what="meta")))
+        return self._run(self._calls.meta(file_id))
 
     def set_meta(self, file_id: str, meta: Mapping[str, str]) -> dict[str, str]:
         """Replace all metadata; returns what is now stored."""
-        resp = self._send(
-            "PUT",
-            "/meta/" + file_path(file_id),
-            what="meta",
-            json=dict(meta),
-            headers=api_headers(self.api_key),
-        )
-        return cast("dict[str, str]", json_of(resp))
+        return self._run(self._calls.set_meta(file_id, meta))
 
     def merge_meta(self, file_id: str, changes: Mapping[str, str | None]) -> dict[str, str]:
         """Merge into the metadata (a None value removes the key); returns what is now stored."""
-        resp = self._send(
-            "PATCH",
-            "/meta/" + file_path(file_id),
-            what="meta",
-            json=dict(changes),
-            headers=api_headers(self.api_key),
-        )
-        return cast("dict[str, str]", json_of(resp))
+        return self._run(self._calls.merge_meta(file_id, changes))
 
     def delete(self, file_id: str) -> None:
         """Delete a file on every member of its group; `NotFound` if there is no such file."""
-        json_of(self._send("DELETE", "/" + file_path(file_id), what="delete", headers=api_headers(self.api_key)))
+        self._run(self._calls.delete(file_id))
 
     def cluster(self) -> dict[str, Any]:
         """Groups, members, state, space and sync progress (`GET /cluster`)."""
-        return cast("dict[str, Any]", json_of(self._send("GET", "/cluster", what="cluster")))
+        return self._run(self._calls.cluster())
 
 
 def _temp_beside(path: str) -> tuple[int, str]:
@@ -301,17 +281,14 @@ class RemoteFile(io.RawIOBase):
         if self._size is not None and pos >= self._size:
             self._chunks = iter(())
             return
-        resp = self._client._stream(self.file_id, {"range": f"bytes={pos}-"} if pos else None)
-        if pos and resp.status_code != 206:
+        resp = self._client._stream(self.file_id, pos)
+        try:
+            size = stream_size(resp, pos)
+        except BaseException:
             resp.close()
-            raise FdfsError("bad_range", f"the storage node answered {resp.status_code} to a Range request")
-        length = resp.headers.get("content-length")
-        if pos == 0 and length is not None:
-            self._size = int(length)
-        elif pos and "/" in resp.headers.get("content-range", ""):
-            total = resp.headers["content-range"].rsplit("/", 1)[1]
-            if total.isdigit():
-                self._size = int(total)
+            raise
+        if size is not None:
+            self._size = size
         self._resp = resp
         self._chunks = resp.iter_bytes(CHUNK_SIZE)
 
@@ -355,7 +332,8 @@ class RemoteFile(io.RawIOBase):
             except StopIteration:
                 return 0
             except httpx.TransportError as e:
-                raise unreachable(e, "download") from e
+                assert self._resp is not None
+                raise unreachable(e, self._resp.request) from e
         n = min(len(view), len(self._pending))
         view[:n] = self._pending[:n]
         self._pending = self._pending[n:]
@@ -390,25 +368,23 @@ class AsyncClient(_Base):
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _send(self, method: str, url: str, *, what: str, **kw: Any) -> httpx.Response:
+    async def _send(self, call: Call[Any], content: Any = None, *, stream: bool = False) -> httpx.Response:
+        req = self._http.build_request(
+            call.method, call.url, params=call.params, headers=call.headers, json=call.json, content=content
+        )
         try:
-            return await self._http.request(method, url, **kw)
+            return await self._http.send(req, stream=stream, follow_redirects=call.follow_redirects)
         except httpx.TransportError as e:
-            raise unreachable(e, what) from e
+            raise unreachable(e, req) from e
+
+    async def _run(self, call: Call[T], content: Any = None) -> T:
+        return call.parse(await self._send(call, content))
 
     async def _upload(self, p: _AsyncPrepared, params: dict[str, str]) -> UploadResult:
         try:
-            resp = await self._send(
-                "PUT",
-                upload_url(p.filename or "file"),
-                what="upload",
-                params=params,
-                content=_async_body(p),
-                headers={**p.headers(), **api_headers(self.api_key)},
-            )
+            return await self._run(self._calls.upload(p.filename, params, p.headers()), _async_body(p))
         finally:
             p.close()
-        return cast(UploadResult, json_of(resp))
 
     async def upload(
         self,
@@ -438,11 +414,7 @@ class AsyncClient(_Base):
         return await self._upload(p, upload_params(None, meta, master_id, prefix))
 
     async def _stream(self, file_id: str) -> httpx.Response:
-        req = self._http.build_request("GET", "/" + file_path(file_id))
-        try:
-            resp = await self._http.send(req, stream=True, follow_redirects=True)
-        except httpx.TransportError as e:
-            raise unreachable(e, "download") from e
+        resp = await self._send(self._calls.download(file_id), stream=True)
         if not resp.is_success:
             try:
                 await resp.aread()
@@ -485,46 +457,25 @@ class AsyncClient(_Base):
         return AsyncRemoteFile(self, file_id)
 
     async def info(self, file_id: str) -> FileInfo:
-        return cast(FileInfo, json_of(await self._send("GET", "/info/" + file_path(file_id), what="info")))
+        return await self._run(self._calls.info(file_id))
 
     async def exists(self, file_id: str) -> bool:
-        resp = await self._send("HEAD", "/" + file_path(file_id), what="exists", follow_redirects=True)
-        if resp.status_code == 404:
-            return False
-        if resp.is_success:
-            return True
-        raise error_from(resp)
+        return await self._run(self._calls.exists(file_id))
 
     async def meta(self, file_id: str) -> dict[str, str]:
-        resp = await self._send("GET", "/meta/" + file_path(file_id), what="meta")
-        return cast("dict[str, str]", json_of(resp))
+        return await self._run(self._calls.meta(file_id))
 
     async def set_meta(self, file_id: str, meta: Mapping[str, str]) -> dict[str, str]:
-        resp = await self._send(
-            "PUT",
-            "/meta/" + file_path(file_id),
-            what="meta",
-            json=dict(meta),
-            headers=api_headers(self.api_key),
-        )
-        return cast("dict[str, str]", json_of(resp))
+        return await self._run(self._calls.set_meta(file_id, meta))
 
     async def merge_meta(self, file_id: str, changes: Mapping[str, str | None]) -> dict[str, str]:
-        resp = await self._send(
-            "PATCH",
-            "/meta/" + file_path(file_id),
-            what="meta",
-            json=dict(changes),
-            headers=api_headers(self.api_key),
-        )
-        return cast("dict[str, str]", json_of(resp))
+        return await self._run(self._calls.merge_meta(file_id, changes))
 
     async def delete(self, file_id: str) -> None:
-        resp = await self._send("DELETE", "/" + file_path(file_id), what="delete", headers=api_headers(self.api_key))
-        json_of(resp)
+        await self._run(self._calls.delete(file_id))
 
     async def cluster(self) -> dict[str, Any]:
-        return cast("dict[str, Any]", json_of(await self._send("GET", "/cluster", what="cluster")))
+        return await self._run(self._calls.cluster())
 
 
 class _AsyncPrepared(Prepared):
@@ -573,8 +524,7 @@ class AsyncRemoteFile:
 
     async def __aenter__(self) -> AsyncRemoteFile:
         self._resp = await self._client._stream(self.file_id)
-        length = self._resp.headers.get("content-length")
-        self.size = int(length) if length is not None else None
+        self.size = stream_size(self._resp, 0)
         self._chunks = self._resp.aiter_bytes(CHUNK_SIZE)
         return self
 
@@ -586,14 +536,14 @@ class AsyncRemoteFile:
             await self._resp.aclose()
 
     async def _next(self) -> bytes:
-        if self._chunks is None:
+        if self._chunks is None or self._resp is None:
             raise ValueError("use `async with client.open(file_id) as f`")
         try:
             return await self._chunks.__anext__()
         except StopAsyncIteration:
             return b""
         except httpx.TransportError as e:
-            raise unreachable(e, "download") from e
+            raise unreachable(e, self._resp.request) from e
 
     async def read(self, n: int = -1) -> bytes:
         """Up to `n` bytes (all that is left when `n` < 0); b"" at the end."""

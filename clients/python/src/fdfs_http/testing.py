@@ -20,11 +20,20 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-__all__ = ["LocalCluster", "Member"]
+__all__ = ["LocalCluster", "Member", "fdfs_binary"]
 
 _MEMBER = re.compile(r"^  (?P<label>\S*)\s+(?P<url>http://\S+)\s+node\s+(?P<node>\d+)\s+(?P<data>\S.*?)\s*$")
 _GATEWAY = re.compile(r"^  gateway\s+(?P<url>http://\S+)\s*$")
 _TRACKER = re.compile(r"^  tracker\s+(?P<addr>\S+)\s*$")
+
+
+def fdfs_binary(repo: str | os.PathLike[str]) -> Path:
+    """The `fdfs` binary to test with: `$FDFS_BIN`, else the debug build of the repository at `repo` (in
+    `$CARGO_TARGET_DIR` when set, as cargo builds it)."""
+    if env := os.environ.get("FDFS_BIN"):
+        return Path(env)
+    target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(repo, "target")
+    return Path(target, "debug", "fdfs")
 
 
 @dataclass(frozen=True)
