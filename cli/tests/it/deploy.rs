@@ -482,6 +482,25 @@ async fn gateway_uploads(http: &reqwest::Client, url: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
+/// Storage host `host` of `group` as the install guide sets one up: its unit started with `config` (the shipped
+/// one, edited), then nginx from the shipped server block in front of it.
+async fn storage_host(d: &mut Deployment, host: &str, group: &str, config: &str) {
+    d.install(host, "storage", config);
+    d.start(host, &format!("http://{}:23000", d.ip(host))).await;
+    let store = d.hosts[host].path("/var/lib/fdfs/m00");
+    let ip = d.ip(host);
+    d.nginx(
+        host,
+        "deploy/nginx/fdfs-storage.conf",
+        &[
+            ("@LISTEN@", format!("{ip}:80")),
+            ("@GROUP@", group.to_owned()),
+            ("@STORE_PATH@", store.display().to_string()),
+            ("@NODE@", format!("{ip}:23000")),
+        ],
+    );
+}
+
 fn fdfs_cli(args: &[&str], trackers: &str) -> std::process::Output {
     Command::new(fdfs_testkit::node::bin())
         .args(args)
@@ -543,20 +562,7 @@ async fn operator_deploys_from_the_shipped_files() {
         ("s22", "group2"),
     ] {
         let c = storage_config(&d, host, group);
-        d.install(host, "storage", &c);
-        d.start(host, &format!("http://{}:23000", d.ip(host))).await;
-        let store = d.hosts[host].path("/var/lib/fdfs/m00");
-        let ip = d.ip(host);
-        d.nginx(
-            host,
-            "deploy/nginx/fdfs-storage.conf",
-            &[
-                ("@LISTEN@", format!("{ip}:80")),
-                ("@GROUP@", group.to_owned()),
-                ("@STORE_PATH@", store.display().to_string()),
-                ("@NODE@", format!("{ip}:23000")),
-            ],
-        );
+        storage_host(&mut d, host, group, &c).await;
     }
     for host in ["s11", "s12", "s21", "s22"] {
         d.wait_active(host).await;
@@ -696,20 +702,7 @@ async fn operator_deploys_from_the_shipped_files() {
     // A group added online takes uploads.
     for host in ["s31", "s32"] {
         let c = storage_config(&d, host, "group3");
-        d.install(host, "storage", &c);
-        d.start(host, &format!("http://{}:23000", d.ip(host))).await;
-        let store = d.hosts[host].path("/var/lib/fdfs/m00");
-        let ip = d.ip(host);
-        d.nginx(
-            host,
-            "deploy/nginx/fdfs-storage.conf",
-            &[
-                ("@LISTEN@", format!("{ip}:80")),
-                ("@GROUP@", "group3".to_owned()),
-                ("@STORE_PATH@", store.display().to_string()),
-                ("@NODE@", format!("{ip}:23000")),
-            ],
-        );
+        storage_host(&mut d, host, "group3", &c).await;
     }
     d.wait_active("s31").await;
     d.wait_active("s32").await;
