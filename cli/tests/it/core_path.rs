@@ -236,10 +236,26 @@ async fn http_core_path() {
     }
     assert_eq!(groups.len(), 2, "{groups:?}");
 
-    // Delete: then 404 everywhere.
+    // Delete: then 404 everywhere, once the other member has applied it (a delete is acknowledged by the member
+    // that took it and reaches its peers through replication, as the README says).
     c.delete(&txt).await;
-    let gone = c.follow.get(format!("{gw}/{txt}"));
-    assert_eq!(gone.error().await.0, 404);
+    fdfs_testkit::eventually(30, "the delete on every member", || async {
+        let through_gateway = c
+            .follow
+            .get(format!("{gw}/{txt}"))
+            .send()
+            .await
+            .ok()?
+            .status();
+        let mut statuses = vec![through_gateway.as_u16()];
+        for n in c.storage.iter().flatten() {
+            let r = c.http.get(format!("{}/{txt}", n.url())).send().await.ok()?;
+            statuses.push(r.status().as_u16());
+        }
+        statuses.iter().all(|s| *s == 404).then_some(())
+    })
+    .await;
+    assert_eq!(c.follow.get(format!("{gw}/{txt}")).error().await.0, 404);
     assert_eq!(c.http.delete(format!("{gw}/{txt}")).error().await.0, 404);
 
     // Health and cluster view.
