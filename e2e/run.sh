@@ -339,6 +339,14 @@ if wait_for "nginx" 20 curl -s -o /dev/null "$NGINX_URL/"; then
     code="$(curl -s -o /dev/null -w '%{http_code}' -H "If-Modified-Since: $node_lm" "$NGINX_URL/$fid")"
     if [[ "$code" == 304 ]]; then pass "nginx: If-Modified-Since with the node's Last-Modified -> 304"; else
         fail "nginx: If-Modified-Since answered $code"; fi
+    # `?attname=` (fastdfs-nginx-module's): saved under that name, by nginx and by the node alike.
+    cd_nginx="$(curl -s -o /dev/null -D - "$NGINX_URL/$fid?attname=caf%C3%A9%20logo.png" | grep -i '^content-disposition:' | tr -d '\r')"
+    cd_node="$(curl -s -o /dev/null -D - "$NODE_URL/$fid?attname=caf%C3%A9%20logo.png" | grep -i '^content-disposition:' | tr -d '\r')"
+    if [[ "$cd_nginx" == *"filename*=UTF-8''caf%C3%A9%20logo.png"* && "$cd_node" == *"filename*=UTF-8''caf%C3%A9%20logo.png"* ]]; then
+        pass "nginx: ?attname= gives Content-Disposition, as the node does"
+    else
+        fail "nginx: ?attname= gave '$cd_nginx', the node '$cd_node'"
+    fi
     # GETs of files the node served itself (metrics), to tell its answers from nginx's.
     node_gets() {
         curl -s "$NODE_URL/metrics" | awk '/^fdfs_http_requests_total[{]/ && /method="GET"/ && /route="[/][{][*]path[}]"/ { s += $NF } END { print s + 0 }'

@@ -69,6 +69,9 @@ pub enum CliError {
     /// `fdfs import-fastdfs` refused or failed some files.
     #[error("{0}")]
     Import(String),
+    /// Files were uploaded, but thumbnails asked for with them failed or were skipped (each is named).
+    #[error("{0}")]
+    Thumbnails(String),
 }
 
 impl CliError {

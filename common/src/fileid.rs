@@ -253,6 +253,11 @@ impl FileName {
         NameInfo::decode(self.encoded()).expect("validated at parse time")
     }
 
+    /// The part every slave of this master starts with (encoded part and random digits).
+    pub fn master_part(&self) -> &str {
+        &self.full[..self.master_len]
+    }
+
     /// The slave prefix, if this is a slave file.
     pub fn prefix(&self) -> Option<&str> {
         (self.prefix_len > 0)

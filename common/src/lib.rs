@@ -2,6 +2,7 @@
 //! body, config loading, anti-leech tokens, tracing set-up and the shutdown signal.
 
 pub mod appender;
+pub mod attname;
 pub mod config;
 pub mod deadline;
 pub mod drain;

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::rejection::{JsonRejection, PathRejection};
-use axum::extract::{Path, State};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -83,11 +83,17 @@ pub async fn download(
     State(app): State<Arc<App>>,
     method: Method,
     path: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response> {
     let id = parse_id(path)?;
     let members = app.members(&id).await?;
-    let token = app.token_query(&id);
+    let mut token = app.token_query(&id);
+    // `?attname=NAME` goes on to the node, which answers with `Content-Disposition`.
+    if let Some(name) = fdfs_common::attname::from_query(query.as_deref()) {
+        token.push(if token.is_empty() { '?' } else { '&' });
+        token.push_str(&fdfs_common::attname::query_pair(&name));
+    }
     match app.config.download_mode {
         DownloadMode::Redirect => {
             let (_, public_url) = &members[0];
@@ -167,21 +173,40 @@ fn pass_through(resp: reqwest::Response) -> Response {
         })
 }
 
-/// `DELETE /{file_id}`.
+/// Query of `DELETE /{file_id}`.
+#[derive(Debug, serde::Deserialize)]
+pub struct DeleteQuery {
+    /// `all`: every slave file of the master goes with it (rendered thumbnails always do).
+    slaves: Option<String>,
+}
+
+/// `DELETE /{file_id}[?slaves=all]`: the file and the thumbnails rendered from it (with `slaves=all`, every
+/// slave); the holder's answer lists the slaves deleted.
 pub async fn delete(
     State(app): State<Arc<App>>,
     path: Result<Path<String>, PathRejection>,
+    query: Result<Query<DeleteQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Json<Value>> {
     app.check_api_key(&headers)?;
     let id = parse_id(path)?;
+    let Query(q) = query.map_err(|e| GatewayError::BadRequest(e.body_text()))?;
+    let suffix = match q.slaves.as_deref() {
+        None => "",
+        Some("all") => "?slaves=all",
+        Some(other) => {
+            return Err(GatewayError::BadRequest(format!(
+                "slaves={other:?}: expected slaves=all (every slave file of the master is deleted with it)"
+            )))
+        }
+    };
     let addrs = app.member_addrs(&id).await?;
     let answer: Value = app
         .storage
         .on_holder(
             &addrs,
             Method::DELETE,
-            &format!("/v1/files/{id}"),
+            &format!("/v1/files/{id}{suffix}"),
             None::<&()>,
         )
         .await?;

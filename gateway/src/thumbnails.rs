@@ -3,8 +3,9 @@
 //! upload (the node renders a configured size on its first read and stores it as a slave file, replicated like
 //! any upload), and the answer lists the slaves under `thumbnails`.
 //!
-//! A size the node does not render (not in its `thumbnail_sizes`, or a master that is not an image) does not
-//! fail the upload, which is already acknowledged: its entry carries the node's `error` instead of an ID.
+//! A size the node does not render (not in its `thumbnail_sizes`: `thumbnail_size_not_configured`, listing the
+//! sizes it does) does not fail the upload, which is already acknowledged: its entry carries the node's `error`
+//! instead of a URL. A master that is not an image gets `"skipped": true` and an `error` saying why.
 
 use std::time::Duration;
 
@@ -84,6 +85,26 @@ async fn render_all(app: &App, master: &UploadResult, addr: &str, sizes: &[Strin
         .unwrap_or_default()
         .to_owned();
     let mut out = Vec::with_capacity(sizes.len());
+    let ext = master.file_id.name.ext().map(str::to_ascii_lowercase);
+    if !matches!(
+        ext.as_deref(),
+        Some("jpg" | "jpeg" | "png" | "gif" | "webp")
+    ) {
+        // Not a picture by its name: nothing to ask the node.
+        let why = format!(
+            "thumbnails skipped: they are rendered from images (jpeg, png, gif, webp) only, and this upload is \
+             {} named .{}; the file itself is stored",
+            master.content_type,
+            ext.as_deref().unwrap_or("(no extension)")
+        );
+        return sizes
+            .iter()
+            .map(|size| {
+                json!({"size": size, "skipped": true,
+                       "error": {"code": "not_an_image", "message": why}})
+            })
+            .collect();
+    }
     for size in sizes {
         let slave = match master
             .file_id
@@ -110,7 +131,19 @@ async fn render_all(app: &App, master: &UploadResult, addr: &str, sizes: &[Strin
                     "bytes": bytes,
                 })
             }
-            Err(error) => json!({"size": size, "file_id": slave, "error": error}),
+            Err(mut error) => {
+                // A master that is not an image: nothing to render, said as such (the upload itself stands).
+                if error["code"] == "not_an_image" {
+                    let why = error["message"].as_str().unwrap_or_default().to_owned();
+                    error["message"] = Value::String(format!(
+                        "thumbnails skipped: they are rendered from images (jpeg, png, gif, webp) only, and \
+                         this upload is not one ({why}); the file itself is stored"
+                    ));
+                    json!({"size": size, "file_id": slave, "skipped": true, "error": error})
+                } else {
+                    json!({"size": size, "file_id": slave, "error": error})
+                }
+            }
         });
     }
     out

@@ -18,6 +18,7 @@ use serde::Deserialize;
 
 use crate::error::{Result, StorageError};
 use crate::store::{MetaUpdate, NewFile, ReindexReport, Stored};
+use crate::sync::Slaves;
 use crate::AppState;
 
 use fdfs_common::constant_time_eq as secret_eq;
@@ -175,17 +176,38 @@ pub async fn file_info(
     Ok(Json(info))
 }
 
-/// `DELETE /v1/files/{file_id}`.
+/// Query of `DELETE /v1/files/{file_id}`.
+#[derive(Debug, Deserialize)]
+pub struct DeleteQuery {
+    /// `all`: delete every slave of the master too (uploaded ones included); rendered thumbnails always go.
+    slaves: Option<String>,
+}
+
+/// `DELETE /v1/files/{file_id}[?slaves=all]`: the file, the thumbnails rendered from it, and with
+/// `slaves=all` every slave; the answer lists the slaves deleted.
 pub async fn delete(
     State(node): State<AppState>,
     Path(raw): Path<String>,
+    query: std::result::Result<Query<DeleteQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>> {
+    let Query(q) = query.map_err(|e| StorageError::BadRequest(e.body_text()))?;
     let id = parse_id(&raw, &node)?;
-    if !node.sync.delete(&id).await? {
+    let which = match q.slaves.as_deref() {
+        None | Some("rendered") => Slaves::Rendered,
+        Some("all") => Slaves::All,
+        Some(other) => {
+            return Err(StorageError::BadRequest(format!(
+                "slaves={other:?}: expected slaves=all (every slave file of the master is deleted with it)"
+            )))
+        }
+    };
+    let Some(slaves) = node.sync.delete_with(&id, which).await? else {
         return Err(StorageError::NotFound(format!("no such file {id}")));
-    }
-    tracing::info!(file_id = %id, "deleted");
-    Ok(Json(serde_json::json!({ "file_id": id, "deleted": true })))
+    };
+    tracing::info!(file_id = %id, slaves = slaves.len(), "deleted");
+    Ok(Json(
+        serde_json::json!({ "file_id": id, "deleted": true, "slaves_deleted": slaves }),
+    ))
 }
 
 /// `GET /v1/meta/{file_id}`.

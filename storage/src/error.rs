@@ -22,6 +22,10 @@ pub enum StorageError {
     /// No such file or upload, here or on a peer (404).
     #[error("{0}")]
     NotFound(String),
+    /// A thumbnail of a size this node does not render; the message lists the sizes it does (404,
+    /// `thumbnail_size_not_configured`).
+    #[error("{0}")]
+    ThumbnailSizeNotConfigured(String),
     /// The file (a slave, a finished upload) exists already, or an append's offset is not the upload's (409).
     #[error("{0}")]
     Conflict(String),
@@ -107,7 +111,9 @@ impl StorageError {
             StorageError::BadRequest(_) | StorageError::BodyAborted(_) => StatusCode::BAD_REQUEST,
             StorageError::Unauthorized => StatusCode::UNAUTHORIZED,
             StorageError::Forbidden(_) => StatusCode::FORBIDDEN,
-            StorageError::NotFound(_) => StatusCode::NOT_FOUND,
+            StorageError::NotFound(_) | StorageError::ThumbnailSizeNotConfigured(_) => {
+                StatusCode::NOT_FOUND
+            }
             StorageError::Conflict(_) => StatusCode::CONFLICT,
             StorageError::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             StorageError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -133,6 +139,7 @@ impl IntoResponse for StorageError {
         let status = self.status();
         let code = match &self {
             StorageError::BodyAborted(_) => "body_aborted",
+            StorageError::ThumbnailSizeNotConfigured(_) => "thumbnail_size_not_configured",
             StorageError::PreconditionFailed => "precondition_failed",
             StorageError::QuorumUnreachable(_) => "quorum_unreachable",
             StorageError::NotTakingUploads(code, _) => code,

@@ -240,13 +240,14 @@ async fn serve_inner(node: AppState, req: Request) -> Result<Response, StorageEr
                 req.extensions_mut().insert(crate::thumbnail::Rendered);
                 return serve_again(node, req).await;
             }
-            if parts.headers.contains_key(NO_PROXY_HEADER) {
-                return Err(StorageError::NotFound(format!("no such file {id}")));
+            if !parts.headers.contains_key(NO_PROXY_HEADER) {
+                if let Some(r) =
+                    proxy(&node, &id, &parts.method, parts.uri.query(), &parts.headers).await
+                {
+                    return Ok(r);
+                }
             }
-            return match proxy(&node, &id, &parts.method, parts.uri.query(), &parts.headers).await {
-                Some(r) => Ok(r),
-                None => Err(StorageError::NotFound(format!("no such file {id}"))),
-            };
+            return Err(crate::thumbnail::missing(&node, &id).await);
         }
         Opened::Failed => StorageError::PreconditionFailed.into_response(),
         Opened::NotModified { etag } => {
@@ -296,6 +297,12 @@ async fn serve_inner(node: AppState, req: Request) -> Result<Response, StorageEr
                 HeaderValue::from_static(content_type_for(id.name.ext())),
             );
             set_validators(headers, &etag, modified);
+            if let Some(name) = fdfs_common::attname::from_query(parts.uri.query()) {
+                headers.insert(
+                    header::CONTENT_DISPOSITION,
+                    fdfs_common::attname::content_disposition(&name),
+                );
+            }
             res
         }
     };

@@ -72,6 +72,7 @@ pub async fn run(client: &Client, args: Args) -> Result<()> {
             ))
         }
     };
+    let mut thumbnail_failures = Vec::new();
     for path in files {
         let answer = match &resumable {
             Some(opts) => {
@@ -102,8 +103,36 @@ pub async fn run(client: &Client, args: Args) -> Result<()> {
         } else {
             println!("{answer}");
         }
+        thumbnail_failures.extend(failed_thumbnails(&path, &answer));
     }
-    Ok(())
+    if thumbnail_failures.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::Thumbnails(format!(
+            "uploaded, but {} thumbnail(s) failed:\n  {}",
+            thumbnail_failures.len(),
+            thumbnail_failures.join("\n  ")
+        )))
+    }
+}
+
+/// `<file> <size>: <code>: <message>` for each thumbnail of an upload answer that carries an error.
+fn failed_thumbnails(path: &Path, answer: &serde_json::Value) -> Vec<String> {
+    answer["thumbnails"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| {
+            let e = t.get("error")?;
+            Some(format!(
+                "{} {}: {}: {}",
+                path.display(),
+                t["size"].as_str().unwrap_or("?"),
+                e["code"].as_str().unwrap_or("error"),
+                e["message"].as_str().unwrap_or_default()
+            ))
+        })
+        .collect()
 }
 
 /// Files under `path` (itself if it is a file), sorted, skipping symlinked directories.

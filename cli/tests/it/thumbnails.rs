@@ -256,9 +256,19 @@ async fn unknown_sizes_bombs_and_non_images_are_refused_and_leave_nothing() {
     let m1 = &c.storage[0][0];
     let master = upload(&c, "photo.jpg", jpeg(&photo(320, 240))).await;
 
-    // A size that is not configured: 404, nothing rendered.
+    // A size that is not configured: 404 with its own code and the sizes that are, nothing rendered.
     let odd = slave(&master, "_123x123", "jpg");
-    let (status, code) = error_of(get(&c, m1, &odd).await).await;
+    let body: Value = get(&c, m1, &odd).await.json().await.unwrap();
+    assert_eq!(
+        body["error"]["code"], "thumbnail_size_not_configured",
+        "{body}"
+    );
+    let message = body["error"]["message"].as_str().unwrap();
+    for size in ["100x100c", "150x150", "300x300", "800x0", "thumbnail_sizes"] {
+        assert!(message.contains(size), "{message}");
+    }
+    // Nothing this master can become (a JPEG as GIF): a plain 404.
+    let (status, code) = error_of(get(&c, m1, &slave(&master, "_123x123", "gif")).await).await;
     assert_eq!((status, code.as_str()), (404, "not_found"));
     // A format conversion other than to WebP: 404.
     let (status, _) = error_of(get(&c, m1, &slave(&master, "_150x150", "png")).await).await;
@@ -340,7 +350,22 @@ async fn uploads_with_thumbnails_answer_the_slave_ids() {
         .unwrap()
         .ends_with("_150x150.jpg"));
     assert!(thumbs[0].get("error").is_none(), "{answer}");
-    assert_eq!(thumbs[1]["error"]["code"], "not_found", "{answer}");
+    assert_eq!(
+        thumbs[1]["error"]["code"], "thumbnail_size_not_configured",
+        "{answer}"
+    );
+    // Thumbnails of a non-image: skipped, and said why; the upload stands.
+    let answer = c
+        .upload("notes.txt?thumbnails=150x150", b"plain text\n".to_vec())
+        .await;
+    let t = &answer["thumbnails"][0];
+    assert_eq!(t["skipped"], true, "{answer}");
+    assert_eq!(t["error"]["code"], "not_an_image", "{answer}");
+    assert!(
+        t["error"]["message"].as_str().unwrap().contains("only"),
+        "{answer}"
+    );
+    c.download(answer["file_id"].as_str().unwrap()).await;
     // A malformed size is refused before anything is stored.
     let r = c.http.put(format!("{gw}/upload/x.jpg?thumbnails=big"));
     assert_eq!(
@@ -368,4 +393,183 @@ async fn uploads_with_thumbnails_answer_the_slave_ids() {
         .as_str()
         .unwrap()
         .ends_with("_300x300.jpg"));
+    // A size that fails: the answer is still printed, the exit code says it failed, stderr says which.
+    let out = tokio::process::Command::from(node::command())
+        .env("FDFS_GATEWAY", &gw)
+        .args([
+            "upload",
+            "--thumbnails",
+            "150x150,64x64",
+            file.to_str().unwrap(),
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("64x64") && stderr.contains("thumbnail_size_not_configured"),
+        "{stderr}"
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(answer["file_id"].is_string(), "{answer}");
+}
+
+/// Upload `body` as a slave `prefix` of `master` through the gateway.
+async fn upload_slave(c: &Cluster, master: &str, prefix: &str, body: Vec<u8>) -> FileId {
+    let form = reqwest::multipart::Form::new()
+        .text("master_file_id", master.to_owned())
+        .text("prefix", prefix.to_owned())
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(body).file_name("s.jpg"),
+        );
+    let j: Value = c
+        .http
+        .post(format!("{}/upload", c.gateway_url()))
+        .multipart(form)
+        .ok_json()
+        .await;
+    j["file_id"].as_str().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_master_deletes_its_rendered_thumbnails_on_every_member() {
+    let c = start().await;
+    let (m1, m2) = (&c.storage[0][0], &c.storage[0][1]);
+    let gw = c.gateway_url();
+    let master = upload(&c, "mug.jpg", jpeg(&photo(640, 480))).await;
+    // Rendered on either member, as browsers ask: three sizes and a WebP; and one slave uploaded by hand.
+    let rendered = [
+        slave(&master, "_150x150", "jpg"),
+        slave(&master, "_300x300", "jpg"),
+        slave(&master, "_100x100c", "jpg"),
+        slave(&master, "_150x150", "webp"),
+    ];
+    for (i, t) in rendered.iter().enumerate() {
+        get_image(&c, [m1, m2][i % 2], t).await;
+    }
+    let uploaded = upload_slave(&c, &master, "_64x64", jpeg(&photo(64, 48))).await;
+    let master_id: FileId = master.parse().unwrap();
+    let everything: Vec<&FileId> = rendered.iter().chain([&uploaded, &master_id]).collect();
+    for n in [m1, m2] {
+        for id in &everything {
+            eventually(30, "every file on every member", || async {
+                on_disk(n, id).exists().then_some(())
+            })
+            .await;
+        }
+    }
+    let renders = all_renders(&c).await;
+
+    // DELETE of the master: the answer names the rendered thumbnails; the uploaded slave stays (FastDFS).
+    let answer: Value = c.http.delete(format!("{gw}/{master}")).ok_json().await;
+    let mut said: Vec<String> = answer["slaves_deleted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    said.sort();
+    let mut want: Vec<String> = rendered.iter().map(ToString::to_string).collect();
+    want.sort();
+    assert_eq!(said, want, "{answer}");
+    for n in [m1, m2] {
+        for id in rendered.iter().chain([&master_id]) {
+            eventually(
+                30,
+                "the master and its thumbnails gone from every member",
+                || async { (!on_disk(n, id).exists()).then_some(()) },
+            )
+            .await;
+            // Not rendered again: the master is gone.
+            assert_eq!(
+                get(&c, n, id).await.status(),
+                StatusCode::NOT_FOUND,
+                "{id} on {}",
+                n.name
+            );
+        }
+        assert!(
+            on_disk(n, &uploaded).exists(),
+            "the uploaded slave stays on {}",
+            n.name
+        );
+        // No metadata file left behind either.
+        let dir = on_disk(n, &master_id).parent().unwrap().to_owned();
+        let left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|f| f.starts_with(master_id.name.master_part()))
+            .collect();
+        assert_eq!(left, [uploaded.name.to_string()], "{}", n.name);
+    }
+    assert_eq!(
+        all_renders(&c).await,
+        renders,
+        "nothing rendered after the delete"
+    );
+
+    // `?slaves=all`: every slave goes, uploaded ones too.
+    let master = upload(&c, "cup.jpg", jpeg(&photo(400, 300))).await;
+    let thumb = slave(&master, "_150x150", "jpg");
+    get_image(&c, m1, &thumb).await;
+    let uploaded = upload_slave(&c, &master, "-print", jpeg(&photo(64, 48))).await;
+    let r = c
+        .http
+        .delete(format!("{gw}/{master}?slaves=everything"))
+        .go()
+        .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let answer: Value = c
+        .http
+        .delete(format!("{gw}/{master}?slaves=all"))
+        .ok_json()
+        .await;
+    assert_eq!(
+        answer["slaves_deleted"].as_array().unwrap().len(),
+        2,
+        "{answer}"
+    );
+    let master_id: FileId = master.parse().unwrap();
+    for n in [m1, m2] {
+        for id in [&thumb, &uploaded, &master_id] {
+            eventually(30, "every slave gone from every member", || async {
+                (!on_disk(n, id).exists()).then_some(())
+            })
+            .await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attname_gives_content_disposition_on_nodes_and_through_the_gateway() {
+    let c = start().await;
+    let master = upload(&c, "photo.jpg", jpeg(&photo(64, 64))).await;
+    let want = "attachment; filename=\"caf_ mug.jpg\"; filename*=UTF-8''caf%C3%A9%20mug.jpg";
+    let node = &c.storage[0][0];
+    let r = c
+        .http
+        .get(format!(
+            "{}/{master}?attname=caf%C3%A9%20mug.jpg",
+            node.url()
+        ))
+        .go()
+        .await;
+    assert_eq!(r.headers()[header::CONTENT_DISPOSITION], want);
+    // The gateway passes it on in its redirect, and the node it sends the client to answers with it.
+    let r = c
+        .follow
+        .get(format!(
+            "{}/{master}?attname=caf%C3%A9%20mug.jpg",
+            c.gateway_url()
+        ))
+        .go()
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()[header::CONTENT_DISPOSITION], want);
+    // Without it: no such header (the browser shows the file inline).
+    let r = c.http.get(format!("{}/{master}", node.url())).go().await;
+    assert!(r.headers().get(header::CONTENT_DISPOSITION).is_none());
 }

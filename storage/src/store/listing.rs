@@ -26,6 +26,43 @@ pub struct ReindexReport {
 }
 
 impl Store {
+    /// The slave files of `master` held here (its directory's names that extend the master's; metadata files
+    /// skipped), sorted. Empty for a slave or a file not here. Blocking (one directory read).
+    pub fn slaves_blocking(&self, master: &FileId) -> Result<Vec<FileId>> {
+        if master.name.prefix().is_some() {
+            return Ok(Vec::new());
+        }
+        let path = self.path(master)?;
+        let dir = path.parent().expect("relative_path has a parent");
+        let stem = master.name.master_part();
+        let entries = match fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if !name.starts_with(stem) || name.ends_with(META_SUFFIX) {
+                continue;
+            }
+            let Ok(name) = name.parse::<fdfs_common::fileid::FileName>() else {
+                continue;
+            };
+            if name.prefix().is_some() {
+                out.push(FileId {
+                    name,
+                    ..master.clone()
+                });
+            }
+        }
+        out.sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
+        Ok(out)
+    }
+
     /// Visit every file on disk of one store path (metadata files and foreign names skipped), in directory
     /// order. This is the ground truth the index is rebuilt from.
     pub fn walk_disk_blocking(

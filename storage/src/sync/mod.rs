@@ -170,6 +170,16 @@ pub struct Inner {
     pub reach: reach::Reach,
 }
 
+/// Which slave files go with a deleted master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Slaves {
+    /// The thumbnails this cluster rendered from it; uploaded slaves stay, as in FastDFS.
+    #[default]
+    Rendered,
+    /// Every slave (`DELETE ...?slaves=all`).
+    All,
+}
+
 /// The replication engine; cheap to clone. The node holds one and sends every change through it.
 #[derive(Clone)]
 pub struct SyncEngine(Arc<Inner>);
@@ -862,9 +872,51 @@ impl SyncEngine {
         .await?
     }
 
-    /// Delete a file; `false` when it is not here. Record first (tombstone, then the binlog record), then the
-    /// unlink: a crash in between is finished at the next start.
+    /// Delete a file, with the thumbnails rendered from it; `false` when it is not here. See
+    /// [`SyncEngine::delete_with`].
     pub async fn delete(&self, id: &FileId) -> Result<bool> {
+        Ok(self.delete_with(id, Slaves::Rendered).await?.is_some())
+    }
+
+    /// Delete a file and the slaves `which` says (each recorded on its own, so peers follow); `None` when the
+    /// file is not here, else the slaves deleted with it. Slaves go first: a crash in between leaves a master
+    /// without some thumbnails (rendered again on a read), never thumbnails without a master.
+    pub async fn delete_with(&self, id: &FileId, which: Slaves) -> Result<Option<Vec<FileId>>> {
+        if !self.store.exists(id).await? {
+            return Ok(None);
+        }
+        let slaves = self.delete_slaves(id, which).await?;
+        self.delete_one(id).await?;
+        Ok(Some(slaves))
+    }
+
+    /// Delete the slaves of `master` held here that `which` names; the ones deleted.
+    pub async fn delete_slaves(&self, master: &FileId, which: Slaves) -> Result<Vec<FileId>> {
+        let (store, m) = (self.store.clone(), master.clone());
+        let candidates = tokio::task::spawn_blocking(move || -> Result<Vec<FileId>> {
+            let mut out = Vec::new();
+            for slave in store.slaves_blocking(&m)? {
+                if which == Slaves::All
+                    || crate::thumbnail::is_rendered(store.get_meta_blocking(&slave)?.as_ref())
+                {
+                    out.push(slave);
+                }
+            }
+            Ok(out)
+        })
+        .await??;
+        let mut deleted = Vec::with_capacity(candidates.len());
+        for slave in candidates {
+            if self.delete_one(&slave).await? {
+                deleted.push(slave);
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Delete one file; `false` when it is not here. Record first (tombstone, then the binlog record), then the
+    /// unlink: a crash in between is finished at the next start.
+    async fn delete_one(&self, id: &FileId) -> Result<bool> {
         if !self.store.exists(id).await? {
             return Ok(false);
         }

@@ -249,6 +249,10 @@ async fn delete_file(
         }
     })
     .await??;
+    if deleted {
+        // A thumbnail rendered here while the delete was on its way goes too (recorded, so peers follow).
+        engine.delete_slaves(&id, super::Slaves::Rendered).await?;
+    }
     Ok(Json(serde_json::json!({ "file_id": id, "deleted": deleted })).into_response())
 }
 

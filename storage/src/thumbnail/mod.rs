@@ -39,6 +39,15 @@ use crate::store::NewFile;
 use crate::AppState;
 use render::{Job, RenderError};
 
+/// Metadata key marking a slave as rendered here (its value is the size): deleting the master deletes such
+/// slaves with it, while uploaded slaves stay (as in FastDFS) unless the delete asks for all slaves.
+pub const RENDERED_META_KEY: &str = "fdfs_rendered_thumbnail";
+
+/// Whether a slave's metadata marks it as a rendered thumbnail.
+pub fn is_rendered(meta: Option<&Metadata>) -> bool {
+    meta.is_some_and(|m| m.contains_key(RENDERED_META_KEY))
+}
+
 /// Request extension: the thumbnail was just ensured, serve what is on disk (never render twice in a request).
 #[derive(Debug, Clone, Copy)]
 pub struct Rendered;
@@ -334,6 +343,44 @@ async fn find_master(node: &AppState, id: &FileId, format: Format) -> Result<Opt
     Ok(None)
 }
 
+/// The error for a file that is neither here nor on a peer: a slave naming a thumbnail size (`_WxH[c]` of an
+/// image format) this node does not render, of a master that is here, says which sizes it does render instead
+/// of a bare "no such file".
+pub async fn missing(node: &AppState, id: &FileId) -> StorageError {
+    let plain = || StorageError::NotFound(format!("no such file {id}"));
+    let Some(prefix) = id.name.prefix().and_then(|p| p.strip_prefix('_')) else {
+        return plain();
+    };
+    let (Ok(_), Some(format)) = (
+        prefix.parse::<SizeSpec>(),
+        id.name.ext().and_then(Format::from_ext),
+    ) else {
+        return plain();
+    };
+    if !matches!(find_master(node, id, format).await, Ok(Some(_))) {
+        return plain();
+    }
+    let settings = &node.thumbnails.settings;
+    let mut sizes: Vec<&str> = settings
+        .sizes
+        .keys()
+        .map(|k| k.trim_start_matches('_'))
+        .collect();
+    sizes.sort_unstable();
+    let mut formats: Vec<&str> = settings.formats.iter().map(|f| f.name()).collect();
+    formats.sort_unstable();
+    StorageError::ThumbnailSizeNotConfigured(if sizes.is_empty() {
+        format!("no thumbnail {id}: this node renders no thumbnails (thumbnail_sizes is empty)")
+    } else {
+        format!(
+            "no thumbnail {id}: size {prefix} is not configured; configured sizes: {} (formats: {}); \
+             add it to the storage nodes' thumbnail_sizes to serve it",
+            sizes.join(", "),
+            formats.join(", ")
+        )
+    })
+}
+
 /// Make sure the thumbnail `id` exists here, rendering it when it is a configured size of a master on this
 /// node. `Ok(false)`: not a thumbnail this node renders (the caller answers as for any missing file).
 pub async fn ensure(node: &AppState, id: &FileId) -> Result<bool> {
@@ -452,7 +499,19 @@ async fn render_and_store_inner(
     };
     match node
         .sync
-        .upload(new, Metadata::new(), body, node.max_file_size)
+        .upload(
+            new,
+            Metadata::from([(
+                RENDERED_META_KEY.to_owned(),
+                id.name
+                    .prefix()
+                    .unwrap_or_default()
+                    .trim_start_matches('_')
+                    .to_owned(),
+            )]),
+            body,
+            node.max_file_size,
+        )
         .await
     {
         Ok((stored, replicas)) => {

@@ -396,6 +396,43 @@ async fn one_cluster_two_doors_fastdfs_and_http_see_the_same_files() {
         (0, vec![])
     );
 
+    // A picture uploaded over FastDFS, its thumbnail rendered by a read over HTTP (stored on both members),
+    // then the picture deleted over FastDFS: the thumbnail goes with it, on every member.
+    let mut jpeg = Vec::new();
+    image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(320, 200, |x, y| {
+        image::Rgb([x as u8, y as u8, 90])
+    }))
+    .write_to(
+        &mut std::io::Cursor::new(&mut jpeg),
+        image::ImageFormat::Jpeg,
+    )
+    .unwrap();
+    let picture = upload(door, 0, "jpg", &jpeg).await;
+    let thumb = picture.slave("_150x150", Some("jpg")).unwrap();
+    assert_eq!(http_get(&c.members[0], &thumb).await.0, 200);
+    for m in &c.members {
+        eventually(60, "the thumbnail on every member", || async {
+            m.store.join(thumb.relative_path()).exists().then_some(())
+        })
+        .await;
+    }
+    let mut d = connect(door).await;
+    assert_eq!(
+        request(&mut d, cmd::DELETE_FILE, &named(&picture)).await.0,
+        0
+    );
+    for m in &c.members {
+        eventually(
+            60,
+            "the picture and its thumbnail gone from every member",
+            || async {
+                let gone = |id: &FileId| !m.store.join(id.relative_path()).exists();
+                (gone(&picture) && gone(&thumb) && http_get(m, &thumb).await.0 == 404).then_some(())
+            },
+        )
+        .await;
+    }
+
     // Delete over FastDFS: gone over HTTP on this member at once, and on the other one once the delete
     // reaches it.
     let (status, _) = request(&mut s, cmd::DELETE_FILE, &named(&id)).await;
