@@ -6,10 +6,20 @@ with Client("http://127.0.0.1:8080") as fdfs:
     data = fdfs.download(file_id)
 """
 
-from ._common import CHUNK_SIZE, FileInfo, Source, UploadResult
+from ._common import CHUNK_SIZE, DeleteResult, FileInfo, Source, Thumbnail, UploadResult
 from .client import AsyncClient, AsyncRemoteFile, Client, RemoteFile
 from .errors import FdfsError, InvalidFileId, NotFound, Unreachable
-from .fileid import FileIdInfo, decode, is_file_id, make_token, signed_query, slave_id
+from .fileid import (
+    FileIdInfo,
+    ThumbnailSize,
+    decode,
+    is_file_id,
+    make_token,
+    parse_thumbnail_size,
+    signed_query,
+    slave_id,
+    thumbnail_id,
+)
 
 __version__ = "0.1.0"
 
@@ -18,6 +28,7 @@ __all__ = [
     "AsyncClient",
     "AsyncRemoteFile",
     "Client",
+    "DeleteResult",
     "FdfsError",
     "FileIdInfo",
     "FileInfo",
@@ -25,11 +36,15 @@ __all__ = [
     "NotFound",
     "RemoteFile",
     "Source",
+    "Thumbnail",
+    "ThumbnailSize",
     "Unreachable",
     "UploadResult",
     "decode",
     "is_file_id",
     "make_token",
+    "parse_thumbnail_size",
     "signed_query",
     "slave_id",
+    "thumbnail_id",
 ]

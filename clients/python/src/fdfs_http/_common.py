@@ -14,7 +14,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from .errors import FdfsError, NotFound, Unreachable
-from .fileid import decode
+from .fileid import decode, parse_thumbnail_size
 
 CHUNK_SIZE = 256 * 1024
 """Bytes read from a source (and from a download) at a time: what a transfer holds in memory."""
@@ -33,10 +33,38 @@ class _UploadResultBase(TypedDict):
     replicas: int
 
 
+class _ThumbnailBase(TypedDict):
+    size: str
+
+
+class Thumbnail(_ThumbnailBase, total=False):
+    """One thumbnail asked for at upload: `file_id`, `url` and `bytes` when rendered, else `skipped` and `error`
+    (`{"code": ..., "message": ...}`, e.g. `not_an_image`)."""
+
+    file_id: str
+    url: str
+    bytes: int
+    skipped: bool
+    error: dict[str, str]
+
+
 class UploadResult(_UploadResultBase, total=False):
     """The gateway's answer to an upload (see `openapi.yaml`, `UploadResult`)."""
 
     filename: str
+    thumbnails: list[Thumbnail]
+
+
+class _DeleteResultBase(TypedDict):
+    file_id: str
+    deleted: bool
+
+
+class DeleteResult(_DeleteResultBase, total=False):
+    """The gateway's answer to `DELETE /{file_id}`: `slaves_deleted` lists the slave files deleted with the
+    master (with `slaves=True`; the thumbnails the nodes rendered are always deleted and not listed)."""
+
+    slaves_deleted: list[str]
 
 
 class _FileInfoBase(TypedDict):
@@ -130,8 +158,10 @@ class Calls:
         url = "/meta/" + file_path(file_id)
         return Call("PATCH", url, _json_of(dict[str, str]), json=dict(changes), headers=self._writes())
 
-    def delete(self, file_id: str) -> Call[None]:
-        return Call("DELETE", "/" + file_path(file_id), _ok, headers=self._writes())
+    def delete(self, file_id: str, slaves: bool = False) -> Call[DeleteResult]:
+        """`DELETE /{file_id}` (`?slaves=all` also deletes the uploaded slave files)."""
+        params = {"slaves": "all"} if slaves else None
+        return Call("DELETE", "/" + file_path(file_id), _json_of(DeleteResult), params=params, headers=self._writes())
 
     def cluster(self) -> Call[dict[str, Any]]:
         return Call("GET", "/cluster", _json_of(dict[str, Any]))
@@ -142,13 +172,23 @@ def upload_params(
     meta: Mapping[str, str] | None,
     master_id: str | None = None,
     prefix: str | None = None,
+    thumbnails: Iterable[str] | None = None,
+    content_type: str | None = None,
+    cache_control: str | None = None,
+    content_disposition: str | None = None,
 ) -> dict[str, str]:
+    """The query of `PUT /upload/{filename}`."""
     params: dict[str, str] = {}
     if group:
         params["group"] = group
     if master_id is not None:
         params["master_file_id"] = file_path(master_id)
         params["prefix"] = prefix or ""
+    sizes = [str(parse_thumbnail_size(s)) for s in thumbnails or ()]
+    if sizes:
+        params["thumbnails"] = ",".join(sizes)
+    extra = {"content_type": content_type, "cache_control": cache_control, "content_disposition": content_disposition}
+    params.update({k: v for k, v in extra.items() if v})
     for k, v in (meta or {}).items():
         params[f"meta.{k}"] = v
     return params
@@ -189,10 +229,6 @@ def _json_of(_: type[T]) -> Callable[[httpx.Response], T]:
             raise bad_response(resp, f"the gateway answered {resp.status_code} without JSON") from e
 
     return parse
-
-
-def _ok(resp: httpx.Response) -> None:
-    _json_of(object)(resp)
 
 
 def _no_parse(resp: httpx.Response) -> None:

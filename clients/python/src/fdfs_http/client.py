@@ -11,7 +11,7 @@ import asyncio
 import io
 import os
 import secrets
-from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import IO, Any, TypeVar, Union, cast
 
@@ -22,6 +22,7 @@ from ._common import (
     DEFAULT_TIMEOUT,
     Call,
     Calls,
+    DeleteResult,
     FileInfo,
     Prepared,
     Source,
@@ -129,13 +130,29 @@ class Client(_Base):
         meta: Mapping[str, str] | None = None,
         *,
         size: int | None = None,
+        thumbnails: Iterable[str] | None = None,
+        content_type: str | None = None,
+        cache_control: str | None = None,
+        content_disposition: str | None = None,
     ) -> UploadResult:
         """Store a file: bytes, a path, a binary file object (read from its position) or an iterable of chunks.
 
         `filename` gives the ID's extension (default: the path's or file object's name). `size` is needed only
-        for an iterable whose length is known (else it is sent chunked). Returns the gateway's JSON.
+        for an iterable whose length is known (else it is sent chunked). `thumbnails` (e.g. `["150x150"]`) has
+        the storage node render those sizes right after the upload; the answer lists them under `thumbnails`
+        (an entry with `skipped` and `error` when the file is not an image or the size is not configured).
+        `content_type`, `cache_control` and `content_disposition` are sent as the upload parameters of those
+        names, for the nodes to serve the file with. Returns the gateway's JSON.
         """
-        return self._upload(Prepared(source, filename, size), upload_params(group, meta))
+        params = upload_params(
+            group,
+            meta,
+            thumbnails=thumbnails,
+            content_type=content_type,
+            cache_control=cache_control,
+            content_disposition=content_disposition,
+        )
+        return self._upload(Prepared(source, filename, size), params)
 
     def upload_slave(
         self,
@@ -221,9 +238,14 @@ class Client(_Base):
         """Merge into the metadata (a None value removes the key); returns what is now stored."""
         return self._run(self._calls.merge_meta(file_id, changes))
 
-    def delete(self, file_id: str) -> None:
-        """Delete a file on every member of its group; `NotFound` if there is no such file."""
-        self._run(self._calls.delete(file_id))
+    def delete(self, file_id: str, slaves: bool = False) -> DeleteResult:
+        """Delete a file on every member of its group, with the thumbnails the nodes rendered from it; `NotFound`
+        if there is no such file.
+
+        Slave files uploaded next to it (`upload_slave`) stay, as in FastDFS, unless `slaves=True`: then they go
+        too and the answer lists them under `slaves_deleted`.
+        """
+        return self._run(self._calls.delete(file_id, slaves))
 
     def cluster(self) -> dict[str, Any]:
         """Groups, members, state, space and sync progress (`GET /cluster`)."""
@@ -394,9 +416,21 @@ class AsyncClient(_Base):
         meta: Mapping[str, str] | None = None,
         *,
         size: int | None = None,
+        thumbnails: Iterable[str] | None = None,
+        content_type: str | None = None,
+        cache_control: str | None = None,
+        content_disposition: str | None = None,
     ) -> UploadResult:
         """As `Client.upload`; file objects are read in a worker thread, async iterables are sent as they come."""
-        return await self._upload(_prepare_async(source, filename, size), upload_params(group, meta))
+        params = upload_params(
+            group,
+            meta,
+            thumbnails=thumbnails,
+            content_type=content_type,
+            cache_control=cache_control,
+            content_disposition=content_disposition,
+        )
+        return await self._upload(_prepare_async(source, filename, size), params)
 
     async def upload_slave(
         self,
@@ -471,8 +505,8 @@ class AsyncClient(_Base):
     async def merge_meta(self, file_id: str, changes: Mapping[str, str | None]) -> dict[str, str]:
         return await self._run(self._calls.merge_meta(file_id, changes))
 
-    async def delete(self, file_id: str) -> None:
-        await self._run(self._calls.delete(file_id))
+    async def delete(self, file_id: str, slaves: bool = False) -> DeleteResult:
+        return await self._run(self._calls.delete(file_id, slaves))
 
     async def cluster(self) -> dict[str, Any]:
         return await self._run(self._calls.cluster())

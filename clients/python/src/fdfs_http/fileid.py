@@ -177,6 +177,53 @@ def slave_id(master_id: str, prefix: str, ext: str | None = None) -> str:
     return out
 
 
+THUMBNAIL_FORMATS = ("jpg", "jpeg", "png", "gif", "webp")
+"""Extensions a thumbnail can have: its master's own format, or WebP."""
+MAX_THUMBNAIL_SIDE = 8192
+_SIZE = re.compile(r"(\d{1,5})x(\d{1,5})(c?)\Z")
+
+
+@dataclass(frozen=True)
+class ThumbnailSize:
+    """A thumbnail size as the storage nodes' `thumbnail_sizes` write it: `WxH`, `c` to crop, one side may be 0."""
+
+    width: int
+    height: int
+    crop: bool
+
+    def __str__(self) -> str:
+        return f"{self.width}x{self.height}" + ("c" if self.crop else "")
+
+
+def parse_thumbnail_size(size: str) -> ThumbnailSize:
+    """Parse `300x300`, `200x200c` or `800x0` as the storage nodes do; `ValueError` for anything else."""
+    m = _SIZE.match(size.strip())
+    if m is None:
+        raise ValueError(f"invalid thumbnail size {size!r}: expected WxH or WxHc, e.g. 300x300")
+    w, h, crop = int(m[1]), int(m[2]), m[3] == "c"
+    if (w == 0 and h == 0) or w > MAX_THUMBNAIL_SIDE or h > MAX_THUMBNAIL_SIDE:
+        raise ValueError(f"invalid thumbnail size {size!r}: sides up to {MAX_THUMBNAIL_SIDE}, not both 0")
+    if crop and (w == 0 or h == 0):
+        raise ValueError(f"invalid thumbnail size {size!r}: crop needs both sides")
+    return ThumbnailSize(w, h, crop)
+
+
+def thumbnail_id(master_id: str, size: str, fmt: str | None = None) -> str:
+    """The ID of the thumbnail the storage nodes render of `master_id` at `size` (`300x300`), no network.
+
+    It is the slave `<master>_300x300.<ext>`, where `ext` is `fmt` (`webp`, or the master's own format) or by
+    default the master's extension. A node renders it on its first read if `size` is in its `thumbnail_sizes`.
+    """
+    spec = parse_thumbnail_size(size)
+    ext = fmt.lower() if fmt else decode(master_id).ext
+    if ext is None or ext.lower() not in THUMBNAIL_FORMATS:
+        raise ValueError(
+            f"no thumbnail of {master_id!r} as {ext!r}: thumbnails are {', '.join(THUMBNAIL_FORMATS)} (the master's "
+            "format or webp)"
+        )
+    return slave_id(master_id, f"_{spec}", ext)
+
+
 def make_token(file_id: str, secret: str, ts: int) -> str:
     """FastDFS anti-leech token: `hex(md5(path_in_group + secret + ts))`."""
     info = decode(file_id)
