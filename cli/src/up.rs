@@ -2,7 +2,13 @@
 //! (`fdfs tracker|storage|gateway ...`). Trackers start first, then the storage nodes (group1..groupN, each with
 //! its own store path under the data dir), then the gateway; each child's `listening on ADDR` stdout line gives
 //! its address. Ready when the gateway's `/cluster` shows every member active. ctrl-c / SIGTERM stops the
-//! children in reverse order (SIGTERM, then SIGKILL after a grace period); a child that dies is reported.
+//! children in reverse order (SIGTERM, then SIGKILL after a grace period). A child that dies is restarted on
+//! the same address with backoff (1 s, doubling up to 30 s; back to 1 s once it has run for a minute), each
+//! restart logged, unless `--no-restart`.
+//!
+//! The cluster secret (`--cluster-secret`, else `FDFS_CLUSTER_SECRET`, else the one kept in
+//! `<data>/cluster-secret`, else a new one written there with mode 0600) reaches every child through its
+//! environment; the layout prints the file's path, so a second gateway or `fdfs verify` can be given it.
 //!
 //! Children run in their own process group (so a terminal's ctrl-c reaches only us and the shutdown is
 //! ordered) and, on Linux, get SIGTERM if this process dies.
@@ -27,6 +33,14 @@ use crate::error::{CliError, Result};
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a child gets to exit after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// First wait before restarting a child that died; doubled per quick death up to [`RESTART_MAX`].
+const RESTART_MIN: Duration = Duration::from_secs(1);
+/// Longest wait before a restart.
+const RESTART_MAX: Duration = Duration::from_secs(30);
+/// A child that ran this long before dying is restarted after [`RESTART_MIN`] again.
+const RESTART_RESET: Duration = Duration::from_secs(60);
+/// Name of the file in the data dir that keeps the cluster secret.
+pub const SECRET_FILE: &str = "cluster-secret";
 
 /// `fdfs up` flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -58,6 +72,20 @@ pub struct Args {
     /// other trackers and every storage node on free ports, all printed in the layout.
     #[arg(long, value_name = "PORT")]
     pub fastdfs_port: Option<u16>,
+    /// API key the gateway asks of uploads, deletes and metadata changes (`x-api-key`); none: open.
+    #[arg(long, value_name = "KEY")]
+    pub api_key: Option<String>,
+    /// Cluster secret of the internal routes (default: `FDFS_CLUSTER_SECRET`, else the one kept in
+    /// `<data>/cluster-secret`, else a new one written there, mode 0600).
+    #[arg(long, value_name = "SECRET")]
+    pub cluster_secret: Option<String>,
+    /// Thumbnail sizes the storage nodes render on first read, e.g. `150x150,300x300,100x100c` (default: the
+    /// nodes' own, 150x150,300x300,600x600).
+    #[arg(long, value_name = "SIZES")]
+    pub thumbnail_sizes: Option<String>,
+    /// Leave a server that dies dead (default: restart it with backoff).
+    #[arg(long)]
+    pub no_restart: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +109,23 @@ struct Proc {
     exited: Option<ExitStatus>,
     /// Address of its FastDFS protocol listener (`--fastdfs-port`).
     fastdfs: Option<SocketAddr>,
+    /// Its command-line arguments, with the listen addresses it got (a restart keeps them).
+    args: Vec<OsString>,
+    /// When it was (re)started, how many times it was restarted, when the next restart is due.
+    started: Instant,
+    restarts: u32,
+    restart_at: Option<Instant>,
+    /// The wait before its last restart (zero before the first).
+    backoff: Duration,
+}
+
+/// Replace the value after `flag` (its bound address, so a restart keeps it).
+fn pin_addr(args: &mut [OsString], flag: &str, addr: SocketAddr) {
+    if let Some(i) = args.iter().position(|a| a == flag) {
+        if let Some(v) = args.get_mut(i + 1) {
+            *v = addr.to_string().into();
+        }
+    }
 }
 
 /// Port for the n-th process of a role (all 0 when the base is 0).
@@ -122,7 +167,7 @@ async fn spawn(
     exe: &Path,
     name: &str,
     role: Role,
-    args: Vec<OsString>,
+    args: &[OsString],
     logs: &Path,
     secret: &str,
 ) -> Result<(
@@ -133,7 +178,12 @@ async fn spawn(
 )> {
     let fastdfs = args.iter().any(|a| a == "--fastdfs-listen");
     let log = logs.join(format!("{name}.log"));
-    let log_file = std::fs::File::create(&log).map_err(|e| CliError::io(&log, e))?;
+    // Appended to: a restarted child's log keeps what its previous run said before it died.
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(|e| CliError::io(&log, e))?;
     let sub = match role {
         Role::Tracker => "tracker",
         Role::Storage => "storage",
@@ -214,6 +264,15 @@ fn arg(s: impl Into<OsString>) -> OsString {
     s.into()
 }
 
+/// `args` with the addresses the child bound instead of port 0.
+fn pinned(mut args: Vec<OsString>, addr: SocketAddr, fastdfs: Option<SocketAddr>) -> Vec<OsString> {
+    pin_addr(&mut args, "--listen", addr);
+    if let Some(f) = fastdfs {
+        pin_addr(&mut args, "--fastdfs-listen", f);
+    }
+    args
+}
+
 /// Start every child (pushed onto `procs` as they come up).
 async fn start(a: &Args, procs: &mut Vec<Proc>, secret: &str) -> Result<()> {
     let exe = std::env::current_exe()
@@ -238,7 +297,8 @@ async fn start(a: &Args, procs: &mut Vec<Proc>, secret: &str) -> Result<()> {
             args.extend([arg("--fastdfs-listen"), arg(format!("127.0.0.1:{p}"))]);
         }
         let (child, addr, log, fastdfs) =
-            spawn(&exe, &name, Role::Tracker, args, &logs, secret).await?;
+            spawn(&exe, &name, Role::Tracker, &args, &logs, secret).await?;
+        let pinned = pinned(args, addr, fastdfs);
         procs.push(Proc {
             name,
             role: Role::Tracker,
@@ -249,6 +309,11 @@ async fn start(a: &Args, procs: &mut Vec<Proc>, secret: &str) -> Result<()> {
             child,
             exited: None,
             fastdfs,
+            args: pinned,
+            started: Instant::now(),
+            restarts: 0,
+            restart_at: None,
+            backoff: Duration::ZERO,
         });
     }
     let trackers: Vec<String> = procs.iter().map(|p| p.addr.to_string()).collect();
@@ -278,8 +343,12 @@ async fn start(a: &Args, procs: &mut Vec<Proc>, secret: &str) -> Result<()> {
             if a.fastdfs_port.is_some() {
                 args.extend([arg("--fastdfs-listen"), arg("127.0.0.1:0")]);
             }
+            if let Some(sizes) = &a.thumbnail_sizes {
+                args.extend([arg("--thumbnail-sizes"), arg(sizes)]);
+            }
             let (child, addr, log, fastdfs) =
-                spawn(&exe, &name, Role::Storage, args, &logs, secret).await?;
+                spawn(&exe, &name, Role::Storage, &args, &logs, secret).await?;
+            let pinned = pinned(args, addr, fastdfs);
             procs.push(Proc {
                 name,
                 role: Role::Storage,
@@ -290,25 +359,28 @@ async fn start(a: &Args, procs: &mut Vec<Proc>, secret: &str) -> Result<()> {
                 child,
                 exited: None,
                 fastdfs,
+                args: pinned,
+                started: Instant::now(),
+                restarts: 0,
+                restart_at: None,
+                backoff: Duration::ZERO,
             });
         }
     }
 
     let port = port_for(a.port, 0)?;
-    let (child, addr, log, fastdfs) = spawn(
-        &exe,
-        "gateway",
-        Role::Gateway,
-        vec![
-            arg("--listen"),
-            arg(format!("127.0.0.1:{port}")),
-            arg("--tracker"),
-            arg(&trackers),
-        ],
-        &logs,
-        secret,
-    )
-    .await?;
+    let mut args = vec![
+        arg("--listen"),
+        arg(format!("127.0.0.1:{port}")),
+        arg("--tracker"),
+        arg(&trackers),
+    ];
+    if let Some(key) = &a.api_key {
+        args.extend([arg("--api-key"), arg(key)]);
+    }
+    let (child, addr, log, fastdfs) =
+        spawn(&exe, "gateway", Role::Gateway, &args, &logs, secret).await?;
+    let pinned = pinned(args, addr, fastdfs);
     procs.push(Proc {
         name: "gateway".into(),
         role: Role::Gateway,
@@ -319,6 +391,11 @@ async fn start(a: &Args, procs: &mut Vec<Proc>, secret: &str) -> Result<()> {
         child,
         exited: None,
         fastdfs,
+        args: pinned,
+        started: Instant::now(),
+        restarts: 0,
+        restart_at: None,
+        backoff: Duration::ZERO,
     });
     Ok(())
 }
@@ -445,7 +522,56 @@ fn fastdfs_column(p: &Proc) -> String {
         .map_or_else(String::new, |a| format!("  fastdfs {a}"))
 }
 
-fn print_layout(a: &Args, gateway: &str, procs: &[Proc], view: &ClusterView) {
+/// Where the cluster secret came from.
+enum SecretSource {
+    Flag,
+    Env,
+    /// Read from, or generated into, this file.
+    File(PathBuf, bool),
+}
+
+/// The cluster secret: `--cluster-secret`, `FDFS_CLUSTER_SECRET`, `<data>/cluster-secret`, or a new one written
+/// there (mode 0600, readable by the operator only).
+fn resolve_secret(a: &Args) -> Result<(String, SecretSource)> {
+    if let Some(s) = a.cluster_secret.as_ref().filter(|s| !s.is_empty()) {
+        return Ok((s.clone(), SecretSource::Flag));
+    }
+    if let Some(s) = std::env::var("FDFS_CLUSTER_SECRET")
+        .ok()
+        .filter(|s| !s.is_empty())
+    {
+        return Ok((s, SecretSource::Env));
+    }
+    let path = a.data.join(SECRET_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => {
+            return Ok((s.trim().to_owned(), SecretSource::File(path, false)))
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(CliError::io(&path, e)),
+    }
+    let secret = format!("{:032x}", rand::random::<u128>());
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| CliError::io(&path, e))?;
+    writeln!(f, "{secret}").map_err(|e| CliError::io(&path, e))?;
+    Ok((secret, SecretSource::File(path, true)))
+}
+
+fn print_layout(
+    a: &Args,
+    gateway: &str,
+    procs: &[Proc],
+    view: &ClusterView,
+    secret: &SecretSource,
+) {
     let mut s = format!(
         "fdfs cluster is up: {} group(s) x {} member(s), {} tracker(s); data in {}\n\n",
         a.groups,
@@ -480,6 +606,19 @@ fn print_layout(a: &Args, gateway: &str, procs: &[Proc], view: &ClusterView) {
             fastdfs_column(p)
         ));
     }
+    s.push_str(&match secret {
+        SecretSource::Flag => "  secret    from --cluster-secret\n".to_owned(),
+        SecretSource::Env => "  secret    from FDFS_CLUSTER_SECRET\n".to_owned(),
+        SecretSource::File(p, generated) => format!(
+            "  secret    {} ({}, mode 0600; FDFS_CLUSTER_SECRET=$(cat {}) for another server or fdfs verify)\n",
+            p.display(),
+            if *generated { "generated" } else { "kept" },
+            p.display()
+        ),
+    });
+    if a.api_key.is_some() {
+        s.push_str("  api key   required on uploads, deletes and metadata changes (x-api-key)\n");
+    }
     let exe = std::env::current_exe().map_or_else(|_| "fdfs".into(), |p| p.display().to_string());
     s.push_str(&format!(
         "  logs      {}\n\nTry:\n  curl -F file=@photo.jpg {gateway}/upload\n  curl -T notes.txt {gateway}/upload/notes.txt\n  {exe} --gateway {gateway} monitor\n\nctrl-c stops the cluster.\n",
@@ -490,13 +629,73 @@ fn print_layout(a: &Args, gateway: &str, procs: &[Proc], view: &ClusterView) {
     let _ = std::io::stdout().flush();
 }
 
+/// Notice a child that died, and restart it when its backoff has passed (`restart` false: report only).
+async fn supervise(p: &mut Proc, restart: bool, exe: &Path, logs: &Path, secret: &str) {
+    let now = Instant::now();
+    if p.exited.is_none() {
+        let Ok(Some(st)) = p.child.try_wait() else {
+            return;
+        };
+        p.exited = Some(st);
+        if !restart {
+            eprintln!(
+                "fdfs up: {} ({}) died unexpectedly ({}); last log lines from {}:\n{}",
+                p.name,
+                p.addr,
+                describe(st),
+                p.log.display(),
+                log_tail(&p.log, 10)
+            );
+            return;
+        }
+        p.backoff = if p.backoff.is_zero() || p.started.elapsed() >= RESTART_RESET {
+            RESTART_MIN
+        } else {
+            (p.backoff * 2).min(RESTART_MAX)
+        };
+        p.restart_at = Some(now + p.backoff);
+        eprintln!(
+            "fdfs up: {} ({}) died ({}); restarting it in {}s; last log lines from {}:\n{}",
+            p.name,
+            p.addr,
+            describe(st),
+            p.backoff.as_secs(),
+            p.log.display(),
+            log_tail(&p.log, 10)
+        );
+        return;
+    }
+    if !p.restart_at.is_some_and(|t| t <= now) {
+        return;
+    }
+    match spawn(exe, &p.name, p.role, &p.args, logs, secret).await {
+        Ok((child, addr, _, _)) => {
+            p.child = child;
+            p.exited = None;
+            p.restart_at = None;
+            p.started = Instant::now();
+            p.restarts += 1;
+            eprintln!(
+                "fdfs up: {} restarted on {addr} (restart {})",
+                p.name, p.restarts
+            );
+        }
+        Err(e) => {
+            p.backoff = (p.backoff * 2).min(RESTART_MAX);
+            p.restart_at = Some(Instant::now() + p.backoff);
+            eprintln!(
+                "fdfs up: restarting {} failed, trying again in {}s: {e}",
+                p.name,
+                p.backoff.as_secs()
+            );
+        }
+    }
+}
+
 /// Run the local cluster until ctrl-c / SIGTERM.
 pub async fn run(a: Args) -> Result<()> {
     std::fs::create_dir_all(&a.data).map_err(|e| CliError::io(&a.data, e))?;
-    let secret = std::env::var("FDFS_CLUSTER_SECRET")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
+    let (secret, secret_source) = resolve_secret(&a)?;
     let mut procs: Vec<Proc> = Vec::new();
     let shutdown = fdfs_common::shutdown_signal();
     tokio::pin!(shutdown);
@@ -524,23 +723,20 @@ pub async fn run(a: Args) -> Result<()> {
             return Ok(());
         }
     };
-    print_layout(&a, &gateway, &procs, &view);
+    print_layout(&a, &gateway, &procs, &view, &secret_source);
 
+    let exe = std::env::current_exe()
+        .map_err(|e| CliError::Up(format!("cannot find my own executable: {e}")))?;
+    let logs = a.data.join("logs");
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
             () = &mut shutdown => break,
             _ = tick.tick() => {
-                for p in procs.iter_mut().filter(|p| p.exited.is_none()) {
-                    if let Ok(Some(st)) = p.child.try_wait() {
-                        p.exited = Some(st);
-                        eprintln!(
-                            "fdfs up: {} ({}) died unexpectedly ({}); last log lines from {}:\n{}",
-                            p.name, p.addr, describe(st), p.log.display(), log_tail(&p.log, 10)
-                        );
-                    }
+                for p in &mut procs {
+                    supervise(p, !a.no_restart, &exe, &logs, &secret).await;
                 }
-                if procs.iter().all(|p| p.exited.is_some()) {
+                if procs.iter().all(|p| p.exited.is_some() && p.restart_at.is_none()) {
                     return Err(CliError::Up("every node has died".into()));
                 }
             }

@@ -40,6 +40,10 @@ async fn fdfs_up_starts_serves_and_stops_cleanly() {
         "2",
         "--members",
         "2",
+        "--api-key",
+        "k-up",
+        "--thumbnail-sizes",
+        "64x64",
         "--data",
     ])
     .arg(&dir)
@@ -96,9 +100,25 @@ async fn fdfs_up_starts_serves_and_stops_cleanly() {
         assert!(dir.join(d).is_dir(), "{d} missing");
     }
 
-    // It serves: upload and read back.
+    // The generated secret is kept in the data dir, for the operator only, and its path is printed.
+    let secret_file = dir.join("cluster-secret");
+    assert!(text.contains(&secret_file.display().to_string()), "{text}");
+    let secret = std::fs::read_to_string(&secret_file).unwrap();
+    assert_eq!(secret.trim().len(), 32, "{secret:?}");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&secret_file)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+
+    // It serves: upload (with the API key it was given) and read back.
     let http = fdfs_testkit::follow_client();
     let r = http.put(format!("{gateway}/upload/hello.txt"));
+    assert_eq!(r.body("no key").go().await.status(), 401);
+    let r = http
+        .put(format!("{gateway}/upload/hello.txt"))
+        .header("x-api-key", "k-up");
     let j: serde_json::Value = r.body("hello from fdfs up").ok_json().await;
     let id = j["file_id"].as_str().unwrap();
     let body = http.get(format!("{gateway}/{id}")).ok_bytes().await;
@@ -113,6 +133,72 @@ async fn fdfs_up_starts_serves_and_stops_cleanly() {
             path.display()
         );
     }
+    // The thumbnail sizes it was given: 64x64 renders, the nodes' default 150x150 is not configured.
+    let mut jpeg = Vec::new();
+    image::DynamicImage::ImageRgb8(image::RgbImage::new(200, 100))
+        .write_to(
+            &mut std::io::Cursor::new(&mut jpeg),
+            image::ImageFormat::Jpeg,
+        )
+        .unwrap();
+    let r = http
+        .put(format!("{gateway}/upload/p.jpg"))
+        .header("x-api-key", "k-up");
+    let j: serde_json::Value = r.body(jpeg).ok_json().await;
+    let pic = j["file_id"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches(".jpg")
+        .to_owned();
+    let thumb = http
+        .get(format!("{gateway}/{pic}_64x64.jpg"))
+        .ok_bytes()
+        .await;
+    let img = image::load_from_memory(&thumb).unwrap();
+    assert_eq!((img.width(), img.height()), (64, 32));
+    let (status, code) =
+        fdfs_testkit::error_of(http.get(format!("{gateway}/{pic}_150x150.jpg")).go().await).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (404, "thumbnail_size_not_configured")
+    );
+
+    // A server that dies is restarted on its address, and says so.
+    let member = text
+        .lines()
+        .find(|l| l.contains("storage-g1-m1"))
+        .and_then(|l| l.split_whitespace().find(|w| w.starts_with("http://")))
+        .unwrap()
+        .to_owned();
+    let victim = processes_mentioning("storage-g1-m1");
+    assert_eq!(victim.len(), 1, "{victim:?}");
+    signal(victim[0], Signal::KILL);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut said = Vec::new();
+    while !said
+        .iter()
+        .any(|l: &String| l.contains("storage-g1-m1 restarted"))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        said.push(
+            err_lines
+                .recv_timeout(left)
+                .unwrap_or_else(|e| panic!("{e}: {said:#?}")),
+        );
+    }
+    assert!(
+        said.iter()
+            .any(|l| l.contains("storage-g1-m1") && l.contains("died")),
+        "{said:#?}"
+    );
+    fdfs_testkit::eventually(60, "the restarted member live on its address", || async {
+        let r = http.get(format!("{member}/livez")).send().await.ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+    let again = processes_mentioning("storage-g1-m1");
+    assert!(again.len() == 1 && again != victim, "{again:?}");
+
     let children = processes_mentioning(dir.to_str().unwrap());
     assert!(
         children.len() >= 5,
