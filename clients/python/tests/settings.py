@@ -1,6 +1,9 @@
 """Django settings for the tests: the default storage is FdfsStorage (the cluster fixture points it at a real
 cluster with `override_settings`)."""
 
+import os
+import tempfile
+
 SECRET_KEY = "fdfs-http-tests"
 DEBUG = False
 USE_TZ = True
@@ -11,6 +14,7 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    "fdfs_http.django",
     "tests.testapp",
 ]
 MIDDLEWARE = [
@@ -34,7 +38,14 @@ TEMPLATES = [
         },
     }
 ]
-DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+# The test database is a file, so that the `manage.py` processes a test starts (fdfs_migrate_media) see its rows.
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": ":memory:",
+        "TEST": {"NAME": os.path.join(tempfile.gettempdir(), f"fdfs-py-tests-{os.getpid()}.sqlite3")},
+    }
+}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 STORAGES = {
     "default": {

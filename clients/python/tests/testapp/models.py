@@ -10,3 +10,13 @@ class Document(models.Model):
 
     def __str__(self) -> str:
         return self.title
+
+
+class Photo(models.Model):
+    """A second model with a file field (fdfs_migrate_media moves the files of every model)."""
+
+    caption = models.CharField(max_length=100)
+    picture = models.ImageField(upload_to="photos/")
+
+    def __str__(self) -> str:
+        return self.caption
