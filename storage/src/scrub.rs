@@ -6,7 +6,9 @@
 //! over the bad copy: readers see the old or the new file, never a half-written one).
 //!
 //! Slave files carry their master's size and CRC32, not their own: they are skipped (counted as such); a
-//! member that lacks one is still found by `fdfs verify`, which compares the members' listings.
+//! member that lacks one is still found by `fdfs verify`, which compares the members' listings. A rendered
+//! thumbnail whose master is gone (left by a race between a render and the master's delete) is reported as
+//! corrupt, and with repair deleted (recorded, so its peers delete theirs too).
 //!
 //! `POST /v1/scrub?repair=true|false` runs a whole pass now, unthrottled, and answers a [`ScrubReport`]
 //! (`fdfs verify` calls it on every member). Metrics: `fdfs_scrub_files_checked_total`,
@@ -136,18 +138,40 @@ fn problem(id: &FileId, size: u64, crc: u32) -> Option<String> {
     }
 }
 
+/// What is wrong with a file the scan found.
+enum Finding {
+    /// Its bytes do not match its ID (or cannot be read): replace it with a peer's good copy.
+    Corrupt(String),
+    /// A rendered thumbnail whose master is gone: delete it.
+    Orphan,
+}
+
+/// A rendered thumbnail here whose master is not.
+fn orphan_thumbnail(store: &Store, id: &FileId) -> Result<bool> {
+    Ok(
+        crate::thumbnail::is_rendered(store.get_meta_blocking(id)?.as_ref())
+            && !store.master_present_blocking(id)?,
+    )
+}
+
 /// Check every file of every store path; `found` gets each corrupt one. Blocking.
 fn scan_blocking(
     store: &Store,
     rate: u64,
     report: &mut ScrubReport,
-    mut found: impl FnMut(FileId, String),
+    mut found: impl FnMut(FileId, Finding),
 ) -> Result<()> {
     let mut limiter = Limiter::new(rate);
     for sp in 0..store.store_path_count() {
         let index = u8::try_from(sp).unwrap_or(u8::MAX);
         store.walk_disk_blocking(index, |id, path, _meta| {
             if !checkable(&id) {
+                if orphan_thumbnail(store, &id)? {
+                    tracing::warn!(file_id = %id, "scrub: a rendered thumbnail whose master is gone");
+                    metrics::counter!("fdfs_scrub_corrupt_total").increment(1);
+                    found(id, Finding::Orphan);
+                    return Ok(());
+                }
                 report.skipped += 1;
                 metrics::counter!("fdfs_scrub_files_skipped_total").increment(1);
                 return Ok(());
@@ -157,7 +181,7 @@ fn scan_blocking(
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()), // deleted meanwhile
                 Err(e) => {
                     tracing::warn!(file_id = %id, error = %e, "scrub: cannot read a file");
-                    found(id, format!("unreadable: {e}"));
+                    found(id, Finding::Corrupt(format!("unreadable: {e}")));
                     return Ok(());
                 }
             };
@@ -168,7 +192,7 @@ fn scan_blocking(
             if let Some(p) = problem(&id, size, crc) {
                 tracing::error!(file_id = %id, problem = %p, "scrub: file does not match its id");
                 metrics::counter!("fdfs_scrub_corrupt_total").increment(1);
-                found(id, p);
+                found(id, Finding::Corrupt(p));
             }
             Ok(())
         })?;
@@ -178,7 +202,7 @@ fn scan_blocking(
 
 /// One whole pass: check every file at `rate` bytes/s (0: unlimited), repair the bad ones when `repair`.
 pub async fn pass(engine: &SyncEngine, rate: u64, repair: bool) -> Result<ScrubReport> {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(FileId, String)>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(FileId, Finding)>();
     let store = engine.store.clone();
     let scan = tokio::task::spawn_blocking(move || {
         let mut report = ScrubReport::default();
@@ -190,8 +214,22 @@ pub async fn pass(engine: &SyncEngine, rate: u64, repair: bool) -> Result<ScrubR
     // Repairs run while the scan goes on.
     let mut corrupt = Vec::new();
     let mut repaired = 0u64;
-    while let Some((id, p)) = rx.recv().await {
-        let fixed = repair && repair_file(engine, &id).await;
+    while let Some((id, finding)) = rx.recv().await {
+        let (fixed, p) = match finding {
+            Finding::Corrupt(p) => (repair && repair_file(engine, &id).await, p),
+            Finding::Orphan => {
+                // Gone either way (a peer's delete of it may have come first).
+                let removed = repair
+                    && engine.delete(&id).await.map(|_| true).unwrap_or_else(|e| {
+                        tracing::warn!(file_id = %id, error = %e, "scrub: cannot delete an orphan thumbnail");
+                        false
+                    });
+                (
+                    removed,
+                    "a rendered thumbnail whose master is gone".to_owned(),
+                )
+            }
+        };
         repaired += u64::from(fixed);
         corrupt.push(Corrupt {
             file_id: id.to_string(),

@@ -573,3 +573,51 @@ async fn attname_gives_content_disposition_on_nodes_and_through_the_gateway() {
     let r = c.http.get(format!("{}/{master}", node.url())).go().await;
     assert!(r.headers().get(header::CONTENT_DISPOSITION).is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_finds_and_removes_a_thumbnail_whose_master_is_gone() {
+    let c = start().await;
+    let master = upload(&c, "lamp.jpg", jpeg(&photo(300, 200))).await;
+    let master_id: FileId = master.parse().unwrap();
+    let thumb = slave(&master, "_150x150", "webp");
+    get_image(&c, &c.storage[0][0], &thumb).await;
+    // The master removed behind both nodes' backs (as a render racing the master's delete could leave it).
+    for n in c.all_storage() {
+        eventually(30, "the thumbnail on every member", || async {
+            on_disk(n, &thumb).exists().then_some(())
+        })
+        .await;
+        let path = on_disk(n, &master_id);
+        std::fs::remove_file(&path).unwrap();
+        let _ = std::fs::remove_file(format!("{}-m", path.display()));
+    }
+    let verify = |repair: bool| {
+        let mut cmd = node::command_with_secret();
+        cmd.args(["--gateway", &c.gateway_url(), "verify", "--json"]);
+        if repair {
+            cmd.arg("--repair");
+        }
+        let out = cmd.output().unwrap();
+        let report: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code(), report)
+    };
+    let (code, r) = verify(false);
+    assert_eq!(code, Some(1), "{r:#}");
+    assert_eq!(r["corrupt"], 2, "one orphan per member: {r:#}");
+    let text = r.to_string();
+    assert!(
+        text.contains("a rendered thumbnail whose master is gone"),
+        "{r:#}"
+    );
+    let (code, r) = verify(true);
+    assert_eq!(code, Some(0), "{r:#}");
+    for n in c.all_storage() {
+        eventually(30, "the orphan gone from every member", || async {
+            (!on_disk(n, &thumb).exists()).then_some(())
+        })
+        .await;
+    }
+    let (code, r) = verify(false);
+    assert_eq!((code, r["corrupt"].as_u64()), (Some(0), Some(0)), "{r:#}");
+}

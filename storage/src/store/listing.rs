@@ -63,6 +63,35 @@ impl Store {
         Ok(out)
     }
 
+    /// Whether the master of slave `slave` is here (a name in its directory with the same encoded part and
+    /// digits, and no prefix: a WebP thumbnail's master may be a JPEG). Blocking (one directory read).
+    pub fn master_present_blocking(&self, slave: &FileId) -> Result<bool> {
+        let path = self.path(slave)?;
+        let dir = path.parent().expect("relative_path has a parent");
+        let stem = slave.name.master_part();
+        let entries = match fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else {
+                continue;
+            };
+            if name.starts_with(stem)
+                && !name.ends_with(META_SUFFIX)
+                && name
+                    .parse::<fdfs_common::fileid::FileName>()
+                    .is_ok_and(|n| n.prefix().is_none())
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Visit every file on disk of one store path (metadata files and foreign names skipped), in directory
     /// order. This is the ground truth the index is rebuilt from.
     pub fn walk_disk_blocking(
