@@ -1,6 +1,7 @@
 // Browser check of the gateway's cluster dashboard (GET /dashboard): every member of /cluster is rendered with
-// its state, space bar, file count, sync and rates; a screenshot is saved; then one storage node is killed
-// (SIGKILL, the pid given by run.sh) and the page must show it offline within the trackers' heartbeat timeout.
+// its state, space bar, file count, sync and rates, and the charts of rates and sync lag; a screenshot is saved;
+// then one storage node is frozen (SIGSTOP, the pid given by run.sh: `fdfs up` would restart a killed one) and
+// the page must show it offline within the trackers' heartbeat timeout; it is thawed (SIGCONT) at the end.
 // Uses the system chromium (never downloads a browser).
 //
 // usage: node dashboard.test.mjs GATEWAY_URL OUT_DIR VICTIM_PID VICTIM_ADDR
@@ -83,9 +84,20 @@ try {
     return rows.some((tr) => rate(tr.children[6]) > 0) && rows.some((tr) => rate(tr.children[7]) > 0);
   }, null, { timeout: 30_000 }).then(() => true, () => false);
   check("upload and download rates move with traffic", moving, "every rate stayed 0.0/s");
+  const charted = await page.waitForFunction(() => {
+    const last = (id) => parseFloat(document.getElementById(id)?.dataset.last ?? "0");
+    return last("chart-uploads") > 0 || last("chart-downloads") > 0;
+  }, null, { timeout: 30_000 }).then(() => true, () => false);
+  const charts = await page.$$eval(".chart", (cs) => cs.map((c) => c.id + ":" + c.dataset.points));
+  check("charts of uploads, downloads and sync lag, moving with traffic", charted && charts.length === 3 &&
+    (await page.$$(".chart svg polyline")).length === 3, JSON.stringify(charts));
+  const legend = await page.textContent(".legend");
+  check("the space bars say what they show", /used/.test(legend) && /fullest/.test(legend), legend);
+  const barLabel = await page.textContent("tr.member .bar-label");
+  check("a bar's label gives used, free and total", /used · .* free of /.test(barLabel), barLabel);
   await page.screenshot({ path: join(outDir, "dashboard.png"), fullPage: true });
 
-  process.kill(Number(victimPid), "SIGKILL");
+  process.kill(Number(victimPid), "SIGSTOP");
   const started = Date.now();
   let offline = false;
   try {
@@ -93,7 +105,7 @@ try {
       { timeout: OFFLINE_DEADLINE_MS });
     offline = true;
   } catch (e) { /* reported below */ }
-  check(`killed member ${victim.node_id} (${victimAddr}) shows offline`, offline,
+  check(`frozen member ${victim.node_id} (${victimAddr}) shows offline`, offline,
     `not offline after ${OFFLINE_DEADLINE_MS / 1000}s`);
   if (offline) console.log(`  (offline after ${((Date.now() - started) / 1000).toFixed(1)} s)`);
   const others = await page.$$eval("tr.member", (trs, id) =>
@@ -108,6 +120,7 @@ try {
 } catch (e) {
   fail("browser run", e && e.stack ? e.stack.split("\n").slice(0, 3).join(" | ") : String(e));
 } finally {
+  try { process.kill(Number(victimPid), "SIGCONT"); } catch (e) { /* gone already */ }
   if (context) await context.close().catch(() => {});
   rmSync(profile, { recursive: true, force: true });
 }

@@ -114,7 +114,7 @@ fi
 # ------------------------------------------------------------------------------------------------ build
 log "cargo build -p fdfs"
 (cd "$ROOT" && cargo build -q -p fdfs >&2) || abort "build: cargo build -p fdfs"
-FDFS="$ROOT/target/debug/fdfs"
+FDFS="${CARGO_TARGET_DIR:-$ROOT/target}/debug/fdfs"
 
 # ---------------------------------------------------------------------------------------------- helpers
 # A base port P with P..P+19 free (fdfs up: gateway P, tracker P+1, storage P+10..), and one more free port.
@@ -450,7 +450,8 @@ else
 fi
 
 # -------------------------------------------------------------------------------------------- d. dashboard
-# Last, because it kills a storage node (group2's second member) that the checks above rely on.
+# Last, because it freezes a storage node (group2's second member) that the checks above rely on (SIGSTOP:
+# `fdfs up` restarts a killed one, checked after it).
 VICTIM_STORE="$DATA/storage-g2-m2"
 VICTIM_ADDR="$(awk -v s="$VICTIM_STORE" '$NF == s { for (i = 1; i <= NF; i++) if ($i ~ /^http:/) print substr($i, 8) }' "$WORK/up.out")"
 # The node is a child of our `fdfs up`, found by its store path.
@@ -470,6 +471,17 @@ if [[ -n "$VICTIM_PID" && -n "$VICTIM_ADDR" ]]; then
     [[ -f "$WORK/dashboard/dashboard.png" ]] && log "screenshots: $WORK/dashboard/dashboard.png, dashboard-offline.png"
 else
     fail "dashboard: cannot find the process of $VICTIM_STORE (pid '$VICTIM_PID', addr '$VICTIM_ADDR')"
+fi
+# `fdfs up` restarts a server that dies, and says so.
+if [[ -n "$VICTIM_PID" ]]; then
+    kill -CONT "$VICTIM_PID" 2>/dev/null || true
+    kill -KILL "$VICTIM_PID" 2>/dev/null || true
+    if wait_for "fdfs up to restart storage-g2-m2" 30 grep -q "storage-g2-m2 restarted" "$WORK/up.err" \
+        && wait_for "the restarted node" 30 curl -sf -o /dev/null "http://$VICTIM_ADDR/livez"; then
+        pass "cluster: a killed storage node is restarted by fdfs up on its address"
+    else
+        fail "cluster: storage-g2-m2 was not restarted: $(tail -5 "$WORK/up.err")"
+    fi
 fi
 
 # ------------------------------------------------------------------------------------------------ result
