@@ -1,7 +1,9 @@
 """Settings of the example shop: product images live in an fdfs cluster (`FdfsStorage` is the default storage).
 
-Environment: FDFS_GATEWAY (default http://127.0.0.1:8080, what `fdfs up` prints), FDFS_API_KEY, FDFS_BASE_URL
-(where image URLs point; default the gateway), SHOP_DB (SQLite file), SHOP_DEBUG (1 by default).
+The storage reads its settings from the environment (or from FDFS_* settings here): FDFS_GATEWAY (default
+http://127.0.0.1:8080, what `fdfs up` prints), FDFS_API_KEY, FDFS_BASE_URL (where image URLs point; default the
+gateway), FDFS_LEGACY_BASE_URL (while old images in MEDIA_ROOT move in with `manage.py fdfs_migrate_media`), ...
+(the README's table). The shop's own: SHOP_DB (SQLite file), SHOP_DEBUG (1 by default), SHOP_MEDIA_ROOT.
 """
 
 import os
@@ -20,6 +22,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "fdfs_http.django",  # FDFS_* settings checked at start, {% load fdfs %}, manage.py fdfs_migrate_media
     "catalog",
 ]
 MIDDLEWARE = [
@@ -57,16 +60,11 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
 TIME_ZONE = "UTC"
 STATIC_URL = "static/"
+# Where pictures were kept before fdfs: what `manage.py fdfs_migrate_media` moves in.
+MEDIA_ROOT = os.environ.get("SHOP_MEDIA_ROOT", str(BASE_DIR / "media"))
 
 STORAGES = {
-    # Uploaded files (product images) go to fdfs; the model keeps the file ID.
-    "default": {
-        "BACKEND": "fdfs_http.django.FdfsStorage",
-        "OPTIONS": {
-            "gateway": os.environ.get("FDFS_GATEWAY", "http://127.0.0.1:8080"),
-            "api_key": os.environ.get("FDFS_API_KEY") or None,
-            "base_url": os.environ.get("FDFS_BASE_URL") or None,
-        },
-    },
+    # Uploaded files (product images) go to fdfs; the model keeps the file ID. Settings: FDFS_* (environment).
+    "default": {"BACKEND": "fdfs_http.django.FdfsStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
