@@ -65,12 +65,11 @@ def cluster(fdfs_bin: str, data_root: Path) -> Iterator[LocalCluster]:
 def secured(fdfs_bin: str, data_root: Path) -> Iterator[LocalCluster]:
     """1 group x 1 member with an API key, anti-leech tokens (TTL 600 s) and a 1 MiB upload limit."""
     env = {
-        "FDFS_API_KEY": API_KEY,
         "FDFS_ANTI_LEECH_SECRET": SECRET,
         "FDFS_MAX_UPLOAD_SIZE": str(SMALL_LIMIT),
         "FDFS_TOKEN_TTL_SECS": str(TOKEN_TTL),
     }
-    with LocalCluster(fdfs_bin, data_root / "secured", groups=1, members=1, env=env) as c:
+    with LocalCluster(fdfs_bin, data_root / "secured", groups=1, members=1, env=env, api_key=API_KEY) as c:
         yield c
 
 

@@ -3,8 +3,11 @@ the right size; errors that say what to do; legacy names; `?attname=`."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import re
+from pathlib import Path
 
 import httpx
 import pytest
@@ -91,6 +94,26 @@ def test_a_size_that_is_not_configured_says_which_are(storage: FdfsStorage, clie
         client.download(storage.thumbnail_name(name, "150x150").replace("_150x150", "_123x123"))
     assert e.value.code == "thumbnail_size_not_configured"
     assert "150x150, 300x300, 600x600" in e.value.message
+
+
+def test_sizes_configured_in_the_cluster_and_in_django(fdfs_bin: str, data_root: Path) -> None:
+    sizes = ["64x64", "100x100c"]
+    with (
+        contextlib.ExitStack() as stack,
+        LocalCluster(fdfs_bin, data_root / "sizes", groups=1, members=1, thumbnail_sizes=sizes) as c,
+    ):
+        assert len(c.secret) >= 16 and os.stat(c.data_dir / "cluster-secret").st_mode & 0o777 == 0o600
+        backend = {"BACKEND": "fdfs_http.django.FdfsStorage", "OPTIONS": {"gateway": c.gateway}}
+        stack.enter_context(override_settings(STORAGES={"default": backend}, FDFS_THUMBNAIL_SIZES=sizes))
+        s = storages["default"]
+        assert isinstance(s, FdfsStorage)
+        name = s.save("products/wide.jpg", ContentFile(jpeg(400, 200)))
+        assert image_at(render('{{ n|thumbnail:"64x64" }}', n=name)).size == (64, 32)
+        assert image_at(render('{{ n|thumbnail:"100x100c,webp" }}', n=name)).size == (100, 100)
+        assert render("{% fdfs_srcset n %}", n=name).endswith("_100x100c.jpg 100w")
+        with pytest.raises(NotFound) as e:
+            s.client.download(s.thumbnail_name(name, "64x64").replace("_64x64", "_150x150"))
+        assert e.value.code == "thumbnail_size_not_configured" and "100x100c, 64x64" in e.value.message
 
 
 def test_thumbnails_of_a_non_image_are_skipped_and_say_why(client: Client) -> None:

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -58,13 +58,24 @@ class LocalCluster:
         members: int = 2,
         env: Mapping[str, str] | None = None,
         timeout: float = 180.0,
+        api_key: str | None = None,
+        cluster_secret: str | None = None,
+        thumbnail_sizes: str | Iterable[str] | None = None,
+        restart: bool = True,
     ) -> None:
+        """`api_key`, `cluster_secret`, `thumbnail_sizes` and `restart=False` are `fdfs up`'s `--api-key`,
+        `--cluster-secret`, `--thumbnail-sizes` and `--no-restart`; `env` is added to its environment."""
         self.fdfs = os.fspath(fdfs)
         self.data_dir = Path(data_dir)
         self.groups = groups
         self.members_per_group = members
         self.env = dict(env or {})
         self.timeout = timeout
+        self.api_key = api_key
+        self.cluster_secret = cluster_secret
+        sizes = thumbnail_sizes
+        self.thumbnail_sizes = sizes if sizes is None or isinstance(sizes, str) else ",".join(sizes)
+        self.restart = restart
         self.gateway = ""
         self.trackers: list[str] = []
         self.members: list[Member] = []
@@ -98,6 +109,15 @@ class LocalCluster:
             "--timeout",
             str(int(self.timeout)),
         ]
+        for flag, value in [
+            ("--api-key", self.api_key),
+            ("--cluster-secret", self.cluster_secret),
+            ("--thumbnail-sizes", self.thumbnail_sizes),
+        ]:
+            if value is not None:
+                cmd += [flag, value]
+        if not self.restart:
+            cmd.append("--no-restart")
         self._proc = subprocess.Popen(
             cmd,
             stdout=subprocess.PIPE,
@@ -140,6 +160,14 @@ class LocalCluster:
         if not self.gateway or len(self.members) != self.groups * self.members_per_group:
             raise RuntimeError(f"cannot read the layout fdfs up printed:\n{self.output()}")
 
+    @property
+    def secret(self) -> str:
+        """The cluster secret (for `/cluster` details, `fdfs verify`, a server joining the cluster): the one
+        given, else the one `fdfs up` keeps in `<data>/cluster-secret`."""
+        if self.cluster_secret is not None:
+            return self.cluster_secret
+        return (self.data_dir / "cluster-secret").read_text().strip()
+
     def output(self) -> str:
         """What `fdfs up` printed so far (stdout, then stderr)."""
         err = ""
@@ -165,7 +193,8 @@ class LocalCluster:
         raise LookupError(f"no process for {member}")
 
     def kill_member(self, member: Member) -> None:
-        """SIGKILL one storage node (the rest of the cluster keeps running)."""
+        """SIGKILL one storage node (the rest of the cluster keeps running; `fdfs up` restarts it unless
+        `restart=False`)."""
         os.kill(self.pid_of(member), signal.SIGKILL)
 
     def stop(self) -> None:
