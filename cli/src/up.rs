@@ -665,7 +665,7 @@ async fn supervise(p: &mut Proc, restart: bool, exe: &Path, logs: &Path, secret:
         );
         return;
     }
-    if !p.restart_at.is_some_and(|t| t <= now) {
+    if p.restart_at.is_none_or(|t| t > now) {
         return;
     }
     match spawn(exe, &p.name, p.role, &p.args, logs, secret).await {

@@ -43,6 +43,10 @@ pub struct Args {
     /// Seconds allowed for non-streaming requests and for each call to a tracker or storage node.
     #[arg(long, env = "FDFS_REQUEST_TIMEOUT_SECS")]
     pub request_timeout_secs: Option<u64>,
+    /// Milliseconds of silence after which a tracker is given up, and a storage node asked its /livez (and
+    /// given up when that is silent too) [default: 2000].
+    #[arg(long, env = "FDFS_UNRESPONSIVE_MS")]
+    pub unresponsive_ms: Option<u64>,
     /// Seconds an unfinished resumable (tus) upload lives [default: 86400].
     #[arg(long, env = "FDFS_TUS_EXPIRY_SECS")]
     pub tus_expiry_secs: Option<u64>,
@@ -92,6 +96,9 @@ impl Args {
         }
         if let Some(v) = self.request_timeout_secs {
             c.request_timeout_secs = v;
+        }
+        if let Some(v) = self.unresponsive_ms {
+            c.unresponsive_ms = v;
         }
         if let Some(v) = self.tus_expiry_secs {
             c.tus_expiry_secs = v;

@@ -61,11 +61,14 @@ impl App {
     /// Addresses of the members that can serve `id`, best first, with their public URLs.
     async fn members(&self, id: &FileId) -> Result<Vec<(String, String)>> {
         let loc = self.tracker.locate(id).await?;
-        Ok(loc
+        let mut members: Vec<(String, String)> = loc
             .members
             .into_iter()
             .map(|m| (m.addr, m.public_url.trim_end_matches('/').to_owned()))
-            .collect())
+            .collect();
+        // A member found frozen lately is asked (or redirected to) last.
+        self.storage.suspects.last(&mut members, |(a, _)| a);
+        Ok(members)
     }
 
     async fn member_addrs(&self, id: &FileId) -> Result<Vec<String>> {

@@ -71,6 +71,10 @@ pub struct Config {
     /// Bound on requests that carry no file stream (everything but uploads and proxied downloads), and on
     /// connecting to / asking trackers and storage nodes.
     pub request_timeout_secs: u64,
+    /// Gray failures: a tracker that has not answered within this many milliseconds is given up for the next
+    /// one; a storage node that has not answered for this long is asked its `/livez`, and given up (the work
+    /// goes to another node) when that does not answer within half of it either.
+    pub unresponsive_ms: u64,
     /// Seconds an unfinished resumable (tus) upload lives before its storage node removes it.
     pub tus_expiry_secs: u64,
     /// Unfinished resumable uploads one API key (or, without one, all clients) may have at a time; over it 429.
@@ -94,6 +98,7 @@ impl Default for Config {
             download_mode: DownloadMode::Redirect,
             body_timeout_secs: 60,
             request_timeout_secs: 30,
+            unresponsive_ms: 2000,
             tus_expiry_secs: 86_400,
             tus_max_unfinished_per_key: 1000,
             shutdown_delay_ms: 0,
@@ -166,13 +171,15 @@ pub fn router_with(
 ) -> Result<Router, StartError> {
     config.validate()?;
     let timeout = Duration::from_secs(config.request_timeout_secs.max(1));
+    let unresponsive = Duration::from_millis(config.unresponsive_ms.max(10)).min(timeout);
     let app = Arc::new(App {
+        // Trackers answer from memory: one that is silent this long is frozen or gone.
         tracker: tracker::TrackerClient::new(
             config.trackers.clone(),
             config.cluster_secret.clone(),
-            timeout,
+            unresponsive,
         )?,
-        storage: storage::StorageClient::new(config.cluster_secret.clone(), timeout)?,
+        storage: storage::StorageClient::new(config.cluster_secret.clone(), timeout, unresponsive)?,
         config,
         stopping: stopping.clone(),
     });

@@ -3,8 +3,18 @@
 //!
 //! Operations on an existing file go to the members the tracker located, in order: a member that cannot be
 //! reached or does not have the file (404, perhaps not synced yet) is skipped; any other answer is final.
+//!
+//! Gray failures: a node that is frozen (SIGSTOP, a hung disk, a stalled VM) still accepts connections, so a
+//! request to it would wait for its whole timeout. Every call is watched instead: once a node has not answered
+//! for `unresponsive_ms`, its `/livez` is asked (bounded by half that); a node that does not answer that either
+//! is given up at once (an upload whose body is still held goes to another node, a read or delete to another
+//! member) and is a suspect for [`SUSPECT_FOR`]: it is tried last for reads, left out of upload assignments and
+//! redirects. A node that is merely slow answers its `/livez` and is waited for as long as it works.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use fdfs_common::wire::{Metadata, UploadResult, CLUSTER_SECRET_HEADER};
 use fdfs_common::FileId;
@@ -25,6 +35,45 @@ pub struct UploadParams {
     pub meta: Metadata,
 }
 
+/// How long a node that did not answer (nor its `/livez`) stays a suspect.
+pub const SUSPECT_FOR: Duration = Duration::from_secs(30);
+
+/// Storage nodes found unresponsive lately, by address (with their node id when known).
+#[derive(Debug, Default)]
+pub struct Suspects(Mutex<HashMap<String, Instant>>);
+
+impl Suspects {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Note `addr` as unresponsive now.
+    pub fn mark(&self, addr: &str) {
+        let mut map = self.lock();
+        let now = Instant::now();
+        map.retain(|_, since| now.duration_since(*since) < SUSPECT_FOR);
+        map.insert(addr.to_owned(), now);
+    }
+
+    /// Whether `addr` was unresponsive within [`SUSPECT_FOR`].
+    pub fn contains(&self, addr: &str) -> bool {
+        self.lock()
+            .get(addr)
+            .is_some_and(|since| since.elapsed() < SUSPECT_FOR)
+    }
+
+    /// `items` with the suspects (by the address `addr_of` gives) moved last, order otherwise kept.
+    pub fn last<T>(&self, items: &mut [T], addr_of: impl Fn(&T) -> &str) {
+        items.sort_by_key(|i| self.contains(addr_of(i)));
+    }
+}
+
+/// A node that neither answered nor answered its `/livez` in time (see the module doc).
+#[derive(Debug)]
+pub struct Unresponsive;
+
 /// HTTP clients for storage nodes.
 #[derive(Debug, Clone)]
 pub struct StorageClient {
@@ -33,12 +82,17 @@ pub struct StorageClient {
     /// For small requests: bounded end to end.
     small: reqwest::Client,
     cluster_secret: Option<String>,
+    /// Silence after which a node's `/livez` is asked.
+    unresponsive: Duration,
+    /// Nodes found unresponsive lately.
+    pub(crate) suspects: Arc<Suspects>,
 }
 
 impl StorageClient {
     pub(crate) fn new(
         cluster_secret: Option<String>,
         timeout: Duration,
+        unresponsive: Duration,
     ) -> Result<Self, reqwest::Error> {
         let streaming = reqwest::Client::builder()
             .no_proxy()
@@ -56,7 +110,46 @@ impl StorageClient {
             streaming,
             small,
             cluster_secret,
+            unresponsive,
+            suspects: Arc::default(),
         })
+    }
+
+    /// Run `call` against `addr`, giving it up when the node has gone silent: every `unresponsive` without an
+    /// answer its `/livez` is asked, and a node that does not answer that either is a suspect from now on.
+    pub async fn watched<T>(
+        &self,
+        addr: &str,
+        call: impl Future<Output = T>,
+    ) -> Result<T, Unresponsive> {
+        let probe = async {
+            loop {
+                tokio::time::sleep(self.unresponsive).await;
+                let live = self
+                    .small
+                    .get(format!("http://{addr}/livez"))
+                    .timeout(self.unresponsive / 2)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                if !live {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            out = call => Ok(out),
+            () = probe => {
+                self.suspects.mark(addr);
+                metrics::counter!("fdfs_gateway_unresponsive_total", "peer" => "storage").increment(1);
+                tracing::warn!(
+                    storage = addr,
+                    silent_ms = self.unresponsive.as_millis() as u64,
+                    "storage node answers nothing, not even /livez (frozen?): giving up on it"
+                );
+                Err(Unresponsive)
+            }
+        }
     }
 
     /// The cluster secret and the request id on an outgoing request.
@@ -94,7 +187,11 @@ impl StorageClient {
             .post(format!("http://{addr}/v1/upload"))
             .query(&query)
             .body(body);
-        let resp = self.with_secret(req).send().await.map_err(|e| {
+        let sent = self
+            .watched(addr, self.with_secret(req).send())
+            .await
+            .map_err(|Unresponsive| GatewayError::StorageLost(addr.to_owned()))?;
+        let resp = sent.map_err(|e| {
             tracing::warn!(storage = addr, error = %e, "upload to storage node failed");
             if e.is_connect() && !e.is_timeout() {
                 GatewayError::StorageRefused(addr.to_owned())
@@ -179,12 +276,13 @@ impl StorageClient {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = match self.with_secret(req).send().await {
-            Ok(r) => r,
-            Err(e) => {
+        let resp = match self.watched(addr, self.with_secret(req).send()).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
                 tracing::warn!(storage = addr, error = %e, "storage node unreachable");
                 return MemberAnswer::Unreachable;
             }
+            Err(Unresponsive) => return MemberAnswer::Unreachable,
         };
         let status = resp.status();
         if status.is_success() {

@@ -269,13 +269,29 @@ impl App {
         let replay = Replay::new(rx);
         let mut excluded: Vec<u32> = Vec::new();
         let mut turned_down: Option<GatewayError> = None;
+        // An assignment to a node found frozen lately, put aside for another one; taken when there is none.
+        let mut suspect: Option<(u32, String, u8)> = None;
         for asked in 1..=MAX_ASSIGNMENTS {
             let (node_id, addr, store_path) =
                 match self.target(params, fields, size, &excluded).await {
                     Ok(t) => t,
-                    // Every member left is excluded (or the tracker fails): the last node's answer says why.
-                    Err(e) => return Err(turned_down.unwrap_or(e)),
+                    Err(e) => match suspect.take() {
+                        Some(t) => t,
+                        // Every member left is excluded (or the tracker fails): the last node's answer says why.
+                        None => return Err(turned_down.unwrap_or(e)),
+                    },
                 };
+            if suspect.is_none()
+                && params.master.is_none()
+                && asked < MAX_ASSIGNMENTS
+                && self.storage.suspects.contains(&addr)
+            {
+                tracing::info!(storage = %addr, "assigned node was found frozen lately: asking for another");
+                self.tracker.forget(&addr).await;
+                excluded.push(node_id);
+                suspect = Some((node_id, addr, store_path));
+                continue;
+            }
             let sent = self
                 .storage
                 .upload(&addr, store_path, params, replay.next_body())

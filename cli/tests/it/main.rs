@@ -10,6 +10,7 @@ mod deploy;
 mod deploy_configs;
 mod durability;
 mod full_member;
+mod gray_failures;
 mod hostile;
 mod import_fastdfs;
 mod internal_port;

@@ -1,0 +1,89 @@
+//! Issue 19, gray failures: a frozen process (SIGSTOP: a hung disk, a stalled VM, a long pause) still accepts
+//! TCP connections, so it still gets work, and every request to it used to wait for the whole request timeout
+//! (30 s). Here the trackers' heartbeat timeout is a minute (they take a frozen member for alive all along), so
+//! only the gateway's own watch can help: a frozen storage node is given up after its `/livez` stays silent
+//! too, and the upload goes to the other group; a frozen tracker is given up for the other one. Latencies are
+//! printed, not asserted; the clients' own bound (15 s, half the old wait) only catches the old behaviour.
+
+use std::time::{Duration, Instant};
+
+use fdfs_testkit::{content, metric_sum, metrics, Cluster, ClusterSpec, RequestExt};
+use serde_json::Value;
+
+/// What a client would wait at most: half the request timeout the gateway used to wait for a frozen node.
+const CLIENT_BOUND: Duration = Duration::from_secs(15);
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(CLIENT_BOUND)
+        .build()
+        .unwrap()
+}
+
+/// PUT `body` through the gateway; the answer and how long it took.
+async fn timed_upload(
+    http: &reqwest::Client,
+    gw: &str,
+    name: &str,
+    body: Vec<u8>,
+) -> (Value, Duration) {
+    let t0 = Instant::now();
+    let r = http.put(format!("{gw}/upload/{name}")).body(body);
+    let v: Value = r.ok_json().await;
+    (v, t0.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_storage_node_or_tracker_costs_seconds_not_the_request_timeout() {
+    let c = Cluster::start(ClusterSpec {
+        groups: 2,
+        members: 1,
+        trackers: 2,
+        tracker_args: fdfs_testkit::args(&["--heartbeat-timeout-ms", "60000"]),
+        ..ClusterSpec::default()
+    })
+    .await;
+    let gw = c.gateway_url();
+    let http = client();
+    let follow = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(CLIENT_BOUND)
+        .build()
+        .unwrap();
+
+    // A frozen member of group2: 20 uploads in a row all succeed, in group1 once the gateway has seen it.
+    let frozen = &c.storage[1][0];
+    frozen.freeze();
+    let mut worst = Duration::ZERO;
+    let mut stored = Vec::new();
+    for i in 0..20 {
+        let (v, took) = timed_upload(&http, &gw, &format!("f{i}.bin"), content(i, 10_000)).await;
+        worst = worst.max(took);
+        assert_eq!(v["group"], "group1", "upload {i}: {v}");
+        stored.push((v["file_id"].as_str().unwrap().to_owned(), i));
+    }
+    eprintln!("20 uploads with a frozen member of group2: the slowest took {worst:?}");
+    let text = metrics(&c.http, &gw).await;
+    assert!(
+        metric_sum(&text, "fdfs_gateway_unresponsive_total") >= 1.0,
+        "the gateway gave up on the frozen node: {text}"
+    );
+    frozen.thaw();
+
+    // A frozen tracker (the one the gateway asks first): uploads and downloads go through the other one.
+    c.trackers[0].freeze();
+    let mut worst = Duration::ZERO;
+    for (i, (id, n)) in stored.iter().take(10).enumerate() {
+        let (v, took) =
+            timed_upload(&http, &gw, &format!("t{i}.bin"), content(100 + i, 10_000)).await;
+        worst = worst.max(took);
+        assert!(v["file_id"].is_string(), "{v}");
+        let t0 = Instant::now();
+        let got = follow.get(format!("{gw}/{id}")).ok_bytes().await;
+        worst = worst.max(t0.elapsed());
+        assert_eq!(got, content(*n, 10_000));
+    }
+    eprintln!("10 uploads and 10 downloads with tracker 1 frozen: the slowest took {worst:?}");
+    c.trackers[0].thaw();
+}
