@@ -168,3 +168,15 @@ def test_every_error_names_the_method_and_url(client: Client) -> None:
     with Client("http://127.0.0.1:9") as dead, pytest.raises(FdfsError) as e:
         dead.upload(b"x", filename="a.txt")
     assert str(e.value).startswith("PUT http://127.0.0.1:9/upload/a.txt: ")
+
+
+def test_srcset_describes_sizes_with_a_width() -> None:
+    fid = "group1/M00/00/00/wKgAA1qCJbeAQ3sLAABe0xvpx3Q419.jpg"
+    with override_settings(FDFS_THUMBNAIL_SIZES="150x150 0x300 800x0"):
+        s = storages["default"]
+        assert isinstance(s, FdfsStorage)
+        assert render("{% fdfs_srcset n %}", n=fid) == f"{s.thumbnail_url(fid, '150x150')} 150w, " + (
+            f"{s.thumbnail_url(fid, '800x0')} 800w"
+        )
+        with pytest.raises(ValueError, match="'0x300' has no width"):
+            render('{% fdfs_srcset n "150x150 0x300" %}', n=fid)

@@ -17,6 +17,7 @@ from functools import cached_property
 from typing import IO, Any, cast
 from urllib.parse import quote
 
+import httpx
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.files import File
@@ -58,7 +59,7 @@ class FdfsStorage(Storage):
         base_url: str | None = None,
         anti_leech_secret: str | None = None,
         token_ttl: int | None = None,
-        timeout: Any = None,
+        timeout: float | tuple[float, float] | httpx.Timeout | None = None,
         *,
         legacy_base_url: str | None = None,
         legacy_storage: str | None = None,

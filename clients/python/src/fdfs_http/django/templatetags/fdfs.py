@@ -65,7 +65,7 @@ def thumbnail_webp(value: Any, size: str) -> str:
 @register.simple_tag
 def fdfs_srcset(value: Any, sizes: str | None = None, fmt: str | None = None) -> str:
     """`{% fdfs_srcset product.image "150x150 300x300" %}` -> `URL 150w, URL 300w` (default: every size of
-    `FDFS_THUMBNAIL_SIZES`; `fmt="webp"` for WebP). Each size needs a width (not `0xH`)."""
+    `FDFS_THUMBNAIL_SIZES` that have a width; `fmt="webp"` for WebP). A size given needs a width (not `0xH`)."""
     storage, name = _file(value)
     if not name:
         return ""
@@ -73,11 +73,12 @@ def fdfs_srcset(value: Any, sizes: str | None = None, fmt: str | None = None) ->
         return storage.url(name)
     if not is_file_id(name):  # a legacy name: no thumbnails, one candidate
         return storage.url(name)
-    listed = sizes.replace(",", " ").split() if sizes else list(storage.thumbnail_sizes)
-    out = []
-    for size in listed:
-        width = parse_thumbnail_size(size).width
-        if width == 0:
-            raise ValueError(f"fdfs_srcset: size {size!r} has no width to describe (use WxH with W > 0)")
-        out.append(f"{storage.thumbnail_url(name, size, fmt)} {width}w")
-    return ", ".join(out)
+    if sizes:
+        listed = sizes.replace(",", " ").split()
+        for size in listed:
+            if parse_thumbnail_size(size).width == 0:
+                raise ValueError(f"fdfs_srcset: size {size!r} has no width to describe (use WxH with W > 0)")
+    else:
+        listed = [s for s in storage.thumbnail_sizes if parse_thumbnail_size(s).width > 0]
+    widths = [parse_thumbnail_size(size).width for size in listed]
+    return ", ".join(f"{storage.thumbnail_url(name, size, fmt)} {w}w" for size, w in zip(listed, widths))
