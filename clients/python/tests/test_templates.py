@@ -134,6 +134,31 @@ def test_upload_params_render_thumbnails_at_upload(cluster: LocalCluster) -> Non
     assert s.client.exists(s.thumbnail_name(name, "150x150"))
 
 
+def test_thumbnails_skipped_at_upload_are_logged(cluster: LocalCluster, caplog: pytest.LogCaptureFixture) -> None:
+    s = FdfsStorage(gateway=cluster.gateway, upload_params={"thumbnails": ["150x150"]})
+    with caplog.at_level("WARNING", logger="fdfs_http.django"):
+        name = s.save("docs/readme.txt", ContentFile(b"not a picture"))
+    assert is_file_id(name)
+    assert f"thumbnail 150x150 of docs/readme.txt ({name}) not rendered" in caplog.text
+    assert "not_an_image" in caplog.text
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the gateway ignores the upload parameters content_type, cache_control and content_disposition (Rust side "
+    "of issue 21 to do); remove this mark when it applies them",
+)
+def test_upload_params_set_the_headers_files_are_served_with(cluster: LocalCluster) -> None:
+    params = {"content_type": "text/csv", "cache_control": "public, max-age=60", "content_disposition": "inline"}
+    s = FdfsStorage(gateway=cluster.gateway, upload_params=params)
+    name = s.save("exports/report.bin", ContentFile(b"a,b\n1,2\n"))
+    resp = httpx.get(s.url(name), follow_redirects=True)
+    assert resp.status_code == 200
+    assert resp.headers["content-type"] == "text/csv"
+    assert resp.headers["cache-control"] == "public, max-age=60"
+    assert resp.headers["content-disposition"] == "inline"
+
+
 def test_legacy_names_use_the_legacy_base_url(storage: FdfsStorage) -> None:
     legacy = "products/old mug.jpg"
     doc = Document(title="old", attachment="docs/manual.pdf", image=legacy)
