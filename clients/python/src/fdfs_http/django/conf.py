@@ -63,9 +63,12 @@ class UploadDefaults:
 
     def query(self) -> dict[str, str]:
         """The upload query parameters of the `content_type`, `cache_control` and `content_disposition` keys."""
-        q = {"content_type": self.content_type, "cache_control": self.cache_control}
-        q["content_disposition"] = self.content_disposition
-        return {k: v for k, v in q.items() if v}
+        q = [
+            ("content_type", self.content_type),
+            ("cache_control", self.cache_control),
+            ("content_disposition", self.content_disposition),
+        ]
+        return {k: v for k, v in q if v}
 
 
 @dataclass(frozen=True)
@@ -91,12 +94,9 @@ class Config:
 
 
 class _Reader:
+    """Reads each option where it is set (`options` holds the storage's keyword arguments, `OPTIONS`)."""
+
     def __init__(self, options: Mapping[str, Any]) -> None:
-        unknown = sorted(set(options) - set(SETTINGS))
-        if unknown:
-            raise ImproperlyConfigured(
-                f"FdfsStorage OPTIONS: unknown option(s) {', '.join(unknown)}; known: {', '.join(SETTINGS)}"
-            )
         self.options = options
 
     def get(self, option: str) -> tuple[Any, str]:
