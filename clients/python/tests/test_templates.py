@@ -172,6 +172,37 @@ def test_legacy_names_use_the_legacy_base_url(storage: FdfsStorage) -> None:
         assert render("{{ d.attachment.url }}", d=doc) == "/media/docs/manual.pdf"
 
 
+def test_legacy_names_are_read_from_the_legacy_storage(tmp_path: Path) -> None:
+    (tmp_path / "products").mkdir()
+    (tmp_path / "products" / "old.jpg").write_bytes(b"old bytes")
+    with override_settings(MEDIA_ROOT=str(tmp_path), FDFS_LEGACY_BASE_URL="/media/"):
+        s = storages["default"]  # the default: a FileSystemStorage on MEDIA_ROOT
+        assert isinstance(s, FdfsStorage)
+        assert s.exists("products/old.jpg") and not s.exists("products/new.jpg")
+        assert s.size("products/old.jpg") == 9
+        with s.open("products/old.jpg") as f:
+            assert f.read() == b"old bytes"
+        assert s.get_modified_time("products/old.jpg").timestamp() > 0
+        s.delete("products/old.jpg")
+        assert not (tmp_path / "products" / "old.jpg").exists()
+
+    (tmp_path / "a.txt").write_bytes(b"a")
+    old = {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": str(tmp_path), "base_url": "https://old.example.com/files/"},
+    }
+    fdfs = {"BACKEND": "fdfs_http.django.FdfsStorage", "OPTIONS": {"legacy_storage": "old"}}
+    with override_settings(STORAGES={"default": fdfs, "old": old}):
+        s = storages["default"]
+        assert isinstance(s, FdfsStorage)
+        assert s.url("a.txt") == "https://old.example.com/files/a.txt" and s.size("a.txt") == 1
+    # Without a legacy setting a legacy name exists nowhere, and reading it says what to do.
+    s = FdfsStorage(gateway="http://127.0.0.1:9")
+    assert not s.exists("a.txt")
+    with pytest.raises(InvalidFileId, match="FDFS_LEGACY_BASE_URL"):
+        s.open("a.txt")
+
+
 def test_attname_gives_content_disposition(storage: FdfsStorage, cluster: LocalCluster) -> None:
     name = storage.save("docs/report.pdf", ContentFile(b"%PDF-1.4 report\n"))
     url = storage.url(name, attname="Quarterly report.pdf")
