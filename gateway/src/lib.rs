@@ -183,6 +183,19 @@ pub fn router_with(
         config,
         stopping: stopping.clone(),
     });
+    // Storage nodes the gateway finds frozen are reported to the trackers (see `storage`), from a task that
+    // ends with the app.
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        app.storage.suspects.report_to(tx);
+        let weak = Arc::downgrade(&app);
+        rt.spawn(async move {
+            while let Some(addr) = rx.recv().await {
+                let Some(app) = weak.upgrade() else { break };
+                app.tracker.report_suspect(&addr).await;
+            }
+        });
+    }
     let cors = cors_layer(&app.config.cors_origins)?;
 
     // Uploads stream for as long as the client keeps sending: no body limit from axum (the handler enforces

@@ -38,23 +38,46 @@ pub struct UploadParams {
 /// How long a node that did not answer (nor its `/livez`) stays a suspect.
 pub const SUSPECT_FOR: Duration = Duration::from_secs(30);
 
-/// Storage nodes found unresponsive lately, by address (with their node id when known).
+/// Storage nodes found unresponsive lately, by address; each newly found one is also sent to the reporter
+/// (the gateway tells the trackers, which probe it themselves).
 #[derive(Debug, Default)]
-pub struct Suspects(Mutex<HashMap<String, Instant>>);
+pub struct Suspects {
+    map: Mutex<HashMap<String, Instant>>,
+    reporter: Mutex<Option<tokio::sync::mpsc::UnboundedSender<String>>>,
+}
 
 impl Suspects {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
-        self.0
+        self.map
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Send each newly found suspect's address to `tx`.
+    pub fn report_to(&self, tx: tokio::sync::mpsc::UnboundedSender<String>) {
+        *self
+            .reporter
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tx);
+    }
+
     /// Note `addr` as unresponsive now.
     pub fn mark(&self, addr: &str) {
-        let mut map = self.lock();
-        let now = Instant::now();
-        map.retain(|_, since| now.duration_since(*since) < SUSPECT_FOR);
-        map.insert(addr.to_owned(), now);
+        let fresh = {
+            let mut map = self.lock();
+            let now = Instant::now();
+            map.retain(|_, since| now.duration_since(*since) < SUSPECT_FOR);
+            map.insert(addr.to_owned(), now).is_none()
+        };
+        if fresh {
+            if let Some(tx) = &*self
+                .reporter
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+            {
+                let _ = tx.send(addr.to_owned());
+            }
+        }
     }
 
     /// Whether `addr` was unresponsive within [`SUSPECT_FOR`].

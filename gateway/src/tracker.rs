@@ -182,6 +182,25 @@ impl TrackerClient {
         Err(first_error.unwrap_or(GatewayError::NoTracker))
     }
 
+    /// Tell every tracker that the storage node at `addr` answered nothing, not even its `/livez`
+    /// (`POST /v1/suspect`): each probes it and, when it is silent there too, stops assigning it uploads and
+    /// locates it last until it heartbeats again. Best effort.
+    pub async fn report_suspect(&self, addr: &str) {
+        futures_util::future::join_all(self.addrs.iter().map(|t| async move {
+            let mut req = self
+                .http
+                .post(format!("http://{t}/v1/suspect"))
+                .query(&[("addr", addr)]);
+            if let Some(secret) = &self.cluster_secret {
+                req = req.header(CLUSTER_SECRET_HEADER, secret);
+            }
+            if let Err(e) = req.send().await.and_then(|r| r.error_for_status()) {
+                tracing::debug!(tracker = %t, storage = addr, error = %e, "reporting an unresponsive node");
+            }
+        }))
+        .await;
+    }
+
     /// Whether any tracker answers (`GET /livez`), asked of all at once.
     pub async fn any_reachable(&self) -> bool {
         let answers = futures_util::future::join_all(

@@ -36,6 +36,9 @@ pub enum Error {
     /// No member with this node id in the group (404, `unknown_member`).
     #[error("no member {1} in group {0}")]
     UnknownMember(GroupName, u32),
+    /// No member announces this address (404, `unknown_member`).
+    #[error("no member announces the address {0}")]
+    UnknownAddr(String),
     /// Only an offline member can be removed; the second field is its state (409, `member_live`).
     #[error("member {0} is {1}: stop it before removing it (a stopped member leaves at once)")]
     MemberLive(u32, &'static str),
@@ -83,9 +86,10 @@ impl Error {
             Error::Invalid(_) => StatusCode::BAD_REQUEST,
             Error::Rejected(status, _) => *status,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
-            Error::UnknownGroup(_) | Error::NoRoute | Error::UnknownMember(..) => {
-                StatusCode::NOT_FOUND
-            }
+            Error::UnknownGroup(_)
+            | Error::NoRoute
+            | Error::UnknownMember(..)
+            | Error::UnknownAddr(_) => StatusCode::NOT_FOUND,
             Error::MemberLive(..)
             | Error::NodeIdConflict { .. }
             | Error::AddressConflict { .. } => StatusCode::CONFLICT,
@@ -101,7 +105,7 @@ impl Error {
         match self {
             Error::UnknownGroup(_) => "unknown_group",
             Error::NoStorage(_) => "no_storage",
-            Error::UnknownMember(..) => "unknown_member",
+            Error::UnknownMember(..) | Error::UnknownAddr(_) => "unknown_member",
             Error::MemberLive(..) => "member_live",
             Error::NodeIdConflict { .. } => "node_id_conflict",
             Error::AddressConflict { .. } => "address_conflict",

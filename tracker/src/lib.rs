@@ -128,7 +128,12 @@ struct AppState {
     stopping: fdfs_common::health::Stopping,
     /// Why the member list could not be saved lately (the data_dir went read-only or full).
     save_error: Arc<Mutex<Option<String>>>,
+    /// Asks a member reported unresponsive for its `/livez` (bounded by [`SUSPECT_PROBE_TIMEOUT`]).
+    probe: reqwest::Client,
 }
+
+/// How long a member reported unresponsive has to answer this tracker's own `/livez` probe.
+const SUSPECT_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl AppState {
     /// The registry, held only for one synchronous call (never across an await).
@@ -202,6 +207,10 @@ pub async fn run_with_fastdfs(
         warmup: config.heartbeat_timeout(),
         stopping: fdfs_common::health::Stopping::default(),
         save_error: Arc::default(),
+        probe: reqwest::Client::builder()
+            .no_proxy()
+            .timeout(SUSPECT_PROBE_TIMEOUT)
+            .build()?,
     };
     let persister = match &config.data_dir {
         Some(dir) => {
@@ -227,6 +236,7 @@ pub async fn run_with_fastdfs(
         .route("/v1/assign/batch", get(assign_batch))
         .route("/v1/locate/{*file_id}", get(locate))
         .route("/v1/members/{group}/{node_id}", delete(remove_member))
+        .route("/v1/suspect", post(suspect))
         .route("/v1/members/{group}/{node_id}/leave", post(leave))
         .route(
             "/v1/members/{group}/{node_id}/drain",
@@ -406,6 +416,45 @@ async fn locate(
 }
 
 /// `DELETE /v1/members/{group}/{node_id}` (internal): forget an offline member.
+#[derive(Deserialize)]
+struct SuspectQuery {
+    /// The address the member announces (`host:port`).
+    addr: String,
+}
+
+/// `POST /v1/suspect?addr=HOST:PORT` (internal): a gateway found that member unresponsive (it accepted a
+/// connection but answered nothing, not even its `/livez`). This tracker asks its `/livez` itself and, when
+/// that is silent too, assigns it no uploads and locates it last until it heartbeats again, instead of waiting
+/// for the heartbeat timeout. Answers 202 at once (the probe runs on its own); 404 for an unknown address.
+async fn suspect(
+    State(state): State<AppState>,
+    query: Result<Query<SuspectQuery>, QueryRejection>,
+) -> Result<(axum::http::StatusCode, Json<serde_json::Value>), Error> {
+    let Query(q) = query?;
+    let Some((node_id, group)) = state.registry().member_at(&q.addr) else {
+        return Err(Error::UnknownAddr(q.addr));
+    };
+    let addr = q.addr.clone();
+    tokio::spawn(async move {
+        let live = state
+            .probe
+            .get(format!("http://{addr}/livez"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if live {
+            tracing::info!(node_id, %group, %addr, "member reported unresponsive answers its /livez: kept");
+        } else {
+            tracing::warn!(node_id, %group, %addr, "member reported unresponsive does not answer /livez either: no uploads, located last, until it heartbeats again");
+            state.registry().suspect(node_id, Instant::now());
+        }
+    });
+    Ok((
+        axum::http::StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "addr": q.addr, "node_id": node_id, "probing": true })),
+    ))
+}
+
 async fn remove_member(
     State(state): State<AppState>,
     path: Result<Path<(String, u32)>, PathRejection>,

@@ -51,6 +51,9 @@ pub struct Registry {
     dirty: bool,
     /// Members an operator drains (`fdfs monitor drain`): never assigned uploads, still located for reads.
     draining: BTreeSet<u32>,
+    /// Members a gateway found unresponsive and this tracker's own probe confirmed, and when: not assigned
+    /// uploads and located last until they heartbeat again (a frozen node sends none).
+    suspects: HashMap<u32, Instant>,
 }
 
 impl Registry {
@@ -67,6 +70,7 @@ impl Registry {
             member_cursors: HashMap::new(),
             dirty: false,
             draining: BTreeSet::new(),
+            suspects: HashMap::new(),
         }
     }
 
@@ -317,7 +321,9 @@ impl Registry {
                 .in_group(&g)
                 .filter(|m| m.state(self.timeout, now) == MemberState::Active)
                 .map(|m| m.hb.node_id)
-                .filter(|id| !exclude.contains(id) && !self.draining.contains(id))
+                .filter(|id| {
+                    !exclude.contains(id) && !self.draining.contains(id) && !self.is_suspect(*id)
+                })
                 .collect();
             any_active |= !active.is_empty();
             // Every live member receives the file on the same store path: only paths with room on all of them.
@@ -378,8 +384,10 @@ impl Registry {
         }
         // Stable: ties stay in node id order. Holders (>= created) sort before non-holders (< created); among
         // equals, members being drained come last.
+        // A member found frozen comes last of all: a holder that answers nothing is no use.
         active.sort_by_key(|m| {
             (
+                self.is_suspect(m.hb.node_id),
                 Reverse(synced_until(m)),
                 self.draining.contains(&m.hb.node_id),
             )
@@ -415,6 +423,28 @@ impl Registry {
     /// Port of a member's FastDFS listener, from its latest heartbeat (`None`: it has none).
     pub fn fastdfs_port(&self, node_id: u32) -> Option<u16> {
         self.members.get(&node_id).and_then(|m| m.hb.fastdfs_port)
+    }
+
+    /// The member announcing `addr` (its node id and group).
+    pub fn member_at(&self, addr: &str) -> Option<(u32, GroupName)> {
+        self.members
+            .values()
+            .find(|m| m.hb.addr == addr)
+            .map(|m| (m.hb.node_id, m.hb.group.clone()))
+    }
+
+    /// Note member `node_id` as unresponsive (confirmed by a probe) as of `now`, until it heartbeats again.
+    pub fn suspect(&mut self, node_id: u32, now: Instant) {
+        self.suspects.retain(|id, _| self.members.contains_key(id));
+        self.suspects.insert(node_id, now);
+    }
+
+    /// Whether member `node_id` was found unresponsive after its last heartbeat.
+    fn is_suspect(&self, node_id: u32) -> bool {
+        match (self.suspects.get(&node_id), self.members.get(&node_id)) {
+            (Some(since), Some(m)) => *since >= m.last_seen,
+            _ => false,
+        }
     }
 
     fn info(&self, m: &Member, now: Instant) -> MemberInfo {

@@ -2,7 +2,8 @@
 //! TCP connections, so it still gets work, and every request to it used to wait for the whole request timeout
 //! (30 s). Here the trackers' heartbeat timeout is a minute (they take a frozen member for alive all along), so
 //! only the gateway's own watch can help: a frozen storage node is given up after its `/livez` stays silent
-//! too, and the upload goes to the other group; a frozen tracker is given up for the other one. Latencies are
+//! too, and the upload goes to the other group; the trackers, told by the gateway, probe it and stop handing
+//! it out until it heartbeats again; a frozen tracker is given up for the other one. Latencies are
 //! printed, not asserted; the clients' own bound (15 s, half the old wait) only catches the old behaviour.
 
 use std::time::{Duration, Instant};
@@ -69,7 +70,36 @@ async fn a_frozen_storage_node_or_tracker_costs_seconds_not_the_request_timeout(
         metric_sum(&text, "fdfs_gateway_unresponsive_total") >= 1.0,
         "the gateway gave up on the frozen node: {text}"
     );
+    // The gateway told the trackers, which probed the node themselves: no tracker hands it out any more,
+    // although their heartbeat timeout (a minute) has not run out; once thawed, its next heartbeat clears that.
+    let assign = |t: usize| {
+        let url = format!("{}/v1/assign?group=group2", c.trackers[t].url());
+        let http = c.http.clone();
+        async move {
+            http.get(url)
+                .secret()
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    for t in 0..2 {
+        fdfs_testkit::eventually(
+            10,
+            "the trackers to stop assigning the frozen node",
+            || async { (assign(t).await == 503).then_some(()) },
+        )
+        .await;
+    }
     frozen.thaw();
+    for t in 0..2 {
+        fdfs_testkit::eventually(10, "the thawed node assigned again", || async {
+            (assign(t).await == 200).then_some(())
+        })
+        .await;
+    }
 
     // A frozen tracker (the one the gateway asks first): uploads and downloads go through the other one.
     c.trackers[0].freeze();
