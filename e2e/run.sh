@@ -3,8 +3,9 @@
 #   a. a real browser (system chromium driven by playwright-core) uses the gateway's upload page;
 #   b. schemathesis checks the gateway against openapi.yaml, and every documented route is served;
 #   c. the real nginx serves a storage node's files with deploy/nginx/fdfs-storage.conf;
-#   d. the cluster dashboard (GET /dashboard) in the browser: every member shown, a killed member turns offline;
-#   e. real tus clients (tus-js-client from npm, tuspy from PyPI) upload, break off and resume through /tus/.
+#   d. the cluster dashboard (GET /dashboard) in the browser: every member shown, a frozen member turns offline;
+#   e. real tus clients (tus-js-client from npm, tuspy from PyPI) upload, break off and resume through /tus/;
+#   f. the example Django shop in the browser: its list page and admin load thumbnails only (bytes counted).
 # Installs what it lacks (Debian: chromium, nginx, nodejs/npm; npm: playwright-core; pip: schemathesis in
 # e2e/.venv), builds `fdfs` (debug), starts the cluster, prints `PASS`/`FAIL` lines and ends with exactly one
 # line `e2e: N passed, M failed`; exit code 1 if anything failed. The cluster and nginx are always stopped.
@@ -103,6 +104,13 @@ if ! "$VENV/bin/python" -c 'import tusclient' 2>/dev/null; then
     log "pip install tuspy==$TUSPY_VERSION into $VENV"
     "$VENV/bin/pip" install -q --disable-pip-version-check "tuspy==$TUSPY_VERSION" >&2 \
         || abort "setup: pip install tuspy==$TUSPY_VERSION"
+fi
+
+# The example shop (Django, Pillow, the fdfs client) for its browser check.
+if ! "$VENV/bin/python" -c 'import django, PIL, fdfs_http.django' 2>/dev/null; then
+    log "pip install the example shop's requirements into $VENV"
+    (cd "$ROOT/examples/django-shop" && "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements.txt >&2) \
+        || abort "setup: pip install -r examples/django-shop/requirements.txt"
 fi
 
 # `--setup`: only the installs (.ci/prepare runs them while cargo builds).
@@ -447,6 +455,57 @@ PY
 else
     fail "nginx: did not start"
     sed 's/^/    | /' "$NGX/stdout" "$NGX/logs/error.log" >&2 || true
+fi
+
+# --------------------------------------------------------------------------------------- f. example shop
+# The example shop as its README runs it, against this cluster: six products with multi-megabyte pictures, then
+# its list page and the admin's product list in Chromium, counting the image bytes the browser loads: thumbnails
+# only, never the pictures as uploaded. Before the dashboard, which freezes a storage node.
+SHOP="$ROOT/examples/django-shop"
+SHOP_WORK="$WORK/shop"
+mkdir -p "$SHOP_WORK/media"
+shop_env=(env FDFS_GATEWAY="$GATEWAY" SHOP_DB="$SHOP_WORK/db.sqlite3" SHOP_MEDIA_ROOT="$SHOP_WORK/media"
+    DJANGO_SUPERUSER_PASSWORD=shop-e2e-pw PYTHONUNBUFFERED=1)
+shop_manage() { (cd "$SHOP" && "${shop_env[@]}" "$VENV/bin/python" manage.py "$@"); }
+if shop_manage migrate --noinput >"$SHOP_WORK/migrate.log" 2>&1 \
+    && shop_manage createsuperuser --noinput --username admin --email admin@example.com >>"$SHOP_WORK/migrate.log" 2>&1; then
+    masters="$(shop_manage shell -c '
+import io, random
+from django.core.files.base import ContentFile
+from PIL import Image
+from catalog.models import Product
+total = 0
+for i in range(6):
+    rnd = random.Random(i)
+    img = Image.frombytes("RGB", (2400, 1600), rnd.randbytes(2400 * 1600 * 3))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=92)
+    total += buf.tell()
+    Product.objects.create(name=f"product {i}", price=10 + i, image=ContentFile(buf.getvalue(), name=f"p{i}.jpg"))
+print(total)
+' 2>"$SHOP_WORK/products.log" | tail -1)"
+    SHOP_PORT="$(free_base_port 1)"
+    (cd "$SHOP" && exec "${shop_env[@]}" "$VENV/bin/python" manage.py runserver --noreload "127.0.0.1:$SHOP_PORT") \
+        >"$SHOP_WORK/runserver.log" 2>&1 &
+    SHOP_PID=$!
+    if [[ "$masters" =~ ^[0-9]+$ ]] && wait_for "the example shop" 60 curl -sf -o /dev/null "http://127.0.0.1:$SHOP_PORT/"; then
+        pass "shop: six products with $((masters / 1024 / 1024)) MiB of pictures; runserver up"
+        node "$HERE/shop.test.mjs" "http://127.0.0.1:$SHOP_PORT" "$masters" admin shop-e2e-pw >"$WORK/shop.out" 2>&1 || true
+        while IFS= read -r line; do
+            case "$line" in
+                PASS\ *) pass "${line#PASS }" ;;
+                FAIL\ *) fail "${line#FAIL }" ;;
+                *) echo "    | $line" >&2 ;;
+            esac
+        done <"$WORK/shop.out"
+        grep -q '^PASS' "$WORK/shop.out" || fail "shop: the browser check printed no result"
+    else
+        fail "shop: products or runserver failed: $(tail -5 "$SHOP_WORK/products.log" "$SHOP_WORK/runserver.log")"
+    fi
+    kill "$SHOP_PID" 2>/dev/null || true
+    wait "$SHOP_PID" 2>/dev/null || true
+else
+    fail "shop: migrate/createsuperuser failed: $(tail -5 "$SHOP_WORK/migrate.log")"
 fi
 
 # -------------------------------------------------------------------------------------------- d. dashboard
