@@ -53,6 +53,7 @@ pub mod http;
 pub mod inproc;
 pub mod netns;
 pub mod node;
+pub mod powercut;
 pub mod raw;
 pub mod server;
 pub mod turns;
