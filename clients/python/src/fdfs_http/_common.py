@@ -62,7 +62,7 @@ class _DeleteResultBase(TypedDict):
 
 class DeleteResult(_DeleteResultBase, total=False):
     """The gateway's answer to `DELETE /{file_id}`: `slaves_deleted` lists the slave files deleted with the
-    master (with `slaves=True`; the thumbnails the nodes rendered are always deleted and not listed)."""
+    master (the thumbnails the nodes rendered from it, and with `slaves=True` the uploaded slaves too)."""
 
     slaves_deleted: list[str]
 
