@@ -376,6 +376,7 @@ pub async fn run_with_fastdfs(
             binlog_segment_bytes: segment_bytes,
             cluster_secret: config.cluster_secret.clone(),
             reserved_storage_space: config.reserved_storage_space,
+            trackers: config.trackers.clone(),
             peer_limits: fdfs_common::deadline::TransferLimits::with_stall(Duration::from_millis(
                 config.peer_stall_timeout_ms.max(1),
             )),

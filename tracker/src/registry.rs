@@ -454,7 +454,13 @@ impl Registry {
             group: m.hb.group.clone(),
             addr: m.hb.addr.clone(),
             public_url: m.hb.public_url.clone(),
-            state: m.state(self.timeout, now),
+            // Confirmed frozen: offline for everyone (gateways, peers capping their write quorum, dashboards)
+            // before the heartbeat timeout says so.
+            state: if self.is_suspect(m.hb.node_id) {
+                MemberState::Offline
+            } else {
+                m.state(self.timeout, now)
+            },
             store_paths: m.hb.store_paths.clone(),
             sync: m.hb.sync.clone(),
             file_count: m.hb.file_count,

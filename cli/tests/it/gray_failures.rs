@@ -117,3 +117,52 @@ async fn a_frozen_storage_node_or_tracker_costs_seconds_not_the_request_timeout(
     eprintln!("10 uploads and 10 downloads with tracker 1 frozen: the slowest took {worst:?}");
     c.trackers[0].thaw();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_peer_is_taken_offline_by_the_trackers_before_their_heartbeat_timeout() {
+    // One group of two, write quorum 2; a peer transfer that stalls for 2 s times out.
+    let c = Cluster::start(ClusterSpec {
+        tracker_args: fdfs_testkit::args(&["--heartbeat-timeout-ms", "60000"]),
+        ..ClusterSpec::group(2).storage(&["--peer-stall-timeout-ms", "2000"])
+    })
+    .await;
+    let gw = c.gateway_url();
+    let (live, frozen) = (&c.storage[0][0], &c.storage[0][1]);
+    frozen.freeze();
+    // Uploads reach the live member (the gateway gives up on the frozen one); its replica to the frozen peer
+    // times out, it tells the trackers, they probe the peer and list it offline: the quorum is then capped by
+    // the live member, and uploads succeed with one copy (replication brings the second once it thaws).
+    let http = client();
+    let first = Instant::now();
+    let stored: Value = fdfs_testkit::eventually(30, "an upload with the peer frozen", || async {
+        let r = http
+            .put(format!("{gw}/upload/g.bin"))
+            .body(content(1, 5000));
+        let v: Value = r.try_json().await.ok()?;
+        (v["replicas"] == 1).then_some(v)
+    })
+    .await;
+    eprintln!(
+        "first upload acknowledged {:?} after the freeze",
+        first.elapsed()
+    );
+    let view = c.view().await;
+    assert_eq!(
+        c.state_in(&view, frozen),
+        Some(fdfs_common::wire::MemberState::Offline),
+        "the frozen peer is offline although the heartbeat timeout is a minute"
+    );
+    assert_eq!(
+        c.state_in(&view, live),
+        Some(fdfs_common::wire::MemberState::Active)
+    );
+    frozen.thaw();
+    // Thawed: it heartbeats, is active again, and gets the file through replication.
+    let id = stored["file_id"].as_str().unwrap().to_owned();
+    c.wait_held(
+        &id,
+        Some(&content(1, 5000)),
+        "the file on both members once thawed",
+    )
+    .await;
+}

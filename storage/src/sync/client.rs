@@ -200,7 +200,15 @@ pub async fn put_bytes(
     .header(INCARNATION_HEADER, gen)
     .header(MTIME_HEADER, mtime)
     .header(reqwest::header::CONTENT_LENGTH, data.len())
-    .timeout(engine.config.peer_limits.deadline(data.len() as u64));
+    // A small body goes out at once: a peer that has not answered within the stall timeout is stalled (a frozen
+    // process accepts the connection and never answers).
+    .timeout(
+        engine
+            .config
+            .peer_limits
+            .deadline(data.len() as u64)
+            .min(engine.config.peer_limits.stall),
+    );
     if !meta.is_empty() {
         let json = serde_json::to_string(meta)
             .map_err(|e| StorageError::Internal(format!("encoding metadata: {e}")))?;

@@ -82,6 +82,8 @@ pub struct SyncConfig {
     pub push_concurrency: usize,
     /// Space each store path keeps free: replicas that would eat into it are refused with 507.
     pub reserved_storage_space: fdfs_common::config::Size,
+    /// The trackers, told about a peer whose transfers time out (`POST /v1/suspect`).
+    pub trackers: Vec<String>,
 }
 
 impl Default for SyncConfig {
@@ -95,6 +97,7 @@ impl Default for SyncConfig {
             peer_limits: fdfs_common::deadline::TransferLimits::default(),
             push_concurrency: 8,
             reserved_storage_space: fdfs_common::config::Size::Bytes(0),
+            trackers: Vec::new(),
         }
     }
 }
@@ -235,7 +238,10 @@ impl SyncEngine {
         }
         let supervisor = tokio::spawn(engine.clone().supervise());
         let catchup = tokio::spawn(catchup::run(engine.clone(), !synced));
-        engine.lock_tasks().extend([supervisor, catchup]);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        engine.reach.report_to(tx);
+        let reporter = tokio::spawn(engine.clone().report_unresponsive(rx));
+        engine.lock_tasks().extend([supervisor, catchup, reporter]);
         Ok(engine)
     }
 
@@ -456,6 +462,37 @@ impl SyncEngine {
             .collect();
         peers.sort_by_key(|p| (std::cmp::Reverse(p.file_count), p.node_id));
         peers
+    }
+
+    /// Tell the trackers about each peer whose transfers timed out (a frozen process still accepts
+    /// connections): each probes it and, when it does not answer there either, lists it offline before its
+    /// heartbeat timeout, which caps this node's write quorum. A partition between two members only does not
+    /// change a thing: the trackers still reach the peer.
+    async fn report_unresponsive(self, mut rx: tokio::sync::mpsc::UnboundedReceiver<u32>) {
+        while let Some(peer) = rx.recv().await {
+            let Some(addr) = self
+                .peer_list()
+                .into_iter()
+                .find(|p| p.node_id == peer)
+                .map(|p| p.addr)
+            else {
+                continue;
+            };
+            for t in &self.config.trackers {
+                let mut rb = self
+                    .http
+                    .post(format!("http://{t}/v1/suspect"))
+                    .query(&[("addr", addr.as_str())])
+                    .timeout(Duration::from_secs(2));
+                if let Some(secret) = &self.config.cluster_secret {
+                    rb = rb.header(fdfs_common::wire::CLUSTER_SECRET_HEADER, secret);
+                }
+                if let Err(e) = rb.send().await {
+                    tracing::debug!(tracker = %t, peer, error = %e, "reporting an unresponsive peer");
+                }
+            }
+            tracing::info!(peer, %addr, "peer timed out: reported to the trackers");
+        }
     }
 
     /// Peers that can take a replica now: active ones first, then those still catching up (they accept replicas

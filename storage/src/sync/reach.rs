@@ -52,13 +52,42 @@ impl Failure {
     }
 }
 
-/// Recent failures by peer id.
+/// How often one peer is reported to the trackers as unresponsive at most.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// Recent failures by peer id; peers that timed out are also sent to the reporter (the engine tells the
+/// trackers, which probe them and take a frozen one offline before their heartbeat timeout).
 #[derive(Debug, Default)]
-pub struct Reach(Mutex<HashMap<u32, (Failure, Instant)>>);
+pub struct Reach {
+    failures: Mutex<HashMap<u32, (Failure, Instant)>>,
+    reported: Mutex<HashMap<u32, Instant>>,
+    reporter: Mutex<Option<tokio::sync::mpsc::UnboundedSender<u32>>>,
+}
 
 impl Reach {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, (Failure, Instant)>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Send peers that time out to `tx` (at most every [`REPORT_EVERY`] per peer).
+    pub fn report_to(&self, tx: tokio::sync::mpsc::UnboundedSender<u32>) {
+        *self.reporter.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+    }
+
+    fn report(&self, peer: u32) {
+        {
+            let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+            if reported
+                .get(&peer)
+                .is_some_and(|at| at.elapsed() < REPORT_EVERY)
+            {
+                return;
+            }
+            reported.insert(peer, Instant::now());
+        }
+        if let Some(tx) = &*self.reporter.lock().unwrap_or_else(|p| p.into_inner()) {
+            let _ = tx.send(peer);
+        }
     }
 
     /// Record the outcome of a request to `peer`: success forgets its failures, a failure that says something
@@ -83,6 +112,9 @@ impl Reach {
 
     /// A request to `peer` failed in a way that says it cannot be reached.
     pub fn failed(&self, peer: u32, how: Failure) {
+        if how == Failure::TimedOut {
+            self.report(peer);
+        }
         let before = self.lock().insert(peer, (how, Instant::now()));
         if before.map(|(h, _)| h) != Some(how) {
             tracing::warn!(peer, failure = ?how, "peer cannot be reached");
