@@ -526,6 +526,13 @@ impl PowerFs {
 }
 
 impl Filesystem for PowerFs {
+    fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> io::Result<()> {
+        // Lookups and listings of one directory need not wait for each other in the kernel (the model has
+        // its own lock). Optional: older kernels go without.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_PARALLEL_DIROPS);
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _g = enter!(self, reply);
         let mut ns = lock(&self.inner.ns);

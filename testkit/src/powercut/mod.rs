@@ -25,10 +25,16 @@
 //! - **Hard links** stay one inode after a cut when their entries are durable.
 //! - Whatever the state directory holds at mount (or after a cut, at the remount) is durable.
 //! - **`sync`/`syncfs` make nothing durable**: FUSE does not pass them to the filesystem, so the code under
-//!   test must sync its files and directories itself.
+//!   test must sync its files and directories itself. Nor does `sync_file_range` (not passed on either, and
+//!   no durability call on a real disk: it writes pages, not the file's size or allocation, and flushes no
+//!   disk cache). sled 0.34's `flush` ends with it, so what sled flushed is durable here only once its
+//!   file is fsynced (sled's shutdown does; see `testkit/tests/powercut.rs`), and sled never syncs its
+//!   directory or its `conf`.
 //! - [`Cut::Random`] keeps or drops each change that was not durable independently (each changed directory
 //!   entry; each changed file's whole content: a file is then either as last synced or as last written,
-//!   never torn), as a disk that reorders writes can.
+//!   never torn), as a disk that reorders writes can. The two halves of a rename are two changes: a random
+//!   cut may keep the new name, the old one, both or neither, as the per-directory rule allows when only one
+//!   of the two directories was synced.
 //!
 //! Not modelled: the durability of metadata (mode, owner, times: a file after a cut has its inode's last
 //! mode and owner), extended attributes (unsupported), special files (`mknod` makes regular files only), torn
@@ -236,5 +242,15 @@ impl Drop for Disk {
     fn drop(&mut self) {
         self.stop();
         let _ = Paths::new(&self.state).clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Tests hold a `Disk` across `.await`s and share it between threads.
+    #[test]
+    fn a_disk_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<super::Disk>();
     }
 }
