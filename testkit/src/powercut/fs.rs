@@ -40,7 +40,9 @@ pub(super) struct Counters {
 /// An open file: its backing file and its node.
 #[derive(Debug)]
 struct Open {
+    /// The backing file (opened through the node's `inodes/` link).
     file: File,
+    /// Its node.
     node: Arc<FileNode>,
     /// Opened with `O_SYNC`/`O_DSYNC`: every write is synced.
     sync: bool,
@@ -63,8 +65,11 @@ pub(super) struct Inner {
     gate: RwLock<bool>,
     /// The model.
     pub ns: Mutex<Namespace>,
+    /// Open files by handle.
     files: Mutex<HashMap<u64, Arc<Open>>>,
+    /// Open directories by handle: the listing their last readdir from offset 0 made.
     dirs: Mutex<HashMap<u64, Arc<Mutex<Vec<DirEnt>>>>>,
+    /// The next handle (files and directories share the numbers).
     next_fh: AtomicU64,
     /// Sync calls seen.
     pub counters: Arc<Counters>,
