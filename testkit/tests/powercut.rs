@@ -156,7 +156,13 @@ fn power_cut_drops_appends_after_the_last_fsync() {
     r.cut(Cut::LoseAll);
     assert_eq!(read(&log).as_deref(), Some(&b"first second "[..]));
 
-    // After a cut the file exists from the start of the mount: a change in place goes back too.
+    // After a cut the file exists from the start of the mount: an append to it goes, and so does a change
+    // in place.
+    let mut f = OpenOptions::new().append(true).open(&log).unwrap();
+    f.write_all(b"fourth").unwrap();
+    drop(f);
+    r.cut(Cut::LoseAll);
+    assert_eq!(read(&log).as_deref(), Some(&b"first second "[..]));
     let f = OpenOptions::new().write(true).open(&log).unwrap();
     std::os::unix::fs::FileExt::write_all_at(&f, b"FIRST", 0).unwrap();
     f.sync_all().unwrap();
@@ -189,6 +195,62 @@ fn power_cut_undoes_a_truncation_that_was_not_synced() {
     let mut want = body[..10].to_vec();
     want.resize(30_000, 0);
     assert_eq!(read(&r.path("f")), Some(want));
+}
+
+#[test]
+fn power_cut_leaves_a_file_as_last_synced_after_random_writes_truncations_and_syncs() {
+    use std::os::unix::fs::FileExt;
+    let Some(mut r) = rig() else { return };
+    let path = r.path("f");
+    File::create(&path).unwrap();
+    fsync(r.disk.path());
+    // A reference model: the live bytes, and the bytes as of the last sync.
+    let (mut live, mut durable) = (Vec::<u8>::new(), Vec::<u8>::new());
+    let mut state = 0x5eed_u64;
+    let mut next = |n: u64| {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) % n
+    };
+    let mut f = OpenOptions::new().write(true).open(&path).unwrap();
+    for step in 0..400 {
+        match next(10) {
+            0..=4 => {
+                let (off, len) = (next(48 << 10) as usize, 1 + next(8 << 10) as usize);
+                let bytes = content(step, len);
+                f.write_all_at(&bytes, off as u64).unwrap();
+                if live.len() < off + len {
+                    live.resize(off + len, 0);
+                }
+                live[off..off + len].copy_from_slice(&bytes);
+            }
+            5 => {
+                let size = next(56 << 10) as usize;
+                f.set_len(size as u64).unwrap();
+                live.resize(size, 0);
+            }
+            6 | 7 => {
+                f.sync_data().unwrap();
+                durable = live.clone();
+            }
+            8 => assert!(
+                read(&path) == Some(live.clone()),
+                "live content at step {step}"
+            ),
+            _ => {
+                drop(f);
+                r.cut(Cut::LoseAll);
+                assert!(
+                    read(&path) == Some(durable.clone()),
+                    "after a cut at step {step}"
+                );
+                live = durable.clone();
+                f = OpenOptions::new().write(true).open(&path).unwrap();
+            }
+        }
+    }
 }
 
 #[test]

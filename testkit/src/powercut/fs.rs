@@ -163,12 +163,12 @@ impl PowerFs {
     fn set_size(&self, node: &FileNode, size: u64) -> io::Result<()> {
         let paths = &self.inner.paths;
         let mut d = lock(&node.data);
-        node.before_change(&mut d, paths)?;
+        node.before_change(&mut d, paths, size)?;
         OpenOptions::new()
             .write(true)
             .open(paths.inode(node.id))?
             .set_len(size)?;
-        d.trunc_low = Some(d.trunc_low.map_or(size, |t| t.min(size)));
+        node.truncated(&mut d, size);
         Ok(())
     }
 
@@ -247,7 +247,7 @@ impl PowerFs {
             return Err(e);
         }
         let meta = file.metadata()?;
-        let node = FileNode::new(id, Durable::Empty);
+        let node = FileNode::new(id, Durable::Prefix(0));
         ns.insert(
             id,
             Kind::File(node.clone()),
@@ -298,11 +298,9 @@ impl PowerFs {
         let open = self.inner.open_of(fh)?;
         let node = &open.node;
         let mut d = lock(&node.data);
-        node.before_change(&mut d, &self.inner.paths)?;
+        node.before_change(&mut d, &self.inner.paths, offset)?;
         open.file.write_all_at(data, offset)?;
-        if d.durable == Durable::Copy {
-            d.ranges.add(offset, offset + data.len() as u64);
-        }
+        node.wrote(&mut d, offset, offset + data.len() as u64);
         if open.sync {
             node.sync(&mut d, &self.inner.paths)?;
         }
@@ -518,13 +516,16 @@ impl PowerFs {
         let open = self.inner.open_of(fh)?;
         let node = &open.node;
         let mut d = lock(&node.data);
-        node.before_change(&mut d, &self.inner.paths)?;
+        // Allocating (keeping the size or not) changes no byte; punching, zeroing, collapsing or inserting
+        // may change any from `offset` on.
+        let changes = mode & !libc::FALLOC_FL_KEEP_SIZE != 0;
+        let low = if changes { offset } else { u64::MAX };
+        node.before_change(&mut d, &self.inner.paths, low)?;
         let how = rustix::fs::FallocateFlags::from_bits_retain(mode as u32);
         rustix::fs::fallocate(&open.file, how, offset, length)?;
-        if mode != 0 && d.durable == Durable::Copy {
-            // Punching, zeroing, collapsing or inserting: whatever follows `offset` may have changed.
-            d.ranges.add(offset, u64::MAX);
-            d.trunc_low = Some(d.trunc_low.map_or(offset, |t| t.min(offset)));
+        if changes {
+            node.wrote(&mut d, offset, u64::MAX);
+            node.truncated(&mut d, offset);
         }
         Ok(())
     }

@@ -45,8 +45,8 @@
 //! Layout of the state directory (only a `Disk` touches it): `live/` is the tree the mount shows (after a
 //! cut, the tree that survived), `inodes/` a hard link to every file the mount has seen (its content stays
 //! reachable after its last name goes while a durable entry still names it), `durable/` the durable copies
-//! of files changed since the mount (each made once, then updated with only the ranges written since the
-//! last sync). A file written once and synced is never copied.
+//! of files changed in place since the mount (each made once, then updated with only the ranges written
+//! since the last sync). A file written once, or only appended to, is never copied.
 //!
 //! Processes must be gone before a cut (the caller SIGKILLs them; a file still open on the mount, even in
 //! the test process, delays the unmount by two seconds and then detaches it lazily). Drop the `Disk` before

@@ -5,9 +5,10 @@
 //! - A directory keeps two name -> node maps: `live` (what the backing directory holds) and `durable` (the
 //!   live map as of its last `fsync`, or of the mount), and the names changed since (`dirty`). A directory is
 //!   read from the backing tree the first time it is used; until then its durable map is its listing.
-//! - A regular file keeps its durable content as [`Durable`]: the live content itself (untouched since the
-//!   last sync), empty (created and never synced), or a copy under `state/durable/<node>` kept up to date by
-//!   copying only the byte ranges written since the last sync (copy-on-first-write of the whole file once).
+//! - A regular file keeps its durable content as [`Durable`]: a prefix of the live content (untouched since
+//!   the last sync, appended to, or created and never synced: an empty prefix), or, once a change reached
+//!   below that prefix, a copy under `state/durable/<node>` kept up to date by copying only the byte ranges
+//!   written since the last sync (the prefix copied once per node and mount).
 //! - Every non-directory node has a hard link `state/inodes/<node>`: the path the filesystem opens it by, and
 //!   what keeps its content when its last live name goes while a durable map still names it.
 
@@ -148,12 +149,11 @@ impl Ranges {
 /// Where a file's durable content is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Durable {
-    /// The live content is durable (untouched since the mount, or synced with no copy made yet).
-    Same,
-    /// Created since the mount and never synced: durably an empty file.
-    Empty,
-    /// In `durable/<node>`; the live file differs from it at most in `ranges`, beyond `trunc_low` and in its
-    /// length.
+    /// The first `n` bytes of the live file, unchanged since the last sync (or the mount): a file untouched
+    /// since, appended to, or created and never synced (`n` = 0). No copy needed.
+    Prefix(u64),
+    /// In `durable/<node>` (made when a change reached below the durable length); the live file differs
+    /// from it at most in `ranges`, beyond `trunc_low` and in its length.
     Copy,
 }
 
@@ -197,19 +197,37 @@ impl FileNode {
         })
     }
 
-    /// Before the live content changes: keep the durable content if it is the live one (a copy of the whole
-    /// file, at most once per node and mount), and note the change.
-    pub fn before_change(&self, d: &mut FileData, paths: &Paths) -> io::Result<()> {
-        if d.durable == Durable::Same && !d.freed {
-            let mut live = File::open(paths.inode(self.id))?;
-            let mut copy = File::create(paths.copy(self.id))?;
-            io::copy(&mut live, &mut copy)?;
-            d.durable = Durable::Copy;
-            d.ranges.clear();
-            d.trunc_low = None;
+    /// Before the live content changes from byte `low` on (`u64::MAX`: no byte changes): when that reaches
+    /// into a durable prefix, copy the prefix aside (at most once per node and mount); note the change.
+    pub fn before_change(&self, d: &mut FileData, paths: &Paths, low: u64) -> io::Result<()> {
+        if let Durable::Prefix(len) = d.durable {
+            if low < len && !d.freed {
+                let live = File::open(paths.inode(self.id))?;
+                let mut copy = File::create(paths.copy(self.id))?;
+                io::copy(&mut io::Read::take(&live, len), &mut copy)?;
+                d.durable = Durable::Copy;
+                // Whatever was written beyond the prefix since the last sync.
+                d.ranges.clear();
+                d.ranges.add(len, u64::MAX);
+                d.trunc_low = None;
+            }
         }
         d.changed = true;
         Ok(())
+    }
+
+    /// After bytes `[start, end)` were written (after [`before_change`](Self::before_change)).
+    pub fn wrote(&self, d: &mut FileData, start: u64, end: u64) {
+        if d.durable == Durable::Copy {
+            d.ranges.add(start, end);
+        }
+    }
+
+    /// After the file was cut to `size` bytes (after [`before_change`](Self::before_change)).
+    pub fn truncated(&self, d: &mut FileData, size: u64) {
+        if d.durable == Durable::Copy {
+            d.trunc_low = Some(d.trunc_low.map_or(size, |t| t.min(size)));
+        }
     }
 
     /// `fsync`/`fdatasync`: make the live content durable (copy what changed into the durable copy, if the
@@ -218,12 +236,12 @@ impl FileNode {
         if !d.changed || d.freed {
             return Ok(());
         }
+        let live = File::open(paths.inode(self.id))?;
+        let len = live.metadata()?.len();
         if d.durable == Durable::Copy {
-            let live = File::open(paths.inode(self.id))?;
             let copy = fs::OpenOptions::new()
                 .write(true)
                 .open(paths.copy(self.id))?;
-            let len = live.metadata()?.len();
             if let Some(low) = d.trunc_low {
                 if low < copy.metadata()?.len() {
                     copy.set_len(low)?;
@@ -234,7 +252,7 @@ impl FileNode {
                 copy_range(&live, &copy, start, end.min(len))?;
             }
         } else {
-            d.durable = Durable::Same;
+            d.durable = Durable::Prefix(len);
         }
         d.changed = false;
         d.ranges.clear();
@@ -437,7 +455,10 @@ impl Namespace {
             fs::hard_link(path, self.paths.inode(id))?;
             let ftype = FileType::from_std(ft).unwrap_or(FileType::RegularFile);
             if ft.is_file() {
-                (Kind::File(FileNode::new(id, Durable::Same)), ftype)
+                (
+                    Kind::File(FileNode::new(id, Durable::Prefix(meta.len()))),
+                    ftype,
+                )
             } else {
                 (Kind::Other, ftype)
             }

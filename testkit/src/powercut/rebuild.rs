@@ -1,8 +1,8 @@
 //! The cut itself: build, from what the model says is durable, the tree a disk would show after losing
 //! power, and put it in place of the live tree (the filesystem is unmounted by then).
 //!
-//! The tree is walked from the root's durable map. A file's content is its live inode when that is what is
-//! durable (a hard link, no copy), else its durable copy (moved into place) or an empty file; a node reached
+//! The tree is walked from the root's durable map. A file's content is its live inode (a hard link), cut
+//! back to its durable prefix if it has one, else its durable copy (moved into place); a node reached
 //! twice becomes a hard link to the first place; a directory the mount never read is taken as it is.
 //! With [`Cut::Random`] each change that was not durable (a directory entry, a file's content) is kept or
 //! dropped by a coin.
@@ -141,10 +141,14 @@ impl Builder<'_> {
             }
         }
         match durable {
-            None | Some(Durable::Same) => fs::hard_link(&inode, target)?,
-            Some(Durable::Empty) => {
-                fs::File::create(target)?;
-                copy_owner_mode(&inode, target)?;
+            None => fs::hard_link(&inode, target)?,
+            Some(Durable::Prefix(len)) => {
+                // The live inode is discarded with the live tree: cut it back to its durable prefix.
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(&inode)?
+                    .set_len(len)?;
+                fs::hard_link(&inode, target)?;
             }
             Some(Durable::Copy) => {
                 fs::rename(paths.copy(id), target)?;
