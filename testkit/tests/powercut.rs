@@ -253,6 +253,125 @@ fn power_cut_leaves_a_file_as_last_synced_after_random_writes_truncations_and_sy
     }
 }
 
+/// splitmix64, for the randomised tests.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) % n
+    }
+}
+
+#[test]
+fn power_cut_leaves_directories_as_last_synced_after_random_creates_links_renames_and_unlinks() {
+    use std::collections::{BTreeMap, HashMap};
+    let Some(mut r) = rig() else { return };
+    const DIRS: [&str; 3] = ["", "a", "b"];
+    for d in &DIRS[1..] {
+        fs::create_dir(r.path(d)).unwrap();
+    }
+    fsync(r.disk.path());
+    // A reference model: per directory the live and durable name -> file maps; per file its live and
+    // durable content.
+    let mut live: Vec<BTreeMap<String, usize>> = vec![BTreeMap::new(); 3];
+    let mut durable = live.clone();
+    let mut files: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut rng = Rng(0xd1_5c);
+    let root = r.disk.path().to_owned();
+    let at = |d: usize, n: &str| root.join(DIRS[d]).join(n);
+    let check = |live: &[BTreeMap<String, usize>], files: &[(Vec<u8>, Vec<u8>)], when: &str| {
+        let mut inode_of: HashMap<usize, u64> = HashMap::new();
+        for (d, names) in live.iter().enumerate() {
+            let mut on_disk: Vec<String> = fs::read_dir(root.join(DIRS[d]))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|n| d != 0 || !DIRS.contains(&n.as_str()))
+                .collect();
+            on_disk.sort();
+            assert_eq!(
+                on_disk,
+                names.keys().cloned().collect::<Vec<_>>(),
+                "dir {d} {when}"
+            );
+            for (name, &f) in names {
+                let p = at(d, name);
+                assert!(
+                    read(&p) == Some(files[f].0.clone()),
+                    "{} {when}",
+                    p.display()
+                );
+                let ino = fs::metadata(&p).unwrap().ino();
+                assert_eq!(
+                    *inode_of.entry(f).or_insert(ino),
+                    ino,
+                    "{} {when}",
+                    p.display()
+                );
+            }
+        }
+        let distinct: std::collections::HashSet<_> = inode_of.values().collect();
+        assert_eq!(
+            distinct.len(),
+            inode_of.len(),
+            "distinct files share an inode {when}"
+        );
+    };
+    for step in 0..500 {
+        let (d, n) = (rng.below(3) as usize, format!("n{}", rng.below(5)));
+        let (d2, n2) = (rng.below(3) as usize, format!("n{}", rng.below(5)));
+        match rng.below(12) {
+            0 | 1 if !live[d].contains_key(&n) => {
+                let body = content(10_000 + step, rng.below(3000) as usize);
+                fs::write(at(d, &n), &body).unwrap();
+                files.push((body, Vec::new()));
+                live[d].insert(n, files.len() - 1);
+            }
+            2 if live[d].contains_key(&n) => {
+                let body = content(20_000 + step, rng.below(3000) as usize);
+                fs::write(at(d, &n), &body).unwrap();
+                files[live[d][&n]].0 = body;
+            }
+            3 | 4 if live[d].contains_key(&n) => {
+                fsync(&at(d, &n));
+                let f = live[d][&n];
+                files[f].1 = files[f].0.clone();
+            }
+            5 if live[d].contains_key(&n) => {
+                fs::remove_file(at(d, &n)).unwrap();
+                live[d].remove(&n);
+            }
+            6 if live[d].contains_key(&n) => {
+                fs::rename(at(d, &n), at(d2, &n2)).unwrap();
+                let f = live[d].remove(&n).unwrap();
+                live[d2].insert(n2, f);
+            }
+            7 if live[d].contains_key(&n) && !live[d2].contains_key(&n2) => {
+                fs::hard_link(at(d, &n), at(d2, &n2)).unwrap();
+                let f = live[d][&n];
+                live[d2].insert(n2, f);
+            }
+            8..=10 => {
+                fsync(&root.join(DIRS[d]));
+                durable[d] = live[d].clone();
+            }
+            11 => {
+                check(&live, &files, &format!("before the cut at step {step}"));
+                r.cut(Cut::LoseAll);
+                live = durable.clone();
+                for f in &mut files {
+                    f.0 = f.1.clone();
+                }
+                check(&live, &files, &format!("after the cut at step {step}"));
+            }
+            _ => {}
+        }
+    }
+}
+
 #[test]
 fn power_cut_keeps_hard_links_one_inode() {
     let Some(mut r) = rig() else { return };
