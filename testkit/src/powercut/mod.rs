@@ -25,7 +25,8 @@
 //! - **Hard links** stay one inode after a cut when their entries are durable.
 //! - Whatever the state directory holds at mount (or after a cut, at the remount) is durable.
 //! - **`sync`/`syncfs` make nothing durable**: FUSE does not pass them to the filesystem, so the code under
-//!   test must sync its files and directories itself. Nor does `sync_file_range` (not passed on either, and
+//!   test must sync its files and directories itself (code that relies on `syncfs` alone loses its data
+//!   here, though ext4 would keep it: test such a design another way). Nor does `sync_file_range` (not passed on either, and
 //!   no durability call on a real disk: it writes pages, not the file's size or allocation, and flushes no
 //!   disk cache). sled 0.34's `flush` ends with it, so what sled flushed is durable here only once its
 //!   file is fsynced (sled's shutdown does; see `testkit/tests/powercut.rs`), and sled never syncs its
