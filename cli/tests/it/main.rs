@@ -16,6 +16,7 @@ mod import_fastdfs;
 mod internal_port;
 mod partition;
 mod peer_faults;
+mod power_cut;
 mod refused_member;
 mod replication;
 mod scale_out;

@@ -209,6 +209,9 @@ impl SyncEngine {
             let tombstones = Tombstones::open(&state_dir.join("tombstones.log"))?;
             let sync_dir = state_dir.join("sync");
             std::fs::create_dir_all(&sync_dir)?;
+            // The state files created above and by the store (segments, tombstone log, index) are durable from
+            // here on: their directory entries are synced.
+            crate::store::layout::fsync_tree(&state_dir)?;
             let synced = sync_dir.join(SYNCED_MARKER).exists();
             Ok((tombstones, sync_dir, synced))
         })
