@@ -1,7 +1,7 @@
 //! Issue 18, power cuts: every member of a group keeps its store on a simulated disk
 //! ([`fdfs_testkit::powercut`], a FUSE layer that drops whatever was never fsynced, the way ext4 can lose it
 //! when the power goes), takes a mixed load through the gateway (small and 100 KiB uploads, slave files,
-//! metadata changes, deletes), and then loses power: every member is killed at once and its disk cut, then
+//! metadata changes, deletes, streamed 24 MiB uploads, resumable chunks), and then loses power: every member is killed at once and its disk cut, then
 //! both start again on what the disks kept. Whatever a client was told succeeded is still there (or still gone)
 //! with its bytes and metadata on every member once they converge; what was in flight may be missing but is
 //! never visible half-written: every file on every disk matches the size and CRC32 in its ID.
@@ -32,6 +32,103 @@ struct Told {
     meta: BTreeMap<String, String>,
     /// Files an operation was in flight on at the cut (a delete or metadata change with no answer): left alone.
     uncertain: BTreeSet<String>,
+    /// Resumable (tus) uploads: URL -> (content number, length, the last offset a PATCH acknowledged).
+    tus: BTreeMap<String, (usize, usize, u64)>,
+}
+
+/// Size of the streamed uploads of the big-file client.
+const BIG: usize = 24 << 20;
+/// Size of each resumable upload, sent in [`TUS_CHUNK`]s.
+const TUS_LEN: usize = 768 << 10;
+const TUS_CHUNK: usize = 256 << 10;
+
+/// `content(n, len)` as a stream of 1 MiB chunks (never held whole by the client either).
+fn streamed(n: usize, len: usize) -> reqwest::Body {
+    let whole = content(n, len);
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        whole.chunks(1 << 20).map(|c| Ok(c.to_vec())).collect();
+    reqwest::Body::wrap_stream(futures_util::stream::iter(chunks))
+}
+
+/// A client uploading big streamed files one after another.
+async fn big_client(
+    gw: String,
+    http: reqwest::Client,
+    told: Arc<Mutex<Told>>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut i = 0;
+    while !stop.load(Ordering::Relaxed) {
+        i += 1;
+        let n = 90_000_000 + i;
+        let r = http
+            .put(format!("{gw}/upload/big{n}.bin"))
+            .body(streamed(n, BIG));
+        if let Ok(v) = r.try_json::<Value>().await {
+            let id = v["file_id"].as_str().unwrap().to_owned();
+            told.lock().unwrap().files.insert(id, (n, BIG));
+        }
+    }
+}
+
+/// A client sending resumable uploads chunk by chunk, recording each acknowledged offset.
+async fn tus_client(
+    gw: String,
+    http: reqwest::Client,
+    told: Arc<Mutex<Told>>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut i = 0;
+    while !stop.load(Ordering::Relaxed) {
+        i += 1;
+        let n = 80_000_000 + i;
+        let data = content(n, TUS_LEN);
+        let created = http
+            .post(format!("{gw}/tus/"))
+            .header("tus-resumable", "1.0.0")
+            .header("upload-length", TUS_LEN)
+            .send()
+            .await;
+        let Some(loc) = created.ok().and_then(|r| {
+            (r.status() == reqwest::StatusCode::CREATED)
+                .then(|| {
+                    r.headers()
+                        .get("location")?
+                        .to_str()
+                        .ok()
+                        .map(str::to_owned)
+                })
+                .flatten()
+        }) else {
+            continue;
+        };
+        let url = format!("{gw}{loc}");
+        told.lock()
+            .unwrap()
+            .tus
+            .insert(url.clone(), (n, TUS_LEN, 0));
+        for (k, chunk) in data.chunks(TUS_CHUNK).enumerate() {
+            let offset = (k * TUS_CHUNK) as u64;
+            let r = http
+                .patch(&url)
+                .header("tus-resumable", "1.0.0")
+                .header("content-type", "application/offset+octet-stream")
+                .header("upload-offset", offset)
+                .body(chunk.to_vec())
+                .send()
+                .await;
+            match r {
+                Ok(r) if r.status() == reqwest::StatusCode::NO_CONTENT => {
+                    let acked = offset + chunk.len() as u64;
+                    told.lock()
+                        .unwrap()
+                        .tus
+                        .insert(url.clone(), (n, TUS_LEN, acked));
+                }
+                _ => break,
+            }
+        }
+    }
 }
 
 /// One client: uploads, then slaves of its own files, metadata changes and deletes on them; sequential, so
@@ -133,10 +230,26 @@ async fn power_cut_under_load(ops: usize, how: Cut) {
                 stop.clone(),
             ))
         })
+        .chain([
+            tokio::spawn(big_client(
+                c.gateway_url(),
+                c.http.clone(),
+                told.clone(),
+                stop.clone(),
+            )),
+            tokio::spawn(tus_client(
+                c.gateway_url(),
+                c.http.clone(),
+                told.clone(),
+                stop.clone(),
+            )),
+        ])
         .collect();
     eventually(STATE_TIMEOUT, "the load to get going", || async {
         let t = told.lock().unwrap();
-        (t.files.len() + t.deleted.len() + t.meta.len() >= ops).then_some(())
+        let big = t.files.values().any(|(_, len)| *len == BIG);
+        let tus = t.tus.values().any(|(_, _, acked)| *acked > 0);
+        (t.files.len() + t.deleted.len() + t.meta.len() >= ops && big && tus).then_some(())
     })
     .await;
 
@@ -159,11 +272,14 @@ async fn power_cut_under_load(ops: usize, how: Cut) {
     }
     let told = std::mem::take(&mut *told.lock().unwrap());
     eprintln!(
-        "power cut after {} files, {} deletes, {} metadata changes acknowledged ({} uncertain); the disks dropped \
-         {dropped:?}; syncs before the cut (files, dirs): {syncs:?}",
+        "power cut after {} files ({} of {} MiB), {} deletes, {} metadata changes, {} resumable chunks acknowledged \
+         ({} uncertain); the disks dropped {dropped:?}; syncs before the cut (files, dirs): {syncs:?}",
         told.files.len(),
+        told.files.values().filter(|(_, len)| *len == BIG).count(),
+        BIG >> 20,
         told.deleted.len(),
         told.meta.len(),
+        told.tus.values().map(|(_, _, a)| a.div_ceil(TUS_CHUNK as u64)).sum::<u64>(),
         told.uncertain.len()
     );
 
@@ -201,6 +317,34 @@ async fn power_cut_under_load(ops: usize, how: Cut) {
                 },
             )
             .await;
+        }
+    }
+    // Every acknowledged chunk of a resumable upload is still there: the upload resumes at or past it, or it
+    // was finished (then its file is held with its bytes).
+    for (url, (n, len, acked)) in &told.tus {
+        if *acked == 0 {
+            continue;
+        }
+        let r = c
+            .http
+            .head(url)
+            .header("tus-resumable", "1.0.0")
+            .send()
+            .await
+            .unwrap();
+        let offset: u64 = r
+            .headers()
+            .get("upload-offset")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or_else(|| panic!("{url}: {} without an offset after the cut", r.status()));
+        assert!(
+            offset >= *acked,
+            "{url}: offset {offset} after the cut, {acked} was acknowledged"
+        );
+        if offset == *len as u64 {
+            let j: Value = c.http.get(url).ok_json().await;
+            let id = j["file_id"].as_str().unwrap();
+            assert_eq!(c.download(id).await, content(*n, *len), "{url} -> {id}");
         }
     }
     // Nothing half-written anywhere: every master on every disk has the size and CRC32 its ID names.

@@ -21,7 +21,9 @@ impl Store {
     pub fn appender_dir_blocking(&self, store_path: u8) -> Result<PathBuf> {
         let sp = self.store_path(store_path)?;
         let dir = sp.root.join(".fdfs").join(APPENDER_DIR);
-        fs::create_dir_all(&dir)?;
+        // Made on first use, durably: an upload's files in a directory whose own entry a power cut drops would
+        // be lost with it, acknowledged chunks included.
+        super::layout::ensure_dir(&dir, 0o755)?;
         Ok(dir)
     }
 
