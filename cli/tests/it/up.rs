@@ -170,7 +170,9 @@ async fn fdfs_up_starts_serves_and_stops_cleanly() {
         .and_then(|l| l.split_whitespace().find(|w| w.starts_with("http://")))
         .unwrap()
         .to_owned();
-    let victim = processes_mentioning("storage-g1-m1");
+    // This cluster's node (other tests' clusters have members of that name too).
+    let victim_dir = dir.join("storage-g1-m1").display().to_string();
+    let victim = processes_mentioning(&victim_dir);
     assert_eq!(victim.len(), 1, "{victim:?}");
     signal(victim[0], Signal::KILL);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -196,7 +198,7 @@ async fn fdfs_up_starts_serves_and_stops_cleanly() {
         r.status().is_success().then_some(())
     })
     .await;
-    let again = processes_mentioning("storage-g1-m1");
+    let again = processes_mentioning(&victim_dir);
     assert!(again.len() == 1 && again != victim, "{again:?}");
 
     let children = processes_mentioning(dir.to_str().unwrap());
