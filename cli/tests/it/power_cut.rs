@@ -147,7 +147,7 @@ async fn client(
         let n = c * 1_000_000 + i;
         let op = if mine.is_empty() { 0 } else { i % 10 };
         match op {
-            0..=5 | 6 => {
+            0..=6 => {
                 let len = if op == 6 {
                     100 * 1024
                 } else {
