@@ -126,6 +126,15 @@ impl UploadFields {
                 }
             }
             "thumbnails" => self.thumbnails = crate::thumbnails::parse_sizes(value)?,
+            // Per-file response headers are not stored: every door (nodes, nginx, CDNs) serves a file ID the same
+            // way. Said at once instead of dropping the field silently.
+            "content_type" | "cache_control" | "content_disposition" => {
+                return Err(GatewayError::BadRequest(format!(
+                    "{name} is not stored per file: a file is served with the Content-Type of its ID's extension \
+                     (name the upload accordingly) and immutable caching (a file ID never changes); for a download \
+                     under another name, add ?attname=NAME to its URL"
+                )))
+            }
             _ => return Ok(FieldKind::Unknown),
         }
         Ok(FieldKind::Placement)
@@ -655,6 +664,11 @@ mod tests {
         assert!(f.apply("meta.", "x").is_err());
         assert!(f.apply("prefix", "1bad").is_err());
         assert!(f.apply("master_file_id", "nope").is_err());
+        let e = f
+            .apply("content_type", "image/png")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("extension") && e.contains("attname"), "{e}");
         f.apply("group", "").unwrap();
         assert_eq!(f.group, None);
     }

@@ -33,12 +33,12 @@ def test_options_then_settings_then_environment(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("FDFS_TIMEOUT", "2,20")
     monkeypatch.setenv("FDFS_API_KEY", "from-env")
     monkeypatch.setenv("FDFS_THUMBNAIL_SIZES", "100x100,200x0")
-    monkeypatch.setenv("FDFS_UPLOAD_PARAMS", '{"cache_control": "public, max-age=60", "thumbnails": "100x100"}')
+    monkeypatch.setenv("FDFS_UPLOAD_PARAMS", '{"meta": {"shop": "demo"}, "thumbnails": "100x100"}')
     s = FdfsStorage()
     assert (s.gateway, s.api_key, s.thumbnail_sizes) == ("http://env:8080", "from-env", ("100x100", "200x0"))
     assert (s.timeout.connect, s.timeout.read) == (2.0, 20.0)
     assert s.config.upload_params.thumbnails == ("100x100",)
-    assert s.config.upload_params.query() == {"cache_control": "public, max-age=60"}
+    assert s.config.upload_params.meta == {"shop": "demo"}
     with override_settings(FDFS_GATEWAY="https://settings.example.com/", FDFS_TIMEOUT=5, FDFS_GROUP="group2"):
         s = FdfsStorage()
         assert (s.gateway, s.group, s.timeout.connect, s.timeout.read) == (

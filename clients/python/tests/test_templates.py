@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from django.core.files.base import ContentFile
 from django.core.files.storage import storages
 from django.template import Context, Template
@@ -143,20 +144,13 @@ def test_thumbnails_skipped_at_upload_are_logged(cluster: LocalCluster, caplog: 
     assert "not_an_image" in caplog.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the gateway ignores the upload parameters content_type, cache_control and content_disposition (Rust side "
-    "of issue 21 to do); remove this mark when it applies them",
-)
-def test_upload_params_set_the_headers_files_are_served_with(cluster: LocalCluster) -> None:
-    params = {"content_type": "text/csv", "cache_control": "public, max-age=60", "content_disposition": "inline"}
-    s = FdfsStorage(gateway=cluster.gateway, upload_params=params)
-    name = s.save("exports/report.bin", ContentFile(b"a,b\n1,2\n"))
-    resp = httpx.get(s.url(name), follow_redirects=True)
-    assert resp.status_code == 200
-    assert resp.headers["content-type"] == "text/csv"
-    assert resp.headers["cache-control"] == "public, max-age=60"
-    assert resp.headers["content-disposition"] == "inline"
+def test_per_file_headers_are_refused_with_what_to_do(cluster: LocalCluster) -> None:
+    # fdfs serves every file ID alike (nodes, nginx, CDNs): no per-file headers, said at start and by the gateway.
+    with pytest.raises(ImproperlyConfigured, match=r"FDFS_UPLOAD_PARAMS.*extension.*attname"):
+        FdfsStorage(gateway=cluster.gateway, upload_params={"content_type": "text/csv"})
+    resp = httpx.put(f"{cluster.gateway}/upload/report.csv", params={"cache_control": "no-cache"}, content=b"a,b\n")
+    assert resp.status_code == 400
+    assert "attname" in resp.json()["error"]["message"]
 
 
 def test_legacy_names_use_the_legacy_base_url(storage: FdfsStorage) -> None:

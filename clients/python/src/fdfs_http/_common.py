@@ -173,9 +173,6 @@ def upload_params(
     master_id: str | None = None,
     prefix: str | None = None,
     thumbnails: Iterable[str] | None = None,
-    content_type: str | None = None,
-    cache_control: str | None = None,
-    content_disposition: str | None = None,
 ) -> dict[str, str]:
     """The query of `PUT /upload/{filename}`."""
     params: dict[str, str] = {}
@@ -187,8 +184,6 @@ def upload_params(
     sizes = [str(parse_thumbnail_size(s)) for s in thumbnails or ()]
     if sizes:
         params["thumbnails"] = ",".join(sizes)
-    extra = {"content_type": content_type, "cache_control": cache_control, "content_disposition": content_disposition}
-    params.update({k: v for k, v in extra.items() if v})
     for k, v in (meta or {}).items():
         params[f"meta.{k}"] = v
     return params

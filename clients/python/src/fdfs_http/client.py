@@ -131,9 +131,6 @@ class Client(_Base):
         *,
         size: int | None = None,
         thumbnails: Iterable[str] | None = None,
-        content_type: str | None = None,
-        cache_control: str | None = None,
-        content_disposition: str | None = None,
     ) -> UploadResult:
         """Store a file: bytes, a path, a binary file object (read from its position) or an iterable of chunks.
 
@@ -141,16 +138,12 @@ class Client(_Base):
         for an iterable whose length is known (else it is sent chunked). `thumbnails` (e.g. `["150x150"]`) has
         the storage node render those sizes right after the upload; the answer lists them under `thumbnails`
         (an entry with `skipped` and `error` when the file is not an image or the size is not configured).
-        `content_type`, `cache_control` and `content_disposition` are sent as the upload parameters of those
-        names, for the nodes to serve the file with. Returns the gateway's JSON.
+        Returns the gateway's JSON.
         """
         params = upload_params(
             group,
             meta,
             thumbnails=thumbnails,
-            content_type=content_type,
-            cache_control=cache_control,
-            content_disposition=content_disposition,
         )
         return self._upload(Prepared(source, filename, size), params)
 
@@ -417,18 +410,12 @@ class AsyncClient(_Base):
         *,
         size: int | None = None,
         thumbnails: Iterable[str] | None = None,
-        content_type: str | None = None,
-        cache_control: str | None = None,
-        content_disposition: str | None = None,
     ) -> UploadResult:
         """As `Client.upload`; file objects are read in a worker thread, async iterables are sent as they come."""
         params = upload_params(
             group,
             meta,
             thumbnails=thumbnails,
-            content_type=content_type,
-            cache_control=cache_control,
-            content_disposition=content_disposition,
         )
         return await self._upload(_prepare_async(source, filename, size), params)
 

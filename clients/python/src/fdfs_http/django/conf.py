@@ -45,7 +45,9 @@ SETTINGS = {
 }
 """Option of `OPTIONS` -> the Django setting and environment variable of the same value."""
 
-UPLOAD_PARAM_KEYS = ("meta", "thumbnails", "content_type", "cache_control", "content_disposition")
+UPLOAD_PARAM_KEYS = ("meta", "thumbnails")
+HEADER_KEYS = ("content_type", "cache_control", "content_disposition")
+"""Per-file response headers, which fdfs does not store: refused with what to do instead."""
 _GROUP = re.compile(r"[A-Za-z0-9_-]{1,16}\Z")
 
 
@@ -57,18 +59,6 @@ class UploadDefaults:
     """Metadata added to every file (the storage adds `filename`, the name Django asked for)."""
     thumbnails: tuple[str, ...] = ()
     """Sizes the storage node renders right after each upload (else on the first read)."""
-    content_type: str | None = None
-    cache_control: str | None = None
-    content_disposition: str | None = None
-
-    def query(self) -> dict[str, str]:
-        """The upload query parameters of the `content_type`, `cache_control` and `content_disposition` keys."""
-        q = [
-            ("content_type", self.content_type),
-            ("cache_control", self.cache_control),
-            ("content_disposition", self.content_disposition),
-        ]
-        return {k: v for k, v in q if v}
 
 
 @dataclass(frozen=True)
@@ -219,6 +209,16 @@ def _upload_params(r: _Reader, sizes: tuple[str, ...]) -> UploadDefaults:
             raise _bad("upload_params", source, value, "must be a JSON object in the environment") from None
     if not isinstance(value, Mapping):
         raise _bad("upload_params", source, value, f"must be a dict with the keys {', '.join(UPLOAD_PARAM_KEYS)}")
+    headers = sorted(set(value) & set(HEADER_KEYS))
+    if headers:
+        raise _bad(
+            "upload_params",
+            source,
+            value,
+            f"{headers}: files are not stored with their own response headers (every door serves a file ID alike): "
+            "the Content-Type comes from the extension of the name you save under, caching is immutable (an ID never "
+            "changes), and a download under another name is url(name, attname=...)",
+        )
     unknown = sorted(set(value) - set(UPLOAD_PARAM_KEYS))
     if unknown:
         raise _bad("upload_params", source, value, f"unknown key(s) {unknown}; known: {', '.join(UPLOAD_PARAM_KEYS)}")
@@ -234,13 +234,7 @@ def _upload_params(r: _Reader, sizes: tuple[str, ...]) -> UploadDefaults:
             value,
             f"'thumbnails' {missing} not in FDFS_THUMBNAIL_SIZES {list(sizes)} (the sizes the storage nodes render)",
         )
-    texts = {}
-    for key in ("content_type", "cache_control", "content_disposition"):
-        v = value.get(key)
-        if v is not None and (not isinstance(v, str) or not v or any(c in v for c in "\r\n")):
-            raise _bad("upload_params", source, value, f"{key!r} must be a one-line string")
-        texts[key] = v
-    return UploadDefaults(dict(meta), thumbs, **texts)
+    return UploadDefaults(dict(meta), thumbs)
 
 
 def load(options: Mapping[str, Any]) -> Config:

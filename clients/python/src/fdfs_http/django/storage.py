@@ -155,7 +155,6 @@ class FdfsStorage(Storage):
             meta={**up.meta, "filename": name},
             size=size,
             thumbnails=up.thumbnails,
-            **up.query(),
         )
         for t in result.get("thumbnails", []):
             if "error" in t:
