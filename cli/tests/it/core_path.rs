@@ -248,7 +248,8 @@ async fn http_core_path() {
             .ok()?
             .status();
         let mut statuses = vec![through_gateway.as_u16()];
-        for n in c.storage.iter().flatten() {
+        let g: usize = txt["group".len()..txt.find('/').unwrap()].parse().unwrap();
+        for n in &c.storage[g - 1] {
             let r = c.http.get(format!("{}/{txt}", n.url())).send().await.ok()?;
             statuses.push(r.status().as_u16());
         }
