@@ -28,9 +28,11 @@ const ATTR: &AsciiSet = &NON_ALPHANUMERIC
 /// last segment.
 pub fn from_query(query: Option<&str>) -> Option<String> {
     let (_, value) = form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == "attname")?;
+    if value.chars().any(char::is_control) {
+        return None;
+    }
     let name = value.rsplit(['/', '\\']).next().unwrap_or_default().trim();
-    (!name.is_empty() && name.len() <= MAX_LEN && !name.chars().any(char::is_control))
-        .then(|| name.to_owned())
+    (!name.is_empty() && name.len() <= MAX_LEN).then(|| name.to_owned())
 }
 
 /// `attachment; filename="<ASCII fallback>"; filename*=UTF-8''<percent-encoded name>` (RFC 6266).
