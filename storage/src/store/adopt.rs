@@ -57,6 +57,7 @@ impl Store {
             size,
             crc32: crc.finalize(),
             hash: *hash.finalize().as_bytes(),
+            wal: None,
         })
     }
 

@@ -114,3 +114,114 @@ impl Store {
         Ok(removed)
     }
 }
+
+/// What [`Store::recover_data_blocking`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DataRecovery {
+    /// Records whose file was in place with the record's bytes.
+    pub intact: u64,
+    /// Files written again from their record (missing, or with other bytes after a power cut).
+    pub rewritten: u64,
+    /// Records of files deleted since.
+    pub deleted: u64,
+}
+
+impl Store {
+    /// Bring back from the data logs (see [`super::wal`]) every small file a crash or power cut lost or left
+    /// with other bytes, unless `hides(id, incarnation)` says it was deleted since; then make every file the
+    /// logs name durable and remove the logs. Blocking; runs at start, before the node serves.
+    pub fn recover_data_blocking(
+        &self,
+        hides: &dyn Fn(&FileId, u64) -> bool,
+    ) -> Result<DataRecovery> {
+        let mut report = DataRecovery::default();
+        for sp in &self.paths {
+            for segment in sp.wal.old_segments()? {
+                let mut files = Vec::new();
+                super::wal::read_segment(&segment, |entry| {
+                    let Ok(id) = entry.id.parse::<FileId>() else {
+                        return Ok(());
+                    };
+                    if hides(&id, entry.gen) {
+                        report.deleted += 1;
+                        return Ok(());
+                    }
+                    let Ok((_, path)) = self.locate(&id) else {
+                        return Ok(());
+                    };
+                    if holds(&path, &entry.body)? {
+                        report.intact += 1;
+                        files.push(path);
+                    } else {
+                        self.rewrite(sp, &id, &path, &entry)
+                            .map_err(|e| std::io::Error::other(e.to_string()))?;
+                        report.rewritten += 1;
+                    }
+                    Ok(())
+                })?;
+                super::wal::sync_files(&files)?;
+                fs::remove_file(&segment)?;
+            }
+        }
+        if report.rewritten > 0 {
+            self.recount();
+            tracing::warn!(
+                rewritten = report.rewritten,
+                intact = report.intact,
+                "files written again from the data log (lost or torn by a crash)"
+            );
+        }
+        Ok(report)
+    }
+
+    /// Write `entry`'s bytes under `path` durably (replacing what is there) and index them.
+    fn rewrite(
+        &self,
+        sp: &super::StorePath,
+        id: &FileId,
+        path: &std::path::Path,
+        entry: &super::wal::Entry,
+    ) -> Result<()> {
+        use std::io::Write;
+        let parent = path.parent().expect("relative_path has a parent");
+        self.ensure_dir(parent)?;
+        let mut tmp = super::layout::temp_file(&sp.tmp, "wal-", self.options.file_mode)?;
+        tmp.write_all(&entry.body)?;
+        if let Some(t) = entry.mtime {
+            tmp.as_file().set_modified(t)?;
+        }
+        tmp.as_file().sync_all()?;
+        {
+            let _guard = sp.lock();
+            tmp.persist(path).map_err(|e| e.error)?;
+        }
+        super::layout::fsync_dir(parent)?;
+        let id_str = id.to_string();
+        sp.index_remove(&id_str)?;
+        let hash = blake3::hash(&entry.body);
+        sp.index_add(
+            &id_str,
+            content_key(hash.as_bytes(), entry.body.len() as u64),
+            &[],
+        )?;
+        Ok(())
+    }
+
+    /// Checkpoint the data logs (see [`super::wal`]): what is due, or with `all` everything (at shutdown).
+    pub fn checkpoint_data_blocking(&self, all: bool) -> Result<()> {
+        for sp in &self.paths {
+            sp.wal.checkpoint(all)?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether the file at `path` holds exactly `body`.
+fn holds(path: &std::path::Path, body: &[u8]) -> std::io::Result<bool> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_file() && m.len() == body.len() as u64 => Ok(fs::read(path)? == body),
+        Ok(_) => Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
