@@ -15,12 +15,16 @@
 //! received from peers in the store's own journal (`.fdfs/journal/`, same format, only replayed here). Both are
 //! group-committed: concurrent writers share one fsync of the log. A new file goes:
 //!
-//! 1. body streamed to a temp file in `.fdfs/tmp/`, fsynced (no lock);
+//! 1. body streamed to a temp file in `.fdfs/tmp/`, fsynced (no lock); a small body already in memory is
+//!    written there without an fsync;
 //! 2. its metadata (if any) to another temp file, fsynced;
 //! 3. the `Upload` record appended and made durable with everyone else's (group commit, no lock);
+//! 3b. a small body's bytes appended to the store path's data log ([`wal`]) and made durable with everyone
+//!    else's (group commit): from here a crash or power cut cannot lose it (recovery writes it back);
 //! 4. under the store path's lock, only: the exists-check, the metadata rename, the link (dedup) or rename of the
 //!    file (never replacing one);
-//! 5. fsync of the file's directory (no lock), then the sled index updated (never flushed per upload);
+//! 5. fsync of the file's directory (no lock; skipped for a small body without metadata, whose name the data log
+//!    covers), then the sled index updated (never flushed per upload);
 //! 6. the record finished: the log's *applied* watermark (every record at or before it is durable and finished)
 //!    becomes the index's checkpoint, stored in sled; sled flushes on its own timer and before binlog pruning.
 //!
