@@ -29,7 +29,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, IoSlice, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -219,16 +219,16 @@ impl DataLog {
         crc.update(body);
         buf.extend_from_slice(&crc.finalize().to_le_bytes());
         buf.extend_from_slice(id.as_bytes());
-        buf.extend_from_slice(body);
-        if let Err(e) = (&*inner.tail.file).write_all(buf) {
+        // Header and body in one syscall, without copying the body.
+        if let Err(e) = write_all_vectored(
+            &inner.tail.file,
+            &mut [IoSlice::new(buf), IoSlice::new(body)],
+        ) {
             // Cut a partial record so that the next one is not written after garbage.
             let _ = inner.tail.file.set_len(inner.tail.len);
             return Err(e);
         }
-        inner.tail.len += buf.len() as u64;
-        if buf.capacity() > 1 << 20 {
-            *buf = Vec::new();
-        }
+        inner.tail.len += (buf.len() + body.len()) as u64;
         inner.tail.files.push(target.to_owned());
         inner.written += 1;
         Ok(inner.written)
@@ -332,6 +332,20 @@ impl DataLog {
         let inner = lock(&self.inner);
         inner.sealed_bytes + inner.tail.len
     }
+}
+
+/// `write_all` over several buffers (`Write::write_all_vectored` is not stable yet).
+fn write_all_vectored(mut file: &File, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match file.write_vectored(bufs) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// fsync every file (one deleted since is skipped), then every directory they are in.
