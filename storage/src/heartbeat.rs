@@ -186,7 +186,6 @@ pub async fn heartbeat(node: &AppState) -> Heartbeat {
         metrics::gauge!("fdfs_store_path_total_bytes", "path" => path).set(p.total_bytes as f64);
     }
     metrics::gauge!("fdfs_store_files").set(node.store.file_count() as f64);
-    metrics::gauge!("fdfs_data_log_bytes").set(node.store.data_log_bytes() as f64);
     Heartbeat {
         node_id: node.node_id,
         group: node.group.clone(),

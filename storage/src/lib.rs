@@ -405,23 +405,6 @@ pub async fn run_with_fastdfs(
         max_file_size,
     ));
     let sweeper = tokio::spawn(appenders.clone().run_sweeper());
-    // Checkpoints of the data logs (see `store::wal`): every second, whatever is due.
-    let checkpointer = tokio::spawn({
-        let store = store.clone();
-        async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let s = store.clone();
-                match tokio::task::spawn_blocking(move || s.checkpoint_data_blocking(false)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "data log checkpoint failed; retrying")
-                    }
-                    Err(e) => tracing::warn!(error = %e, "data log checkpoint panicked"),
-                }
-            }
-        }
-    });
     // The FastDFS door (see `fastdfs`): its port goes into every heartbeat.
     let fastdfs_port = match &fastdfs_listener {
         Some(l) => Some(l.local_addr()?.port()),
@@ -532,21 +515,10 @@ pub async fn run_with_fastdfs(
     heartbeats.abort();
     scrubber.abort();
     sweeper.abort();
-    checkpointer.abort();
     let _ = sweeper.await;
     let _ = heartbeats.await;
     let _ = scrubber.await;
-    let _ = checkpointer.await;
     engine.shutdown().await;
-    // A clean stop leaves no data log to replay at the next start.
-    let s = node.store.clone();
-    match tokio::task::spawn_blocking(move || s.checkpoint_data_blocking(true)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "final data log checkpoint failed (replayed at the next start)")
-        }
-        Err(e) => tracing::warn!(error = %e, "final data log checkpoint panicked"),
-    }
     // Whatever still holds the node (a connection task being dropped, a blocking write finishing) lets go of
     // the store before `run` returns, so that the same store paths can be opened again at once (the index is
     // locked while open). Bounded: a stuck holder only delays the return.

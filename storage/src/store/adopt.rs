@@ -57,7 +57,6 @@ impl Store {
             size,
             crc32: crc.finalize(),
             hash: *hash.finalize().as_bytes(),
-            wal: None,
         })
     }
 

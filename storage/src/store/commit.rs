@@ -118,39 +118,21 @@ impl Store {
 
         let log = self.log(incoming.origin);
         let rec = log.begin(Op::Upload, id)?;
-        // A body without an fsync of its own is made durable in the data log, after its record (so a file in
-        // place always has one) and before it is put in place (so what is in place can always be rewritten).
-        // Then its name needs no directory fsync either: recovery puts back a name the cut lost.
-        let mut dir_sync = meta_tmp.is_some();
-        match &staged.wal {
-            Some((body, gen)) => {
-                let logged =
-                    sp.wal
-                        .append_durable(&id.to_string(), *gen, incoming.mtime, &target, body);
-                if let Err(e) = logged {
-                    self.finish(incoming.origin, rec.seq);
-                    return Err(e.into());
-                }
-            }
-            None => dir_sync = true,
-        }
         let placed = self.place(sp, staged, &target, holders.live.first(), meta_tmp);
         if matches!(placed, Ok(Some(_))) {
             fail_point("after-rename");
         }
         let outcome = match placed {
-            Ok(Some(deduplicated)) => (if dir_sync {
-                self.dir_sync.sync(&parent)
-            } else {
-                Ok(())
-            })
-            .map_err(StorageError::from)
-            .and_then(|()| {
-                if sp.index_add(&id.to_string(), key, &holders.stale)? {
-                    self.file_count.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(Committed::Created { deduplicated })
-            }),
+            Ok(Some(deduplicated)) => self
+                .dir_sync
+                .sync(&parent)
+                .map_err(StorageError::from)
+                .and_then(|()| {
+                    if sp.index_add(&id.to_string(), key, &holders.stale)? {
+                        self.file_count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Committed::Created { deduplicated })
+                }),
             Ok(None) => Ok(Committed::AlreadyExists),
             Err(e) => Err(e),
         };
@@ -233,8 +215,7 @@ impl Store {
     pub fn write_bytes_blocking(
         &self,
         id: &FileId,
-        data: &Bytes,
-        gen: u64,
+        data: &[u8],
         mtime: Option<SystemTime>,
         meta: Metadata,
     ) -> Result<Committed> {
@@ -248,23 +229,21 @@ impl Store {
         if fs::symlink_metadata(&path).is_ok() {
             return Ok(Committed::AlreadyExists);
         }
-        let staged = self.stage_bytes_blocking(id.store_path, data, gen)?;
+        let staged = self.stage_bytes_blocking(id.store_path, data)?;
         super::check_against_id(id, staged.size, staged.crc32)?;
         self.commit_blocking(staged, id, Incoming::peer(mtime, meta))
     }
 
     /// A new master upload that is already in memory, under the `id` its caller made from it (the small-body
-    /// path of [`crate::sync::SyncEngine::upload`]), incarnation `gen`, in one blocking call: stage, commit (binlog,
-    /// data log).
+    /// path of [`crate::sync::SyncEngine::upload`]), in one blocking call: stage, fsync, commit (binlog).
     pub fn create_bytes_blocking(
         &self,
         id: &FileId,
-        data: &Bytes,
-        gen: u64,
+        data: &[u8],
         incoming: Incoming,
     ) -> Result<()> {
         check_writable(id)?;
-        let staged = self.stage_bytes_blocking(id.store_path, data, gen)?;
+        let staged = self.stage_bytes_blocking(id.store_path, data)?;
         super::check_against_id(id, staged.size, staged.crc32)?;
         match self.commit_blocking(staged, id, incoming)? {
             // Not this upload's file: the caller must not undo anything under this ID.

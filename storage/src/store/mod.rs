@@ -15,16 +15,12 @@
 //! received from peers in the store's own journal (`.fdfs/journal/`, same format, only replayed here). Both are
 //! group-committed: concurrent writers share one fsync of the log. A new file goes:
 //!
-//! 1. body streamed to a temp file in `.fdfs/tmp/`, fsynced (no lock); a small body already in memory is
-//!    written there without an fsync;
+//! 1. body streamed to a temp file in `.fdfs/tmp/`, fsynced (no lock);
 //! 2. its metadata (if any) to another temp file, fsynced;
 //! 3. the `Upload` record appended and made durable with everyone else's (group commit, no lock);
-//! 3b. a small body's bytes appended to the store path's data log ([`wal`]) and made durable with everyone
-//!    else's (group commit): from here a crash or power cut cannot lose it (recovery writes it back);
 //! 4. under the store path's lock, only: the exists-check, the metadata rename, the link (dedup) or rename of the
 //!    file (never replacing one);
-//! 5. fsync of the file's directory (no lock; skipped for a small body without metadata, whose name the data log
-//!    covers), then the sled index updated (never flushed per upload);
+//! 5. fsync of the file's directory (no lock), then the sled index updated (never flushed per upload);
 //! 6. the record finished: the log's *applied* watermark (every record at or before it is durable and finished)
 //!    becomes the index's checkpoint, stored in sled; sled flushes on its own timer and before binlog pruning.
 //!
@@ -54,7 +50,6 @@ mod listing;
 mod meta;
 mod replay;
 mod staging;
-mod wal;
 
 use std::fs;
 use std::io;
@@ -75,7 +70,6 @@ pub use commit::{Committed, Incoming, NewFile, Origin, Stored};
 pub use import::check_against_id;
 pub use listing::ReindexReport;
 pub use meta::MetaUpdate;
-pub use replay::DataRecovery;
 pub use staging::Staged;
 
 /// Suffix of the metadata file kept next to each file.
@@ -100,8 +94,6 @@ pub(crate) struct StorePath {
     /// Serialises commits, deletes and metadata writes on this path, so that dedup links and index updates
     /// never race with an unlink.
     lock: Mutex<()>,
-    /// Small files' bytes, group-committed ([`wal`]).
-    wal: wal::DataLog,
 }
 
 impl StorePath {
@@ -223,7 +215,6 @@ impl Store {
                 holders: db.open_tree(format!("index-holders-{index:02X}"))?,
                 ids: db.open_tree(format!("index-ids-{index:02X}"))?,
                 lock: Mutex::new(()),
-                wal: wal::DataLog::open(&root.join(".fdfs").join("wal"))?,
             };
             if fresh {
                 // A brand-new (or wiped) store path holds nothing: drop whatever an old index said about it.
@@ -404,11 +395,6 @@ impl Store {
     /// Files (IDs) stored on this node, as indexed.
     pub fn file_count(&self) -> u64 {
         self.file_count.load(Ordering::Relaxed)
-    }
-
-    /// Bytes of the data logs not checkpointed yet (what a start after a crash reads back).
-    pub fn data_log_bytes(&self) -> u64 {
-        self.paths.iter().map(|sp| sp.wal.pending_bytes()).sum()
     }
 
     pub(crate) fn store_path(&self, index: u8) -> Result<&StorePath> {
@@ -708,84 +694,5 @@ mod tests {
         // The metadata file of a master without extension is not addressable as a file.
         let meta_like: FileId = format!("{id}{META_SUFFIX}").parse().unwrap();
         assert!(!store.exists(&meta_like).await.unwrap());
-    }
-
-    /// A small master file of `data` with the given name seed, not yet stored.
-    fn small_id(data: &[u8], dir2: u8) -> FileId {
-        let info = NameInfo {
-            source_id: 3,
-            created: 1_700_000_000,
-            size: data.len() as u64,
-            crc32: crc32fast::hash(data),
-        };
-        FileId {
-            group: "g1".parse().unwrap(),
-            store_path: 0,
-            dir1: 0,
-            dir2,
-            name: FileName::generate(&info, Some("jpg")).unwrap(),
-        }
-    }
-
-    /// What a power cut can do to small files committed through the data log (their own bytes and names were
-    /// never fsynced): the name gone, the bytes gone under a surviving name, or a torn write. Recovery writes
-    /// each back from the log, leaves a deleted one deleted, and removes the log; the index follows.
-    /// (`cli/tests/it/power_cut.rs` judges the same against a simulated disk.)
-    #[test]
-    fn data_log_recovery_rewrites_what_a_cut_lost() {
-        let dir = tempfile::tempdir().unwrap();
-        let roots = vec![dir.path().to_owned()];
-        let open = || Store::open_blocking("g1".parse().unwrap(), &roots, 1 << 20).unwrap();
-        let store = open();
-        let bodies: Vec<Bytes> = (0..4u8)
-            .map(|i| Bytes::from(vec![b'a' + i; 1000 + usize::from(i)]))
-            .collect();
-        let ids: Vec<FileId> = bodies
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                let id = small_id(b, i as u8);
-                store
-                    .create_bytes_blocking(&id, b, 0, Incoming::client(Default::default()))
-                    .unwrap();
-                id
-            })
-            .collect();
-        assert!(store.data_log_bytes() > 0);
-        let paths: Vec<PathBuf> = ids.iter().map(|id| store.path(id).unwrap()).collect();
-        drop(store);
-        fs::remove_file(&paths[0]).unwrap(); // the name lost
-        fs::write(&paths[1], vec![0u8; 1001]).unwrap(); // the bytes lost under the name
-        fs::write(&paths[2], &bodies[2][..10]).unwrap(); // torn
-        let store = open();
-        let deleted = ids[3].clone();
-        assert!(store.remove_blocking(&deleted).unwrap()); // deleted since (its tombstone hides it)
-        let report = store
-            .recover_data_blocking(&|id, _| *id == deleted)
-            .unwrap();
-        assert_eq!(
-            report,
-            DataRecovery {
-                intact: 0,
-                rewritten: 3,
-                deleted: 1
-            }
-        );
-        for i in 0..3 {
-            assert_eq!(fs::read(&paths[i]).unwrap(), bodies[i], "file {i}");
-            assert!(
-                store.paths[0].is_indexed(&ids[i]).unwrap(),
-                "file {i} indexed"
-            );
-        }
-        assert!(!paths[3].exists());
-        assert_eq!(store.file_count(), 3);
-        // The old log is gone: a second start has nothing to replay.
-        drop(store);
-        let store = open();
-        assert_eq!(
-            store.recover_data_blocking(&|_, _| false).unwrap(),
-            DataRecovery::default()
-        );
     }
 }

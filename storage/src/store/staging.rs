@@ -1,5 +1,5 @@
-//! Staging of incoming bodies: streamed into a temp file on the target store path, hashed and fsynced (small
-//! bodies in memory: hashed, their durability left to the data log), before they are committed under an ID.
+//! Staging of incoming bodies: streamed into a temp file on the target store path, hashed and fsynced, before
+//! they are committed under an ID.
 
 use std::io::Write;
 
@@ -22,9 +22,6 @@ pub struct Staged {
     /// CRC32 (IEEE) of the content.
     pub crc32: u32,
     pub(super) hash: [u8; 32],
-    /// The body and its incarnation, when it goes through the data log instead of an fsync of its own
-    /// ([`super::wal`]).
-    pub(super) wal: Option<(Bytes, u64)>,
 }
 
 impl Staged {
@@ -40,20 +37,19 @@ impl Staged {
 }
 
 impl Store {
-    /// Stage a small body that is already in memory (see [`crate::sync::pipeline::SMALL_BODY`]), incarnation
-    /// `gen` of its ID: temp file and write, in the calling (blocking) thread, one hop for the whole write. No
-    /// fsync: the commit makes the bytes durable in the store path's data log ([`super::wal`]).
-    pub fn stage_bytes_blocking(&self, store_path: u8, data: &Bytes, gen: u64) -> Result<Staged> {
+    /// Stage a small body that is already in memory (see [`crate::sync::pipeline::SMALL_BODY`]): temp file,
+    /// write, fsync, in the calling (blocking) thread: one hop for the whole write instead of one per chunk.
+    pub fn stage_bytes_blocking(&self, store_path: u8, data: &[u8]) -> Result<Staged> {
         let tmp_dir = &self.store_path(store_path)?.tmp;
         let mut tmp = super::layout::temp_file(tmp_dir, "up-", self.options.file_mode)?;
         tmp.write_all(data)?;
+        tmp.as_file().sync_all()?;
         Ok(Staged {
             store_path,
             tmp,
             size: data.len() as u64,
             crc32: crc32fast::hash(data),
             hash: *blake3::hash(data).as_bytes(),
-            wal: Some((data.clone(), gen)),
         })
     }
 
@@ -91,7 +87,6 @@ impl Store {
                 size,
                 crc32: crc.finalize(),
                 hash: *hash.finalize().as_bytes(),
-                wal: None,
             })
         });
         let mut body = std::pin::pin!(body);

@@ -205,13 +205,8 @@ impl SyncEngine {
     ) -> Result<SyncEngine> {
         let state_dir = store.state_dir().to_owned();
         let binlog = store.binlog().clone();
-        let recovering = store.clone();
         let (tombstones, sync_dir, synced) = tokio::task::spawn_blocking(move || -> Result<_> {
-            let store = recovering;
             let tombstones = Tombstones::open(&state_dir.join("tombstones.log"))?;
-            // Small files a crash lost are written again from the data logs before anything is served or
-            // pushed (a deleted one stays deleted: its tombstone is durable before its unlink).
-            store.recover_data_blocking(&|id, gen| tombstones.hides(id, gen))?;
             let sync_dir = state_dir.join("sync");
             std::fs::create_dir_all(&sync_dir)?;
             // The state files created above and by the store (segments, tombstone log, index) are durable from
@@ -691,8 +686,7 @@ impl SyncEngine {
                     meta,
                     origin: crate::store::Origin::Client,
                 };
-                this.store
-                    .create_bytes_blocking(&id, &data, gen, incoming)?;
+                this.store.create_bytes_blocking(&id, &data, incoming)?;
                 this.tombstones.revive(&id)?;
                 Ok(())
             })

@@ -203,8 +203,7 @@ async fn put_file(
             let (this, tid) = (engine.clone(), id.clone());
             tokio::task::spawn_blocking(move || {
                 super::space::ensure_room_blocking(&this, &tid, size)?;
-                this.store
-                    .write_bytes_blocking(&tid, &data, gen, mtime, meta)
+                this.store.write_bytes_blocking(&tid, &data, mtime, meta)
             })
             .await??
         }
