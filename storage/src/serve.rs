@@ -16,6 +16,10 @@
 //!   Errors are reported by that blocking path, as before. A kernel without `openat2` or `RESOLVE_CACHED`
 //!   (before 5.12) turns the page-cache path off for the process.
 //!
+//! One wait remains possible, as for nginx: with `relatime`, the first read of a file after a write (then once a
+//! day) updates its atime, which on ext4 opens a journal handle and may wait for a commit. Mount store paths with
+//! `noatime` to rule it out.
+//!
 //! Larger answers stream in [`CHUNK`] (256 KiB) reads on the blocking pool, with flat memory. The validators come
 //! from the file ID, not the inode (whose mtime differs between members and between deduplicated IDs):
 //! - `ETag: "<file name>"` (the last part of the file ID, e.g. `"wKgAA1qCJbeAQ3sLAABe0xvpx3Q419.jpg"`): the name
