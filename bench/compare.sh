@@ -24,7 +24,8 @@
 #   nginx      2 workers, root = the first fdfs storage node's store path (serving the very same files)
 # and runs, at the same concurrency:
 #   - 4 KiB and 100 KiB uploads: fdfs through the gateway (multipart), fdfs straight to a storage node's
-#     /v1/upload (what the gateway adds), SeaweedFS assign + upload with replication=001;
+#     /v1/upload (what the gateway adds), SeaweedFS assign + upload with replication=001, without and with
+#     fsync=true on the upload (fdfs fsyncs every file before answering; SeaweedFS by default does not);
 #   - GETs of those files: from one fdfs storage node, one SeaweedFS volume server, nginx;
 #   - one $BIG upload to each system, with every server process's peak RSS during it, next to
 #     `dd bs=1M count=N conv=fdatasync` on the same disk divided by the 2 replicas written.
@@ -174,6 +175,9 @@ for size in 4k 100k; do
     if [[ -z ${SKIP_SEAWEED:-} ]]; then
         CPU="$PID_swm $PID_swv1 $PID_swv2" lg "sw-up-$size" seaweed --master "http://127.0.0.1:$SWM_PORT" --assign-query replication=001 \
             --duration-s "$SECS" -c "$CONC" --size "$size" --out "$RUN/sw-$size.urls"
+        # The same with each upload fsynced before SeaweedFS answers, as fdfs always does.
+        CPU="$PID_swm $PID_swv1 $PID_swv2" lg "sw-fsync-up-$size" seaweed --master "http://127.0.0.1:$SWM_PORT" \
+            --assign-query replication=001 --upload-query fsync=true --duration-s "$SECS" -c "$CONC" --size "$size"
     fi
     # Let replication settle so that every listed file is on the node we read from.
     sleep 2
@@ -228,7 +232,9 @@ row() { # label fdfs-run other-run [third-run] key
 {
     echo
     echo "fdfs vs SeaweedFS vs nginx, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, c=$CONC, ${SECS}s per run"
-    echo "(fdfs: 1 group x 2 members, write_quorum 2; SeaweedFS: 2 volume servers, replication=001)"
+    echo "(fdfs: 1 group x 2 members, write_quorum 2; SeaweedFS: 2 volume servers, replication=001;"
+    echo " rows 'vs SW fsync': fdfs via the gateway (direct: to a storage node) against SeaweedFS uploads with"
+    echo " ?fsync=true, each file on disk before the answer as in fdfs)"
     echo
     printf '| %-36s | %10s | %10s | %10s | %8s | %8s |\n' what fdfs SeaweedFS nginx "fdfs/SW" "fdfs/ngx"
     printf '|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..38})" ------------ ------------ ------------ ---------- ----------
@@ -238,6 +244,10 @@ row() { # label fdfs-run other-run [third-run] key
         row "upload $size via gateway, CPU us/req" "fdfs-up-$size" "sw-up-$size" "" cpu_us
         row "upload $size direct to storage, req/s" "fdfs-direct-$size" "sw-up-$size" "" rps
         row "upload $size direct, CPU us/req" "fdfs-direct-$size" "sw-up-$size" "" cpu_us
+        row "upload $size vs SW fsync, req/s" "fdfs-up-$size" "sw-fsync-up-$size" "" rps
+        row "upload $size vs SW fsync, p99 ms" "fdfs-up-$size" "sw-fsync-up-$size" "" p99_ms
+        row "upload $size vs SW fsync, CPU us/req" "fdfs-up-$size" "sw-fsync-up-$size" "" cpu_us
+        row "direct $size vs SW fsync, req/s" "fdfs-direct-$size" "sw-fsync-up-$size" "" rps
         row "GET $size, req/s" "fdfs-get-$size" "sw-get-$size" "nginx-get-$size" rps
         row "GET $size, MiB/s" "fdfs-get-$size" "sw-get-$size" "nginx-get-$size" mbps
         row "GET $size, p99 ms" "fdfs-get-$size" "sw-get-$size" "nginx-get-$size" p99_ms

@@ -1,9 +1,27 @@
 //! Public downloads: `GET|HEAD /{group}/M{xx}/{XX}/{YY}/{name}`, nginx-style.
 //!
-//! One blocking-pool hop opens the file, fstats it, evaluates the conditional headers and Range, and for an
-//! answer of up to `SMALL` (128 KiB) bytes reads it too (a 4 KiB photo thumbnail costs one hop, not four); larger
-//! answers stream in `CHUNK` (256 KiB) reads with flat memory. The validators come from the file ID, not the inode (whose
-//! mtime differs between members and between deduplicated IDs):
+//! A download is answered on the async thread when the kernel's caches hold all it needs, as nginx's event loop
+//! answers it, and with one blocking-pool hop otherwise:
+//! - the conditional headers are evaluated first, without a system call: the validators come from the file ID;
+//! - the file is opened with `openat2(O_RDONLY | O_CLOEXEC, RESOLVE_CACHED)`: the path is resolved from the
+//!   dentry cache alone, or the call fails with `EAGAIN` rather than read a directory block or an inode from
+//!   disk. A resolved dentry holds its inode in memory, so the `fstat` that follows never waits on the disk
+//!   either; a missing file whose negative dentry is cached answers `ENOENT` at once. That is the cheap check
+//!   that keeps `open` and `fstat` off a cold disk: a plain `open` on the async thread (nginx's choice) would
+//!   stall every connection of that thread for a seek whenever the file's directory was evicted;
+//! - an answer of up to [`SMALL`] (128 KiB) bytes is read with `preadv2(RWF_NOWAIT)`, which copies from the page
+//!   cache and fails with `EAGAIN` (or reads short) rather than start disk I/O;
+//! - otherwise (`EAGAIN` from either call, a short read, any other error) one blocking-pool hop does what is
+//!   left: open, fstat and read when the open missed the caches, the rest of the read when only the data did.
+//!   Errors are reported by that blocking path, as before. A kernel without `openat2` or `RESOLVE_CACHED`
+//!   (before 5.12) turns the page-cache path off for the process.
+//!
+//! One wait remains possible, as for nginx: with `relatime`, the first read of a file after a write (then once a
+//! day) updates its atime, which on ext4 opens a journal handle and may wait for a commit. Mount store paths with
+//! `noatime` to rule it out.
+//!
+//! Larger answers stream in [`CHUNK`] (256 KiB) reads on the blocking pool, with flat memory. The validators come
+//! from the file ID, not the inode (whose mtime differs between members and between deduplicated IDs):
 //! - `ETag: "<file name>"` (the last part of the file ID, e.g. `"wKgAA1qCJbeAQ3sLAABe0xvpx3Q419.jpg"`): the name
 //!   encodes source, time, size and CRC32 and never names other bytes, so it is identical on every member and
 //!   on an nginx serving the store path (`deploy/nginx/fdfs-storage.conf` sends the same header from the URL);
@@ -13,6 +31,11 @@
 //! A file missing here (not replicated yet) is proxied from an active peer of the group; the proxied request
 //! carries [`NO_PROXY_HEADER`] so that peers never bounce it further.
 
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,7 +43,7 @@ use axum::body::Body;
 use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use fdfs_common::wire::MemberState;
 use fdfs_common::{content_type_for, FileId};
 use serde::Deserialize;
@@ -31,7 +54,8 @@ use crate::AppState;
 /// Header marking a request proxied from a peer: answer from local disk only.
 pub const NO_PROXY_HEADER: &str = "x-fdfs-no-proxy";
 
-const CACHE_CONTROL: &str = "public, max-age=31536000, immutable";
+const CACHE_CONTROL: HeaderValue = HeaderValue::from_static("public, max-age=31536000, immutable");
+const ACCEPT_RANGES: HeaderValue = HeaderValue::from_static("bytes");
 
 /// Headers forwarded to a peer when proxying a read.
 const FORWARDED_REQUEST_HEADERS: [HeaderName; 5] = [
@@ -75,71 +99,86 @@ fn tags(value: &str) -> impl Iterator<Item = &str> {
     value.split(',').map(str::trim).filter(|t| !t.is_empty())
 }
 
-fn weak_match(value: &str, etag: &str) -> bool {
-    tags(value).any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
+/// Whether `tag` is the strong ETag of the file named `name` (`"<name>"`), without building the ETag.
+fn is_etag(tag: &str, name: &str) -> bool {
+    tag.strip_prefix('"').and_then(|t| t.strip_suffix('"')) == Some(name)
 }
 
-fn strong_match(value: &str, etag: &str) -> bool {
-    tags(value).any(|t| t == "*" || t == etag)
+fn weak_match(value: &str, name: &str) -> bool {
+    tags(value).any(|t| t == "*" || is_etag(t.strip_prefix("W/").unwrap_or(t), name))
+}
+
+fn strong_match(value: &str, name: &str) -> bool {
+    tags(value).any(|t| t == "*" || is_etag(t, name))
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// What the conditional headers decide before any byte is read.
+/// What the conditional headers decide before any byte is read (should the file exist).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Precondition {
-    Proceed { honour_range: bool },
+    Proceed,
     NotModified,
     Failed,
 }
 
-fn evaluate(headers: &HeaderMap, etag: &str, modified: SystemTime) -> Precondition {
-    let modified_secs = httpdate::HttpDate::from(modified);
-    if let Some(v) = header_str(headers, &header::IF_MATCH) {
-        if !strong_match(v, etag) {
-            return Precondition::Failed;
-        }
-    } else if let Some(v) = header_str(headers, &header::IF_UNMODIFIED_SINCE) {
-        if let Ok(since) = v.parse::<httpdate::HttpDate>() {
-            if modified_secs > since {
-                return Precondition::Failed;
-            }
-        }
-    }
-    if let Some(v) = header_str(headers, &header::IF_NONE_MATCH) {
-        if weak_match(v, etag) {
-            return Precondition::NotModified;
-        }
-    } else if let Some(v) = header_str(headers, &header::IF_MODIFIED_SINCE) {
-        if let Ok(since) = v.parse::<httpdate::HttpDate>() {
-            if modified_secs <= since {
-                return Precondition::NotModified;
-            }
-        }
-    }
-    let honour_range = match header_str(headers, &header::IF_RANGE) {
-        None => true,
-        Some(v) if v.starts_with('"') || v.starts_with("W/") => v == etag,
-        Some(v) => v
-            .parse::<httpdate::HttpDate>()
-            .is_ok_and(|d| d == modified_secs),
-    };
-    Precondition::Proceed { honour_range }
+/// What a request asks of its file, decided from its headers and the file ID alone, before any system call.
+struct Ask {
+    precondition: Precondition,
+    /// The `Range` value, when there is one and `If-Range` (if any) lets it apply.
+    range: Option<HeaderValue>,
+    /// HEAD: nothing to read.
+    head: bool,
 }
 
-fn set_validators(headers: &mut HeaderMap, etag: &str, modified: SystemTime) {
-    if let Ok(v) = HeaderValue::from_str(etag) {
-        headers.insert(header::ETAG, v);
+impl Ask {
+    fn new(headers: &HeaderMap, id: &FileId, head: bool) -> Ask {
+        let name = id.name.as_str();
+        // Most requests carry no conditional header: the date is only computed for one that does.
+        let modified = || httpdate::HttpDate::from(last_modified_for(id));
+        let mut precondition = Precondition::Proceed;
+        if let Some(v) = header_str(headers, &header::IF_MATCH) {
+            if !strong_match(v, name) {
+                precondition = Precondition::Failed;
+            }
+        } else if let Some(v) = header_str(headers, &header::IF_UNMODIFIED_SINCE) {
+            if let Ok(since) = v.parse::<httpdate::HttpDate>() {
+                if modified() > since {
+                    precondition = Precondition::Failed;
+                }
+            }
+        }
+        if precondition == Precondition::Proceed {
+            if let Some(v) = header_str(headers, &header::IF_NONE_MATCH) {
+                if weak_match(v, name) {
+                    precondition = Precondition::NotModified;
+                }
+            } else if let Some(v) = header_str(headers, &header::IF_MODIFIED_SINCE) {
+                if let Ok(since) = v.parse::<httpdate::HttpDate>() {
+                    if modified() <= since {
+                        precondition = Precondition::NotModified;
+                    }
+                }
+            }
+        }
+        let range =
+            headers
+                .get(header::RANGE)
+                .filter(|_| match header_str(headers, &header::IF_RANGE) {
+                    None => true,
+                    Some(v) if v.starts_with('"') || v.starts_with("W/") => is_etag(v, name),
+                    Some(v) => v
+                        .parse::<httpdate::HttpDate>()
+                        .is_ok_and(|d| d == modified()),
+                });
+        Ask {
+            precondition,
+            range: range.cloned(),
+            head,
+        }
     }
-    if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(modified)) {
-        headers.insert(header::LAST_MODIFIED, v);
-    }
-    headers.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static(CACHE_CONTROL),
-    );
-    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
 }
 
 /// `GET|HEAD /{group}/M{xx}/{XX}/{YY}/{name}`.
@@ -150,26 +189,22 @@ pub async fn serve(State(node): State<AppState>, req: Request) -> Response {
     }
 }
 
-/// Answers (or ranges) up to this size are read in the same blocking call that opens the file; larger ones
-/// stream in [`CHUNK`]-sized reads.
+/// Answers (or ranges) up to this size are read in one read, from the page cache on the async thread when it
+/// holds them; larger ones stream in [`CHUNK`]-sized reads.
 const SMALL: u64 = 128 * 1024;
 /// Read size when streaming a large answer (one blocking-pool hop per chunk).
 const CHUNK: u64 = 256 * 1024;
 
-/// What the blocking open decided.
+/// What the open decided.
 enum Opened {
     /// Not here (or not a regular file): proxy or 404.
     Missing,
     Failed,
-    NotModified {
-        etag: String,
-    },
+    NotModified,
     Unsatisfiable {
-        etag: String,
         len: u64,
     },
     Content {
-        etag: String,
         len: u64,
         /// `Some((start, end))` (inclusive) for a 206.
         range: Option<(u64, u64)>,
@@ -180,14 +215,12 @@ enum Opened {
 enum Content {
     /// HEAD: no bytes read.
     None,
-    /// The whole answer, read with the open.
+    /// The whole answer, read.
     Bytes(Bytes),
-    /// Still to read: `count` bytes from `offset`.
-    Stream {
-        file: std::fs::File,
-        offset: u64,
-        count: u64,
-    },
+    /// Up to [`SMALL`] bytes still to read in one read: `count` bytes from `offset`.
+    Read { file: File, offset: u64, count: u64 },
+    /// Still to read in [`CHUNK`]s: `count` bytes from `offset`.
+    Stream { file: File, offset: u64, count: u64 },
 }
 
 async fn serve_inner(node: AppState, req: Request) -> Result<Response, StorageError> {
@@ -215,47 +248,46 @@ async fn serve_inner(node: AppState, req: Request) -> Result<Response, StorageEr
         Err(e) => return Err(e),
     };
     let (parts, _) = req.into_parts();
-    let head = parts.method == Method::HEAD;
-    // One blocking hop: open, fstat, the conditional headers, and for a small answer the read.
-    let (parts, opened) = tokio::task::spawn_blocking(move || {
-        let opened = match path {
-            Some(path) => open_blocking(&path, &id, &parts.headers, head).map(|o| (o, id)),
-            None => Ok((Opened::Missing, id)),
-        };
-        (parts, opened)
-    })
-    .await?;
-    let (opened, id) = opened?;
-    let modified = last_modified_for(&id);
-    let res = match opened {
-        Opened::Missing => {
-            // A configured thumbnail of a master held here: rendered and stored, then served as a file.
-            if parts
-                .extensions
-                .get::<crate::thumbnail::Rendered>()
-                .is_none()
-                && crate::thumbnail::ensure(&node, &id).await?
+    let opened = match path {
+        Some(path) => {
+            let ask = Ask::new(&parts.headers, &id, parts.method == Method::HEAD);
+            open(path, ask).await?
+        }
+        None => Opened::Missing,
+    };
+    if let Opened::Missing = opened {
+        // A configured thumbnail of a master held here: rendered and stored, then served as a file.
+        if parts
+            .extensions
+            .get::<crate::thumbnail::Rendered>()
+            .is_none()
+            && crate::thumbnail::ensure(&node, &id).await?
+        {
+            let mut req = Request::from_parts(parts, Body::empty());
+            req.extensions_mut().insert(crate::thumbnail::Rendered);
+            return serve_again(node, req).await;
+        }
+        if !parts.headers.contains_key(NO_PROXY_HEADER) {
+            if let Some(r) =
+                proxy(&node, &id, &parts.method, parts.uri.query(), &parts.headers).await
             {
-                let mut req = Request::from_parts(parts, Body::empty());
-                req.extensions_mut().insert(crate::thumbnail::Rendered);
-                return serve_again(node, req).await;
+                return Ok(r);
             }
-            if !parts.headers.contains_key(NO_PROXY_HEADER) {
-                if let Some(r) =
-                    proxy(&node, &id, &parts.method, parts.uri.query(), &parts.headers).await
-                {
-                    return Ok(r);
-                }
-            }
-            return Err(crate::thumbnail::missing(&node, &id).await);
         }
-        Opened::Failed => StorageError::PreconditionFailed.into_response(),
-        Opened::NotModified { etag } => {
-            let mut res = StatusCode::NOT_MODIFIED.into_response();
-            set_validators(res.headers_mut(), &etag, modified);
-            res
+        return Err(crate::thumbnail::missing(&node, &id).await);
+    }
+    Ok(respond(&id, opened, parts.uri.query()))
+}
+
+/// The answer for a file that is here (a [`Content::Read`] left unread is streamed).
+fn respond(id: &FileId, opened: Opened, query: Option<&str>) -> Response {
+    let (status, mut res) = match opened {
+        Opened::Missing => {
+            return StorageError::NotFound(format!("no such file {id}")).into_response();
         }
-        Opened::Unsatisfiable { etag, len } => {
+        Opened::Failed => return StorageError::PreconditionFailed.into_response(),
+        Opened::NotModified => (StatusCode::NOT_MODIFIED, Response::new(Body::empty())),
+        Opened::Unsatisfiable { len } => {
             let mut res = fdfs_common::error_response(
                 StatusCode::RANGE_NOT_SATISFIABLE,
                 "range_not_satisfiable",
@@ -264,49 +296,76 @@ async fn serve_inner(node: AppState, req: Request) -> Result<Response, StorageEr
             if let Ok(v) = HeaderValue::try_from(format!("bytes */{len}")) {
                 res.headers_mut().insert(header::CONTENT_RANGE, v);
             }
-            set_validators(res.headers_mut(), &etag, modified);
-            res
+            (StatusCode::RANGE_NOT_SATISFIABLE, res)
         }
-        Opened::Content {
-            etag,
-            len,
-            range,
-            body,
-        } => {
+        Opened::Content { len, range, body } => {
             let count = range.map_or(len, |(start, end)| end - start + 1);
-            let mut res = match body {
-                Content::None => Response::new(Body::empty()),
-                Content::Bytes(b) => Response::new(Body::from(b)),
-                Content::Stream {
+            let body = match body {
+                Content::None => Body::empty(),
+                Content::Bytes(b) => Body::from(b),
+                Content::Read {
                     file,
                     offset,
                     count,
-                } => Response::new(Body::from_stream(stream_file(file, offset, count))),
-            };
-            let headers = res.headers_mut();
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
-            if let Some((start, end)) = range {
-                *res.status_mut() = StatusCode::PARTIAL_CONTENT;
-                if let Ok(v) = HeaderValue::try_from(format!("bytes {start}-{end}/{len}")) {
-                    res.headers_mut().insert(header::CONTENT_RANGE, v);
                 }
-            }
+                | Content::Stream {
+                    file,
+                    offset,
+                    count,
+                } => Body::from_stream(stream_file(file, offset, count)),
+            };
+            let mut res = Response::new(body);
             let headers = res.headers_mut();
+            headers.reserve(10);
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
             headers.insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static(content_type_for(id.name.ext())),
             );
-            set_validators(headers, &etag, modified);
-            if let Some(name) = fdfs_common::attname::from_query(parts.uri.query()) {
+            if let Some(name) = fdfs_common::attname::from_query(query) {
                 headers.insert(
                     header::CONTENT_DISPOSITION,
                     fdfs_common::attname::content_disposition(&name),
                 );
             }
-            res
+            match range {
+                Some((start, end)) => {
+                    if let Ok(v) = HeaderValue::try_from(format!("bytes {start}-{end}/{len}")) {
+                        headers.insert(header::CONTENT_RANGE, v);
+                    }
+                    (StatusCode::PARTIAL_CONTENT, res)
+                }
+                None => (StatusCode::OK, res),
+            }
         }
     };
-    Ok(res)
+    *res.status_mut() = status;
+    set_validators(res.headers_mut(), id);
+    res
+}
+
+/// ETag, Last-Modified, Cache-Control and Accept-Ranges: on every answer about a file that is here.
+fn set_validators(headers: &mut HeaderMap, id: &FileId) {
+    let name = id.name.as_str().as_bytes();
+    let mut etag = BytesMut::with_capacity(name.len() + 2);
+    etag.put_u8(b'"');
+    etag.put_slice(name);
+    etag.put_u8(b'"');
+    if let Ok(v) = HeaderValue::from_maybe_shared(etag.freeze()) {
+        headers.insert(header::ETAG, v);
+    }
+    // An IMF-fixdate is 29 bytes: formatted on the stack, copied once into the header.
+    let mut date = [0u8; 29];
+    let whole = {
+        use std::io::Write;
+        let mut w = &mut date[..];
+        write!(w, "{}", httpdate::HttpDate::from(last_modified_for(id))).is_ok() && w.is_empty()
+    };
+    if let Some(v) = whole.then(|| HeaderValue::from_bytes(&date).ok()).flatten() {
+        headers.insert(header::LAST_MODIFIED, v);
+    }
+    headers.insert(header::CACHE_CONTROL, CACHE_CONTROL);
+    headers.insert(header::ACCEPT_RANGES, ACCEPT_RANGES);
 }
 
 /// [`serve_inner`] once more (a thumbnail was just stored), boxed: the future of a recursive call.
@@ -317,44 +376,157 @@ fn serve_again(
     Box::pin(serve_inner(node, req))
 }
 
-/// Open the file, check the conditional headers against its validators and, for a small answer, read it.
-fn open_blocking(
-    path: &std::path::Path,
-    id: &FileId,
-    headers: &HeaderMap,
-    head: bool,
-) -> Result<Opened, StorageError> {
-    let file = match std::fs::File::open(path) {
+/// Open the file at `path` and decide the answer, reading a small one: from the kernel's caches on this thread
+/// when they hold it all, else with one blocking-pool hop for what remains.
+async fn open(path: PathBuf, ask: Ask) -> Result<Opened, StorageError> {
+    match open_cached(&path, &ask) {
+        Some(Opened::Content {
+            len,
+            range,
+            body:
+                Content::Read {
+                    file,
+                    offset,
+                    count,
+                },
+        }) => {
+            let mut buf = vec![0; usize::try_from(count).unwrap_or(0)];
+            let got = read_cached(&file, &mut buf, offset);
+            let body = if got == buf.len() {
+                Bytes::from(buf)
+            } else {
+                // Some of it is not in the page cache: the rest from the disk, off this thread.
+                tokio::task::spawn_blocking(move || {
+                    file.read_exact_at(&mut buf[got..], offset + got as u64)
+                        .map(|()| Bytes::from(buf))
+                })
+                .await??
+            };
+            Ok(Opened::Content {
+                len,
+                range,
+                body: Content::Bytes(body),
+            })
+        }
+        Some(opened) => Ok(opened),
+        None => tokio::task::spawn_blocking(move || open_blocking(&path, &ask)).await?,
+    }
+}
+
+/// Whether `openat2(RESOLVE_CACHED)` works on this kernel; cleared when it is refused as unknown.
+static CACHED_OPEN: AtomicBool = AtomicBool::new(true);
+
+/// [`decide`] for the file at `path` if the dentry and inode caches can open it without disk I/O; `None` to
+/// take the blocking path (which also reports any error).
+fn open_cached(path: &Path, ask: &Ask) -> Option<Opened> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags, CWD};
+    if !CACHED_OPEN.load(Ordering::Relaxed) {
+        return None;
+    }
+    let fd = match rustix::fs::openat2(
+        CWD,
+        path,
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::CACHED,
+    ) {
+        Ok(fd) => fd,
+        // A cached negative dentry: as sure an answer as the disk's.
+        Err(rustix::io::Errno::NOENT) => return Some(Opened::Missing),
+        // No openat2 (before 5.6) or no RESOLVE_CACHED (before 5.12).
+        Err(e @ (rustix::io::Errno::NOSYS | rustix::io::Errno::INVAL)) => {
+            CACHED_OPEN.store(false, Ordering::Relaxed);
+            tracing::info!(error = %e, "openat2(RESOLVE_CACHED) unavailable: downloads open files on the blocking pool");
+            return None;
+        }
+        // EAGAIN (not all cached) or a real error, which the blocking path reports.
+        Err(_) => return None,
+    };
+    let file = File::from(fd);
+    let meta = file.metadata().ok()?;
+    Some(decide(file, &meta, ask))
+}
+
+/// Bytes of `buf`'s length read from `offset` without waiting on the disk: those in the page cache, up to the
+/// first page that is not (or the end of the file).
+fn read_cached(file: &File, buf: &mut [u8], offset: u64) -> usize {
+    let mut done = 0;
+    while done < buf.len() {
+        match rustix::io::preadv2(
+            file,
+            &mut [io::IoSliceMut::new(&mut buf[done..])],
+            offset + done as u64,
+            rustix::io::ReadWriteFlags::NOWAIT,
+        ) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(rustix::io::Errno::INTR) => {}
+            // EAGAIN: not cached; EOPNOTSUPP: a filesystem without non-blocking reads.
+            Err(_) => break,
+        }
+    }
+    done
+}
+
+/// Open the file, decide the answer and, for a small one, read it: the blocking path.
+fn open_blocking(path: &Path, ask: &Ask) -> Result<Opened, StorageError> {
+    let file = match File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Opened::Missing),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Opened::Missing),
         Err(e) => return Err(e.into()),
     };
     let meta = file.metadata()?;
+    Ok(match decide(file, &meta, ask) {
+        Opened::Content {
+            len,
+            range,
+            body:
+                Content::Read {
+                    file,
+                    offset,
+                    count,
+                },
+        } => {
+            let mut buf = vec![0; usize::try_from(count).unwrap_or(0)];
+            file.read_exact_at(&mut buf, offset)?;
+            Opened::Content {
+                len,
+                range,
+                body: Content::Bytes(Bytes::from(buf)),
+            }
+        }
+        opened => opened,
+    })
+}
+
+/// The answer for an open file with metadata `meta`; a small body is left to read ([`Content::Read`]).
+fn decide(file: File, meta: &std::fs::Metadata, ask: &Ask) -> Opened {
     if !meta.is_file() {
-        return Ok(Opened::Missing);
+        return Opened::Missing;
     }
     let len = meta.len();
-    let etag = etag_for(id);
-    let honour_range = match evaluate(headers, &etag, last_modified_for(id)) {
-        Precondition::Failed => return Ok(Opened::Failed),
-        Precondition::NotModified => return Ok(Opened::NotModified { etag }),
-        Precondition::Proceed { honour_range } => honour_range,
-    };
-    let range = match headers.get(header::RANGE).filter(|_| honour_range) {
+    match ask.precondition {
+        Precondition::Failed => return Opened::Failed,
+        Precondition::NotModified => return Opened::NotModified,
+        Precondition::Proceed => {}
+    }
+    let range = match &ask.range {
         None => None,
         Some(v) => match parse_range(v.as_bytes(), len) {
             RangeAnswer::Whole => None,
             RangeAnswer::Part(start, end) => Some((start, end)),
-            RangeAnswer::Unsatisfiable => return Ok(Opened::Unsatisfiable { etag, len }),
+            RangeAnswer::Unsatisfiable => return Opened::Unsatisfiable { len },
         },
     };
     let (offset, count) = range.map_or((0, len), |(start, end)| (start, end - start + 1));
-    let body = if head {
+    let body = if ask.head {
         Content::None
     } else if count <= SMALL {
-        let mut buf = vec![0; usize::try_from(count).unwrap_or(0)];
-        std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, offset)?;
-        Content::Bytes(Bytes::from(buf))
+        Content::Read {
+            file,
+            offset,
+            count,
+        }
     } else {
         Content::Stream {
             file,
@@ -362,21 +534,16 @@ fn open_blocking(
             count,
         }
     };
-    Ok(Opened::Content {
-        etag,
-        len,
-        range,
-        body,
-    })
+    Opened::Content { len, range, body }
 }
 
 /// `count` bytes of `file` from `offset`, [`CHUNK`] at a time on the blocking pool: memory stays flat whatever
 /// the file's size.
 fn stream_file(
-    file: std::fs::File,
+    file: File,
     offset: u64,
     count: u64,
-) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send {
+) -> impl futures_util::Stream<Item = io::Result<Bytes>> + Send {
     let file = Arc::new(file);
     futures_util::stream::try_unfold((offset, count), move |(offset, left)| {
         let file = file.clone();
@@ -387,11 +554,11 @@ fn stream_file(
             let n = left.min(CHUNK);
             let chunk = tokio::task::spawn_blocking(move || {
                 let mut buf = vec![0; usize::try_from(n).unwrap_or(0)];
-                std::os::unix::fs::FileExt::read_exact_at(&*file, &mut buf, offset)?;
-                Ok::<_, std::io::Error>(Bytes::from(buf))
+                file.read_exact_at(&mut buf, offset)?;
+                Ok::<_, io::Error>(Bytes::from(buf))
             })
             .await
-            .map_err(std::io::Error::other)??;
+            .map_err(io::Error::other)??;
             Ok(Some((chunk, (offset + n, left - n))))
         }
     })
@@ -541,11 +708,13 @@ mod tests {
 
     #[test]
     fn etag_matching() {
-        assert!(weak_match("\"a\", W/\"b\"", "\"b\""));
-        assert!(weak_match("*", "\"b\""));
-        assert!(!weak_match("\"a\"", "\"b\""));
-        assert!(strong_match("\"b\"", "\"b\""));
-        assert!(!strong_match("W/\"b\"", "\"b\""));
+        assert!(weak_match("\"a\", W/\"b\"", "b"));
+        assert!(weak_match("*", "b"));
+        assert!(!weak_match("\"a\"", "b"));
+        assert!(strong_match("\"b\"", "b"));
+        assert!(!strong_match("W/\"b\"", "b"));
+        assert!(!strong_match("b", "b"));
+        assert!(!strong_match("\"b", "b"));
     }
 
     #[test]
@@ -556,5 +725,279 @@ mod tests {
         assert_eq!(etag_for(&id), "\"wKgAA1qCJbeAQ3sLAABe0xvpx3Q419.jpg\"");
         let slave = id.slave("_s", Some("jpg")).unwrap();
         assert_eq!(etag_for(&slave), "\"wKgAA1qCJbeAQ3sLAABe0xvpx3Q419_s.jpg\"");
+    }
+
+    fn id() -> FileId {
+        "g1/M00/00/00/wKgAA1qCJbeAQ3sLAABe0xvpx3Q419.jpg"
+            .parse()
+            .unwrap()
+    }
+
+    /// A real file of `len` bytes, written and synced to disk (so its pages are clean and can be evicted).
+    fn stored(dir: &Path, len: usize) -> (PathBuf, Vec<u8>) {
+        let path = dir.join(format!("f{len}"));
+        let bytes = fdfs_testkit::content(len, len);
+        std::fs::write(&path, &bytes).unwrap();
+        File::open(&path).unwrap().sync_all().unwrap();
+        (path, bytes)
+    }
+
+    /// Drop the file's pages from the page cache.
+    fn evict(path: &Path) {
+        let file = File::open(path).unwrap();
+        rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+    }
+
+    /// [`open`] on the async thread only, asserting that the caches held everything.
+    fn open_from_caches(path: &Path, ask: &Ask) -> Opened {
+        match open_cached(path, ask).expect("a file just written opens from the dentry cache") {
+            Opened::Content {
+                len,
+                range,
+                body:
+                    Content::Read {
+                        file,
+                        offset,
+                        count,
+                    },
+            } => {
+                let mut buf = vec![0; usize::try_from(count).unwrap()];
+                let got = read_cached(&file, &mut buf, offset);
+                assert_eq!(got, buf.len(), "a file just read is in the page cache");
+                Opened::Content {
+                    len,
+                    range,
+                    body: Content::Bytes(buf.into()),
+                }
+            }
+            opened => opened,
+        }
+    }
+
+    /// Status, every header and the body of an answer.
+    async fn summary(res: Response) -> (StatusCode, Vec<(String, String)>, Bytes) {
+        let mut headers: Vec<_> = res
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+            .collect();
+        headers.sort();
+        let status = res.status();
+        let body = axum::body::to_bytes(res.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, headers, body)
+    }
+
+    /// Every kind of request a download takes is answered alike from the caches on the async thread and by the
+    /// blocking path, for a small file (one read) and a large one (streamed).
+    #[tokio::test]
+    async fn the_page_cache_path_answers_as_the_blocking_path_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = id();
+        let etag = etag_for(&id);
+        let weak = format!("W/{etag}");
+        let date = httpdate::fmt_http_date(last_modified_for(&id));
+        let old = "Fri, 09 Aug 1996 14:21:40 GMT";
+        for len in [5000, 300_000] {
+            let (path, bytes) = stored(dir.path(), len);
+            let past_end = format!("bytes={len}-");
+            let cases = vec![
+                (false, vec![], None, StatusCode::OK),
+                (true, vec![], None, StatusCode::OK),
+                (false, vec![], Some("attname=a%20photo.jpg"), StatusCode::OK),
+                (
+                    false,
+                    vec![(header::RANGE, "bytes=0-99")],
+                    None,
+                    StatusCode::PARTIAL_CONTENT,
+                ),
+                (
+                    false,
+                    vec![(header::RANGE, "bytes=-100")],
+                    None,
+                    StatusCode::PARTIAL_CONTENT,
+                ),
+                (
+                    false,
+                    vec![(header::RANGE, "bytes=4000-")],
+                    None,
+                    StatusCode::PARTIAL_CONTENT,
+                ),
+                (
+                    true,
+                    vec![(header::RANGE, "bytes=10-19")],
+                    None,
+                    StatusCode::PARTIAL_CONTENT,
+                ),
+                (
+                    false,
+                    vec![(header::RANGE, &past_end)],
+                    None,
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                ),
+                (
+                    false,
+                    vec![(header::RANGE, "bytes=0-0,-1")],
+                    None,
+                    StatusCode::OK,
+                ),
+                (
+                    false,
+                    vec![(header::RANGE, "bytes=0-9"), (header::IF_RANGE, &etag)],
+                    None,
+                    StatusCode::PARTIAL_CONTENT,
+                ),
+                (
+                    false,
+                    vec![(header::RANGE, "bytes=0-9"), (header::IF_RANGE, &date)],
+                    None,
+                    StatusCode::PARTIAL_CONTENT,
+                ),
+                (
+                    false,
+                    vec![
+                        (header::RANGE, "bytes=0-9"),
+                        (header::IF_RANGE, "\"other\""),
+                    ],
+                    None,
+                    StatusCode::OK,
+                ),
+                (
+                    false,
+                    vec![(header::RANGE, "bytes=0-9"), (header::IF_RANGE, &weak)],
+                    None,
+                    StatusCode::OK,
+                ),
+                (
+                    false,
+                    vec![(header::IF_NONE_MATCH, &etag)],
+                    None,
+                    StatusCode::NOT_MODIFIED,
+                ),
+                (
+                    true,
+                    vec![(header::IF_NONE_MATCH, &weak)],
+                    None,
+                    StatusCode::NOT_MODIFIED,
+                ),
+                (
+                    false,
+                    vec![(header::IF_NONE_MATCH, "\"nope\"")],
+                    None,
+                    StatusCode::OK,
+                ),
+                (
+                    false,
+                    vec![(header::IF_MODIFIED_SINCE, &date)],
+                    None,
+                    StatusCode::NOT_MODIFIED,
+                ),
+                (
+                    false,
+                    vec![(header::IF_MODIFIED_SINCE, old)],
+                    None,
+                    StatusCode::OK,
+                ),
+                (
+                    false,
+                    vec![(header::IF_MATCH, "\"nope\"")],
+                    None,
+                    StatusCode::PRECONDITION_FAILED,
+                ),
+                (
+                    false,
+                    vec![(header::IF_MATCH, &etag), (header::RANGE, "bytes=1-2")],
+                    None,
+                    StatusCode::PARTIAL_CONTENT,
+                ),
+                (
+                    false,
+                    vec![(header::IF_UNMODIFIED_SINCE, old)],
+                    None,
+                    StatusCode::PRECONDITION_FAILED,
+                ),
+            ];
+            for (head, request, query, status) in cases {
+                let what = format!("{len} bytes, head {head}, {request:?}, {query:?}");
+                let mut headers = HeaderMap::new();
+                for (name, value) in request {
+                    headers.insert(name, HeaderValue::from_str(value).unwrap());
+                }
+                let ask = || Ask::new(&headers, &id, head);
+                let blocking =
+                    summary(respond(&id, open_blocking(&path, &ask()).unwrap(), query)).await;
+                let cached = summary(respond(&id, open_from_caches(&path, &ask()), query)).await;
+                let either = summary(respond(
+                    &id,
+                    open(path.clone(), ask()).await.unwrap(),
+                    query,
+                ))
+                .await;
+                assert_eq!(blocking.0, status, "{what}");
+                assert_eq!(cached, blocking, "{what}");
+                assert_eq!(either, blocking, "{what}");
+                if status == StatusCode::OK && !head {
+                    assert!(blocking.2 == bytes[..], "{what}: other bytes");
+                }
+            }
+        }
+    }
+
+    /// Data evicted from the page cache is not read on the async thread, and the answer is still right.
+    #[tokio::test]
+    async fn data_out_of_the_page_cache_is_read_on_the_blocking_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = id();
+        let (path, bytes) = stored(dir.path(), 20_000);
+        let ask = || {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::RANGE, HeaderValue::from_static("bytes=100-19999"));
+            Ask::new(&headers, &id, false)
+        };
+        evict(&path);
+        let Some(Opened::Content {
+            body:
+                Content::Read {
+                    file,
+                    offset,
+                    count,
+                },
+            ..
+        }) = open_cached(&path, &ask())
+        else {
+            panic!("the dentry cache opens a file just written");
+        };
+        let mut buf = vec![0; usize::try_from(count).unwrap()];
+        if read_cached(&file, &mut buf, offset) == buf.len() {
+            eprintln!("skipped: this filesystem keeps evicted pages (tmpfs?)");
+            return;
+        }
+        evict(&path);
+        let (status, _, body) =
+            summary(respond(&id, open(path.clone(), ask()).await.unwrap(), None)).await;
+        assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+        assert!(body == bytes[100..], "other bytes");
+    }
+
+    /// A missing file or a directory is missing both ways; once the blocking path has looked a missing name up,
+    /// its cached negative dentry answers on the async thread.
+    #[tokio::test]
+    async fn missing_files_are_missing_both_ways() {
+        let dir = tempfile::tempdir().unwrap();
+        let ask = Ask::new(&HeaderMap::new(), &id(), false);
+        let missing = dir.path().join("missing");
+        assert!(matches!(open_blocking(&missing, &ask), Ok(Opened::Missing)));
+        assert!(matches!(open_cached(&missing, &ask), Some(Opened::Missing)));
+        assert!(matches!(open(missing, ask).await, Ok(Opened::Missing)));
+        let ask = Ask::new(&HeaderMap::new(), &id(), false);
+        assert!(matches!(
+            open_blocking(dir.path(), &ask),
+            Ok(Opened::Missing)
+        ));
+        assert!(matches!(
+            open_cached(dir.path(), &ask),
+            Some(Opened::Missing)
+        ));
     }
 }

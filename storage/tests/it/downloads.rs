@@ -1,12 +1,14 @@
-//! Public downloads of files larger than the one-read fast path: a real storage node on 127.0.0.1:0 with a
-//! tempdir store path. Whole files, ranges and HEAD must give exactly the stored bytes and lengths whether the
-//! answer is read with the open (small) or streamed in chunks (large), and across chunk boundaries.
+//! Public downloads: a real storage node on 127.0.0.1:0 with a tempdir store path. Whole files, ranges and HEAD
+//! must give exactly the stored bytes and lengths whether the answer is read in one read (small) or streamed in
+//! chunks (large), and across chunk boundaries; a small file must be answered alike from the page cache (on the
+//! async thread) and from the disk (the blocking pool).
 
 use crate::common::{config, upload_ok};
 use fdfs_common::config::Size;
 use fdfs_testkit::inproc::storage;
 use fdfs_testkit::{closed_addr, content, RequestExt};
-use reqwest::{header, Client, StatusCode};
+use reqwest::header::{HeaderName, HeaderValue};
+use reqwest::{header, Client, Method, StatusCode};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_files_stream_whole_in_ranges_and_by_head() {
@@ -98,5 +100,145 @@ async fn large_files_stream_whole_in_ranges_and_by_head() {
     assert!(r.status().is_success(), "{}", r.text().await.unwrap());
     assert_eq!(c.get(&up.url).go().await.status(), StatusCode::NOT_FOUND);
 
+    server.stop().await;
+}
+
+/// Status, headers (but the date and the request id) and body of an answer.
+async fn answer(
+    c: &Client,
+    method: &Method,
+    url: &str,
+    headers: &[(HeaderName, HeaderValue)],
+) -> (StatusCode, Vec<(String, String)>, bytes::Bytes) {
+    let mut r = c.request(method.clone(), url);
+    for (k, v) in headers {
+        r = r.header(k, v);
+    }
+    let r = r.go().await;
+    let mut h: Vec<_> = r
+        .headers()
+        .iter()
+        .filter(|(k, _)| *k != header::DATE && k.as_str() != "x-request-id")
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+        .collect();
+    h.sort();
+    (r.status(), h, r.bytes().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_files_answer_alike_from_the_page_cache_and_from_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("p0");
+    let server = storage(config(vec![closed_addr()], std::slice::from_ref(&root))).await;
+    let base = server.base();
+    let c = Client::new();
+
+    let len = 5000;
+    let bytes = content(2, len);
+    let up = upload_ok(&c, &base, "store_path=0&ext=jpg", bytes.clone()).await;
+    let path = fdfs_testkit::stored_path(&root, &up.file_id.to_string());
+    let r = c.get(&up.url).go().await;
+    let etag = r.headers()[header::ETAG].clone();
+    let date = r.headers()[header::LAST_MODIFIED].clone();
+    let v = |s: &str| HeaderValue::from_str(s).unwrap();
+    let attname = format!("{}?attname=holiday.jpg", up.url);
+
+    let (get, head) = (Method::GET, Method::HEAD);
+    // Method, URL, headers, status and the bytes of the file the body holds (`None`: not the file's bytes).
+    let cases = [
+        (&get, &up.url, vec![], StatusCode::OK, Some(0..len)),
+        (&head, &up.url, vec![], StatusCode::OK, Some(0..0)),
+        (&get, &attname, vec![], StatusCode::OK, Some(0..len)),
+        (
+            &get,
+            &up.url,
+            vec![(header::RANGE, v("bytes=10-19"))],
+            StatusCode::PARTIAL_CONTENT,
+            Some(10..20),
+        ),
+        (
+            &get,
+            &up.url,
+            vec![(header::RANGE, v("bytes=-100"))],
+            StatusCode::PARTIAL_CONTENT,
+            Some(len - 100..len),
+        ),
+        (
+            &head,
+            &up.url,
+            vec![(header::RANGE, v("bytes=4000-"))],
+            StatusCode::PARTIAL_CONTENT,
+            Some(0..0),
+        ),
+        (
+            &get,
+            &up.url,
+            vec![(header::RANGE, v("bytes=5000-"))],
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            None,
+        ),
+        (
+            &get,
+            &up.url,
+            vec![
+                (header::RANGE, v("bytes=0-9")),
+                (header::IF_RANGE, etag.clone()),
+            ],
+            StatusCode::PARTIAL_CONTENT,
+            Some(0..10),
+        ),
+        (
+            &get,
+            &up.url,
+            vec![
+                (header::RANGE, v("bytes=0-9")),
+                (header::IF_RANGE, v("\"other\"")),
+            ],
+            StatusCode::OK,
+            Some(0..len),
+        ),
+        (
+            &get,
+            &up.url,
+            vec![(header::IF_NONE_MATCH, etag.clone())],
+            StatusCode::NOT_MODIFIED,
+            Some(0..0),
+        ),
+        (
+            &get,
+            &up.url,
+            vec![(header::IF_MODIFIED_SINCE, date.clone())],
+            StatusCode::NOT_MODIFIED,
+            Some(0..0),
+        ),
+        (
+            &get,
+            &up.url,
+            vec![(header::IF_NONE_MATCH, v("\"nope\""))],
+            StatusCode::OK,
+            Some(0..len),
+        ),
+        (
+            &get,
+            &up.url,
+            vec![(header::IF_MATCH, v("\"nope\""))],
+            StatusCode::PRECONDITION_FAILED,
+            None,
+        ),
+    ];
+    for (method, url, headers, status, body) in cases {
+        let what = format!("{method} {url} {headers:?}");
+        // Twice from the page cache (the first may have warmed it), then with the file's pages evicted.
+        answer(&c, method, url, &headers).await;
+        let cached = answer(&c, method, url, &headers).await;
+        let file = std::fs::File::open(&path).unwrap();
+        rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        let from_disk = answer(&c, method, url, &headers).await;
+        assert_eq!(cached.0, status, "{what}");
+        assert_eq!(cached, from_disk, "{what}");
+        if let Some(range) = body {
+            assert!(cached.2 == bytes[range], "{what}: other bytes");
+        }
+    }
     server.stop().await;
 }
