@@ -376,41 +376,72 @@ fn serve_again(
     Box::pin(serve_inner(node, req))
 }
 
+/// A small answer whose bytes are still to be read into `buf` (from `offset` of `file`).
+struct PendingRead {
+    len: u64,
+    range: Option<(u64, u64)>,
+    file: File,
+    offset: u64,
+    buf: Vec<u8>,
+}
+
+impl PendingRead {
+    /// The read a decided answer still needs ([`Content::Read`]), or the answer itself when it needs none.
+    fn of(opened: Opened) -> Result<PendingRead, Opened> {
+        match opened {
+            Opened::Content {
+                len,
+                range,
+                body:
+                    Content::Read {
+                        file,
+                        offset,
+                        count,
+                    },
+            } => Ok(PendingRead {
+                len,
+                range,
+                file,
+                offset,
+                buf: vec![0; usize::try_from(count).unwrap_or(0)],
+            }),
+            opened => Err(opened),
+        }
+    }
+
+    /// Read from the disk what `buf` still lacks past its first `got` bytes (blocking).
+    fn finish_blocking(mut self, got: usize) -> io::Result<PendingRead> {
+        self.file
+            .read_exact_at(&mut self.buf[got..], self.offset + got as u64)?;
+        Ok(self)
+    }
+
+    /// The answer, with the bytes read.
+    fn done(self) -> Opened {
+        Opened::Content {
+            len: self.len,
+            range: self.range,
+            body: Content::Bytes(Bytes::from(self.buf)),
+        }
+    }
+}
+
 /// Open the file at `path` and decide the answer, reading a small one: from the kernel's caches on this thread
 /// when they hold it all, else with one blocking-pool hop for what remains.
 async fn open(path: PathBuf, ask: Ask) -> Result<Opened, StorageError> {
-    match open_cached(&path, &ask) {
-        Some(Opened::Content {
-            len,
-            range,
-            body:
-                Content::Read {
-                    file,
-                    offset,
-                    count,
-                },
-        }) => {
-            let mut buf = vec![0; usize::try_from(count).unwrap_or(0)];
-            let got = read_cached(&file, &mut buf, offset);
-            let body = if got == buf.len() {
-                Bytes::from(buf)
-            } else {
-                // Some of it is not in the page cache: the rest from the disk, off this thread.
-                tokio::task::spawn_blocking(move || {
-                    file.read_exact_at(&mut buf[got..], offset + got as u64)
-                        .map(|()| Bytes::from(buf))
-                })
-                .await??
-            };
-            Ok(Opened::Content {
-                len,
-                range,
-                body: Content::Bytes(body),
-            })
-        }
-        Some(opened) => Ok(opened),
-        None => tokio::task::spawn_blocking(move || open_blocking(&path, &ask)).await?,
+    let Some(opened) = open_cached(&path, &ask) else {
+        return tokio::task::spawn_blocking(move || open_blocking(&path, &ask)).await?;
+    };
+    let mut pending = match PendingRead::of(opened) {
+        Ok(p) => p,
+        Err(opened) => return Ok(opened),
+    };
+    let got = read_cached(&pending.file, &mut pending.buf, pending.offset);
+    if got < pending.buf.len() {
+        // Some of it is not in the page cache: the rest from the disk, off this thread.
+        pending = tokio::task::spawn_blocking(move || pending.finish_blocking(got)).await??;
     }
+    Ok(pending.done())
 }
 
 /// Whether `openat2(RESOLVE_CACHED)` works on this kernel; cleared when it is refused as unknown.
@@ -476,26 +507,9 @@ fn open_blocking(path: &Path, ask: &Ask) -> Result<Opened, StorageError> {
         Err(e) => return Err(e.into()),
     };
     let meta = file.metadata()?;
-    Ok(match decide(file, &meta, ask) {
-        Opened::Content {
-            len,
-            range,
-            body:
-                Content::Read {
-                    file,
-                    offset,
-                    count,
-                },
-        } => {
-            let mut buf = vec![0; usize::try_from(count).unwrap_or(0)];
-            file.read_exact_at(&mut buf, offset)?;
-            Opened::Content {
-                len,
-                range,
-                body: Content::Bytes(Bytes::from(buf)),
-            }
-        }
-        opened => opened,
+    Ok(match PendingRead::of(decide(file, &meta, ask)) {
+        Ok(pending) => pending.finish_blocking(0)?.done(),
+        Err(opened) => opened,
     })
 }
 
@@ -742,35 +756,21 @@ mod tests {
         (path, bytes)
     }
 
-    /// Drop the file's pages from the page cache.
-    fn evict(path: &Path) {
-        let file = File::open(path).unwrap();
-        rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
-    }
-
     /// [`open`] on the async thread only, asserting that the caches held everything.
     fn open_from_caches(path: &Path, ask: &Ask) -> Opened {
-        match open_cached(path, ask).expect("a file just written opens from the dentry cache") {
-            Opened::Content {
-                len,
-                range,
-                body:
-                    Content::Read {
-                        file,
-                        offset,
-                        count,
-                    },
-            } => {
-                let mut buf = vec![0; usize::try_from(count).unwrap()];
-                let got = read_cached(&file, &mut buf, offset);
-                assert_eq!(got, buf.len(), "a file just read is in the page cache");
-                Opened::Content {
-                    len,
-                    range,
-                    body: Content::Bytes(buf.into()),
-                }
+        let opened =
+            open_cached(path, ask).expect("a file just written opens from the dentry cache");
+        match PendingRead::of(opened) {
+            Ok(mut pending) => {
+                let got = read_cached(&pending.file, &mut pending.buf, pending.offset);
+                assert_eq!(
+                    got,
+                    pending.buf.len(),
+                    "a file just read is in the page cache"
+                );
+                pending.done()
             }
-            opened => opened,
+            Err(opened) => opened,
         }
     }
 
@@ -955,25 +955,17 @@ mod tests {
             headers.insert(header::RANGE, HeaderValue::from_static("bytes=100-19999"));
             Ask::new(&headers, &id, false)
         };
-        evict(&path);
-        let Some(Opened::Content {
-            body:
-                Content::Read {
-                    file,
-                    offset,
-                    count,
-                },
-            ..
-        }) = open_cached(&path, &ask())
-        else {
-            panic!("the dentry cache opens a file just written");
+        fdfs_testkit::evict_from_page_cache(&path);
+        let opened =
+            open_cached(&path, &ask()).expect("the dentry cache opens a file just written");
+        let Ok(mut pending) = PendingRead::of(opened) else {
+            panic!("a range of 19,900 bytes is read in one read");
         };
-        let mut buf = vec![0; usize::try_from(count).unwrap()];
-        if read_cached(&file, &mut buf, offset) == buf.len() {
+        if read_cached(&pending.file, &mut pending.buf, pending.offset) == pending.buf.len() {
             eprintln!("skipped: this filesystem keeps evicted pages (tmpfs?)");
             return;
         }
-        evict(&path);
+        fdfs_testkit::evict_from_page_cache(&path);
         let (status, _, body) =
             summary(respond(&id, open(path.clone(), ask()).await.unwrap(), None)).await;
         assert_eq!(status, StatusCode::PARTIAL_CONTENT);

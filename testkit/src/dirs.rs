@@ -90,6 +90,15 @@ pub fn stored_path(store: &Path, id: &str) -> PathBuf {
     store.join(id.relative_path())
 }
 
+/// Drop the pages of the file at `path` from the page cache (clean pages only: sync a file just written first),
+/// so that the next read of it goes to the disk.
+pub fn evict_from_page_cache(path: &Path) {
+    let file =
+        std::fs::File::open(path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed)
+        .unwrap_or_else(|e| panic!("evicting {}: {e}", path.display()));
+}
+
 /// `XX/YY/<name>` of every file stored under a store path (`<store>/data`), metadata sidecars (`-m`) left out.
 pub fn stored_files(store: &Path) -> BTreeSet<String> {
     let data = store.join("data");

@@ -61,7 +61,9 @@ pub mod unit;
 pub mod wait;
 
 pub use cluster::{member_in, peers_all, Cluster, ClusterSpec, Uploaded, STATE_TIMEOUT};
-pub use dirs::{files_under, free_bytes, stored_files, stored_path, tempdir, TestDir};
+pub use dirs::{
+    evict_from_page_cache, files_under, free_bytes, stored_files, stored_path, tempdir, TestDir,
+};
 pub use http::{
     client, error_code, error_of, follow_client, json_ok, metric, metric_sum, metrics, redirected,
     RequestExt,

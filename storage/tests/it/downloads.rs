@@ -231,8 +231,7 @@ async fn small_files_answer_alike_from_the_page_cache_and_from_disk() {
         // Twice from the page cache (the first may have warmed it), then with the file's pages evicted.
         answer(&c, method, url, &headers).await;
         let cached = answer(&c, method, url, &headers).await;
-        let file = std::fs::File::open(&path).unwrap();
-        rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        fdfs_testkit::evict_from_page_cache(&path);
         let from_disk = answer(&c, method, url, &headers).await;
         assert_eq!(cached.0, status, "{what}");
         assert_eq!(cached, from_disk, "{what}");
