@@ -240,23 +240,35 @@ async fn send(node: &AppState, tracker: &str, hb: &Heartbeat, timeout: Duration)
     }
 }
 
-/// Whether every store path can be written and has room above the reserve; the first problem otherwise.
-async fn store_problem(
-    node: &AppState,
-    stats: &[fdfs_common::wire::StorePathStat],
-) -> Option<String> {
+/// Mark each store path that cannot be written (a file written and fsynced in its `.fdfs` fails: a failing
+/// disk, or one the kernel remounted read-only) as `failed`: the trackers then assign it nothing.
+async fn probe_store_paths(node: &AppState, stats: &mut [fdfs_common::wire::StorePathStat]) {
     let roots: Vec<_> = node.config.store_paths.clone();
-    let unwritable = tokio::task::spawn_blocking(move || {
-        roots.iter().find_map(|root| {
-            fdfs_common::state::check_writable(&root.join(".fdfs"), "store_path")
-                .err()
-                .map(|e| e.to_string())
-        })
+    let n = roots.len();
+    let failures = tokio::task::spawn_blocking(move || {
+        roots
+            .iter()
+            .map(|root| {
+                fdfs_common::state::check_writable(&root.join(".fdfs"), "store_path")
+                    .err()
+                    .map(|e| e.to_string())
+            })
+            .collect::<Vec<_>>()
     })
     .await
-    .unwrap_or_else(|e| Some(e.to_string()));
-    if unwritable.is_some() {
-        return unwritable;
+    .unwrap_or_else(|e| vec![Some(e.to_string()); n]);
+    for p in stats {
+        p.failed = failures.get(usize::from(p.index)).cloned().flatten();
+        if let Some(why) = &p.failed {
+            tracing::error!(store_path = p.index, error = %why, "store path cannot be written: reported as failed to the trackers");
+        }
+    }
+}
+
+/// Whether every store path can be written and has room above the reserve; the first problem otherwise.
+fn store_problem(node: &AppState, stats: &[fdfs_common::wire::StorePathStat]) -> Option<String> {
+    if let Some(why) = stats.iter().find_map(|p| p.failed.clone()) {
+        return Some(why);
     }
     stats.iter().find_map(|p| {
         let reserve = match node.config.reserved_storage_space {
@@ -279,12 +291,13 @@ async fn beat(
     timeout: Duration,
     reachable: &mut HashMap<String, bool>,
 ) -> Option<(String, Duration)> {
-    let hb = heartbeat(node).await;
+    let mut hb = heartbeat(node).await;
+    probe_store_paths(node, &mut hb.store_paths).await;
     *node
         .status
         .store_problem
         .lock()
-        .unwrap_or_else(PoisonError::into_inner) = store_problem(node, &hb.store_paths).await;
+        .unwrap_or_else(PoisonError::into_inner) = store_problem(node, &hb.store_paths);
     let replies = futures_util::future::join_all(node.config.trackers.iter().map(|t| {
         let hb = &hb;
         async move { (t, send(node, t, hb, timeout).await) }
