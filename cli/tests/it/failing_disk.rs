@@ -2,7 +2,8 @@
 //! ([`fdfs_testkit::powercut::Disk`]) that starts failing with EIO. A write it fails is refused with
 //! `disk_failed` and the gateway sends the upload elsewhere; the node's next heartbeat reports the store path
 //! failed and the trackers assign it nothing until it can be written again. A file it cannot read is served
-//! from a peer and its copy repaired.
+//! from a peer and its copy repaired. A disk gone slow (every call delayed) is reported the same way once its
+//! write probe takes longer than `slow_disk_ms`.
 
 use std::time::{Duration, Instant};
 
@@ -149,5 +150,85 @@ async fn a_file_the_disk_cannot_read_is_served_from_a_peer_and_repaired() {
     }
     c.kill9(0, 0);
     c.kill9(0, 1);
+    drop(disk);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_gone_slow_is_reported_to_the_trackers_and_uploads_go_elsewhere() {
+    let (mut c, disk) = with_disk_under_g1m1(
+        ClusterSpec {
+            groups: 2,
+            members: 1,
+            ..ClusterSpec::default()
+        }
+        .storage(&["--slow-disk-ms", "400"]),
+    )
+    .await;
+    let gw = c.gateway_url();
+    // Every call on group1's disk now waits 200 ms: writing and syncing a small file takes most of a second.
+    disk.inject(Faults {
+        delay: Duration::from_millis(200),
+        ..Faults::default()
+    });
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let (mut ok, mut worst, mut on_slow) = (0, Duration::ZERO, 0);
+    for i in 0..20 {
+        let t0 = Instant::now();
+        let r = http
+            .put(format!("{gw}/upload/w{i}.bin"))
+            .body(content(800 + i, 10_000))
+            .send()
+            .await;
+        worst = worst.max(t0.elapsed());
+        if let Ok(r) = r {
+            if r.status().is_success() {
+                ok += 1;
+                let v: Value = r.json().await.unwrap();
+                on_slow += usize::from(v["group"] == "group1");
+            }
+        }
+    }
+    eprintln!("20 uploads with group1's disk slow: {ok} stored ({on_slow} on it), the slowest took {worst:?}");
+    assert_eq!(ok, 20, "uploads stored within 5 s each");
+    let g1 = &c.storage[0][0];
+    let tracker = c.trackers[0].url();
+    let assigned_g1 = || async {
+        let r = c
+            .http
+            .get(format!("{tracker}/v1/assign?group=group1"))
+            .secret()
+            .send()
+            .await
+            .ok()?;
+        Some(r.status() == 200)
+    };
+    eventually(
+        10,
+        "the trackers to stop assigning the slow disk",
+        || async { (!assigned_g1().await?).then_some(()) },
+    )
+    .await;
+    let text = c
+        .http
+        .get(format!("{}/health", g1.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("too slow"), "{text}");
+    disk.inject(Faults::default());
+    eventually(
+        10,
+        "group1 assigned again once its disk is quick",
+        || async { assigned_g1().await?.then_some(()) },
+    )
+    .await;
+    c.kill9(0, 0);
     drop(disk);
 }
