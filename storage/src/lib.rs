@@ -1,8 +1,8 @@
 //! fdfs storage node: keeps a group's files on local store paths, serves them nginx-style, accepts uploads and
 //! metadata changes from the gateway on internal routes, and heartbeats to every tracker.
 //!
-//! Modules: [`store`] (the disk and the dedup index), [`api`] (internal `/v1` routes), [`serve`] (public
-//! downloads and the read proxy), [`heartbeat`] (tracker reports, peer list), [`sync`] (binlog, replication and
+//! Modules: [`store`] (the disk, the dedup index and the binlog), [`api`] (internal `/v1` routes), [`serve`] (public
+//! downloads and the read proxy), [`heartbeat`] (tracker reports, peer list), [`sync`] (replication and
 //! catch-up), [`cli`] (flags), [`error`].
 
 pub mod api;
@@ -144,7 +144,7 @@ impl Default for Config {
             cluster_secret: None,
             max_file_size: Size::Bytes(16 << 30),
             write_quorum: 2,
-            binlog_segment_bytes: Size::Bytes(sync::binlog::DEFAULT_SEGMENT_BYTES),
+            binlog_segment_bytes: Size::Bytes(store::binlog::DEFAULT_SEGMENT_BYTES),
             anti_leech_secret: None,
             token_ttl_secs: 900,
             reserved_storage_space: Size::Bytes(DEFAULT_RESERVED_BYTES),

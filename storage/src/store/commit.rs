@@ -16,7 +16,7 @@ use super::dedup::content_key;
 use super::layout::fail_point;
 use super::{is_reserved, Staged, Store, META_SUFFIX};
 use crate::error::{Result, StorageError};
-use crate::sync::binlog::Op;
+use super::binlog::Op;
 
 /// Outcome of [`Store::commit`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,7 +11,7 @@
 //! ## Durability and group commit
 //!
 //! Every change is recorded in a log before it touches the data directories: changes accepted from clients in
-//! the node's binlog ([`crate::sync::binlog`], which the sync workers push to peers), replicas and deletes
+//! the node's binlog ([`binlog`], which the sync workers push to peers), replicas and deletes
 //! received from peers in the store's own journal (`.fdfs/journal/`, same format, only replayed here). Both are
 //! group-committed: concurrent writers share one fsync of the log. A new file goes:
 //!
@@ -42,6 +42,7 @@
 //! async wrappers that run them on the blocking pool.
 
 mod adopt;
+pub mod binlog;
 mod commit;
 mod dedup;
 mod import;
@@ -62,7 +63,7 @@ use fdfs_common::{FileId, GroupName};
 use rand::Rng;
 
 use crate::error::{Result, StorageError};
-use crate::sync::binlog::{Binlog, DEFAULT_SEGMENT_BYTES};
+use binlog::{Binlog, DEFAULT_SEGMENT_BYTES};
 use layout::{clear_dir, create_data_dirs};
 
 pub use adopt::APPENDER_DIR;

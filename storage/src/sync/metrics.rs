@@ -7,7 +7,7 @@
 //! - `fdfs_sync_syncing` (gauge, 1 while catching up), `fdfs_catchup_files_total`, `fdfs_catchup_bytes_total`,
 //!   `fdfs_catchup_files_per_second`, `fdfs_catchup_bytes_per_second` (rate of the last catch-up).
 
-use super::binlog::Op;
+use crate::store::binlog::Op;
 
 use super::CatchupReport;
 

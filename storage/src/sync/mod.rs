@@ -22,7 +22,6 @@
 //!
 //! The routes peers call are in [`routes`]; they sit behind the cluster secret with the other `/v1` routes.
 
-pub mod binlog;
 pub mod catchup;
 pub mod client;
 pub mod import;
@@ -51,7 +50,7 @@ use crate::heartbeat::Peers;
 use crate::store::layout::write_small;
 use crate::store::{MetaUpdate, NewFile, Origin, Store, Stored};
 use crate::AppState;
-use binlog::{Binlog, Op, DEFAULT_SEGMENT_BYTES};
+use crate::store::binlog::{Binlog, Op, DEFAULT_SEGMENT_BYTES};
 
 pub use catchup::CatchupReport;
 pub use tombstones::Tombstones;

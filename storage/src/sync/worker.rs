@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use fdfs_common::wire::MemberInfo;
 use futures_util::stream::{self, StreamExt};
 
-use super::binlog::{Op, Record};
+use crate::store::binlog::{Op, Record};
 use super::client::{self, PushError, Pushed};
 use super::{metrics, PeerProgress, SyncEngine};
 
