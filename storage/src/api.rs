@@ -1,6 +1,7 @@
 //! Internal `/v1` routes (cluster secret): upload, file info, delete, metadata. Handlers only parse and answer:
-//! every change goes through the node's [`crate::sync::SyncEngine`], which makes it durable in the
-//! [`crate::store::Store`], records it and replicates it before it is acknowledged.
+//! every change goes through the node's [`crate::write::Writes`] (uploads) or [`crate::sync::SyncEngine`]
+//! (deletes, metadata), which make it durable in the [`crate::store::Store`], record it and replicate it before
+//! it is acknowledged.
 
 use std::collections::BTreeMap;
 
@@ -139,9 +140,9 @@ pub async fn upload(
     }
     // Before any byte of the body: the gateway can still send it elsewhere.
     node.takes_uploads()?;
-    node.sync.quorum_check()?;
+    node.writes.quorum_check()?;
     let (stored, replicas) = node
-        .sync
+        .writes
         .upload(new, meta, body.into_data_stream(), limit)
         .await?;
     let Stored { id, size, crc32 } = stored;

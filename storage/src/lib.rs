@@ -2,8 +2,8 @@
 //! metadata changes from the gateway on internal routes, and heartbeats to every tracker.
 //!
 //! Modules: [`store`] (the disk, the dedup index and the binlog), [`api`] (internal `/v1` routes), [`serve`] (public
-//! downloads and the read proxy), [`heartbeat`] (tracker reports, peer list), [`sync`] (replication and
-//! catch-up), [`cli`] (flags), [`error`].
+//! downloads and the read proxy), [`heartbeat`] (tracker reports, peer list), [`write`] (uploads from every door, the write
+//! quorum), [`sync`] (replication and catch-up), [`cli`] (flags), [`error`].
 
 pub mod api;
 pub mod appender;
@@ -18,6 +18,7 @@ pub mod serve;
 pub mod store;
 pub mod sync;
 pub mod thumbnail;
+pub mod write;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -189,8 +190,10 @@ pub struct Node {
     pub store: Arc<Store>,
     /// The other members of the group, from the latest heartbeat replies.
     pub peers: Arc<Peers>,
-    /// The replication engine: every change goes through it (see [`sync`]).
+    /// The replication engine: deletes and metadata changes go through it (see [`sync`]).
     pub sync: sync::SyncEngine,
+    /// The write path: every new file goes through it (see [`write`]).
+    pub writes: write::Writes,
     /// Client for trackers and peers.
     pub http: reqwest::Client,
     /// Thumbnails rendered on first read (see [`thumbnail`]).
@@ -397,9 +400,10 @@ pub async fn run_with_fastdfs(
         },
     ));
 
+    let writes = write::Writes::new(engine.clone());
     let appenders = Arc::new(appender::Appenders::new(
         store.clone(),
-        engine.clone(),
+        writes.clone(),
         node_id,
         public_url.clone(),
         max_file_size,
@@ -422,6 +426,7 @@ pub async fn run_with_fastdfs(
         store,
         peers,
         sync: engine.clone(),
+        writes,
         http,
         thumbnails,
         appenders,

@@ -130,3 +130,35 @@ pub fn file_stream(file: tokio::fs::File) -> impl Stream<Item = std::io::Result<
         Ok(Some((buf.freeze(), file)))
     })
 }
+
+/// Bodies up to this many bytes take the small-upload path of [`crate::write::Writes::upload`]: read whole, the ID made
+/// from them at once, then the local write and one `PUT /v1/replica/{id}` per peer (body, metadata and
+/// incarnation together) run side by side, each a single blocking call on its node. No stage/commit round
+/// trips, no per-chunk hand-offs between threads. The memory this holds per upload is bounded by it.
+pub const SMALL_BODY: usize = 128 * 1024;
+
+/// Answer of the stage request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageAnswer {
+    /// Names the staged body in the commit request.
+    pub token: u64,
+    /// Bytes the peer staged (the source checks it against what it sent).
+    pub size: u64,
+}
+
+/// Body of the commit request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommitRequest {
+    /// The stage answer's token.
+    pub token: u64,
+    /// The ID the source gave the upload.
+    pub file_id: String,
+    /// Unix seconds given to the replica.
+    pub mtime: u64,
+    /// Metadata stored with the replica.
+    #[serde(default)]
+    pub meta: Metadata,
+    /// The upload's incarnation (see [`super::tombstones`]): a slave ID uploaded again after a delete.
+    #[serde(default)]
+    pub gen: u64,
+}
