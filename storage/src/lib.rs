@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod appender;
+pub mod background;
 pub mod cli;
 pub mod error;
 pub mod fastdfs;
@@ -367,6 +368,8 @@ pub async fn run_with_fastdfs(
         .build()
         .context("building the HTTP client")?;
     let peers = Arc::new(Peers::default());
+    // Owns every background task from here on: started through it, stopped and waited for at the end.
+    let background = background::Background::default();
 
     // The replication engine (see `sync`): one worker per peer, catch-up, write quorum.
     let engine = sync::SyncEngine::start(
@@ -385,6 +388,7 @@ pub async fn run_with_fastdfs(
             )),
             ..sync::SyncConfig::default()
         },
+        &background,
     )
     .await
     .context("starting replication")?;
@@ -392,13 +396,16 @@ pub async fn run_with_fastdfs(
         Size::Bytes(n) => n,
         Size::Percent(_) => anyhow::bail!("scrub_bytes_per_sec must be a size, not a percentage"),
     };
-    let scrubber = tokio::spawn(scrub::run(
-        engine.clone(),
-        scrub::ScrubConfig {
-            bytes_per_sec: scrub_rate,
-            interval: Duration::from_secs(config.scrub_interval_secs),
-        },
-    ));
+    background.spawn(
+        "scrubber",
+        scrub::run(
+            engine.clone(),
+            scrub::ScrubConfig {
+                bytes_per_sec: scrub_rate,
+                interval: Duration::from_secs(config.scrub_interval_secs),
+            },
+        ),
+    );
 
     let writes = write::Writes::new(engine.clone());
     let appenders = Arc::new(appender::Appenders::new(
@@ -408,7 +415,7 @@ pub async fn run_with_fastdfs(
         public_url.clone(),
         max_file_size,
     ));
-    let sweeper = tokio::spawn(appenders.clone().run_sweeper());
+    background.spawn("appender sweeper", appenders.clone().run_sweeper());
     // The FastDFS door (see `fastdfs`): its port goes into every heartbeat.
     let fastdfs_port = match &fastdfs_listener {
         Some(l) => Some(l.local_addr()?.port()),
@@ -436,7 +443,7 @@ pub async fn run_with_fastdfs(
     // Heartbeats; a node refused by every tracker since it started (a second live node with its id or address)
     // stops with that reason.
     let (refused_tx, refused_rx) = tokio::sync::oneshot::channel::<String>();
-    let heartbeats = tokio::spawn({
+    let heartbeats = background.spawn("heartbeats", {
         let node = node.clone();
         async move {
             let why = heartbeat::run(node).await;
@@ -459,9 +466,9 @@ pub async fn run_with_fastdfs(
     // Stopping: unready and no new uploads at once, the trackers told (offline there at once), then
     // `shutdown_delay_ms` of serving before the listeners close.
     let farewell = {
-        let (node, beats) = (node.clone(), heartbeats.abort_handle());
+        let node = node.clone();
         move || async move {
-            beats.abort();
+            heartbeats.stop();
             heartbeat::leave(&node).await;
         }
     };
@@ -472,16 +479,20 @@ pub async fn run_with_fastdfs(
         Duration::from_millis(node.config.shutdown_delay_ms),
     );
     let shutdown = futures_util::FutureExt::shared(Box::pin(shutdown));
-    let fastdfs_door = fastdfs_listener.map(|l| {
+    if let Some(l) = fastdfs_listener {
+        // Told to stop by the same signal as HTTP; it drains its connections within its grace period.
         let door_node = node.clone();
-        tokio::spawn(fdfs_common::fastdfs::serve(
-            l,
-            fastdfs::limits(&node.config),
-            "storage",
-            move |conn| fastdfs::handle(door_node.clone(), conn),
-            shutdown.clone(),
-        ))
-    });
+        background.spawn_draining(
+            "fastdfs door",
+            fdfs_common::fastdfs::serve(
+                l,
+                fastdfs::limits(&node.config),
+                "storage",
+                move |conn| fastdfs::handle(door_node.clone(), conn),
+                shutdown.clone(),
+            ),
+        );
+    }
     // `POST /v1/scrub` (see `scrub`), behind the cluster secret like the other internal routes.
     let internal_app = router(node.clone()).merge(scrub::router(engine.clone()).route_layer(
         middleware::from_fn_with_state(node.clone(), api::require_secret),
@@ -491,7 +502,7 @@ pub async fn run_with_fastdfs(
         Some(internal) => {
             // One shutdown signal for both listeners.
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-            tokio::spawn(async move {
+            background.spawn("listener stop", async move {
                 shutdown.await;
                 let _ = stop_tx.send(true);
             });
@@ -508,30 +519,21 @@ pub async fn run_with_fastdfs(
             a.and(b)
         }
     };
-    if let Some(mut door) = fastdfs_door {
-        // Told to stop by the same signal; it drains its connections within its grace period (unless serving
-        // HTTP failed without a shutdown: then it is aborted).
-        let grace = fdfs_common::fastdfs::STOP_GRACE + Duration::from_secs(5);
-        if tokio::time::timeout(grace, &mut door).await.is_err() {
-            door.abort();
-            let _ = door.await;
-        }
-    }
-    heartbeats.abort();
-    scrubber.abort();
-    sweeper.abort();
-    let _ = sweeper.await;
-    let _ = heartbeats.await;
-    let _ = scrubber.await;
-    engine.shutdown().await;
+    // Every background task told to stop and waited for: the FastDFS door drains its connections within its
+    // grace period (it was told by the same signal as HTTP); a task still running past that is aborted.
+    background
+        .shutdown(fdfs_common::fastdfs::STOP_GRACE + Duration::from_secs(5))
+        .await;
     // Whatever still holds the node (a connection task being dropped, a blocking write finishing) lets go of
     // the store before `run` returns, so that the same store paths can be opened again at once (the index is
     // locked while open). Bounded: a stuck holder only delays the return.
-    let store = Arc::downgrade(&node.store);
+    let closed = node.store.closed();
     drop((node, engine));
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while store.strong_count() > 0 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    if tokio::time::timeout(Duration::from_secs(10), closed)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the store is still held 10 s after the node stopped");
     }
     if let Some(why) = refused
         .lock()

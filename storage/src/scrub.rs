@@ -338,7 +338,7 @@ async fn fetch_good_copy(engine: &SyncEngine, peer: &MemberInfo, id: &FileId) ->
     .await?
 }
 
-/// The background scrubber; runs until aborted.
+/// The background scrubber; runs until told to stop (see [`crate::background`]).
 pub async fn run(engine: SyncEngine, config: ScrubConfig) {
     if config.bytes_per_sec == 0 {
         tracing::info!("scrubber off (scrub_bytes_per_sec = 0)");

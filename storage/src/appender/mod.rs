@@ -650,7 +650,7 @@ impl Appenders {
         Ok(removed)
     }
 
-    /// Sweep every [`SWEEP_EVERY`] until aborted.
+    /// Sweep every [`SWEEP_EVERY`] until told to stop (see [`crate::background`]).
     pub async fn run_sweeper(self: Arc<Self>) {
         let mut tick = tokio::time::interval(SWEEP_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -152,6 +152,8 @@ pub struct Store {
     binlog: Arc<Binlog>,
     /// Changes received from peers.
     journal: Arc<Binlog>,
+    /// Dropped with the store, which closes the channel: see [`Store::closed`].
+    alive: tokio::sync::watch::Sender<()>,
 }
 
 fn decode_u64(v: &[u8]) -> u64 {
@@ -244,6 +246,7 @@ impl Store {
             dir_sync: layout::DirSync::default(),
             binlog,
             journal,
+            alive: tokio::sync::watch::channel(()).0,
         });
         if all_fresh {
             // Nothing on disk to index.
@@ -281,6 +284,13 @@ impl Store {
     /// The node's binlog (changes accepted from clients), for the sync engine.
     pub fn binlog(&self) -> &Arc<Binlog> {
         &self.binlog
+    }
+
+    /// Resolves once the store is dropped (nothing holds it any more, the index's lock is released), so that
+    /// the same store paths can be opened again.
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut alive = self.alive.subscribe();
+        async move { while alive.changed().await.is_ok() {} }
     }
 
     fn log(&self, origin: Origin) -> &Arc<Binlog> {

@@ -57,7 +57,7 @@ impl CatchupReport {
     }
 }
 
-/// The catch-up task; runs until aborted. `initial`: this node has no synced marker and must catch up before
+/// The catch-up task; runs until told to stop (see [`crate::background`]). `initial`: this node has no synced marker and must catch up before
 /// it serves.
 ///
 /// It applies the listing of EVERY active peer (their union, minus every member's tombstones), not one peer's,

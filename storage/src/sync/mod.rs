@@ -40,8 +40,8 @@ use std::time::Duration;
 use axum::Router;
 use fdfs_common::wire::{MemberInfo, MemberState, Metadata, PeerSync};
 use fdfs_common::FileId;
-use tokio::task::JoinHandle;
 
+use crate::background::{Background, Task};
 use crate::error::Result;
 use crate::heartbeat::Peers;
 use crate::store::binlog::{Binlog, Op, DEFAULT_SEGMENT_BYTES};
@@ -136,7 +136,7 @@ impl PeerProgress {
 
 struct PeerSlot {
     progress: Arc<PeerProgress>,
-    task: JoinHandle<()>,
+    task: Task,
 }
 
 /// Shared state of the engine; its fields are the engine's own (other modules use [`SyncEngine`]'s methods).
@@ -161,7 +161,8 @@ pub struct Inner {
     /// Wakes workers when a record is appended (carries the last sequence number).
     appended: tokio::sync::watch::Sender<u64>,
     workers: Mutex<HashMap<u32, PeerSlot>>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Starts the engine's tasks (supervisor, catch-up, reporter, workers) and stops them at shutdown.
+    background: Background,
     last_catchup: Mutex<Option<CatchupReport>>,
     /// Bodies staged by peers' upload pipelines, waiting for their commit.
     staged: staged::StagedTable,
@@ -192,12 +193,13 @@ impl std::ops::Deref for SyncEngine {
 
 impl SyncEngine {
     /// Open the binlog, tombstones and positions in the store's state directory and start the supervisor
-    /// (workers per peer, pruning, gauges) and the catch-up. Stop it with [`SyncEngine::shutdown`].
+    /// (workers per peer, pruning, gauges) and the catch-up as tasks of `background`, which stops them.
     pub async fn start(
         store: Arc<Store>,
         peers: Arc<Peers>,
         http: reqwest::Client,
         config: SyncConfig,
+        background: &Background,
     ) -> Result<SyncEngine> {
         let state_dir = store.state_dir().to_owned();
         let binlog = store.binlog().clone();
@@ -225,7 +227,7 @@ impl SyncEngine {
             syncing: AtomicBool::new(!synced),
             appended,
             workers: Mutex::new(HashMap::new()),
-            tasks: Mutex::new(Vec::new()),
+            background: background.clone(),
             last_catchup: Mutex::new(None),
             staged: staged::StagedTable::default(),
             reach: reach::Reach::default(),
@@ -235,33 +237,19 @@ impl SyncEngine {
                 "no synced marker: this member will copy its group's files before serving"
             );
         }
-        let supervisor = tokio::spawn(engine.clone().supervise());
-        let catchup = tokio::spawn(catchup::run(engine.clone(), !synced));
+        background.spawn("sync supervisor", engine.clone().supervise());
+        background.spawn("catch-up", catchup::run(engine.clone(), !synced));
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         engine.reach.report_to(tx);
-        let reporter = tokio::spawn(engine.clone().report_unresponsive(rx));
-        engine.lock_tasks().extend([supervisor, catchup, reporter]);
+        background.spawn(
+            "unresponsive peer reporter",
+            engine.clone().report_unresponsive(rx),
+        );
         Ok(engine)
-    }
-
-    fn lock_tasks(&self) -> MutexGuard<'_, Vec<JoinHandle<()>>> {
-        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock_workers(&self) -> MutexGuard<'_, HashMap<u32, PeerSlot>> {
         self.workers.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Stop every task of the engine (workers, supervisor, catch-up) and wait for them to end.
-    pub async fn shutdown(&self) {
-        let mut handles: Vec<JoinHandle<()>> = self.lock_tasks().drain(..).collect();
-        handles.extend(self.lock_workers().drain().map(|(_, s)| s.task));
-        for h in &handles {
-            h.abort();
-        }
-        for h in handles {
-            let _ = h.await;
-        }
     }
 
     /// Routes peers call (`/v1/replica/...`, `/v1/sync/...`), to be merged behind the cluster secret.
@@ -394,7 +382,7 @@ impl SyncEngine {
         Ok(())
     }
 
-    /// Keep one worker per peer, prune the binlog, refresh gauges; runs until aborted.
+    /// Keep one worker per peer, prune the binlog, refresh gauges; runs until told to stop (see [`crate::background`]).
     async fn supervise(self) {
         let mut tick = tokio::time::interval(SUPERVISE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -426,7 +414,7 @@ impl SyncEngine {
             let keep = peers.iter().any(|p| p.node_id == *id) && !slot.task.is_finished();
             if !keep {
                 slot.progress.stop.store(true, Ordering::Relaxed);
-                slot.task.abort();
+                slot.task.stop();
                 tracing::info!(peer = id, "sync worker stopped");
             }
             keep
@@ -436,7 +424,10 @@ impl SyncEngine {
                 continue;
             }
             let progress = Arc::new(PeerProgress::default());
-            let task = tokio::spawn(worker::run(self.clone(), peer.node_id, progress.clone()));
+            let task = self.background.spawn(
+                "sync worker",
+                worker::run(self.clone(), peer.node_id, progress.clone()),
+            );
             workers.insert(peer.node_id, PeerSlot { progress, task });
         }
     }
