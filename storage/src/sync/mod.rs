@@ -352,6 +352,11 @@ impl SyncEngine {
         &self.tombstones
     }
 
+    /// The owner of the node's background tasks.
+    pub fn background(&self) -> &Background {
+        &self.background
+    }
+
     /// What this node learned lately about reaching each peer.
     pub fn reach(&self) -> &reach::Reach {
         &self.reach

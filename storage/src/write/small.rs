@@ -93,11 +93,14 @@ impl Writes {
                 .collect();
             if !took.is_empty() {
                 let (engine, tid) = (self.engine.clone(), id.clone());
-                tokio::spawn(async move {
-                    for peer in took {
-                        let _ = client::push_delete(&engine, &peer, &tid).await;
-                    }
-                });
+                // Not cut at shutdown: each push has its deadline.
+                self.engine
+                    .background()
+                    .spawn_draining("take back a replica", async move {
+                        for peer in took {
+                            let _ = client::push_delete(&engine, &peer, &tid).await;
+                        }
+                    });
             }
             return Err(e);
         }
