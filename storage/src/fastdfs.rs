@@ -2,10 +2,11 @@
 //! length, streamed), delete, metadata, file info, active test and quit, for FastDFS client libraries.
 //!
 //! One cluster, two doors: every change goes through the same [`crate::write::Writes`] (uploads) and
-//! [`crate::sync::SyncEngine`] (deletes, metadata) operations as the HTTP routes in [`crate::api`] (write quorum, replication, dedup, metadata, tombstones), and reads come from
-//! the same [`crate::store::Store`]. An upload streams from the socket straight into
-//! [`crate::write::Writes::upload`]; no body is ever held whole in memory. Appender-file commands answer
-//! `ENOTSUP` (95) and keep the connection. Codec and connection loop: [`fdfs_common::fastdfs`].
+//! [`crate::sync::SyncEngine`] (deletes, metadata) operations as the HTTP routes in [`crate::api`] (write quorum,
+//! replication, dedup, metadata, tombstones), and reads come from the same [`crate::store::Store`]. An upload
+//! streams from the socket straight into [`crate::write::Writes::upload`]; no body is ever held whole in memory.
+//! Appender-file commands answer `ENOTSUP` (95) and keep the connection. Codec and connection loop:
+//! [`fdfs_common::fastdfs`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -1,9 +1,9 @@
 //! fdfs storage node: keeps a group's files on local store paths, serves them nginx-style, accepts uploads and
 //! metadata changes from the gateway on internal routes, and heartbeats to every tracker.
 //!
-//! Modules: [`store`] (the disk, the dedup index and the binlog), [`api`] (internal `/v1` routes), [`serve`] (public
-//! downloads and the read proxy), [`heartbeat`] (tracker reports, peer list), [`write`] (uploads from every door, the write
-//! quorum), [`sync`] (replication and catch-up), [`cli`] (flags), [`error`].
+//! Modules: [`store`] (the disk, the dedup index and the binlog), [`api`] (internal `/v1` routes), [`serve`]
+//! (public downloads and the read proxy), [`heartbeat`] (tracker reports, peer list), [`write`](mod@write) (uploads from
+//! every door, the write quorum), [`sync`] (replication and catch-up), [`cli`] (flags), [`error`].
 
 pub mod api;
 pub mod appender;
@@ -193,7 +193,7 @@ pub struct Node {
     pub peers: Arc<Peers>,
     /// The replication engine: deletes and metadata changes go through it (see [`sync`]).
     pub sync: sync::SyncEngine,
-    /// The write path: every new file goes through it (see [`write`]).
+    /// The write path: every new file goes through it (see [`write`](mod@write)).
     pub writes: write::Writes,
     /// Client for trackers and peers.
     pub http: reqwest::Client,

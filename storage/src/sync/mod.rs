@@ -387,7 +387,8 @@ impl SyncEngine {
         Ok(())
     }
 
-    /// Keep one worker per peer, prune the binlog, refresh gauges; runs until told to stop (see [`crate::background`]).
+    /// Keep one worker per peer, prune the binlog, refresh gauges; runs until told to stop (see
+    /// [`crate::background`]).
     async fn supervise(self) {
         let mut tick = tokio::time::interval(SUPERVISE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -131,10 +131,10 @@ pub fn file_stream(file: tokio::fs::File) -> impl Stream<Item = std::io::Result<
     })
 }
 
-/// Bodies up to this many bytes take the small-upload path of [`crate::write::Writes::upload`]: read whole, the ID made
-/// from them at once, then the local write and one `PUT /v1/replica/{id}` per peer (body, metadata and
-/// incarnation together) run side by side, each a single blocking call on its node. No stage/commit round
-/// trips, no per-chunk hand-offs between threads. The memory this holds per upload is bounded by it.
+/// Bodies up to this many bytes take the small-upload path of [`crate::write::Writes::upload`]: read whole, the ID
+/// made from them at once, then the local write and one `PUT /v1/replica/{id}` per peer (body, metadata and
+/// incarnation together) run side by side, each a single blocking call on its node. No stage/commit round trips,
+/// no per-chunk hand-offs between threads. The memory this holds per upload is bounded by it.
 pub const SMALL_BODY: usize = 128 * 1024;
 
 /// Answer of the stage request.

@@ -1,7 +1,7 @@
 //! The node's write path: every new file accepted here, whichever door it came in by (HTTP `/v1/upload`, the
 //! FastDFS door, a finished appender file, `fdfs import-fastdfs`, a thumbnail rendered on first read), goes
 //! through [`Writes`]. Each is made durable here (the store's group commit, recorded in the binlog), followed by
-//! the same [after-commit step](Writes::after_commit), and held by the write quorum before it is acknowledged.
+//! the same after-commit step (`Writes::after_commit`), and held by the write quorum before it is acknowledged.
 //!
 //! - [`quorum`]: the one quorum rule, the early refusal of uploads that cannot reach it, and the pushes of a
 //!   committed file that make up for failed peers;
@@ -16,7 +16,7 @@
 pub mod import;
 pub mod pipeline;
 pub mod quorum;
-mod small;
+pub mod small;
 
 use std::sync::Arc;
 

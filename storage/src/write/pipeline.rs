@@ -11,11 +11,13 @@
 //!    it is durable.
 //!
 //! A peer that fails in either phase is dropped from the pipeline; the caller then pushes the committed file the
-//! usual way ([`crate::sync::client::push_upload`], see [`super::quorum`]) to another live peer, and the binlog record still carries the
-//! upload for later sync. The client's status is decided exactly as before (quorum or 503).
+//! usual way ([`crate::sync::client::push_upload`], see [`super::quorum`]) to another live peer, and the binlog
+//! record still carries the upload for later sync. The client's status is decided exactly as before (quorum or
+//! 503).
 //!
-//! Small bodies ([`crate::sync::protocol::SMALL_BODY`]) skip the two phases ([`super::small`]): the ID is known before anything is
-//! written, so the source sends each peer one `PUT /v1/replica/{id}` while it writes its own copy.
+//! Small bodies ([`crate::sync::protocol::SMALL_BODY`]) skip the two phases ([`super::small`]): the ID is known
+//! before anything is written, so the source sends each peer one `PUT /v1/replica/{id}` while it writes its own
+//! copy.
 //!
 //! A frozen peer cannot hold the upload: a chunk its buffer has not taken within the stall timeout
 //! (`peer_stall_timeout_ms`) drops it from the pipeline, and its stage request is aborted (the connection is

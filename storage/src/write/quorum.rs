@@ -1,6 +1,6 @@
 //! The write quorum: how many members must hold an upload before it is acknowledged ([`quorum`], the one rule),
 //! the early refusal of an upload that cannot reach it ([`Writes::quorum_check`]), and the pushes of a committed
-//! file that make up for the peers of the first round that failed ([`Writes::settle`], [`Writes::push_quorum`]).
+//! file that make up for the peers of the first round that failed (`Writes::settle`, `Writes::push_quorum`).
 //!
 //! An upload goes to `write_quorum - 1` peers (active ones first, then members still catching up), capped by how
 //! many are live: not offline and accepting connections. Peers that refused a connection lately are down and cap

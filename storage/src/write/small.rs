@@ -1,7 +1,7 @@
-//! The small-upload path: a master file whose whole body fits in [`crate::sync::protocol::SMALL_BODY`] is read into memory, its ID made
-//! from it at once, and then the local write and one `PUT /v1/replica/{id}` per peer of the first round (body,
-//! metadata and incarnation together) run side by side, each a single blocking call on its node. No
-//! stage/commit round trips, no per-chunk hand-offs between threads.
+//! The small-upload path: a master file whose whole body fits in [`crate::sync::protocol::SMALL_BODY`] is read
+//! into memory, its ID made from it at once, and then the local write and one `PUT /v1/replica/{id}` per peer of
+//! the first round (body, metadata and incarnation together) run side by side, each a single blocking call on its
+//! node. No stage/commit round trips, no per-chunk hand-offs between threads.
 
 use bytes::Bytes;
 use fdfs_common::wire::{MemberInfo, Metadata};
