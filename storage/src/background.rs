@@ -166,8 +166,10 @@ mod tests {
                 self.0.store(true, Ordering::SeqCst);
             }
         }
+        // Made outside the future (moved into it): a task stopped before its first poll drops it too.
+        let guard = OnDrop(flag);
         let task = bg.spawn("forever", async move {
-            let _guard = OnDrop(flag);
+            let _guard = guard;
             std::future::pending::<()>().await;
         });
         let watcher = bg.shutdown_signal();
