@@ -72,7 +72,7 @@ pub async fn import(
     let Path(raw) = path.map_err(|e| StorageError::BadRequest(e.body_text()))?;
     let Query(q) = query.map_err(|e| StorageError::BadRequest(e.body_text()))?;
     let id: FileId = raw.parse()?;
-    let meta = crate::api::meta_param(q.meta.as_deref())?;
+    let meta = crate::sync::protocol::meta_param(q.meta.as_deref())?;
     let limit = node.max_file_size;
     let declared = headers
         .get(header::CONTENT_LENGTH)

@@ -37,6 +37,18 @@ pub struct ListedFile {
     pub meta_crc: Option<u32>,
 }
 
+/// The `meta` query parameter of an upload or a replica put (the same encoding on both doors): a JSON object of strings (absent or empty: none).
+pub fn meta_param(raw: Option<&str>) -> crate::error::Result<Metadata> {
+    match raw {
+        None | Some("") => Ok(Metadata::new()),
+        Some(m) => serde_json::from_str(m).map_err(|e| {
+            crate::error::StorageError::BadRequest(format!(
+                "meta must be a JSON object of strings: {e}"
+            ))
+        }),
+    }
+}
+
 /// CRC32 of a file's metadata as JSON (keys in order), `None` when it has none.
 pub fn meta_crc(meta: &Metadata) -> Option<u32> {
     if meta.is_empty() {

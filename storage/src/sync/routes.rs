@@ -190,7 +190,7 @@ async fn put_file(
         return Ok(gone(&id));
     }
     engine.accept_incarnation(&id, gen).await?;
-    let meta = crate::api::meta_param(q.meta.as_deref())?;
+    let meta = super::protocol::meta_param(q.meta.as_deref())?;
     let mtime = mtime_from(&headers);
     let declared = header_u64(&headers, header::CONTENT_LENGTH.as_str());
     let committed = match declared {
