@@ -1,6 +1,7 @@
 //! Internal `/v1` routes (cluster secret): upload, file info, delete, metadata. Handlers only parse and answer:
-//! every change goes through the node's [`crate::sync::SyncEngine`], which makes it durable in the
-//! [`crate::store::Store`], records it and replicates it before it is acknowledged.
+//! every change goes through the node's [`crate::write::Writes`] (uploads) or [`crate::sync::SyncEngine`]
+//! (deletes, metadata), which make it durable in the [`crate::store::Store`], record it and replicate it before
+//! it is acknowledged.
 
 use std::collections::BTreeMap;
 
@@ -80,16 +81,6 @@ fn parse_ext(ext: Option<&str>) -> Result<Option<String>> {
     }
 }
 
-/// The `meta` query parameter of an upload: a JSON object of strings (absent or empty: none).
-pub fn meta_param(raw: Option<&str>) -> Result<Metadata> {
-    match raw {
-        None | Some("") => Ok(Metadata::new()),
-        Some(m) => serde_json::from_str(m).map_err(|e| {
-            StorageError::BadRequest(format!("meta must be a JSON object of strings: {e}"))
-        }),
-    }
-}
-
 /// `POST /v1/upload`: stream the raw body into the store and answer [`UploadResult`].
 pub async fn upload(
     State(node): State<AppState>,
@@ -99,7 +90,7 @@ pub async fn upload(
 ) -> Result<Json<UploadResult>> {
     let Query(q) = query.map_err(|e| StorageError::BadRequest(e.body_text()))?;
     let ext = parse_ext(q.ext.as_deref())?;
-    let meta = meta_param(q.meta.as_deref())?;
+    let meta = crate::sync::protocol::meta_param(q.meta.as_deref())?;
     let new = match (q.master.as_deref(), q.prefix.as_deref()) {
         (None, None) => NewFile::Master {
             store_path: q.store_path.unwrap_or(0),
@@ -139,9 +130,9 @@ pub async fn upload(
     }
     // Before any byte of the body: the gateway can still send it elsewhere.
     node.takes_uploads()?;
-    node.sync.quorum_check()?;
+    node.writes.quorum_check()?;
     let (stored, replicas) = node
-        .sync
+        .writes
         .upload(new, meta, body.into_data_stream(), limit)
         .await?;
     let Stored { id, size, crc32 } = stored;

@@ -1,11 +1,12 @@
 //! The storage node's FastDFS protocol door (`fastdfs_listen`): upload (master and slave), download (offset and
 //! length, streamed), delete, metadata, file info, active test and quit, for FastDFS client libraries.
 //!
-//! One cluster, two doors: every change goes through the same [`crate::sync::SyncEngine`] operations as the
-//! HTTP routes in [`crate::api`] (write quorum, replication, dedup, metadata, tombstones), and reads come from
-//! the same [`crate::store::Store`]. An upload streams from the socket straight into
-//! [`crate::sync::SyncEngine::upload`]; no body is ever held whole in memory. Appender-file commands answer
-//! `ENOTSUP` (95) and keep the connection. Codec and connection loop: [`fdfs_common::fastdfs`].
+//! One cluster, two doors: every change goes through the same [`crate::write::Writes`] (uploads) and
+//! [`crate::sync::SyncEngine`] (deletes, metadata) operations as the HTTP routes in [`crate::api`] (write quorum,
+//! replication, dedup, metadata, tombstones), and reads come from the same [`crate::store::Store`]. An upload
+//! streams from the socket straight into [`crate::write::Writes::upload`]; no body is ever held whole in memory.
+//! Appender-file commands answer `ENOTSUP` (95) and keep the connection. Codec and connection loop:
+//! [`fdfs_common::fastdfs`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -461,7 +462,7 @@ async fn upload(node: &AppState, conn: &mut Conn, header: Header) -> Flow {
     let remaining = AtomicU64::new(size);
     let body = body_stream(conn, &remaining);
     let result = node
-        .sync
+        .writes
         .upload(request.new, Metadata::new(), body, node.max_file_size)
         .await;
     let unread = remaining.load(Ordering::Relaxed);

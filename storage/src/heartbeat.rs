@@ -121,9 +121,9 @@ fn tracker_url(tracker: &str, route: &str) -> String {
     }
 }
 
-/// The heartbeat loop; runs until aborted, or returns why this node must not run: every tracker refused it
-/// (another live node has its id or address) since it started, for longer than the other could still be a
-/// member that just died.
+/// The heartbeat loop; runs until told to stop (see [`crate::background`]), or returns why this node must not
+/// run: every tracker refused it (another live node has its id or address) since it started, for longer than
+/// the other could still be a member that just died.
 pub async fn run(node: AppState) -> String {
     let interval = Duration::from_millis(node.config.heartbeat_interval_ms.max(10));
     let mut tick = tokio::time::interval(interval);

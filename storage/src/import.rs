@@ -6,7 +6,7 @@
 //! Query: `meta` (a JSON object of strings, stored with the file), `mtime` (unix seconds given to the file,
 //! default its ID's creation time). The raw body is the file. The body is checked against the size and CRC32
 //! the ID encodes while it is staged (400 when it does not match: nothing is kept), then goes through the
-//! upload path ([`crate::sync::SyncEngine::import`]). Answer [`ImportResult`]: `imported` (with the replica
+//! upload path ([`crate::write::Writes::import`]). Answer [`ImportResult`]: `imported` (with the replica
 //! count) or `skipped` (the same bytes were already here); 409 when the ID holds other bytes.
 
 use std::time::{Duration, SystemTime};
@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StorageError};
 use crate::store::Stored;
-use crate::sync::import::ImportOutcome;
+use crate::write::ImportOutcome;
 use crate::AppState;
 
 /// Query of `PUT /v1/import/{file_id}`.
@@ -72,7 +72,7 @@ pub async fn import(
     let Path(raw) = path.map_err(|e| StorageError::BadRequest(e.body_text()))?;
     let Query(q) = query.map_err(|e| StorageError::BadRequest(e.body_text()))?;
     let id: FileId = raw.parse()?;
-    let meta = crate::api::meta_param(q.meta.as_deref())?;
+    let meta = crate::sync::protocol::meta_param(q.meta.as_deref())?;
     let limit = node.max_file_size;
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -93,7 +93,7 @@ pub async fn import(
     let mtime = q.mtime.unwrap_or(u64::from(id.info().created));
     let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(mtime);
     let (stored, outcome) = node
-        .sync
+        .writes
         .import(id, Some(mtime), meta, body.into_data_stream(), limit)
         .await?;
     let Stored { id, size, crc32 } = stored;

@@ -1,12 +1,13 @@
 //! fdfs storage node: keeps a group's files on local store paths, serves them nginx-style, accepts uploads and
 //! metadata changes from the gateway on internal routes, and heartbeats to every tracker.
 //!
-//! Modules: [`store`] (the disk and the dedup index), [`api`] (internal `/v1` routes), [`serve`] (public
-//! downloads and the read proxy), [`heartbeat`] (tracker reports, peer list), [`sync`] (binlog, replication and
-//! catch-up), [`cli`] (flags), [`error`].
+//! Modules: [`store`] (the disk, the dedup index and the binlog), [`api`] (internal `/v1` routes), [`serve`]
+//! (public downloads and the read proxy), [`heartbeat`] (tracker reports, peer list), [`write`](mod@write) (uploads from
+//! every door, the write quorum), [`sync`] (replication and catch-up), [`cli`] (flags), [`error`].
 
 pub mod api;
 pub mod appender;
+pub mod background;
 pub mod cli;
 pub mod error;
 pub mod fastdfs;
@@ -18,6 +19,7 @@ pub mod serve;
 pub mod store;
 pub mod sync;
 pub mod thumbnail;
+pub mod write;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -148,7 +150,7 @@ impl Default for Config {
             cluster_secret: None,
             max_file_size: Size::Bytes(16 << 30),
             write_quorum: 2,
-            binlog_segment_bytes: Size::Bytes(sync::binlog::DEFAULT_SEGMENT_BYTES),
+            binlog_segment_bytes: Size::Bytes(store::binlog::DEFAULT_SEGMENT_BYTES),
             anti_leech_secret: None,
             token_ttl_secs: 900,
             reserved_storage_space: Size::Bytes(DEFAULT_RESERVED_BYTES),
@@ -194,8 +196,10 @@ pub struct Node {
     pub store: Arc<Store>,
     /// The other members of the group, from the latest heartbeat replies.
     pub peers: Arc<Peers>,
-    /// The replication engine: every change goes through it (see [`sync`]).
+    /// The replication engine: deletes and metadata changes go through it (see [`sync`]).
     pub sync: sync::SyncEngine,
+    /// The write path: every new file goes through it (see [`write`](mod@write)).
+    pub writes: write::Writes,
     /// Client for trackers and peers.
     pub http: reqwest::Client,
     /// Thumbnails rendered on first read (see [`thumbnail`]).
@@ -369,6 +373,8 @@ pub async fn run_with_fastdfs(
         .build()
         .context("building the HTTP client")?;
     let peers = Arc::new(Peers::default());
+    // Owns every background task from here on: started through it, stopped and waited for at the end.
+    let background = background::Background::default();
 
     // The replication engine (see `sync`): one worker per peer, catch-up, write quorum.
     let engine = sync::SyncEngine::start(
@@ -387,6 +393,7 @@ pub async fn run_with_fastdfs(
             )),
             ..sync::SyncConfig::default()
         },
+        &background,
     )
     .await
     .context("starting replication")?;
@@ -394,22 +401,26 @@ pub async fn run_with_fastdfs(
         Size::Bytes(n) => n,
         Size::Percent(_) => anyhow::bail!("scrub_bytes_per_sec must be a size, not a percentage"),
     };
-    let scrubber = tokio::spawn(scrub::run(
-        engine.clone(),
-        scrub::ScrubConfig {
-            bytes_per_sec: scrub_rate,
-            interval: Duration::from_secs(config.scrub_interval_secs),
-        },
-    ));
+    background.spawn(
+        "scrubber",
+        scrub::run(
+            engine.clone(),
+            scrub::ScrubConfig {
+                bytes_per_sec: scrub_rate,
+                interval: Duration::from_secs(config.scrub_interval_secs),
+            },
+        ),
+    );
 
+    let writes = write::Writes::new(engine.clone());
     let appenders = Arc::new(appender::Appenders::new(
         store.clone(),
-        engine.clone(),
+        writes.clone(),
         node_id,
         public_url.clone(),
         max_file_size,
     ));
-    let sweeper = tokio::spawn(appenders.clone().run_sweeper());
+    background.spawn("appender sweeper", appenders.clone().run_sweeper());
     // The FastDFS door (see `fastdfs`): its port goes into every heartbeat.
     let fastdfs_port = match &fastdfs_listener {
         Some(l) => Some(l.local_addr()?.port()),
@@ -427,6 +438,7 @@ pub async fn run_with_fastdfs(
         store,
         peers,
         sync: engine.clone(),
+        writes,
         http,
         thumbnails,
         appenders,
@@ -436,7 +448,7 @@ pub async fn run_with_fastdfs(
     // Heartbeats; a node refused by every tracker since it started (a second live node with its id or address)
     // stops with that reason.
     let (refused_tx, refused_rx) = tokio::sync::oneshot::channel::<String>();
-    let heartbeats = tokio::spawn({
+    let heartbeats = background.spawn("heartbeats", {
         let node = node.clone();
         async move {
             let why = heartbeat::run(node).await;
@@ -459,9 +471,9 @@ pub async fn run_with_fastdfs(
     // Stopping: unready and no new uploads at once, the trackers told (offline there at once), then
     // `shutdown_delay_ms` of serving before the listeners close.
     let farewell = {
-        let (node, beats) = (node.clone(), heartbeats.abort_handle());
+        let node = node.clone();
         move || async move {
-            beats.abort();
+            heartbeats.stop();
             heartbeat::leave(&node).await;
         }
     };
@@ -472,16 +484,20 @@ pub async fn run_with_fastdfs(
         Duration::from_millis(node.config.shutdown_delay_ms),
     );
     let shutdown = futures_util::FutureExt::shared(Box::pin(shutdown));
-    let fastdfs_door = fastdfs_listener.map(|l| {
+    if let Some(l) = fastdfs_listener {
+        // Told to stop by the same signal as HTTP; it drains its connections within its grace period.
         let door_node = node.clone();
-        tokio::spawn(fdfs_common::fastdfs::serve(
-            l,
-            fastdfs::limits(&node.config),
-            "storage",
-            move |conn| fastdfs::handle(door_node.clone(), conn),
-            shutdown.clone(),
-        ))
-    });
+        background.spawn_draining(
+            "fastdfs door",
+            fdfs_common::fastdfs::serve(
+                l,
+                fastdfs::limits(&node.config),
+                "storage",
+                move |conn| fastdfs::handle(door_node.clone(), conn),
+                shutdown.clone(),
+            ),
+        );
+    }
     // `POST /v1/scrub` (see `scrub`), behind the cluster secret like the other internal routes.
     let internal_app = router(node.clone()).merge(scrub::router(engine.clone()).route_layer(
         middleware::from_fn_with_state(node.clone(), api::require_secret),
@@ -491,7 +507,7 @@ pub async fn run_with_fastdfs(
         Some(internal) => {
             // One shutdown signal for both listeners.
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-            tokio::spawn(async move {
+            background.spawn("listener stop", async move {
                 shutdown.await;
                 let _ = stop_tx.send(true);
             });
@@ -508,30 +524,21 @@ pub async fn run_with_fastdfs(
             a.and(b)
         }
     };
-    if let Some(mut door) = fastdfs_door {
-        // Told to stop by the same signal; it drains its connections within its grace period (unless serving
-        // HTTP failed without a shutdown: then it is aborted).
-        let grace = fdfs_common::fastdfs::STOP_GRACE + Duration::from_secs(5);
-        if tokio::time::timeout(grace, &mut door).await.is_err() {
-            door.abort();
-            let _ = door.await;
-        }
-    }
-    heartbeats.abort();
-    scrubber.abort();
-    sweeper.abort();
-    let _ = sweeper.await;
-    let _ = heartbeats.await;
-    let _ = scrubber.await;
-    engine.shutdown().await;
+    // Every background task told to stop and waited for: the FastDFS door drains its connections within its
+    // grace period (it was told by the same signal as HTTP); a task still running past that is aborted.
+    background
+        .shutdown(fdfs_common::fastdfs::STOP_GRACE + Duration::from_secs(5))
+        .await;
     // Whatever still holds the node (a connection task being dropped, a blocking write finishing) lets go of
     // the store before `run` returns, so that the same store paths can be opened again at once (the index is
     // locked while open). Bounded: a stuck holder only delays the return.
-    let store = Arc::downgrade(&node.store);
+    let closed = node.store.closed();
     drop((node, engine));
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while store.strong_count() > 0 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    if tokio::time::timeout(Duration::from_secs(10), closed)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the store is still held 10 s after the node stopped");
     }
     if let Some(why) = refused
         .lock()

@@ -203,7 +203,7 @@ fn scan_blocking(
 /// One whole pass: check every file at `rate` bytes/s (0: unlimited), repair the bad ones when `repair`.
 pub async fn pass(engine: &SyncEngine, rate: u64, repair: bool) -> Result<ScrubReport> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(FileId, Finding)>();
-    let store = engine.store.clone();
+    let store = engine.store().clone();
     let scan = tokio::task::spawn_blocking(move || {
         let mut report = ScrubReport::default();
         scan_blocking(&store, rate, &mut report, |id, p| {
@@ -238,7 +238,7 @@ pub async fn pass(engine: &SyncEngine, rate: u64, repair: bool) -> Result<ScrubR
         });
     }
     let mut report = scan.await??;
-    report.node_id = engine.config.node_id;
+    report.node_id = engine.config().node_id;
     report.corrupt = corrupt;
     report.repaired = repaired;
     Ok(report)
@@ -267,16 +267,16 @@ pub async fn repair_file(engine: &SyncEngine, id: &FileId) -> bool {
 /// Fetch `id` from `peer` into a temp file beside ours, check it against the ID, and rename it over ours.
 /// `Ok(false)` when the peer has no good copy.
 async fn fetch_good_copy(engine: &SyncEngine, peer: &MemberInfo, id: &FileId) -> Result<bool> {
-    let path = engine.store.path(id)?;
+    let path = engine.store().path(id)?;
     let dir = path
         .parent()
         .ok_or_else(|| StorageError::Internal(format!("no directory for {id}")))?
         .to_owned();
     let mut rb = engine
-        .http
+        .http()
         .get(format!("http://{}/v1/replica/{id}", peer.addr))
-        .header(ORIGIN_HEADER, engine.config.node_id.to_string());
-    if let Some(secret) = &engine.config.cluster_secret {
+        .header(ORIGIN_HEADER, engine.config().node_id.to_string());
+    if let Some(secret) = &engine.config().cluster_secret {
         rb = rb.header(CLUSTER_SECRET_HEADER, secret);
     }
     let resp = rb
@@ -290,7 +290,7 @@ async fn fetch_good_copy(engine: &SyncEngine, peer: &MemberInfo, id: &FileId) ->
     let tmp = {
         let dir = dir.clone();
         // The repaired copy gets the same mode as any stored file (readable by an nginx worker).
-        let mode = engine.store.file_mode();
+        let mode = engine.store().file_mode();
         tokio::task::spawn_blocking(move || {
             use std::os::unix::fs::PermissionsExt;
             tempfile::Builder::new()
@@ -324,13 +324,13 @@ async fn fetch_good_copy(engine: &SyncEngine, peer: &MemberInfo, id: &FileId) ->
         }
         drop(file);
         // Deleted while we fetched: leave it deleted.
-        if engine2.tombstones.is_deleted(&id2) || !path.exists() {
+        if engine2.tombstones().is_deleted(&id2) || !path.exists() {
             return Ok(false);
         }
         tmp_path.persist(&path).map_err(|e| e.error)?;
         std::fs::File::open(&dir)?.sync_all()?;
-        if engine2.tombstones.is_deleted(&id2) {
-            engine2.store.remove_blocking(&id2)?;
+        if engine2.tombstones().is_deleted(&id2) {
+            engine2.store().remove_blocking(&id2)?;
             return Ok(false);
         }
         Ok(true)
@@ -338,7 +338,7 @@ async fn fetch_good_copy(engine: &SyncEngine, peer: &MemberInfo, id: &FileId) ->
     .await?
 }
 
-/// The background scrubber; runs until aborted.
+/// The background scrubber; runs until told to stop (see [`crate::background`]).
 pub async fn run(engine: SyncEngine, config: ScrubConfig) {
     if config.bytes_per_sec == 0 {
         tracing::info!("scrubber off (scrub_bytes_per_sec = 0)");

@@ -14,7 +14,7 @@
 //!
 //! Finishing: the file is read once (CRC32 checked against the running one, BLAKE3 for dedup), its ID is
 //! written into the state (`finishing`), then it goes through the normal commit (rename into `data/`, dedup,
-//! index, binlog) and is pushed from disk to `write_quorum - 1` peers ([`crate::sync::SyncEngine::commit_new`]).
+//! index, binlog) and is pushed from disk to `write_quorum - 1` peers ([`crate::write::Writes::commit_new`]).
 //! A crash in between is resolved on the next look-up: the ID is either in the store (done) or not (the data
 //! file is still there and the finish runs again). A finished upload's state stays until it expires, so the
 //! answer can be asked for again.
@@ -42,7 +42,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Result, StorageError};
 use crate::store::layout::write_atomic;
 use crate::store::Store;
-use crate::sync::SyncEngine;
+use crate::write::Writes;
 
 /// How often expired appender files are looked for.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(2);
@@ -86,7 +86,7 @@ pub struct Append {
 /// The appender files of a node.
 pub struct Appenders {
     store: Arc<Store>,
-    sync: SyncEngine,
+    writes: Writes,
     /// Node id encoded in finished files' names.
     node_id: u32,
     /// Public base URL of downloads (for the finished upload's answer).
@@ -127,7 +127,7 @@ fn now() -> u64 {
 impl Appenders {
     pub(crate) fn new(
         store: Arc<Store>,
-        sync: SyncEngine,
+        writes: Writes,
         node_id: u32,
         public_url: String,
         max_file_size: u64,
@@ -135,7 +135,7 @@ impl Appenders {
         let file_mode = store.file_mode();
         Appenders {
             store,
-            sync,
+            writes,
             node_id,
             public_url,
             max_file_size,
@@ -521,7 +521,7 @@ impl Appenders {
         })
         .await??;
         let (stored, replicas, quorum) = self
-            .sync
+            .writes
             .commit_new(staged, &id, state.meta.clone())
             .await?;
         tracing::info!(file_id = %stored.id, size = stored.size, replicas, appender = name, "appender finished");
@@ -650,7 +650,7 @@ impl Appenders {
         Ok(removed)
     }
 
-    /// Sweep every [`SWEEP_EVERY`] until aborted.
+    /// Sweep every [`SWEEP_EVERY`] until told to stop (see [`crate::background`]).
     pub async fn run_sweeper(self: Arc<Self>) {
         let mut tick = tokio::time::interval(SWEEP_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -12,11 +12,11 @@ use fdfs_common::wire::Metadata;
 use fdfs_common::FileId;
 use futures_util::Stream;
 
+use super::binlog::Op;
 use super::dedup::content_key;
 use super::layout::fail_point;
 use super::{is_reserved, Staged, Store, META_SUFFIX};
 use crate::error::{Result, StorageError};
-use crate::sync::binlog::Op;
 
 /// Outcome of [`Store::commit`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,7 +235,7 @@ impl Store {
     }
 
     /// A new master upload that is already in memory, under the `id` its caller made from it (the small-body
-    /// path of [`crate::sync::SyncEngine::upload`]), in one blocking call: stage, fsync, commit (binlog).
+    /// path of [`crate::write::Writes::upload`]), in one blocking call: stage, fsync, commit (binlog).
     pub fn create_bytes_blocking(
         &self,
         id: &FileId,

@@ -11,7 +11,7 @@
 //! ## Durability and group commit
 //!
 //! Every change is recorded in a log before it touches the data directories: changes accepted from clients in
-//! the node's binlog ([`crate::sync::binlog`], which the sync workers push to peers), replicas and deletes
+//! the node's binlog ([`binlog`], which the sync workers push to peers), replicas and deletes
 //! received from peers in the store's own journal (`.fdfs/journal/`, same format, only replayed here). Both are
 //! group-committed: concurrent writers share one fsync of the log. A new file goes:
 //!
@@ -42,6 +42,7 @@
 //! async wrappers that run them on the blocking pool.
 
 mod adopt;
+pub mod binlog;
 mod commit;
 mod dedup;
 mod import;
@@ -62,7 +63,7 @@ use fdfs_common::{FileId, GroupName};
 use rand::Rng;
 
 use crate::error::{Result, StorageError};
-use crate::sync::binlog::{Binlog, DEFAULT_SEGMENT_BYTES};
+use binlog::{Binlog, DEFAULT_SEGMENT_BYTES};
 use layout::{clear_dir, create_data_dirs};
 
 pub use adopt::APPENDER_DIR;
@@ -151,6 +152,8 @@ pub struct Store {
     binlog: Arc<Binlog>,
     /// Changes received from peers.
     journal: Arc<Binlog>,
+    /// Dropped with the store, which closes the channel: see [`Store::closed`].
+    alive: tokio::sync::watch::Sender<()>,
 }
 
 fn decode_u64(v: &[u8]) -> u64 {
@@ -243,6 +246,7 @@ impl Store {
             dir_sync: layout::DirSync::default(),
             binlog,
             journal,
+            alive: tokio::sync::watch::channel(()).0,
         });
         if all_fresh {
             // Nothing on disk to index.
@@ -280,6 +284,13 @@ impl Store {
     /// The node's binlog (changes accepted from clients), for the sync engine.
     pub fn binlog(&self) -> &Arc<Binlog> {
         &self.binlog
+    }
+
+    /// Resolves once the store is dropped (nothing holds it any more, the index's lock is released), so that
+    /// the same store paths can be opened again.
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut alive = self.alive.subscribe();
+        async move { while alive.changed().await.is_ok() {} }
     }
 
     fn log(&self, origin: Origin) -> &Arc<Binlog> {

@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use fdfs_common::FileId;
 
+use super::binlog::{Binlog, Op, Record};
 use super::dedup::{content_key, hash_file};
 use super::{Origin, Store};
 use crate::error::Result;
-use crate::sync::binlog::{Binlog, Op, Record};
 
 /// Records of one log after `after`.
 fn tail(log: &Arc<Binlog>, after: u64) -> Result<Vec<Record>> {

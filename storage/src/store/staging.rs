@@ -37,7 +37,7 @@ impl Staged {
 }
 
 impl Store {
-    /// Stage a small body that is already in memory (see [`crate::sync::pipeline::SMALL_BODY`]): temp file,
+    /// Stage a small body that is already in memory (the small-upload path of [`crate::write`]): temp file,
     /// write, fsync, in the calling (blocking) thread: one hop for the whole write instead of one per chunk.
     pub fn stage_bytes_blocking(&self, store_path: u8, data: &[u8]) -> Result<Staged> {
         let tmp_dir = &self.store_path(store_path)?.tmp;

@@ -57,8 +57,8 @@ impl CatchupReport {
     }
 }
 
-/// The catch-up task; runs until aborted. `initial`: this node has no synced marker and must catch up before
-/// it serves.
+/// The catch-up task; runs until told to stop (see [`crate::background`]). `initial`: this node has no synced
+/// marker and must catch up before it serves.
 ///
 /// It applies the listing of EVERY active peer (their union, minus every member's tombstones), not one peer's,
 /// and it applies a peer's listing again whenever that peer becomes active again (back from offline or from

@@ -3,11 +3,12 @@
 //!   acknowledged, and how far behind now its `synced_until` is;
 //! - `fdfs_sync_records_total{peer,op}`, `fdfs_sync_bytes_total{peer}`, `fdfs_sync_rejected_total{peer}`;
 //! - `fdfs_sync_replication_lag_seconds{peer}` (histogram): record time to acknowledgement by the peer;
-//! - `fdfs_sync_quorum_total{result}`, `fdfs_sync_replicas_received_total{created}`;
+//! - `fdfs_sync_replicas_received_total{created}` (`fdfs_sync_quorum_total{result}` is counted by
+//!   [`crate::write`]);
 //! - `fdfs_sync_syncing` (gauge, 1 while catching up), `fdfs_catchup_files_total`, `fdfs_catchup_bytes_total`,
 //!   `fdfs_catchup_files_per_second`, `fdfs_catchup_bytes_per_second` (rate of the last catch-up).
 
-use super::binlog::Op;
+use crate::store::binlog::Op;
 
 use super::CatchupReport;
 
@@ -42,11 +43,6 @@ pub(super) fn pushed(peer: u32, op: Op, bytes: u64, record_ts: u64) {
 
 pub(super) fn rejected(peer: u32) {
     metrics::counter!("fdfs_sync_rejected_total", "peer" => peer.to_string()).increment(1);
-}
-
-pub(super) fn quorum_push(ok: bool) {
-    let result = if ok { "ok" } else { "failed" };
-    metrics::counter!("fdfs_sync_quorum_total", "result" => result).increment(1);
 }
 
 pub(super) fn replica_received(created: bool) {

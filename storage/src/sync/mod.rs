@@ -1,18 +1,16 @@
 //! The replication engine: keeps every member of a group holding the same files (FastDFS model, done better).
 //!
 //! - Every operation this node accepts from a client (upload, delete, metadata change) is appended to its own
-//!   [`Binlog`] and fsynced before the client is answered.
+//!   [`Binlog`] (the store's, see [`crate::store::binlog`]) and fsynced before the client is answered.
 //! - One [`worker`] per peer (peers come from heartbeat replies, see [`crate::heartbeat::Peers`]) pushes the
 //!   records in order, with a position persisted in `.fdfs/sync/peer-<id>.pos` (a small file, not sled: sled
 //!   only holds what can be rebuilt from the files on disk). Uploads stream the file (`PUT /v1/replica/{id}`,
 //!   mtime preserved, body skipped when `HEAD` says the peer has it), deletes become `DELETE /v1/replica/{id}`
 //!   (the peer records a [`Tombstones`] entry), metadata becomes `PUT /v1/replica/meta/{id}`. A peer that is down
 //!   is retried with backoff; uploads never wait for it.
-//! - `write_quorum`: an upload is pushed synchronously to `write_quorum - 1` peers (active ones first, then
-//!   members still catching up; capped by how many are live: not offline and accepting connections) before it is
-//!   acknowledged; 503 when that fails (the file stays and the workers still push it). When this node already
-//!   knows it cannot reach the quorum (a peer's transfers time out: see [`reach`]) it answers 503
-//!   `quorum_unreachable` before reading the body ([`SyncEngine::quorum_check`]).
+//! - The write quorum (an upload held by `write_quorum` members before it is acknowledged) is
+//!   [`crate::write`]'s, which uses this engine's peer list, [`reach`] and [`client`], and wakes the workers
+//!   ([`SyncEngine::announce`]) after each commit. The peer side of its upload pipelines is [`staged`].
 //! - [`catchup`]: a new or wiped member (no `.fdfs/sync/synced` marker) reports `syncing: true`, copies the
 //!   group's files from every active peer's listing (`GET /v1/sync/files`), then marks itself synced. Every
 //!   member also applies a peer's listing whenever that peer becomes active, for files whose source died while
@@ -22,16 +20,14 @@
 //!
 //! The routes peers call are in [`routes`]; they sit behind the cluster secret with the other `/v1` routes.
 
-pub mod binlog;
 pub mod catchup;
 pub mod client;
-pub mod import;
 mod metrics;
-pub mod pipeline;
 pub mod protocol;
 pub mod reach;
 pub mod routes;
 pub mod space;
+pub mod staged;
 pub mod tombstones;
 pub mod worker;
 
@@ -43,15 +39,15 @@ use std::time::Duration;
 
 use axum::Router;
 use fdfs_common::wire::{MemberInfo, MemberState, Metadata, PeerSync};
-use fdfs_common::{FileId, FileName, NameInfo};
-use tokio::task::JoinHandle;
+use fdfs_common::FileId;
 
-use crate::error::{Result, StorageError};
+use crate::background::{Background, Task};
+use crate::error::Result;
 use crate::heartbeat::Peers;
+use crate::store::binlog::{Binlog, Op, DEFAULT_SEGMENT_BYTES};
 use crate::store::layout::write_small;
-use crate::store::{MetaUpdate, NewFile, Origin, Store, Stored};
+use crate::store::{MetaUpdate, Origin, Store};
 use crate::AppState;
-use binlog::{Binlog, Op, DEFAULT_SEGMENT_BYTES};
 
 pub use catchup::CatchupReport;
 pub use tombstones::Tombstones;
@@ -140,37 +136,38 @@ impl PeerProgress {
 
 struct PeerSlot {
     progress: Arc<PeerProgress>,
-    task: JoinHandle<()>,
+    task: Task,
 }
 
-/// Shared state of the engine.
+/// Shared state of the engine; its fields are the engine's own (other modules use [`SyncEngine`]'s methods).
 pub struct Inner {
     /// Replication settings (write quorum, peer transfer limits, concurrency).
-    pub config: SyncConfig,
+    config: SyncConfig,
     /// The node's store, where received replicas go.
-    pub store: Arc<Store>,
+    store: Arc<Store>,
     /// The group's other members, from the latest heartbeat replies.
-    pub peers: Arc<Peers>,
+    peers: Arc<Peers>,
     /// The peer list as it was when the engine started: once `peers` holds another one, a tracker answered.
     initial_peers: Arc<Vec<MemberInfo>>,
     /// Client for pushes to peers.
-    pub http: reqwest::Client,
+    http: reqwest::Client,
     /// Log of the changes accepted here, which the per-peer workers push.
-    pub binlog: Arc<Binlog>,
+    binlog: Arc<Binlog>,
     /// Deleted incarnations of file IDs, so that a catch-up never brings a deleted file back.
-    pub tombstones: Tombstones,
+    tombstones: Tombstones,
     /// `.fdfs/sync/`: per-peer positions and the synced marker.
     sync_dir: PathBuf,
     syncing: AtomicBool,
     /// Wakes workers when a record is appended (carries the last sequence number).
     appended: tokio::sync::watch::Sender<u64>,
     workers: Mutex<HashMap<u32, PeerSlot>>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Starts the engine's tasks (supervisor, catch-up, reporter, workers) and stops them at shutdown.
+    background: Background,
     last_catchup: Mutex<Option<CatchupReport>>,
     /// Bodies staged by peers' upload pipelines, waiting for their commit.
-    pub staged: pipeline::StagedTable,
+    staged: staged::StagedTable,
     /// Peers that refused a connection or timed out lately (from replica traffic).
-    pub reach: reach::Reach,
+    reach: reach::Reach,
 }
 
 /// Which slave files go with a deleted master.
@@ -196,12 +193,13 @@ impl std::ops::Deref for SyncEngine {
 
 impl SyncEngine {
     /// Open the binlog, tombstones and positions in the store's state directory and start the supervisor
-    /// (workers per peer, pruning, gauges) and the catch-up. Stop it with [`SyncEngine::shutdown`].
+    /// (workers per peer, pruning, gauges) and the catch-up as tasks of `background`, which stops them.
     pub async fn start(
         store: Arc<Store>,
         peers: Arc<Peers>,
         http: reqwest::Client,
         config: SyncConfig,
+        background: &Background,
     ) -> Result<SyncEngine> {
         let state_dir = store.state_dir().to_owned();
         let binlog = store.binlog().clone();
@@ -229,9 +227,9 @@ impl SyncEngine {
             syncing: AtomicBool::new(!synced),
             appended,
             workers: Mutex::new(HashMap::new()),
-            tasks: Mutex::new(Vec::new()),
+            background: background.clone(),
             last_catchup: Mutex::new(None),
-            staged: pipeline::StagedTable::default(),
+            staged: staged::StagedTable::default(),
             reach: reach::Reach::default(),
         }));
         if !synced {
@@ -239,33 +237,19 @@ impl SyncEngine {
                 "no synced marker: this member will copy its group's files before serving"
             );
         }
-        let supervisor = tokio::spawn(engine.clone().supervise());
-        let catchup = tokio::spawn(catchup::run(engine.clone(), !synced));
+        background.spawn("sync supervisor", engine.clone().supervise());
+        background.spawn("catch-up", catchup::run(engine.clone(), !synced));
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         engine.reach.report_to(tx);
-        let reporter = tokio::spawn(engine.clone().report_unresponsive(rx));
-        engine.lock_tasks().extend([supervisor, catchup, reporter]);
+        background.spawn(
+            "unresponsive peer reporter",
+            engine.clone().report_unresponsive(rx),
+        );
         Ok(engine)
-    }
-
-    fn lock_tasks(&self) -> MutexGuard<'_, Vec<JoinHandle<()>>> {
-        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock_workers(&self) -> MutexGuard<'_, HashMap<u32, PeerSlot>> {
         self.workers.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Stop every task of the engine (workers, supervisor, catch-up) and wait for them to end.
-    pub async fn shutdown(&self) {
-        let mut handles: Vec<JoinHandle<()>> = self.lock_tasks().drain(..).collect();
-        handles.extend(self.lock_workers().drain().map(|(_, s)| s.task));
-        for h in &handles {
-            h.abort();
-        }
-        for h in handles {
-            let _ = h.await;
-        }
     }
 
     /// Routes peers call (`/v1/replica/...`, `/v1/sync/...`), to be merged behind the cluster secret.
@@ -348,6 +332,53 @@ impl SyncEngine {
             .collect()
     }
 
+    /// Replication settings (write quorum, peer transfer limits, concurrency).
+    pub fn config(&self) -> &SyncConfig {
+        &self.config
+    }
+
+    /// The node's store, where received replicas go.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Client for requests to peers.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Deleted incarnations of file IDs.
+    pub fn tombstones(&self) -> &Tombstones {
+        &self.tombstones
+    }
+
+    /// The owner of the node's background tasks.
+    pub fn background(&self) -> &Background {
+        &self.background
+    }
+
+    /// What this node learned lately about reaching each peer.
+    pub fn reach(&self) -> &reach::Reach {
+        &self.reach
+    }
+
+    /// Wake the workers: the binlog holds records up to its last sequence number (a change recorded through the
+    /// store, see [`crate::write`] and [`SyncEngine::delete`]).
+    pub fn announce(&self) {
+        self.appended.send_replace(self.binlog.last_seq());
+    }
+
+    /// Remember that the upload path placed `id` on `peers` (durably, with its metadata): their workers skip its
+    /// record instead of asking them again.
+    pub fn delivered(&self, peers: &[MemberInfo], id: &FileId) {
+        let workers = self.lock_workers();
+        for peer in peers {
+            if let Some(slot) = workers.get(&peer.node_id) {
+                slot.progress.delivered(id);
+            }
+        }
+    }
+
     /// Append a record (blocking pool) and wake the workers.
     async fn log(&self, op: Op, id: &FileId) -> Result<()> {
         let (binlog, id) = (self.binlog.clone(), id.clone());
@@ -356,7 +387,8 @@ impl SyncEngine {
         Ok(())
     }
 
-    /// Keep one worker per peer, prune the binlog, refresh gauges; runs until aborted.
+    /// Keep one worker per peer, prune the binlog, refresh gauges; runs until told to stop (see
+    /// [`crate::background`]).
     async fn supervise(self) {
         let mut tick = tokio::time::interval(SUPERVISE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -388,7 +420,7 @@ impl SyncEngine {
             let keep = peers.iter().any(|p| p.node_id == *id) && !slot.task.is_finished();
             if !keep {
                 slot.progress.stop.store(true, Ordering::Relaxed);
-                slot.task.abort();
+                slot.task.stop();
                 tracing::info!(peer = id, "sync worker stopped");
             }
             keep
@@ -398,7 +430,10 @@ impl SyncEngine {
                 continue;
             }
             let progress = Arc::new(PeerProgress::default());
-            let task = tokio::spawn(worker::run(self.clone(), peer.node_id, progress.clone()));
+            let task = self.background.spawn(
+                "sync worker",
+                worker::run(self.clone(), peer.node_id, progress.clone()),
+            );
             workers.insert(peer.node_id, PeerSlot { progress, task });
         }
     }
@@ -515,386 +550,11 @@ impl SyncEngine {
         });
         peers
     }
-
-    /// Push a freshly uploaded file to `need` active peers. Returns how many took it and how many could not be
-    /// connected to at all (those are down even if the tracker has not noticed yet: they are not live).
-    async fn push_quorum(
-        &self,
-        id: &FileId,
-        need: usize,
-        candidates: Vec<MemberInfo>,
-    ) -> (usize, usize) {
-        use futures_util::stream::{FuturesUnordered, StreamExt};
-        let mut candidates = candidates.into_iter();
-        let mut running = FuturesUnordered::new();
-        let push = |peer: MemberInfo| {
-            let this = self.clone();
-            let id = id.clone();
-            async move {
-                let mut r = client::push_upload(&this, &peer, &id).await;
-                // A transport error on a live peer is most often a pooled connection the peer had just closed
-                // as idle: one immediate retry on a fresh connection (the push is idempotent).
-                if matches!(r, Err(client::PushError::Retry(_))) {
-                    r = client::push_upload(&this, &peer, &id).await;
-                }
-                this.reach.record(peer.node_id, &r);
-                (peer, r)
-            }
-        };
-        for peer in candidates.by_ref().take(need) {
-            running.push(push(peer));
-        }
-        let (mut ok, mut down) = (0, 0);
-        while let Some((peer, result)) = running.next().await {
-            match result {
-                Ok(_) => ok += 1,
-                Err(e) => {
-                    if matches!(e, client::PushError::Unreachable(_)) {
-                        down += 1;
-                    }
-                    tracing::warn!(peer = peer.node_id, file_id = %id, error = %e, "synchronous replica failed");
-                    if let Some(next) = candidates.next() {
-                        running.push(push(next));
-                    }
-                }
-            }
-            if ok >= need {
-                break;
-            }
-        }
-        (ok, down)
-    }
 }
 
-/// The chunks of a small body as one buffer.
-fn concat(mut chunks: Vec<bytes::Bytes>) -> bytes::Bytes {
-    if chunks.len() == 1 {
-        return chunks.pop().expect("one chunk");
-    }
-    let mut all = bytes::BytesMut::with_capacity(chunks.iter().map(bytes::Bytes::len).sum());
-    for c in chunks {
-        all.extend_from_slice(&c);
-    }
-    all.freeze()
-}
-
-/// What the node does on client requests; each change is durable here and recorded in the binlog before it is
-/// acknowledged.
+/// What the node does on client deletes and metadata changes (uploads are [`crate::write`]'s), and on the
+/// incarnations peers hand it; each change is durable here and recorded in the binlog before it is acknowledged.
 impl SyncEngine {
-    /// Store a new upload (ID made from the content, metadata with the file, recorded in the binlog) while its
-    /// body goes to `write_quorum - 1` live peers; answer once the quorum holds it durably. Returns the file and
-    /// how many members hold it. A peer that fails is replaced by a push of the committed file to another live
-    /// peer; 503 when the quorum cannot be reached (the file stays, the workers push it).
-    ///
-    /// A master file whose body ends within [`pipeline::SMALL_BODY`] takes the small-upload path; anything else
-    /// streams through the [`pipeline`].
-    pub async fn upload<S, E>(
-        &self,
-        new: NewFile,
-        meta: Metadata,
-        body: S,
-        limit: u64,
-    ) -> Result<(Stored, u32)>
-    where
-        S: futures_util::Stream<Item = std::result::Result<bytes::Bytes, E>> + Send,
-        E: std::fmt::Display,
-    {
-        use futures_util::StreamExt;
-        // Known unable to reach the quorum: refuse before reading any of the body (every door comes here).
-        self.quorum_check()?;
-        // Fused: a body read to its end here is chained below and polled once more, which must answer `None`.
-        let mut body = Box::pin(body.fuse());
-        let mut head = Vec::new();
-        let mut len = 0usize;
-        let whole = loop {
-            match body.next().await {
-                Some(Ok(chunk)) => {
-                    len += chunk.len();
-                    head.push(chunk);
-                    if len > pipeline::SMALL_BODY {
-                        break false;
-                    }
-                }
-                Some(Err(e)) => return Err(StorageError::BodyAborted(e.to_string())),
-                None => break true,
-            }
-        };
-        if len as u64 > limit {
-            return Err(StorageError::TooLarge { limit });
-        }
-        if whole {
-            if let NewFile::Master {
-                store_path,
-                ext,
-                source_id,
-            } = &new
-            {
-                let data = concat(head);
-                return self
-                    .upload_small(*store_path, ext.as_deref(), *source_id, meta, data)
-                    .await;
-            }
-        }
-        let rest = futures_util::stream::iter(head.into_iter().map(Ok::<_, E>)).chain(body);
-        self.upload_streamed(new, meta, rest, limit).await
-    }
-
-    /// The write quorum for an upload now, and the live peers to reach it with.
-    fn quorum(&self) -> (usize, Vec<MemberInfo>) {
-        // Peers that failed lately go last: the first round starts with those that answer.
-        let live = self.reach.order(self.live_peers());
-        let quorum = (self.config.write_quorum.max(1) as usize).min(live.len() + 1);
-        (quorum, live)
-    }
-
-    /// The small-upload path of [`SyncEngine::upload`] (see [`pipeline::SMALL_BODY`]).
-    async fn upload_small(
-        &self,
-        store_path: u8,
-        ext: Option<&str>,
-        source_id: u32,
-        meta: Metadata,
-        data: bytes::Bytes,
-    ) -> Result<(Stored, u32)> {
-        self.store.store_path(store_path)?;
-        let (quorum, live) = self.quorum();
-        let need = quorum - 1;
-        let (size, crc32) = (data.len() as u64, crc32fast::hash(&data));
-        let now = fdfs_common::time::unix_now();
-        let info = NameInfo {
-            source_id,
-            created: u32::try_from(now).unwrap_or(u32::MAX),
-            size,
-            crc32,
-        };
-        let (dir1, dir2) = self.store.pick_dirs();
-        let id = FileId {
-            group: self.store.group().clone(),
-            store_path,
-            dir1,
-            dir2,
-            name: FileName::generate(&info, ext)?,
-        };
-        // Every member gets the same mtime (the creation second, as in the ID).
-        let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(now);
-        let gen = self.tombstones.incarnation(&id);
-        let local = {
-            let (this, id, data, meta) = (self.clone(), id.clone(), data.clone(), meta.clone());
-            tokio::task::spawn_blocking(move || -> Result<()> {
-                let incoming = crate::store::Incoming {
-                    mtime: Some(mtime),
-                    meta,
-                    origin: crate::store::Origin::Client,
-                };
-                this.store.create_bytes_blocking(&id, &data, incoming)?;
-                this.tombstones.revive(&id)?;
-                Ok(())
-            })
-        };
-        let peers = &live[..need];
-        let pushes = futures_util::future::join_all(
-            peers
-                .iter()
-                .map(|p| client::put_bytes(self, p, &id, now, gen, &meta, data.clone())),
-        );
-        let (local, pushed) = tokio::join!(local, pushes);
-        if let Err(e) = local.map_err(StorageError::from).and_then(|r| r) {
-            if let StorageError::Conflict(msg) = e {
-                // Another file has this ID (astronomically unlikely): leave it alone; the client may retry.
-                return Err(StorageError::Unavailable(msg));
-            }
-            // Never acknowledged: take back the copies the peers made (best effort; a leftover would only be an
-            // unreferenced file).
-            let took: Vec<MemberInfo> = peers
-                .iter()
-                .zip(&pushed)
-                .filter(|(_, r)| r.is_ok())
-                .map(|(p, _)| p.clone())
-                .collect();
-            if !took.is_empty() {
-                let (this, tid) = (self.clone(), id.clone());
-                tokio::spawn(async move {
-                    for peer in took {
-                        let _ = client::push_delete(&this, &peer, &tid).await;
-                    }
-                });
-            }
-            return Err(e);
-        }
-        self.appended.send_replace(self.binlog.last_seq());
-        let mut took = Vec::new();
-        let mut failed = Vec::new();
-        for (peer, r) in peers.iter().zip(pushed) {
-            match r {
-                Ok(()) => took.push(peer.clone()),
-                Err(e) => failed.push((peer.clone(), e)),
-            }
-        }
-        let replicas = self.settle(&id, quorum, &live, took, failed).await?;
-        Ok((Stored { id, size, crc32 }, replicas))
-    }
-
-    /// The streamed path of [`SyncEngine::upload`]: the body goes through the [`pipeline`].
-    async fn upload_streamed<S, E>(
-        &self,
-        new: NewFile,
-        meta: Metadata,
-        body: S,
-        limit: u64,
-    ) -> Result<(Stored, u32)>
-    where
-        S: futures_util::Stream<Item = std::result::Result<bytes::Bytes, E>> + Send,
-        E: std::fmt::Display,
-    {
-        let (quorum, live) = self.quorum();
-        let need = quorum - 1;
-        if need == 0 {
-            let stored = self.store.create(new, meta, body, limit).await?;
-            // Past a tombstone (a slave ID uploaded again after a delete) this is a new incarnation: record it
-            // before any push names the file's incarnation.
-            let (this, tid) = (self.clone(), stored.id.clone());
-            tokio::task::spawn_blocking(move || this.tombstones.revive(&tid)).await??;
-            self.appended.send_replace(self.binlog.last_seq());
-            return Ok((stored, 1));
-        }
-        let mut pipe = pipeline::Pipeline::open(self, live[..need].to_vec(), new.store_path());
-        let stored = self
-            .store
-            .create(new, meta.clone(), pipe.tee(body), limit)
-            .await?;
-        // Past a tombstone (a slave ID uploaded again after a delete) this is a new incarnation: record it
-        // before any push names the file's incarnation.
-        let (this, tid) = (self.clone(), stored.id.clone());
-        tokio::task::spawn_blocking(move || this.tombstones.revive(&tid)).await??;
-        self.appended.send_replace(self.binlog.last_seq());
-        let id = &stored.id;
-        let mtime = self
-            .store
-            .stat(id)
-            .await?
-            .and_then(|m| m.modified().ok())
-            .map_or(0, crate::store::layout::unix_secs);
-        let (took, failed) = pipe.commit(self, id, mtime, &meta).await;
-        let replicas = self.settle(id, quorum, &live, took, failed).await?;
-        Ok((stored, replicas))
-    }
-
-    /// After the first round of an upload (`took` of the `write_quorum - 1` peers asked hold it, `failed` did
-    /// not): reach the quorum with pushes to the other live peers, and say how many members hold the file, or
-    /// 503 when they are too few.
-    async fn settle(
-        &self,
-        id: &FileId,
-        quorum: usize,
-        live: &[MemberInfo],
-        took: Vec<MemberInfo>,
-        failed: Vec<(MemberInfo, client::PushError)>,
-    ) -> Result<u32> {
-        let need = quorum - 1;
-        for peer in &took {
-            self.reach.answered(peer.node_id);
-        }
-        let mut ok = took.len();
-        if !took.is_empty() {
-            let workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
-            for peer in &took {
-                if let Some(slot) = workers.get(&peer.node_id) {
-                    slot.progress.delivered(id);
-                }
-            }
-        }
-        let mut down = 0;
-        let mut retry = Vec::new();
-        for (peer, e) in failed {
-            tracing::warn!(peer = peer.node_id, file_id = %id, error = %e, "pipelined replica failed");
-            match reach::Failure::of(&e) {
-                Some(how) => self.reach.failed(peer.node_id, how),
-                None => retry.push(peer),
-            }
-            if matches!(e, client::PushError::Unreachable(_)) {
-                down += 1;
-            }
-        }
-        if ok < need {
-            // Other live peers first (not those that timed out lately: they would only hold the answer up), then
-            // those that failed for a reason a push may not hit again.
-            let mut candidates: Vec<MemberInfo> = live[need..]
-                .iter()
-                .filter(|p| self.reach.recent(p.node_id) != Some(reach::Failure::TimedOut))
-                .cloned()
-                .collect();
-            candidates.extend(retry);
-            let (more, more_down) = self.push_quorum(id, need - ok, candidates).await;
-            ok += more;
-            down += more_down;
-        }
-        // Members that refused the connection are down: the quorum is capped by the live ones.
-        let need = need.min(live.len() - down.min(live.len()));
-        metrics::quorum_push(ok >= need);
-        if ok < need {
-            return Err(StorageError::Unavailable(format!(
-                "write quorum not reached: {} of {quorum} members hold {id}; it will be replicated later",
-                ok + 1
-            )));
-        }
-        Ok(u32::try_from(ok + 1).unwrap_or(u32::MAX))
-    }
-
-    /// Commit a body that was staged elsewhere (a finished appender file) as a new upload under `id`, recorded
-    /// in the binlog, then push the file from disk to `write_quorum - 1` live peers. Returns the file, how many
-    /// members hold it, and whether that is the quorum (when not, the file stays and the workers push it later).
-    pub async fn commit_new(
-        &self,
-        staged: crate::store::Staged,
-        id: &FileId,
-        meta: Metadata,
-    ) -> Result<(Stored, u32, bool)> {
-        let (size, crc32) = (staged.size, staged.crc32);
-        let committed = self
-            .store
-            .commit(staged, id, crate::store::Incoming::client(meta))
-            .await?;
-        if committed == crate::store::Committed::AlreadyExists {
-            return Err(StorageError::Internal(format!(
-                "generated name {id} collided with an existing file"
-            )));
-        }
-        let (this, tid) = (self.clone(), id.clone());
-        tokio::task::spawn_blocking(move || this.tombstones.revive(&tid)).await??;
-        self.appended.send_replace(self.binlog.last_seq());
-        let live = self.live_peers();
-        let quorum = (self.config.write_quorum.max(1) as usize).min(live.len() + 1);
-        let need = quorum - 1;
-        let (ok, down) = if need == 0 {
-            (0, 0)
-        } else {
-            self.push_quorum(id, need, live.clone()).await
-        };
-        let need = need.min(live.len() - down.min(live.len()));
-        if quorum > 1 {
-            metrics::quorum_push(ok >= need);
-        }
-        let stored = Stored {
-            id: id.clone(),
-            size,
-            crc32,
-        };
-        Ok((
-            stored,
-            u32::try_from(ok + 1).unwrap_or(u32::MAX),
-            ok >= need,
-        ))
-    }
-
-    /// Refuse an upload before reading its body when this node already knows it cannot reach the write quorum
-    /// (a live peer's transfers time out lately, see [`reach`]): 503 `quorum_unreachable`, which a gateway
-    /// takes as a cue to send the same unread body to another member or group.
-    pub fn quorum_check(&self) -> Result<()> {
-        self.reach
-            .quorum_check(&self.live_peers(), self.config.write_quorum)
-            .map_err(StorageError::QuorumUnreachable)
-    }
-
     /// A peer is about to hand us incarnation `gen` of `id`. When it is newer than ours (a re-upload after a
     /// delete), any copy here is an older, deleted incarnation whose tombstone may not have arrived yet: record
     /// that first, then make room for the new one.
@@ -968,7 +628,7 @@ impl SyncEngine {
         })
         .await??;
         let deleted = self.store.delete(id, Origin::Client).await?;
-        self.appended.send_replace(self.binlog.last_seq());
+        self.announce();
         Ok(deleted)
     }
 

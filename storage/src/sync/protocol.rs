@@ -37,6 +37,18 @@ pub struct ListedFile {
     pub meta_crc: Option<u32>,
 }
 
+/// The `meta` query parameter of an upload or a replica put (the same encoding on both doors): a JSON object of strings (absent or empty: none).
+pub fn meta_param(raw: Option<&str>) -> crate::error::Result<Metadata> {
+    match raw {
+        None | Some("") => Ok(Metadata::new()),
+        Some(m) => serde_json::from_str(m).map_err(|e| {
+            crate::error::StorageError::BadRequest(format!(
+                "meta must be a JSON object of strings: {e}"
+            ))
+        }),
+    }
+}
+
 /// CRC32 of a file's metadata as JSON (keys in order), `None` when it has none.
 pub fn meta_crc(meta: &Metadata) -> Option<u32> {
     if meta.is_empty() {
@@ -129,4 +141,36 @@ pub fn file_stream(file: tokio::fs::File) -> impl Stream<Item = std::io::Result<
         }
         Ok(Some((buf.freeze(), file)))
     })
+}
+
+/// Bodies up to this many bytes take the small-upload path of [`crate::write::Writes::upload`]: read whole, the ID
+/// made from them at once, then the local write and one `PUT /v1/replica/{id}` per peer (body, metadata and
+/// incarnation together) run side by side, each a single blocking call on its node. No stage/commit round trips,
+/// no per-chunk hand-offs between threads. The memory this holds per upload is bounded by it.
+pub const SMALL_BODY: usize = 128 * 1024;
+
+/// Answer of the stage request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageAnswer {
+    /// Names the staged body in the commit request.
+    pub token: u64,
+    /// Bytes the peer staged (the source checks it against what it sent).
+    pub size: u64,
+}
+
+/// Body of the commit request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommitRequest {
+    /// The stage answer's token.
+    pub token: u64,
+    /// The ID the source gave the upload.
+    pub file_id: String,
+    /// Unix seconds given to the replica.
+    pub mtime: u64,
+    /// Metadata stored with the replica.
+    #[serde(default)]
+    pub meta: Metadata,
+    /// The upload's incarnation (see [`super::tombstones`]): a slave ID uploaded again after a delete.
+    #[serde(default)]
+    pub gen: u64,
 }

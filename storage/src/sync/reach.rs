@@ -9,9 +9,9 @@
 //! Each fact is kept for [`MEMORY`] after the failure that taught it and forgotten at the first request the
 //! peer answers. The sync workers keep trying pending records and probe an idle peer every second or so
 //! ([`super::client::probe`]), so a partition is noticed before an upload needs the peer, and a healed peer
-//! soon after it heals. With it a
-//! node refuses an upload that cannot reach its quorum before reading the body ([`Reach::quorum_check`]), so
-//! the gateway can send the same body elsewhere, and puts peers that just failed last in its pipelines.
+//! soon after it heals. With it a node refuses an upload that cannot reach its quorum before reading the body
+//! ([`crate::write::Writes::quorum_check`]), so the gateway can send the same body elsewhere, and puts peers that
+//! just failed last in its pipelines.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -139,41 +139,15 @@ impl Reach {
         live.sort_by_key(|p| self.recent(p.node_id).is_some());
         live
     }
-
-    /// Whether an upload can reach `write_quorum` (this node included) among the `live` peers: those that
-    /// refused a connection lately are down and cap the quorum like offline ones; those that timed out lately
-    /// still count but cannot take the replica. The error says why not.
-    pub fn quorum_check(&self, live: &[MemberInfo], write_quorum: u32) -> Result<(), String> {
-        let wanted = (write_quorum.max(1) - 1) as usize;
-        let mut up = 0;
-        let mut usable = 0;
-        for p in live {
-            match self.recent(p.node_id) {
-                Some(Failure::Refused) => {}
-                Some(Failure::TimedOut) => up += 1,
-                None => {
-                    up += 1;
-                    usable += 1;
-                }
-            }
-        }
-        let need = wanted.min(up);
-        if usable >= need {
-            return Ok(());
-        }
-        Err(format!(
-            "write quorum unreachable: {need} more member(s) must take each upload, {usable} of the {up} live \
-             peer(s) can be reached now; the upload was not read"
-        ))
-    }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use fdfs_common::wire::MemberState;
 
-    fn peer(id: u32) -> MemberInfo {
+    /// An active member with id `id`.
+    pub(crate) fn peer(id: u32) -> MemberInfo {
         MemberInfo {
             node_id: id,
             group: "group1".parse().unwrap(),
@@ -186,28 +160,6 @@ mod tests {
             last_seen_ms: 0,
             draining: false,
         }
-    }
-
-    #[test]
-    fn a_timed_out_peer_blocks_the_quorum_and_a_refusing_one_caps_it() {
-        let r = Reach::default();
-        let live = vec![peer(1), peer(2)];
-        assert!(r.quorum_check(&live, 2).is_ok());
-        r.failed(1, Failure::TimedOut);
-        // Peer 2 still takes the replica for a quorum of 2; not for 3.
-        assert!(r.quorum_check(&live, 2).is_ok());
-        assert!(r.quorum_check(&live, 3).is_err());
-        r.failed(2, Failure::TimedOut);
-        assert!(r.quorum_check(&live, 2).is_err());
-        assert!(r.quorum_check(&live, 1).is_ok(), "no peer needed");
-        // Refused connections mean down: the quorum is capped by the live ones.
-        r.failed(1, Failure::Refused);
-        r.failed(2, Failure::Refused);
-        assert!(r.quorum_check(&live, 3).is_ok());
-        r.answered(1);
-        r.answered(2);
-        assert!(r.quorum_check(&live, 3).is_ok());
-        assert_eq!(r.recent(1), None);
     }
 
     #[test]

@@ -29,11 +29,11 @@ use fdfs_common::wire::{Metadata, MTIME_HEADER};
 use fdfs_common::FileId;
 use serde::Deserialize;
 
-use super::pipeline::{self, CommitRequest, StageAnswer};
 use super::protocol::{
-    file_stream, header_u64, incarnation, meta_crc, mtime_from, ListPage, ListedFile, PeerStatus,
-    SyncStatus, MAX_PAGE,
+    file_stream, header_u64, incarnation, meta_crc, mtime_from, CommitRequest, ListPage,
+    ListedFile, PeerStatus, StageAnswer, SyncStatus, MAX_PAGE, SMALL_BODY,
 };
+use super::staged;
 use super::tombstones::INCARNATION_HEADER;
 use super::SyncEngine;
 use crate::error::{Result, StorageError};
@@ -190,14 +190,14 @@ async fn put_file(
         return Ok(gone(&id));
     }
     engine.accept_incarnation(&id, gen).await?;
-    let meta = crate::api::meta_param(q.meta.as_deref())?;
+    let meta = super::protocol::meta_param(q.meta.as_deref())?;
     let mtime = mtime_from(&headers);
     let declared = header_u64(&headers, header::CONTENT_LENGTH.as_str());
     let committed = match declared {
         // A small body (the pipeline's small-upload path): read it whole, then room check, write, fsync and
         // commit in one blocking call.
-        Some(size) if size <= pipeline::SMALL_BODY as u64 => {
-            let data = axum::body::to_bytes(body, pipeline::SMALL_BODY)
+        Some(size) if size <= SMALL_BODY as u64 => {
+            let data = axum::body::to_bytes(body, SMALL_BODY)
                 .await
                 .map_err(|e| StorageError::BodyAborted(e.to_string()))?;
             let (this, tid) = (engine.clone(), id.clone());
@@ -292,7 +292,7 @@ async fn commit(
 ) -> Result<Response> {
     let Json(req) = body.map_err(|e| StorageError::BadRequest(e.body_text()))?;
     let id = parse(&engine, &req.file_id)?;
-    match pipeline::commit_staged(&engine, req).await? {
+    match staged::commit_staged(&engine, req).await? {
         None => Ok(gone(&id)),
         Some(committed) => {
             let created = matches!(committed, Committed::Created { .. });

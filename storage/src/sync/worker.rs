@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 use fdfs_common::wire::MemberInfo;
 use futures_util::stream::{self, StreamExt};
 
-use super::binlog::{Op, Record};
 use super::client::{self, PushError, Pushed};
 use super::{metrics, PeerProgress, SyncEngine};
+use crate::store::binlog::{Op, Record};
 
 /// Records read from the binlog at a time.
 const BATCH: usize = 512;

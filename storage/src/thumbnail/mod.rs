@@ -2,7 +2,7 @@
 //!
 //! A GET for a missing slave `<master name>_<W>x<H>[c].<ext>` whose prefix is a configured size
 //! ([`crate::Config::thumbnail_sizes`]) and whose master is on this node renders it here: the master is decoded
-//! from local disk ([`render`]), and the result is stored through [`crate::sync::SyncEngine::upload`] as that
+//! from local disk ([`render`]), and the result is stored through [`crate::write::Writes::upload`] as that
 //! slave (durable, replicated to the write quorum, deduplicated, indexed) before the ordinary file path serves
 //! it. From then on it is a plain file hit with immutable caching. A size that is not configured is not
 //! rendered (the read answers 404), so nobody can make the cluster render arbitrary sizes.
@@ -498,7 +498,7 @@ async fn render_and_store_inner(
         id: id.clone(),
     };
     match node
-        .sync
+        .writes
         .upload(
             new,
             Metadata::from([(

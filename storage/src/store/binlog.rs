@@ -29,8 +29,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use fdfs_common::FileId;
 
+use super::layout::fsync_dir;
 use crate::error::{Result, StorageError};
-use crate::store::layout::fsync_dir;
 
 /// Bytes of the frame header (length + CRC32).
 const HEADER: usize = 8;

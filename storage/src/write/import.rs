@@ -1,4 +1,4 @@
-//! Imports through the replication engine: a file stored under the ID it already has (see
+//! Imports: a file stored under the ID it already has (see
 //! [`crate::store::Store::compare_import`] and `store/import.rs`) takes the same path as an upload: pipelined to
 //! `write_quorum - 1` live peers while it is written, recorded in the binlog, acknowledged once the quorum holds
 //! it. An ID already here is not written again: its bytes are compared instead.
@@ -11,7 +11,7 @@ use fdfs_common::wire::Metadata;
 use fdfs_common::FileId;
 use futures_util::{Stream, StreamExt};
 
-use super::SyncEngine;
+use super::Writes;
 use crate::error::{Result, StorageError};
 use crate::store::{NewFile, Stored};
 
@@ -27,7 +27,7 @@ pub enum ImportOutcome {
     Skipped,
 }
 
-impl SyncEngine {
+impl Writes {
     /// Store `body` under its existing `id` with `meta`, keeping `mtime`: checked against the ID (400), never
     /// replacing a file (identical: [`ImportOutcome::Skipped`]; different: 409), replicated like an upload (503
     /// when the write quorum is not reached; the file stays and the workers push it).
@@ -43,9 +43,10 @@ impl SyncEngine {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        self.store.check_importable(&id)?;
-        if self.store.exists(&id).await? {
-            let stored = self.store.compare_import(&id, body, limit).await?;
+        let store = self.store();
+        store.check_importable(&id)?;
+        if store.exists(&id).await? {
+            let stored = store.compare_import(&id, body, limit).await?;
             return Ok((stored, ImportOutcome::Skipped));
         }
         // The body is checked as it streams: bytes that cannot match the ID end it with an error, so the peers
