@@ -1,5 +1,5 @@
 //! Compares on-disk formats for the storage node's dedup index at scale, without the data files: N synthetic
-//! entries (the IDs and BLAKE3 hashes that `sled_million` would produce for its files) go into one format, then
+//! entries (the IDs and BLAKE3 hashes that `index_million` would produce for its files) go into one format, then
 //! the process reports the build time, the index's size on disk, its peak RSS, and the time to reopen it and
 //! count the entries (what a node does at start). Run one format per process, so peak RSS is that format's.
 //!
@@ -11,7 +11,11 @@
 //! - `sled-compact`: what the store uses now: compact ID (dir1, dir2, name) -> 16-byte hash, and 16-byte hash +
 //!   compact ID -> nothing;
 //! - `sled-compact-lowspace`: the same with sled's `Mode::LowSpace`;
-//! - `redb-compact`: the compact layout in two redb tables, committed every 10,000 entries.
+//! - `redb-compact`: the compact layout in two redb tables, committed every 10,000 entries;
+//! - `fjall-compact`: what the store uses now: the compact layout in two partitions of a fjall keyspace (an LSM
+//!   store), with the store's settings (`storage/src/store/dedup.rs`: 32 MiB block cache, 32 MiB write buffer,
+//!   64 MiB journal, one flush and one compaction thread, no bloom filter on the holders), written in batches of
+//!   4,096 entries as the rebuild does, memtables flushed at the end.
 //!
 //! Order `walk` (default) inserts in data-directory order, as a rebuild from disk does; `random` in hash order,
 //! as uploads arrive on a live node.
@@ -85,7 +89,7 @@ impl Entry {
     }
 }
 
-/// The same files as `sled_million` writes: content `file number {i}\n` in `data/{i % 256}/{i / 256 % 256}/`.
+/// The same files as `index_million` writes: content `file number {i}\n` in `data/{i % 256}/{i / 256 % 256}/`.
 fn entries(n: u32, random: bool) -> Vec<Entry> {
     let mut v: Vec<Entry> = (0..n)
         .map(|i| {
@@ -173,11 +177,55 @@ fn build(format: &str, dir: &Path, entries: &[Entry]) {
                 tx.commit().unwrap();
             }
         }
+        "fjall-compact" => {
+            let (ks, holders, ids) = fjall_open(dir);
+            for chunk in entries.chunks(4096) {
+                let mut batch = ks.batch().durability(None);
+                for e in chunk {
+                    batch.insert(&holders, e.hash_id_key(), []);
+                    batch.insert(&ids, e.compact_id(), &e.hash[..16]);
+                }
+                batch.commit().unwrap();
+            }
+            holders.rotate_memtable_and_wait().unwrap();
+            ids.rotate_memtable_and_wait().unwrap();
+            ks.persist(fjall::PersistMode::SyncAll).unwrap();
+        }
         other => panic!("unknown format {other}"),
     }
 }
 
+/// The store's index keyspace settings (`storage/src/store/dedup.rs`).
+fn fjall_open(
+    dir: &Path,
+) -> (
+    fjall::Keyspace,
+    fjall::PartitionHandle,
+    fjall::PartitionHandle,
+) {
+    let ks = fjall::Config::new(dir)
+        .cache_size(32 << 20)
+        .max_write_buffer_size(32 << 20)
+        .max_journaling_size(64 << 20)
+        .flush_workers(1)
+        .compaction_workers(1)
+        .open()
+        .unwrap();
+    let holders = ks
+        .open_partition(
+            "holders-00",
+            fjall::PartitionCreateOptions::default().bloom_filter_bits(None),
+        )
+        .unwrap();
+    let ids = ks.open_partition("ids-00", Default::default()).unwrap();
+    (ks, holders, ids)
+}
+
 fn reopen_count(format: &str, dir: &Path) -> usize {
+    if format == "fjall-compact" {
+        let (_ks, _holders, ids) = fjall_open(dir);
+        return ids.len().unwrap();
+    }
     if format == "redb-compact" {
         use redb::ReadableTableMetadata;
         let db = redb::Database::create(dir.join("index.redb")).unwrap();

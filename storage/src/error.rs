@@ -66,6 +66,9 @@ pub enum StorageError {
     /// The sled index failed (500; logged).
     #[error("index error: {0}")]
     Db(#[from] sled::Error),
+    /// The dedup/listing index (fjall) failed (500; logged).
+    #[error("index error: {0}")]
+    Index(#[from] fjall::Error),
     /// Any other fault of this node: a failed blocking task, state that does not decode (500; logged).
     #[error("internal error: {0}")]
     Internal(String),
@@ -151,9 +154,10 @@ impl StorageError {
             StorageError::ChecksumMismatch => {
                 StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST)
             }
-            StorageError::Io(_) | StorageError::Db(_) | StorageError::Internal(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            StorageError::Io(_)
+            | StorageError::Db(_)
+            | StorageError::Index(_)
+            | StorageError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             StorageError::Unprocessable(..) => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }

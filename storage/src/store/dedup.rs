@@ -1,14 +1,18 @@
-//! The dedup index, per store path, in two sled trees of compact binary keys (docs/INDEX.md measures
-//! this layout against others):
+//! The dedup index, per store path, in two partitions of one fjall keyspace (an LSM store: sorted, compressed,
+//! append-only segments; docs/INDEX.md measures it against sled and redb), with compact binary keys:
 //!
-//! - `ids`: compact ID (`dir1`, `dir2`, name bytes: the ID without the group and store path, which the tree
-//!   already implies) -> 16-byte content key. Iterated in key order, this is the ID order of the catch-up listing
-//!   (uppercase hex directories sort like their bytes), and its length is the file count.
-//! - `holders`: content key + compact ID -> nothing. A prefix scan finds the IDs holding some content.
+//! - `ids-XX`: compact ID (`dir1`, `dir2`, name bytes: the ID without the group and store path, which the
+//!   partition already implies) -> 16-byte content key. Iterated in key order, this is the ID order of the catch-up
+//!   listing (uppercase hex directories sort like their bytes), and its length is the file count.
+//! - `holders-XX`: content key + compact ID -> nothing. A prefix scan finds the IDs holding some content.
 //!
 //! The content key is the first 16 bytes of the file's BLAKE3 hash: 128 bits keep accidental collisions out of
 //! reach at any realistic file count (about 10^-22 at 10^8 files), and a holder is used only when its file is on
 //! disk with the size of the new file. Everything here can be rebuilt from the files ([`Store::reindex`]).
+//!
+//! The keyspace (`.fdfs/index` of store path 0) has one journal for all its partitions, replayed at open up to
+//! its last whole entry, so what survives a crash is a prefix of the writes: the index checkpoints, kept in the
+//! same keyspace (partition `meta`) and written after the changes they cover, never run ahead of the index.
 //!
 //! [`Store::reindex`]: super::Store::reindex
 
@@ -17,6 +21,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use fdfs_common::{FileId, GroupName};
+use fjall::{Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
 
 use super::StorePath;
 use crate::error::Result;
@@ -25,6 +30,62 @@ use crate::error::Result;
 pub(super) const KEY_BYTES: usize = 16;
 /// A content key: the truncated BLAKE3 hash of the bytes.
 pub(super) type ContentKey = [u8; KEY_BYTES];
+
+/// Block cache of the index keyspace: the index is read on uploads (dedup look-ups), deletes and listings,
+/// and its blocks are compressed, so a small cache costs little (see the `index_million` example).
+const INDEX_CACHE_BYTES: u64 = 32 << 20;
+/// Memtables of all partitions together before the largest is flushed to a segment.
+const INDEX_WRITE_BUFFER_BYTES: u64 = 32 << 20;
+/// Journal kept before the partitions holding it back are flushed (bounds the replay at open, and the disk).
+const INDEX_JOURNAL_BYTES: u64 = 64 << 20;
+/// Entries per write batch of a rebuild (one journal write each).
+pub(super) const REBUILD_BATCH: usize = 4096;
+
+/// Open (creating) the index keyspace in `dir`. One flush and one compaction thread: the node's work is the
+/// files, the index is small.
+pub(super) fn open_keyspace(dir: &Path) -> Result<Keyspace> {
+    Ok(fjall::Config::new(dir)
+        .cache_size(INDEX_CACHE_BYTES)
+        .max_write_buffer_size(INDEX_WRITE_BUFFER_BYTES)
+        .max_journaling_size(INDEX_JOURNAL_BYTES)
+        .flush_workers(1)
+        .compaction_workers(1)
+        .open()?)
+}
+
+/// The `holders` and `ids` partitions of store path `index`.
+pub(super) fn open_partitions(
+    keyspace: &Keyspace,
+    index: u8,
+) -> Result<(PartitionHandle, PartitionHandle)> {
+    // Holders are only scanned by prefix, never looked up by whole key: no bloom filter.
+    let holders = keyspace.open_partition(
+        &format!("holders-{index:02X}"),
+        PartitionCreateOptions::default().bloom_filter_bits(None),
+    )?;
+    let ids = keyspace.open_partition(
+        &format!("ids-{index:02X}"),
+        PartitionCreateOptions::default(),
+    )?;
+    Ok((holders, ids))
+}
+
+/// Make the index's writes so far durable (they survive a crash of the process without this already).
+pub(super) fn persist(keyspace: &Keyspace) -> Result<()> {
+    Ok(keyspace.persist(PersistMode::SyncAll)?)
+}
+
+/// Remove every entry of `partition`, in batches (one pass over a snapshot).
+pub(super) fn clear(keyspace: &Keyspace, partition: &PartitionHandle) -> Result<()> {
+    let mut batch = keyspace.batch();
+    for key in partition.keys() {
+        batch.remove(partition, key?);
+        if batch.len() >= REBUILD_BATCH {
+            std::mem::replace(&mut batch, keyspace.batch()).commit()?;
+        }
+    }
+    Ok(batch.commit()?)
+}
 
 /// What the index says about a content key, checked against the disk.
 #[derive(Debug, Default)]
@@ -70,18 +131,21 @@ fn holder_key(key: &ContentKey, compact: &[u8]) -> Vec<u8> {
 }
 
 pub(super) fn hash_file(path: &Path) -> io::Result<([u8; 32], u64)> {
+    thread_local! {
+        // One read buffer per thread: zeroing a fresh 256 KiB per file was a large part of a rebuild's time.
+        static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 256 * 1024]);
+    }
     let mut f = File::open(path)?;
     let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; 256 * 1024];
     let mut size = 0u64;
-    loop {
-        let n = f.read(&mut buf)?;
+    BUF.with_borrow_mut(|buf| loop {
+        let n = f.read(buf)?;
         if n == 0 {
-            break;
+            return Ok::<_, io::Error>(());
         }
         h.update(&buf[..n]);
         size += n as u64;
-    }
+    })?;
     Ok((*h.finalize().as_bytes(), size))
 }
 
@@ -95,8 +159,8 @@ impl StorePath {
     /// stale ones (dropped when the next ID is added).
     pub(super) fn holders(&self, key: &ContentKey, size: u64) -> Result<Holders> {
         let mut holders = Holders::default();
-        for entry in self.holders.scan_prefix(key).keys() {
-            let entry = entry?;
+        for entry in self.holders.prefix(key) {
+            let (entry, _) = entry?;
             let compact = &entry[KEY_BYTES..];
             let Some(rel) = relative_path(compact) else {
                 holders.stale.push(compact.to_vec());
@@ -121,6 +185,12 @@ impl StorePath {
         Ok(self.ids.contains_key(compact_id(id))?)
     }
 
+    /// The content key `id` is indexed under, if it is.
+    pub(super) fn indexed_key(&self, id: &FileId) -> Result<Option<ContentKey>> {
+        let key = self.ids.get(compact_id(id))?;
+        Ok(key.and_then(|k| <ContentKey>::try_from(k.as_ref()).ok()))
+    }
+
     /// Index `id` under `key` (never flushed here), dropping the `stale` holders. True when `id` was not indexed
     /// before. The holder entry goes first: a crash in between leaves at worst an unused holder entry, and the
     /// replay at start re-adds an ID that is missing from `ids`.
@@ -132,8 +202,11 @@ impl StorePath {
         for s in stale {
             self.holders.remove(holder_key(&key, s))?;
         }
-        self.holders.insert(holder_key(&key, &compact), &[][..])?;
-        let old = self.ids.insert(&compact, &key[..])?;
+        // The read and the writes of an ID's entries go together (an LSM store has no compare-and-swap).
+        let _guard = self.index_lock();
+        let old = self.ids.get(&compact)?;
+        self.holders.insert(holder_key(&key, &compact), [])?;
+        self.ids.insert(compact.as_slice(), key)?;
         if let Some(old) = &old {
             if old.as_ref() != key {
                 if let Ok(old) = <ContentKey>::try_from(old.as_ref()) {
@@ -150,23 +223,30 @@ impl StorePath {
             return Ok(false);
         };
         let compact = compact_id(&id);
-        let Some(key) = self.ids.remove(&compact)? else {
+        let _guard = self.index_lock();
+        let Some(key) = self.ids.get(&compact)? else {
             return Ok(false);
         };
         if let Ok(key) = <ContentKey>::try_from(key.as_ref()) {
             self.holders.remove(holder_key(&key, &compact))?;
         }
+        self.ids.remove(compact)?;
         Ok(true)
     }
 
-    /// Index a file found on disk during a rebuild: both entries, no checks. True when its content key had no
-    /// holder yet.
-    pub(super) fn index_rebuilt(&self, id: &FileId, key: ContentKey) -> Result<bool> {
-        let compact = compact_id(id);
-        let first = self.holders.scan_prefix(key).next().is_none();
-        self.holders.insert(holder_key(&key, &compact), &[][..])?;
-        self.ids.insert(compact, &key[..])?;
-        Ok(first)
+    /// Index the files found on disk during a rebuild, both entries each, no checks, in one batch.
+    pub(super) fn index_rebuilt(
+        &self,
+        keyspace: &Keyspace,
+        files: &[(FileId, ContentKey)],
+    ) -> Result<()> {
+        let mut batch = keyspace.batch().durability(None);
+        for (id, key) in files {
+            let compact = compact_id(id);
+            batch.insert(&self.holders, holder_key(key, &compact), []);
+            batch.insert(&self.ids, compact, key);
+        }
+        Ok(batch.commit()?)
     }
 
     /// The IDs of this store path in ID order, from the first one after `after` (any string: the IDs of other
@@ -179,7 +259,7 @@ impl StorePath {
         let prefix = format!("{group}/M{:02X}/", self.index);
         let Some(rest) = after.strip_prefix(&prefix) else {
             return if after < prefix.as_str() {
-                Box::new(self.decode(group, self.ids.iter()))
+                Box::new(self.decode(group, self.ids.keys()))
             } else {
                 // Every ID of this store path sorts before `after`.
                 Box::new(std::iter::empty())
@@ -200,19 +280,19 @@ impl StorePath {
         }
         let after = after.to_owned();
         Box::new(
-            self.decode(group, self.ids.range(start..))
+            self.decode(group, self.ids.range(start..).map(|e| e.map(|(k, _)| k)))
                 .filter(move |id| id.to_string() > after),
         )
     }
 
-    /// File IDs from `ids` entries.
+    /// File IDs from `ids` keys.
     fn decode<'a>(
         &'a self,
         group: &'a GroupName,
-        entries: sled::Iter,
+        keys: impl Iterator<Item = fjall::Result<fjall::UserKey>> + 'a,
     ) -> impl Iterator<Item = FileId> + 'a {
         let index = self.index;
-        entries.keys().filter_map(move |k| {
+        keys.filter_map(move |k| {
             let k = k.ok()?;
             let (dirs, name) = k.split_at_checked(2)?;
             Some(FileId {

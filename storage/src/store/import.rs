@@ -16,7 +16,7 @@ use fdfs_common::FileId;
 use futures_util::Stream;
 
 use super::commit::{Committed, Incoming, Origin, Stored};
-use super::dedup::{compact_id, content_key, hash_file};
+use super::dedup::{content_key, hash_file};
 use super::{is_reserved, Staged, Store, META_SUFFIX};
 use crate::error::{Result, StorageError};
 
@@ -67,8 +67,8 @@ impl Store {
             return Ok(false);
         }
         let key = content_key(hash, size);
-        if let Some(indexed) = sp.ids.get(compact_id(id))? {
-            return Ok(indexed.as_ref() == key.as_slice());
+        if let Some(indexed) = sp.indexed_key(id)? {
+            return Ok(indexed == key);
         }
         let (existing, len) = hash_file(&path)?;
         Ok(len == size && existing == *hash)

@@ -9,12 +9,19 @@ use std::sync::Arc;
 
 use fdfs_common::FileId;
 
-use super::dedup::{content_key, hash_file, ContentKey};
+use super::dedup::{self, content_key, hash_file, ContentKey, KEY_BYTES, REBUILD_BATCH};
 use super::{Store, INDEXED_KEY, META_SUFFIX};
 use crate::error::Result;
 
-/// sled key of the first index format's "built" mark.
-const LEGACY_INDEXED_KEY: &[u8] = b"indexed";
+/// sled keys of the "built" marks and checkpoints of the index formats kept in sled before (docs/INDEX.md).
+const LEGACY_SLED_KEYS: [&[u8]; 4] = [
+    b"indexed",
+    b"indexed-v2",
+    b"checkpoint-binlog",
+    b"checkpoint-journal",
+];
+/// sled trees of those formats, per store path (`<name>-XX`).
+const LEGACY_SLED_TREES: [&str; 4] = ["hashes", "ids", "index-holders", "index-ids"];
 
 /// What [`Store::reindex`] found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -143,12 +150,16 @@ impl Store {
     /// Rebuild the dedup index of every store path from the files on disk.
     pub fn reindex_blocking(&self) -> Result<ReindexReport> {
         let mut report = ReindexReport::default();
+        // Unmarked first: a crash before the end leaves an index that the next start rebuilds.
+        self.index_meta.remove(INDEXED_KEY)?;
+        dedup::persist(&self.index)?;
         for sp in &self.paths {
             let _guard = sp.lock();
-            sp.holders.clear()?;
-            sp.ids.clear()?;
+            dedup::clear(&self.index, &sp.holders)?;
+            dedup::clear(&self.index, &sp.ids)?;
             // Keys of inodes with several links, so shared content is hashed once.
             let mut by_inode: HashMap<(u64, u64), ContentKey> = HashMap::new();
+            let mut batch = Vec::with_capacity(REBUILD_BATCH);
             self.walk_disk_blocking(sp.index, |id, path, meta| {
                 let inode = (meta.dev(), meta.ino());
                 let key = match by_inode.get(&inode) {
@@ -162,30 +173,47 @@ impl Store {
                         k
                     }
                 };
-                if sp.index_rebuilt(&id, key)? {
-                    report.contents += 1;
+                batch.push((id, key));
+                if batch.len() == REBUILD_BATCH {
+                    sp.index_rebuilt(&self.index, &batch)?;
+                    batch.clear();
                 }
                 report.files += 1;
                 Ok(())
             })?;
+            sp.index_rebuilt(&self.index, &batch)?;
+            // Holders sort by content key: distinct contents are the changes of key along one scan.
+            let mut last: Option<fjall::UserKey> = None;
+            for entry in sp.holders.keys() {
+                let entry = entry?;
+                if last
+                    .as_ref()
+                    .is_none_or(|l| l[..KEY_BYTES] != entry[..KEY_BYTES])
+                {
+                    report.contents += 1;
+                }
+                last = Some(entry);
+            }
         }
-        self.drop_legacy_index()?;
-        self.db.insert(INDEXED_KEY, &b"1"[..])?;
+        self.index_meta.insert(INDEXED_KEY, b"1")?;
         self.set_checkpoints_to_end()?;
-        self.db.flush()?;
-        self.recount();
+        dedup::persist(&self.index)?;
+        self.drop_legacy_index()?;
+        self.recount()?;
         Ok(report)
     }
 
-    /// Drop the trees of the first index format (content key -> ID strings, ID string -> content key), which a
-    /// rebuild replaces.
+    /// Drop the index of the formats kept in sled before, which a rebuild replaces.
     fn drop_legacy_index(&self) -> Result<()> {
         for sp in &self.paths {
-            for tree in ["hashes", "ids"] {
+            for tree in LEGACY_SLED_TREES {
                 self.db.drop_tree(format!("{tree}-{:02X}", sp.index))?;
             }
         }
-        self.db.remove(LEGACY_INDEXED_KEY)?;
+        for key in LEGACY_SLED_KEYS {
+            self.db.remove(key)?;
+        }
+        self.db.flush()?;
         Ok(())
     }
 
@@ -195,13 +223,13 @@ impl Store {
         tokio::task::spawn_blocking(move || this.reindex_blocking()).await?
     }
 
-    /// Every file ID in the index (all store paths), e.g. for a full sync to a new peer. Blocking (sled).
+    /// Every file ID in the index (all store paths), e.g. for a full sync to a new peer. Blocking (the index).
     pub fn indexed_ids(&self) -> impl Iterator<Item = FileId> + '_ {
         self.indexed_ids_after("")
     }
 
     /// Indexed file IDs after `after` in ID (byte) order, all store paths: a page of a listing starts here
-    /// without walking what came before. Blocking (sled).
+    /// without walking what came before. Blocking (the index).
     pub fn indexed_ids_after<'a>(&'a self, after: &str) -> impl Iterator<Item = FileId> + 'a {
         let after = after.to_owned();
         self.paths
@@ -284,10 +312,11 @@ mod tests {
         }
     }
 
-    /// A node upgraded from the first index format (ID strings, marked `indexed`) rebuilds the index in the
-    /// compact format at start and drops the old trees: its files are listed and deduplicated as before.
+    /// A node upgraded from the index formats kept in sled (the first one: ID strings, marked `indexed`; the
+    /// compact one: marked `indexed-v2`, with checkpoints) rebuilds the index in fjall at start and drops the old
+    /// trees and keys: its files are listed and deduplicated as before.
     #[test]
-    fn an_index_of_the_first_format_is_rebuilt_and_dropped() {
+    fn an_index_of_the_sled_formats_is_rebuilt_and_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_owned();
         let content = b"kept across the upgrade";
@@ -320,7 +349,14 @@ mod tests {
                 .unwrap()
                 .insert(id.to_string().as_bytes(), old_key)
                 .unwrap();
-            db.insert(LEGACY_INDEXED_KEY, &b"1"[..]).unwrap();
+            db.insert(b"indexed", &b"1"[..]).unwrap();
+            db.open_tree("index-ids-00")
+                .unwrap()
+                .insert(b"stale", &b"0123456789abcdef"[..])
+                .unwrap();
+            db.insert(b"indexed-v2", &b"1"[..]).unwrap();
+            db.insert(b"checkpoint-binlog", &7u64.to_be_bytes()[..])
+                .unwrap();
             db.flush().unwrap();
         }
         let store = Store::open_blocking("g1".parse().unwrap(), &[root], 1 << 20).unwrap();
@@ -329,9 +365,55 @@ mod tests {
         let names: Vec<Vec<u8>> = store.db.tree_names().iter().map(|n| n.to_vec()).collect();
         assert!(!names.contains(&b"hashes-00".to_vec()), "old trees dropped");
         assert!(!names.contains(&b"ids-00".to_vec()));
-        assert!(store.db.get(LEGACY_INDEXED_KEY).unwrap().is_none());
+        assert!(!names.contains(&b"index-ids-00".to_vec()));
+        for key in LEGACY_SLED_KEYS {
+            assert!(store.db.get(key).unwrap().is_none());
+        }
         let key = content_key(&hash_file(&path).unwrap().0, content.len() as u64);
         let holders = store.paths[0].holders(&key, content.len() as u64).unwrap();
         assert_eq!(holders.live.len(), 1, "dedup finds the file");
+    }
+
+    /// A rebuild cut short by a crash (the built mark removed and some entries cleared, nothing more) is done
+    /// again at the next start: every file is indexed and deduplicated.
+    #[test]
+    fn a_rebuild_cut_short_is_done_again_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_owned();
+        let mut ids = Vec::new();
+        for i in 0..5u32 {
+            let content = format!("content {}", i % 2);
+            let info = NameInfo {
+                source_id: 7,
+                created: 1_700_000_000 + i,
+                size: content.len() as u64,
+                crc32: crc32fast::hash(content.as_bytes()),
+            };
+            let id = FileId {
+                group: "g1".parse().unwrap(),
+                store_path: 0,
+                dir1: 1,
+                dir2: i as u8,
+                name: FileName::generate(&info, None).unwrap(),
+            };
+            let path = root.join(id.relative_path());
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, content).unwrap();
+            ids.push(id);
+        }
+        {
+            let store =
+                Store::open_blocking("g1".parse().unwrap(), std::slice::from_ref(&root), 1 << 20)
+                    .unwrap();
+            assert_eq!(store.file_count(), 5);
+            // What a crash part-way through `reindex_blocking` leaves: unmarked, partly cleared.
+            store.index_meta.remove(INDEXED_KEY).unwrap();
+            dedup::clear(&store.index, &store.paths[0].ids).unwrap();
+            dedup::persist(&store.index).unwrap();
+        }
+        let store = Store::open_blocking("g1".parse().unwrap(), &[root], 1 << 20).unwrap();
+        assert_eq!(store.file_count(), 5);
+        assert_eq!(store.indexed_ids().collect::<Vec<_>>(), ids);
+        assert!(store.index_meta.get(INDEXED_KEY).unwrap().is_some());
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Layout of each store path: `data/XX/YY/<name>` (256x256 directories created at start), the file's metadata
 //! next to it as `<name>-m` (a JSON object), and `.fdfs/tmp/` for in-flight writes (same filesystem, so the final
-//! rename is atomic). Store path 0 also holds `.fdfs/db`, the sled index, and is the node's state directory.
+//! rename is atomic). Store path 0 also holds `.fdfs/index`, the dedup/listing index (fjall), and `.fdfs/db` (sled,
+//! other node state), and is the node's state directory.
 //!
 //! Disk paths are built only from a validated [`FileId`] through [`FileId::relative_path`]. Files are created
 //! with [`StoreOptions::file_mode`] and directories with [`StoreOptions::dir_mode`] (0644 / 0755 by default, so an
@@ -22,7 +23,8 @@
 //!    file (never replacing one);
 //! 5. fsync of the file's directory (no lock), then the sled index updated (never flushed per upload);
 //! 6. the record finished: the log's *applied* watermark (every record at or before it is durable and finished)
-//!    becomes the index's checkpoint, stored in sled; sled flushes on its own timer and before binlog pruning.
+//!    becomes the index's checkpoint, stored in the index's keyspace after the changes it covers (a crash keeps a
+//!    prefix of the keyspace's writes); the index is made durable before binlog pruning.
 //!
 //! The record goes first so that every file that can be in place has a durable record: a crash after step 3
 //! leaves a record whose file may or may not be in place, and the replay at start (records past the checkpoint)
@@ -38,7 +40,7 @@
 //! unlinks only its own name. The index is a cache of what is on disk: [`Store::reindex`] rebuilds it by walking the data directories
 //! and runs automatically when the database is new or empty.
 //!
-//! All methods that touch the disk or sled come in two flavours: `*_blocking` (call them from blocking code) and
+//! All methods that touch the disk or the index come in two flavours: `*_blocking` (call them from blocking code) and
 //! async wrappers that run them on the blocking pool.
 
 mod adopt;
@@ -75,12 +77,11 @@ pub use staging::Staged;
 
 /// Suffix of the metadata file kept next to each file.
 pub const META_SUFFIX: &str = "-m";
-/// sled key marking that the index has been built from disk at least once, in the current (compact) format; an
-/// index of the first format (marked `indexed`) is rebuilt.
-pub(crate) const INDEXED_KEY: &[u8] = b"indexed-v2";
-/// sled's page cache. Its default (1 GiB) let a node with a million files sit at 640 MiB RSS; the index is only
-/// read on uploads (dedup look-ups) and deletes, so a small cache costs little (see the `sled_million` example).
-const INDEX_CACHE_BYTES: u64 = 64 << 20;
+/// Key (in the index's `meta` partition) marking that the index has been built from disk at least once; an index
+/// of the formats kept in sled before has no such mark and is rebuilt.
+pub(crate) const INDEXED_KEY: &[u8] = b"indexed";
+/// sled's page cache (sled keeps node state other than the index: sync positions, ...).
+const SLED_CACHE_BYTES: u64 = 16 << 20;
 
 /// One store path (`M00`, `M01`, ...).
 pub(crate) struct StorePath {
@@ -89,17 +90,23 @@ pub(crate) struct StorePath {
     /// In-flight writes; on the same filesystem as `root/data`.
     tmp: PathBuf,
     /// Content key + compact file ID -> nothing (see [`dedup`]).
-    holders: sled::Tree,
+    holders: fjall::PartitionHandle,
     /// Compact file ID -> content key.
-    ids: sled::Tree,
+    ids: fjall::PartitionHandle,
     /// Serialises commits, deletes and metadata writes on this path, so that dedup links and index updates
     /// never race with an unlink.
     lock: Mutex<()>,
+    /// Serialises the read-modify-write of an ID's index entries ([`dedup`]).
+    index_lock: Mutex<()>,
 }
 
 impl StorePath {
     pub(crate) fn lock(&self) -> MutexGuard<'_, ()> {
         self.lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn index_lock(&self) -> MutexGuard<'_, ()> {
+        self.index_lock.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -127,7 +134,8 @@ impl Default for StoreOptions {
     }
 }
 
-/// sled keys of the index checkpoints: the last record of each log whose effect is in the index.
+/// Keys (in the index's `meta` partition) of the index checkpoints: the last record of each log whose effect is
+/// in the index.
 const CHECKPOINT_BINLOG: &[u8] = b"checkpoint-binlog";
 /// Files placed in one `XX/YY` directory before the next ([`Store::pick_dirs`]); FastDFS's
 /// `file_distribute_rotate_count` default.
@@ -138,6 +146,13 @@ const CHECKPOINT_JOURNAL: &[u8] = b"checkpoint-journal";
 pub struct Store {
     group: GroupName,
     paths: Vec<StorePath>,
+    /// The dedup/listing index of every store path, and its checkpoints ([`dedup`]).
+    index: fjall::Keyspace,
+    /// Marks and checkpoints of the index.
+    index_meta: fjall::PartitionHandle,
+    /// Serialises the read-max-write of a checkpoint.
+    checkpoint_lock: Mutex<()>,
+    /// Node state other than the index.
     db: sled::Db,
     state_dir: PathBuf,
     /// Largest body accepted by [`Store::write_file`] (replicas).
@@ -199,32 +214,35 @@ impl Store {
         fs::create_dir_all(&state_dir)?;
         let db = sled::Config::new()
             .path(state_dir.join("db"))
-            .cache_capacity(INDEX_CACHE_BYTES)
+            .cache_capacity(SLED_CACHE_BYTES)
             .open()?;
+        let index = dedup::open_keyspace(&state_dir.join("index"))?;
+        let index_meta = index.open_partition("meta", Default::default())?;
         let mut paths = Vec::with_capacity(roots.len());
         let mut all_fresh = true;
         for (i, root) in roots.iter().enumerate() {
-            let index = u8::try_from(i).expect("checked above");
+            let i = u8::try_from(i).expect("checked above");
             fs::create_dir_all(root)?;
             let fresh = create_data_dirs(root, options.dir_mode)?;
             all_fresh &= fresh;
             let tmp = root.join(".fdfs").join("tmp");
             fs::create_dir_all(&tmp)?;
             clear_dir(&tmp)?;
-            let sp = StorePath {
-                index,
-                root: root.clone(),
-                tmp,
-                holders: db.open_tree(format!("index-holders-{index:02X}"))?,
-                ids: db.open_tree(format!("index-ids-{index:02X}"))?,
-                lock: Mutex::new(()),
-            };
+            let (holders, ids) = dedup::open_partitions(&index, i)?;
             if fresh {
                 // A brand-new (or wiped) store path holds nothing: drop whatever an old index said about it.
-                sp.holders.clear()?;
-                sp.ids.clear()?;
+                dedup::clear(&index, &holders)?;
+                dedup::clear(&index, &ids)?;
             }
-            paths.push(sp);
+            paths.push(StorePath {
+                index: i,
+                root: root.clone(),
+                tmp,
+                holders,
+                ids,
+                lock: Mutex::new(()),
+                index_lock: Mutex::new(()),
+            });
         }
         let binlog = Arc::new(Binlog::open(
             &state_dir.join("binlog"),
@@ -237,6 +255,9 @@ impl Store {
         let store = Arc::new(Store {
             group,
             paths,
+            index,
+            index_meta,
+            checkpoint_lock: Mutex::new(()),
             db,
             state_dir,
             max_file_size: options.max_file_size,
@@ -250,10 +271,10 @@ impl Store {
         });
         if all_fresh {
             // Nothing on disk to index.
-            store.db.insert(INDEXED_KEY, &b"1"[..])?;
+            store.index_meta.insert(INDEXED_KEY, b"1")?;
             store.set_checkpoints_to_end()?;
-            store.db.flush()?;
-        } else if store.db.get(INDEXED_KEY)?.is_none() {
+            dedup::persist(&store.index)?;
+        } else if store.index_meta.get(INDEXED_KEY)?.is_none() {
             let report = store.reindex_blocking()?;
             tracing::info!(
                 files = report.files,
@@ -308,15 +329,23 @@ impl Store {
     }
 
     /// End a record begun by a commit or delete and move the index checkpoint to the log's applied watermark
-    /// (sled, not flushed). A failure only means more replay at the next start.
+    /// (written after the index changes it covers, not persisted). A failure only means more replay at the next
+    /// start.
     fn finish(&self, origin: Origin, seq: u64) {
         let applied = self.log(origin).finish(seq);
-        let r = self
-            .db
-            .fetch_and_update(Self::checkpoint_key(origin), |old| {
-                let old = old.map_or(0, decode_u64);
-                Some(old.max(applied).to_be_bytes().to_vec())
-            });
+        let key = Self::checkpoint_key(origin);
+        let _guard = self
+            .checkpoint_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let r = self.index_meta.get(key).and_then(|old| {
+            let old = old.map_or(0, |v| decode_u64(&v));
+            if applied > old {
+                self.index_meta.insert(key, applied.to_be_bytes())
+            } else {
+                Ok(())
+            }
+        });
         if let Err(e) = r {
             tracing::warn!(error = %e, "index checkpoint not updated");
         }
@@ -324,7 +353,7 @@ impl Store {
 
     fn checkpoint(&self, origin: Origin) -> Result<Option<u64>> {
         Ok(self
-            .db
+            .index_meta
             .get(Self::checkpoint_key(origin))?
             .map(|v| decode_u64(&v)))
     }
@@ -333,8 +362,8 @@ impl Store {
     pub(super) fn set_checkpoints_to_end(&self) -> Result<()> {
         for origin in [Origin::Client, Origin::Peer] {
             let end = self.log(origin).applied();
-            self.db
-                .insert(Self::checkpoint_key(origin), &end.to_be_bytes()[..])?;
+            self.index_meta
+                .insert(Self::checkpoint_key(origin), end.to_be_bytes())?;
         }
         Ok(())
     }
@@ -342,6 +371,7 @@ impl Store {
     /// Flush the index and drop journal segments it covers. Returns the binlog checkpoint now durable: binlog
     /// records after it must be kept for the replay. Blocking.
     pub fn flush_index(&self) -> Result<u64> {
+        dedup::persist(&self.index)?;
         self.db.flush()?;
         if let Some(j) = self.checkpoint(Origin::Peer)? {
             self.journal.prune(j)?;
@@ -373,9 +403,14 @@ impl Store {
             .await?
     }
 
-    pub(crate) fn recount(&self) {
-        let n: usize = self.paths.iter().map(|p| p.ids.len()).sum();
+    /// Count the indexed IDs (one scan of each `ids` partition).
+    pub(crate) fn recount(&self) -> Result<()> {
+        let mut n = 0;
+        for p in &self.paths {
+            n += p.ids.len()?;
+        }
         self.file_count.store(n as u64, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Permission bits given to stored files.
@@ -398,7 +433,7 @@ impl Store {
         &self.state_dir
     }
 
-    /// The sled database (for other node state, e.g. sync positions).
+    /// The sled database (for node state other than the index, e.g. sync positions).
     pub fn db(&self) -> &sled::Db {
         &self.db
     }

@@ -68,8 +68,8 @@ impl Store {
             }
         }
         self.set_checkpoints_to_end()?;
-        self.db.flush()?;
-        self.recount();
+        super::dedup::persist(&self.index)?;
+        self.recount()?;
         if indexed + forgotten + deleted > 0 {
             tracing::info!(
                 indexed,

@@ -437,7 +437,7 @@ async fn reindex_after_losing_the_index() {
     let b = upload_ok(&c, &server.base(), "ext=txt", same.clone()).await;
     server.stop().await;
 
-    std::fs::remove_dir_all(root.join(".fdfs").join("db")).unwrap();
+    std::fs::remove_dir_all(root.join(".fdfs").join("index")).unwrap();
 
     let server = storage(cfg).await;
     let base = server.base();
