@@ -40,6 +40,10 @@ pub struct StorePathStat {
     pub total_bytes: u64,
     /// Bytes the file system still has available to unprivileged writers (`statvfs` `f_bavail`).
     pub free_bytes: u64,
+    /// Why the store path cannot be written now (its write probe failed: a failing or read-only disk); the
+    /// trackers then assign it nothing, as if it were full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
 }
 
 /// Replication progress of one node towards one peer.

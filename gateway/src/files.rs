@@ -71,6 +71,20 @@ impl App {
         Ok(members)
     }
 
+    /// The public URL of the first of `members` that answers (see [`crate::storage::StorageClient::answers`]):
+    /// a client is never redirected to a node found frozen or dead. Suspects come last in `members` (see
+    /// [`App::members`]), so they are asked only when no other member answers.
+    async fn answering<'m>(&self, members: &'m [(String, String)]) -> Result<&'m str> {
+        for (addr, public_url) in members {
+            if self.storage.answers(addr).await {
+                return Ok(public_url);
+            }
+        }
+        Err(GatewayError::BadGateway(
+            "no storage member holding the file answers".into(),
+        ))
+    }
+
     async fn member_addrs(&self, id: &FileId) -> Result<Vec<String>> {
         Ok(self
             .members(id)
@@ -99,7 +113,7 @@ pub async fn download(
     }
     match app.config.download_mode {
         DownloadMode::Redirect => {
-            let (_, public_url) = &members[0];
+            let public_url = app.answering(&members).await?;
             let location = format!("{public_url}/{id}{token}");
             let location = HeaderValue::from_str(&location).map_err(|_| {
                 tracing::error!(%location, "storage public_url makes an invalid Location");

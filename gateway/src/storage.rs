@@ -10,6 +10,10 @@
 //! is given up at once (an upload whose body is still held goes to another node, a read or delete to another
 //! member) and is a suspect for [`SUSPECT_FOR`]: it is tried last for reads, left out of upload assignments and
 //! redirects. A node that is merely slow answers its `/livez` and is waited for as long as it works.
+//!
+//! A redirect sends the client to a node the gateway does not talk to itself, so nothing would notice that
+//! node freezing: before one, [`StorageClient::answers`] makes sure the node answered its `/livez` within the
+//! last [`StorageClient::fresh`] (one probe at a time per node, shared by every request waiting on it).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -87,9 +91,30 @@ impl Suspects {
             .is_some_and(|since| since.elapsed() < SUSPECT_FOR)
     }
 
+    /// `addr` answers again: no longer a suspect.
+    pub fn clear(&self, addr: &str) {
+        self.lock().remove(addr);
+    }
+
     /// `items` with the suspects (by the address `addr_of` gives) moved last, order otherwise kept.
     pub fn last<T>(&self, items: &mut [T], addr_of: impl Fn(&T) -> &str) {
         items.sort_by_key(|i| self.contains(addr_of(i)));
+    }
+}
+
+/// When a node last answered its `/livez`, and the one probe of it in flight.
+#[derive(Debug, Default)]
+struct Heard {
+    at: Mutex<Option<Instant>>,
+    probe: tokio::sync::Mutex<()>,
+}
+
+impl Heard {
+    fn within(&self, fresh: Duration) -> bool {
+        self.at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some_and(|at| at.elapsed() < fresh)
     }
 }
 
@@ -109,6 +134,8 @@ pub struct StorageClient {
     unresponsive: Duration,
     /// Nodes found unresponsive lately.
     pub(crate) suspects: Arc<Suspects>,
+    /// When each node redirected to last answered its `/livez`.
+    heard: Arc<Mutex<HashMap<String, Arc<Heard>>>>,
 }
 
 impl StorageClient {
@@ -135,7 +162,67 @@ impl StorageClient {
             cluster_secret,
             unresponsive,
             suspects: Arc::default(),
+            heard: Arc::default(),
         })
+    }
+
+    /// Whether `addr`'s `/livez` answers within half the unresponsive bound.
+    async fn livez(&self, addr: &str) -> bool {
+        self.small
+            .get(format!("http://{addr}/livez"))
+            .timeout(self.unresponsive / 2)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    }
+
+    /// Note that `addr` answers nothing: a suspect from now on (reported to the trackers).
+    fn give_up(&self, addr: &str) {
+        self.suspects.mark(addr);
+        metrics::counter!("fdfs_gateway_unresponsive_total", "peer" => "storage").increment(1);
+        tracing::warn!(
+            storage = addr,
+            silent_ms = self.unresponsive.as_millis() as u64,
+            "storage node answers nothing, not even /livez (frozen?): giving up on it"
+        );
+    }
+
+    /// How recently a node must have answered its `/livez` for a redirect to go to it without asking again: a
+    /// quarter of the unresponsive bound, at most half a second (so at most two probes a second per node).
+    pub fn fresh(&self) -> Duration {
+        (self.unresponsive / 4).min(Duration::from_millis(500))
+    }
+
+    /// Whether `addr` can be sent a client: its `/livez` answered within [`Self::fresh`] (asked now if not, by
+    /// one request for everyone waiting). A node that does not answer becomes a suspect; a suspect that does is
+    /// one no longer.
+    pub async fn answers(&self, addr: &str) -> bool {
+        let heard = {
+            let mut map = self
+                .heard
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            Arc::clone(map.entry(addr.to_owned()).or_default())
+        };
+        let fresh = self.fresh();
+        if heard.within(fresh) {
+            return true;
+        }
+        let _one = heard.probe.lock().await;
+        if heard.within(fresh) {
+            return true;
+        }
+        if self.livez(addr).await {
+            *heard
+                .at
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+            self.suspects.clear(addr);
+            true
+        } else {
+            self.give_up(addr);
+            false
+        }
     }
 
     /// Run `call` against `addr`, giving it up when the node has gone silent: every `unresponsive` without an
@@ -148,14 +235,7 @@ impl StorageClient {
         let probe = async {
             loop {
                 tokio::time::sleep(self.unresponsive).await;
-                let live = self
-                    .small
-                    .get(format!("http://{addr}/livez"))
-                    .timeout(self.unresponsive / 2)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success());
-                if !live {
+                if !self.livez(addr).await {
                     return;
                 }
             }
@@ -163,13 +243,7 @@ impl StorageClient {
         tokio::select! {
             out = call => Ok(out),
             () = probe => {
-                self.suspects.mark(addr);
-                metrics::counter!("fdfs_gateway_unresponsive_total", "peer" => "storage").increment(1);
-                tracing::warn!(
-                    storage = addr,
-                    silent_ms = self.unresponsive.as_millis() as u64,
-                    "storage node answers nothing, not even /livez (frozen?): giving up on it"
-                );
+                self.give_up(addr);
                 Err(Unresponsive)
             }
         }

@@ -265,7 +265,7 @@ impl App {
     /// Send the body arriving on `rx` to the storage node the tracker assigns. A node that turns the upload
     /// down before reading any of it (it refuses the connection: down, and the tracker has not noticed yet; or
     /// it answers `quorum_unreachable`, `node_draining`, `node_stopping`), or whose connection breaks before it
-    /// answers (it died: nothing was acknowledged), is left out and the tracker asked again, and the same body
+    /// answers (it died: nothing was acknowledged) or whose disk fails the write (`disk_failed`), is left out and the tracker asked again, and the same body
     /// goes to the next assignment while it is still held whole (see [`Replay`]), a few times at most; slave
     /// files go to their master's holder.
     async fn send_to_storage(
@@ -307,7 +307,7 @@ impl App {
                 .await;
             match sent {
                 Err(e)
-                    if (unread(&e) || matches!(e, GatewayError::StorageLost(_)))
+                    if (unread(&e) || lost(&e))
                         && replay.replayable()
                         && params.master.is_none()
                         && asked < MAX_ASSIGNMENTS =>
@@ -384,6 +384,18 @@ impl App {
 
 /// Whether a storage node turned an upload down without reading any of its body: it refused the connection, or
 /// answered `quorum_unreachable`, `node_draining` or `node_stopping`.
+/// Whether the node lost the upload before acknowledging it (its connection broke, or its disk failed the
+/// write): nothing was stored, so a body still held whole can go to another node.
+fn lost(e: &GatewayError) -> bool {
+    match e {
+        GatewayError::StorageLost(_) => true,
+        GatewayError::Upstream { status, code, .. } => {
+            *status == reqwest::StatusCode::SERVICE_UNAVAILABLE && code == "disk_failed"
+        }
+        _ => false,
+    }
+}
+
 fn unread(e: &GatewayError) -> bool {
     match e {
         GatewayError::StorageRefused(_) => true,

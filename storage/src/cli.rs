@@ -71,6 +71,9 @@ pub struct Args {
     /// Peer transfers fail after this many milliseconds without data (frozen peer).
     #[arg(long, env = "FDFS_PEER_STALL_TIMEOUT_MS")]
     pub peer_stall_timeout_ms: Option<u64>,
+    /// A store path whose heartbeat write probe takes longer than this many milliseconds is reported failed.
+    #[arg(long, env = "FDFS_SLOW_DISK_MS")]
+    pub slow_disk_ms: Option<u64>,
     /// Also speak FastDFS's binary protocol on this address (`host:port`; FastDFS's storage port is 23000).
     #[arg(long, env = "FDFS_FASTDFS_LISTEN")]
     pub fastdfs_listen: Option<String>,
@@ -161,7 +164,8 @@ impl Args {
             reserved_storage_space,
             scrub_bytes_per_sec,
             scrub_interval_secs,
-            peer_stall_timeout_ms
+            peer_stall_timeout_ms,
+            slow_disk_ms
         );
         set!(
             fastdfs_ip_width,

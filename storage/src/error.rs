@@ -55,6 +55,11 @@ pub enum StorageError {
     /// so that the gateway sends it elsewhere (503): the code (`node_draining`, `node_stopping`) and why.
     #[error("{1}")]
     NotTakingUploads(&'static str, String),
+    /// The disk failed the operation (EIO: a failing disk; EROFS: the kernel remounted it read-only after
+    /// errors) (503, `disk_failed`: the gateway sends the upload elsewhere; the next heartbeat reports the store
+    /// path failed so the trackers assign it nothing).
+    #[error("the disk of this storage node failed: {0}")]
+    DiskFailed(#[source] io::Error),
     /// A disk error other than a full disk (500; logged, the body says "internal error").
     #[error("i/o error: {0}")]
     Io(#[source] io::Error),
@@ -87,8 +92,27 @@ impl From<io::Error> for StorageError {
             io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
                 StorageError::InsufficientStorage
             }
+            _ if is_disk_failure(&e) => StorageError::DiskFailed(e),
             _ => StorageError::Io(e),
         }
+    }
+}
+
+/// Whether `e` says the disk itself failed (EIO, or EROFS from a file system the kernel remounted read-only).
+/// `tempfile` wraps the OS error of its files with their path in a private type that hides it (its `source()`
+/// skips it), so a wrapped error is recognised by the OS error its message names.
+pub fn is_disk_failure(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    let codes = [Errno::IO.raw_os_error(), Errno::ROFS.raw_os_error()];
+    match (e.raw_os_error(), e.get_ref()) {
+        (Some(code), _) => codes.contains(&code),
+        (None, Some(inner)) => {
+            let text = inner.to_string();
+            codes
+                .iter()
+                .any(|c| text.contains(&format!("(os error {c})")))
+        }
+        (None, None) => false,
     }
 }
 
@@ -119,6 +143,7 @@ impl StorageError {
             StorageError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             StorageError::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             StorageError::Unavailable(_)
+            | StorageError::DiskFailed(_)
             | StorageError::QuorumUnreachable(_)
             | StorageError::NotTakingUploads(..) => StatusCode::SERVICE_UNAVAILABLE,
             StorageError::Gone(_) => StatusCode::GONE,
@@ -147,6 +172,7 @@ impl IntoResponse for StorageError {
             StorageError::Gone(_) => "gone",
             StorageError::Locked(_) => "locked",
             StorageError::ChecksumMismatch => "checksum_mismatch",
+            StorageError::DiskFailed(_) => "disk_failed",
             _ => code_for(status),
         };
         if let StorageError::QuorumUnreachable(m) | StorageError::NotTakingUploads(_, m) = self {
@@ -161,10 +187,35 @@ impl IntoResponse for StorageError {
             tracing::error!(error = %self, "request failed");
             let message = match self {
                 StorageError::Unavailable(m) => m,
+                StorageError::DiskFailed(e) => format!("the disk of this storage node failed: {e}"),
                 _ => "internal error".to_owned(),
             };
             return error_response(status, code, message);
         }
         error_response(status, code, self.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_failures_are_told_from_other_io_errors_also_when_wrapped() {
+        let eio = io::Error::from_raw_os_error(rustix::io::Errno::IO.raw_os_error());
+        let erofs = io::Error::from_raw_os_error(rustix::io::Errno::ROFS.raw_os_error());
+        // What tempfile makes of an EIO on one of its files.
+        let wrapped = io::Error::other(format!("{eio} at path \"/s/.fdfs/tmp/up-1\""));
+        for e in [eio, erofs, wrapped] {
+            assert!(is_disk_failure(&e), "{e}");
+            assert!(matches!(StorageError::from(e), StorageError::DiskFailed(_)));
+        }
+        let missing = io::Error::from(io::ErrorKind::NotFound);
+        let other = io::Error::other("Permission denied (os error 13) at path \"x\"");
+        for e in [missing, other] {
+            assert!(!is_disk_failure(&e), "{e}");
+        }
+        let resp = StorageError::DiskFailed(io::Error::from_raw_os_error(5)).into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 }

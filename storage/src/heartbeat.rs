@@ -22,6 +22,8 @@ pub struct Status {
     pub last_accepted_ms: AtomicU64,
     /// A store path that cannot be written or is full, as of the last heartbeat.
     pub store_problem: Mutex<Option<String>>,
+    /// The write probe of each store path (by index).
+    probes: Mutex<HashMap<u8, Arc<Mutex<Probe>>>>,
     /// Set on SIGTERM.
     pub stopping: fdfs_common::health::Stopping,
 }
@@ -240,23 +242,89 @@ async fn send(node: &AppState, tracker: &str, hb: &Heartbeat, timeout: Duration)
     }
 }
 
+/// The write probe of one store path: at most one runs at a time (a hung disk holds one blocking thread, not
+/// one per heartbeat).
+#[derive(Debug, Default)]
+struct Probe {
+    /// When the probe under way started.
+    running_since: Option<Instant>,
+    /// Why the last finished probe failed: the write failed, or it took longer than `slow_disk_ms`.
+    failed: Option<String>,
+}
+
+/// Mark each store path that cannot be written (a file written and fsynced in its `.fdfs` fails: a failing
+/// disk, or one the kernel remounted read-only) or not in time (`slow_disk_ms`) as `failed`: the trackers then
+/// assign it nothing. A probe is waited for up to half a heartbeat interval (a slow disk must not hold the
+/// heartbeats back); one still running is left to finish, and reported as too slow once it has run longer than
+/// `slow_disk_ms`.
+async fn probe_store_paths(node: &AppState, stats: &mut [fdfs_common::wire::StorePathStat]) {
+    let slow = Duration::from_millis(node.config.slow_disk_ms.max(1));
+    let wait = slow.min(Duration::from_millis(
+        node.config.heartbeat_interval_ms.max(2) / 2,
+    ));
+    for p in stats {
+        let Some(root) = node.config.store_paths.get(usize::from(p.index)).cloned() else {
+            continue;
+        };
+        let probe = Arc::clone(
+            node.status
+                .probes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(p.index)
+                .or_default(),
+        );
+        let started = {
+            let mut st = probe.lock().unwrap_or_else(PoisonError::into_inner);
+            match st.running_since {
+                Some(_) => None,
+                None => {
+                    st.running_since = Some(Instant::now());
+                    Some(Arc::clone(&probe))
+                }
+            }
+        };
+        if let Some(probe) = started {
+            let run = tokio::task::spawn_blocking(move || {
+                let t0 = Instant::now();
+                let written = fdfs_common::state::check_writable(&root.join(".fdfs"), "store_path");
+                let took = t0.elapsed();
+                let mut st = probe.lock().unwrap_or_else(PoisonError::into_inner);
+                st.running_since = None;
+                st.failed = match written {
+                    Err(e) => Some(e.to_string()),
+                    Ok(()) if took > slow => Some(format!(
+                        "store path {}: the disk is too slow: writing and syncing a small file took {} ms \
+                         (slow_disk_ms = {})",
+                        root.display(),
+                        took.as_millis(),
+                        slow.as_millis()
+                    )),
+                    Ok(()) => None,
+                };
+            });
+            let _ = tokio::time::timeout(wait, run).await;
+        }
+        let st = probe.lock().unwrap_or_else(PoisonError::into_inner);
+        p.failed = match st.running_since {
+            Some(since) if since.elapsed() >= slow => Some(format!(
+                "store path M{:02X}: the disk is too slow: a write probe has been waiting {} ms (slow_disk_ms = {})",
+                p.index,
+                since.elapsed().as_millis(),
+                slow.as_millis()
+            )),
+            _ => st.failed.clone(),
+        };
+        if let Some(why) = &p.failed {
+            tracing::error!(store_path = p.index, error = %why, "store path reported as failed to the trackers");
+        }
+    }
+}
+
 /// Whether every store path can be written and has room above the reserve; the first problem otherwise.
-async fn store_problem(
-    node: &AppState,
-    stats: &[fdfs_common::wire::StorePathStat],
-) -> Option<String> {
-    let roots: Vec<_> = node.config.store_paths.clone();
-    let unwritable = tokio::task::spawn_blocking(move || {
-        roots.iter().find_map(|root| {
-            fdfs_common::state::check_writable(&root.join(".fdfs"), "store_path")
-                .err()
-                .map(|e| e.to_string())
-        })
-    })
-    .await
-    .unwrap_or_else(|e| Some(e.to_string()));
-    if unwritable.is_some() {
-        return unwritable;
+fn store_problem(node: &AppState, stats: &[fdfs_common::wire::StorePathStat]) -> Option<String> {
+    if let Some(why) = stats.iter().find_map(|p| p.failed.clone()) {
+        return Some(why);
     }
     stats.iter().find_map(|p| {
         let reserve = match node.config.reserved_storage_space {
@@ -279,12 +347,13 @@ async fn beat(
     timeout: Duration,
     reachable: &mut HashMap<String, bool>,
 ) -> Option<(String, Duration)> {
-    let hb = heartbeat(node).await;
+    let mut hb = heartbeat(node).await;
+    probe_store_paths(node, &mut hb.store_paths).await;
     *node
         .status
         .store_problem
         .lock()
-        .unwrap_or_else(PoisonError::into_inner) = store_problem(node, &hb.store_paths).await;
+        .unwrap_or_else(PoisonError::into_inner) = store_problem(node, &hb.store_paths);
     let replies = futures_util::future::join_all(node.config.trackers.iter().map(|t| {
         let hb = &hb;
         async move { (t, send(node, t, hb, timeout).await) }

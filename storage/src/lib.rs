@@ -95,6 +95,10 @@ pub struct Config {
     /// A peer transfer (replica upload, catch-up download) fails when no data moves for this long; each
     /// transfer also has a deadline of 30 s plus 1 s per MiB.
     pub peer_stall_timeout_ms: u64,
+    /// A store path whose write probe (a small file written and fsynced at every heartbeat) takes longer than
+    /// this is reported failed ("too slow") to the trackers, which then assign it nothing, until a probe is
+    /// quick again.
+    pub slow_disk_ms: u64,
     /// Thumbnail sizes rendered on first read as slave files `<master>_<W>x<H>[c].<ext>` (`WxH`: fit inside,
     /// by `thumbnail_fit`; `WxHc`: crop to fill; a 0 side keeps the ratio). Empty: no thumbnails.
     pub thumbnail_sizes: Vec<String>,
@@ -153,6 +157,7 @@ impl Default for Config {
             scrub_bytes_per_sec: Size::Bytes(2 << 20),
             scrub_interval_secs: 86_400,
             peer_stall_timeout_ms: 15_000,
+            slow_disk_ms: 5_000,
             thumbnail_sizes: vec!["150x150".into(), "300x300".into(), "600x600".into()],
             thumbnail_fit: thumbnail::Fit::Inside,
             thumbnail_jpeg_quality: 85,

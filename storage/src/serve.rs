@@ -251,7 +251,15 @@ async fn serve_inner(node: AppState, req: Request) -> Result<Response, StorageEr
     let opened = match path {
         Some(path) => {
             let ask = Ask::new(&parts.headers, &id, parts.method == Method::HEAD);
-            open(path, ask).await?
+            match open(path, ask).await {
+                // The disk cannot read it: answered from a peer below, and the copy repaired.
+                Err(StorageError::DiskFailed(e)) => {
+                    tracing::error!(file_id = %id, error = %e, "the disk cannot read a file: serving it from a peer and repairing it");
+                    repair_soon(&node, &id);
+                    Opened::Missing
+                }
+                other => other?,
+            }
         }
         None => Opened::Missing,
     };
@@ -634,6 +642,30 @@ fn parse_range(value: &[u8], len: u64) -> RangeAnswer {
         return RangeAnswer::Unsatisfiable;
     }
     RangeAnswer::Part(start, end)
+}
+
+/// Replace this node's copy of `id` with a peer's, in the background ([`crate::scrub::repair_file`]); one
+/// repair per file at a time.
+fn repair_soon(node: &AppState, id: &FileId) {
+    static UNDER_WAY: std::sync::Mutex<Vec<(u32, String)>> = std::sync::Mutex::new(Vec::new());
+    let key = (node.node_id, id.to_string());
+    {
+        let mut under_way = UNDER_WAY
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if under_way.contains(&key) {
+            return;
+        }
+        under_way.push(key.clone());
+    }
+    let (node, id) = (node.clone(), id.clone());
+    tokio::spawn(async move {
+        crate::scrub::repair_file(&node.sync, &id).await;
+        UNDER_WAY
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|k| *k != key);
+    });
 }
 
 /// Fetch the file from an active peer and stream its answer back; `None` when no peer has it.

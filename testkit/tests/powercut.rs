@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use fdfs_testkit::content;
-use fdfs_testkit::powercut::{unavailable, Cut, CutReport, Disk};
+use fdfs_testkit::powercut::{unavailable, Cut, CutReport, Disk, Faults};
 
 /// A mounted disk in a temp dir (the disk is dropped, so unmounted, before its directories).
 struct Rig {
@@ -849,4 +849,63 @@ fn power_cut_loses_what_sled_only_flushed() {
         return;
     };
     assert!(lost.contains(&0), "{report:?}");
+}
+
+#[test]
+fn a_failing_disk_fails_changes_and_uncached_reads_with_eio_until_healed() {
+    let Some(r) = rig() else { return };
+    let kept = r.path("kept");
+    write_durably(&kept, &content(1, 100_000));
+    let eio = |e: std::io::Error| assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+
+    r.disk.inject(Faults {
+        fail_changes: true,
+        ..Faults::default()
+    });
+    File::create(r.path("new"))
+        .map(drop)
+        .map_err(eio)
+        .unwrap_err();
+    eio(OpenOptions::new()
+        .append(true)
+        .open(&kept)
+        .and_then(|mut f| f.write_all(b"more").and_then(|()| f.sync_all()))
+        .unwrap_err());
+    eio(fs::rename(&kept, r.path("moved")).unwrap_err());
+    assert_eq!(
+        read(&kept),
+        Some(content(1, 100_000)),
+        "changes failed, reads work"
+    );
+
+    r.disk.inject(Faults {
+        fail_reads: true,
+        ..Faults::default()
+    });
+    fdfs_testkit::evict_from_page_cache(&kept);
+    eio(fs::read(&kept).unwrap_err());
+    write_durably(&r.path("written"), b"changes work");
+
+    r.disk.inject(Faults::default());
+    assert_eq!(read(&kept), Some(content(1, 100_000)), "healed");
+    assert_eq!(read(&r.path("new")), None, "the failed create made nothing");
+}
+
+#[test]
+fn a_slow_disk_makes_each_change_wait() {
+    let Some(r) = rig() else { return };
+    r.disk.inject(Faults {
+        delay: std::time::Duration::from_millis(200),
+        ..Faults::default()
+    });
+    let t0 = Instant::now();
+    write_durably(&r.path("slow"), b"late");
+    // create, write, fsync of the file and of its directory: four changes, each delayed.
+    assert!(
+        t0.elapsed() >= std::time::Duration::from_millis(800),
+        "{:?}",
+        t0.elapsed()
+    );
+    r.disk.inject(Faults::default());
+    assert_eq!(read(&r.path("slow")).as_deref(), Some(&b"late"[..]));
 }

@@ -495,7 +495,7 @@ impl Registry {
         let active = || {
             self.in_group(group)
                 .filter(|m| m.state(self.timeout, now) == MemberState::Active)
-                .map(|m| (sum(&m.hb.store_paths, |p| p.free_bytes), &m.hb.store_paths))
+                .map(|m| (sum(&m.hb.store_paths, writable_free), &m.hb.store_paths))
         };
         let free = active().map(|(free, _)| free).min().unwrap_or(0);
         let total = active()
@@ -510,8 +510,20 @@ fn sum(paths: &[StorePathStat], f: impl Fn(&StorePathStat) -> u64) -> u64 {
     paths.iter().map(f).fold(0, u64::saturating_add)
 }
 
-/// Whether a store path can take `size` bytes and keep its reserve.
+/// Free bytes of a store path that can be written: none when its disk fails.
+fn writable_free(p: &StorePathStat) -> u64 {
+    if p.failed.is_some() {
+        0
+    } else {
+        p.free_bytes
+    }
+}
+
+/// Whether a store path can take `size` bytes and keep its reserve (a failing one takes nothing).
 fn fits(p: &StorePathStat, size: u64, reserved: Size) -> bool {
+    if p.failed.is_some() {
+        return false;
+    }
     let reserve = match reserved {
         Size::Bytes(b) => b,
         Size::Percent(pct) => {
@@ -572,6 +584,7 @@ mod tests {
                     index,
                     total_bytes: 100 * GB,
                     free_bytes,
+                    failed: None,
                 })
                 .collect(),
             sync: Vec::new(),
@@ -736,6 +749,33 @@ mod tests {
         // And once it has room again.
         r.heartbeat(hb("g1", 2, &[10 * GB]), later).unwrap();
         assert!(r.assign(Some(&g("g1")), 1, later).is_ok());
+    }
+
+    #[test]
+    fn a_store_path_whose_disk_fails_gets_no_uploads_on_any_member() {
+        let now = Instant::now();
+        // g1's member 2 cannot write its M01; M00 still takes uploads, on both members.
+        let mut failing = hb("g1", 2, &[50 * GB, 50 * GB]);
+        failing.store_paths[1].failed = Some("Input/output error".into());
+        let beats = vec![hb("g1", 1, &[50 * GB, 60 * GB]), failing];
+        let mut r = registry(Config::default(), beats, now);
+        for _ in 0..4 {
+            assert_eq!(r.assign(Some(&g("g1")), 1, now).unwrap().store_path, 0);
+        }
+        // Every path failing: the group takes nothing, and reports no free space.
+        r.heartbeat(
+            {
+                let mut h = hb("g1", 2, &[50 * GB, 50 * GB]);
+                for p in &mut h.store_paths {
+                    p.failed = Some("Input/output error".into());
+                }
+                h
+            },
+            now,
+        )
+        .unwrap();
+        assert!(r.assign(Some(&g("g1")), 1, now).is_err());
+        assert_eq!(r.cluster(now).groups[0].free_bytes, 0);
     }
 
     #[test]

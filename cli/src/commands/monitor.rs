@@ -477,6 +477,7 @@ mod tests {
                 index: 0,
                 total_bytes: 10 << 30,
                 free_bytes: 4 << 30,
+                failed: None,
             }],
             sync,
             file_count: 12,

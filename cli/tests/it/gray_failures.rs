@@ -166,3 +166,150 @@ async fn a_frozen_peer_is_taken_offline_by_the_trackers_before_their_heartbeat_t
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_are_not_redirected_to_a_frozen_member() {
+    // The trackers' heartbeat timeout is a minute: they list the frozen member as active throughout, and the
+    // gateway, which never talks to the node a redirect sends the client to, must find out by itself.
+    let c = Cluster::start(ClusterSpec {
+        tracker_args: fdfs_testkit::args(&["--heartbeat-timeout-ms", "60000"]),
+        ..ClusterSpec::group(2)
+    })
+    .await;
+    let gw = c.gateway_url();
+    let mut stored = Vec::new();
+    for i in 0..20 {
+        let v = c
+            .upload(&format!("d{i}.bin"), content(300 + i, 10_000))
+            .await;
+        let id = v["file_id"].as_str().unwrap().to_owned();
+        c.wait_held(&id, Some(&content(300 + i, 10_000)), "both copies")
+            .await;
+        stored.push((id, 300 + i));
+    }
+    // Freeze the member the tracker names first for the files, the one the gateway would redirect to (asked
+    // of the tracker, not the gateway, which would check the node's liveness on the way).
+    let url = format!("{}/v1/locate/{}", c.trackers[0].url(), stored[0].0);
+    let loc: Value = c.http.get(url).secret().ok_json().await;
+    let first = loc["members"][0]["addr"].as_str().unwrap().to_owned();
+    let frozen = c
+        .all_storage()
+        .find(|n| {
+            n.url() == format!("http://{first}") || n.internal_url() == format!("http://{first}")
+        })
+        .unwrap_or_else(|| panic!("{loc} names no member first"));
+    frozen.freeze();
+
+    // 20 downloads in a row, each by a client that gives up after 5 s: all get their bytes from the other one.
+    let follow = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let (mut ok, mut worst) = (0, Duration::ZERO);
+    for (id, n) in &stored {
+        let t0 = Instant::now();
+        let got = follow.get(format!("{gw}/{id}")).send().await;
+        let body = match got {
+            Ok(r) if r.status().is_success() => r.bytes().await.ok(),
+            _ => None,
+        };
+        worst = worst.max(t0.elapsed());
+        ok += usize::from(body.as_deref() == Some(&content(*n, 10_000)[..]));
+    }
+    eprintln!(
+        "20 downloads with a frozen member: {ok} got their bytes, the slowest took {worst:?}"
+    );
+    assert_eq!(ok, 20, "downloads that got their bytes");
+    let text = metrics(&c.http, &gw).await;
+    assert!(
+        metric_sum(&text, "fdfs_gateway_unresponsive_total") >= 1.0,
+        "the gateway found the frozen node by itself: {text}"
+    );
+    frozen.thaw();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_keeps_stalling_costs_seconds_not_the_request_timeout() {
+    // Two groups of one; the trackers take every member for alive (a minute of heartbeat timeout).
+    let c = Cluster::start(ClusterSpec {
+        groups: 2,
+        members: 1,
+        tracker_args: fdfs_testkit::args(&["--heartbeat-timeout-ms", "60000"]),
+        ..ClusterSpec::default()
+    })
+    .await;
+    let gw = c.gateway_url();
+    let slow = &c.storage[1][0];
+    let on_slow: Vec<(String, usize)> = {
+        let mut v = Vec::new();
+        let mut i = 0;
+        while v.len() < 5 {
+            i += 1;
+            let r = c
+                .upload(&format!("s{i}.bin"), content(400 + i, 10_000))
+                .await;
+            if r["group"] == "group2" {
+                v.push((r["file_id"].as_str().unwrap().to_owned(), 400 + i));
+            }
+        }
+        v
+    };
+    // The node stalls again and again (a thrashing VM, a disk that hangs for seconds): stopped 1.5 s out of
+    // every 2 s.
+    let pid = slow.pid().expect("running");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cycler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                fdfs_testkit::signal(pid, fdfs_common::sys::Signal::STOP);
+                std::thread::sleep(Duration::from_millis(1500));
+                fdfs_testkit::signal(pid, fdfs_common::sys::Signal::CONT);
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        })
+    };
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let (mut ok, mut worst) = (0, Duration::ZERO);
+    for i in 0..20 {
+        let t0 = Instant::now();
+        let r = http
+            .put(format!("{gw}/upload/c{i}.bin"))
+            .body(content(500 + i, 10_000))
+            .send()
+            .await;
+        worst = worst.max(t0.elapsed());
+        ok += usize::from(r.is_ok_and(|r| r.status().is_success()));
+    }
+    // Downloads of files only the stalling node holds: slower, but each within the bound.
+    let (mut got, mut worst_get) = (0, Duration::ZERO);
+    for (id, n) in &on_slow {
+        let t0 = Instant::now();
+        let r = http.get(format!("{gw}/{id}")).send().await;
+        let body = match r {
+            Ok(r) if r.status().is_success() => r.bytes().await.ok(),
+            _ => None,
+        };
+        worst_get = worst_get.max(t0.elapsed());
+        got += usize::from(body.as_deref() == Some(&content(*n, 10_000)[..]));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    cycler.join().unwrap();
+    fdfs_testkit::signal(pid, fdfs_common::sys::Signal::CONT);
+    eprintln!(
+        "a stalling node: {ok} of 20 uploads succeeded (slowest {worst:?}); {got} of {} downloads from it \
+         (slowest {worst_get:?})",
+        on_slow.len()
+    );
+    assert_eq!(ok, 20, "uploads that succeeded within 5 s");
+    assert_eq!(
+        got,
+        on_slow.len(),
+        "downloads that got their bytes within 5 s"
+    );
+}

@@ -9,6 +9,7 @@ mod dashboard;
 mod deploy;
 mod deploy_configs;
 mod durability;
+mod failing_disk;
 mod full_member;
 mod gray_failures;
 mod hostile;

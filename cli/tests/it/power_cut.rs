@@ -1,8 +1,9 @@
 //! Issue 18, power cuts: every member of a group keeps its store on a simulated disk
 //! ([`fdfs_testkit::powercut`], a FUSE layer that drops whatever was never fsynced, the way ext4 can lose it
 //! when the power goes), takes a mixed load through the gateway (small and 100 KiB uploads, slave files,
-//! metadata changes, deletes, streamed 24 MiB uploads, resumable chunks), and then loses power: every member is killed at once and its disk cut, then
-//! both start again on what the disks kept. Whatever a client was told succeeded is still there (or still gone)
+//! metadata changes, deletes, streamed 24 MiB uploads, resumable chunks and, in the first test, streamed 1 GiB
+//! uploads), and then loses power: every member is killed at once and its disk cut, then both start again on
+//! what the disks kept. Whatever a client was told succeeded is still there (or still gone)
 //! with its bytes and metadata on every member once they converge; what was in flight may be missing but is
 //! never visible half-written: every file on every disk matches the size and CRC32 in its ID.
 //!
@@ -13,11 +14,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use std::io::Read;
+use std::time::Duration;
+
+use fdfs::pattern::{Pattern, Verifier};
 use fdfs_common::FileId;
 use fdfs_testkit::powercut::{Cut, Disk};
 use fdfs_testkit::{
-    content, eventually, stored_files, tempdir, Cluster, ClusterSpec, RequestExt, STATE_TIMEOUT,
+    big_transfer, content, eventually, stored_files, tempdir, Cluster, ClusterSpec, RequestExt,
+    STATE_TIMEOUT,
 };
+use futures_util::StreamExt;
 use reqwest::multipart::{Form, Part};
 use serde_json::Value;
 
@@ -34,6 +41,8 @@ struct Told {
     uncertain: BTreeSet<String>,
     /// Resumable (tus) uploads: URL -> (content number, length, the last offset a PATCH acknowledged).
     tus: BTreeMap<String, (usize, usize, u64)>,
+    /// Acknowledged giant uploads: file ID -> the seed of their [`Pattern`] (each [`GIANT`] bytes).
+    giants: BTreeMap<String, u64>,
 }
 
 /// Size of the streamed uploads of the big-file client.
@@ -41,6 +50,11 @@ const BIG: usize = 24 << 20;
 /// Size of each resumable upload, sent in [`TUS_CHUNK`]s.
 const TUS_LEN: usize = 768 << 10;
 const TUS_CHUNK: usize = 256 << 10;
+
+/// Size of the giant streamed uploads (generated on the fly, never held in memory by anyone).
+const GIANT: u64 = 1 << 30;
+/// How long the load may take to acknowledge its first giant upload (it goes through two simulated disks).
+const GIANT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// `content(n, len)` as a stream of 1 MiB chunks (never held whole by the client either).
 fn streamed(n: usize, len: usize) -> reqwest::Body {
@@ -69,6 +83,52 @@ async fn big_client(
             told.lock().unwrap().files.insert(id, (n, BIG));
         }
     }
+}
+
+/// A client uploading giant streamed files one after another; the power goes while one is in flight.
+async fn giant_client(
+    gw: String,
+    http: reqwest::Client,
+    told: Arc<Mutex<Told>>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut seed = 70_000_000;
+    while !stop.load(Ordering::Relaxed) {
+        seed += 1;
+        let r = http
+            .put(format!("{gw}/upload/giant{seed}.bin"))
+            .header(reqwest::header::CONTENT_LENGTH, GIANT)
+            .body(reqwest::Body::wrap_stream(Pattern::stream(
+                seed,
+                GIANT,
+                256 << 10,
+            )));
+        if let Ok(v) = r.try_json::<Value>().await {
+            let id = v["file_id"].as_str().unwrap().to_owned();
+            told.lock().unwrap().giants.insert(id, seed);
+        }
+    }
+}
+
+/// Whether member `n` holds exactly the first [`GIANT`] bytes of `seed`'s pattern as `id` (streamed, checked
+/// as it comes).
+async fn holds_giant(c: &Cluster, n: &fdfs_testkit::Node, id: &str, seed: u64) -> Option<()> {
+    let r = c
+        .http
+        .get(format!("{}/v1/replica/{id}", n.internal_url()))
+        .secret()
+        .send()
+        .await
+        .ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    let mut check = Verifier::new(seed, GIANT);
+    let mut body = r.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        check.update(&chunk.ok()?);
+    }
+    check.finish().ok()
 }
 
 /// A client sending resumable uploads chunk by chunk, recording each acknowledged offset.
@@ -205,10 +265,17 @@ async fn client(
 }
 
 /// A group of two members, each on its own simulated disk, under a mixed load of 8 clients through the
-/// gateway; the power goes once `ops` operations were acknowledged (`how` says what the disks lose), and both
-/// members start again. Then everything the clients were told holds on both members.
-async fn power_cut_under_load(ops: usize, how: Cut) {
-    let dir = tempdir(1 << 30);
+/// gateway (and a client of [`GIANT`] uploads if `giant`); the power goes once `ops` operations (and a giant
+/// upload) were acknowledged (`how` says what the disks lose), and both members start again. Then everything
+/// the clients were told holds on both members.
+async fn power_cut_under_load(ops: usize, how: Cut, giant: bool) {
+    // Two members, each with a giant file, the one in flight and its staging.
+    let _turn = if giant {
+        Some(big_transfer().await)
+    } else {
+        None
+    };
+    let dir = tempdir(if giant { 5 * GIANT } else { 1 << 30 });
     let mut disks = Vec::new();
     for m in 1..=2 {
         let state = dir.path().join(format!("disk-{m}"));
@@ -217,7 +284,10 @@ async fn power_cut_under_load(ops: usize, how: Cut) {
         std::fs::create_dir_all(&mount).unwrap();
         disks.push(Disk::mount(&state, &mount).expect("mount the simulated disk"));
     }
-    let mut c = Cluster::start_in(ClusterSpec::group(2), dir).await;
+    let spec = ClusterSpec::group(2)
+        .storage(&["--max-file-size", "4GiB"])
+        .gateway(&["--max-upload-size", "4GiB"]);
+    let mut c = Cluster::start_in(spec, dir).await;
     let told = Arc::new(Mutex::new(Told::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..8)
@@ -244,14 +314,29 @@ async fn power_cut_under_load(ops: usize, how: Cut) {
                 stop.clone(),
             )),
         ])
+        .chain(giant.then(|| {
+            tokio::spawn(giant_client(
+                c.gateway_url(),
+                c.http.clone(),
+                told.clone(),
+                stop.clone(),
+            ))
+        }))
         .collect();
-    eventually(STATE_TIMEOUT, "the load to get going", || async {
+    let wait = if giant { GIANT_TIMEOUT } else { STATE_TIMEOUT };
+    eventually(wait, "the load to get going", || async {
         let t = told.lock().unwrap();
         let big = t.files.values().any(|(_, len)| *len == BIG);
         let tus = t.tus.values().any(|(_, _, acked)| *acked > 0);
-        (t.files.len() + t.deleted.len() + t.meta.len() >= ops && big && tus).then_some(())
+        let giants = !giant || !t.giants.is_empty();
+        (t.files.len() + t.deleted.len() + t.meta.len() >= ops && big && tus && giants)
+            .then_some(())
     })
     .await;
+    if giant {
+        // Let the next giant upload get well under way, so the power goes in the middle of it.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
 
     // The power goes: both members at once, in the middle of the load.
     c.kill9(0, 0);
@@ -272,11 +357,12 @@ async fn power_cut_under_load(ops: usize, how: Cut) {
     }
     let told = std::mem::take(&mut *told.lock().unwrap());
     eprintln!(
-        "power cut after {} files ({} of {} MiB), {} deletes, {} metadata changes, {} resumable chunks acknowledged \
+        "power cut after {} files ({} of {} MiB, {} of 1 GiB), {} deletes, {} metadata changes, {} resumable chunks acknowledged \
          ({} uncertain); the disks dropped {dropped:?}; syncs before the cut (files, dirs): {syncs:?}",
         told.files.len(),
         told.files.values().filter(|(_, len)| *len == BIG).count(),
         BIG >> 20,
+        told.giants.len(),
         told.deleted.len(),
         told.meta.len(),
         told.tus.values().map(|(_, _, a)| a.div_ceil(TUS_CHUNK as u64)).sum::<u64>(),
@@ -319,6 +405,15 @@ async fn power_cut_under_load(ops: usize, how: Cut) {
             .await;
         }
     }
+    // Every acknowledged giant upload, byte for byte, on every member.
+    for n in c.all_storage() {
+        for (id, seed) in &told.giants {
+            eventually(GIANT_TIMEOUT, &format!("{id} on {}", n.name), || {
+                holds_giant(&c, n, id, *seed)
+            })
+            .await;
+        }
+    }
     // Every acknowledged chunk of a resumable upload is still there: the upload resumes at or past it, or it
     // was finished (then its file is held with its bytes).
     for (url, (n, len, acked)) in &told.tus {
@@ -354,20 +449,21 @@ async fn power_cut_under_load(ops: usize, how: Cut) {
             if id.name.prefix().is_some() {
                 continue;
             }
-            let bytes = std::fs::read(n.dir.join(id.relative_path())).unwrap();
+            // Read in pieces: a giant file is not held in memory here either.
+            let mut file = std::fs::File::open(n.dir.join(id.relative_path())).unwrap();
+            let (mut size, mut crc) = (0u64, crc32fast::Hasher::new());
+            let mut buf = vec![0; 1 << 20];
+            loop {
+                let k = file.read(&mut buf).unwrap();
+                if k == 0 {
+                    break;
+                }
+                size += k as u64;
+                crc.update(&buf[..k]);
+            }
             let info = id.info();
-            assert_eq!(
-                bytes.len() as u64,
-                info.size,
-                "{id} on {}: its size",
-                n.name
-            );
-            assert_eq!(
-                crc32fast::hash(&bytes),
-                info.crc32,
-                "{id} on {}: its CRC32",
-                n.name
-            );
+            assert_eq!(size, info.size, "{id} on {}: its size", n.name);
+            assert_eq!(crc.finalize(), info.crc32, "{id} on {}: its CRC32", n.name);
         }
     }
     // And the group takes uploads again.
@@ -381,10 +477,10 @@ async fn power_cut_under_load(ops: usize, how: Cut) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn power_cut_of_every_member_under_load_keeps_what_clients_were_told() {
-    power_cut_under_load(300, Cut::LoseAll).await;
+    power_cut_under_load(300, Cut::LoseAll, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn power_cut_with_reordered_losses_keeps_what_clients_were_told() {
-    power_cut_under_load(200, Cut::Random(0x5eed_f00d)).await;
+    power_cut_under_load(200, Cut::Random(0x5eed_f00d), false).await;
 }

@@ -473,6 +473,7 @@ impl Store {
                 index: sp.index,
                 total_bytes: fs2::total_space(&sp.root).unwrap_or(0),
                 free_bytes: fs2::available_space(&sp.root).unwrap_or(0),
+                failed: None,
             })
             .collect()
     }

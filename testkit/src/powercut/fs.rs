@@ -23,18 +23,49 @@ use fuser::{
 };
 
 use super::model::{attr_of, err, lock, Durable, FileNode, Id, Kind, Namespace, Paths, ROOT};
+use super::Faults;
 
 /// How long the kernel may cache attributes and entries: nothing changes the backing tree behind the
 /// filesystem's back while it is mounted.
 const TTL: Duration = Duration::from_secs(1);
 
-/// Calls seen since the disk was mounted (kept across cuts).
+/// Calls seen since the disk was mounted, and the faults it shows (both kept across cuts).
 #[derive(Debug, Default)]
 pub(super) struct Counters {
     /// `fsync`/`fdatasync` of files.
     pub file_syncs: AtomicU64,
     /// `fsync` of directories.
     pub dir_syncs: AtomicU64,
+    /// What [`super::Disk::inject`] set.
+    pub faults: Mutex<Faults>,
+}
+
+/// What an operation does to the disk, for [`Faults`].
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Op {
+    /// Reading a file's bytes.
+    Read,
+    /// Any change: writes, truncations, creations, links, renames, removals, syncs.
+    Change,
+}
+
+impl Counters {
+    /// Wait the injected delay, then fail with EIO if `op`'s kind fails.
+    fn suffer(&self, op: Op) -> Result<(), Errno> {
+        let f = *lock(&self.faults);
+        if !f.delay.is_zero() {
+            std::thread::sleep(f.delay);
+        }
+        let fails = match op {
+            Op::Read => f.fail_reads,
+            Op::Change => f.fail_changes,
+        };
+        if fails {
+            Err(Errno::EIO)
+        } else {
+            Ok(())
+        }
+    }
 }
 
 /// An open file: its backing file and its node.
@@ -148,7 +179,7 @@ macro_rules! reply {
     };
 }
 
-/// Enter the gate or fail the request with EIO.
+/// Enter the gate or fail the request with EIO; with an [`Op`], the injected [`Faults`] apply first.
 macro_rules! enter {
     ($self:ident, $reply:ident) => {
         match $self.inner.enter() {
@@ -156,6 +187,12 @@ macro_rules! enter {
             None => return $reply.error(Errno::EIO),
         }
     };
+    ($self:ident, $reply:ident, $op:expr) => {{
+        if let Err(e) = $self.inner.counters.suffer($op) {
+            return $reply.error(e);
+        }
+        enter!($self, $reply)
+    }};
 }
 
 impl PowerFs {
@@ -609,7 +646,7 @@ impl Filesystem for PowerFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let _g = enter!(self, reply);
+        let _g = enter!(self, reply, Op::Change);
         let set = SetAttr {
             mode,
             uid,
@@ -638,7 +675,7 @@ impl Filesystem for PowerFs {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        let _g = enter!(self, reply);
+        let _g = enter!(self, reply, Op::Change);
         if mode & libc::S_IFMT != libc::S_IFREG {
             return reply.error(Errno::EPERM); // only regular files are modelled
         }
@@ -658,19 +695,19 @@ impl Filesystem for PowerFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let _g = enter!(self, reply);
+        let _g = enter!(self, reply, Op::Change);
         let r = self.do_mkdir(req, parent.0, name, mode);
         reply!(reply, r, |a| reply.entry(&TTL, &a, Generation(0)));
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _g = enter!(self, reply);
+        let _g = enter!(self, reply, Op::Change);
         reply!(reply, self.do_unlink(parent.0, name, false), |()| reply
             .ok());
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _g = enter!(self, reply);
+        let _g = enter!(self, reply, Op::Change);
         reply!(reply, self.do_unlink(parent.0, name, true), |()| reply.ok());
     }
 
@@ -682,7 +719,7 @@ impl Filesystem for PowerFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let _g = enter!(self, reply);
+        let _g = enter!(self, reply, Op::Change);
         let r = self.do_symlink(req, parent.0, link_name, target);
         reply!(reply, r, |a| reply.entry(&TTL, &a, Generation(0)));
     }
@@ -697,7 +734,7 @@ impl Filesystem for PowerFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let _g = enter!(self, reply);
+        let _g = enter!(self, reply, Op::Change);
         let r = self.do_rename(parent.0, name, newparent.0, newname, flags);
         reply!(reply, r, |()| reply.ok());
     }
@@ -710,7 +747,7 @@ impl Filesystem for PowerFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let _g = enter!(self, reply);
+        let _g = enter!(self, reply, Op::Change);
         let r = self.do_link(ino.0, newparent.0, newname);
         reply!(reply, r, |a| reply.entry(&TTL, &a, Generation(0)));
     }
@@ -733,7 +770,7 @@ impl Filesystem for PowerFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let _g = enter!(self, reply);
+        let _g = enter!(self, reply, Op::Read);
         reply!(reply, self.do_read(fh, offset, size), |b| reply.data(&b));
     }
 
@@ -749,7 +786,7 @@ impl Filesystem for PowerFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let _g = enter!(self, reply);
+        let _g = enter!(self, reply, Op::Change);
         reply!(reply, self.do_write(fh, offset, data), |n| reply.written(n));
     }
 
@@ -788,7 +825,7 @@ impl Filesystem for PowerFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _g = enter!(self, reply);
+        let _g = enter!(self, reply, Op::Change);
         self.inner
             .counters
             .file_syncs
@@ -856,7 +893,7 @@ impl Filesystem for PowerFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _g = enter!(self, reply);
+        let _g = enter!(self, reply, Op::Change);
         self.inner
             .counters
             .dir_syncs
@@ -895,7 +932,7 @@ impl Filesystem for PowerFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let _g = enter!(self, reply);
+        let _g = enter!(self, reply, Op::Change);
         let r = self.do_create(req, parent.0, name, mode, flags);
         reply!(reply, r, |(a, fh)| reply.created(
             &TTL,
@@ -916,7 +953,7 @@ impl Filesystem for PowerFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let _g = enter!(self, reply);
+        let _g = enter!(self, reply, Op::Change);
         let r = self.do_fallocate(fh, offset, length, mode);
         reply!(reply, r, |()| reply.ok());
     }

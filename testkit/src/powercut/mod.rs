@@ -101,6 +101,20 @@ pub enum Cut {
     Random(u64),
 }
 
+/// Faults a [`Disk`] shows until [`Disk::inject`] changes them: a failing or slow disk. Reads served from
+/// the kernel's page cache never reach the disk, so they neither fail nor wait (evict a file to make its
+/// next read do: [`crate::evict_from_page_cache`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// Reads of file data fail with EIO.
+    pub fail_reads: bool,
+    /// Every change (write, truncation, create, mkdir, link, rename, unlink, fsync) fails with EIO and
+    /// changes nothing.
+    pub fail_changes: bool,
+    /// Every read and change waits this long first (served by [`THREADS`] threads: calls queue behind it).
+    pub delay: Duration,
+}
+
 /// What a [`Disk::cut`] dropped (for messages).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CutReport {
@@ -158,6 +172,11 @@ impl Disk {
         drop(inner);
         self.start()?;
         Ok(report)
+    }
+
+    /// From now on, show `faults` (`Faults::default()`: a healthy disk again).
+    pub fn inject(&self, faults: Faults) {
+        *lock(&self.counters.faults) = faults;
     }
 
     /// The `fsync`/`fdatasync` calls on files and the `fsync` calls on directories seen since the disk was

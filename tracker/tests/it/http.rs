@@ -68,6 +68,7 @@ fn hb(group: &str, node_id: u32, free: u64) -> Heartbeat {
             index: 0,
             total_bytes: 100 * GB,
             free_bytes: free,
+            failed: None,
         }],
         sync: Vec::new(),
         file_count: 0,
