@@ -1,4 +1,5 @@
-//! The nemesis: faults drawn from a seeded generator, one at a time (never more than the design promises to
+//! The nemesis: faults drawn from a seeded generator (processes killed, frozen, restarted; nodes cut off; a
+//! member's disk wiped, power-cut, failing or slow), one at a time (never more than the design promises to
 //! survive: with `write_quorum` 2 of 3, one member of a group may be lost; with two trackers and two gateways,
 //! one of each), each held for 2 to 8 s, then healed, then 1 to 4 s of quiet. Every fault is logged with when it
 //! began and ended, and which host's process it disturbed (the checker accepts a client's connection failure
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::cluster::{member, NsCluster, GATEWAYS, GROUPS, MEMBERS, TRACKERS};
 use super::Rng;
-use crate::powercut::Cut;
+use crate::powercut::{Cut, Faults};
 
 /// One fault.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +27,10 @@ pub enum Fault {
     Wipe(String),
     /// kill -9 a member on the simulated disk and drop whatever it never synced; start it again at the heal.
     PowerCut(String),
+    /// A member's simulated disk fails every read and change with EIO until the heal.
+    FailingDisk(String),
+    /// A member's simulated disk waits 100 ms before every read and change until the heal.
+    SlowDisk(String),
 }
 
 impl Fault {
@@ -38,6 +43,8 @@ impl Fault {
             Fault::SplitGroup(h) => ("partition: group split", h),
             Fault::Wipe(h) => ("disk wiped + restart", h),
             Fault::PowerCut(h) => ("power cut (unsynced writes lost)", h),
+            Fault::FailingDisk(h) => ("failing disk (EIO)", h),
+            Fault::SlowDisk(h) => ("slow disk (100 ms a call)", h),
         };
         format!("{what} ({})", role(host))
     }
@@ -46,7 +53,10 @@ impl Fault {
     pub fn disturbs(&self) -> Option<&str> {
         match self {
             Fault::Kill(h) | Fault::Freeze(h) | Fault::Wipe(h) | Fault::PowerCut(h) => Some(h),
-            Fault::Isolate(_) | Fault::SplitGroup(_) => None,
+            Fault::Isolate(_)
+            | Fault::SplitGroup(_)
+            | Fault::FailingDisk(_)
+            | Fault::SlowDisk(_) => None,
         }
     }
 }
@@ -59,7 +69,9 @@ impl fmt::Display for Fault {
             | Fault::Isolate(h)
             | Fault::SplitGroup(h)
             | Fault::Wipe(h)
-            | Fault::PowerCut(h) => h,
+            | Fault::PowerCut(h)
+            | Fault::FailingDisk(h)
+            | Fault::SlowDisk(h) => h,
         };
         let kind = self.kind();
         let what = kind.split(" (").next().unwrap_or_default();
@@ -124,9 +136,17 @@ impl Nemesis {
                     let g = rng.range(1, GROUPS as u64 + 1) as usize;
                     Fault::Wipe(member(g, rng.range(1, MEMBERS as u64) as usize))
                 }
-                _ if power_cuts => {
+                90..=93 if power_cuts => {
                     let g = rng.range(1, GROUPS as u64 + 1) as usize;
                     Fault::PowerCut(member(g, MEMBERS))
+                }
+                94..=96 if power_cuts => {
+                    let g = rng.range(1, GROUPS as u64 + 1) as usize;
+                    Fault::FailingDisk(member(g, MEMBERS))
+                }
+                _ if power_cuts => {
+                    let g = rng.range(1, GROUPS as u64 + 1) as usize;
+                    Fault::SlowDisk(member(g, MEMBERS))
                 }
                 _ => continue,
             };
@@ -179,6 +199,15 @@ fn inject(c: &mut NsCluster, fault: &Fault) {
                 c.net.cut(h, &peer);
             }
         }
+        Fault::FailingDisk(h) => c.disks[h].inject(Faults {
+            fail_reads: true,
+            fail_changes: true,
+            ..Faults::default()
+        }),
+        Fault::SlowDisk(h) => c.disks[h].inject(Faults {
+            delay: Duration::from_millis(100),
+            ..Faults::default()
+        }),
     }
 }
 
@@ -206,6 +235,7 @@ fn heal(c: &mut NsCluster, fault: &Fault, rng: &mut Rng) {
                 c.net.heal(h, &peer);
             }
         }
+        Fault::FailingDisk(h) | Fault::SlowDisk(h) => c.disks[h].inject(Faults::default()),
     }
 }
 

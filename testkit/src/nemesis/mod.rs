@@ -3,7 +3,7 @@
 //! per group on the power-cut simulator's disk), clients doing uploads (raw, multipart, streamed big ones, tus,
 //! the FastDFS door), byte-checked downloads, metadata changes and deletes, each logged with its outcome
 //! ([`clients`]), while a nemesis drawn from a printed seed kills, freezes, cuts off, wipes and power-cuts nodes
-//! one at a time ([`faults`]). At the end every fault is healed, the cluster must converge, and the history is
+//! one at a time, and fails or slows their disks ([`faults`]). At the end every fault is healed, the cluster must converge, and the history is
 //! checked against what the members hold ([`check`]), which also writes the report.
 //!
 //! Entry points: [`Config::from_env`] (`NEMESIS_SECS`, `NEMESIS_SEED`, `NEMESIS_REPORT`, `NEMESIS_BIG_MB`) and
