@@ -79,7 +79,7 @@ const CHECKS: [&str; 8] = [
 pub async fn check(
     c: &NsCluster,
     config: &Config,
-    ops: Vec<Op>,
+    ops: &[Op],
     faults: Vec<Injected>,
     t0: Instant,
 ) -> Report {
@@ -108,7 +108,7 @@ pub async fn check(
 
     // The model from the history (each client's operations are in its order).
     let mut files: BTreeMap<String, Model> = BTreeMap::new();
-    for op in &ops {
+    for op in ops {
         match (&op.what, &op.res) {
             (What::Upload { n, len, meta, .. }, Res::Ok(Some(id))) => {
                 files.insert(
@@ -198,7 +198,7 @@ pub async fn check(
     }
 
     // The history itself.
-    for op in &ops {
+    for op in ops {
         let at = format!(
             "client {} at {:.1}s ({} via {}): ",
             op.client,
@@ -226,7 +226,7 @@ pub async fn check(
 
     let passed = fail.0.is_empty();
     let markdown = report(
-        config, &ops, &faults, &files, &fail, converged, ended, on_disk, passed,
+        config, ops, &faults, &files, &fail, converged, ended, on_disk, passed,
     );
     Report { passed, markdown }
 }
@@ -422,7 +422,12 @@ fn report(
     for f in faults {
         *fault_kinds.entry(f.fault.kind()).or_default() += 1;
     }
-    let _ = writeln!(s, "Faults injected: {} (one at a time).\n", faults.len());
+    let _ = writeln!(
+        s,
+        "Faults injected: {} (up to {} held at once, each in its own failure domain).\n",
+        faults.len(),
+        config.overlap
+    );
     let _ = writeln!(s, "| fault | count |");
     let _ = writeln!(s, "| --- | ---: |");
     for (k, n) in &fault_kinds {

@@ -1,9 +1,9 @@
 //! The nemesis: faults drawn from a seeded generator (processes killed, frozen, restarted; nodes cut off; a
-//! member's disk wiped, power-cut, failing or slow), one at a time (never more than the design promises to
-//! survive: with `write_quorum` 2 of 3, one member of a group may be lost; with two trackers and two gateways,
-//! one of each), each held for 2 to 8 s, then healed, then 1 to 4 s of quiet. Every fault is logged with when it
-//! began and ended, and which host's process it disturbed (the checker accepts a client's connection failure
-//! only against a host disturbed meanwhile).
+//! member's disk wiped, power-cut, failing or slow), a new one every 1 to 4 s, each held for 2 to 8 s then
+//! healed; up to `NEMESIS_OVERLAP` (2) held at once, in different failure domains (never more than the design
+//! promises to survive: with `write_quorum` 2 of 3, one member of a group may be lost; with two trackers and two
+//! gateways, one of each). Every fault is logged with when it began and ended, and which host's process it
+//! disturbed (the checker accepts a client's connection failure only against a host disturbed meanwhile).
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -49,6 +49,30 @@ impl Fault {
         format!("{what} ({})", role(host))
     }
 
+    /// The failure domain it hits: a storage group (`group1`), the trackers, or the gateways. Faults held at
+    /// once are in different domains: at most one member of a group, one tracker, one gateway.
+    pub fn domain(&self) -> String {
+        let host = self.host();
+        match role(host) {
+            "storage" => format!("group{}", &host[1..2]),
+            other => other.to_owned(),
+        }
+    }
+
+    /// The host it hits.
+    pub fn host(&self) -> &str {
+        match self {
+            Fault::Kill(h)
+            | Fault::Freeze(h)
+            | Fault::Isolate(h)
+            | Fault::SplitGroup(h)
+            | Fault::Wipe(h)
+            | Fault::PowerCut(h)
+            | Fault::FailingDisk(h)
+            | Fault::SlowDisk(h) => h,
+        }
+    }
+
     /// The host whose process the fault stops (a client's connection to it may fail meanwhile).
     pub fn disturbs(&self) -> Option<&str> {
         match self {
@@ -63,16 +87,7 @@ impl Fault {
 
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let host = match self {
-            Fault::Kill(h)
-            | Fault::Freeze(h)
-            | Fault::Isolate(h)
-            | Fault::SplitGroup(h)
-            | Fault::Wipe(h)
-            | Fault::PowerCut(h)
-            | Fault::FailingDisk(h)
-            | Fault::SlowDisk(h) => h,
-        };
+        let host = self.host();
         let kind = self.kind();
         let what = kind.split(" (").next().unwrap_or_default();
         write!(f, "{what} {host}")
@@ -153,37 +168,62 @@ impl Nemesis {
         }
     }
 
-    /// Inject faults for `duration` from `t0`, healing each before the next; the faults as they happened.
+    /// Inject faults for `duration` from `t0`, at most `overlap` at a time and never two in one failure domain
+    /// ([`Fault::domain`]), healing each after its hold; every fault is healed when this returns. The faults as
+    /// they happened, in the order they began.
     pub async fn run(
         mut self,
         c: &mut NsCluster,
         t0: Instant,
         duration: Duration,
+        overlap: usize,
     ) -> Vec<Injected> {
         let mut log = Vec::new();
         let power_cuts = !c.disks.is_empty();
+        // Held faults: the fault, when it began, when to heal it.
+        let mut held: Vec<(Fault, Duration, Duration)> = Vec::new();
         // Let the load get going first.
-        tokio::time::sleep(Duration::from_secs(3).min(duration)).await;
-        while t0.elapsed() + Duration::from_secs(2) < duration {
-            let fault = self.draw(power_cuts);
-            let hold = Duration::from_millis(self.rng.range(2000, 8001));
-            let quiet = Duration::from_millis(self.rng.range(1000, 4001));
-            let start = t0.elapsed();
-            eprintln!(
-                "nemesis: {:>6.1}s {fault} for {:.1}s",
-                start.as_secs_f64(),
-                hold.as_secs_f64()
-            );
-            inject(c, &fault);
-            tokio::time::sleep(hold).await;
-            heal(c, &fault, &mut self.rng);
-            let end = t0.elapsed();
-            eprintln!("nemesis: {:>6.1}s healed {fault}", end.as_secs_f64());
-            log.push(Injected { fault, start, end });
-            let left = duration.saturating_sub(t0.elapsed());
-            tokio::time::sleep(quiet.min(left)).await;
+        let mut next = Duration::from_secs(3).min(duration);
+        loop {
+            let now = t0.elapsed();
+            let over = now + Duration::from_secs(2) >= duration;
+            // Heal what is due (everything once the run is over).
+            let mut k = 0;
+            while k < held.len() {
+                if over || held[k].2 <= now {
+                    let (fault, start, _) = held.swap_remove(k);
+                    heal(c, &fault, &mut self.rng);
+                    let end = t0.elapsed();
+                    eprintln!("nemesis: {:>6.1}s healed {fault}", end.as_secs_f64());
+                    log.push(Injected { fault, start, end });
+                } else {
+                    k += 1;
+                }
+            }
+            if over {
+                log.sort_by_key(|f| f.start);
+                return log;
+            }
+            if now >= next && held.len() < overlap.max(1) {
+                // A fault in a domain nothing else holds (a few draws, else wait for the next turn).
+                let fault = (0..20)
+                    .map(|_| self.draw(power_cuts))
+                    .find(|f| held.iter().all(|(h, _, _)| h.domain() != f.domain()));
+                let hold = Duration::from_millis(self.rng.range(2000, 8001));
+                let quiet = Duration::from_millis(self.rng.range(1000, 4001));
+                if let Some(fault) = fault {
+                    eprintln!(
+                        "nemesis: {:>6.1}s {fault} for {:.1}s",
+                        now.as_secs_f64(),
+                        hold.as_secs_f64()
+                    );
+                    inject(c, &fault);
+                    held.push((fault, now, now + hold));
+                }
+                next = now + quiet;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        log
     }
 }
 

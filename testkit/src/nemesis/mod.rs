@@ -3,8 +3,9 @@
 //! per group on the power-cut simulator's disk), clients doing uploads (raw, multipart, streamed big ones, tus,
 //! the FastDFS door), byte-checked downloads, metadata changes and deletes, each logged with its outcome
 //! ([`clients`]), while a nemesis drawn from a printed seed kills, freezes, cuts off, wipes and power-cuts nodes
-//! one at a time, and fails or slows their disks ([`faults`]). At the end every fault is healed, the cluster must converge, and the history is
-//! checked against what the members hold ([`check`]), which also writes the report.
+//! and fails or slows their disks, up to two faults at a time in different failure domains ([`faults`]). At the
+//! end every fault is healed, the cluster must converge, and the history is checked against what the members
+//! hold ([`check`]), which also writes the report.
 //!
 //! Entry points: [`Config::from_env`] (`NEMESIS_SECS`, `NEMESIS_SEED`, `NEMESIS_REPORT`, `NEMESIS_BIG_MB`) and
 //! [`run`]. The cli test `nemesis_short_run` runs it for 60 s in CI; `bench/nemesis.sh` runs it for longer.
@@ -29,6 +30,8 @@ pub struct Config {
     pub hang_bound: Duration,
     /// Size of the streamed big uploads.
     pub big_len: usize,
+    /// Faults held at once at most (each in its own failure domain: a group, the trackers, the gateways).
+    pub overlap: usize,
     /// Whether one member per group keeps its store on the power-cut simulator (FUSE), for power-cut faults.
     pub power_cuts: bool,
     /// Where to write the markdown report (also printed).
@@ -37,8 +40,8 @@ pub struct Config {
 
 impl Config {
     /// From the environment: `NEMESIS_SECS` (default `default_secs`), `NEMESIS_SEED` (decimal or `0x` hex;
-    /// default: from the clock), `NEMESIS_HANG_SECS` (30), `NEMESIS_BIG_MB` (12), `NEMESIS_POWER_CUTS`
-    /// (`0` turns the FUSE disks off), `NEMESIS_REPORT` (a path).
+    /// default: from the clock), `NEMESIS_HANG_SECS` (30), `NEMESIS_BIG_MB` (12), `NEMESIS_OVERLAP` (2: faults
+    /// held at once), `NEMESIS_POWER_CUTS` (`0` turns the FUSE disks off), `NEMESIS_REPORT` (a path).
     pub fn from_env(default_secs: u64) -> Config {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let num = |k: &str, d: u64| var(k).and_then(|v| v.parse().ok()).unwrap_or(d);
@@ -61,6 +64,7 @@ impl Config {
             seed,
             hang_bound: Duration::from_secs(num("NEMESIS_HANG_SECS", 30)),
             big_len: usize::try_from(num("NEMESIS_BIG_MB", 12)).unwrap_or(12) << 20,
+            overlap: usize::try_from(num("NEMESIS_OVERLAP", 2)).unwrap_or(2),
             power_cuts: var("NEMESIS_POWER_CUTS").as_deref() != Some("0"),
             report: var("NEMESIS_REPORT").map(Into::into),
         }
@@ -138,7 +142,7 @@ pub async fn run(config: Config) -> Report {
     let workers = clients::start(&cluster, &config, &rng, t0, history.clone(), stop.clone());
     // Faults run on this thread: the processes the nemesis restarts die with the thread that started them.
     let faults = faults::Nemesis::new(rng.fork(0xFA17))
-        .run(&mut cluster, t0, config.duration)
+        .run(&mut cluster, t0, config.duration, config.overlap)
         .await;
     stop.store(true, Ordering::Relaxed);
     for w in workers {
@@ -153,7 +157,7 @@ pub async fn run(config: Config) -> Report {
         ops.len(),
         faults.len()
     );
-    let report = check::check(&cluster, &config, ops, faults, t0).await;
+    let report = check::check(&cluster, &config, &ops, faults, t0).await;
     eprintln!("{}", report.markdown);
     if let Some(path) = &config.report {
         if let Err(e) = std::fs::write(path, &report.markdown) {
@@ -162,6 +166,17 @@ pub async fn run(config: Config) -> Report {
     }
     if !report.passed {
         cluster.print_logs();
+        // What it takes to find the cause: every node's log and data, and the history.
+        let history: String = ops.iter().map(|op| format!("{op:?}\n")).collect();
+        let path = cluster.dir.path().join("history.txt");
+        if let Err(e) = std::fs::write(&path, history) {
+            eprintln!("nemesis: writing {}: {e}", path.display());
+        }
+        eprintln!(
+            "nemesis: kept the logs, the data and history.txt in {}",
+            cluster.dir.path().display()
+        );
+        cluster.dir.keep();
     }
     report
 }
