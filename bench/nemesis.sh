@@ -15,7 +15,8 @@
 # Exit status 0 only when every check holds. The markdown report (operations, faults injected, errors by kind,
 # time to converge, failed checks) goes to $OUT (default target/nemesis/report-<seed>.md) and is printed.
 #
-# Knobs (environment): NEMESIS_HANG_SECS=30 (a request longer than this is a hang), NEMESIS_BIG_MB=12 (streamed
+# Knobs (environment): NEMESIS_OVERLAP=2 (faults held at once, each in its own group or role; 1: one at a
+# time), NEMESIS_HANG_SECS=30 (a request longer than this is a hang), NEMESIS_BIG_MB=12 (streamed
 # uploads), NEMESIS_POWER_CUTS=0 (no FUSE disks), OUT=path of the report.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -29,7 +30,7 @@ echo "nemesis: $SECS s, seed $SEED (replay: bash bench/nemesis.sh $SECS $SEED); 
 # The test binary and the fdfs binary it starts (debug, as the tests run them).
 cargo test -p fdfs --test it --no-run
 
-export NEMESIS_SECS=$SECS NEMESIS_SEED=$SEED NEMESIS_REPORT=$OUT
+export NEMESIS_SECS=$SECS NEMESIS_SEED=$SEED NEMESIS_REPORT=$OUT NEMESIS_OVERLAP=${NEMESIS_OVERLAP:-2}
 status=0
 cargo test -p fdfs --test it nemesis_short_run -- --exact --nocapture || status=$?
 if [[ -f $OUT ]]; then

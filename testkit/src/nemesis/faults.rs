@@ -212,6 +212,8 @@ impl Nemesis {
                 let hold = Duration::from_millis(self.rng.range(2000, 8001));
                 let quiet = Duration::from_millis(self.rng.range(1000, 4001));
                 if let Some(fault) = fault {
+                    // Heals above take a moment (a restart, `ip` commands): the fault begins now.
+                    let now = t0.elapsed();
                     eprintln!(
                         "nemesis: {:>6.1}s {fault} for {:.1}s",
                         now.as_secs_f64(),
