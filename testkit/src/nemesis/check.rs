@@ -356,12 +356,13 @@ fn report(
     let _ = writeln!(
         s,
         "Cluster: 2 trackers, {GROUPS} groups x {MEMBERS} members (write quorum 2), 2 gateways, each in its own \
-         network namespace{}. Replay: `bench/nemesis.sh {} {}`.\n",
+         network namespace{}. Replay: `NEMESIS_OVERLAP={} bash bench/nemesis.sh {} {}`.\n",
         if config.power_cuts {
             "; member 3 of each group on the power-cut simulator's disk"
         } else {
             ""
         },
+        config.overlap,
         config.duration.as_secs(),
         config.seed
     );
