@@ -24,7 +24,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 SECS=${1:-600}
 SEED=${2:-$(od -An -N6 -tu8 /dev/urandom | tr -d ' ')}
 mkdir -p target/nemesis
-OUT=${OUT:-target/nemesis/report-$SEED.md}
+# Absolute: cargo runs the test in the package directory.
+OUT=$(realpath -m "${OUT:-target/nemesis/report-$SEED.md}")
 echo "nemesis: $SECS s, seed $SEED (replay: bash bench/nemesis.sh $SECS $SEED); report in $OUT"
 
 # The test binary and the fdfs binary it starts (debug, as the tests run them).
@@ -32,12 +33,12 @@ cargo test -p fdfs --test it --no-run
 
 export NEMESIS_SECS=$SECS NEMESIS_SEED=$SEED NEMESIS_REPORT=$OUT NEMESIS_OVERLAP=${NEMESIS_OVERLAP:-2}
 status=0
-cargo test -p fdfs --test it nemesis_short_run -- --exact --nocapture || status=$?
+cargo test -p fdfs --test it nemesis::nemesis_short_run -- --exact --nocapture || status=$?
 if [[ -f $OUT ]]; then
     echo "----- report ($OUT) -----"
     cat "$OUT"
 else
     echo "nemesis: no report written (the run broke before the check)" >&2
-    status=${status/#0/1}
+    [[ $status -ne 0 ]] || status=1
 fi
 exit "$status"
