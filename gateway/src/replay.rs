@@ -41,22 +41,25 @@ impl Replay {
         })))
     }
 
-    /// Whether the body can still be sent from its start.
-    pub fn replayable(&self) -> bool {
-        !self
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .spilled
+    /// End the current attempt's body (a transport may still be reading it after its answer came back: from
+    /// now on it reads an error, and takes nothing more from the client side), then say whether the body can
+    /// still be sent from its start. Deciding to send again and stopping the old reader is one step: checked
+    /// apart, the old reader could take the rest of the body in between and the next attempt would get none of
+    /// it.
+    pub fn end_attempt(&self) -> bool {
+        let mut feed = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        feed.attempt += 1;
+        !feed.spilled
     }
 
     /// The body for the next attempt: what went out so far, then the rest from the client. The body given to
-    /// the previous attempt ends with an error from now on (that request is over).
+    /// the previous attempt ends with an error from now on (that request is over). When the body cannot be sent
+    /// whole any more, this one ends with an error at once: never a clean, short body.
     pub fn next_body(&self) -> reqwest::Body {
-        let attempt = {
+        let (attempt, whole) = {
             let mut feed = self.0.lock().unwrap_or_else(PoisonError::into_inner);
             feed.attempt += 1;
-            feed.attempt
+            (feed.attempt, !feed.spilled)
         };
         let feed = self.0.clone();
         let mut pos = 0;
@@ -65,6 +68,11 @@ impl Replay {
             if f.attempt != attempt {
                 return Poll::Ready(Some(Err(std::io::Error::other(
                     "the upload went to another storage node",
+                ))));
+            }
+            if !whole {
+                return Poll::Ready(Some(Err(std::io::Error::other(
+                    "the upload's start is gone: it cannot be sent again",
                 ))));
             }
             if !f.spilled && pos < f.kept.len() {
@@ -121,7 +129,7 @@ mod tests {
         // The first attempt takes one chunk, then the node turns the upload down.
         let frame = first.frame().await.unwrap().unwrap();
         assert_eq!(frame.into_data().unwrap(), "hello ");
-        assert!(replay.replayable());
+        assert!(replay.end_attempt());
         let second = replay.next_body();
         assert!(
             first.frame().await.unwrap().is_err(),
@@ -145,7 +153,7 @@ mod tests {
         });
         let got = collect(body).await.unwrap();
         assert_eq!(got.len(), 3 * (REPLAY_BYTES / 2 + 1));
-        assert!(!replay.replayable());
+        assert!(!replay.end_attempt());
     }
 
     #[tokio::test]
@@ -159,6 +167,53 @@ mod tests {
             .unwrap();
         drop(tx);
         assert!(collect(body).await.is_err());
-        assert!(!replay.replayable(), "a replay would end cleanly, short");
+        assert!(!replay.end_attempt(), "a replay would end cleanly, short");
+    }
+
+    /// Found by the nemesis (seed 1, faults one at a time): a node answered `quorum_unreachable` before reading
+    /// a 3.8 MiB upload; while the gateway asked the tracker for another node, the first request's transport kept
+    /// reading the body past the replay limit, and the next node got an empty body, stored a 0-byte file and the
+    /// client was told 200 with `size: 0`.
+    #[tokio::test]
+    async fn the_body_an_old_attempt_kept_reading_is_never_sent_again_short() {
+        let (tx, rx) = mpsc::channel(8);
+        let replay = Replay::new(rx);
+        let first = replay.next_body();
+        let chunk = Bytes::from(vec![7u8; REPLAY_BYTES / 2 + 1]);
+        tokio::spawn(async move {
+            for _ in 0..3 {
+                tx.send(Ok(chunk.clone())).await.unwrap();
+            }
+        });
+        // The old attempt reads on (past the limit) after its node's answer came back.
+        assert_eq!(
+            collect(first).await.unwrap().len(),
+            3 * (REPLAY_BYTES / 2 + 1)
+        );
+        assert!(!replay.end_attempt(), "the body is not whole any more");
+        // Even asked for, the next body is an error, never a clean empty one.
+        assert!(collect(replay.next_body()).await.is_err());
+    }
+
+    /// The decision to send again ends the old attempt's body first: what it would read after goes to the next.
+    #[tokio::test]
+    async fn ending_an_attempt_stops_its_body_taking_more() {
+        let (tx, rx) = mpsc::channel(8);
+        let replay = Replay::new(rx);
+        let mut first = replay.next_body();
+        tx.send(Ok(Bytes::from_static(b"a"))).await.unwrap();
+        assert_eq!(
+            first.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "a"
+        );
+        assert!(replay.end_attempt());
+        tx.send(Ok(Bytes::from_static(b"b"))).await.unwrap();
+        assert!(
+            first.frame().await.unwrap().is_err(),
+            "the old body reads an error"
+        );
+        let second = replay.next_body();
+        drop(tx);
+        assert_eq!(collect(second).await.unwrap(), b"ab");
     }
 }

@@ -308,9 +308,10 @@ impl App {
             match sent {
                 Err(e)
                     if (unread(&e) || lost(&e))
-                        && replay.replayable()
                         && params.master.is_none()
-                        && asked < MAX_ASSIGNMENTS =>
+                        && asked < MAX_ASSIGNMENTS
+                        // Last: it ends this attempt's body (its transport may still be reading it).
+                        && replay.end_attempt() =>
                 {
                     tracing::warn!(storage = %addr, error = %e, "storage node turned the upload down or went away before answering; asking the tracker again");
                     self.tracker.forget(&addr).await;

@@ -23,6 +23,8 @@
 //!   a transfer runs ([`Cluster::sample_rss`]); [`Cluster::for_big_files`].
 //! - [`netns`]: servers in network namespaces, for partitions (cut and heal the link between two of them).
 //! - [`unit`]: servers started as the shipped systemd units start them, on simulated hosts (namespaces).
+//! - [`nemesis`]: a fault schedule from a seed against a cluster in namespaces, with a history checker and a
+//!   report (the cli test `nemesis_short_run`, `bench/nemesis.sh`).
 //!
 //! Talking to them:
 //! - [`http`]: [`client`] (no redirects) / [`follow_client`], and [`RequestExt`] on reqwest's request builder:
@@ -31,6 +33,7 @@
 //!   `.try_json()` / `.try_bytes()` (`Err` with the reason: for polling). [`error_of`] / [`error_code`] /
 //!   [`json_ok`] on a response (the JSON error shape, with a non-empty message, is asserted); [`metrics`] /
 //!   [`metric`] / [`metric_sum`] for Prometheus text; [`redirected`] follows the gateway's 302 by hand.
+//! - [`fastdfs`]: the FastDFS binary protocol as a client library speaks it (tracker query, upload, download).
 //! - [`raw`]: HTTP/1.1 over a bare TCP connection, for bytes no client library sends
 //!   (`raw::send(addr, &raw::request("GET", target, headers, body), How::within(15))`).
 //!
@@ -49,8 +52,10 @@
 
 pub mod cluster;
 pub mod dirs;
+pub mod fastdfs;
 pub mod http;
 pub mod inproc;
+pub mod nemesis;
 pub mod netns;
 pub mod node;
 pub mod powercut;

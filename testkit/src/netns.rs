@@ -3,7 +3,8 @@
 //! namespace), which is never cut. [`Net::cut`] drops every packet between two servers in both directions in
 //! the hub (`ip rule ... blackhole`: silently, like a dead switch port, so connections time out instead of
 //! being refused) and [`Net::heal`] lets them through again. Servers start inside their namespace with
-//! [`Net::spawn`] and are killed when their [`NetNode`] is dropped; the namespaces (and with them every veth)
+//! [`Net::spawn`] (again after a kill with [`Net::restart`]; [`NetNode::freeze`] / [`NetNode::thaw`] stop and resume
+//! one) and are killed when their [`NetNode`] is dropped; the namespaces (and with them every veth)
 //! are deleted when the [`Net`] is dropped, even when the test panics. Namespaces left by a test process that
 //! died without unwinding (kill -9) are deleted by the next [`Net::new`].
 //!
@@ -15,9 +16,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
-use fdfs_common::sys;
+use fdfs_common::sys::{self, Signal};
 
-use crate::node::{launch_with, tail, Role};
+use crate::node::{launch_with, signal, tail, Role};
 
 /// Namespace names start with this, then `<pid>-<n>-`.
 const PREFIX: &str = "fdfsnet-";
@@ -71,6 +72,22 @@ fn remove_stale() {
         if !Path::new(&format!("/proc/{pid}")).exists() {
             let _ = ip(&["netns", "del", name]);
         }
+    }
+}
+
+/// Whether a test needing namespaces can run here; panics (saying how to skip) when it cannot, unless
+/// `FDFS_SKIP_NETNS_TESTS` is set (then the skip is printed and `false` returned).
+pub fn netns_or_skip(test: &str) -> bool {
+    match Net::check() {
+        Ok(()) => true,
+        Err(why) if std::env::var_os("FDFS_SKIP_NETNS_TESTS").is_some() => {
+            eprintln!("SKIPPED {test}: {why} (FDFS_SKIP_NETNS_TESTS is set)");
+            false
+        }
+        Err(why) => panic!(
+            "{test} needs network namespaces: {why}. Run the tests as root with iproute2 installed, or set \
+             FDFS_SKIP_NETNS_TESTS=1 to skip the partition tests on purpose."
+        ),
     }
 }
 
@@ -288,10 +305,52 @@ impl Net {
             .unwrap_or_else(|e| panic!("in {host}: {e}"));
         NetNode {
             name: host.to_owned(),
+            role,
             addr,
             dir: dir.to_owned(),
+            args: args.to_vec(),
             log: log.to_owned(),
             child: Some(child),
+        }
+    }
+
+    /// Start `node` again in its namespace, on the same address with the same flags and data dir (after a
+    /// [`NetNode::kill9`]); while the old socket lingers the bind is retried for up to 10 s. Call it from a
+    /// thread that outlives the node (a test thread or a runtime worker, not `spawn_blocking`).
+    pub fn restart(&self, node: &mut NetNode) {
+        assert!(node.child.is_none(), "{} is still running", node.name);
+        let listen = node.addr.to_string();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let launched = launch_with(node.role, &listen, &node.args, &node.log, |cmd| {
+                self.enter(&node.name, cmd);
+            })
+            .wait();
+            match launched {
+                Ok((child, addr)) => {
+                    assert_eq!(addr, node.addr, "{} came back elsewhere", node.name);
+                    node.child = Some(child);
+                    return;
+                }
+                Err(e) if e.contains("in use") && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => panic!("restarting {} in its namespace: {e}", node.name),
+            }
+        }
+    }
+
+    /// Cut `host` off from every other host of the set (the test process still reaches it).
+    pub fn isolate(&self, host: &str) {
+        for other in self.hosts.iter().filter(|h| *h != host) {
+            self.cut(host, other);
+        }
+    }
+
+    /// Undo [`Net::isolate`].
+    pub fn rejoin(&self, host: &str) {
+        for other in self.hosts.iter().filter(|h| *h != host) {
+            self.heal(host, other);
         }
     }
 }
@@ -313,10 +372,14 @@ impl Drop for Net {
 pub struct NetNode {
     /// The host (namespace) it runs in.
     pub name: String,
+    /// Which server it is.
+    pub role: Role,
     /// Address it listens on: the host's address in the namespace, port as bound.
     pub addr: SocketAddr,
     /// Its data directory.
     pub dir: PathBuf,
+    /// Flags other than `--listen` (a restart passes them again).
+    args: Vec<String>,
     log: PathBuf,
     child: Option<Child>,
 }
@@ -338,6 +401,21 @@ impl NetNode {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Freeze the process (SIGSTOP): it keeps its sockets but answers nothing.
+    pub fn freeze(&self) {
+        signal(self.pid().expect("node is running"), Signal::STOP);
+    }
+
+    /// Resume a frozen process (SIGCONT).
+    pub fn thaw(&self) {
+        signal(self.pid().expect("node is running"), Signal::CONT);
     }
 }
 

@@ -15,6 +15,7 @@ mod gray_failures;
 mod hostile;
 mod import_fastdfs;
 mod internal_port;
+mod nemesis;
 mod partition;
 mod peer_faults;
 mod power_cut;

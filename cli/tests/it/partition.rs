@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fdfs_common::wire::{ClusterView, MemberState, UploadResult};
-use fdfs_testkit::netns::{Net, NetNode};
+use fdfs_testkit::netns::{netns_or_skip, Net, NetNode};
 use fdfs_testkit::{args, content, eventually, eventually_ok, tempdir, RequestExt, Role, TestDir};
 
 /// Every server listens on this port of its own address.
@@ -34,21 +34,6 @@ const CUT_FOR: Duration = Duration::from_secs(6);
 const WAIT: Duration = Duration::from_secs(90);
 /// A client request that takes longer than this is stuck.
 const REQUEST_BOUND: Duration = Duration::from_secs(120);
-
-/// Whether the tests can run here; panics (with how to skip) when they cannot and no skip was asked for.
-fn netns_or_skip(test: &str) -> bool {
-    match Net::check() {
-        Ok(()) => true,
-        Err(why) if std::env::var_os("FDFS_SKIP_NETNS_TESTS").is_some() => {
-            eprintln!("SKIPPED {test}: {why} (FDFS_SKIP_NETNS_TESTS is set)");
-            false
-        }
-        Err(why) => panic!(
-            "{test} needs network namespaces: {why}. Run the tests as root with iproute2 installed, or set \
-             FDFS_SKIP_NETNS_TESTS=1 to skip the partition tests on purpose."
-        ),
-    }
-}
 
 /// The servers, each in its namespace. Dropped in order: processes, then namespaces, then data.
 struct Partitioned {
