@@ -192,7 +192,7 @@ pub async fn delete(
             )))
         }
     };
-    let Some(slaves) = node.sync.delete_with(&id, which).await? else {
+    let Some(slaves) = node.writes.delete(&id, which).await? else {
         return Err(StorageError::NotFound(format!("no such file {id}")));
     };
     tracing::info!(file_id = %id, slaves = slaves.len(), "deleted");
@@ -215,7 +215,7 @@ pub async fn get_meta(
 
 async fn change_meta(node: &AppState, raw: &str, update: MetaUpdate) -> Result<Json<Metadata>> {
     let id = parse_id(raw, node)?;
-    Ok(Json(node.sync.set_meta(&id, update).await?))
+    Ok(Json(node.writes.set_meta(&id, update).await?))
 }
 
 /// `PUT /v1/meta/{file_id}`: overwrite with a JSON object of strings.

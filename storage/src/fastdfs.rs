@@ -22,6 +22,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::error::StorageError;
 use crate::store::{MetaUpdate, NewFile, Stored};
+use crate::sync::Slaves;
 use crate::AppState;
 
 /// Largest body of a command that names a file (group and file name, a few fixed fields).
@@ -172,12 +173,12 @@ fn file_id(node: &AppState, body: &[u8]) -> Result<FileId, u8> {
 
 async fn delete(node: &AppState, body: &[u8]) -> Reply {
     let id = file_id(node, body)?;
-    match node.sync.delete(&id).await {
-        Ok(true) => {
+    match node.writes.delete(&id, Slaves::Rendered).await {
+        Ok(Some(_)) => {
             tracing::info!(file_id = %id, door = "fastdfs", "deleted");
             Ok(Vec::new())
         }
-        Ok(false) => Err(errno::ENOENT),
+        Ok(None) => Err(errno::ENOENT),
         Err(e) => Err(refuse(e)),
     }
 }
@@ -207,7 +208,7 @@ async fn set_meta(node: &AppState, body: &[u8]) -> Reply {
         b'M' => MetaUpdate::Merge(pairs.into_iter().map(|(k, v)| (k, Some(v))).collect()),
         _ => return Err(errno::EINVAL),
     };
-    node.sync.set_meta(&id, update).await.map_err(refuse)?;
+    node.writes.set_meta(&id, update).await.map_err(refuse)?;
     Ok(Vec::new())
 }
 

@@ -33,19 +33,22 @@ async fn nemesis_short_run() {
     );
 }
 
-/// What the nemesis found, each reduced to the fault sequence that shows it (issue 19 item 4). Both are in the
-/// write path (`storage/src/sync/`), being reworked on another branch: ignored until that lands, then fixed there.
+/// What the nemesis found, each reduced to the fault sequence that shows it (issue 19 item 4).
 mod found {
     use std::time::Duration;
 
     use fdfs_testkit::{Cluster, ClusterSpec, RequestExt, STATE_TIMEOUT};
     use serde_json::Value;
 
-    /// Group1 of three members with one file on all of them; members 2 and 3 frozen (SIGSTOP); `change` sent
-    /// to member 1 alone must be acknowledged; then member 1's disk is wiped and it starts again empty, its
-    /// peers thawed. Returns the cluster (converged) and the file's ID.
+    /// Group1 of three members with one file on all of them. Members 2 and 3 frozen (SIGSTOP): `change` sent to
+    /// member 1 is not acknowledged (503: no peer takes it; it was acknowledged by member 1 alone before). Member
+    /// 2 thawed: the change sent again is acknowledged (members 1 and 2 hold it; member 3 is still frozen). Then
+    /// member 1's disk is wiped and it starts again empty, member 3 thawed. Returns the cluster (converged) and
+    /// the file's ID.
     async fn change_then_wipe_the_member_that_took_it(change: &str) -> (Cluster, String) {
-        let mut c = Cluster::start(ClusterSpec::group(3)).await;
+        let mut c =
+            Cluster::start(ClusterSpec::group(3).storage(&["--peer-stall-timeout-ms", "2000"]))
+                .await;
         c.wait_peers_active().await;
         let up = c.upload_content("f.bin", 1, 5000).await;
         c.wait_held(&up.id, Some(&up.body), "replicated to every member")
@@ -53,17 +56,38 @@ mod found {
         c.storage[0][1].freeze();
         c.storage[0][2].freeze();
         let m1 = c.storage[0][0].internal_url();
-        let r = match change {
-            "delete" => c.http.delete(format!("{m1}/v1/files/{}", up.id)),
-            _ => c
-                .http
-                .put(format!("{m1}/v1/meta/{}", up.id))
-                .json(&serde_json::json!({ "v": "new" })),
+        let send = |c: &Cluster| {
+            let r = match change {
+                "delete" => c.http.delete(format!("{m1}/v1/files/{}", up.id)),
+                _ => c
+                    .http
+                    .put(format!("{m1}/v1/meta/{}", up.id))
+                    .json(&serde_json::json!({ "v": "new" })),
+            };
+            r.secret().timeout(Duration::from_secs(30)).send()
         };
-        let acked: Value = r.secret().timeout(Duration::from_secs(30)).ok_json().await;
-        eprintln!("{change} acknowledged by member 1 alone: {acked}");
-        c.wipe(0, 0);
+        let refused = send(&c).await.expect("member 1 answers");
+        let status = refused.status();
+        let body: Value = refused.json().await.expect("a JSON error");
+        assert_eq!(
+            status, 503,
+            "a {change} no peer can take must not be acknowledged: {body}"
+        );
+        assert!(body["error"]["code"].is_string(), "{body}");
         c.storage[0][1].thaw();
+        // A delete sent again finds the file gone here: 404 once the quorum holds the delete.
+        let acked = fdfs_testkit::eventually(
+            STATE_TIMEOUT,
+            &format!("the {change} acknowledged by members 1 and 2"),
+            || async {
+                let r = send(&c).await.ok()?;
+                (r.status().is_success() || (change == "delete" && r.status() == 404))
+                    .then_some(r.status())
+            },
+        )
+        .await;
+        eprintln!("{change} acknowledged with member 3 frozen: {acked}");
+        c.wipe(0, 0);
         c.storage[0][2].thaw();
         c.restart(0, 0);
         c.wait_sync_all("caught up", |st| {
@@ -74,22 +98,20 @@ mod found {
     }
 
     /// Found by seed 3 (`NEMESIS_SECS=90 NEMESIS_SEED=3`): a delete acknowledged while the member that took it was
-    /// cut off from its group lives only in that member's binlog and tombstones; wiping that member before the
-    /// delete replicates brings the file back on every member (the wiped one copies it from its peers). A delete
-    /// is acknowledged by one member (not `write_quorum`), so one lost disk can undo it.
+    /// cut off from its group lived only in that member's binlog and tombstones; wiping that member before the
+    /// delete replicated brought the file back on every member. A delete is now acknowledged once the write
+    /// quorum holds it (`storage/src/write/changes.rs`).
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    #[ignore = "bug found by the nemesis: a delete is acknowledged by one member; fix in the write path"]
     async fn an_acknowledged_delete_survives_the_wipe_of_the_member_that_took_it() {
         let (c, id) = change_then_wipe_the_member_that_took_it("delete").await;
         c.wait_held(&id, None, "the acknowledged delete to hold on every member")
             .await;
     }
 
-    /// Found by seed 111437357109177 (300 s, faults one at a time) and seed 3: an acknowledged metadata change is
-    /// lost on members that did not get it when the member that took it loses its disk (the same one-member
-    /// acknowledgement as deletes).
+    /// Found by seed 111437357109177 (300 s, faults one at a time) and seed 3: an acknowledged metadata change
+    /// was lost on members that did not get it when the member that took it lost its disk (the same
+    /// one-member acknowledgement as deletes).
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    #[ignore = "bug found by the nemesis: a metadata change is acknowledged by one member; fix in the write path"]
     async fn an_acknowledged_metadata_change_survives_the_wipe_of_the_member_that_took_it() {
         let (c, id) = change_then_wipe_the_member_that_took_it("meta").await;
         for n in c.all_storage() {

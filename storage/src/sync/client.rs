@@ -75,6 +75,12 @@ pub enum Pushed {
     Gone,
 }
 
+/// Longest a peer has to answer a request without a body worth the name (a delete, metadata): a frozen process
+/// accepts the connection and never answers, so no longer than the stall timeout.
+fn small_timeout(engine: &SyncEngine) -> Duration {
+    SMALL_TIMEOUT.min(engine.config.peer_limits.stall)
+}
+
 fn base(peer: &MemberInfo) -> String {
     format!("http://{}", peer.addr)
 }
@@ -232,7 +238,7 @@ async fn push_meta_value(
         Method::PUT,
         format!("{}/v1/replica/meta/{id}", base(peer)),
     )
-    .timeout(SMALL_TIMEOUT)
+    .timeout(small_timeout(engine))
     .json(meta)
     .send()
     .await?;
@@ -276,7 +282,7 @@ pub async fn push_delete(
         INCARNATION_HEADER,
         engine.tombstones.last_deleted(id).unwrap_or(0),
     )
-    .timeout(SMALL_TIMEOUT)
+    .timeout(small_timeout(engine))
     .send()
     .await?;
     check(resp.status(), "replica delete")

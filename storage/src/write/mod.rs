@@ -8,11 +8,13 @@
 //! - [`small`]: a master file whose body fits in [`crate::sync::protocol::SMALL_BODY`]: one write here and one
 //!   `PUT` per peer, side by side;
 //! - [`pipeline`]: any other body, streamed to the peers while it is written here (stage, then commit);
-//! - [`import`]: a file stored under the ID it already has.
+//! - [`import`]: a file stored under the ID it already has;
+//! - [`changes`]: client deletes and metadata changes, held by the write quorum before they are acknowledged.
 //!
 //! Replication after the acknowledgement (sync workers, catch-up, the peer client and routes) is
 //! [`crate::sync`]'s.
 
+pub mod changes;
 pub mod import;
 pub mod pipeline;
 pub mod quorum;

@@ -7,6 +7,8 @@
 //! the quorum like offline ones; peers whose transfers timed out lately (see [`crate::sync::reach`]) still count
 //! but cannot take a replica now.
 
+use std::future::Future;
+
 use fdfs_common::wire::MemberInfo;
 use fdfs_common::FileId;
 
@@ -14,6 +16,7 @@ use super::Writes;
 use crate::error::{Result, StorageError};
 use crate::sync::client::{self, PushError};
 use crate::sync::reach::{Failure, Reach};
+use crate::sync::SyncEngine;
 
 /// Members (this node included) that must hold an upload before it is acknowledged: `write_quorum`, capped by
 /// the members there are to hold it (this node and `live` peers).
@@ -169,7 +172,7 @@ impl Writes {
 
     /// Peers that must hold an upload when `down` of the `live` ones refused the connection (they are down even
     /// if no tracker noticed yet).
-    fn still_needed(&self, live: usize, down: usize) -> usize {
+    pub(super) fn still_needed(&self, live: usize, down: usize) -> usize {
         quorum(self.engine.config().write_quorum, live - down.min(live)) - 1
     }
 
@@ -182,37 +185,70 @@ impl Writes {
         need: usize,
         candidates: Vec<MemberInfo>,
     ) -> (usize, usize) {
+        let id = id.clone();
+        self.reach_quorum(
+            &id,
+            "synchronous replica",
+            need,
+            need,
+            candidates,
+            |engine, peer| {
+                let id = id.clone();
+                async move { client::push_upload(&engine, &peer, &id).await.map(|_| ()) }
+            },
+        )
+        .await
+    }
+
+    /// Have `need` of the `candidates` take a change of `id` (`push` sends it to one peer; it must be
+    /// idempotent): `at_once` of them first (at least `need`), in order, the next one standing in for each that
+    /// fails; done once `need` took it (the pushes still running are dropped: the sync workers carry the change
+    /// there). Returns how many took it and how many could not be connected to at all (down, even if no tracker
+    /// noticed yet: not live).
+    pub(super) async fn reach_quorum<F, Fut>(
+        &self,
+        id: &FileId,
+        what: &str,
+        need: usize,
+        at_once: usize,
+        candidates: Vec<MemberInfo>,
+        push: F,
+    ) -> (usize, usize)
+    where
+        F: Fn(SyncEngine, MemberInfo) -> Fut,
+        Fut: Future<Output = std::result::Result<(), PushError>>,
+    {
         use futures_util::stream::{FuturesUnordered, StreamExt};
         let mut candidates = candidates.into_iter();
         let mut running = FuturesUnordered::new();
-        let push = |peer: MemberInfo| {
+        let push = &push;
+        let send = |peer: MemberInfo| {
             let engine = self.engine.clone();
-            let id = id.clone();
             async move {
-                let mut r = client::push_upload(&engine, &peer, &id).await;
+                let mut r = push(engine.clone(), peer.clone()).await;
                 // A transport error on a live peer is most often a pooled connection the peer had just closed
-                // as idle: one immediate retry on a fresh connection (the push is idempotent).
+                // as idle: one immediate retry on a fresh connection.
                 if matches!(r, Err(PushError::Retry(_))) {
-                    r = client::push_upload(&engine, &peer, &id).await;
+                    r = push(engine.clone(), peer.clone()).await;
                 }
                 engine.reach().record(peer.node_id, &r);
                 (peer, r)
             }
         };
-        for peer in candidates.by_ref().take(need) {
-            running.push(push(peer));
+        for peer in candidates.by_ref().take(at_once.max(need)) {
+            running.push(send(peer));
         }
         let (mut ok, mut down) = (0, 0);
         while let Some((peer, result)) = running.next().await {
             match result {
-                Ok(_) => ok += 1,
+                Ok(()) => ok += 1,
                 Err(e) => {
                     if matches!(e, PushError::Unreachable(_)) {
                         down += 1;
                     }
-                    tracing::warn!(peer = peer.node_id, file_id = %id, error = %e, "synchronous replica failed");
+                    tracing::warn!(peer = peer.node_id, file_id = %id, error = %e, "{what} failed");
                     if let Some(next) = candidates.next() {
-                        running.push(push(next));
+                        running.push(send(next));
                     }
                 }
             }
