@@ -16,8 +16,8 @@ async fn nemesis_short_run() {
     if !netns_or_skip("nemesis_short_run") {
         return;
     }
-    // CI replays one schedule, faults one at a time (what passes today: with two at once, or other seeds, the
-    // bugs below show); `bench/nemesis.sh` draws a new seed and holds up to two faults at once.
+    // CI replays one schedule, faults one at a time (what passes today: with two at once, or other seeds, bug 4
+    // of docs/RELIABILITY.md shows); `bench/nemesis.sh` draws a new seed and holds up to two faults at once.
     let mut config = Config::from_env(60);
     if std::env::var_os("NEMESIS_SEED").is_none() {
         config.seed = 1;
