@@ -108,7 +108,10 @@ impl Store {
         } else {
             let bytes = serde_json::to_vec(&incoming.meta)
                 .map_err(|e| StorageError::Internal(format!("encoding metadata: {e}")))?;
-            Some(self.stage_small(&sp.tmp, &bytes)?)
+            // The metadata an upload carries is its first version, the same on every member: the file's
+            // creation time (see `meta.rs`).
+            let first = super::meta::first_version(id);
+            Some(self.stage_small(&sp.tmp, &bytes, first)?)
         };
         if let Some(t) = incoming.mtime {
             staged.tmp.as_file().set_modified(t)?;

@@ -163,8 +163,22 @@ pub(crate) fn write_atomic(
     bytes: &[u8],
     mode: u32,
 ) -> io::Result<()> {
+    write_atomic_at(tmp_dir, target, bytes, mode, None)
+}
+
+/// [`write_atomic`], the new file's modification time set to `mtime` (durably, with the data) when given.
+pub(crate) fn write_atomic_at(
+    tmp_dir: &Path,
+    target: &Path,
+    bytes: &[u8],
+    mode: u32,
+    mtime: Option<SystemTime>,
+) -> io::Result<()> {
     let mut tmp = temp_file(tmp_dir, ".tmp-", mode)?;
     tmp.write_all(bytes)?;
+    if let Some(t) = mtime {
+        tmp.as_file().set_modified(t)?;
+    }
     tmp.as_file().sync_all()?;
     tmp.persist(target).map_err(|e| e.error)?;
     if let Some(parent) = target.parent() {

@@ -385,10 +385,16 @@ impl Store {
     }
 
     /// A small fsynced temp file with the configured file mode, to be renamed into place.
-    fn stage_small(&self, tmp_dir: &Path, bytes: &[u8]) -> io::Result<tempfile::NamedTempFile> {
+    fn stage_small(
+        &self,
+        tmp_dir: &Path,
+        bytes: &[u8],
+        mtime: std::time::SystemTime,
+    ) -> io::Result<tempfile::NamedTempFile> {
         use std::io::Write;
         let mut tmp = layout::temp_file(tmp_dir, "meta-", self.options.file_mode)?;
         tmp.write_all(bytes)?;
+        tmp.as_file().set_modified(mtime)?;
         tmp.as_file().sync_all()?;
         Ok(tmp)
     }

@@ -222,24 +222,22 @@ async fn apply_page(
     }
     // Which listed files are missing here (one blocking pass per page).
     let e = engine.clone();
-    let listed: Vec<(String, bool, u64, Option<u32>)> = page
-        .files
-        .iter()
-        .map(|f| (f.id.clone(), f.meta, f.gen, f.meta_crc))
-        .collect();
-    // While this node catches up for the first time the peer's metadata wins; later only metadata missing here
-    // is copied (a newer change made here travels to the peer through the binlog).
+    let listed = page.files.clone();
+    // Metadata held on both sides that differs: the newer version wins (see `crate::store::Store::
+    // put_meta_version_blocking`; the fetch checks again). From a peer that predates versions, its value is
+    // copied only when this node has none or catches up for the first time.
     let initial = engine.syncing.load(std::sync::atomic::Ordering::Relaxed);
     type Todo = (Vec<(FileId, bool)>, Vec<FileId>);
     let (missing, meta_fix) = tokio::task::spawn_blocking(move || -> Result<Todo> {
         let mut out = Vec::new();
         let mut meta_fix = Vec::new();
         let mut seen = HashSet::new();
-        for (raw, meta, gen, crc) in listed {
-            let Ok(id) = raw.parse::<FileId>() else {
+        for f in listed {
+            let (meta, gen, crc, version) = (f.meta, f.gen, f.meta_crc, f.meta_version);
+            let Ok(id) = f.id.parse::<FileId>() else {
                 continue;
             };
-            if !seen.insert(raw) || e.tombstones.hides(&id, gen) {
+            if !seen.insert(f.id) || e.tombstones.hides(&id, gen) {
                 continue;
             }
             let here = e.tombstones.incarnation(&id);
@@ -250,11 +248,18 @@ async fn apply_page(
                 e.tombstones.add(&id, here)?;
                 e.store.remove_blocking(&id)?;
                 out.push((id, meta));
-            } else if here == gen && crc.is_some() {
+            } else if here == gen && (crc.is_some() || version.is_some()) {
                 // Both hold it: does the metadata match?
-                let ours = e.store.get_meta_blocking(&id)?.unwrap_or_default();
+                let Some((ours, ours_version)) = e.store.get_meta_versioned_blocking(&id)? else {
+                    continue;
+                };
                 let ours_crc = super::protocol::meta_crc(&ours);
-                if ours_crc != crc && (ours_crc.is_none() || initial) {
+                let theirs_newer = match (version, ours_version) {
+                    (Some(t), Some(o)) => (t, crc) > (o, ours_crc),
+                    (Some(_), None) => true,
+                    (None, _) => ours_crc.is_none() || initial,
+                };
+                if ours_crc != crc && theirs_newer {
                     meta_fix.push(id);
                 }
             }

@@ -9,7 +9,7 @@ use fdfs_common::wire::{MemberInfo, Metadata, CLUSTER_SECRET_HEADER, MTIME_HEADE
 use fdfs_common::FileId;
 use reqwest::{Method, RequestBuilder, StatusCode};
 
-use super::protocol::{file_stream, incarnation, mtime_from, ListPage};
+use super::protocol::{file_stream, incarnation, mtime_from, ListPage, META_VERSION_HEADER};
 use super::tombstones::INCARNATION_HEADER;
 use super::SyncEngine;
 use crate::error::{Result, StorageError};
@@ -179,9 +179,9 @@ pub async fn push_upload(
         }
         s => check(s, "replica check")?,
     }
-    match engine.store.get_meta(id).await? {
+    match engine.store.get_meta_versioned(id).await? {
         None => return Ok(Pushed::Gone),
-        Some(m) if !m.is_empty() => push_meta_value(engine, peer, id, &m).await?,
+        Some((m, v)) if !m.is_empty() => push_meta_value(engine, peer, id, &m, v).await?,
         Some(_) => {}
     }
     Ok(outcome)
@@ -232,36 +232,39 @@ async fn push_meta_value(
     peer: &MemberInfo,
     id: &FileId,
     meta: &Metadata,
+    version: Option<u64>,
 ) -> Result<(), PushError> {
-    let resp = request(
+    let mut rb = request(
         engine,
         Method::PUT,
         format!("{}/v1/replica/meta/{id}", base(peer)),
     )
-    .timeout(small_timeout(engine))
-    .json(meta)
-    .send()
-    .await?;
+    .timeout(small_timeout(engine));
+    if let Some(v) = version {
+        rb = rb.header(META_VERSION_HEADER, v);
+    }
+    let resp = rb.json(meta).send().await?;
     if resp.status() == StatusCode::NOT_FOUND {
         return Err(PushError::Rejected("peer lacks the file".into()));
     }
     check(resp.status(), "replica metadata")
 }
 
-/// Push the current metadata of a file. When the peer lacks the file (its upload came from a third member and
-/// has not reached the peer yet), push the file with it.
+/// Push the current metadata of a file, with its version (the peer keeps the newer of the two). When the peer
+/// lacks the file (its upload came from a third member and has not reached the peer yet), push the file with
+/// it.
 pub async fn push_meta(
     engine: &SyncEngine,
     peer: &MemberInfo,
     id: &FileId,
 ) -> Result<(), PushError> {
-    let Some(meta) = engine.store.get_meta(id).await? else {
+    let Some((meta, version)) = engine.store.get_meta_versioned(id).await? else {
         return Ok(()); // deleted since; the delete record follows
     };
-    match push_meta_value(engine, peer, id, &meta).await {
+    match push_meta_value(engine, peer, id, &meta, version).await {
         Err(PushError::Rejected(_)) => {
             push_upload(engine, peer, id).await?;
-            push_meta_value(engine, peer, id, &meta).await
+            push_meta_value(engine, peer, id, &meta, version).await
         }
         r => r,
     }
@@ -381,7 +384,8 @@ async fn fetch_within(
     Ok(bytes)
 }
 
-/// Copy a file's metadata from a peer (replacing ours). Nothing happens when either side lacks the file.
+/// Copy a file's metadata from a peer when it is newer than ours (see
+/// [`crate::store::Store::put_meta_version_blocking`]). Nothing happens when either side lacks the file.
 pub async fn fetch_meta(
     engine: &SyncEngine,
     peer: &MemberInfo,
@@ -399,12 +403,20 @@ pub async fn fetch_meta(
         return Ok(());
     }
     check(resp.status(), "replica metadata fetch")?;
+    let version = super::protocol::meta_version(resp.headers());
     let meta: Metadata = resp.json().await?;
-    match engine
-        .store
-        .set_meta(id, crate::store::MetaUpdate::Replace(meta))
-        .await
-    {
+    let stored = match version {
+        // The newer of the two stays.
+        Some(v) => engine.store.put_meta_version(id, meta, v).await,
+        // A peer that predates versions: its value replaces ours.
+        None => {
+            engine
+                .store
+                .set_meta(id, crate::store::MetaUpdate::Replace(meta))
+                .await
+        }
+    };
+    match stored {
         Err(StorageError::NotFound(_)) => Ok(()), // deleted here meanwhile
         r => r.map(|_| ()).map_err(PushError::Local),
     }

@@ -35,6 +35,18 @@ pub struct ListedFile {
     /// metadata of files both members hold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta_crc: Option<u32>,
+    /// The version of the file's metadata (a sidecar's modification time, see `store/meta.rs`), absent when it has none (or from a member
+    /// that predates versions): a catch-up keeps the newer of two differing values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta_version: Option<u64>,
+}
+
+/// The version of the metadata a replica metadata request carries or answers (a sidecar's modification time, see `store/meta.rs`).
+pub const META_VERSION_HEADER: &str = "x-fdfs-meta-version";
+
+/// The metadata version a peer names in [`META_VERSION_HEADER`].
+pub fn meta_version(headers: &axum::http::HeaderMap) -> Option<u64> {
+    header_u64(headers, META_VERSION_HEADER)
 }
 
 /// The `meta` query parameter of an upload or a replica put (the same encoding on both doors): a JSON object of strings (absent or empty: none).

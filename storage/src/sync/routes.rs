@@ -30,8 +30,9 @@ use fdfs_common::FileId;
 use serde::Deserialize;
 
 use super::protocol::{
-    file_stream, header_u64, incarnation, meta_crc, mtime_from, CommitRequest, ListPage,
-    ListedFile, PeerStatus, StageAnswer, SyncStatus, MAX_PAGE, SMALL_BODY,
+    file_stream, header_u64, incarnation, meta_crc, meta_version, mtime_from, CommitRequest,
+    ListPage, ListedFile, PeerStatus, StageAnswer, SyncStatus, MAX_PAGE, META_VERSION_HEADER,
+    SMALL_BODY,
 };
 use super::staged;
 use super::tombstones::INCARNATION_HEADER;
@@ -101,8 +102,11 @@ async fn meta_or_file(
     }
     let id = parse(&engine, &rest)?;
     match method {
-        Method::GET | Method::HEAD => match engine.store.get_meta(&id).await? {
-            Some(m) => Ok(Json(m).into_response()),
+        Method::GET | Method::HEAD => match engine.store.get_meta_versioned(&id).await? {
+            Some((m, Some(v))) => {
+                Ok(([(META_VERSION_HEADER, v.to_string())], Json(m)).into_response())
+            }
+            Some((m, None)) => Ok(Json(m).into_response()),
             None => Err(StorageError::NotFound(format!("no such file {id}"))),
         },
         Method::PUT => {
@@ -112,10 +116,16 @@ async fn meta_or_file(
             let meta: Metadata = serde_json::from_slice(&bytes).map_err(|e| {
                 StorageError::BadRequest(format!("metadata must be a JSON object of strings: {e}"))
             })?;
-            let meta = engine
-                .store
-                .set_meta(&id, MetaUpdate::Replace(meta))
-                .await?;
+            // Versioned (the newer value stays), or from a member that predates versions: replaced.
+            let meta = match meta_version(&headers) {
+                Some(v) => engine.store.put_meta_version(&id, meta, v).await?,
+                None => {
+                    engine
+                        .store
+                        .set_meta(&id, MetaUpdate::Replace(meta))
+                        .await?
+                }
+            };
             Ok(Json(meta).into_response())
         }
         _ => Err(StorageError::BadRequest(format!(
@@ -377,13 +387,14 @@ pub fn list_blocking(engine: &SyncEngine, after: &str, limit: usize) -> Result<L
         let Some(stat) = store.stat_blocking(&id)? else {
             continue; // index entry without a file
         };
-        let meta = store.get_meta_blocking(&id)?.unwrap_or_default();
+        let (meta, meta_version) = store.get_meta_versioned_blocking(&id)?.unwrap_or_default();
         files.push(ListedFile {
             id: s,
             size: stat.len(),
             mtime: stat.modified().map_or(0, unix_secs),
             meta: !meta.is_empty(),
             meta_crc: meta_crc(&meta),
+            meta_version,
             gen: engine.tombstones.incarnation(&id),
         });
     }
