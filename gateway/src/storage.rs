@@ -39,6 +39,13 @@ pub struct UploadParams {
     pub meta: Metadata,
 }
 
+/// Header naming an upload attempt (the storage node's `write::abandon::ATTEMPT_HEADER`).
+const ATTEMPT_HEADER: &str = "x-fdfs-attempt";
+
+/// How long the gateway keeps telling a node that it gave an upload attempt up (the node remembers attempts
+/// for longer).
+const ABANDON_FOR: Duration = Duration::from_secs(10 * 60);
+
 /// How long a node that did not answer (nor its `/livez`) stays a suspect.
 pub const SUSPECT_FOR: Duration = Duration::from_secs(30);
 
@@ -279,32 +286,89 @@ impl StorageClient {
                 .map_err(|e| GatewayError::BadRequest(format!("metadata: {e}")))?;
             query.push(("meta", json));
         }
+        // Named, so that the node can be told to drop what it stores should this attempt be given up.
+        let attempt = format!("{:032x}", rand::random::<u128>());
         let req = self
             .streaming
             .post(format!("http://{addr}/v1/upload"))
             .query(&query)
+            .header(ATTEMPT_HEADER, &attempt)
             .body(body);
-        let sent = self
-            .watched(addr, self.with_secret(req).send())
-            .await
-            .map_err(|Unresponsive| GatewayError::StorageLost(addr.to_owned()))?;
+        let sent = match self.watched(addr, self.with_secret(req).send()).await {
+            Ok(sent) => sent,
+            Err(Unresponsive) => {
+                self.abandon(addr, attempt);
+                return Err(GatewayError::StorageLost(addr.to_owned()));
+            }
+        };
         let resp = sent.map_err(|e| {
             tracing::warn!(storage = addr, error = %e, "upload to storage node failed");
             if e.is_connect() && !e.is_timeout() {
-                GatewayError::StorageRefused(addr.to_owned())
-            } else if !e.is_timeout() {
+                // Nothing reached the node.
+                return GatewayError::StorageRefused(addr.to_owned());
+            }
+            self.abandon(addr, attempt.clone());
+            if !e.is_timeout() {
                 GatewayError::StorageLost(addr.to_owned())
             } else {
                 GatewayError::BadGateway("storage node unreachable or upload interrupted".into())
             }
         })?;
         if !resp.status().is_success() {
+            if resp.status().is_server_error() {
+                // e.g. stored there but short of its write quorum: the client will not be told that file.
+                self.abandon(addr, attempt);
+            }
             return Err(GatewayError::from_upstream("storage node", resp).await);
         }
         resp.json().await.map_err(|e| {
             tracing::warn!(storage = addr, error = %e, "bad upload answer");
+            self.abandon(addr, attempt);
             GatewayError::BadGateway("bad answer from storage node".into())
         })
+    }
+
+    /// Tell `addr` that upload `attempt` is given up (the client gets another node's file, or an error), so
+    /// that it keeps no file of it; retried in the background, with growing pauses, for [`ABANDON_FOR`]. See
+    /// the storage node's `write::abandon`.
+    fn abandon(&self, addr: &str, attempt: String) {
+        metrics::counter!("fdfs_gateway_upload_attempts_abandoned_total").increment(1);
+        let (http, secret, addr) = (
+            self.small.clone(),
+            self.cluster_secret.clone(),
+            addr.to_owned(),
+        );
+        tokio::spawn(async move {
+            let until = Instant::now() + ABANDON_FOR;
+            let mut pause = Duration::from_millis(500);
+            loop {
+                let mut req = http
+                    .post(format!("http://{addr}/v1/abandon/{attempt}"))
+                    .timeout(Duration::from_secs(5));
+                if let Some(s) = &secret {
+                    req = req.header(CLUSTER_SECRET_HEADER, s);
+                }
+                match req.send().await {
+                    Ok(r) if r.status().is_success() => {
+                        let removed = r.json::<serde_json::Value>().await.ok();
+                        let removed = removed.as_ref().map(|v| &v["removed"]);
+                        tracing::info!(storage = %addr, attempt, ?removed, "abandoned upload attempt dropped");
+                        return;
+                    }
+                    Ok(r) if r.status().is_client_error() => {
+                        tracing::warn!(storage = %addr, attempt, status = %r.status(), "storage node cannot drop an abandoned upload attempt");
+                        return;
+                    }
+                    _ => {}
+                }
+                if Instant::now() + pause > until {
+                    tracing::warn!(storage = %addr, attempt, "gave up telling the storage node to drop an abandoned upload attempt: it may keep an orphan");
+                    return;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(30));
+            }
+        });
     }
 
     /// Send an internal request about `id` to the located members in turn; see the module doc.

@@ -128,13 +128,34 @@ pub async fn upload(
     if declared.is_some_and(|n| n > limit) {
         return Err(StorageError::TooLarge { limit });
     }
+    let attempt = crate::write::abandon::attempt_of(&headers)?;
     // Before any byte of the body: the gateway can still send it elsewhere.
     node.takes_uploads()?;
     node.writes.quorum_check()?;
-    let (stored, replicas) = node
-        .writes
-        .upload(new, meta, body.into_data_stream(), limit)
-        .await?;
+    node.writes.attempt_wanted(attempt.as_deref())?;
+    // In a task of its own: should the gateway hang up, what the upload stores is still recorded against its
+    // attempt (and removed if the attempt is abandoned).
+    let writes = node.writes.clone();
+    let (stored, replicas) = tokio::spawn(async move {
+        let upload = writes
+            .upload(new, meta, body.into_data_stream(), limit)
+            .await;
+        match &upload {
+            Ok((stored, _)) => {
+                writes
+                    .attempt_stored(attempt.as_deref(), &stored.id)
+                    .await?
+            }
+            // Stored here all the same: removed should the gateway give the attempt up.
+            Err(StorageError::NotReplicated(id, _)) => {
+                let _ = writes.attempt_stored(attempt.as_deref(), id).await;
+            }
+            Err(_) => {}
+        }
+        upload
+    })
+    .await
+    .map_err(|e| StorageError::Internal(format!("upload task: {e}")))??;
     let Stored { id, size, crc32 } = stored;
     tracing::info!(file_id = %id, size, replicas, "stored");
     Ok(Json(UploadResult {
@@ -147,6 +168,23 @@ pub async fn upload(
         replicas,
         file_id: id,
     }))
+}
+
+/// `POST /v1/abandon/{attempt}`: the gateway gave up this upload attempt (see [`crate::write::abandon`]); the
+/// file it stored is removed, or it will store none. Answers the file removed (`null` when none).
+pub async fn abandon(
+    State(node): State<AppState>,
+    Path(attempt): Path<String>,
+) -> Result<Json<serde_json::Value>> {
+    if !crate::write::abandon::valid(&attempt) {
+        return Err(StorageError::BadRequest(
+            "an attempt ID is 1-64 characters of A-Z a-z 0-9 - _".into(),
+        ));
+    }
+    let removed = node.writes.abandon(&attempt).await;
+    Ok(Json(
+        serde_json::json!({ "attempt": attempt, "removed": removed }),
+    ))
 }
 
 /// `GET /v1/files/{file_id}`: decoded ID, content type, metadata, and this node as the location.

@@ -48,6 +48,11 @@ pub enum StorageError {
     /// many staged replicas, a thumbnail render past its deadline (503; the message is shown).
     #[error("{0}")]
     Unavailable(String),
+    /// An upload stored here whose write quorum was not reached (503 `unavailable`, like [`Self::Unavailable`]):
+    /// the file stays and replication carries it, unless its gateway abandons the attempt (see
+    /// `write::abandon`).
+    #[error("{1}")]
+    NotReplicated(fdfs_common::FileId, String),
     /// The node knows it cannot reach its write quorum now, and refused an upload before reading its body.
     #[error("{0}")]
     QuorumUnreachable(String),
@@ -146,6 +151,7 @@ impl StorageError {
             StorageError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             StorageError::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             StorageError::Unavailable(_)
+            | StorageError::NotReplicated(..)
             | StorageError::DiskFailed(_)
             | StorageError::QuorumUnreachable(_)
             | StorageError::NotTakingUploads(..) => StatusCode::SERVICE_UNAVAILABLE,
@@ -190,7 +196,7 @@ impl IntoResponse for StorageError {
         if status.is_server_error() && status != StatusCode::INSUFFICIENT_STORAGE {
             tracing::error!(error = %self, "request failed");
             let message = match self {
-                StorageError::Unavailable(m) => m,
+                StorageError::Unavailable(m) | StorageError::NotReplicated(_, m) => m,
                 StorageError::DiskFailed(e) => format!("the disk of this storage node failed: {e}"),
                 _ => "internal error".to_owned(),
             };

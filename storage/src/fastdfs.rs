@@ -52,7 +52,7 @@ fn status_of(e: &StorageError) -> u8 {
         StorageError::TooLarge { .. } => errno::EFBIG,
         StorageError::InsufficientStorage => errno::ENOSPC,
         StorageError::Unauthorized | StorageError::Forbidden(_) => errno::EACCES,
-        StorageError::Unavailable(_) => errno::EBUSY,
+        StorageError::Unavailable(_) | StorageError::NotReplicated(..) => errno::EBUSY,
         _ => errno::EIO,
     }
 }

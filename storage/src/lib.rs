@@ -583,6 +583,7 @@ pub fn router(node: AppState) -> Router {
             get(api::file_info).delete(api::delete),
         )
         .route("/v1/reindex", post(api::reindex))
+        .route("/v1/abandon/{attempt}", post(api::abandon))
         .route(
             "/v1/meta/{*file_id}",
             get(api::get_meta).put(api::put_meta).patch(api::patch_meta),

@@ -313,3 +313,62 @@ async fn a_node_that_keeps_stalling_costs_seconds_not_the_request_timeout() {
         "downloads that got their bytes within 5 s"
     );
 }
+
+/// The files a storage node holds, by its replication listing.
+async fn files_on(c: &Cluster, node: &fdfs_testkit::Node) -> Vec<String> {
+    let url = format!("{}/v1/sync/files?limit=1000", node.internal_url());
+    let page: Value = c.http.get(url).secret().ok_json().await;
+    page["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Orphans (issue 19 item 1): an upload the gateway gave up on a frozen node (its body whole in the node's socket
+/// buffer) and sent to the other group. Once thawed, the node reads the request and would store the file under
+/// an ID no client was ever told. The gateway tells the node it abandoned the attempt; the node refuses to
+/// store it, or removes what it stored, so nothing is left on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_given_up_on_a_frozen_node_leaves_no_file_there() {
+    let c = Cluster::start(ClusterSpec {
+        groups: 2,
+        members: 1,
+        tracker_args: fdfs_testkit::args(&["--heartbeat-timeout-ms", "60000"]),
+        ..ClusterSpec::default()
+    })
+    .await;
+    let gw = c.gateway_url();
+    let http = client();
+    let frozen = &c.storage[1][0];
+    frozen.freeze();
+    let mut told = Vec::new();
+    for i in 0..6 {
+        let (v, _) = timed_upload(&http, &gw, &format!("o{i}.bin"), content(i, 4_000)).await;
+        assert_eq!(v["group"], "group1", "upload {i}: {v}");
+        told.push(v["file_id"].as_str().unwrap().to_owned());
+    }
+    let text = metrics(&c.http, &gw).await;
+    let given_up = metric_sum(&text, "fdfs_gateway_unresponsive_total");
+    assert!(
+        given_up >= 1.0,
+        "the gateway gave up on the frozen node: {text}"
+    );
+    frozen.thaw();
+    // The node reads what waited in its socket; give it time to store it (and to be told to drop it).
+    c.wait_state(1, 0, fdfs_common::wire::MemberState::Active)
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let left = fdfs_testkit::eventually(15, "no orphan left on the thawed node", || async {
+        let files = files_on(&c, frozen).await;
+        files.is_empty().then_some(files)
+    })
+    .await;
+    assert!(left.is_empty());
+    // The abandoned attempts left nothing on group1 either: exactly the files clients were told.
+    let mut on_group1 = files_on(&c, &c.storage[0][0]).await;
+    on_group1.sort();
+    told.sort();
+    assert_eq!(on_group1, told);
+}

@@ -14,6 +14,7 @@
 //! Replication after the acknowledgement (sync workers, catch-up, the peer client and routes) is
 //! [`crate::sync`]'s.
 
+pub mod abandon;
 pub mod changes;
 pub mod import;
 pub mod pipeline;
@@ -39,12 +40,17 @@ pub use import::ImportOutcome;
 pub struct Writes {
     /// The replication engine: peers, what is known of reaching them, the peer client, the workers to wake.
     engine: SyncEngine,
+    /// Upload attempts gateways gave up on, and those stored (see [`abandon`]).
+    attempts: Arc<abandon::Attempts>,
 }
 
 impl Writes {
     /// The write path of the node whose replication `engine` runs.
     pub fn new(engine: SyncEngine) -> Writes {
-        Writes { engine }
+        Writes {
+            engine,
+            attempts: Arc::default(),
+        }
     }
 
     fn store(&self) -> &Arc<Store> {

@@ -144,11 +144,14 @@ impl Writes {
         let need = self.still_needed(live.len(), down);
         count(ok >= need);
         if ok < need {
-            return Err(StorageError::Unavailable(format!(
-                "write quorum not reached: {} of {} members hold {id}; it will be replicated later",
-                ok + 1,
-                round.quorum
-            )));
+            return Err(StorageError::NotReplicated(
+                id.clone(),
+                format!(
+                    "write quorum not reached: {} of {} members hold {id}; it will be replicated later",
+                    ok + 1,
+                    round.quorum
+                ),
+            ));
         }
         Ok(u32::try_from(ok + 1).unwrap_or(u32::MAX))
     }
