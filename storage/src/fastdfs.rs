@@ -302,6 +302,14 @@ async fn download(node: &AppState, conn: &mut Conn, header: Header) -> Flow {
             }
             return answer(conn, header.cmd, Err(errno::ENOENT)).await;
         }
+        Err(errno::EIO) => {
+            // The disk cannot read it: from a member that has it, and the copy repaired.
+            crate::serve::repair_soon(node, &id);
+            if let Some(flow) = from_peer(node, conn, &id, offset, length).await {
+                return flow;
+            }
+            return answer(conn, header.cmd, Err(errno::EIO)).await;
+        }
         Err(status) => return answer(conn, header.cmd, Err(status)).await,
     };
     fdfs_common::fastdfs::count("storage", header.cmd, 0);
@@ -313,10 +321,16 @@ async fn download(node: &AppState, conn: &mut Conn, header: Header) -> Flow {
     while left > 0 {
         let want = usize::try_from(left.min(CHUNK as u64)).unwrap_or(CHUNK);
         let n = match file.read(&mut buf[..want]).await {
-            Ok(0) | Err(_) => {
+            Ok(0) => {
                 // The reply promised `len` bytes; a short file breaks the stream: close it.
                 tracing::warn!(file_id = %id, "fastdfs download: file ended early");
                 return Flow::Close;
+            }
+            Err(e) => {
+                // The disk failed part-way: the rest from a peer, and the copy repaired.
+                tracing::error!(file_id = %id, error = %e, "the disk failed a read part-way: the rest comes from a peer, and the copy is repaired");
+                crate::serve::repair_soon(node, &id);
+                return rest_from_peer(node, conn, &id, offset + (len - left), left).await;
             }
             Ok(n) => n,
         };
@@ -327,6 +341,42 @@ async fn download(node: &AppState, conn: &mut Conn, header: Header) -> Flow {
     }
     metrics::counter!("fdfs_fastdfs_download_bytes_total").increment(len);
     Flow::Continue
+}
+
+/// The rest of a download whose reply head is sent (`left` bytes from `offset`) from a peer; the connection is
+/// closed when no peer can send them (the reply promised them).
+async fn rest_from_peer(
+    node: &AppState,
+    conn: &mut Conn,
+    id: &FileId,
+    offset: u64,
+    left: u64,
+) -> Flow {
+    use futures_util::StreamExt;
+    let query = node
+        .config
+        .anti_leech_secret
+        .as_deref()
+        .map(|secret| fdfs_common::token::query(id, secret, fdfs_common::time::unix_now()));
+    let Some(mut rest) = crate::serve::peer_range(node, id, query.as_deref(), offset, left).await
+    else {
+        return Flow::Close;
+    };
+    let mut sent = 0u64;
+    while let Some(chunk) = rest.next().await {
+        let Ok(chunk) = chunk else {
+            return Flow::Close;
+        };
+        if conn.write_all(&chunk).await.is_err() {
+            return Flow::Close;
+        }
+        sent += chunk.len() as u64;
+    }
+    if sent == left {
+        Flow::Continue
+    } else {
+        Flow::Close
+    }
 }
 
 /// Stream `length` bytes (0: to the end) from `offset` of a file this member lacks from an active peer that has

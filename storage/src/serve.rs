@@ -284,11 +284,22 @@ async fn serve_inner(node: AppState, req: Request) -> Result<Response, StorageEr
         }
         return Err(crate::thumbnail::missing(&node, &id).await);
     }
-    Ok(respond(&id, opened, parts.uri.query()))
+    let resume = (
+        node.clone(),
+        id.clone(),
+        parts.uri.query().map(str::to_owned),
+    );
+    Ok(respond(&id, opened, parts.uri.query(), Some(resume)))
 }
 
-/// The answer for a file that is here (a [`Content::Read`] left unread is streamed).
-fn respond(id: &FileId, opened: Opened, query: Option<&str>) -> Response {
+/// The answer for a file that is here (a [`Content::Read`] left unread is streamed; with `resume`, from a peer
+/// should the disk fail part-way, see [`stream_file`]).
+fn respond(
+    id: &FileId,
+    opened: Opened,
+    query: Option<&str>,
+    resume: Option<(AppState, FileId, Option<String>)>,
+) -> Response {
     let (status, mut res) = match opened {
         Opened::Missing => {
             return StorageError::NotFound(format!("no such file {id}")).into_response();
@@ -320,7 +331,7 @@ fn respond(id: &FileId, opened: Opened, query: Option<&str>) -> Response {
                     file,
                     offset,
                     count,
-                } => Body::from_stream(stream_file(file, offset, count)),
+                } => Body::from_stream(stream_file(file, offset, count, resume)),
             };
             let mut res = Response::new(body);
             let headers = res.headers_mut();
@@ -560,30 +571,109 @@ fn decide(file: File, meta: &std::fs::Metadata, ask: &Ask) -> Opened {
 }
 
 /// `count` bytes of `file` from `offset`, [`CHUNK`] at a time on the blocking pool: memory stays flat whatever
-/// the file's size.
+/// the file's size. When the disk fails a read part-way (the answer's head is sent already), the rest comes from
+/// a peer ([`peer_range`]) and the copy here is repaired, given the node (`resume`); else the stream breaks.
 fn stream_file(
     file: File,
     offset: u64,
     count: u64,
+    resume: Option<(AppState, FileId, Option<String>)>,
 ) -> impl futures_util::Stream<Item = io::Result<Bytes>> + Send {
+    enum From {
+        Disk(u64, u64),
+        Peer(futures_util::stream::BoxStream<'static, reqwest::Result<Bytes>>),
+        Done,
+    }
     let file = Arc::new(file);
-    futures_util::stream::try_unfold((offset, count), move |(offset, left)| {
-        let file = file.clone();
+    futures_util::stream::unfold(From::Disk(offset, count), move |from| {
+        let (file, resume) = (file.clone(), resume.clone());
         async move {
-            if left == 0 {
-                return Ok(None);
+            match from {
+                From::Done | From::Disk(_, 0) => None,
+                From::Disk(offset, left) => {
+                    let n = left.min(CHUNK);
+                    let read = tokio::task::spawn_blocking(move || {
+                        let mut buf = vec![0; usize::try_from(n).unwrap_or(0)];
+                        file.read_exact_at(&mut buf, offset)?;
+                        Ok::<_, io::Error>(Bytes::from(buf))
+                    })
+                    .await
+                    .map_err(io::Error::other)
+                    .and_then(|r| r);
+                    match read {
+                        Ok(chunk) => Some((Ok(chunk), From::Disk(offset + n, left - n))),
+                        Err(e) => {
+                            let Some((node, id, query)) = resume else {
+                                return Some((Err(e), From::Done));
+                            };
+                            tracing::error!(file_id = %id, offset, error = %e, "the disk failed a read part-way: the rest comes from a peer, and the copy is repaired");
+                            repair_soon(&node, &id);
+                            match peer_range(&node, &id, query.as_deref(), offset, left).await {
+                                // An empty chunk: the peer's bytes follow.
+                                Some(rest) => Some((Ok(Bytes::new()), From::Peer(rest))),
+                                None => Some((Err(e), From::Done)),
+                            }
+                        }
+                    }
+                }
+                From::Peer(mut rest) => {
+                    use futures_util::StreamExt;
+                    match rest.next().await {
+                        Some(Ok(b)) => Some((Ok(b), From::Peer(rest))),
+                        Some(Err(e)) => Some((Err(io::Error::other(e)), From::Done)),
+                        None => None,
+                    }
+                }
             }
-            let n = left.min(CHUNK);
-            let chunk = tokio::task::spawn_blocking(move || {
-                let mut buf = vec![0; usize::try_from(n).unwrap_or(0)];
-                file.read_exact_at(&mut buf, offset)?;
-                Ok::<_, io::Error>(Bytes::from(buf))
-            })
-            .await
-            .map_err(io::Error::other)??;
-            Ok(Some((chunk, (offset + n, left - n))))
         }
     })
+}
+
+/// Bytes `offset..offset + count` of `id` from an active peer that holds it (answered from its disk only),
+/// exactly that many; `None` when no peer can.
+pub(crate) async fn peer_range(
+    node: &AppState,
+    id: &FileId,
+    query: Option<&str>,
+    offset: u64,
+    count: u64,
+) -> Option<futures_util::stream::BoxStream<'static, reqwest::Result<Bytes>>> {
+    use futures_util::StreamExt;
+    if count == 0 {
+        return None;
+    }
+    let query = query.map(|q| format!("?{q}")).unwrap_or_default();
+    let range = format!("bytes={offset}-{}", offset + count - 1);
+    for peer in node
+        .peers
+        .get()
+        .iter()
+        .filter(|p| p.state == MemberState::Active && p.node_id != node.node_id)
+    {
+        let url = format!("{}/{id}{query}", peer.public_url.trim_end_matches('/'));
+        let resp = node
+            .http
+            .get(&url)
+            .header(NO_PROXY_HEADER, "1")
+            .header(header::RANGE, &range)
+            .send()
+            .await;
+        match resp {
+            Ok(r)
+                if r.status() == StatusCode::PARTIAL_CONTENT
+                    && r.content_length() == Some(count) =>
+            {
+                return Some(r.bytes_stream().boxed());
+            }
+            Ok(r) => {
+                tracing::debug!(file_id = %id, peer = peer.node_id, status = %r.status(), "peer cannot serve the range");
+            }
+            Err(e) => {
+                tracing::debug!(file_id = %id, peer = peer.node_id, error = %e, "peer unreachable");
+            }
+        }
+    }
+    None
 }
 
 /// How to answer a `Range` header.
@@ -646,7 +736,7 @@ fn parse_range(value: &[u8], len: u64) -> RangeAnswer {
 
 /// Replace this node's copy of `id` with a peer's, in the background ([`crate::scrub::repair_file`]); one
 /// repair per file at a time.
-fn repair_soon(node: &AppState, id: &FileId) {
+pub(crate) fn repair_soon(node: &AppState, id: &FileId) {
     static UNDER_WAY: std::sync::Mutex<Vec<(u32, String)>> = std::sync::Mutex::new(Vec::new());
     let key = (node.node_id, id.to_string());
     {
@@ -957,13 +1047,20 @@ mod tests {
                     headers.insert(name, HeaderValue::from_str(value).unwrap());
                 }
                 let ask = || Ask::new(&headers, &id, head);
-                let blocking =
-                    summary(respond(&id, open_blocking(&path, &ask()).unwrap(), query)).await;
-                let cached = summary(respond(&id, open_from_caches(&path, &ask()), query)).await;
+                let blocking = summary(respond(
+                    &id,
+                    open_blocking(&path, &ask()).unwrap(),
+                    query,
+                    None,
+                ))
+                .await;
+                let cached =
+                    summary(respond(&id, open_from_caches(&path, &ask()), query, None)).await;
                 let either = summary(respond(
                     &id,
                     open(path.clone(), ask()).await.unwrap(),
                     query,
+                    None,
                 ))
                 .await;
                 assert_eq!(blocking.0, status, "{what}");
@@ -998,8 +1095,13 @@ mod tests {
             return;
         }
         fdfs_testkit::evict_from_page_cache(&path);
-        let (status, _, body) =
-            summary(respond(&id, open(path.clone(), ask()).await.unwrap(), None)).await;
+        let (status, _, body) = summary(respond(
+            &id,
+            open(path.clone(), ask()).await.unwrap(),
+            None,
+            None,
+        ))
+        .await;
         assert_eq!(status, StatusCode::PARTIAL_CONTENT);
         assert!(body == bytes[100..], "other bytes");
     }

@@ -153,6 +153,49 @@ async fn a_file_the_disk_cannot_read_is_served_from_a_peer_and_repaired() {
     drop(disk);
 }
 
+/// Found by the nemesis (seed 1001): a disk that fails part-way through a download (its first pages still in
+/// the page cache, the rest not) broke the answer after its head was sent: the client saw a cut connection.
+/// Now the rest of the bytes come from a peer, so the client gets the whole file, and the copy is repaired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_that_fails_part_way_through_a_download_is_finished_from_a_peer() {
+    let (mut c, disk) = with_disk_under_g1m1(ClusterSpec::group(2)).await;
+    let len = 2 << 20;
+    let up = c.upload_content("mid.bin", 900, len).await;
+    c.wait_held(&up.id, Some(&content(900, len)), "both copies")
+        .await;
+    let sick = &c.storage[0][0];
+    let path = stored_path(&sick.dir, &up.id);
+    fdfs_testkit::evict_from_page_cache(&path);
+    // The first 256 KiB back in the page cache (read through the mount), the rest only on the failing disk.
+    {
+        use std::io::Read as _;
+        let mut head = vec![0u8; 256 << 10];
+        std::fs::File::open(&path)
+            .unwrap()
+            .read_exact(&mut head)
+            .unwrap();
+    }
+    disk.inject(Faults {
+        fail_reads: true,
+        ..Faults::default()
+    });
+    let got = c
+        .http
+        .get(format!("{}/{}", sick.url(), up.id))
+        .ok_bytes()
+        .await;
+    assert!(got == content(900, len), "the whole file, right bytes");
+    eventually(30, "the copy repaired", || async {
+        let m = metrics(&c.http, &sick.url()).await;
+        (metric_sum(&m, "fdfs_scrub_repaired_total") >= 1.0).then_some(())
+    })
+    .await;
+    disk.inject(Faults::default());
+    c.kill9(0, 0);
+    c.kill9(0, 1);
+    drop(disk);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disk_gone_slow_is_reported_to_the_trackers_and_uploads_go_elsewhere() {
     let (mut c, disk) = with_disk_under_g1m1(
