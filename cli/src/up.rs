@@ -86,6 +86,91 @@ pub struct Args {
     /// Leave a server that dies dead (default: restart it with backoff).
     #[arg(long)]
     pub no_restart: bool,
+    /// Open the gateway's S3-compatible door on this port (0 picks a free one); its namespace lives in
+    /// `<data>/s3`.
+    #[arg(long, value_name = "PORT")]
+    pub s3_port: Option<u16>,
+    /// Access key of the S3 door (default: the one kept in `<data>/s3-keys`, else a new pair written there).
+    #[arg(long, value_name = "KEY", requires = "s3_secret_key")]
+    pub s3_access_key: Option<String>,
+    /// Secret key of the S3 door, with --s3-access-key.
+    #[arg(long, value_name = "SECRET", requires = "s3_access_key")]
+    pub s3_secret_key: Option<String>,
+}
+
+/// The S3 door `fdfs up` opens: its address and key pair.
+#[derive(Debug, Clone)]
+struct S3Door {
+    addr: SocketAddr,
+    access_key: String,
+    secret_key: String,
+}
+
+/// Name of the file in the data dir that keeps the S3 door's generated key pair.
+pub const S3_KEYS_FILE: &str = "s3-keys";
+
+/// The S3 door's address and keys: from the flags, else kept in `<data>/s3-keys`, else generated there.
+fn s3_door(a: &Args) -> Result<Option<S3Door>> {
+    let Some(port) = a.s3_port else {
+        return Ok(None);
+    };
+    let port = if port == 0 {
+        // A free port now; the gateway binds it a moment later.
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| CliError::Up(format!("finding a free port for the S3 door: {e}")))?
+            .port()
+    } else {
+        port
+    };
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    if let (Some(k), Some(s)) = (&a.s3_access_key, &a.s3_secret_key) {
+        return Ok(Some(S3Door {
+            addr,
+            access_key: k.clone(),
+            secret_key: s.clone(),
+        }));
+    }
+    let path = a.data.join(S3_KEYS_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let mut lines = text.lines().map(str::trim);
+            if let (Some(k), Some(s)) = (lines.next(), lines.next()) {
+                if !k.is_empty() && !s.is_empty() {
+                    return Ok(Some(S3Door {
+                        addr,
+                        access_key: k.to_owned(),
+                        secret_key: s.to_owned(),
+                    }));
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(CliError::io(&path, e)),
+    }
+    use rand::distr::{Alphanumeric, SampleString as _};
+    let access_key = format!(
+        "FDFS{}",
+        Alphanumeric
+            .sample_string(&mut rand::rng(), 16)
+            .to_ascii_uppercase()
+    );
+    let secret_key = Alphanumeric.sample_string(&mut rand::rng(), 40);
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| CliError::io(&path, e))?;
+    writeln!(f, "{access_key}\n{secret_key}").map_err(|e| CliError::io(&path, e))?;
+    Ok(Some(S3Door {
+        addr,
+        access_key,
+        secret_key,
+    }))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -274,7 +359,7 @@ fn pinned(mut args: Vec<OsString>, addr: SocketAddr, fastdfs: Option<SocketAddr>
 }
 
 /// Start every child (pushed onto `procs` as they come up).
-async fn start(a: &Args, procs: &mut Vec<Proc>, secret: &str) -> Result<()> {
+async fn start(a: &Args, procs: &mut Vec<Proc>, secret: &str, s3: Option<&S3Door>) -> Result<()> {
     let exe = std::env::current_exe()
         .map_err(|e| CliError::Up(format!("cannot find my own executable: {e}")))?;
     let logs = a.data.join("logs");
@@ -377,6 +462,18 @@ async fn start(a: &Args, procs: &mut Vec<Proc>, secret: &str) -> Result<()> {
     ];
     if let Some(key) = &a.api_key {
         args.extend([arg("--api-key"), arg(key)]);
+    }
+    if let Some(door) = s3 {
+        args.extend([
+            arg("--s3-listen"),
+            arg(door.addr.to_string()),
+            arg("--s3-data-dir"),
+            arg(a.data.join("s3")),
+            arg("--s3-access-key"),
+            arg(&door.access_key),
+            arg("--s3-secret-key"),
+            arg(&door.secret_key),
+        ]);
     }
     let (child, addr, log, fastdfs) =
         spawn(&exe, "gateway", Role::Gateway, &args, &logs, secret).await?;
@@ -571,6 +668,7 @@ fn print_layout(
     procs: &[Proc],
     view: &ClusterView,
     secret: &SecretSource,
+    s3: Option<&S3Door>,
 ) {
     let mut s = format!(
         "fdfs cluster is up: {} group(s) x {} member(s), {} tracker(s); data in {}\n\n",
@@ -580,6 +678,15 @@ fn print_layout(
         a.data.display()
     );
     s.push_str(&format!("  gateway   {gateway}\n"));
+    if let Some(door) = s3 {
+        s.push_str(&format!(
+            "  s3        http://{}  (path-style; access key {}, secret key {}; keys in {})\n",
+            door.addr,
+            door.access_key,
+            door.secret_key,
+            a.data.join(S3_KEYS_FILE).display()
+        ));
+    }
     for p in procs.iter().filter(|p| p.role == Role::Tracker) {
         s.push_str(&format!("  tracker   {}{}\n", p.addr, fastdfs_column(p)));
     }
@@ -696,13 +803,14 @@ async fn supervise(p: &mut Proc, restart: bool, exe: &Path, logs: &Path, secret:
 pub async fn run(a: Args) -> Result<()> {
     std::fs::create_dir_all(&a.data).map_err(|e| CliError::io(&a.data, e))?;
     let (secret, secret_source) = resolve_secret(&a)?;
+    let s3 = s3_door(&a)?;
     let mut procs: Vec<Proc> = Vec::new();
     let shutdown = fdfs_common::shutdown_signal();
     tokio::pin!(shutdown);
 
     let started = tokio::select! {
         r = async {
-            start(&a, &mut procs, &secret).await?;
+            start(&a, &mut procs, &secret, s3.as_ref()).await?;
             let gw = procs.last().map(|p| p.addr).expect("gateway started");
             let gateway = format!("http://{gw}");
             let client = Client::new(&gateway)?;
@@ -723,7 +831,7 @@ pub async fn run(a: Args) -> Result<()> {
             return Ok(());
         }
     };
-    print_layout(&a, &gateway, &procs, &view, &secret_source);
+    print_layout(&a, &gateway, &procs, &view, &secret_source, s3.as_ref());
 
     let exe = std::env::current_exe()
         .map_err(|e| CliError::Up(format!("cannot find my own executable: {e}")))?;

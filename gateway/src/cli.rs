@@ -56,6 +56,26 @@ pub struct Args {
     /// On SIGTERM: milliseconds of serving while unready before the listener closes [default: 0].
     #[arg(long, env = "FDFS_SHUTDOWN_DELAY_MS")]
     pub shutdown_delay_ms: Option<u64>,
+    /// Address of the S3-compatible door, e.g. 127.0.0.1:9000 (none: no S3 door).
+    #[arg(long, env = "FDFS_S3_LISTEN")]
+    pub s3_listen: Option<String>,
+    /// Directory of the S3 door's namespace (bucket/key -> file ID).
+    #[arg(long, env = "FDFS_S3_DATA_DIR")]
+    pub s3_data_dir: Option<PathBuf>,
+    /// An S3 access key with every bucket (with --s3-secret-key); more keys in the config file.
+    #[arg(long, env = "FDFS_S3_ACCESS_KEY", requires = "s3_secret_key")]
+    pub s3_access_key: Option<String>,
+    /// The secret of --s3-access-key.
+    #[arg(
+        long,
+        env = "FDFS_S3_SECRET_KEY",
+        hide_env_values = true,
+        requires = "s3_access_key"
+    )]
+    pub s3_secret_key: Option<String>,
+    /// Buckets anyone may read without a signature, comma separated.
+    #[arg(long, env = "FDFS_S3_PUBLIC_BUCKETS", value_delimiter = ',')]
+    pub s3_public_buckets: Option<Vec<String>>,
 }
 
 impl Args {
@@ -109,6 +129,24 @@ impl Args {
         if let Some(v) = self.shutdown_delay_ms {
             c.shutdown_delay_ms = v;
         }
+        if let Some(v) = &self.s3_listen {
+            c.s3_listen = Some(v.clone());
+        }
+        if let Some(v) = &self.s3_data_dir {
+            c.s3_data_dir = Some(v.clone());
+        }
+        if let (Some(a), Some(s)) = (&self.s3_access_key, &self.s3_secret_key) {
+            c.s3_keys.retain(|k| &k.access_key != a);
+            c.s3_keys.push(crate::s3::S3Key {
+                access_key: a.clone(),
+                secret_key: s.clone(),
+                buckets: Vec::new(),
+                read_only: false,
+            });
+        }
+        if let Some(v) = &self.s3_public_buckets {
+            c.s3_public_buckets = v.iter().filter(|s| !s.is_empty()).cloned().collect();
+        }
         Ok(c)
     }
 }
@@ -127,7 +165,17 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
+    let s3 = match config.s3_listen.clone() {
+        Some(l) => {
+            let s3 = fdfs_common::serve::bind_and_announce(&l)
+                .await
+                .with_context(|| format!("binding the S3 door on {l}"))?;
+            tracing::info!(addr = %s3.local_addr()?, "S3 door listening");
+            Some(s3)
+        }
+        None => None,
+    };
     tracing::info!(%addr, trackers = ?config.trackers, "gateway started");
-    crate::run(listener, config, fdfs_common::shutdown_signal()).await?;
+    crate::run_with_s3(listener, s3, config, fdfs_common::shutdown_signal()).await?;
     Ok(())
 }

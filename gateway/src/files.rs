@@ -48,7 +48,7 @@ fn parse_id(path: Result<Path<String>, PathRejection>) -> Result<FileId> {
 
 impl App {
     /// `?token=..&ts=..` when an anti-leech secret is configured, with the leading `?`.
-    fn token_query(&self, id: &FileId) -> String {
+    pub(crate) fn token_query(&self, id: &FileId) -> String {
         match &self.config.anti_leech_secret {
             Some(secret) => format!(
                 "?{}",
@@ -59,7 +59,7 @@ impl App {
     }
 
     /// Addresses of the members that can serve `id`, best first, with their public URLs.
-    async fn members(&self, id: &FileId) -> Result<Vec<(String, String)>> {
+    pub(crate) async fn members(&self, id: &FileId) -> Result<Vec<(String, String)>> {
         let loc = self.tracker.locate(id).await?;
         let mut members: Vec<(String, String)> = loc
             .members
@@ -85,7 +85,7 @@ impl App {
         ))
     }
 
-    async fn member_addrs(&self, id: &FileId) -> Result<Vec<String>> {
+    pub(crate) async fn member_addrs(&self, id: &FileId) -> Result<Vec<String>> {
         Ok(self
             .members(id)
             .await?

@@ -1,7 +1,8 @@
 //! fdfs gateway: the public HTTP API of a cluster (see `openapi.yaml` and `docs/PROTOCOL.md`).
 //!
 //! Uploads are streamed to the storage node a tracker assigns, downloads are redirected (or proxied) to a
-//! member that holds the file. The gateway keeps no state of its own beyond which tracker answered last.
+//! member that holds the file. The gateway keeps no state of its own beyond which tracker answered last, except
+//! the S3 door's namespace (bucket/key -> file ID, see [`s3`]) when that door is on.
 
 pub mod cli;
 mod dashboard;
@@ -11,6 +12,7 @@ mod import;
 mod page;
 mod replay;
 pub mod request_id;
+pub mod s3;
 pub mod storage;
 pub mod thumbnails;
 pub mod tracker;
@@ -83,6 +85,15 @@ pub struct Config {
     /// connection) before it stops accepting; requests in flight then finish. Give load balancers in front the
     /// time to notice.
     pub shutdown_delay_ms: u64,
+    /// The S3-compatible door's listen address (`host:port`); none: no S3 door (see [`s3`] and docs/S3.md).
+    pub s3_listen: Option<String>,
+    /// Where the S3 door keeps its namespace (needed with `s3_listen`).
+    pub s3_data_dir: Option<std::path::PathBuf>,
+    /// Access keys of the S3 door (TOML: `[[s3_keys]]` tables with `access_key`, `secret_key`, optional
+    /// `buckets` and `read_only`).
+    pub s3_keys: Vec<s3::S3Key>,
+    /// Buckets whose objects anyone may read (and list) without a signature.
+    pub s3_public_buckets: Vec<String>,
 }
 
 impl Default for Config {
@@ -102,6 +113,10 @@ impl Default for Config {
             tus_expiry_secs: 86_400,
             tus_max_unfinished_per_key: 1000,
             shutdown_delay_ms: 0,
+            s3_listen: None,
+            s3_data_dir: None,
+            s3_keys: Vec::new(),
+            s3_public_buckets: Vec::new(),
         }
     }
 }
@@ -157,6 +172,9 @@ pub enum StartError {
     /// The listener failed while serving.
     #[error("serving: {0}")]
     Serve(#[from] std::io::Error),
+    /// The S3 door is misconfigured or its namespace cannot be opened.
+    #[error("S3 door: {0}")]
+    S3(String),
 }
 
 /// The gateway's routes with their layers.
@@ -169,6 +187,14 @@ pub fn router_with(
     config: Config,
     stopping: fdfs_common::health::Stopping,
 ) -> Result<Router, StartError> {
+    Ok(build(config, stopping)?.1)
+}
+
+/// The shared state and the gateway's routes.
+fn build(
+    config: Config,
+    stopping: fdfs_common::health::Stopping,
+) -> Result<(Arc<App>, Router), StartError> {
     config.validate()?;
     let timeout = Duration::from_secs(config.request_timeout_secs.max(1));
     let unresponsive = Duration::from_millis(config.unresponsive_ms.max(10)).min(timeout);
@@ -248,6 +274,7 @@ pub fn router_with(
             import::gate,
         ))
         .layer(axum::middleware::from_fn(fdfs_common::drain::drain_refused));
+    let shared = app.clone();
     let routes = uploads
         // Resumable uploads (tus): streamed like uploads, no total timeout.
         .merge(tus::router(app.clone()))
@@ -264,7 +291,32 @@ pub fn router_with(
     if let Some(cors) = cors {
         router = router.layer(cors);
     }
-    Ok(router)
+    Ok((shared, router))
+}
+
+/// The S3 door's routes on `app`, its namespace opened from `s3_data_dir`.
+fn s3_router(app: Arc<App>, stopping: fdfs_common::health::Stopping) -> Result<Router, StartError> {
+    let dir = app
+        .config
+        .s3_data_dir
+        .clone()
+        .ok_or_else(|| StartError::S3("s3_listen needs s3_data_dir (--s3-data-dir)".into()))?;
+    if app.config.s3_keys.is_empty() && app.config.s3_public_buckets.is_empty() {
+        return Err(StartError::S3(
+            "no access key (--s3-access-key and --s3-secret-key, or [[s3_keys]])".into(),
+        ));
+    }
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| StartError::S3(format!("creating {}: {e}", dir.display())))?;
+    let ns = s3::namespace::Namespace::open(&dir)
+        .map_err(|e| StartError::S3(format!("opening the namespace in {}: {e}", dir.display())))?;
+    let routes = s3::router(app, ns)
+        .layer(axum::middleware::from_fn(request_id::scope))
+        .layer(axum::middleware::from_fn_with_state(
+            stopping,
+            fdfs_common::health::close_when_stopping,
+        ));
+    Ok(fdfs_common::metrics::instrument(routes, "gateway_s3"))
 }
 
 /// `TimeoutLayer` answers a bare 408; give it the JSON error body every answer has.
@@ -338,12 +390,37 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    run_with_s3(listener, None, config, shutdown).await
+}
+
+/// [`run`], with the S3 door on `s3` when given (see [`s3`]).
+pub async fn run_with_s3(
+    listener: tokio::net::TcpListener,
+    s3: Option<tokio::net::TcpListener>,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    use futures_util::FutureExt as _;
     let stopping = fdfs_common::health::Stopping::default();
     let delay = Duration::from_millis(config.shutdown_delay_ms);
-    let router = router_with(config, stopping.clone())?;
+    let (app, router) = build(config, stopping.clone())?;
+    let s3_router = match &s3 {
+        Some(_) => Some(s3_router(app, stopping.clone())?),
+        None => None,
+    };
     let shutdown =
-        fdfs_common::health::stop_after(shutdown, stopping, || std::future::ready(()), delay);
-    fdfs_common::serve::serve(listener, router, shutdown).await?;
+        fdfs_common::health::stop_after(shutdown, stopping, || std::future::ready(()), delay)
+            .boxed()
+            .shared();
+    let main = fdfs_common::serve::serve(listener, router, shutdown.clone());
+    match (s3, s3_router) {
+        (Some(l), Some(r)) => {
+            let (a, b) = tokio::join!(main, fdfs_common::serve::serve(l, r, shutdown));
+            a?;
+            b?;
+        }
+        _ => main.await?,
+    }
     Ok(())
 }
 

@@ -191,7 +191,7 @@ impl Budget {
 }
 
 /// Something an upload reads its bytes from, chunk by chunk.
-trait ChunkSource: Send {
+pub(crate) trait ChunkSource: Send {
     fn next_chunk(&mut self) -> impl std::future::Future<Output = Result<Option<Bytes>>> + Send;
 }
 
@@ -326,7 +326,7 @@ impl App {
     }
 
     /// Stream one file from `src` to a storage node.
-    async fn store<S: ChunkSource>(
+    pub(crate) async fn store<S: ChunkSource>(
         &self,
         src: &mut S,
         budget: &mut Budget,

@@ -23,6 +23,9 @@ from typing import IO
 __all__ = ["LocalCluster", "Member", "fdfs_binary"]
 
 _MEMBER = re.compile(r"^  (?P<label>\S*)\s+(?P<url>http://\S+)\s+node\s+(?P<node>\d+)\s+(?P<data>\S.*?)\s*$")
+_S3 = re.compile(
+    r"^  s3\s+(?P<url>http://\S+)\s+\(path-style; access key (?P<key>\S+), secret key (?P<secret>[^;\s]+);"
+)
 _GATEWAY = re.compile(r"^  gateway\s+(?P<url>http://\S+)\s*$")
 _TRACKER = re.compile(r"^  tracker\s+(?P<addr>\S+)\s*$")
 
@@ -62,9 +65,11 @@ class LocalCluster:
         cluster_secret: str | None = None,
         thumbnail_sizes: str | Iterable[str] | None = None,
         restart: bool = True,
+        s3_port: int | None = None,
     ) -> None:
-        """`api_key`, `cluster_secret`, `thumbnail_sizes` and `restart=False` are `fdfs up`'s `--api-key`,
-        `--cluster-secret`, `--thumbnail-sizes` and `--no-restart`; `env` is added to its environment."""
+        """`api_key`, `cluster_secret`, `thumbnail_sizes`, `restart=False` and `s3_port` are `fdfs up`'s
+        `--api-key`, `--cluster-secret`, `--thumbnail-sizes`, `--no-restart` and `--s3-port` (0: a free port;
+        then `s3`, `s3_access_key` and `s3_secret_key` say where and how); `env` is added to its environment."""
         self.fdfs = os.fspath(fdfs)
         self.data_dir = Path(data_dir)
         self.groups = groups
@@ -76,6 +81,10 @@ class LocalCluster:
         sizes = thumbnail_sizes
         self.thumbnail_sizes = sizes if sizes is None or isinstance(sizes, str) else ",".join(sizes)
         self.restart = restart
+        self.s3_port = s3_port
+        self.s3 = ""
+        self.s3_access_key = ""
+        self.s3_secret_key = ""
         self.gateway = ""
         self.trackers: list[str] = []
         self.members: list[Member] = []
@@ -118,6 +127,8 @@ class LocalCluster:
                 cmd += [flag, value]
         if not self.restart:
             cmd.append("--no-restart")
+        if self.s3_port is not None:
+            cmd += ["--s3-port", str(self.s3_port)]
         self._proc = subprocess.Popen(
             cmd,
             stdout=subprocess.PIPE,
@@ -152,6 +163,8 @@ class LocalCluster:
         for line in self._lines:
             if m := _GATEWAY.match(line):
                 self.gateway = m["url"]
+            elif m := _S3.match(line):
+                self.s3, self.s3_access_key, self.s3_secret_key = m["url"], m["key"], m["secret"]
             elif m := _TRACKER.match(line):
                 self.trackers.append(m["addr"])
             elif m := _MEMBER.match(line):

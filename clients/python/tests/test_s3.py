@@ -1,0 +1,191 @@
+"""The S3-compatible door (issue 20) with real S3 clients against `fdfs up --s3-port 0`: boto3 (what
+django-storages' `S3Storage` and most Python tools use) and minio-py. Objects stay FastDFS files: each answer
+names its file ID, and the storage nodes serve the same bytes under it."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+from botocore.client import Config
+from botocore.exceptions import ClientError
+
+from fdfs_http.testing import LocalCluster
+
+
+@pytest.fixture(scope="module")
+def s3cluster(fdfs_bin: str, data_root: Path) -> Iterator[LocalCluster]:
+    with LocalCluster(fdfs_bin, data_root / "s3", groups=1, members=2, s3_port=0) as c:
+        assert c.s3 and c.s3_access_key and c.s3_secret_key, c.output()
+        yield c
+
+
+def client(c: LocalCluster, secret: str | None = None) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=c.s3,
+        aws_access_key_id=c.s3_access_key,
+        aws_secret_access_key=secret or c.s3_secret_key,
+        region_name="us-east-1",
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+    )
+
+
+def code(e: pytest.ExceptionInfo[ClientError]) -> str:
+    return str(e.value.response["Error"]["Code"])
+
+
+def on_storage(c: LocalCluster, file_id: str) -> httpx.Response:
+    return httpx.get(f"{c.members[0].url}/{file_id}")
+
+
+def test_buckets_objects_listing_and_errors(s3cluster: LocalCluster) -> None:
+    s3 = client(s3cluster)
+    s3.create_bucket(Bucket="shop")
+    with pytest.raises(ClientError) as e:
+        s3.create_bucket(Bucket="shop")
+    assert code(e) == "BucketAlreadyOwnedByYou"
+    with pytest.raises(ClientError) as e:
+        s3.create_bucket(Bucket="Not_Valid")
+    assert code(e) == "InvalidBucketName"
+    s3.head_bucket(Bucket="shop")
+    assert "shop" in [b["Name"] for b in s3.list_buckets()["Buckets"]]
+
+    put = s3.put_object(
+        Bucket="shop", Key="img/a b+c.jpg", Body=b"hello world", ContentType="image/jpeg", Metadata={"color": "red"}
+    )
+    assert put["ETag"] == '"5eb63bbbe01eeed093cb22bb8f5acdc3"'  # the MD5, as S3 answers
+    file_id = put["ResponseMetadata"]["HTTPHeaders"]["x-fdfs-file-id"]
+    got = s3.get_object(Bucket="shop", Key="img/a b+c.jpg")
+    assert got["Body"].read() == b"hello world"
+    assert got["ContentType"] == "image/jpeg"
+    assert got["Metadata"] == {"color": "red"}
+    assert got["ResponseMetadata"]["HTTPHeaders"]["x-fdfs-file-id"] == file_id
+    # The object is an ordinary FastDFS file: its storage-node URL serves the same bytes.
+    assert on_storage(s3cluster, file_id).content == b"hello world"
+    assert s3.get_object(Bucket="shop", Key="img/a b+c.jpg", Range="bytes=2-5")["Body"].read() == b"llo "
+    with pytest.raises(ClientError) as e:
+        s3.get_object(Bucket="shop", Key="img/a b+c.jpg", IfNoneMatch=put["ETag"])
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 304
+    with pytest.raises(ClientError) as e:
+        s3.get_object(Bucket="shop", Key="img/a b+c.jpg", IfMatch='"0000"')
+    assert code(e) == "PreconditionFailed"
+
+    # A 5 MB object (boto3's managed upload, one request below its multipart threshold), checked by its ETag.
+    big = bytes(range(256)) * (5_000_000 // 256)
+    s3.upload_fileobj(io.BytesIO(big), "shop", "big.bin")
+    head = s3.head_object(Bucket="shop", Key="big.bin")
+    assert head["ContentLength"] == len(big)
+    assert s3.get_object(Bucket="shop", Key="big.bin")["Body"].read() == big
+
+    for i in range(5):
+        s3.put_object(Bucket="shop", Key=f"docs/{i}.txt", Body=f"doc {i}".encode())
+    top = s3.list_objects_v2(Bucket="shop", Delimiter="/")
+    assert [p["Prefix"] for p in top["CommonPrefixes"]] == ["docs/", "img/"]
+    assert [o["Key"] for o in top["Contents"]] == ["big.bin"]
+    paginator = s3.get_paginator("list_objects_v2")
+    pages = paginator.paginate(Bucket="shop", Prefix="docs/", PaginationConfig={"PageSize": 2})
+    keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
+    assert keys == [f"docs/{i}.txt" for i in range(5)]
+    v1 = s3.list_objects(Bucket="shop", Prefix="img/")
+    assert [o["Key"] for o in v1["Contents"]] == ["img/a b+c.jpg"]
+
+    # Overwriting a key removes the file it pointed at.
+    s3.put_object(Bucket="shop", Key="img/a b+c.jpg", Body=b"new bytes")
+    assert s3.get_object(Bucket="shop", Key="img/a b+c.jpg")["Body"].read() == b"new bytes"
+    deadline = time.monotonic() + 10
+    while on_storage(s3cluster, file_id).status_code != 404:
+        assert time.monotonic() < deadline, "the replaced object's file is still served"
+        time.sleep(0.2)
+
+    with pytest.raises(ClientError) as e:
+        s3.delete_bucket(Bucket="shop")
+    assert code(e) == "BucketNotEmpty"
+    with pytest.raises(ClientError) as e:
+        s3.get_object(Bucket="nope", Key="x")
+    assert code(e) == "NoSuchBucket"
+    with pytest.raises(ClientError) as e:
+        s3.get_object(Bucket="shop", Key="missing")
+    assert code(e) == "NoSuchKey"
+    with pytest.raises(ClientError) as e:
+        client(s3cluster, secret="wrong").list_objects_v2(Bucket="shop")
+    assert code(e) == "SignatureDoesNotMatch"
+    with pytest.raises(ClientError) as e:
+        client(s3cluster, secret="wrong").put_object(Bucket="shop", Key="refused", Body=b"x")
+    assert code(e) == "SignatureDoesNotMatch"
+    assert "refused" not in [o["Key"] for o in s3.list_objects_v2(Bucket="shop")["Contents"]]
+
+    s3.delete_object(Bucket="shop", Key="big.bin")
+    deleted = s3.delete_objects(Bucket="shop", Delete={"Objects": [{"Key": f"docs/{i}.txt"} for i in range(5)]})
+    assert len(deleted["Deleted"]) == 5
+    s3.delete_object(Bucket="shop", Key="img/a b+c.jpg")
+    assert s3.list_objects_v2(Bucket="shop")["KeyCount"] == 0
+    s3.delete_bucket(Bucket="shop")
+    with pytest.raises(ClientError) as e:
+        s3.head_bucket(Bucket="shop")
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+
+
+def test_presigned_urls_and_anonymous_requests(s3cluster: LocalCluster) -> None:
+    s3 = client(s3cluster)
+    s3.create_bucket(Bucket="presign")
+    s3.put_object(Bucket="presign", Key="p.txt", Body=b"presigned")
+    # boto3 presigns with Signature V2 by default in us-east-1, V4 when asked: both work.
+    v4 = boto3.client(
+        "s3",
+        endpoint_url=s3cluster.s3,
+        aws_access_key_id=s3cluster.s3_access_key,
+        aws_secret_access_key=s3cluster.s3_secret_key,
+        region_name="us-east-1",
+        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+    )
+    for c in (s3, v4):
+        url = c.generate_presigned_url("get_object", Params={"Bucket": "presign", "Key": "p.txt"}, ExpiresIn=60)
+        assert httpx.get(url).content == b"presigned"
+        put = c.generate_presigned_url("put_object", Params={"Bucket": "presign", "Key": "up.txt"}, ExpiresIn=60)
+        assert httpx.put(put, content=b"uploaded").status_code == 200
+        assert s3.get_object(Bucket="presign", Key="up.txt")["Body"].read() == b"uploaded"
+        # Tampered or expired: refused with S3's XML error, nothing stored.
+        r = httpx.put(put.replace("up.txt", "other.txt"), content=b"x")
+        assert r.status_code == 403 and b"<Code>SignatureDoesNotMatch</Code>" in r.content
+        short = c.generate_presigned_url("get_object", Params={"Bucket": "presign", "Key": "p.txt"}, ExpiresIn=1)
+        time.sleep(2.1)
+        r = httpx.get(short)
+        assert r.status_code == 403 and b"expired" in r.content
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="presign")["Contents"]]
+    assert "other.txt" not in keys
+    # No signature: refused (the bucket is not public).
+    r = httpx.get(f"{s3cluster.s3}/presign/p.txt")
+    assert r.status_code == 403 and b"<Code>AccessDenied</Code>" in r.content
+
+
+def test_minio_client(s3cluster: LocalCluster) -> None:
+    from minio import Minio  # signs every payload (x-amz-content-sha256) over plain HTTP
+
+    m = Minio(
+        s3cluster.s3.removeprefix("http://"),
+        access_key=s3cluster.s3_access_key,
+        secret_key=s3cluster.s3_secret_key,
+        secure=False,
+        region="us-east-1",
+    )
+    m.make_bucket("minio")
+    assert m.bucket_exists("minio")
+    data = b"m" * 300_000
+    m.put_object("minio", "dir/m.bin", io.BytesIO(data), len(data), content_type="application/octet-stream")
+    resp = m.get_object("minio", "dir/m.bin")
+    try:
+        assert resp.read() == data
+    finally:
+        resp.close()
+        resp.release_conn()
+    assert [o.object_name for o in m.list_objects("minio", prefix="dir/")] == ["dir/m.bin"]
+    assert m.stat_object("minio", "dir/m.bin").size == len(data)
+    m.remove_object("minio", "dir/m.bin")
+    m.remove_bucket("minio")

@@ -1,0 +1,837 @@
+//! The S3-compatible door (issue 20): its own listener (`s3_listen`), path-style addressing
+//! (`/{bucket}/{key}`), Signature V4 (header and presigned), and a namespace mapping `bucket/key` to an ordinary
+//! FastDFS file (see [`namespace`]), so every object's bytes are a file that storage nodes and nginx serve under
+//! its file ID (every object answer carries it in `x-fdfs-file-id`).
+//!
+//! Supported: ListBuckets, CreateBucket, HeadBucket, DeleteBucket (empty only), GetBucketLocation, PutObject
+//! (plain, `aws-chunked` with signed chunks or an unsigned trailer, checksums and `Content-MD5` verified while
+//! streaming), GetObject (Range, conditional requests), HeadObject, DeleteObject, DeleteObjects,
+//! ListObjectsV2 and ListObjects. docs/S3.md lists what is not supported yet (multipart uploads, CopyObject,
+//! presigned POST, ...): those answer S3's `NotImplemented`.
+
+pub mod body;
+pub mod error;
+pub mod namespace;
+pub mod sigv4;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::Router;
+use serde::{Deserialize, Serialize};
+
+use self::body::S3Body;
+use self::error::{escape, S3Error};
+use self::namespace::{DeleteBucket, Namespace, Object};
+use self::sigv4::Signed;
+use crate::upload::{Budget, UploadFields};
+use crate::App;
+
+type Result<T, E = S3Error> = std::result::Result<T, E>;
+
+/// Header carrying an object's FastDFS file ID on every object answer.
+pub const FILE_ID_HEADER: &str = "x-fdfs-file-id";
+
+const XMLNS: &str = "http://s3.amazonaws.com/doc/2006-03-01/";
+
+/// An access key of the S3 door.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Key {
+    /// The access key ID.
+    pub access_key: String,
+    /// Its secret.
+    pub secret_key: String,
+    /// The buckets it may use; empty: all (and it may create buckets).
+    #[serde(default)]
+    pub buckets: Vec<String>,
+    /// Reads only.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// The S3 door's state.
+struct S3 {
+    app: Arc<App>,
+    ns: Namespace,
+    keys: Vec<S3Key>,
+    public: Vec<String>,
+}
+
+/// The S3 routes, on the gateway's `app`, with the namespace in `ns`.
+pub(crate) fn router(app: Arc<App>, ns: Namespace) -> Router {
+    let state = Arc::new(S3 {
+        keys: app.config.s3_keys.clone(),
+        public: app.config.s3_public_buckets.clone(),
+        app,
+        ns,
+    });
+    Router::new()
+        .route("/", get(list_buckets))
+        .route("/{bucket}", any(bucket_op))
+        .route("/{bucket}/", any(bucket_op))
+        .route("/{bucket}/{*key}", any(object_op))
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+/// What a request does, for access checks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Reads an object or lists a bucket: allowed anonymously in a public bucket.
+    Read,
+    /// Changes something.
+    Write,
+    /// Lists buckets or creates one: keys with every bucket only.
+    Admin,
+}
+
+impl S3 {
+    /// Check the request's signature and what its key may do; `None` for an anonymous read of a public bucket.
+    fn authorize(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        bucket: &str,
+        access: Access,
+    ) -> Result<Option<Signed>> {
+        if !sigv4::is_signed(headers, uri) {
+            if access == Access::Read && self.public.iter().any(|b| b == bucket) {
+                return Ok(None);
+            }
+            return Err(S3Error::denied("Access Denied").on(bucket));
+        }
+        let now = fdfs_common::time::unix_now() as i64;
+        let signed = sigv4::verify(method, uri, headers, &self.keys, now)?;
+        let key = &signed.key;
+        let allowed = match access {
+            Access::Admin => key.buckets.is_empty() && !key.read_only,
+            Access::Read => key.buckets.is_empty() || key.buckets.iter().any(|b| b == bucket),
+            Access::Write => {
+                !key.read_only
+                    && (key.buckets.is_empty() || key.buckets.iter().any(|b| b == bucket))
+            }
+        };
+        if !allowed {
+            return Err(S3Error::denied("Access Denied").on(bucket));
+        }
+        Ok(Some(signed))
+    }
+
+    /// Run a namespace call on the blocking pool.
+    async fn ns<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Namespace) -> Result<T, sled::Error> + Send + 'static,
+    ) -> Result<T> {
+        let ns = self.ns.clone();
+        tokio::task::spawn_blocking(move || f(&ns))
+            .await
+            .map_err(S3Error::internal)?
+            .map_err(S3Error::internal)
+    }
+
+    async fn require_bucket(&self, bucket: &str) -> Result<()> {
+        let b = bucket.to_owned();
+        match self.ns(move |ns| ns.bucket(&b)).await? {
+            Some(_) => Ok(()),
+            None => Err(S3Error::no_bucket(bucket)),
+        }
+    }
+
+    /// Delete a file the namespace no longer points at (logged when that fails: it stays an orphan).
+    async fn drop_file(&self, file_id: &str) {
+        let Ok(id) = file_id.parse::<fdfs_common::FileId>() else {
+            return;
+        };
+        let deleted = async {
+            let addrs = self.app.member_addrs(&id).await?;
+            self.app
+                .storage
+                .on_holder::<serde_json::Value>(
+                    &addrs,
+                    Method::DELETE,
+                    &format!("/v1/files/{id}"),
+                    None::<&()>,
+                )
+                .await
+        }
+        .await;
+        if let Err(e) = deleted {
+            tracing::warn!(file_id, error = %e, "could not delete the file of a replaced or deleted object");
+        }
+    }
+}
+
+fn count(op: &'static str) {
+    metrics::counter!("fdfs_s3_requests_total", "op" => op).increment(1);
+}
+
+fn xml(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/xml")],
+        format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n{body}"),
+    )
+        .into_response()
+}
+
+fn not_implemented(what: &str) -> S3Error {
+    S3Error::new(
+        501,
+        "NotImplemented",
+        format!("{what} is not supported by this server yet (see docs/S3.md)"),
+    )
+}
+
+/// ISO 8601 with milliseconds, as S3 lists times.
+pub fn iso8601(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.000Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn http_date(secs: i64) -> String {
+    httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64))
+}
+
+/// Whether `name` is a valid bucket name (S3's rules: 3-63 of `a-z 0-9 . -`, starting and ending with a letter or
+/// digit, not an IP address).
+pub fn valid_bucket(name: &str) -> bool {
+    let b = name.as_bytes();
+    (3..=63).contains(&b.len())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'.' || *c == b'-')
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && !name.contains("..")
+        && name.parse::<std::net::Ipv4Addr>().is_err()
+}
+
+/// `GET /`: ListBuckets.
+async fn list_buckets(
+    State(s3): State<Arc<S3>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response> {
+    count("ListBuckets");
+    let signed = s3.authorize(&method, &uri, &headers, "", Access::Read)?;
+    let key = signed.map(|s| s.key);
+    let buckets = s3.ns(|ns| ns.buckets()).await?;
+    let mut out = format!("<ListAllMyBucketsResult xmlns=\"{XMLNS}\"><Owner><ID>fdfs</ID><DisplayName>fdfs</DisplayName></Owner><Buckets>");
+    for (name, created) in buckets {
+        if let Some(k) = &key {
+            if !k.buckets.is_empty() && !k.buckets.contains(&name) {
+                continue;
+            }
+        }
+        out.push_str(&format!(
+            "<Bucket><Name>{}</Name><CreationDate>{}</CreationDate></Bucket>",
+            escape(&name),
+            iso8601(created)
+        ));
+    }
+    out.push_str("</Buckets></ListAllMyBucketsResult>");
+    Ok(xml(StatusCode::OK, out))
+}
+
+/// Everything on `/{bucket}`.
+async fn bucket_op(
+    State(s3): State<Arc<S3>>,
+    Path(bucket): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let query = sigv4::query_pairs(&uri);
+    let has = |k: &str| query.iter().any(|(q, _)| q == k);
+    let get = |k: &str| query.iter().find(|(q, _)| q == k).map(|(_, v)| v.as_str());
+    match method {
+        Method::PUT if query.is_empty() => {
+            count("CreateBucket");
+            s3.authorize(&method, &uri, &headers, &bucket, Access::Admin)?;
+            if !valid_bucket(&bucket) {
+                return Err(S3Error::new(
+                    400,
+                    "InvalidBucketName",
+                    "The specified bucket is not valid.",
+                )
+                .on(&bucket));
+            }
+            let (b, now) = (bucket.clone(), fdfs_common::time::unix_now() as i64);
+            if !s3.ns(move |ns| ns.create_bucket(&b, now)).await? {
+                return Err(S3Error::new(
+                    409,
+                    "BucketAlreadyOwnedByYou",
+                    "Your previous request to create the named bucket succeeded and you already own it.",
+                )
+                .on(&bucket));
+            }
+            Ok((StatusCode::OK, [(header::LOCATION, format!("/{bucket}"))]).into_response())
+        }
+        Method::HEAD => {
+            count("HeadBucket");
+            s3.authorize(&method, &uri, &headers, &bucket, Access::Read)?;
+            s3.require_bucket(&bucket).await?;
+            Ok((StatusCode::OK, [("x-amz-bucket-region", "us-east-1")]).into_response())
+        }
+        Method::DELETE if query.is_empty() => {
+            count("DeleteBucket");
+            s3.authorize(&method, &uri, &headers, &bucket, Access::Admin)?;
+            let b = bucket.clone();
+            match s3.ns(move |ns| ns.delete_bucket(&b)).await? {
+                Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
+                Err(DeleteBucket::Missing) => Err(S3Error::no_bucket(&bucket)),
+                Err(DeleteBucket::NotEmpty) => Err(S3Error::new(
+                    409,
+                    "BucketNotEmpty",
+                    "The bucket you tried to delete is not empty",
+                )
+                .on(&bucket)),
+            }
+        }
+        Method::GET if has("location") => {
+            count("GetBucketLocation");
+            s3.authorize(&method, &uri, &headers, &bucket, Access::Read)?;
+            s3.require_bucket(&bucket).await?;
+            Ok(xml(
+                StatusCode::OK,
+                format!("<LocationConstraint xmlns=\"{XMLNS}\"></LocationConstraint>"),
+            ))
+        }
+        Method::GET if has("uploads") => Err(not_implemented("ListMultipartUploads")),
+        Method::GET
+            if query.iter().all(|(k, _)| {
+                matches!(
+                    k.as_str(),
+                    "list-type"
+                        | "prefix"
+                        | "delimiter"
+                        | "max-keys"
+                        | "continuation-token"
+                        | "start-after"
+                        | "marker"
+                        | "encoding-type"
+                        | "fetch-owner"
+                        | "x-id"
+                ) || k.starts_with("X-Amz-")
+            }) =>
+        {
+            s3.authorize(&method, &uri, &headers, &bucket, Access::Read)?;
+            s3.require_bucket(&bucket).await?;
+            list_objects(&s3, &bucket, get("list-type") == Some("2"), &get).await
+        }
+        Method::POST if has("delete") => {
+            count("DeleteObjects");
+            s3.authorize(&method, &uri, &headers, &bucket, Access::Write)?;
+            s3.require_bucket(&bucket).await?;
+            delete_objects(&s3, &bucket, body).await
+        }
+        Method::POST => Err(not_implemented("POST object (presigned POST)")),
+        _ => {
+            let what = query.first().map_or("this bucket operation", |(k, _)| k);
+            Err(not_implemented(&format!("{method} ?{what}")))
+        }
+    }
+}
+
+/// ListObjectsV2 (`v2`) or ListObjects.
+async fn list_objects<'q>(
+    s3: &S3,
+    bucket: &str,
+    v2: bool,
+    get: &impl Fn(&str) -> Option<&'q str>,
+) -> Result<Response> {
+    count(if v2 { "ListObjectsV2" } else { "ListObjects" });
+    let prefix = get("prefix").unwrap_or("").to_owned();
+    let delimiter = get("delimiter").unwrap_or("").to_owned();
+    let max_keys: usize = match get("max-keys") {
+        None => 1000,
+        Some(v) => v.parse::<usize>().map_err(|_| {
+            S3Error::new(
+                400,
+                "InvalidArgument",
+                "max-keys must be a non-negative integer",
+            )
+        })?,
+    }
+    .min(1000);
+    let url_encoded = match get("encoding-type") {
+        None => false,
+        Some("url") => true,
+        Some(_) => {
+            return Err(S3Error::new(
+                400,
+                "InvalidArgument",
+                "Invalid Encoding Method specified in Request",
+            ))
+        }
+    };
+    let token = get("continuation-token").map(str::to_owned);
+    let after = if v2 {
+        match &token {
+            Some(t) => {
+                use base64::Engine as _;
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(t)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or_else(|| {
+                        S3Error::new(
+                            400,
+                            "InvalidArgument",
+                            "The continuation token provided is incorrect",
+                        )
+                    })?
+            }
+            None => get("start-after").unwrap_or("").to_owned(),
+        }
+    } else {
+        get("marker").unwrap_or("").to_owned()
+    };
+    let page = if max_keys == 0 {
+        namespace::Page::default()
+    } else {
+        let (b, p, d, a) = (
+            bucket.to_owned(),
+            prefix.clone(),
+            delimiter.clone(),
+            after.clone(),
+        );
+        s3.ns(move |ns| ns.list(&b, &p, &d, &a, max_keys)).await?
+    };
+    let enc = |s: &str| {
+        if url_encoded {
+            sigv4::uri_encode(s, true)
+        } else {
+            escape(s)
+        }
+    };
+    let mut out = format!(
+        "<ListBucketResult xmlns=\"{XMLNS}\"><Name>{}</Name><Prefix>{}</Prefix><MaxKeys>{max_keys}</MaxKeys><IsTruncated>{}</IsTruncated>",
+        escape(bucket),
+        enc(&prefix),
+        page.truncated
+    );
+    if !delimiter.is_empty() {
+        out.push_str(&format!("<Delimiter>{}</Delimiter>", enc(&delimiter)));
+    }
+    if url_encoded {
+        out.push_str("<EncodingType>url</EncodingType>");
+    }
+    if v2 {
+        out.push_str(&format!(
+            "<KeyCount>{}</KeyCount>",
+            page.objects.len() + page.prefixes.len()
+        ));
+        if let Some(t) = &token {
+            out.push_str(&format!(
+                "<ContinuationToken>{}</ContinuationToken>",
+                escape(t)
+            ));
+        }
+        if let Some(sa) = get("start-after") {
+            out.push_str(&format!("<StartAfter>{}</StartAfter>", enc(sa)));
+        }
+        if page.truncated {
+            if let Some(last) = &page.last {
+                use base64::Engine as _;
+                let next = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(last);
+                out.push_str(&format!(
+                    "<NextContinuationToken>{next}</NextContinuationToken>"
+                ));
+            }
+        }
+    } else {
+        out.push_str(&format!("<Marker>{}</Marker>", enc(&after)));
+        if page.truncated && !delimiter.is_empty() {
+            if let Some(last) = &page.last {
+                out.push_str(&format!("<NextMarker>{}</NextMarker>", enc(last)));
+            }
+        }
+    }
+    for (key, o) in &page.objects {
+        out.push_str(&format!(
+            "<Contents><Key>{}</Key><LastModified>{}</LastModified><ETag>&quot;{}&quot;</ETag><Size>{}</Size><StorageClass>STANDARD</StorageClass></Contents>",
+            enc(key),
+            iso8601(o.modified),
+            o.etag,
+            o.size
+        ));
+    }
+    for p in &page.prefixes {
+        out.push_str(&format!(
+            "<CommonPrefixes><Prefix>{}</Prefix></CommonPrefixes>",
+            enc(p)
+        ));
+    }
+    out.push_str("</ListBucketResult>");
+    Ok(xml(StatusCode::OK, out))
+}
+
+/// The text of every `<tag>` element in `doc`, unescaped.
+fn elements(doc: &str, tag: &str) -> Vec<String> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let mut out = Vec::new();
+    let mut rest = doc;
+    while let Some(a) = rest.find(&open) {
+        let from = &rest[a + open.len()..];
+        let Some(b) = from.find(&close) else { break };
+        out.push(
+            from[..b]
+                .replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&quot;", "\"")
+                .replace("&apos;", "'")
+                .replace("&amp;", "&"),
+        );
+        rest = &from[b + close.len()..];
+    }
+    out
+}
+
+/// `POST /{bucket}?delete`: DeleteObjects.
+async fn delete_objects(s3: &S3, bucket: &str, body: Body) -> Result<Response> {
+    let bytes = axum::body::to_bytes(body, 2 << 20)
+        .await
+        .map_err(|_| S3Error::new(400, "MalformedXML", "the request body is too large"))?;
+    let doc = String::from_utf8_lossy(&bytes);
+    let keys = elements(&doc, "Key");
+    if keys.len() > 1000 {
+        return Err(S3Error::new(
+            400,
+            "MalformedXML",
+            "at most 1000 keys per request",
+        ));
+    }
+    let quiet = elements(&doc, "Quiet").first().is_some_and(|q| q == "true");
+    let mut out = format!("<DeleteResult xmlns=\"{XMLNS}\">");
+    for key in keys {
+        let (b, k) = (bucket.to_owned(), key.clone());
+        let old = s3.ns(move |ns| ns.remove(&b, &k)).await?;
+        if let Some(o) = old {
+            s3.drop_file(&o.file_id).await;
+        }
+        if !quiet {
+            out.push_str(&format!("<Deleted><Key>{}</Key></Deleted>", escape(&key)));
+        }
+    }
+    out.push_str("</DeleteResult>");
+    Ok(xml(StatusCode::OK, out))
+}
+
+/// Everything on `/{bucket}/{key}`.
+async fn object_op(
+    State(s3): State<Arc<S3>>,
+    Path((bucket, key)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let query = sigv4::query_pairs(&uri);
+    let has = |k: &str| query.iter().any(|(q, _)| q == k);
+    if has("uploadId") || has("uploads") {
+        return Err(not_implemented("multipart upload"));
+    }
+    if has("tagging") || has("acl") || has("retention") || has("legal-hold") || has("attributes") {
+        return Err(not_implemented("this object subresource"));
+    }
+    match method {
+        Method::PUT if headers.contains_key("x-amz-copy-source") => {
+            Err(not_implemented("CopyObject"))
+        }
+        Method::PUT => {
+            count("PutObject");
+            let signed = s3.authorize(&method, &uri, &headers, &bucket, Access::Write)?;
+            s3.require_bucket(&bucket).await?;
+            put_object(&s3, &bucket, &key, &headers, signed.as_ref(), body).await
+        }
+        Method::GET | Method::HEAD => {
+            count(if method == Method::GET {
+                "GetObject"
+            } else {
+                "HeadObject"
+            });
+            s3.authorize(&method, &uri, &headers, &bucket, Access::Read)?;
+            s3.require_bucket(&bucket).await?;
+            get_object(&s3, &bucket, &key, &method, &headers).await
+        }
+        Method::DELETE => {
+            count("DeleteObject");
+            s3.authorize(&method, &uri, &headers, &bucket, Access::Write)?;
+            s3.require_bucket(&bucket).await?;
+            let (b, k) = (bucket.clone(), key.clone());
+            if let Some(o) = s3.ns(move |ns| ns.remove(&b, &k)).await? {
+                s3.drop_file(&o.file_id).await;
+            }
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        Method::POST => Err(not_implemented("POST on an object")),
+        _ => Err(S3Error::new(
+            405,
+            "MethodNotAllowed",
+            "The specified method is not allowed against this resource.",
+        )),
+    }
+}
+
+/// User metadata (`x-amz-meta-*`), names lower-cased without the prefix.
+fn user_meta(headers: &HeaderMap) -> BTreeMap<String, String> {
+    headers
+        .iter()
+        .filter_map(|(n, v)| {
+            let k = n.as_str().strip_prefix("x-amz-meta-")?;
+            Some((k.to_owned(), v.to_str().ok()?.to_owned()))
+        })
+        .collect()
+}
+
+async fn put_object(
+    s3: &S3,
+    bucket: &str,
+    key: &str,
+    headers: &HeaderMap,
+    signed: Option<&Signed>,
+    body: Body,
+) -> Result<Response> {
+    if key.len() > 1024 {
+        return Err(S3Error::new(400, "KeyTooLongError", "Your key is too long"));
+    }
+    let mut src = S3Body::new(body.into_data_stream(), headers, signed)?;
+    let size = src.declared(headers);
+    let limit = s3.app.config.max_upload_size;
+    if size.is_some_and(|n| n > limit) {
+        return Err(S3Error::new(
+            400,
+            "EntityTooLarge",
+            "Your proposed upload exceeds the maximum allowed object size.",
+        ));
+    }
+    let meta = user_meta(headers);
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map_or_else(
+            || {
+                mime_guess::from_path(key)
+                    .first_or_octet_stream()
+                    .to_string()
+            },
+            str::to_owned,
+        );
+    // The file carries its bucket and key, so the namespace can be rebuilt from the storage nodes.
+    let mut fields = UploadFields::default();
+    for (k, v) in &meta {
+        fields.apply(&format!("meta.{k}"), v)?;
+    }
+    fields.apply("meta.s3-bucket", bucket)?;
+    fields.apply("meta.s3-key", key)?;
+    fields.apply("meta.s3-content-type", &content_type)?;
+    let filename = key.rsplit('/').next().unwrap_or(key).to_owned();
+    let stored = s3
+        .app
+        .store(
+            &mut src,
+            &mut Budget::new(limit),
+            &fields,
+            Some(filename),
+            size,
+        )
+        .await;
+    let (result, _) = match stored {
+        Ok(r) => r,
+        Err(e) => return Err(src.failed.take().unwrap_or_else(|| S3Error::from(e))),
+    };
+    let etag = src.etag.clone().unwrap_or_default();
+    let object = Object {
+        file_id: result.file_id.to_string(),
+        size: result.size,
+        etag: etag.clone(),
+        content_type,
+        modified: fdfs_common::time::unix_now() as i64,
+        meta,
+    };
+    let (b, k, o) = (bucket.to_owned(), key.to_owned(), object.clone());
+    let old = s3.ns(move |ns| ns.put(&b, &k, &o)).await?;
+    if let Some(old) = old.filter(|o| o.file_id != object.file_id) {
+        s3.drop_file(&old.file_id).await;
+    }
+    tracing::info!(bucket, key, file_id = %object.file_id, size = object.size, "object stored");
+    Ok((
+        StatusCode::OK,
+        [
+            (header::ETAG, format!("\"{etag}\"")),
+            (
+                HeaderName::from_static(FILE_ID_HEADER),
+                object.file_id.clone(),
+            ),
+        ],
+    )
+        .into_response())
+}
+
+use axum::http::HeaderName;
+
+/// An ETag list of `If-Match` / `If-None-Match` holds `etag` (or `*`).
+fn etag_matches(list: &str, etag: &str) -> bool {
+    list.split(',').any(|t| {
+        let t = t.trim().trim_start_matches("W/").trim_matches('"');
+        t == "*" || t == etag
+    })
+}
+
+async fn get_object(
+    s3: &S3,
+    bucket: &str,
+    key: &str,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Response> {
+    let (b, k) = (bucket.to_owned(), key.to_owned());
+    let Some(o) = s3.ns(move |ns| ns.get(&b, &k)).await? else {
+        return Err(S3Error::no_key(key));
+    };
+    let h = |n: header::HeaderName| headers.get(n).and_then(|v| v.to_str().ok());
+    let since = |v: Option<&str>| {
+        v.and_then(|d| httpdate::parse_http_date(d).ok())
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_secs() as i64)
+    };
+    let failed = match h(header::IF_MATCH) {
+        Some(m) => !etag_matches(m, &o.etag),
+        None => since(h(header::IF_UNMODIFIED_SINCE)).is_some_and(|t| o.modified > t),
+    };
+    if failed {
+        return Err(S3Error::new(
+            412,
+            "PreconditionFailed",
+            "At least one of the pre-conditions you specified did not hold",
+        ));
+    }
+    let not_modified = match h(header::IF_NONE_MATCH) {
+        Some(m) => etag_matches(m, &o.etag),
+        None => since(h(header::IF_MODIFIED_SINCE)).is_some_and(|t| o.modified <= t),
+    };
+    let mut out = HeaderMap::new();
+    let set = |out: &mut HeaderMap, n: &str, v: &str| {
+        if let (Ok(n), Ok(v)) = (HeaderName::try_from(n), HeaderValue::from_str(v)) {
+            out.insert(n, v);
+        }
+    };
+    set(&mut out, "etag", &format!("\"{}\"", o.etag));
+    set(&mut out, "last-modified", &http_date(o.modified));
+    set(&mut out, FILE_ID_HEADER, &o.file_id);
+    set(&mut out, "accept-ranges", "bytes");
+    if not_modified {
+        return Ok((StatusCode::NOT_MODIFIED, out).into_response());
+    }
+    set(&mut out, "content-type", &o.content_type);
+    for (k, v) in &o.meta {
+        set(&mut out, &format!("x-amz-meta-{k}"), v);
+    }
+    let id: fdfs_common::FileId = o.file_id.parse().map_err(S3Error::internal)?;
+    let members = s3.app.members(&id).await?;
+    let mut forward = reqwest::header::HeaderMap::new();
+    if let Some(r) = headers.get(header::RANGE) {
+        forward.insert(header::RANGE, r.clone());
+    }
+    let token = s3.app.token_query(&id);
+    for (addr, _) in &members {
+        let url = format!("http://{addr}/{id}{token}");
+        let resp = match s3
+            .app
+            .storage
+            .fetch(method.clone(), &url, forward.clone())
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(storage = %addr, error = %e, "storage node unreachable");
+                continue;
+            }
+        };
+        let status = resp.status();
+        if status == StatusCode::NOT_FOUND {
+            continue;
+        }
+        if status == StatusCode::RANGE_NOT_SATISFIABLE {
+            return Err(S3Error::new(
+                416,
+                "InvalidRange",
+                "The requested range is not satisfiable",
+            ));
+        }
+        if !status.is_success() {
+            return Err(S3Error::new(
+                503,
+                "ServiceUnavailable",
+                format!("the storage node answered {status}"),
+            ));
+        }
+        for n in [header::CONTENT_LENGTH, header::CONTENT_RANGE] {
+            if let Some(v) = resp.headers().get(&n) {
+                out.insert(n, v.clone());
+            }
+        }
+        let body = if method == Method::HEAD {
+            Body::empty()
+        } else {
+            Body::from_stream(resp.bytes_stream())
+        };
+        return Ok((status, out, body).into_response());
+    }
+    Err(S3Error::new(
+        503,
+        "ServiceUnavailable",
+        "no storage node holding the object answers",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_and_names() {
+        assert_eq!(iso8601(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso8601(1_369_353_600), "2013-05-24T00:00:00.000Z");
+        assert!(valid_bucket("my-bucket.1"));
+        for bad in ["ab", "Upper", "-a-", "a..b", "192.168.1.1", &"a".repeat(64)] {
+            assert!(!valid_bucket(bad), "{bad}");
+        }
+        assert!(etag_matches("\"abc\", \"def\"", "def"));
+        assert!(etag_matches("*", "x"));
+        assert!(!etag_matches("\"abc\"", "abd"));
+        assert_eq!(
+            elements(
+                "<Delete><Object><Key>a&amp;b</Key></Object><Object><Key>c</Key></Object></Delete>",
+                "Key"
+            ),
+            ["a&b", "c"]
+        );
+    }
+}

@@ -1,0 +1,280 @@
+//! The S3 namespace: buckets, and `bucket/key` -> the object's FastDFS file and what S3 says about it, in a sled
+//! database under the gateway's `s3_data_dir` (one gateway; see docs/S3.md). Every call blocks (the handlers
+//! run them on the blocking pool) and a change is flushed to disk before it returns.
+//!
+//! The namespace is never the only copy of anything: each object's file carries its bucket and key in its
+//! metadata (`s3-bucket`, `s3-key`), so the storage nodes' listings say what it held.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// What S3 says about an object, and where it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Object {
+    /// The FastDFS file holding its bytes.
+    pub file_id: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The MD5 of its bytes, hex, without quotes.
+    pub etag: String,
+    /// Its `Content-Type`.
+    pub content_type: String,
+    /// When it was stored, unix seconds.
+    pub modified: i64,
+    /// Its `x-amz-meta-*` metadata (names lower-cased, without the prefix).
+    #[serde(default)]
+    pub meta: BTreeMap<String, String>,
+}
+
+/// One page of a listing.
+#[derive(Debug, Default)]
+pub struct Page {
+    /// Objects, in key order.
+    pub objects: Vec<(String, Object)>,
+    /// Common prefixes (with a delimiter), in order.
+    pub prefixes: Vec<String>,
+    /// Whether more follow.
+    pub truncated: bool,
+    /// The last key or common prefix of this page (where the next page starts after).
+    pub last: Option<String>,
+}
+
+/// Why a bucket cannot be deleted.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DeleteBucket {
+    /// No such bucket.
+    Missing,
+    /// It holds objects.
+    NotEmpty,
+}
+
+/// The namespace database.
+#[derive(Debug, Clone)]
+pub struct Namespace {
+    db: sled::Db,
+    buckets: sled::Tree,
+    objects: sled::Tree,
+}
+
+type Result<T> = std::result::Result<T, sled::Error>;
+
+fn object_key(bucket: &str, key: &str) -> Vec<u8> {
+    format!("{bucket}/{key}").into_bytes()
+}
+
+fn decode(v: &[u8]) -> Option<Object> {
+    serde_json::from_slice(v).ok()
+}
+
+impl Namespace {
+    /// Open (or create) the namespace in `dir`.
+    pub fn open(dir: &Path) -> Result<Namespace> {
+        let db = sled::Config::new().path(dir.join("namespace")).open()?;
+        Ok(Namespace {
+            buckets: db.open_tree("buckets")?,
+            objects: db.open_tree("objects")?,
+            db,
+        })
+    }
+
+    /// Create a bucket; `false` when it exists already.
+    pub fn create_bucket(&self, name: &str, now: i64) -> Result<bool> {
+        let created = self
+            .buckets
+            .compare_and_swap(
+                name,
+                None as Option<&[u8]>,
+                Some(now.to_string().as_bytes()),
+            )?
+            .is_ok();
+        self.db.flush()?;
+        Ok(created)
+    }
+
+    /// When the bucket was created, if it exists.
+    pub fn bucket(&self, name: &str) -> Result<Option<i64>> {
+        Ok(self
+            .buckets
+            .get(name)?
+            .map(|v| String::from_utf8_lossy(&v).parse().unwrap_or(0)))
+    }
+
+    /// Every bucket with its creation time, by name.
+    pub fn buckets(&self) -> Result<Vec<(String, i64)>> {
+        self.buckets
+            .iter()
+            .map(|r| {
+                let (k, v) = r?;
+                Ok((
+                    String::from_utf8_lossy(&k).into_owned(),
+                    String::from_utf8_lossy(&v).parse().unwrap_or(0),
+                ))
+            })
+            .collect()
+    }
+
+    /// Delete an empty bucket.
+    pub fn delete_bucket(&self, name: &str) -> Result<std::result::Result<(), DeleteBucket>> {
+        if self.buckets.get(name)?.is_none() {
+            return Ok(Err(DeleteBucket::Missing));
+        }
+        if self
+            .objects
+            .scan_prefix(format!("{name}/"))
+            .next()
+            .transpose()?
+            .is_some()
+        {
+            return Ok(Err(DeleteBucket::NotEmpty));
+        }
+        self.buckets.remove(name)?;
+        self.db.flush()?;
+        Ok(Ok(()))
+    }
+
+    /// The object at `bucket/key`.
+    pub fn get(&self, bucket: &str, key: &str) -> Result<Option<Object>> {
+        Ok(self
+            .objects
+            .get(object_key(bucket, key))?
+            .and_then(|v| decode(&v)))
+    }
+
+    /// Point `bucket/key` at `object`; the object it pointed at before.
+    pub fn put(&self, bucket: &str, key: &str, object: &Object) -> Result<Option<Object>> {
+        let value = serde_json::to_vec(object).expect("an object encodes");
+        let old = self.objects.insert(object_key(bucket, key), value)?;
+        self.db.flush()?;
+        Ok(old.and_then(|v| decode(&v)))
+    }
+
+    /// Remove `bucket/key`; the object it pointed at.
+    pub fn remove(&self, bucket: &str, key: &str) -> Result<Option<Object>> {
+        let old = self.objects.remove(object_key(bucket, key))?;
+        if old.is_some() {
+            self.db.flush()?;
+        }
+        Ok(old.and_then(|v| decode(&v)))
+    }
+
+    /// A page of `bucket`'s keys under `prefix`, after `after`; keys with `delimiter` past the prefix are rolled
+    /// up into common prefixes; at most `max` entries (keys and prefixes together).
+    pub fn list(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        delimiter: &str,
+        after: &str,
+        max: usize,
+    ) -> Result<Page> {
+        let base = format!("{bucket}/");
+        let mut page = Page::default();
+        // Where to scan from: the prefix, or past `after` when that is further.
+        let mut from: Vec<u8> = if after >= prefix {
+            let mut k = object_key(bucket, after);
+            k.push(0);
+            k
+        } else {
+            object_key(bucket, prefix)
+        };
+        let within = format!("{base}{prefix}");
+        'scan: loop {
+            for r in self.objects.range(from.clone()..) {
+                let (k, v) = r?;
+                let Ok(full) = std::str::from_utf8(&k) else {
+                    continue;
+                };
+                if !full.starts_with(&within) {
+                    break 'scan;
+                }
+                let key = &full[base.len()..];
+                if key <= after {
+                    continue;
+                }
+                let rolled = (!delimiter.is_empty())
+                    .then(|| key[prefix.len()..].find(delimiter))
+                    .flatten()
+                    .map(|p| key[..prefix.len() + p + delimiter.len()].to_owned());
+                if page.objects.len() + page.prefixes.len() == max {
+                    page.truncated = true;
+                    break 'scan;
+                }
+                match rolled {
+                    Some(cp) => {
+                        if cp.as_str() <= after {
+                            // `after` is this prefix (a continuation): skip what is under it.
+                        } else {
+                            page.prefixes.push(cp.clone());
+                            page.last = Some(cp.clone());
+                        }
+                        // Past everything under the common prefix (0xFF never occurs in UTF-8).
+                        from = object_key(bucket, &cp);
+                        from.push(0xFF);
+                        continue 'scan;
+                    }
+                    None => {
+                        if let Some(o) = decode(&v) {
+                            page.last = Some(key.to_owned());
+                            page.objects.push((key.to_owned(), o));
+                        }
+                    }
+                }
+            }
+            break;
+        }
+        Ok(page)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(n: u64) -> Object {
+        Object {
+            file_id: format!("group1/M00/00/00/f{n}"),
+            size: n,
+            etag: "e".into(),
+            content_type: "text/plain".into(),
+            modified: 0,
+            meta: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn listing_rolls_up_prefixes_and_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let ns = Namespace::open(dir.path()).unwrap();
+        assert!(ns.create_bucket("b", 1).unwrap());
+        assert!(!ns.create_bucket("b", 2).unwrap());
+        for (i, k) in ["a.txt", "d/1", "d/2", "d/e/3", "z"].iter().enumerate() {
+            ns.put("b", k, &obj(i as u64)).unwrap();
+        }
+        ns.put("bb", "x", &obj(9)).unwrap();
+        let all = ns.list("b", "", "", "", 1000).unwrap();
+        let keys: Vec<&str> = all.objects.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["a.txt", "d/1", "d/2", "d/e/3", "z"]);
+        let top = ns.list("b", "", "/", "", 1000).unwrap();
+        assert_eq!(top.prefixes, ["d/"]);
+        assert_eq!(top.objects.len(), 2);
+        let d = ns.list("b", "d/", "/", "", 1000).unwrap();
+        assert_eq!(d.prefixes, ["d/e/"]);
+        assert_eq!(d.objects.len(), 2);
+        // Pages of two, continuing after the last entry (a prefix included).
+        let p1 = ns.list("b", "", "/", "", 2).unwrap();
+        assert!(p1.truncated);
+        assert_eq!(p1.last.as_deref(), Some("d/"));
+        let p2 = ns.list("b", "", "/", "d/", 2).unwrap();
+        assert!(!p2.truncated);
+        assert_eq!(p2.objects[0].0, "z");
+        assert!(p2.prefixes.is_empty());
+        assert_eq!(ns.delete_bucket("b").unwrap(), Err(DeleteBucket::NotEmpty));
+        for k in ["a.txt", "d/1", "d/2", "d/e/3", "z"] {
+            assert!(ns.remove("b", k).unwrap().is_some());
+        }
+        assert_eq!(ns.delete_bucket("b").unwrap(), Ok(()));
+        assert_eq!(ns.delete_bucket("b").unwrap(), Err(DeleteBucket::Missing));
+    }
+}
