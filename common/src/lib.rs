@@ -10,6 +10,7 @@ pub mod error;
 pub mod fastdfs;
 pub mod fileid;
 pub mod health;
+pub mod internal;
 pub mod metrics;
 pub mod serve;
 pub mod state;

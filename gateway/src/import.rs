@@ -24,11 +24,9 @@ use crate::App;
 /// Whether `headers` carry the configured API key or cluster secret.
 fn authorized(app: &App, headers: &HeaderMap) -> Result<()> {
     let matches = |header: &str, expected: &Option<String>| {
-        expected.as_ref().is_some_and(|e| {
-            headers
-                .get(header)
-                .is_some_and(|v| fdfs_common::constant_time_eq(v.as_bytes(), e.as_bytes()))
-        })
+        expected
+            .as_deref()
+            .is_some_and(|e| fdfs_common::internal::header_matches(headers, header, e))
     };
     let (key, secret) = (&app.config.api_key, &app.config.cluster_secret);
     if key.is_none() && secret.is_none() {

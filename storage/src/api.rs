@@ -7,13 +7,11 @@ use std::collections::BTreeMap;
 
 use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fdfs_common::fileid::ext_from_filename;
-use fdfs_common::wire::{FileInfo, Metadata, UploadResult, CLUSTER_SECRET_HEADER};
+use fdfs_common::wire::{FileInfo, Metadata, UploadResult};
 use fdfs_common::{content_type_for, FileId};
 use serde::Deserialize;
 
@@ -21,22 +19,6 @@ use crate::error::{Result, StorageError};
 use crate::store::{MetaUpdate, NewFile, ReindexReport, Stored};
 use crate::sync::Slaves;
 use crate::AppState;
-
-use fdfs_common::constant_time_eq as secret_eq;
-
-/// Middleware: internal routes need `x-fdfs-cluster-secret` when a cluster secret is configured.
-pub async fn require_secret(State(node): State<AppState>, req: Request, next: Next) -> Response {
-    if let Some(secret) = &node.config.cluster_secret {
-        let ok = req
-            .headers()
-            .get(CLUSTER_SECRET_HEADER)
-            .is_some_and(|v| secret_eq(v.as_bytes(), secret.as_bytes()));
-        if !ok {
-            return StorageError::Unauthorized.into_response();
-        }
-    }
-    next.run(req).await
-}
 
 /// JSON 404 for unknown routes.
 pub async fn not_found() -> StorageError {

@@ -14,7 +14,7 @@ pub enum StorageError {
     #[error("{0}")]
     BadRequest(String),
     /// An internal route called without the configured cluster secret (401).
-    #[error("missing or wrong cluster secret")]
+    #[error("{}", fdfs_common::internal::WRONG_SECRET)]
     Unauthorized,
     /// A download whose anti-leech token is missing, wrong or expired (403).
     #[error("{0}")]

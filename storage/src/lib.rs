@@ -31,6 +31,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::{middleware, Router};
 use fdfs_common::config::Size;
+use fdfs_common::internal::{require_secret, ClusterSecret};
 use fdfs_common::GroupName;
 use serde::Deserialize;
 
@@ -215,6 +216,11 @@ pub struct Node {
 }
 
 impl Node {
+    /// The secret the internal routes require (see [`require_secret`]).
+    pub fn cluster_secret(&self) -> ClusterSecret {
+        ClusterSecret::new(self.config.cluster_secret.as_deref())
+    }
+
     /// Refuse a new upload before its body when this node takes none (drained or stopping): the gateway then
     /// sends it to another member.
     pub fn takes_uploads(&self) -> Result<(), StorageError> {
@@ -366,9 +372,7 @@ pub async fn run_with_fastdfs(
     )
     .await
     .context("opening the store")?;
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .pool_idle_timeout(fdfs_common::serve::CLIENT_POOL_IDLE)
+    let http = fdfs_common::internal::builder()
         .connect_timeout(Duration::from_secs(2))
         .build()
         .context("building the HTTP client")?;
@@ -500,7 +504,7 @@ pub async fn run_with_fastdfs(
     }
     // `POST /v1/scrub` (see `scrub`), behind the cluster secret like the other internal routes.
     let internal_app = router(node.clone()).merge(scrub::router(engine.clone()).route_layer(
-        middleware::from_fn_with_state(node.clone(), api::require_secret),
+        middleware::from_fn_with_state(node.cluster_secret(), require_secret),
     ));
     let result = match internal {
         None => fdfs_common::serve::serve(listener, internal_app, shutdown).await,
@@ -597,8 +601,8 @@ pub fn router(node: AppState) -> Router {
             axum::routing::put(import::import).layer(DefaultBodyLimit::disable()),
         )
         .route_layer(middleware::from_fn_with_state(
-            node.clone(),
-            api::require_secret,
+            node.cluster_secret(),
+            require_secret,
         ))
         // Outermost: a refused body (401, 413 mid-stream, 507) is drained so the client reads the answer.
         .route_layer(middleware::from_fn(fdfs_common::drain::drain_refused));

@@ -18,15 +18,14 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::middleware;
+use axum::response::Response;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use fdfs_common::config::Size;
-use fdfs_common::wire::{
-    Assignment, ClusterView, Heartbeat, HeartbeatReply, Locations, CLUSTER_SECRET_HEADER,
-};
+use fdfs_common::internal::ClusterSecret;
+use fdfs_common::wire::{Assignment, ClusterView, Heartbeat, HeartbeatReply, Locations};
 use fdfs_common::{FileId, GroupName};
 use serde::Deserialize;
 
@@ -119,7 +118,7 @@ impl Config {
 #[derive(Clone)]
 struct AppState {
     registry: Arc<Mutex<Registry>>,
-    secret: Option<Arc<str>>,
+    secret: ClusterSecret,
     /// When this tracker started, and how long it needs to have heard every live member (one heartbeat
     /// timeout): until then an answer that no member could give ("no storage", "unknown group", "no room") may
     /// only mean that member has not beaten here yet, so it is refused (503) and gateways ask another tracker.
@@ -157,14 +156,6 @@ impl AppState {
             _ => e,
         }
     }
-
-    fn has_secret(&self, headers: &axum::http::HeaderMap) -> bool {
-        self.secret.as_ref().is_none_or(|secret| {
-            headers
-                .get(CLUSTER_SECRET_HEADER)
-                .is_some_and(|g| fdfs_common::constant_time_eq(g.as_bytes(), secret.as_bytes()))
-        })
-    }
 }
 
 /// Serve the tracker on `listener` until `shutdown` resolves (and the FastDFS door on `fastdfs_listen`, when
@@ -201,14 +192,13 @@ pub async fn run_with_fastdfs(
         "heartbeat_timeout_ms must be positive"
     );
     let state = AppState {
-        secret: config.cluster_secret.as_deref().map(Arc::from),
+        secret: ClusterSecret::new(config.cluster_secret.as_deref()),
         registry: Arc::new(Mutex::new(Registry::new(&config))),
         started: Instant::now(),
         warmup: config.heartbeat_timeout(),
         stopping: fdfs_common::health::Stopping::default(),
         save_error: Arc::default(),
-        probe: reqwest::Client::builder()
-            .no_proxy()
+        probe: fdfs_common::internal::builder()
             .timeout(SUSPECT_PROBE_TIMEOUT)
             .build()?,
     };
@@ -243,8 +233,8 @@ pub async fn run_with_fastdfs(
             axum::routing::put(drain_on).delete(drain_off),
         )
         .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            require_secret,
+            state.secret.clone(),
+            fdfs_common::internal::require_secret,
         ));
     let app = Router::new()
         .route("/cluster", get(cluster))
@@ -302,17 +292,6 @@ pub async fn run_with_fastdfs(
     }
     served?;
     Ok(())
-}
-
-/// Reject internal requests without the configured cluster secret.
-async fn require_secret(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if let Some(secret) = &state.secret {
-        let given = req.headers().get(CLUSTER_SECRET_HEADER);
-        if !given.is_some_and(|g| fdfs_common::constant_time_eq(g.as_bytes(), secret.as_bytes())) {
-            return Error::Unauthorized.into_response();
-        }
-    }
-    next.run(req).await
 }
 
 async fn heartbeat(
@@ -525,7 +504,7 @@ async fn cluster(
     headers: axum::http::HeaderMap,
 ) -> Json<ClusterView> {
     let mut view = state.registry().cluster(Instant::now());
-    if !state.has_secret(&headers) {
+    if !state.secret.admits(&headers) {
         for m in view.groups.iter_mut().flat_map(|g| g.members.iter_mut()) {
             let public = m
                 .public_url
