@@ -1,10 +1,12 @@
 //! The plumbing of internal HTTP, once for every process: the client that calls other fdfs processes
 //! ([`builder`]), the cluster secret on those calls ([`WithSecret`]) and its check on the routes that take them
-//! ([`ClusterSecret`], [`require_secret`]).
+//! ([`ClusterSecret`], [`require_secret`]), and the request headers several routes read ([`header_u64`],
+//! [`content_length`], [`declared_within`]).
 
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
+use axum::http::header::{self, AsHeaderName};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -78,6 +80,53 @@ pub async fn require_secret(
     next.run(req).await
 }
 
+/// A header's value as a number (surrounding spaces allowed); `None` when it is absent or not a number.
+pub fn header_u64(headers: &HeaderMap, name: impl AsHeaderName) -> Option<u64> {
+    parse_header_u64(headers, name).ok().flatten()
+}
+
+/// A header's value as a number: `Ok(None)` when it is absent, [`NotANumber`] when it is there but no number
+/// (the caller answers 400 in its own words).
+pub fn parse_header_u64(
+    headers: &HeaderMap,
+    name: impl AsHeaderName,
+) -> Result<Option<u64>, NotANumber> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .map(Some)
+            .ok_or(NotANumber),
+    }
+}
+
+/// A header that should hold a number and does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotANumber;
+
+/// The request's declared body length (`Content-Length`), when it has one.
+pub fn content_length(headers: &HeaderMap) -> Option<u64> {
+    header_u64(headers, header::CONTENT_LENGTH)
+}
+
+/// A declared body length over the limit a route takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverLimit {
+    /// The limit that was passed.
+    pub limit: u64,
+}
+
+/// The pre-check of an upload before any of its body is read: its declared length ([`content_length`]), or
+/// [`OverLimit`] when that is over `limit` (the route answers 413 at once).
+pub fn declared_within(headers: &HeaderMap, limit: u64) -> Result<Option<u64>, OverLimit> {
+    match content_length(headers) {
+        Some(n) if n > limit => Err(OverLimit { limit }),
+        declared => Ok(declared),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,5 +164,21 @@ mod tests {
             assert_eq!(body["error"]["code"], "unauthorized");
             assert_eq!(body["error"]["message"], WRONG_SECRET);
         }
+    }
+
+    #[test]
+    fn numbers_in_headers_and_the_declared_length() {
+        let mut h = HeaderMap::new();
+        assert_eq!(parse_header_u64(&h, "x-n"), Ok(None));
+        assert_eq!(declared_within(&h, 10), Ok(None));
+        h.insert("x-n", " 42 ".parse().unwrap());
+        h.insert(header::CONTENT_LENGTH, "11".parse().unwrap());
+        assert_eq!(header_u64(&h, "x-n"), Some(42));
+        assert_eq!(content_length(&h), Some(11));
+        assert_eq!(declared_within(&h, 11), Ok(Some(11)));
+        assert_eq!(declared_within(&h, 10), Err(OverLimit { limit: 10 }));
+        h.insert("x-n", "-1".parse().unwrap());
+        assert_eq!(parse_header_u64(&h, "x-n"), Err(NotANumber));
+        assert_eq!(header_u64(&h, "x-n"), None);
     }
 }

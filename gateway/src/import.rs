@@ -67,13 +67,7 @@ pub(crate) async fn import(
         )));
     }
     let limit = app.config.max_upload_size;
-    let length = headers
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if length.is_some_and(|n| n > limit) {
-        return Err(GatewayError::TooLarge { limit });
-    }
+    let length = fdfs_common::internal::declared_within(&headers, limit)?;
     let locations = app.tracker.locate(&id).await?;
     let addr = &locations.members[0].addr;
     // The client's body as it arrives, cut when it stalls longer than the body timeout or passes the limit.

@@ -8,9 +8,10 @@ use std::collections::BTreeMap;
 use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap};
+use axum::http::HeaderMap;
 use axum::Json;
 use fdfs_common::fileid::ext_from_filename;
+use fdfs_common::internal::declared_within;
 use fdfs_common::wire::{FileInfo, Metadata, UploadResult};
 use fdfs_common::{content_type_for, FileId};
 use serde::Deserialize;
@@ -103,13 +104,7 @@ pub async fn upload(
         }
     }
     let limit = node.max_file_size;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(StorageError::TooLarge { limit });
-    }
+    declared_within(&headers, limit)?;
     // Before any byte of the body: the gateway can still send it elsewhere.
     node.takes_uploads()?;
     node.writes.quorum_check()?;

@@ -125,6 +125,12 @@ impl From<fdfs_common::IdError> for StorageError {
     }
 }
 
+impl From<fdfs_common::internal::OverLimit> for StorageError {
+    fn from(e: fdfs_common::internal::OverLimit) -> Self {
+        StorageError::TooLarge { limit: e.limit }
+    }
+}
+
 impl From<tokio::task::JoinError> for StorageError {
     fn from(e: tokio::task::JoinError) -> Self {
         StorageError::Internal(format!("blocking task failed: {e}"))

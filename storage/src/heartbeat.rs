@@ -215,11 +215,9 @@ async fn send(node: &AppState, tracker: &str, hb: &Heartbeat, timeout: Duration)
         Err(e) => return Answer::Failed(e.to_string()),
     };
     if resp.status() == reqwest::StatusCode::CONFLICT {
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-            .map_or(Duration::from_secs(10), Duration::from_secs);
+        let retry_after =
+            fdfs_common::internal::header_u64(resp.headers(), reqwest::header::RETRY_AFTER)
+                .map_or(Duration::from_secs(10), Duration::from_secs);
         let body: serde_json::Value = resp.json().await.unwrap_or_default();
         let message = body["error"]["message"]
             .as_str()
