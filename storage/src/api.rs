@@ -28,12 +28,7 @@ pub async fn not_found() -> StorageError {
 
 fn parse_id(raw: &str, node: &AppState) -> Result<FileId> {
     let id: FileId = raw.parse()?;
-    if id.group != node.group {
-        return Err(StorageError::BadRequest(format!(
-            "file {id} belongs to group {}, this node serves {}",
-            id.group, node.group
-        )));
-    }
+    node.store.check_owns(&id)?;
     Ok(id)
 }
 

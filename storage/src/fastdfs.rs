@@ -166,7 +166,7 @@ fn file_id(node: &AppState, body: &[u8]) -> Result<FileId, u8> {
     let id: FileId = format!("{group}/{}", name.trim_end_matches('\0'))
         .parse()
         .map_err(|_| errno::EINVAL)?;
-    if id.group != node.group {
+    if !node.store.owns(&id) {
         return Err(errno::EINVAL);
     }
     Ok(id)

@@ -225,12 +225,7 @@ enum Content {
 
 async fn serve_inner(node: AppState, req: Request) -> Result<Response, StorageError> {
     let id: FileId = req.uri().path().parse()?;
-    if id.group != node.group {
-        return Err(StorageError::BadRequest(format!(
-            "file {id} belongs to group {}, this node serves {}",
-            id.group, node.group
-        )));
-    }
+    node.store.check_owns(&id)?;
     if let Some(secret) = &node.config.anti_leech_secret {
         let Query(q) = Query::<TokenQuery>::try_from_uri(req.uri()).unwrap_or_default();
         fdfs_common::token::verify(

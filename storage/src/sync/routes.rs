@@ -66,13 +66,7 @@ pub fn router(engine: SyncEngine) -> Router<AppState> {
 
 fn parse(engine: &SyncEngine, raw: &str) -> Result<FileId> {
     let id: FileId = raw.parse()?;
-    if id.group != *engine.store.group() {
-        return Err(StorageError::BadRequest(format!(
-            "file {id} belongs to group {}, this node serves {}",
-            id.group,
-            engine.store.group()
-        )));
-    }
+    engine.store.check_owns(&id)?;
     Ok(id)
 }
 
