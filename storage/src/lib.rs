@@ -32,6 +32,7 @@ use axum::routing::{get, post};
 use axum::{middleware, Router};
 use fdfs_common::config::Size;
 use fdfs_common::internal::{require_secret, ClusterSecret};
+use fdfs_common::serve::Listeners;
 use fdfs_common::GroupName;
 use serde::Deserialize;
 
@@ -266,31 +267,18 @@ pub fn check_state(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Run a storage node on an already bound listener until `shutdown` resolves (and the FastDFS door on
-/// `fastdfs_listen`, when set: bound here, announced as `fastdfs listening on ADDR`).
+/// Run a storage node on an already bound HTTP listener until `shutdown` resolves, and the FastDFS door on the
+/// FastDFS listener given, else on `fastdfs_listen` when set (bound here, announced as
+/// `fastdfs listening on ADDR`).
 pub async fn run(
-    listener: tokio::net::TcpListener,
+    listeners: impl Into<Listeners>,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let fastdfs = match config.fastdfs_listen.as_deref() {
-        Some(listen) => Some(
-            fdfs_common::serve::bind_and_announce_as("fastdfs listening on", listen)
-                .await
-                .with_context(|| format!("binding the FastDFS address {listen}"))?,
-        ),
-        None => None,
-    };
-    run_with_fastdfs(listener, fastdfs, config, shutdown).await
-}
-
-/// [`run`] with the FastDFS listener already bound (`None`: no FastDFS door; `fastdfs_listen` is ignored).
-pub async fn run_with_fastdfs(
-    listener: tokio::net::TcpListener,
-    fastdfs_listener: Option<tokio::net::TcpListener>,
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+    let (listener, fastdfs_listener) = listeners
+        .into()
+        .bind_fastdfs(config.fastdfs_listen.as_deref())
+        .await?;
     let bound = listener.local_addr()?;
     let public_url = config
         .public_url

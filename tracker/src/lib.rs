@@ -15,8 +15,6 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::middleware;
@@ -25,6 +23,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use fdfs_common::config::Size;
 use fdfs_common::internal::ClusterSecret;
+use fdfs_common::serve::Listeners;
 use fdfs_common::wire::{Assignment, ClusterView, Heartbeat, HeartbeatReply, Locations};
 use fdfs_common::{FileId, GroupName};
 use serde::Deserialize;
@@ -158,28 +157,10 @@ impl AppState {
     }
 }
 
-/// Serve the tracker on `listener` until `shutdown` resolves (and the FastDFS door on `fastdfs_listen`, when
-/// set: bound here, announced as `fastdfs listening on ADDR`).
+/// Serve the tracker on its HTTP listener until `shutdown` resolves, and the FastDFS door on the FastDFS
+/// listener given, else on `fastdfs_listen` when set (bound here, announced as `fastdfs listening on ADDR`).
 pub async fn run(
-    listener: tokio::net::TcpListener,
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let fastdfs = match config.fastdfs_listen.as_deref() {
-        Some(listen) => Some(
-            fdfs_common::serve::bind_and_announce_as("fastdfs listening on", listen)
-                .await
-                .with_context(|| format!("binding the FastDFS address {listen}"))?,
-        ),
-        None => None,
-    };
-    run_with_fastdfs(listener, fastdfs, config, shutdown).await
-}
-
-/// [`run`] with the FastDFS listener already bound (`None`: no FastDFS door; `fastdfs_listen` is ignored).
-pub async fn run_with_fastdfs(
-    listener: tokio::net::TcpListener,
-    fastdfs: Option<tokio::net::TcpListener>,
+    listeners: impl Into<Listeners>,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -191,6 +172,10 @@ pub async fn run_with_fastdfs(
         config.heartbeat_timeout_ms > 0,
         "heartbeat_timeout_ms must be positive"
     );
+    let (listener, fastdfs) = listeners
+        .into()
+        .bind_fastdfs(config.fastdfs_listen.as_deref())
+        .await?;
     let state = AppState {
         secret: ClusterSecret::new(config.cluster_secret.as_deref()),
         registry: Arc::new(Mutex::new(Registry::new(&config))),
