@@ -295,6 +295,19 @@ impl Conn {
         Ok(Some(Header::decode(&b)))
     }
 
+    /// The next request's header, for a door's connection loop; `None` when the connection is done: closed by
+    /// the client between requests, a `QUIT`, the listener stopping, or a read that failed or timed out (logged).
+    pub async fn next_request(&mut self) -> Option<Header> {
+        match self.next_header().await {
+            Ok(Some(h)) if h.cmd == cmd::QUIT => None,
+            Ok(h) => h,
+            Err(e) => {
+                tracing::debug!(peer = %self.peer(), error = %e, "fastdfs connection closed");
+                None
+            }
+        }
+    }
+
     /// Fill `buf` from the socket (each read under the deadline).
     pub async fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
         let mut at = 0;

@@ -71,16 +71,10 @@ fn refuse(e: StorageError) -> u8 {
 /// Serve one connection until the client quits or closes it, or breaks the protocol.
 pub async fn handle(node: AppState, mut conn: Conn) {
     loop {
-        let header = match conn.next_header().await {
-            Ok(Some(h)) => h,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::debug!(peer = %conn.peer(), error = %e, "fastdfs connection closed");
-                return;
-            }
+        let Some(header) = conn.next_request().await else {
+            return;
         };
         let flow = match header.cmd {
-            cmd::QUIT => return,
             cmd::UPLOAD_FILE | cmd::UPLOAD_SLAVE_FILE => upload(&node, &mut conn, header).await,
             cmd::DOWNLOAD_FILE => download(&node, &mut conn, header).await,
             cmd::UPLOAD_APPENDER_FILE
