@@ -249,6 +249,16 @@ pub struct Limits {
     pub timeout: Duration,
 }
 
+impl Limits {
+    /// The limits from a server's `fastdfs_max_connections` and `fastdfs_timeout_ms` (at least 1 ms).
+    pub fn new(max_connections: usize, timeout_ms: u64) -> Self {
+        Self {
+            max_connections,
+            timeout: Duration::from_millis(timeout_ms.max(1)),
+        }
+    }
+}
+
 /// How long open connections get to finish the request they are in once the listener is told to stop.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 

@@ -581,10 +581,7 @@ fn body_stream<'a>(
 
 /// Settings of the door, from the node's config.
 pub fn limits(config: &crate::Config) -> fdfs_common::fastdfs::Limits {
-    fdfs_common::fastdfs::Limits {
-        max_connections: config.fastdfs_max_connections,
-        timeout: std::time::Duration::from_millis(config.fastdfs_timeout_ms.max(1)),
-    }
+    fdfs_common::fastdfs::Limits::new(config.fastdfs_max_connections, config.fastdfs_timeout_ms)
 }
 
 /// The IP width setting, for the node.

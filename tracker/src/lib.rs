@@ -248,10 +248,10 @@ pub async fn run(
                 registry: registry_handle,
                 width: config.fastdfs_ip_width,
             };
-            let limits = fdfs_common::fastdfs::Limits {
-                max_connections: config.fastdfs_max_connections,
-                timeout: Duration::from_millis(config.fastdfs_timeout_ms.max(1)),
-            };
+            let limits = fdfs_common::fastdfs::Limits::new(
+                config.fastdfs_max_connections,
+                config.fastdfs_timeout_ms,
+            );
             Some(tokio::spawn(fdfs_common::fastdfs::serve(
                 l,
                 limits,
