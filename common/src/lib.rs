@@ -1,5 +1,6 @@
 //! Pieces every fdfs process shares: the file ID codec ([`fileid`]), the JSON wire types ([`wire`]), the error
-//! body, config loading, anti-leech tokens, tracing set-up and the shutdown signal.
+//! body, the plumbing of internal HTTP ([`internal`]), config loading, anti-leech tokens, tracing set-up and the
+//! shutdown signal.
 
 pub mod appender;
 pub mod attname;

@@ -2,8 +2,9 @@
 //! interval after a restart) and answers where to upload (`/v1/assign`) and where to read (`/v1/locate`).
 //! Trackers are equal peers and never talk to each other; every storage node heartbeats to all of them.
 //!
-//! This module owns the config, the HTTP routes and the cluster-secret check; [`registry`] owns the
-//! scheduling decisions and [`error`] the error responses.
+//! This module owns the config and the HTTP routes (internal ones behind
+//! [`fdfs_common::internal::require_secret`]); [`registry`] owns the scheduling decisions and [`error`] the
+//! error responses.
 
 pub mod cli;
 pub mod error;
