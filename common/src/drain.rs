@@ -90,7 +90,7 @@ pub async fn drain_refused(req: Request, next: Next) -> Response {
 }
 
 /// Read and drop up to [`DRAIN_BYTES`] of `stream` within [`DRAIN_TIME`]; true when it ended within that.
-async fn drain(mut stream: BodyDataStream) -> bool {
+pub async fn drain(mut stream: BodyDataStream) -> bool {
     let mut seen = 0u64;
     let ended = tokio::time::timeout(DRAIN_TIME, async {
         while let Some(chunk) = stream.next().await {

@@ -249,6 +249,16 @@ pub struct Limits {
     pub timeout: Duration,
 }
 
+impl Limits {
+    /// The limits from a server's `fastdfs_max_connections` and `fastdfs_timeout_ms` (at least 1 ms).
+    pub fn new(max_connections: usize, timeout_ms: u64) -> Self {
+        Self {
+            max_connections,
+            timeout: Duration::from_millis(timeout_ms.max(1)),
+        }
+    }
+}
+
 /// How long open connections get to finish the request they are in once the listener is told to stop.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -293,6 +303,19 @@ impl Conn {
         }
         self.read_exact(&mut b[first..]).await?;
         Ok(Some(Header::decode(&b)))
+    }
+
+    /// The next request's header, for a door's connection loop; `None` when the connection is done: closed by
+    /// the client between requests, a `QUIT`, the listener stopping, or a read that failed or timed out (logged).
+    pub async fn next_request(&mut self) -> Option<Header> {
+        match self.next_header().await {
+            Ok(Some(h)) if h.cmd == cmd::QUIT => None,
+            Ok(h) => h,
+            Err(e) => {
+                tracing::debug!(peer = %self.peer(), error = %e, "fastdfs connection closed");
+                None
+            }
+        }
     }
 
     /// Fill `buf` from the socket (each read under the deadline).

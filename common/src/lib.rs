@@ -1,5 +1,6 @@
 //! Pieces every fdfs process shares: the file ID codec ([`fileid`]), the JSON wire types ([`wire`]), the error
-//! body, config loading, anti-leech tokens, tracing set-up and the shutdown signal.
+//! body, the plumbing of internal HTTP ([`internal`]), config loading, anti-leech tokens, tracing set-up and the
+//! shutdown signal.
 
 pub mod appender;
 pub mod attname;
@@ -10,6 +11,7 @@ pub mod error;
 pub mod fastdfs;
 pub mod fileid;
 pub mod health;
+pub mod internal;
 pub mod metrics;
 pub mod serve;
 pub mod state;

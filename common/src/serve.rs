@@ -39,6 +39,68 @@ pub async fn bind_and_announce_as(what: &str, addr: &str) -> std::io::Result<Tcp
     Ok(listener)
 }
 
+/// The listeners of a server with a FastDFS-protocol door (tracker, storage node): its HTTP listener and,
+/// when the caller bound it already, its FastDFS listener. `run(listener, ..)` converts a bare HTTP listener
+/// (the server then binds its `fastdfs_listen`, when set); tests pass `(http, fastdfs)`, both on port 0.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The HTTP listener.
+    pub http: TcpListener,
+    /// The FastDFS listener, already bound; `None`: bind the configured address, if any.
+    pub fastdfs: Option<TcpListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(http: TcpListener) -> Self {
+        Self {
+            http,
+            fastdfs: None,
+        }
+    }
+}
+
+impl From<(TcpListener, TcpListener)> for Listeners {
+    fn from((http, fastdfs): (TcpListener, TcpListener)) -> Self {
+        Self {
+            http,
+            fastdfs: Some(fastdfs),
+        }
+    }
+}
+
+/// The FastDFS address of a server could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("binding the FastDFS address {addr}")]
+pub struct BindError {
+    /// The configured `fastdfs_listen`.
+    pub addr: String,
+    #[source]
+    source: std::io::Error,
+}
+
+impl Listeners {
+    /// The HTTP listener and the FastDFS one: the listener given, else `fastdfs_listen` bound here (announced
+    /// as `fastdfs listening on ADDR`), else none.
+    pub async fn bind_fastdfs(
+        self,
+        fastdfs_listen: Option<&str>,
+    ) -> Result<(TcpListener, Option<TcpListener>), BindError> {
+        let fastdfs = match (self.fastdfs, fastdfs_listen) {
+            (Some(bound), _) => Some(bound),
+            (None, Some(addr)) => Some(
+                bind_and_announce_as("fastdfs listening on", addr)
+                    .await
+                    .map_err(|source| BindError {
+                        addr: addr.to_owned(),
+                        source,
+                    })?,
+            ),
+            (None, None) => None,
+        };
+        Ok((self.http, fastdfs))
+    }
+}
+
 /// At start-up: a loud warning when a server has no cluster secret (none, or empty), logged at `error` so that
 /// it shows under any log filter; true when it warned.
 pub fn warn_if_no_secret(role: &str, secret: Option<&str>) -> bool {

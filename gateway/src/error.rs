@@ -135,6 +135,12 @@ impl GatewayError {
     }
 }
 
+impl From<fdfs_common::internal::OverLimit> for GatewayError {
+    fn from(e: fdfs_common::internal::OverLimit) -> Self {
+        Self::TooLarge { limit: e.limit }
+    }
+}
+
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
         let status = self.status();

@@ -24,11 +24,9 @@ use crate::App;
 /// Whether `headers` carry the configured API key or cluster secret.
 fn authorized(app: &App, headers: &HeaderMap) -> Result<()> {
     let matches = |header: &str, expected: &Option<String>| {
-        expected.as_ref().is_some_and(|e| {
-            headers
-                .get(header)
-                .is_some_and(|v| fdfs_common::constant_time_eq(v.as_bytes(), e.as_bytes()))
-        })
+        expected
+            .as_deref()
+            .is_some_and(|e| fdfs_common::internal::header_matches(headers, header, e))
     };
     let (key, secret) = (&app.config.api_key, &app.config.cluster_secret);
     if key.is_none() && secret.is_none() {
@@ -69,13 +67,7 @@ pub(crate) async fn import(
         )));
     }
     let limit = app.config.max_upload_size;
-    let length = headers
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if length.is_some_and(|n| n > limit) {
-        return Err(GatewayError::TooLarge { limit });
-    }
+    let length = fdfs_common::internal::declared_within(&headers, limit)?;
     let locations = app.tracker.locate(&id).await?;
     let addr = &locations.members[0].addr;
     // The client's body as it arrives, cut when it stalls longer than the body timeout or passes the limit.

@@ -20,7 +20,8 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fdfs_common::wire::{Metadata, UploadResult, CLUSTER_SECRET_HEADER};
+use fdfs_common::internal::WithSecret;
+use fdfs_common::wire::{Metadata, UploadResult};
 use fdfs_common::FileId;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -151,15 +152,11 @@ impl StorageClient {
         timeout: Duration,
         unresponsive: Duration,
     ) -> Result<Self, reqwest::Error> {
-        let streaming = reqwest::Client::builder()
-            .no_proxy()
-            .pool_idle_timeout(fdfs_common::serve::CLIENT_POOL_IDLE)
+        let streaming = fdfs_common::internal::builder()
             .connect_timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        let small = reqwest::Client::builder()
-            .no_proxy()
-            .pool_idle_timeout(fdfs_common::serve::CLIENT_POOL_IDLE)
+        let small = fdfs_common::internal::builder()
             .connect_timeout(timeout)
             .timeout(timeout)
             .build()?;
@@ -258,11 +255,7 @@ impl StorageClient {
 
     /// The cluster secret and the request id on an outgoing request.
     fn with_secret(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        let req = crate::request_id::propagate(req);
-        match &self.cluster_secret {
-            Some(s) => req.header(CLUSTER_SECRET_HEADER, s),
-            None => req,
-        }
+        crate::request_id::propagate(req).secret(self.cluster_secret.as_deref())
     }
 
     /// `POST http://{addr}/v1/upload` with a streamed body.
@@ -342,12 +335,10 @@ impl StorageClient {
             let until = Instant::now() + ABANDON_FOR;
             let mut pause = Duration::from_millis(500);
             loop {
-                let mut req = http
+                let req = http
                     .post(format!("http://{addr}/v1/abandon/{attempt}"))
-                    .timeout(Duration::from_secs(5));
-                if let Some(s) = &secret {
-                    req = req.header(CLUSTER_SECRET_HEADER, s);
-                }
+                    .timeout(Duration::from_secs(5))
+                    .secret(secret.as_deref());
                 match req.send().await {
                     Ok(r) if r.status().is_success() => {
                         let removed = r.json::<serde_json::Value>().await.ok();

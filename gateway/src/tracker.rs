@@ -14,7 +14,8 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use fdfs_common::wire::{Assignment, ClusterView, Locations, TrackerStatus, CLUSTER_SECRET_HEADER};
+use fdfs_common::internal::WithSecret;
+use fdfs_common::wire::{Assignment, ClusterView, Locations, TrackerStatus};
 use fdfs_common::{FileId, GroupName};
 use serde::de::DeserializeOwned;
 
@@ -49,9 +50,7 @@ impl TrackerClient {
         cluster_secret: Option<String>,
         timeout: Duration,
     ) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .pool_idle_timeout(fdfs_common::serve::CLIENT_POOL_IDLE)
+        let http = fdfs_common::internal::builder()
             .connect_timeout(timeout)
             .timeout(timeout)
             .build()?;
@@ -187,13 +186,11 @@ impl TrackerClient {
     /// locates it last until it heartbeats again. Best effort.
     pub async fn report_suspect(&self, addr: &str) {
         futures_util::future::join_all(self.addrs.iter().map(|t| async move {
-            let mut req = self
+            let req = self
                 .http
                 .post(format!("http://{t}/v1/suspect"))
-                .query(&[("addr", addr)]);
-            if let Some(secret) = &self.cluster_secret {
-                req = req.header(CLUSTER_SECRET_HEADER, secret);
-            }
+                .query(&[("addr", addr)])
+                .secret(self.cluster_secret.as_deref());
             if let Err(e) = req.send().await.and_then(|r| r.error_for_status()) {
                 tracing::debug!(tracker = %t, storage = addr, error = %e, "reporting an unresponsive node");
             }
@@ -238,12 +235,10 @@ impl TrackerClient {
         path: &str,
         query: &[(&str, String)],
     ) -> Attempt<T> {
-        let mut req = crate::request_id::propagate(
+        let req = crate::request_id::propagate(
             self.http.get(format!("http://{addr}{path}")).query(query),
-        );
-        if let Some(secret) = &self.cluster_secret {
-            req = req.header(CLUSTER_SECRET_HEADER, secret);
-        }
+        )
+        .secret(self.cluster_secret.as_deref());
         let resp = match req.send().await {
             Ok(r) => r,
             Err(e) => {

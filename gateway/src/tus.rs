@@ -119,17 +119,8 @@ fn check_version(headers: &HeaderMap) -> Result<()> {
 }
 
 fn header_u64(headers: &HeaderMap, name: &str) -> Result<Option<u64>> {
-    match headers.get(name) {
-        None => Ok(None),
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .map(Some)
-            .ok_or_else(|| {
-                GatewayError::BadRequest(format!("{name} must be a non-negative integer"))
-            }),
-    }
+    fdfs_common::internal::parse_header_u64(headers, name)
+        .map_err(|_| GatewayError::BadRequest(format!("{name} must be a non-negative integer")))
 }
 
 fn http_date(unix: u64) -> String {

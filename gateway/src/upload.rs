@@ -21,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
 use fdfs_common::fileid::{ext_from_filename, validate_prefix};
+use fdfs_common::internal::{content_length, declared_within};
 use fdfs_common::wire::{Metadata, UploadResult};
 use fdfs_common::{FileId, GroupName};
 use futures_util::StreamExt;
@@ -411,41 +412,9 @@ fn unread(e: &GatewayError) -> bool {
     }
 }
 
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
-}
-
-/// Most of a refused body the gateway reads and discards before answering, so that a client still sending
-/// it reads the error instead of a broken pipe (nginx's lingering close, bounded).
-const DRAIN_BYTES: u64 = 16 << 20;
-/// Longest the gateway spends draining a refused body.
-const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Read and drop up to [`DRAIN_BYTES`] of `body` within [`DRAIN_TIME`]; true when it ended within that.
-async fn drain(body: Body) -> bool {
-    let mut stream = body.into_data_stream();
-    let mut seen = 0u64;
-    let drained = tokio::time::timeout(DRAIN_TIME, async {
-        while let Some(chunk) = stream.next().await {
-            let Ok(chunk) = chunk else { return false };
-            seen += chunk.len() as u64;
-            if seen > DRAIN_BYTES {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
-    drained.unwrap_or(false)
-}
-
 /// Middleware on the upload routes: refuses a request before its body is read (missing API key, declared
-/// length over `max_upload_size`), then drains the body (bounded) so the client sees the answer. A client that
+/// length over `max_upload_size`), then drains the body (bounded, [`fdfs_common::drain::drain`]) so the client
+/// sees the answer. A client that
 /// sent `Expect: 100-continue` has not sent the body yet and gets the answer at once. Any answer that leaves
 /// body bytes unread says `Connection: close`, so that no client reuses that connection (RFC 9112 9.6);
 /// successful uploads have read their whole body and keep it.
@@ -462,9 +431,9 @@ pub(crate) async fn gate(
     };
     let limit = app.config.max_upload_size;
     let refusal = app.check_api_key(headers).err().or_else(|| {
-        content_length(headers)
-            .is_some_and(|l| l > limit.saturating_add(slack))
-            .then_some(GatewayError::TooLarge { limit })
+        declared_within(headers, limit.saturating_add(slack))
+            .err()
+            .map(|_| GatewayError::TooLarge { limit })
     });
     let mut resp = match refusal {
         None => next.run(req).await,
@@ -472,7 +441,8 @@ pub(crate) async fn gate(
             let waiting = headers
                 .get(header::EXPECT)
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-            let drained = !waiting && drain(req.into_body()).await;
+            let drained =
+                !waiting && fdfs_common::drain::drain(req.into_body().into_data_stream()).await;
             let mut resp = err.into_response();
             if !drained {
                 close(&mut resp);

@@ -7,13 +7,12 @@ use std::collections::BTreeMap;
 
 use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{header, HeaderMap};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use axum::Json;
 use fdfs_common::fileid::ext_from_filename;
-use fdfs_common::wire::{FileInfo, Metadata, UploadResult, CLUSTER_SECRET_HEADER};
+use fdfs_common::internal::declared_within;
+use fdfs_common::wire::{FileInfo, Metadata, UploadResult};
 use fdfs_common::{content_type_for, FileId};
 use serde::Deserialize;
 
@@ -22,22 +21,6 @@ use crate::store::{MetaUpdate, NewFile, ReindexReport, Stored};
 use crate::sync::Slaves;
 use crate::AppState;
 
-use fdfs_common::constant_time_eq as secret_eq;
-
-/// Middleware: internal routes need `x-fdfs-cluster-secret` when a cluster secret is configured.
-pub async fn require_secret(State(node): State<AppState>, req: Request, next: Next) -> Response {
-    if let Some(secret) = &node.config.cluster_secret {
-        let ok = req
-            .headers()
-            .get(CLUSTER_SECRET_HEADER)
-            .is_some_and(|v| secret_eq(v.as_bytes(), secret.as_bytes()));
-        if !ok {
-            return StorageError::Unauthorized.into_response();
-        }
-    }
-    next.run(req).await
-}
-
 /// JSON 404 for unknown routes.
 pub async fn not_found() -> StorageError {
     StorageError::NotFound("no such route".into())
@@ -45,12 +28,7 @@ pub async fn not_found() -> StorageError {
 
 fn parse_id(raw: &str, node: &AppState) -> Result<FileId> {
     let id: FileId = raw.parse()?;
-    if id.group != node.group {
-        return Err(StorageError::BadRequest(format!(
-            "file {id} belongs to group {}, this node serves {}",
-            id.group, node.group
-        )));
-    }
+    node.store.check_owns(&id)?;
     Ok(id)
 }
 
@@ -121,13 +99,7 @@ pub async fn upload(
         }
     }
     let limit = node.max_file_size;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(StorageError::TooLarge { limit });
-    }
+    declared_within(&headers, limit)?;
     let attempt = crate::write::abandon::attempt_of(&headers)?;
     // Before any byte of the body: the gateway can still send it elsewhere.
     node.takes_uploads()?;

@@ -14,7 +14,7 @@ pub enum StorageError {
     #[error("{0}")]
     BadRequest(String),
     /// An internal route called without the configured cluster secret (401).
-    #[error("missing or wrong cluster secret")]
+    #[error("{}", fdfs_common::internal::WRONG_SECRET)]
     Unauthorized,
     /// A download whose anti-leech token is missing, wrong or expired (403).
     #[error("{0}")]
@@ -127,6 +127,12 @@ pub fn is_disk_failure(e: &io::Error) -> bool {
 impl From<fdfs_common::IdError> for StorageError {
     fn from(e: fdfs_common::IdError) -> Self {
         StorageError::BadRequest(e.to_string())
+    }
+}
+
+impl From<fdfs_common::internal::OverLimit> for StorageError {
+    fn from(e: fdfs_common::internal::OverLimit) -> Self {
+        StorageError::TooLarge { limit: e.limit }
     }
 }
 

@@ -16,8 +16,9 @@ use fdfs_common::fastdfs::{
     Header, IpWidth, EXT_LEN, GROUP_LEN, PREFIX_LEN,
 };
 use fdfs_common::fileid::ext_from_filename;
-use fdfs_common::wire::{MemberState, Metadata};
+use fdfs_common::wire::{MemberInfo, Metadata};
 use fdfs_common::FileId;
+use reqwest::Method;
 use tokio::io::AsyncReadExt;
 
 use crate::error::StorageError;
@@ -70,16 +71,10 @@ fn refuse(e: StorageError) -> u8 {
 /// Serve one connection until the client quits or closes it, or breaks the protocol.
 pub async fn handle(node: AppState, mut conn: Conn) {
     loop {
-        let header = match conn.next_header().await {
-            Ok(Some(h)) => h,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::debug!(peer = %conn.peer(), error = %e, "fastdfs connection closed");
-                return;
-            }
+        let Some(header) = conn.next_request().await else {
+            return;
         };
         let flow = match header.cmd {
-            cmd::QUIT => return,
             cmd::UPLOAD_FILE | cmd::UPLOAD_SLAVE_FILE => upload(&node, &mut conn, header).await,
             cmd::DOWNLOAD_FILE => download(&node, &mut conn, header).await,
             cmd::UPLOAD_APPENDER_FILE
@@ -165,7 +160,7 @@ fn file_id(node: &AppState, body: &[u8]) -> Result<FileId, u8> {
     let id: FileId = format!("{group}/{}", name.trim_end_matches('\0'))
         .parse()
         .map_err(|_| errno::EINVAL)?;
-    if id.group != node.group {
+    if !node.store.owns(&id) {
         return Err(errno::EINVAL);
     }
     Ok(id)
@@ -404,59 +399,48 @@ async fn from_peer(
         (o, 0) => Some(format!("bytes={o}-")),
         (o, l) => Some(format!("bytes={o}-{}", o.saturating_add(l - 1))),
     };
-    let peers = node.peers.get();
-    for peer in peers
-        .iter()
-        .filter(|p| p.state == MemberState::Active && p.node_id != node.node_id)
-    {
-        let url = format!("{}/{id}{query}", peer.public_url.trim_end_matches('/'));
-        let mut rb = node
-            .http
-            .get(&url)
-            .header(crate::serve::NO_PROXY_HEADER, "1")
-            .timeout(conn.timeout());
-        if let Some(r) = &range {
-            rb = rb.header(reqwest::header::RANGE, r);
+    let timeout = conn.timeout();
+    let prepare = |rb: reqwest::RequestBuilder| {
+        let rb = rb.timeout(timeout);
+        match &range {
+            Some(r) => rb.header(reqwest::header::RANGE, r),
+            None => rb,
         }
-        let resp = match rb.send().await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(file_id = %id, peer = peer.node_id, error = %e, "peer unreachable");
-                continue;
-            }
+    };
+    // The first peer that sends the part (`Err`: the range is past the end of the file).
+    let take = |peer: &MemberInfo, resp: reqwest::Response| match resp.status().as_u16() {
+        200 | 206 => resp
+            .content_length()
+            .map(|len| Ok((peer.node_id, resp, len))),
+        416 => Some(Err(())),
+        _ => None,
+    };
+    let found = crate::serve::from_peers(node, id, Method::GET, &query, prepare, take).await?;
+    let Ok((peer, resp, len)) = found else {
+        return Some(answer(conn, cmd::DOWNLOAD_FILE, Err(errno::EINVAL)).await);
+    };
+    tracing::debug!(file_id = %id, peer, "fastdfs download from a peer");
+    fdfs_common::fastdfs::count("storage", cmd::DOWNLOAD_FILE, 0);
+    if conn.reply_header(len).await.is_err() {
+        return Some(Flow::Close);
+    }
+    let mut sent = 0u64;
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let Ok(chunk) = chunk else {
+            return Some(Flow::Close);
         };
-        match resp.status().as_u16() {
-            200 | 206 => {}
-            416 => return Some(answer(conn, cmd::DOWNLOAD_FILE, Err(errno::EINVAL)).await),
-            _ => continue,
-        }
-        let Some(len) = resp.content_length() else {
-            continue;
-        };
-        tracing::debug!(file_id = %id, peer = peer.node_id, "fastdfs download from a peer");
-        fdfs_common::fastdfs::count("storage", cmd::DOWNLOAD_FILE, 0);
-        if conn.reply_header(len).await.is_err() {
+        if conn.write_all(&chunk).await.is_err() {
             return Some(Flow::Close);
         }
-        let mut sent = 0u64;
-        let mut body = resp.bytes_stream();
-        while let Some(chunk) = body.next().await {
-            let Ok(chunk) = chunk else {
-                return Some(Flow::Close);
-            };
-            if conn.write_all(&chunk).await.is_err() {
-                return Some(Flow::Close);
-            }
-            sent += chunk.len() as u64;
-        }
-        // The header promised `len` bytes: a peer that sent fewer broke the stream.
-        return Some(if sent == len {
-            Flow::Continue
-        } else {
-            Flow::Close
-        });
+        sent += chunk.len() as u64;
     }
-    None
+    // The header promised `len` bytes: a peer that sent fewer broke the stream.
+    Some(if sent == len {
+        Flow::Continue
+    } else {
+        Flow::Close
+    })
 }
 
 /// What an upload request asks for, from its fixed fields.
@@ -647,10 +631,7 @@ fn body_stream<'a>(
 
 /// Settings of the door, from the node's config.
 pub fn limits(config: &crate::Config) -> fdfs_common::fastdfs::Limits {
-    fdfs_common::fastdfs::Limits {
-        max_connections: config.fastdfs_max_connections,
-        timeout: std::time::Duration::from_millis(config.fastdfs_timeout_ms.max(1)),
-    }
+    fdfs_common::fastdfs::Limits::new(config.fastdfs_max_connections, config.fastdfs_timeout_ms)
 }
 
 /// The IP width setting, for the node.

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use fdfs_common::wire::{Heartbeat, HeartbeatReply, MemberInfo, CLUSTER_SECRET_HEADER};
+use fdfs_common::internal::WithSecret;
+use fdfs_common::wire::{Heartbeat, HeartbeatReply, MemberInfo};
 
 use crate::AppState;
 
@@ -155,13 +156,11 @@ pub async fn leave(node: &AppState) {
         node.group, node.node_id, node.status.instance
     );
     futures_util::future::join_all(node.config.trackers.iter().map(|t| {
-        let mut rb = node
+        let rb = node
             .http
             .post(tracker_url(t, &path))
-            .timeout(Duration::from_secs(2));
-        if let Some(secret) = &node.config.cluster_secret {
-            rb = rb.header(CLUSTER_SECRET_HEADER, secret);
-        }
+            .timeout(Duration::from_secs(2))
+            .secret(node.config.cluster_secret.as_deref());
         async move {
             match rb.send().await.and_then(reqwest::Response::error_for_status) {
                 Ok(_) => tracing::info!(tracker = %t, "told the tracker this node stops"),
@@ -205,24 +204,20 @@ pub async fn heartbeat(node: &AppState) -> Heartbeat {
 }
 
 async fn send(node: &AppState, tracker: &str, hb: &Heartbeat, timeout: Duration) -> Answer {
-    let mut rb = node
+    let rb = node
         .http
         .post(tracker_url(tracker, "/v1/heartbeat"))
         .timeout(timeout)
-        .json(hb);
-    if let Some(secret) = &node.config.cluster_secret {
-        rb = rb.header(CLUSTER_SECRET_HEADER, secret);
-    }
+        .json(hb)
+        .secret(node.config.cluster_secret.as_deref());
     let resp = match rb.send().await {
         Ok(r) => r,
         Err(e) => return Answer::Failed(e.to_string()),
     };
     if resp.status() == reqwest::StatusCode::CONFLICT {
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-            .map_or(Duration::from_secs(10), Duration::from_secs);
+        let retry_after =
+            fdfs_common::internal::header_u64(resp.headers(), reqwest::header::RETRY_AFTER)
+                .map_or(Duration::from_secs(10), Duration::from_secs);
         let body: serde_json::Value = resp.json().await.unwrap_or_default();
         let message = body["error"]["message"]
             .as_str()

@@ -14,8 +14,9 @@ use std::time::{Duration, SystemTime};
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap};
+use axum::http::HeaderMap;
 use axum::Json;
+use fdfs_common::internal::declared_within;
 use fdfs_common::FileId;
 use serde::{Deserialize, Serialize};
 
@@ -74,13 +75,7 @@ pub async fn import(
     let id: FileId = raw.parse()?;
     let meta = crate::sync::protocol::meta_param(q.meta.as_deref())?;
     let limit = node.max_file_size;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(StorageError::TooLarge { limit });
-    }
+    let declared = declared_within(&headers, limit)?;
     if let Some(n) = declared {
         // A master's size is in its ID: a body of another length cannot match, refuse it before reading.
         let expected = id.info().size;

@@ -31,6 +31,8 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::{middleware, Router};
 use fdfs_common::config::Size;
+use fdfs_common::internal::{require_secret, ClusterSecret};
+use fdfs_common::serve::Listeners;
 use fdfs_common::GroupName;
 use serde::Deserialize;
 
@@ -215,6 +217,11 @@ pub struct Node {
 }
 
 impl Node {
+    /// The secret the internal routes require (see [`require_secret`]).
+    pub fn cluster_secret(&self) -> ClusterSecret {
+        ClusterSecret::new(self.config.cluster_secret.as_deref())
+    }
+
     /// Refuse a new upload before its body when this node takes none (drained or stopping): the gateway then
     /// sends it to another member.
     pub fn takes_uploads(&self) -> Result<(), StorageError> {
@@ -260,31 +267,18 @@ pub fn check_state(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Run a storage node on an already bound listener until `shutdown` resolves (and the FastDFS door on
-/// `fastdfs_listen`, when set: bound here, announced as `fastdfs listening on ADDR`).
+/// Run a storage node on an already bound HTTP listener until `shutdown` resolves, and the FastDFS door on the
+/// FastDFS listener given, else on `fastdfs_listen` when set (bound here, announced as
+/// `fastdfs listening on ADDR`).
 pub async fn run(
-    listener: tokio::net::TcpListener,
+    listeners: impl Into<Listeners>,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let fastdfs = match config.fastdfs_listen.as_deref() {
-        Some(listen) => Some(
-            fdfs_common::serve::bind_and_announce_as("fastdfs listening on", listen)
-                .await
-                .with_context(|| format!("binding the FastDFS address {listen}"))?,
-        ),
-        None => None,
-    };
-    run_with_fastdfs(listener, fastdfs, config, shutdown).await
-}
-
-/// [`run`] with the FastDFS listener already bound (`None`: no FastDFS door; `fastdfs_listen` is ignored).
-pub async fn run_with_fastdfs(
-    listener: tokio::net::TcpListener,
-    fastdfs_listener: Option<tokio::net::TcpListener>,
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+    let (listener, fastdfs_listener) = listeners
+        .into()
+        .bind_fastdfs(config.fastdfs_listen.as_deref())
+        .await?;
     let bound = listener.local_addr()?;
     let public_url = config
         .public_url
@@ -366,9 +360,7 @@ pub async fn run_with_fastdfs(
     )
     .await
     .context("opening the store")?;
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .pool_idle_timeout(fdfs_common::serve::CLIENT_POOL_IDLE)
+    let http = fdfs_common::internal::builder()
         .connect_timeout(Duration::from_secs(2))
         .build()
         .context("building the HTTP client")?;
@@ -500,7 +492,7 @@ pub async fn run_with_fastdfs(
     }
     // `POST /v1/scrub` (see `scrub`), behind the cluster secret like the other internal routes.
     let internal_app = router(node.clone()).merge(scrub::router(engine.clone()).route_layer(
-        middleware::from_fn_with_state(node.clone(), api::require_secret),
+        middleware::from_fn_with_state(node.cluster_secret(), require_secret),
     ));
     let result = match internal {
         None => fdfs_common::serve::serve(listener, internal_app, shutdown).await,
@@ -598,8 +590,8 @@ pub fn router(node: AppState) -> Router {
             axum::routing::put(import::import).layer(DefaultBodyLimit::disable()),
         )
         .route_layer(middleware::from_fn_with_state(
-            node.clone(),
-            api::require_secret,
+            node.cluster_secret(),
+            require_secret,
         ))
         // Outermost: a refused body (401, 413 mid-stream, 507) is drained so the client reads the answer.
         .route_layer(middleware::from_fn(fdfs_common::drain::drain_refused));

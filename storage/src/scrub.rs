@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 use axum::extract::{Query, State};
 use axum::routing::post;
 use axum::{Json, Router};
-use fdfs_common::wire::{MemberInfo, CLUSTER_SECRET_HEADER, ORIGIN_HEADER};
+use fdfs_common::internal::WithSecret;
+use fdfs_common::wire::{MemberInfo, ORIGIN_HEADER};
 use fdfs_common::FileId;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -272,14 +273,11 @@ async fn fetch_good_copy(engine: &SyncEngine, peer: &MemberInfo, id: &FileId) ->
         .parent()
         .ok_or_else(|| StorageError::Internal(format!("no directory for {id}")))?
         .to_owned();
-    let mut rb = engine
+    let resp = engine
         .http()
         .get(format!("http://{}/v1/replica/{id}", peer.addr))
-        .header(ORIGIN_HEADER, engine.config().node_id.to_string());
-    if let Some(secret) = &engine.config().cluster_secret {
-        rb = rb.header(CLUSTER_SECRET_HEADER, secret);
-    }
-    let resp = rb
+        .header(ORIGIN_HEADER, engine.config().node_id.to_string())
+        .secret(engine.config().cluster_secret.as_deref())
         .send()
         .await
         .map_err(|e| StorageError::Unavailable(e.to_string()))?;

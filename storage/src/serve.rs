@@ -44,7 +44,7 @@ use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
-use fdfs_common::wire::MemberState;
+use fdfs_common::wire::{MemberInfo, MemberState};
 use fdfs_common::{content_type_for, FileId};
 use serde::Deserialize;
 
@@ -225,12 +225,7 @@ enum Content {
 
 async fn serve_inner(node: AppState, req: Request) -> Result<Response, StorageError> {
     let id: FileId = req.uri().path().parse()?;
-    if id.group != node.group {
-        return Err(StorageError::BadRequest(format!(
-            "file {id} belongs to group {}, this node serves {}",
-            id.group, node.group
-        )));
-    }
+    node.store.check_owns(&id)?;
     if let Some(secret) = &node.config.anti_leech_secret {
         let Query(q) = Query::<TokenQuery>::try_from_uri(req.uri()).unwrap_or_default();
         fdfs_common::token::verify(
@@ -766,45 +761,72 @@ async fn proxy(
     query: Option<&str>,
     headers: &HeaderMap,
 ) -> Option<Response> {
-    let peers = node.peers.get();
     let query = query.map(|q| format!("?{q}")).unwrap_or_default();
     let method = if method == Method::HEAD {
         Method::HEAD
     } else {
         Method::GET
     };
-    for peer in peers
-        .iter()
-        .filter(|p| p.state == MemberState::Active && p.node_id != node.node_id)
-    {
-        let url = format!("{}/{id}{query}", peer.public_url.trim_end_matches('/'));
-        let mut rb = node
-            .http
-            .request(method.clone(), &url)
-            .header(NO_PROXY_HEADER, "1");
+    let forward = |mut rb: reqwest::RequestBuilder| {
         for h in &FORWARDED_REQUEST_HEADERS {
             if let Some(v) = headers.get(h) {
                 rb = rb.header(h, v);
             }
         }
-        match rb.send().await {
-            Ok(resp)
-                if resp.status() != StatusCode::NOT_FOUND && !resp.status().is_server_error() =>
-            {
-                tracing::debug!(file_id = %id, peer = peer.node_id, "proxying read");
-                let mut out = Response::builder().status(resp.status());
-                for h in &FORWARDED_RESPONSE_HEADERS {
-                    if let Some(v) = resp.headers().get(h) {
-                        out = out.header(h, v);
-                    }
-                }
-                return out
-                    .body(Body::from_stream(resp.bytes_stream()))
-                    .map_err(|e| tracing::warn!(error = %e, "building proxied response"))
-                    .ok();
-            }
+        rb
+    };
+    from_peers(node, id, method, &query, forward, |peer, resp| {
+        if resp.status() == StatusCode::NOT_FOUND || resp.status().is_server_error() {
+            tracing::debug!(file_id = %id, peer = peer.node_id, status = %resp.status(), "peer lacks the file");
+            return None;
+        }
+        tracing::debug!(file_id = %id, peer = peer.node_id, "proxying read");
+        Some(relay(resp))
+    })
+    .await
+    .flatten()
+}
+
+/// A peer's answer passed on as it streams: its status and [`FORWARDED_RESPONSE_HEADERS`].
+fn relay(resp: reqwest::Response) -> Option<Response> {
+    let mut out = Response::builder().status(resp.status());
+    for h in &FORWARDED_RESPONSE_HEADERS {
+        if let Some(v) = resp.headers().get(h) {
+            out = out.header(h, v);
+        }
+    }
+    out.body(Body::from_stream(resp.bytes_stream()))
+        .map_err(|e| tracing::warn!(error = %e, "building proxied response"))
+        .ok()
+}
+
+/// The read proxy of HTTP ([`proxy`]) and FastDFS downloads: ask the active peers of the group in turn for
+/// `id` from their own disk (`method` on their public route `{public_url}/{id}{query}`, with
+/// [`NO_PROXY_HEADER`] and what `prepare` adds). `take` judges each answer: `Some` ends the search with it,
+/// `None` asks the next peer. `None` when no peer's answer was taken.
+pub(crate) async fn from_peers<T>(
+    node: &AppState,
+    id: &FileId,
+    method: Method,
+    query: &str,
+    prepare: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    mut take: impl FnMut(&MemberInfo, reqwest::Response) -> Option<T>,
+) -> Option<T> {
+    let peers = node.peers.get();
+    for peer in peers
+        .iter()
+        .filter(|p| p.state == MemberState::Active && p.node_id != node.node_id)
+    {
+        let url = format!("{}/{id}{query}", peer.public_url.trim_end_matches('/'));
+        let rb = node
+            .http
+            .request(method.clone(), &url)
+            .header(NO_PROXY_HEADER, "1");
+        match prepare(rb).send().await {
             Ok(resp) => {
-                tracing::debug!(file_id = %id, peer = peer.node_id, status = %resp.status(), "peer lacks the file");
+                if let Some(taken) = take(peer, resp) {
+                    return Some(taken);
+                }
             }
             Err(e) => {
                 tracing::debug!(file_id = %id, peer = peer.node_id, error = %e, "peer unreachable");

@@ -16,7 +16,7 @@ pub enum Error {
     #[error("{1}")]
     Rejected(StatusCode, String),
     /// An internal route called without the configured cluster secret (401).
-    #[error("missing or wrong cluster secret")]
+    #[error("{}", fdfs_common::internal::WRONG_SECRET)]
     Unauthorized,
     /// A group no member has reported (404, `unknown_group`).
     #[error("unknown group {0}")]

@@ -56,17 +56,9 @@ impl From<Error> for Refused {
 /// Serve one connection until the client quits or closes it, or breaks the protocol.
 pub(crate) async fn handle(door: Door, mut conn: Conn) {
     loop {
-        let header = match conn.next_header().await {
-            Ok(Some(h)) => h,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::debug!(peer = %conn.peer(), error = %e, "fastdfs connection closed");
-                return;
-            }
-        };
-        if header.cmd == cmd::QUIT {
+        let Some(header) = conn.next_request().await else {
             return;
-        }
+        };
         if header.len > MAX_BODY {
             // Not worth reading: answer and close.
             tracing::info!(peer = %conn.peer(), cmd = header.cmd, len = header.len, "fastdfs request too long");

@@ -2,8 +2,9 @@
 //! interval after a restart) and answers where to upload (`/v1/assign`) and where to read (`/v1/locate`).
 //! Trackers are equal peers and never talk to each other; every storage node heartbeats to all of them.
 //!
-//! This module owns the config, the HTTP routes and the cluster-secret check; [`registry`] owns the
-//! scheduling decisions and [`error`] the error responses.
+//! This module owns the config and the HTTP routes (internal ones behind
+//! [`fdfs_common::internal::require_secret`]); [`registry`] owns the scheduling decisions and [`error`] the
+//! error responses.
 
 pub mod cli;
 pub mod error;
@@ -15,18 +16,16 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::middleware;
+use axum::response::Response;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use fdfs_common::config::Size;
-use fdfs_common::wire::{
-    Assignment, ClusterView, Heartbeat, HeartbeatReply, Locations, CLUSTER_SECRET_HEADER,
-};
+use fdfs_common::internal::ClusterSecret;
+use fdfs_common::serve::Listeners;
+use fdfs_common::wire::{Assignment, ClusterView, Heartbeat, HeartbeatReply, Locations};
 use fdfs_common::{FileId, GroupName};
 use serde::Deserialize;
 
@@ -119,7 +118,7 @@ impl Config {
 #[derive(Clone)]
 struct AppState {
     registry: Arc<Mutex<Registry>>,
-    secret: Option<Arc<str>>,
+    secret: ClusterSecret,
     /// When this tracker started, and how long it needs to have heard every live member (one heartbeat
     /// timeout): until then an answer that no member could give ("no storage", "unknown group", "no room") may
     /// only mean that member has not beaten here yet, so it is refused (503) and gateways ask another tracker.
@@ -157,38 +156,12 @@ impl AppState {
             _ => e,
         }
     }
-
-    fn has_secret(&self, headers: &axum::http::HeaderMap) -> bool {
-        self.secret.as_ref().is_none_or(|secret| {
-            headers
-                .get(CLUSTER_SECRET_HEADER)
-                .is_some_and(|g| fdfs_common::constant_time_eq(g.as_bytes(), secret.as_bytes()))
-        })
-    }
 }
 
-/// Serve the tracker on `listener` until `shutdown` resolves (and the FastDFS door on `fastdfs_listen`, when
-/// set: bound here, announced as `fastdfs listening on ADDR`).
+/// Serve the tracker on its HTTP listener until `shutdown` resolves, and the FastDFS door on the FastDFS
+/// listener given, else on `fastdfs_listen` when set (bound here, announced as `fastdfs listening on ADDR`).
 pub async fn run(
-    listener: tokio::net::TcpListener,
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let fastdfs = match config.fastdfs_listen.as_deref() {
-        Some(listen) => Some(
-            fdfs_common::serve::bind_and_announce_as("fastdfs listening on", listen)
-                .await
-                .with_context(|| format!("binding the FastDFS address {listen}"))?,
-        ),
-        None => None,
-    };
-    run_with_fastdfs(listener, fastdfs, config, shutdown).await
-}
-
-/// [`run`] with the FastDFS listener already bound (`None`: no FastDFS door; `fastdfs_listen` is ignored).
-pub async fn run_with_fastdfs(
-    listener: tokio::net::TcpListener,
-    fastdfs: Option<tokio::net::TcpListener>,
+    listeners: impl Into<Listeners>,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -200,15 +173,18 @@ pub async fn run_with_fastdfs(
         config.heartbeat_timeout_ms > 0,
         "heartbeat_timeout_ms must be positive"
     );
+    let (listener, fastdfs) = listeners
+        .into()
+        .bind_fastdfs(config.fastdfs_listen.as_deref())
+        .await?;
     let state = AppState {
-        secret: config.cluster_secret.as_deref().map(Arc::from),
+        secret: ClusterSecret::new(config.cluster_secret.as_deref()),
         registry: Arc::new(Mutex::new(Registry::new(&config))),
         started: Instant::now(),
         warmup: config.heartbeat_timeout(),
         stopping: fdfs_common::health::Stopping::default(),
         save_error: Arc::default(),
-        probe: reqwest::Client::builder()
-            .no_proxy()
+        probe: fdfs_common::internal::builder()
             .timeout(SUSPECT_PROBE_TIMEOUT)
             .build()?,
     };
@@ -243,8 +219,8 @@ pub async fn run_with_fastdfs(
             axum::routing::put(drain_on).delete(drain_off),
         )
         .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            require_secret,
+            state.secret.clone(),
+            fdfs_common::internal::require_secret,
         ));
     let app = Router::new()
         .route("/cluster", get(cluster))
@@ -273,10 +249,10 @@ pub async fn run_with_fastdfs(
                 registry: registry_handle,
                 width: config.fastdfs_ip_width,
             };
-            let limits = fdfs_common::fastdfs::Limits {
-                max_connections: config.fastdfs_max_connections,
-                timeout: Duration::from_millis(config.fastdfs_timeout_ms.max(1)),
-            };
+            let limits = fdfs_common::fastdfs::Limits::new(
+                config.fastdfs_max_connections,
+                config.fastdfs_timeout_ms,
+            );
             Some(tokio::spawn(fdfs_common::fastdfs::serve(
                 l,
                 limits,
@@ -302,17 +278,6 @@ pub async fn run_with_fastdfs(
     }
     served?;
     Ok(())
-}
-
-/// Reject internal requests without the configured cluster secret.
-async fn require_secret(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if let Some(secret) = &state.secret {
-        let given = req.headers().get(CLUSTER_SECRET_HEADER);
-        if !given.is_some_and(|g| fdfs_common::constant_time_eq(g.as_bytes(), secret.as_bytes())) {
-            return Error::Unauthorized.into_response();
-        }
-    }
-    next.run(req).await
 }
 
 async fn heartbeat(
@@ -525,7 +490,7 @@ async fn cluster(
     headers: axum::http::HeaderMap,
 ) -> Json<ClusterView> {
     let mut view = state.registry().cluster(Instant::now());
-    if !state.has_secret(&headers) {
+    if !state.secret.admits(&headers) {
         for m in view.groups.iter_mut().flat_map(|g| g.members.iter_mut()) {
             let public = m
                 .public_url

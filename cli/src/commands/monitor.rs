@@ -12,7 +12,8 @@
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use fdfs_common::wire::{ClusterView, MemberInfo, MemberState, CLUSTER_SECRET_HEADER};
+use fdfs_common::internal::WithSecret;
+use fdfs_common::wire::{ClusterView, MemberInfo, MemberState};
 use indicatif::HumanBytes;
 use reqwest::Method;
 
@@ -120,10 +121,9 @@ async fn on_every_tracker(m: &MemberArgs, method: Method, what: &str, done: &str
     let mut first_err = None;
     for t in &m.tracker {
         let url = tracker_url(t, &format!("/v1/members/{}/{}/{what}", m.group, m.node_id));
-        let mut rb = http.request(method.clone(), &url);
-        if let Some(s) = &m.cluster_secret {
-            rb = rb.header(CLUSTER_SECRET_HEADER, s);
-        }
+        let rb = http
+            .request(method.clone(), &url)
+            .secret(m.cluster_secret.as_deref());
         match rb.send().await {
             Ok(resp) if resp.status().is_success() => {
                 println!("{t}: member {} of {} {done}", m.node_id, m.group);
@@ -151,12 +151,10 @@ async fn on_every_tracker(m: &MemberArgs, method: Method, what: &str, done: &str
 /// The cluster as the first tracker that answers sees it (with the secret: internal addresses included).
 async fn tracker_view(http: &reqwest::Client, m: &MemberArgs) -> Option<ClusterView> {
     for t in &m.tracker {
-        let mut rb = http
+        let rb = http
             .get(tracker_url(t, "/cluster"))
-            .timeout(Duration::from_secs(10));
-        if let Some(s) = &m.cluster_secret {
-            rb = rb.header(CLUSTER_SECRET_HEADER, s);
-        }
+            .timeout(Duration::from_secs(10))
+            .secret(m.cluster_secret.as_deref());
         if let Ok(resp) = rb.send().await {
             if let Ok(view) = resp.json::<ClusterView>().await {
                 return Some(view);
@@ -235,8 +233,7 @@ async fn drain_progress(
 
 /// Poll until the drained member's files are on every other active member of its group.
 async fn wait_drained(client: &Client, m: &MemberArgs, timeout: Duration) -> Result<()> {
-    let http = reqwest::Client::builder()
-        .no_proxy()
+    let http = fdfs_common::internal::builder()
         .connect_timeout(Duration::from_secs(10))
         .build()
         .map_err(|source| CliError::Http {
@@ -285,10 +282,7 @@ async fn delete(
     let mut first_err = None;
     for t in trackers {
         let url = tracker_url(t, &format!("/v1/members/{group}/{node_id}"));
-        let mut rb = http.delete(&url);
-        if let Some(s) = secret {
-            rb = rb.header(fdfs_common::wire::CLUSTER_SECRET_HEADER, s);
-        }
+        let rb = http.delete(&url).secret(secret);
         let resp = match rb.send().await {
             Ok(r) => r,
             Err(source) => {

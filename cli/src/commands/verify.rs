@@ -10,7 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use fdfs_common::wire::{MemberInfo, MemberState, CLUSTER_SECRET_HEADER};
+use fdfs_common::internal::WithSecret;
+use fdfs_common::wire::{MemberInfo, MemberState};
 use fdfs_storage::scrub::ScrubReport;
 use reqwest::{Method, RequestBuilder};
 use serde::{Deserialize, Serialize};
@@ -102,13 +103,9 @@ struct Node<'a> {
 
 impl Node<'_> {
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        let rb = self
-            .http
-            .request(method, format!("http://{}{path}", self.member.addr));
-        match self.secret {
-            Some(s) => rb.header(CLUSTER_SECRET_HEADER, s),
-            None => rb,
-        }
+        self.http
+            .request(method, format!("http://{}{path}", self.member.addr))
+            .secret(self.secret)
     }
 
     async fn json<T: serde::de::DeserializeOwned>(&self, rb: RequestBuilder) -> Result<T> {
@@ -228,8 +225,7 @@ async fn verify_group(
 
 pub(crate) async fn run(client: &Client, args: Args) -> Result<()> {
     let view = client.cluster().await?;
-    let http = reqwest::Client::builder()
-        .no_proxy()
+    let http = fdfs_common::internal::builder()
         .connect_timeout(Duration::from_secs(10))
         .build()
         .map_err(|source| CliError::Http {

@@ -248,7 +248,9 @@ impl Appenders {
             length: new.length,
             crc32: 0,
             created,
-            expires: created.saturating_add(ttl),
+            // Whole seconds: one more, so an upload lives at least `ttl` (created late in a second, it would
+            // otherwise expire within the same request).
+            expires: created.saturating_add(ttl).saturating_add(1),
             ttl,
             ext: new.ext,
             filename: new.filename,
@@ -527,7 +529,7 @@ impl Appenders {
         tracing::info!(file_id = %stored.id, size = stored.size, replicas, appender = name, "appender finished");
         state.finishing = None;
         state.file = Some(self.result(&stored.id, &state, replicas));
-        state.expires = now().saturating_add(state.ttl);
+        state.expires = now().saturating_add(state.ttl).saturating_add(1);
         let (this, name2, s) = (self.clone(), name.to_owned(), state.clone());
         tokio::task::spawn_blocking(move || this.save_blocking(&name2, &s)).await??;
         if !quorum {

@@ -67,15 +67,8 @@ async fn info(
 }
 
 fn header_u64(headers: &HeaderMap, name: &str) -> Result<Option<u64>> {
-    match headers.get(name) {
-        None => Ok(None),
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .map(Some)
-            .ok_or_else(|| StorageError::BadRequest(format!("{name} must be a number"))),
-    }
+    fdfs_common::internal::parse_header_u64(headers, name)
+        .map_err(|_| StorageError::BadRequest(format!("{name} must be a number")))
 }
 
 async fn append(

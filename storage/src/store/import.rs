@@ -45,12 +45,7 @@ impl Store {
                 "file names ending in {META_SUFFIX:?} are reserved for metadata"
             )));
         }
-        if id.group != self.group {
-            return Err(StorageError::BadRequest(format!(
-                "file {id} belongs to group {}, this node serves {}",
-                id.group, self.group
-            )));
-        }
+        self.check_owns(id)?;
         self.store_path(id.store_path)?;
         Ok(())
     }

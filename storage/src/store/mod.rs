@@ -429,6 +429,22 @@ impl Store {
         &self.group
     }
 
+    /// Whether `id` is a file of this node's group.
+    pub fn owns(&self, id: &FileId) -> bool {
+        id.group == self.group
+    }
+
+    /// [`Store::owns`], or the 400 every HTTP route answers for a file of another group.
+    pub fn check_owns(&self, id: &FileId) -> Result<()> {
+        if self.owns(id) {
+            return Ok(());
+        }
+        Err(StorageError::BadRequest(format!(
+            "file {id} belongs to group {}, this node serves {}",
+            id.group, self.group
+        )))
+    }
+
     /// Number of store paths.
     pub fn store_path_count(&self) -> usize {
         self.paths.len()
@@ -460,12 +476,7 @@ impl Store {
 
     /// Check that an ID can live here: right group, existing store path, not a reserved (metadata) name.
     pub(crate) fn locate(&self, id: &FileId) -> Result<(&StorePath, PathBuf)> {
-        if id.group != self.group {
-            return Err(StorageError::BadRequest(format!(
-                "file {id} belongs to group {}, this node serves {}",
-                id.group, self.group
-            )));
-        }
+        self.check_owns(id)?;
         if is_reserved(id) {
             return Err(StorageError::NotFound(format!("no such file {id}")));
         }

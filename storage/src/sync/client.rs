@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use fdfs_common::deadline::{Progress, Stalled};
-use fdfs_common::wire::{MemberInfo, Metadata, CLUSTER_SECRET_HEADER, MTIME_HEADER, ORIGIN_HEADER};
+use fdfs_common::internal::WithSecret;
+use fdfs_common::wire::{MemberInfo, Metadata, MTIME_HEADER, ORIGIN_HEADER};
 use fdfs_common::FileId;
 use reqwest::{Method, RequestBuilder, StatusCode};
 
@@ -86,14 +87,11 @@ fn base(peer: &MemberInfo) -> String {
 }
 
 pub(crate) fn request(engine: &SyncEngine, method: Method, url: String) -> RequestBuilder {
-    let mut rb = engine
+    engine
         .http
         .request(method, url)
-        .header(ORIGIN_HEADER, engine.config.node_id.to_string());
-    if let Some(secret) = &engine.config.cluster_secret {
-        rb = rb.header(CLUSTER_SECRET_HEADER, secret);
-    }
-    rb
+        .header(ORIGIN_HEADER, engine.config.node_id.to_string())
+        .secret(engine.config.cluster_secret.as_deref())
 }
 
 /// Longest a peer has to answer a probe (less when `peer_stall_timeout_ms` is shorter).

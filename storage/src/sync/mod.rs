@@ -38,6 +38,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::Router;
+use fdfs_common::internal::WithSecret;
 use fdfs_common::wire::{MemberInfo, MemberState, Metadata, PeerSync};
 use fdfs_common::FileId;
 
@@ -517,14 +518,12 @@ impl SyncEngine {
                 continue;
             };
             for t in &self.config.trackers {
-                let mut rb = self
+                let rb = self
                     .http
                     .post(format!("http://{t}/v1/suspect"))
                     .query(&[("addr", addr.as_str())])
-                    .timeout(Duration::from_secs(2));
-                if let Some(secret) = &self.config.cluster_secret {
-                    rb = rb.header(fdfs_common::wire::CLUSTER_SECRET_HEADER, secret);
-                }
+                    .timeout(Duration::from_secs(2))
+                    .secret(self.config.cluster_secret.as_deref());
                 if let Err(e) = rb.send().await {
                     tracing::debug!(tracker = %t, peer, error = %e, "reporting an unresponsive peer");
                 }

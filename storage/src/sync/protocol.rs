@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::HeaderMap;
 use bytes::{Bytes, BytesMut};
+use fdfs_common::internal::header_u64;
 use fdfs_common::wire::{Metadata, MTIME_HEADER};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
@@ -121,14 +122,6 @@ pub struct PeerStatus {
     pub unreachable: Option<String>,
 }
 
-/// A header holding a plain unsigned number (`x-fdfs-size`, `content-length`, ...), if present and valid.
-pub fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-}
-
 /// The incarnation a peer names in [`super::tombstones::INCARNATION_HEADER`].
 pub fn incarnation(headers: &HeaderMap) -> Option<u64> {
     header_u64(headers, super::tombstones::INCARNATION_HEADER)
@@ -136,11 +129,7 @@ pub fn incarnation(headers: &HeaderMap) -> Option<u64> {
 
 /// The `x-fdfs-mtime` header of a replica (unix seconds), as a time.
 pub fn mtime_from(headers: &HeaderMap) -> Option<SystemTime> {
-    headers
-        .get(MTIME_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(|s| UNIX_EPOCH + Duration::from_secs(s))
+    header_u64(headers, MTIME_HEADER).map(|s| UNIX_EPOCH + Duration::from_secs(s))
 }
 
 /// Stream a local file as a body, in [`CHUNK`] pieces.

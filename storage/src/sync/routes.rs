@@ -25,14 +25,14 @@ use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::{Json, Router};
+use fdfs_common::internal::{content_length, header_u64};
 use fdfs_common::wire::{Metadata, MTIME_HEADER};
 use fdfs_common::FileId;
 use serde::Deserialize;
 
 use super::protocol::{
-    file_stream, header_u64, incarnation, meta_crc, meta_version, mtime_from, CommitRequest,
-    ListPage, ListedFile, PeerStatus, StageAnswer, SyncStatus, MAX_PAGE, META_VERSION_HEADER,
-    SMALL_BODY,
+    file_stream, incarnation, meta_crc, meta_version, mtime_from, CommitRequest, ListPage,
+    ListedFile, PeerStatus, StageAnswer, SyncStatus, MAX_PAGE, META_VERSION_HEADER, SMALL_BODY,
 };
 use super::staged;
 use super::tombstones::INCARNATION_HEADER;
@@ -66,13 +66,7 @@ pub fn router(engine: SyncEngine) -> Router<AppState> {
 
 fn parse(engine: &SyncEngine, raw: &str) -> Result<FileId> {
     let id: FileId = raw.parse()?;
-    if id.group != *engine.store.group() {
-        return Err(StorageError::BadRequest(format!(
-            "file {id} belongs to group {}, this node serves {}",
-            id.group,
-            engine.store.group()
-        )));
-    }
+    engine.store.check_owns(&id)?;
     Ok(id)
 }
 
@@ -202,7 +196,7 @@ async fn put_file(
     engine.accept_incarnation(&id, gen).await?;
     let meta = super::protocol::meta_param(q.meta.as_deref())?;
     let mtime = mtime_from(&headers);
-    let declared = header_u64(&headers, header::CONTENT_LENGTH.as_str());
+    let declared = content_length(&headers);
     let committed = match declared {
         // A small body (the pipeline's small-upload path): read it whole, then room check, write, fsync and
         // commit in one blocking call.

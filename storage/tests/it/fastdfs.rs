@@ -48,10 +48,8 @@ async fn cluster(members: usize) -> Cluster {
         fastdfs_timeout_ms: DOOR_TIMEOUT_MS,
         ..tracker_config()
     };
-    let tracker = Server::start(move |l, stop| {
-        fdfs_tracker::run_with_fastdfs(l, Some(tracker_door), config, stop)
-    })
-    .await;
+    let tracker =
+        Server::start(move |l, stop| fdfs_tracker::run((l, tracker_door), config, stop)).await;
     let mut nodes = Vec::new();
     for m in 0..members {
         let store = dir.path().join(format!("m{m}"));
@@ -68,10 +66,7 @@ async fn cluster(members: usize) -> Cluster {
             scrub_bytes_per_sec: Size::Bytes(0),
             ..storage_config(vec![tracker.addr.to_string()], std::slice::from_ref(&store))
         };
-        let http = Server::start(move |l, stop| {
-            fdfs_storage::run_with_fastdfs(l, Some(door), config, stop)
-        })
-        .await;
+        let http = Server::start(move |l, stop| fdfs_storage::run((l, door), config, stop)).await;
         nodes.push(Member {
             http,
             door: door_addr,

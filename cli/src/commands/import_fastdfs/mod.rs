@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fdfs_common::wire::{Metadata, CLUSTER_SECRET_HEADER};
+use fdfs_common::internal::WithSecret;
+use fdfs_common::wire::Metadata;
 use fdfs_common::{FileId, GroupName};
 use futures_util::StreamExt;
 use indicatif::{HumanBytes, HumanDuration, ProgressBar, ProgressStyle};
@@ -364,15 +365,13 @@ async fn send(
     if let Some(t) = mtime {
         query.push(("mtime", t.to_string()));
     }
-    let mut req = target
+    let req = target
         .client
         .request(Method::PUT, &format!("{}/{id}", target.route))
         .query(&query)
         .header(header::CONTENT_LENGTH, size)
-        .body(reqwest::Body::wrap_stream(stream));
-    if let Some(s) = &target.secret {
-        req = req.header(CLUSTER_SECRET_HEADER, s);
-    }
+        .body(reqwest::Body::wrap_stream(stream))
+        .secret(target.secret.as_deref());
     let outcome = answer(req, &crc, id, path, size).await?;
     let sent = crc.lock().unwrap_or_else(|p| p.into_inner()).1;
     Ok((outcome, sent))
