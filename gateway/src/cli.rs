@@ -62,8 +62,9 @@ pub struct Args {
     /// Directory of the S3 door's namespace (bucket/key -> file ID).
     #[arg(long, env = "FDFS_S3_DATA_DIR")]
     pub s3_data_dir: Option<PathBuf>,
-    /// An S3 access key with every bucket (with --s3-secret-key); more keys in the config file.
-    #[arg(long, env = "FDFS_S3_ACCESS_KEY", requires = "s3_secret_key")]
+    /// An S3 access key with every bucket (with --s3-secret-key); more keys (limited to some buckets, or read-only)
+    /// in the config file's `s3_keys`.
+    #[arg(long, env = "FDFS_S3_ACCESS_KEY")]
     pub s3_access_key: Option<String>,
     /// The secret of --s3-access-key.
     #[arg(
@@ -135,14 +136,11 @@ impl Args {
         if let Some(v) = &self.s3_data_dir {
             c.s3_data_dir = Some(v.clone());
         }
-        if let (Some(a), Some(s)) = (&self.s3_access_key, &self.s3_secret_key) {
-            c.s3_keys.retain(|k| &k.access_key != a);
-            c.s3_keys.push(crate::s3::S3Key {
-                access_key: a.clone(),
-                secret_key: s.clone(),
-                buckets: Vec::new(),
-                read_only: false,
-            });
+        if let Some(v) = &self.s3_access_key {
+            c.s3_access_key = Some(v.clone());
+        }
+        if let Some(v) = &self.s3_secret_key {
+            c.s3_secret_key = Some(v.clone());
         }
         if let Some(v) = &self.s3_public_buckets {
             c.s3_public_buckets = v.iter().filter(|s| !s.is_empty()).cloned().collect();

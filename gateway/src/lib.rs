@@ -89,8 +89,12 @@ pub struct Config {
     pub s3_listen: Option<String>,
     /// Where the S3 door keeps its namespace (needed with `s3_listen`).
     pub s3_data_dir: Option<std::path::PathBuf>,
-    /// Access keys of the S3 door (TOML: `[[s3_keys]]` tables with `access_key`, `secret_key`, optional
-    /// `buckets` and `read_only`).
+    /// An access key of the S3 door with every bucket (with `s3_secret_key`).
+    pub s3_access_key: Option<String>,
+    /// The secret of `s3_access_key`.
+    pub s3_secret_key: Option<String>,
+    /// More access keys of the S3 door, each with `access_key`, `secret_key`, optional `buckets` (the buckets it
+    /// may use; all when absent) and `read_only`.
     pub s3_keys: Vec<s3::S3Key>,
     /// Buckets whose objects anyone may read (and list) without a signature.
     pub s3_public_buckets: Vec<String>,
@@ -115,6 +119,8 @@ impl Default for Config {
             shutdown_delay_ms: 0,
             s3_listen: None,
             s3_data_dir: None,
+            s3_access_key: None,
+            s3_secret_key: None,
             s3_keys: Vec::new(),
             s3_public_buckets: Vec::new(),
         }
@@ -122,12 +128,37 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Every access key of the S3 door: `s3_access_key` with `s3_secret_key`, then `s3_keys`.
+    pub fn s3_all_keys(&self) -> Vec<s3::S3Key> {
+        let mut keys = Vec::new();
+        if let (Some(a), Some(s)) = (&self.s3_access_key, &self.s3_secret_key) {
+            keys.push(s3::S3Key {
+                access_key: a.clone(),
+                secret_key: s.clone(),
+                buckets: Vec::new(),
+                read_only: false,
+            });
+        }
+        keys.extend(
+            self.s3_keys
+                .iter()
+                .filter(|k| Some(&k.access_key) != self.s3_access_key.as_ref())
+                .cloned(),
+        );
+        keys
+    }
+
     /// Check what can be checked before binding: trackers configured, CORS origins valid.
     pub fn validate(&self) -> Result<(), StartError> {
         if self.trackers.is_empty() {
             return Err(StartError::NoTracker);
         }
         cors_layer(&self.cors_origins)?;
+        if self.s3_access_key.is_some() != self.s3_secret_key.is_some() {
+            return Err(StartError::S3(
+                "s3_access_key and s3_secret_key go together".into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -301,7 +332,7 @@ fn s3_router(app: Arc<App>, stopping: fdfs_common::health::Stopping) -> Result<R
         .s3_data_dir
         .clone()
         .ok_or_else(|| StartError::S3("s3_listen needs s3_data_dir (--s3-data-dir)".into()))?;
-    if app.config.s3_keys.is_empty() && app.config.s3_public_buckets.is_empty() {
+    if app.config.s3_all_keys().is_empty() && app.config.s3_public_buckets.is_empty() {
         return Err(StartError::S3(
             "no access key (--s3-access-key and --s3-secret-key, or [[s3_keys]])".into(),
         ));

@@ -67,7 +67,7 @@ struct S3 {
 /// The S3 routes, on the gateway's `app`, with the namespace in `ns`.
 pub(crate) fn router(app: Arc<App>, ns: Namespace) -> Router {
     let state = Arc::new(S3 {
-        keys: app.config.s3_keys.clone(),
+        keys: app.config.s3_all_keys(),
         public: app.config.s3_public_buckets.clone(),
         app,
         ns,
