@@ -187,5 +187,84 @@ def test_minio_client(s3cluster: LocalCluster) -> None:
         resp.release_conn()
     assert [o.object_name for o in m.list_objects("minio", prefix="dir/")] == ["dir/m.bin"]
     assert m.stat_object("minio", "dir/m.bin").size == len(data)
+    # Over its part size minio-py sends a multipart upload.
+    big = bytes(range(256)) * (12 * 1024 * 1024 // 256)
+    m.put_object("minio", "dir/big.bin", io.BytesIO(big), len(big), part_size=5 << 20)
+    resp = m.get_object("minio", "dir/big.bin")
+    try:
+        assert resp.read() == big
+    finally:
+        resp.close()
+        resp.release_conn()
+    m.remove_object("minio", "dir/big.bin")
     m.remove_object("minio", "dir/m.bin")
     m.remove_bucket("minio")
+
+
+def test_multipart_uploads(s3cluster: LocalCluster) -> None:
+    from boto3.s3.transfer import TransferConfig
+
+    s3 = client(s3cluster)
+    s3.create_bucket(Bucket="multi")
+    # boto3's managed transfer: 8 MiB parts sent by 4 threads at once; the object is one FastDFS file.
+    data = bytes((i * 7) % 256 for i in range(256)) * (70 * 1024 * 1024 // 256 // 2)  # 35 MiB
+    cfg = TransferConfig(multipart_threshold=8 << 20, multipart_chunksize=8 << 20, max_concurrency=4)
+    s3.upload_fileobj(io.BytesIO(data), "multi", "big/video.bin", Config=cfg)
+    head = s3.head_object(Bucket="multi", Key="big/video.bin")
+    assert head["ContentLength"] == len(data)
+    assert head["ETag"].strip('"').endswith("-5"), head["ETag"]  # S3's multipart ETag form
+    file_id = head["ResponseMetadata"]["HTTPHeaders"]["x-fdfs-file-id"]
+    assert s3.get_object(Bucket="multi", Key="big/video.bin")["Body"].read() == data
+    with httpx.stream("GET", f"{s3cluster.members[0].url}/{file_id}") as r:
+        assert r.status_code == 200
+        got = b"".join(r.iter_bytes())
+    assert got == data
+
+    # By hand: parts out of order, one sent twice, listed; a too-small middle part is refused; abort.
+    up = s3.create_multipart_upload(Bucket="multi", Key="hand.bin", ContentType="application/x-test")
+    uid = up["UploadId"]
+    p2 = s3.upload_part(Bucket="multi", Key="hand.bin", UploadId=uid, PartNumber=2, Body=b"tail")
+    p1 = s3.upload_part(Bucket="multi", Key="hand.bin", UploadId=uid, PartNumber=1, Body=b"a" * (5 << 20))
+    p1 = s3.upload_part(Bucket="multi", Key="hand.bin", UploadId=uid, PartNumber=1, Body=b"b" * (5 << 20))
+    parts = s3.list_parts(Bucket="multi", Key="hand.bin", UploadId=uid)["Parts"]
+    assert [(p["PartNumber"], p["Size"]) for p in parts] == [(1, 5 << 20), (2, 4)]
+    listed = s3.list_multipart_uploads(Bucket="multi")["Uploads"]
+    assert [u["UploadId"] for u in listed] == [uid]
+    with pytest.raises(ClientError) as e:
+        s3.complete_multipart_upload(
+            Bucket="multi",
+            Key="hand.bin",
+            UploadId=uid,
+            MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": p2["ETag"]}]},
+        )
+    assert code(e) == "InvalidPart"
+    done = s3.complete_multipart_upload(
+        Bucket="multi",
+        Key="hand.bin",
+        UploadId=uid,
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": p1["ETag"]}, {"PartNumber": 2, "ETag": p2["ETag"]}]},
+    )
+    assert done["ETag"].strip('"').endswith("-2")
+    got_obj = s3.get_object(Bucket="multi", Key="hand.bin")
+    assert got_obj["ContentType"] == "application/x-test"
+    assert got_obj["Body"].read() == b"b" * (5 << 20) + b"tail"
+    with pytest.raises(ClientError) as e:
+        s3.list_parts(Bucket="multi", Key="hand.bin", UploadId=uid)
+    assert code(e) == "NoSuchUpload"
+
+    small = s3.create_multipart_upload(Bucket="multi", Key="small.bin")["UploadId"]
+    a = s3.upload_part(Bucket="multi", Key="small.bin", UploadId=small, PartNumber=1, Body=b"x")
+    b = s3.upload_part(Bucket="multi", Key="small.bin", UploadId=small, PartNumber=2, Body=b"y")
+    with pytest.raises(ClientError) as e:
+        s3.complete_multipart_upload(
+            Bucket="multi",
+            Key="small.bin",
+            UploadId=small,
+            MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": a["ETag"]}, {"PartNumber": 2, "ETag": b["ETag"]}]},
+        )
+    assert code(e) == "EntityTooSmall"
+    s3.abort_multipart_upload(Bucket="multi", Key="small.bin", UploadId=small)
+    assert "Uploads" not in s3.list_multipart_uploads(Bucket="multi")
+    with pytest.raises(ClientError) as e:
+        s3.head_object(Bucket="multi", Key="small.bin")
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404

@@ -6,11 +6,12 @@
 //! Supported: ListBuckets, CreateBucket, HeadBucket, DeleteBucket (empty only), GetBucketLocation, PutObject
 //! (plain, `aws-chunked` with signed chunks or an unsigned trailer, checksums and `Content-MD5` verified while
 //! streaming), GetObject (Range, conditional requests), HeadObject, DeleteObject, DeleteObjects,
-//! ListObjectsV2 and ListObjects. docs/S3.md lists what is not supported yet (multipart uploads, CopyObject,
-//! presigned POST, ...): those answer S3's `NotImplemented`.
+//! ListObjectsV2 and ListObjects, multipart uploads ([`multipart`]). docs/S3.md lists what is not supported yet
+//! (CopyObject, presigned POST, ...): those answer S3's `NotImplemented`.
 
 pub mod body;
 pub mod error;
+mod multipart;
 pub mod namespace;
 pub mod sigv4;
 
@@ -30,7 +31,7 @@ use self::body::S3Body;
 use self::error::{escape, S3Error};
 use self::namespace::{DeleteBucket, Namespace, Object};
 use self::sigv4::Signed;
-use crate::upload::{Budget, UploadFields};
+use crate::upload::{Budget, ChunkSource, UploadFields};
 use crate::App;
 
 type Result<T, E = S3Error> = std::result::Result<T, E>;
@@ -322,7 +323,11 @@ async fn bucket_op(
                 format!("<LocationConstraint xmlns=\"{XMLNS}\"></LocationConstraint>"),
             ))
         }
-        Method::GET if has("uploads") => Err(not_implemented("ListMultipartUploads")),
+        Method::GET if has("uploads") => {
+            s3.authorize(&method, &uri, &headers, &bucket, Access::Read)?;
+            s3.require_bucket(&bucket).await?;
+            multipart::list_uploads(&s3, &bucket, get("prefix").unwrap_or("")).await
+        }
         Method::GET
             if query.iter().all(|(k, _)| {
                 matches!(
@@ -554,8 +559,40 @@ async fn object_op(
 ) -> Result<Response> {
     let query = sigv4::query_pairs(&uri);
     let has = |k: &str| query.iter().any(|(q, _)| q == k);
-    if has("uploadId") || has("uploads") {
-        return Err(not_implemented("multipart upload"));
+    let get = |k: &str| query.iter().find(|(q, _)| q == k).map(|(_, v)| v.as_str());
+    if has("uploads") && method == Method::POST {
+        s3.authorize(&method, &uri, &headers, &bucket, Access::Write)?;
+        s3.require_bucket(&bucket).await?;
+        return multipart::create(&s3, &bucket, &key, &headers).await;
+    }
+    if let Some(id) = get("uploadId") {
+        let access = if method == Method::GET {
+            Access::Read
+        } else {
+            Access::Write
+        };
+        let signed = s3.authorize(&method, &uri, &headers, &bucket, access)?;
+        s3.require_bucket(&bucket).await?;
+        return match method {
+            Method::PUT if headers.contains_key("x-amz-copy-source") => {
+                Err(not_implemented("UploadPartCopy"))
+            }
+            Method::PUT => {
+                let n = get("partNumber").unwrap_or("");
+                multipart::upload_part(&s3, &bucket, &key, (id, n), &headers, signed.as_ref(), body)
+                    .await
+            }
+            Method::POST => multipart::complete(&s3, &bucket, &key, id, body).await,
+            Method::DELETE => multipart::abort(&s3, &bucket, &key, id).await,
+            Method::GET => {
+                multipart::list_parts(&s3, &bucket, &key, id, get("part-number-marker")).await
+            }
+            _ => Err(S3Error::new(
+                405,
+                "MethodNotAllowed",
+                "The specified method is not allowed against this resource.",
+            )),
+        };
     }
     if has("tagging") || has("acl") || has("retention") || has("legal-hold") || has("attributes") {
         return Err(not_implemented("this object subresource"));
@@ -644,25 +681,11 @@ async fn put_object(
             str::to_owned,
         );
     // The file carries its bucket and key, so the namespace can be rebuilt from the storage nodes.
-    let mut fields = UploadFields::default();
-    for (k, v) in &meta {
-        fields.apply(&format!("meta.{k}"), v)?;
-    }
-    fields.apply("meta.s3-bucket", bucket)?;
-    fields.apply("meta.s3-key", key)?;
-    fields.apply("meta.s3-content-type", &content_type)?;
-    let filename = key.rsplit('/').next().unwrap_or(key).to_owned();
-    let stored = s3
-        .app
-        .store(
-            &mut src,
-            &mut Budget::new(limit),
-            &fields,
-            Some(filename),
-            size,
-        )
-        .await;
-    let (result, _) = match stored {
+    let mut tags = meta.clone();
+    tags.insert("s3-bucket".into(), bucket.to_owned());
+    tags.insert("s3-key".into(), key.to_owned());
+    tags.insert("s3-content-type".into(), content_type.clone());
+    let result = match store_file(s3, &mut src, &tags, key, size).await {
         Ok(r) => r,
         Err(e) => return Err(src.failed.take().unwrap_or_else(|| S3Error::from(e))),
     };
@@ -695,6 +718,28 @@ async fn put_object(
 }
 
 use axum::http::HeaderName;
+
+/// Store what `src` yields as a new FastDFS file carrying `meta`, named after the last segment of `key` (its
+/// extension becomes the file ID's).
+async fn store_file<S: ChunkSource>(
+    s3: &S3,
+    src: &mut S,
+    meta: &BTreeMap<String, String>,
+    key: &str,
+    size: Option<u64>,
+) -> Result<fdfs_common::wire::UploadResult, crate::error::GatewayError> {
+    let mut fields = UploadFields::default();
+    for (k, v) in meta {
+        fields.apply(&format!("meta.{k}"), v)?;
+    }
+    let filename = key.rsplit('/').next().unwrap_or(key).to_owned();
+    let limit = s3.app.config.max_upload_size;
+    let (result, _) = s3
+        .app
+        .store(src, &mut Budget::new(limit), &fields, Some(filename), size)
+        .await?;
+    Ok(result)
+}
 
 /// An ETag list of `If-Match` / `If-None-Match` holds `etag` (or `*`).
 fn etag_matches(list: &str, etag: &str) -> bool {

@@ -28,6 +28,38 @@ pub struct Object {
     pub meta: BTreeMap<String, String>,
 }
 
+/// One part of a multipart upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Part {
+    /// The FastDFS file holding the part until the upload completes.
+    pub file_id: String,
+    /// Its size.
+    pub size: u64,
+    /// Its MD5, hex.
+    pub etag: String,
+    /// When it was stored, unix seconds.
+    pub modified: i64,
+}
+
+/// A multipart upload under way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upload {
+    /// Its bucket.
+    pub bucket: String,
+    /// Its key.
+    pub key: String,
+    /// When it was created, unix seconds.
+    pub created: i64,
+    /// The object's `Content-Type`.
+    pub content_type: String,
+    /// The object's `x-amz-meta-*`.
+    #[serde(default)]
+    pub meta: BTreeMap<String, String>,
+    /// The parts stored so far, by number.
+    #[serde(default)]
+    pub parts: BTreeMap<u32, Part>,
+}
+
 /// One page of a listing.
 #[derive(Debug, Default)]
 pub struct Page {
@@ -56,6 +88,7 @@ pub struct Namespace {
     db: sled::Db,
     buckets: sled::Tree,
     objects: sled::Tree,
+    uploads: sled::Tree,
 }
 
 type Result<T> = std::result::Result<T, sled::Error>;
@@ -75,6 +108,7 @@ impl Namespace {
         Ok(Namespace {
             buckets: db.open_tree("buckets")?,
             objects: db.open_tree("objects")?,
+            uploads: db.open_tree("uploads")?,
             db,
         })
     }
@@ -157,6 +191,61 @@ impl Namespace {
             self.db.flush()?;
         }
         Ok(old.and_then(|v| decode(&v)))
+    }
+
+    /// Start a multipart upload under `id`.
+    pub fn create_upload(&self, id: &str, upload: &Upload) -> Result<()> {
+        self.uploads
+            .insert(id, serde_json::to_vec(upload).expect("an upload encodes"))?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The multipart upload `id`.
+    pub fn upload(&self, id: &str) -> Result<Option<Upload>> {
+        Ok(self
+            .uploads
+            .get(id)?
+            .and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    /// Record part `n` of upload `id`: `Ok(the part it replaced)`, `Err(())` when the upload is gone.
+    pub fn put_part(
+        &self,
+        id: &str,
+        n: u32,
+        part: &Part,
+    ) -> Result<std::result::Result<Option<Part>, ()>> {
+        let mut replaced = Err(());
+        self.uploads.update_and_fetch(id, |old| {
+            let mut u: Upload = serde_json::from_slice(old?).ok()?;
+            replaced = Ok(u.parts.insert(n, part.clone()));
+            Some(serde_json::to_vec(&u).expect("an upload encodes"))
+        })?;
+        self.db.flush()?;
+        Ok(replaced)
+    }
+
+    /// End upload `id` (completed or aborted); what it was.
+    pub fn remove_upload(&self, id: &str) -> Result<Option<Upload>> {
+        let old = self.uploads.remove(id)?;
+        self.db.flush()?;
+        Ok(old.and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    /// The uploads under way in `bucket`, by key then ID.
+    pub fn uploads_in(&self, bucket: &str) -> Result<Vec<(String, Upload)>> {
+        let mut out = Vec::new();
+        for r in self.uploads.iter() {
+            let (k, v) = r?;
+            if let Ok(u) = serde_json::from_slice::<Upload>(&v) {
+                if u.bucket == bucket {
+                    out.push((String::from_utf8_lossy(&k).into_owned(), u));
+                }
+            }
+        }
+        out.sort_by(|a, b| (&a.1.key, &a.0).cmp(&(&b.1.key, &b.0)));
+        Ok(out)
     }
 
     /// A page of `bucket`'s keys under `prefix`, after `after`; keys with `delimiter` past the prefix are rolled
