@@ -268,3 +268,28 @@ def test_multipart_uploads(s3cluster: LocalCluster) -> None:
     with pytest.raises(ClientError) as e:
         s3.head_object(Bucket="multi", Key="small.bin")
     assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+
+
+def test_copy_object(s3cluster: LocalCluster) -> None:
+    s3 = client(s3cluster)
+    s3.create_bucket(Bucket="copy-a")
+    s3.create_bucket(Bucket="copy-b")
+    s3.put_object(Bucket="copy-a", Key="src.txt", Body=b"copied bytes", ContentType="text/plain", Metadata={"k": "v"})
+    r = s3.copy_object(Bucket="copy-b", Key="dst.txt", CopySource={"Bucket": "copy-a", "Key": "src.txt"})
+    assert r["CopyObjectResult"]["ETag"] == s3.head_object(Bucket="copy-a", Key="src.txt")["ETag"]
+    got = s3.get_object(Bucket="copy-b", Key="dst.txt")
+    assert got["Body"].read() == b"copied bytes"
+    assert got["Metadata"] == {"k": "v"} and got["ContentType"] == "text/plain"
+    s3.copy_object(
+        Bucket="copy-b",
+        Key="dst.txt",
+        CopySource="copy-a/src.txt",
+        MetadataDirective="REPLACE",
+        Metadata={"k": "new"},
+        ContentType="text/x-new",
+    )
+    head = s3.head_object(Bucket="copy-b", Key="dst.txt")
+    assert head["Metadata"] == {"k": "new"} and head["ContentType"] == "text/x-new"
+    with pytest.raises(ClientError) as e:
+        s3.copy_object(Bucket="copy-b", Key="x", CopySource={"Bucket": "copy-a", "Key": "missing"})
+    assert code(e) == "NoSuchKey"

@@ -25,6 +25,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
+use md5::Digest as _;
 use serde::{Deserialize, Serialize};
 
 use self::body::S3Body;
@@ -599,7 +600,17 @@ async fn object_op(
     }
     match method {
         Method::PUT if headers.contains_key("x-amz-copy-source") => {
-            Err(not_implemented("CopyObject"))
+            count("CopyObject");
+            s3.authorize(&method, &uri, &headers, &bucket, Access::Write)?;
+            s3.require_bucket(&bucket).await?;
+            copy_object(
+                &s3,
+                &bucket,
+                &key,
+                &headers,
+                signed_key(&s3, &method, &uri, &headers)?,
+            )
+            .await
         }
         Method::PUT => {
             count("PutObject");
@@ -739,6 +750,101 @@ async fn store_file<S: ChunkSource>(
         .store(src, &mut Budget::new(limit), &fields, Some(filename), size)
         .await?;
     Ok(result)
+}
+
+/// The key that signed the request (CopyObject checks its right to read the source bucket too).
+fn signed_key(s3: &S3, method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<Option<S3Key>> {
+    if !sigv4::is_signed(headers, uri) {
+        return Ok(None);
+    }
+    let now = fdfs_common::time::unix_now() as i64;
+    Ok(Some(
+        sigv4::verify(method, uri, headers, &s3.keys, now)?.key,
+    ))
+}
+
+/// `PUT /{bucket}/{key}` with `x-amz-copy-source`: CopyObject. The source's bytes stream from the storage nodes
+/// into a new file (a storage node links identical content instead of storing it twice when the copy lands in
+/// the same group); its metadata and content type go with it unless `x-amz-metadata-directive: REPLACE`.
+async fn copy_object(
+    s3: &S3,
+    bucket: &str,
+    key: &str,
+    headers: &HeaderMap,
+    signer: Option<S3Key>,
+) -> Result<Response> {
+    let raw = headers
+        .get("x-amz-copy-source")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let raw = raw.split_once("?versionId=").map_or(raw, |(p, _)| p);
+    let source = sigv4::decode(raw.trim_start_matches('/'));
+    let Some((src_bucket, src_key)) = source.split_once('/') else {
+        return Err(S3Error::new(
+            400,
+            "InvalidArgument",
+            "x-amz-copy-source must be bucket/key",
+        ));
+    };
+    if let Some(k) = &signer {
+        if !k.buckets.is_empty() && !k.buckets.iter().any(|b| b == src_bucket) {
+            return Err(S3Error::denied("Access Denied").on(src_bucket));
+        }
+    }
+    s3.require_bucket(src_bucket).await?;
+    let (b, k) = (src_bucket.to_owned(), src_key.to_owned());
+    let Some(src) = s3.ns(move |ns| ns.get(&b, &k)).await? else {
+        return Err(S3Error::no_key(src_key));
+    };
+    let replace = headers
+        .get("x-amz-metadata-directive")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("REPLACE"));
+    let (meta, content_type) = if replace {
+        let ct = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map_or_else(|| src.content_type.clone(), str::to_owned);
+        (user_meta(headers), ct)
+    } else {
+        (src.meta.clone(), src.content_type.clone())
+    };
+    let mut tags = meta.clone();
+    tags.insert("s3-bucket".into(), bucket.to_owned());
+    tags.insert("s3-key".into(), key.to_owned());
+    tags.insert("s3-content-type".into(), content_type.clone());
+    let mut bytes = multipart::Parts::new(s3, vec![src.file_id.clone()]);
+    let stored = store_file(s3, &mut bytes, &tags, key, Some(src.size))
+        .await
+        .map_err(S3Error::from)?;
+    let etag = hex::encode(std::mem::take(&mut bytes.md5).finalize());
+    let object = Object {
+        file_id: stored.file_id.to_string(),
+        size: stored.size,
+        etag: etag.clone(),
+        content_type,
+        modified: fdfs_common::time::unix_now() as i64,
+        meta,
+    };
+    let (b, k, o) = (bucket.to_owned(), key.to_owned(), object.clone());
+    if let Some(old) = s3
+        .ns(move |ns| ns.put(&b, &k, &o))
+        .await?
+        .filter(|o| o.file_id != object.file_id)
+    {
+        s3.drop_file(&old.file_id).await;
+    }
+    let mut resp = xml(
+        StatusCode::OK,
+        format!(
+            "<CopyObjectResult xmlns=\"{XMLNS}\"><LastModified>{}</LastModified><ETag>&quot;{etag}&quot;</ETag></CopyObjectResult>",
+            iso8601(object.modified)
+        ),
+    );
+    if let Ok(v) = HeaderValue::from_str(&object.file_id) {
+        resp.headers_mut().insert(FILE_ID_HEADER, v);
+    }
+    Ok(resp)
 }
 
 /// An ETag list of `If-Match` / `If-None-Match` holds `etag` (or `*`).

@@ -144,11 +144,26 @@ pub(super) async fn upload_part(
     Ok((StatusCode::OK, [(header::ETAG, format!("\"{etag}\""))]).into_response())
 }
 
-/// The listed parts, read in order from the storage nodes.
-struct Parts<'a> {
+/// Files read in order from the storage nodes, as one stream (the parts of an upload, a copied object), with
+/// the MD5 of what was read.
+pub(super) struct Parts<'a> {
     s3: &'a S3,
     files: std::vec::IntoIter<String>,
     current: Option<BoxStream<'static, reqwest::Result<Bytes>>>,
+    /// The MD5 of the bytes read so far.
+    pub md5: Md5,
+}
+
+impl<'a> Parts<'a> {
+    /// The files `files`, in order.
+    pub(super) fn new(s3: &'a S3, files: Vec<String>) -> Parts<'a> {
+        Parts {
+            s3,
+            files: files.into_iter(),
+            current: None,
+            md5: Md5::new(),
+        }
+    }
 }
 
 /// Open a part's file on a member that holds it.
@@ -184,7 +199,10 @@ impl ChunkSource for Parts<'_> {
         loop {
             if let Some(stream) = &mut self.current {
                 match stream.next().await {
-                    Some(Ok(b)) => return Ok(Some(b)),
+                    Some(Ok(b)) => {
+                        self.md5.update(&b);
+                        return Ok(Some(b));
+                    }
                     Some(Err(e)) => {
                         return Err(GatewayError::BadGateway(format!("reading a part: {e}")))
                     }
@@ -271,15 +289,7 @@ pub(super) async fn complete(
     tags.insert("s3-bucket".into(), bucket.to_owned());
     tags.insert("s3-key".into(), key.to_owned());
     tags.insert("s3-content-type".into(), upload.content_type.clone());
-    let mut parts = Parts {
-        s3,
-        files: chosen
-            .iter()
-            .map(|p| p.file_id.clone())
-            .collect::<Vec<_>>()
-            .into_iter(),
-        current: None,
-    };
+    let mut parts = Parts::new(s3, chosen.iter().map(|p| p.file_id.clone()).collect());
     let stored = store_file(s3, &mut parts, &tags, key, Some(size))
         .await
         .map_err(S3Error::from)?;
