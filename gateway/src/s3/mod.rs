@@ -7,7 +7,7 @@
 //! (plain, `aws-chunked` with signed chunks or an unsigned trailer, checksums and `Content-MD5` verified while
 //! streaming), GetObject (Range, conditional requests), HeadObject, DeleteObject, DeleteObjects,
 //! ListObjectsV2 and ListObjects, multipart uploads ([`multipart`]). docs/S3.md lists what is not supported yet
-//! (CopyObject, presigned POST, ...): those answer S3's `NotImplemented`.
+//! (presigned POST, UploadPartCopy, ...): those answer S3's `NotImplemented`.
 
 pub mod body;
 pub mod error;
