@@ -156,16 +156,7 @@ fn s3_door(a: &Args) -> Result<Option<S3Door>> {
             .to_ascii_uppercase()
     );
     let secret_key = Alphanumeric.sample_string(&mut rand::rng(), 40);
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| CliError::io(&path, e))?;
-    writeln!(f, "{access_key}\n{secret_key}").map_err(|e| CliError::io(&path, e))?;
+    write_private(&path, &format!("{access_key}\n{secret_key}\n"))?;
     Ok(Some(S3Door {
         addr,
         access_key,
@@ -649,6 +640,12 @@ fn resolve_secret(a: &Args) -> Result<(String, SecretSource)> {
         Err(e) => return Err(CliError::io(&path, e)),
     }
     let secret = format!("{:032x}", rand::random::<u128>());
+    write_private(&path, &format!("{secret}\n"))?;
+    Ok((secret, SecretSource::File(path, true)))
+}
+
+/// Write `text` to `path`, readable by its owner only (mode 0600).
+fn write_private(path: &Path, text: &str) -> Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut f = std::fs::OpenOptions::new()
@@ -656,10 +653,10 @@ fn resolve_secret(a: &Args) -> Result<(String, SecretSource)> {
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(&path)
-        .map_err(|e| CliError::io(&path, e))?;
-    writeln!(f, "{secret}").map_err(|e| CliError::io(&path, e))?;
-    Ok((secret, SecretSource::File(path, true)))
+        .open(path)
+        .map_err(|e| CliError::io(path, e))?;
+    f.write_all(text.as_bytes())
+        .map_err(|e| CliError::io(path, e))
 }
 
 fn print_layout(

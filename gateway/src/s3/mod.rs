@@ -147,6 +147,16 @@ impl S3 {
         }
     }
 
+    /// Point `bucket/key` at `object`, then delete the file it pointed at before.
+    async fn record(&self, bucket: &str, key: &str, object: &Object) -> Result<()> {
+        let (b, k, o) = (bucket.to_owned(), key.to_owned(), object.clone());
+        let old = self.ns(move |ns| ns.put(&b, &k, &o)).await?;
+        if let Some(old) = old.filter(|o| o.file_id != object.file_id) {
+            self.drop_file(&old.file_id).await;
+        }
+        Ok(())
+    }
+
     /// Delete a file the namespace no longer points at (logged when that fails: it stays an orphan).
     async fn drop_file(&self, file_id: &str) {
         let Ok(id) = file_id.parse::<fdfs_common::FileId>() else {
@@ -680,22 +690,9 @@ async fn put_object(
         ));
     }
     let meta = user_meta(headers);
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map_or_else(
-            || {
-                mime_guess::from_path(key)
-                    .first_or_octet_stream()
-                    .to_string()
-            },
-            str::to_owned,
-        );
+    let content_type = content_type_of(headers, key);
     // The file carries its bucket and key, so the namespace can be rebuilt from the storage nodes.
-    let mut tags = meta.clone();
-    tags.insert("s3-bucket".into(), bucket.to_owned());
-    tags.insert("s3-key".into(), key.to_owned());
-    tags.insert("s3-content-type".into(), content_type.clone());
+    let tags = object_tags(&meta, bucket, key, &content_type);
     let result = match store_file(s3, &mut src, &tags, key, size).await {
         Ok(r) => r,
         Err(e) => return Err(src.failed.take().unwrap_or_else(|| S3Error::from(e))),
@@ -709,11 +706,7 @@ async fn put_object(
         modified: fdfs_common::time::unix_now() as i64,
         meta,
     };
-    let (b, k, o) = (bucket.to_owned(), key.to_owned(), object.clone());
-    let old = s3.ns(move |ns| ns.put(&b, &k, &o)).await?;
-    if let Some(old) = old.filter(|o| o.file_id != object.file_id) {
-        s3.drop_file(&old.file_id).await;
-    }
+    s3.record(bucket, key, &object).await?;
     tracing::info!(bucket, key, file_id = %object.file_id, size = object.size, "object stored");
     Ok((
         StatusCode::OK,
@@ -729,6 +722,36 @@ async fn put_object(
 }
 
 use axum::http::HeaderName;
+
+/// The `Content-Type` a request gives an object, else the one its key's extension names.
+fn content_type_of(headers: &HeaderMap, key: &str) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map_or_else(
+            || {
+                mime_guess::from_path(key)
+                    .first_or_octet_stream()
+                    .to_string()
+            },
+            str::to_owned,
+        )
+}
+
+/// The metadata an object's file carries: its `x-amz-meta-*`, and its bucket, key and content type (so the
+/// namespace can be rebuilt from the storage nodes).
+fn object_tags(
+    meta: &BTreeMap<String, String>,
+    bucket: &str,
+    key: &str,
+    content_type: &str,
+) -> BTreeMap<String, String> {
+    let mut tags = meta.clone();
+    tags.insert("s3-bucket".into(), bucket.to_owned());
+    tags.insert("s3-key".into(), key.to_owned());
+    tags.insert("s3-content-type".into(), content_type.to_owned());
+    tags
+}
 
 /// Store what `src` yields as a new FastDFS file carrying `meta`, named after the last segment of `key` (its
 /// extension becomes the file ID's).
@@ -809,10 +832,7 @@ async fn copy_object(
     } else {
         (src.meta.clone(), src.content_type.clone())
     };
-    let mut tags = meta.clone();
-    tags.insert("s3-bucket".into(), bucket.to_owned());
-    tags.insert("s3-key".into(), key.to_owned());
-    tags.insert("s3-content-type".into(), content_type.clone());
+    let tags = object_tags(&meta, bucket, key, &content_type);
     let mut bytes = multipart::Parts::new(s3, vec![src.file_id.clone()]);
     let stored = store_file(s3, &mut bytes, &tags, key, Some(src.size))
         .await
@@ -826,14 +846,7 @@ async fn copy_object(
         modified: fdfs_common::time::unix_now() as i64,
         meta,
     };
-    let (b, k, o) = (bucket.to_owned(), key.to_owned(), object.clone());
-    if let Some(old) = s3
-        .ns(move |ns| ns.put(&b, &k, &o))
-        .await?
-        .filter(|o| o.file_id != object.file_id)
-    {
-        s3.drop_file(&old.file_id).await;
-    }
+    s3.record(bucket, key, &object).await?;
     let mut resp = xml(
         StatusCode::OK,
         format!(

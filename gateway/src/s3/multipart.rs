@@ -49,17 +49,7 @@ pub(super) async fn create(
 ) -> Result<Response> {
     count("CreateMultipartUpload");
     let id = format!("{:032x}", rand::random::<u128>());
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map_or_else(
-            || {
-                mime_guess::from_path(key)
-                    .first_or_octet_stream()
-                    .to_string()
-            },
-            str::to_owned,
-        );
+    let content_type = super::content_type_of(headers, key);
     let upload = Upload {
         bucket: bucket.to_owned(),
         key: key.to_owned(),
@@ -285,10 +275,7 @@ pub(super) async fn complete(
         md5s.update(hex::decode(&p.etag).unwrap_or_default());
     }
     let etag = format!("{}-{}", hex::encode(md5s.finalize()), chosen.len());
-    let mut tags = upload.meta.clone();
-    tags.insert("s3-bucket".into(), bucket.to_owned());
-    tags.insert("s3-key".into(), key.to_owned());
-    tags.insert("s3-content-type".into(), upload.content_type.clone());
+    let tags = super::object_tags(&upload.meta, bucket, key, &upload.content_type);
     let mut parts = Parts::new(s3, chosen.iter().map(|p| p.file_id.clone()).collect());
     let stored = store_file(s3, &mut parts, &tags, key, Some(size))
         .await

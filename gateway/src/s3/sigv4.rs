@@ -82,6 +82,15 @@ impl Signed {
     }
 }
 
+/// S3's answer to a signature that does not match.
+fn mismatch() -> S3Error {
+    S3Error::new(
+        403,
+        "SignatureDoesNotMatch",
+        "The request signature we calculated does not match the signature you provided. Check your key and signing method.",
+    )
+}
+
 fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
     mac.update(data);
@@ -326,11 +335,7 @@ fn verify_v2_query(
     let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
     if !fdfs_common::constant_time_eq(expected.as_bytes(), signature.as_bytes()) {
         tracing::debug!(%to_sign, "V2 signature mismatch");
-        return Err(S3Error::new(
-            403,
-            "SignatureDoesNotMatch",
-            "The request signature we calculated does not match the signature you provided. Check your key and signing method.",
-        ));
+        return Err(mismatch());
     }
     Ok(Signed {
         key: key.clone(),
@@ -513,11 +518,7 @@ pub fn verify(
     let expected = hex::encode(hmac(&signing_key, to_sign.as_bytes()));
     if !fdfs_common::constant_time_eq(expected.as_bytes(), parts.signature.as_bytes()) {
         tracing::debug!(%canonical, "signature mismatch");
-        return Err(S3Error::new(
-            403,
-            "SignatureDoesNotMatch",
-            "The request signature we calculated does not match the signature you provided. Check your key and signing method.",
-        ));
+        return Err(mismatch());
     }
     Ok(Signed {
         key: key.clone(),
