@@ -1,6 +1,7 @@
 //! The nemesis: faults drawn from a seeded generator (processes killed, frozen, restarted; nodes cut off; a
 //! member's disk wiped, power-cut, failing or slow), a new one every 1 to 4 s, each held for 2 to 8 s then
-//! healed; up to `NEMESIS_OVERLAP` (2) held at once, in different failure domains (never more than the design
+//! healed (a storage group takes no new fault until its members have caught up again after the last one); up to
+//! `NEMESIS_OVERLAP` (2) held at once, in different failure domains (never more than the design
 //! promises to survive: with `write_quorum` 2 of 3, one member of a group may be lost; with two trackers and two
 //! gateways, one of each). Every fault is logged with when it began and ended, and which host's process it
 //! disturbed (the checker accepts a client's connection failure only against a host disturbed meanwhile).
@@ -8,7 +9,7 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use super::cluster::{member, NsCluster, GATEWAYS, GROUPS, MEMBERS, TRACKERS};
+use super::cluster::{member, members_of, NsCluster, GATEWAYS, GROUPS, MEMBERS, TRACKERS};
 use super::Rng;
 use crate::powercut::{Cut, Faults};
 
@@ -182,6 +183,11 @@ impl Nemesis {
         let power_cuts = !c.disks.is_empty();
         // Held faults: the fault, when it began, when to heal it.
         let mut held: Vec<(Fault, Duration, Duration)> = Vec::new();
+        // Groups whose last fault is healed but whose members have not caught up again (a wiped member still
+        // copying, records still owed to a member that was away): no new fault there until they have, or
+        // two faults in a row would be two at once for the group's redundancy (write quorum 2 survives one).
+        let mut recovering: Vec<String> = Vec::new();
+        let mut checked = Duration::ZERO;
         // Let the load get going first.
         let mut next = Duration::from_secs(3).min(duration);
         loop {
@@ -193,6 +199,10 @@ impl Nemesis {
                 if over || held[k].2 <= now {
                     let (fault, start, _) = held.swap_remove(k);
                     heal(c, &fault, &mut self.rng);
+                    if fault.domain().starts_with("group") && !recovering.contains(&fault.domain())
+                    {
+                        recovering.push(fault.domain());
+                    }
                     let end = t0.elapsed();
                     eprintln!("nemesis: {:>6.1}s healed {fault}", end.as_secs_f64());
                     log.push(Injected { fault, start, end });
@@ -204,11 +214,32 @@ impl Nemesis {
                 log.sort_by_key(|f| f.start);
                 return log;
             }
+            if !recovering.is_empty() && now >= checked + Duration::from_secs(1) {
+                checked = now;
+                let mut still = Vec::new();
+                for group in recovering.drain(..) {
+                    let mut caught_up = true;
+                    for m in members_of(&group) {
+                        caught_up &= c.caught_up(&m).await.is_ok();
+                    }
+                    if caught_up {
+                        eprintln!(
+                            "nemesis: {:>6.1}s {group} caught up",
+                            t0.elapsed().as_secs_f64()
+                        );
+                    } else {
+                        still.push(group);
+                    }
+                }
+                recovering = still;
+            }
             if now >= next && held.len() < overlap.max(1) {
-                // A fault in a domain nothing else holds (a few draws, else wait for the next turn).
-                let fault = (0..20)
-                    .map(|_| self.draw(power_cuts))
-                    .find(|f| held.iter().all(|(h, _, _)| h.domain() != f.domain()));
+                // A fault in a domain nothing else holds nor is recovering from (a few draws, else wait for the
+                // next turn).
+                let fault = (0..20).map(|_| self.draw(power_cuts)).find(|f| {
+                    held.iter().all(|(h, _, _)| h.domain() != f.domain())
+                        && !recovering.contains(&f.domain())
+                });
                 let hold = Duration::from_millis(self.rng.range(2000, 8001));
                 let quiet = Duration::from_millis(self.rng.range(1000, 4001));
                 if let Some(fault) = fault {
