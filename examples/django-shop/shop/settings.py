@@ -8,6 +8,7 @@ gateway), FDFS_LEGACY_BASE_URL (while old images in MEDIA_ROOT move in with `man
 
 import os
 from pathlib import Path
+from typing import Any
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -63,7 +64,7 @@ STATIC_URL = "static/"
 # Where pictures were kept before fdfs: what `manage.py fdfs_migrate_media` moves in.
 MEDIA_ROOT = os.environ.get("SHOP_MEDIA_ROOT", str(BASE_DIR / "media"))
 
-STORAGES = {
+STORAGES: dict[str, dict[str, Any]] = {
     # Uploaded files (product images) go to fdfs; the model keeps the file ID. Settings: FDFS_* (environment).
     "default": {"BACKEND": "fdfs_http.django.FdfsStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
