@@ -16,6 +16,7 @@ import pytest
 from botocore.client import Config
 from botocore.exceptions import ClientError
 
+from fdfs_http import is_file_id
 from fdfs_http.testing import LocalCluster
 
 
@@ -293,3 +294,38 @@ def test_copy_object(s3cluster: LocalCluster) -> None:
     with pytest.raises(ClientError) as e:
         s3.copy_object(Bucket="copy-b", Key="x", CopySource={"Bucket": "copy-a", "Key": "missing"})
     assert code(e) == "NoSuchKey"
+
+
+def test_browser_form_upload_by_presigned_post(s3cluster: LocalCluster) -> None:
+    s3 = client(s3cluster)
+    s3.create_bucket(Bucket="forms")
+    conditions: list[Any] = [["content-length-range", 1, 1000], ["starts-with", "$key", "uploads/"]]
+    post = s3.generate_presigned_post(
+        "forms",
+        "uploads/${filename}",
+        Fields={"Content-Type": "image/png"},
+        Conditions=[*conditions, {"Content-Type": "image/png"}],
+        ExpiresIn=60,
+    )
+    fields = post["fields"]
+    # What a browser form sends: the fields, then the file.
+    r = httpx.post(post["url"], data=fields, files={"file": ("cat.png", b"png bytes", "image/png")})
+    assert r.status_code == 204, r.text
+    got = s3.get_object(Bucket="forms", Key="uploads/cat.png")
+    assert got["Body"].read() == b"png bytes" and got["ContentType"] == "image/png"
+    assert is_file_id(r.headers["x-fdfs-file-id"])
+    # The policy's conditions hold: too big, another key prefix, another content type, a tampered policy.
+    r = httpx.post(post["url"], data=fields, files={"file": ("big.png", b"x" * 1001, "image/png")})
+    assert r.status_code == 400 and b"EntityTooLarge" in r.content
+    r = httpx.post(post["url"], data={**fields, "key": "elsewhere/x.png"}, files={"file": ("x.png", b"x", "image/png")})
+    assert r.status_code == 403 and b"AccessDenied" in r.content
+    r = httpx.post(
+        post["url"], data={**fields, "Content-Type": "text/html"}, files={"file": ("x.png", b"x", "image/png")}
+    )
+    assert r.status_code == 403
+    r = httpx.post(
+        post["url"], data={**fields, "policy": fields["policy"][:-4] + "AAAA"}, files={"file": ("x.png", b"x", "a/b")}
+    )
+    assert r.status_code in (400, 403)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="forms")["Contents"]]
+    assert keys == ["uploads/cat.png"], "nothing stored for a refused form"

@@ -7,12 +7,14 @@
 //! (plain, `aws-chunked` with signed chunks or an unsigned trailer, checksums and `Content-MD5` verified while
 //! streaming), GetObject (Range, conditional requests), HeadObject, DeleteObject, DeleteObjects,
 //! ListObjectsV2 and ListObjects, multipart uploads ([`multipart`]). docs/S3.md lists what is not supported yet
-//! (presigned POST, UploadPartCopy, ...): those answer S3's `NotImplemented`.
+//! (UploadPartCopy, virtual-host addressing, ...): those answer S3's `NotImplemented`. Browser form uploads:
+//! [`post`].
 
 pub mod body;
 pub mod error;
 mod multipart;
 pub mod namespace;
+mod post;
 pub mod sigv4;
 
 use std::collections::BTreeMap;
@@ -366,7 +368,12 @@ async fn bucket_op(
             s3.require_bucket(&bucket).await?;
             delete_objects(&s3, &bucket, body).await
         }
-        Method::POST => Err(not_implemented("POST object (presigned POST)")),
+        // A browser form upload: its signature is in the form (see [`post`]).
+        Method::POST if query.is_empty() => {
+            s3.require_bucket(&bucket).await?;
+            post::post_object(&s3, &bucket, &headers, body).await
+        }
+        Method::POST => Err(not_implemented("this POST on a bucket")),
         _ => {
             let what = query.first().map_or("this bucket operation", |(k, _)| k);
             Err(not_implemented(&format!("{method} ?{what}")))

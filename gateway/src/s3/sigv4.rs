@@ -82,6 +82,70 @@ impl Signed {
     }
 }
 
+/// Check the signature of a browser form upload (presigned POST) over its base64 `policy`: Signature V4
+/// (`x-amz-algorithm`, `x-amz-credential`, `x-amz-signature`) or V2 (`AWSAccessKeyId`, `signature`). `fields` are
+/// the form's fields, names lower-cased. The key that signed it.
+pub fn verify_post(
+    fields: &BTreeMap<String, String>,
+    policy: &str,
+    keys: &[S3Key],
+) -> Result<S3Key, S3Error> {
+    let get = |n: &str| fields.get(n).map(String::as_str);
+    let find = |access: &str| {
+        keys.iter()
+            .find(|k| k.access_key == access)
+            .cloned()
+            .ok_or_else(|| {
+                S3Error::new(
+                    403,
+                    "InvalidAccessKeyId",
+                    "The AWS Access Key Id you provided does not exist in our records.",
+                )
+            })
+    };
+    if let (Some(algorithm), Some(credential_field), Some(signature)) = (
+        get("x-amz-algorithm"),
+        get("x-amz-credential"),
+        get("x-amz-signature"),
+    ) {
+        if algorithm != "AWS4-HMAC-SHA256" {
+            return Err(S3Error::malformed(
+                "x-amz-algorithm must be AWS4-HMAC-SHA256",
+            ));
+        }
+        let (access, date, region) = credential(credential_field)?;
+        let key = find(&access)?;
+        let k_date = hmac(
+            format!("AWS4{}", key.secret_key).as_bytes(),
+            date.as_bytes(),
+        );
+        let k_region = hmac(&k_date, region.as_bytes());
+        let k_service = hmac(&k_region, b"s3");
+        let signing_key = hmac(&k_service, b"aws4_request");
+        let expected = hex::encode(hmac(&signing_key, policy.as_bytes()));
+        if !fdfs_common::constant_time_eq(expected.as_bytes(), signature.as_bytes()) {
+            return Err(mismatch());
+        }
+        return Ok(key);
+    }
+    if let (Some(access), Some(signature)) = (get("awsaccesskeyid"), get("signature")) {
+        let key = find(access)?;
+        let mut mac = Hmac::<sha1::Sha1>::new_from_slice(key.secret_key.as_bytes())
+            .expect("HMAC takes a key of any length");
+        mac.update(policy.as_bytes());
+        use base64::Engine as _;
+        let expected =
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        if !fdfs_common::constant_time_eq(expected.as_bytes(), signature.as_bytes()) {
+            return Err(mismatch());
+        }
+        return Ok(key);
+    }
+    Err(S3Error::denied(
+        "a form upload needs a signed policy (x-amz-credential and x-amz-signature, or AWSAccessKeyId and signature)",
+    ))
+}
+
 /// S3's answer to a signature that does not match.
 fn mismatch() -> S3Error {
     S3Error::new(
