@@ -339,9 +339,35 @@ fn s3_router(app: Arc<App>, stopping: fdfs_common::health::Stopping) -> Result<R
     }
     std::fs::create_dir_all(&dir)
         .map_err(|e| StartError::S3(format!("creating {}: {e}", dir.display())))?;
+    // No namespace at all (a new door, or a lost disk): rebuilt from the storage nodes before it answers.
+    let lost = !dir.join("namespace").exists();
     let ns = s3::namespace::Namespace::open(&dir)
         .map_err(|e| StartError::S3(format!("opening the namespace in {}: {e}", dir.display())))?;
-    let routes = s3::router(app, ns)
+    let ready: s3::Ready = Arc::new(std::sync::atomic::AtomicBool::new(!lost));
+    if lost {
+        let (app, ns, ready) = (app.clone(), ns.clone(), ready.clone());
+        tokio::spawn(async move {
+            loop {
+                match s3::rebuild::rebuild(&app, &ns).await {
+                    Ok(r) => {
+                        tracing::info!(
+                            listed = r.listed,
+                            objects = r.objects,
+                            buckets = r.buckets,
+                            "S3 namespace rebuilt from the storage nodes"
+                        );
+                        ready.store(true, std::sync::atomic::Ordering::Release);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "rebuilding the S3 namespace failed; retrying in 1 s");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+    }
+    let routes = s3::router(app, ns, ready)
         .layer(axum::middleware::from_fn(request_id::scope))
         .layer(axum::middleware::from_fn_with_state(
             stopping,

@@ -5,6 +5,9 @@ names its file ID, and the storage nodes serve the same bytes under it."""
 from __future__ import annotations
 
 import io
+import os
+import shutil
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +17,7 @@ import boto3
 import httpx
 import pytest
 from botocore.client import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, EndpointConnectionError
 
 from fdfs_http import is_file_id
 from fdfs_http.testing import LocalCluster
@@ -24,6 +27,11 @@ from fdfs_http.testing import LocalCluster
 def s3cluster(fdfs_bin: str, data_root: Path) -> Iterator[LocalCluster]:
     with LocalCluster(fdfs_bin, data_root / "s3", groups=1, members=2, s3_port=0) as c:
         assert c.s3 and c.s3_access_key and c.s3_secret_key, c.output()
+        # A new door builds its namespace from the storage nodes first (503 until then).
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{c.s3}/").status_code == 503:
+            assert time.monotonic() < deadline, "the S3 door never became ready"
+            time.sleep(0.2)
         yield c
 
 
@@ -329,3 +337,34 @@ def test_browser_form_upload_by_presigned_post(s3cluster: LocalCluster) -> None:
     assert r.status_code in (400, 403)
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="forms")["Contents"]]
     assert keys == ["uploads/cat.png"], "nothing stored for a refused form"
+
+
+def test_a_lost_namespace_is_rebuilt_from_the_storage_nodes(s3cluster: LocalCluster) -> None:
+    from boto3.s3.transfer import TransferConfig
+
+    s3 = client(s3cluster)
+    s3.create_bucket(Bucket="rebuild")
+    s3.put_object(Bucket="rebuild", Key="a/one.txt", Body=b"one", ContentType="text/plain", Metadata={"x": "1"})
+    s3.put_object(Bucket="rebuild", Key="a/one.txt", Body=b"one again")  # overwritten: the newest file wins
+    big = bytes(range(256)) * (12 * 1024 * 1024 // 256)
+    cfg = TransferConfig(multipart_threshold=5 << 20, multipart_chunksize=5 << 20)
+    s3.upload_fileobj(io.BytesIO(big), "rebuild", "b/big.bin", Config=cfg)
+    before = {o["Key"]: o["ETag"] for o in s3.list_objects_v2(Bucket="rebuild")["Contents"]}
+    assert before["b/big.bin"].endswith('-3"')
+
+    # The gateway loses its disk: its namespace is gone, and it restarts (fdfs up restarts it).
+    shutil.rmtree(s3cluster.data_dir / "s3")
+    os.kill(s3cluster.gateway_pid(), signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            after = {o["Key"]: o["ETag"] for o in client(s3cluster).list_objects_v2(Bucket="rebuild")["Contents"]}
+            break
+        except (ClientError, EndpointConnectionError, KeyError):
+            assert time.monotonic() < deadline, "the namespace was not rebuilt"
+            time.sleep(0.5)
+    assert after == before
+    s3 = client(s3cluster)
+    one = s3.get_object(Bucket="rebuild", Key="a/one.txt")
+    assert one["Body"].read() == b"one again"
+    assert s3.get_object(Bucket="rebuild", Key="b/big.bin")["Body"].read() == big

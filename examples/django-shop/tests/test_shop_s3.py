@@ -35,6 +35,11 @@ def cluster() -> Iterator[LocalCluster]:
         tempfile.TemporaryDirectory(prefix="fdfs-shop-s3-") as d,
         LocalCluster(fdfs, d, groups=1, members=2, s3_port=0) as c,
     ):
+        # A new door builds its namespace from the storage nodes first (503 until then).
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{c.s3}/").status_code == 503:
+            assert time.monotonic() < deadline, "the S3 door never became ready"
+            time.sleep(0.2)
         yield c
 
 

@@ -15,6 +15,7 @@ pub mod error;
 mod multipart;
 pub mod namespace;
 mod post;
+pub mod rebuild;
 pub mod sigv4;
 
 use std::collections::BTreeMap;
@@ -68,8 +69,31 @@ struct S3 {
     public: Vec<String>,
 }
 
-/// The S3 routes, on the gateway's `app`, with the namespace in `ns`.
-pub(crate) fn router(app: Arc<App>, ns: Namespace) -> Router {
+/// Whether the namespace can be used (false while it is being rebuilt, see [`rebuild`]).
+pub type Ready = Arc<std::sync::atomic::AtomicBool>;
+
+/// 503 `ServiceUnavailable` while the namespace is being rebuilt.
+async fn while_rebuilding(
+    State(ready): State<Ready>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if ready.load(std::sync::atomic::Ordering::Acquire) {
+        return next.run(req).await;
+    }
+    let mut resp = S3Error::new(
+        503,
+        "ServiceUnavailable",
+        "The namespace is being rebuilt from the storage nodes; please retry.",
+    )
+    .into_response();
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    resp
+}
+
+/// The S3 routes, on the gateway's `app`, with the namespace in `ns`, answering 503 until `ready`.
+pub(crate) fn router(app: Arc<App>, ns: Namespace, ready: Ready) -> Router {
     let state = Arc::new(S3 {
         keys: app.config.s3_all_keys(),
         public: app.config.s3_public_buckets.clone(),
@@ -83,6 +107,10 @@ pub(crate) fn router(app: Arc<App>, ns: Namespace) -> Router {
         .route("/{bucket}/{*key}", any(object_op))
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(
+            ready,
+            while_rebuilding,
+        ))
 }
 
 /// What a request does, for access checks.

@@ -275,7 +275,9 @@ pub(super) async fn complete(
         md5s.update(hex::decode(&p.etag).unwrap_or_default());
     }
     let etag = format!("{}-{}", hex::encode(md5s.finalize()), chosen.len());
-    let tags = super::object_tags(&upload.meta, bucket, key, &upload.content_type);
+    let mut tags = super::object_tags(&upload.meta, bucket, key, &upload.content_type);
+    // Not recomputable from the bytes alone (it hashes the parts' hashes): kept with the file for a rebuild.
+    tags.insert("s3-etag".into(), etag.clone());
     let mut parts = Parts::new(s3, chosen.iter().map(|p| p.file_id.clone()).collect());
     let stored = store_file(s3, &mut parts, &tags, key, Some(size))
         .await

@@ -191,6 +191,13 @@ class LocalCluster:
 
     def pid_of(self, member: Member) -> int:
         """Process id of a storage node: the child of `fdfs up` whose command line has its store path."""
+        return self._child_with(member.data_dir.encode())
+
+    def gateway_pid(self) -> int:
+        """Process id of the gateway: the child of `fdfs up` whose command line says `gateway`."""
+        return self._child_with(b"gateway")
+
+    def _child_with(self, word: bytes) -> int:
         assert self._proc is not None
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
@@ -201,9 +208,9 @@ class LocalCluster:
                 cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
             except (OSError, ValueError, IndexError):
                 continue
-            if ppid == self._proc.pid and member.data_dir.encode() in cmdline:
+            if ppid == self._proc.pid and word in cmdline:
                 return int(entry)
-        raise LookupError(f"no process for {member}")
+        raise LookupError(f"no child of fdfs up with {word!r} in its command line")
 
     def kill_member(self, member: Member) -> None:
         """SIGKILL one storage node (the rest of the cluster keeps running; `fdfs up` restarts it unless
