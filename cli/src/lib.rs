@@ -38,7 +38,7 @@ pub enum Command {
     /// Run a storage node in this process (same flags as `fdfs-storage`).
     Storage(Box<fdfs_storage::cli::Args>),
     /// Run the HTTP gateway in this process (same flags as `fdfs-gateway`).
-    Gateway(fdfs_gateway::cli::Args),
+    Gateway(Box<fdfs_gateway::cli::Args>),
     /// Run a whole local cluster (trackers, storage groups, gateway) until ctrl-c.
     Up(up::Args),
     /// Print a server's config file with every setting commented (`fdfs config storage > storage.toml`).
@@ -118,7 +118,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Tracker(a) => fdfs_tracker::cli::main(a).await?,
         Command::Storage(a) => fdfs_storage::cli::main(*a).await?,
-        Command::Gateway(a) => fdfs_gateway::cli::main(a).await?,
+        Command::Gateway(a) => fdfs_gateway::cli::main(*a).await?,
         Command::Up(a) => up::run(a).await?,
         Command::Config(a) => commands::config::run(&a),
         Command::Upload(a) => upload::run(&client()?, a).await?,

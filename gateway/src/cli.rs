@@ -77,6 +77,12 @@ pub struct Args {
     /// Buckets anyone may read without a signature, comma separated.
     #[arg(long, env = "FDFS_S3_PUBLIC_BUCKETS", value_delimiter = ',')]
     pub s3_public_buckets: Option<Vec<String>>,
+    /// Seconds between passes of the S3 orphan collector, 0 for none [default: 21600].
+    #[arg(long, env = "FDFS_S3_COLLECT_INTERVAL_SECS")]
+    pub s3_collect_interval_secs: Option<u64>,
+    /// Age in seconds before the collector deletes an S3 file no key points at [default: 3600].
+    #[arg(long, env = "FDFS_S3_ORPHAN_GRACE_SECS")]
+    pub s3_orphan_grace_secs: Option<u64>,
 }
 
 impl Args {
@@ -141,6 +147,12 @@ impl Args {
         }
         if let Some(v) = &self.s3_secret_key {
             c.s3_secret_key = Some(v.clone());
+        }
+        if let Some(v) = self.s3_collect_interval_secs {
+            c.s3_collect_interval_secs = v;
+        }
+        if let Some(v) = self.s3_orphan_grace_secs {
+            c.s3_orphan_grace_secs = v;
         }
         if let Some(v) = &self.s3_public_buckets {
             c.s3_public_buckets = v.iter().filter(|s| !s.is_empty()).cloned().collect();

@@ -98,6 +98,12 @@ pub struct Config {
     pub s3_keys: Vec<s3::S3Key>,
     /// Buckets whose objects anyone may read (and list) without a signature.
     pub s3_public_buckets: Vec<String>,
+    /// Seconds between two passes of the S3 door's orphan collector (0: none), which deletes object and part
+    /// files no key points at (a gateway killed between storing a file and recording its key).
+    pub s3_collect_interval_secs: u64,
+    /// Age in seconds a file no key points at must reach before the collector deletes it (a younger one may
+    /// belong to an upload whose key is about to be recorded).
+    pub s3_orphan_grace_secs: u64,
 }
 
 impl Default for Config {
@@ -123,6 +129,8 @@ impl Default for Config {
             s3_secret_key: None,
             s3_keys: Vec::new(),
             s3_public_buckets: Vec::new(),
+            s3_collect_interval_secs: 6 * 3600,
+            s3_orphan_grace_secs: 3600,
         }
     }
 }
@@ -362,6 +370,29 @@ fn s3_router(app: Arc<App>, stopping: fdfs_common::health::Stopping) -> Result<R
                     Err(e) => {
                         tracing::warn!(error = %e, "rebuilding the S3 namespace failed; retrying in 1 s");
                         tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+    }
+    if app.config.s3_collect_interval_secs > 0 {
+        let (app, ns, ready) = (Arc::downgrade(&app), ns.clone(), ready.clone());
+        tokio::spawn(async move {
+            loop {
+                let Some(interval) = app.upgrade().map(|a| a.config.s3_collect_interval_secs)
+                else {
+                    return;
+                };
+                tokio::time::sleep(Duration::from_secs(interval)).await;
+                let Some(app) = app.upgrade() else { return };
+                if !ready.load(std::sync::atomic::Ordering::Acquire) {
+                    continue;
+                }
+                let grace = Duration::from_secs(app.config.s3_orphan_grace_secs);
+                match s3::rebuild::collect(&app, &ns, grace).await {
+                    Ok(n) => tracing::info!(removed = n, "S3 orphan collection done"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "S3 orphan collection failed; next pass later")
                     }
                 }
             }

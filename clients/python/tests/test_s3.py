@@ -4,10 +4,12 @@ names its file ID, and the storage nodes serve the same bytes under it."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -368,3 +370,52 @@ def test_a_lost_namespace_is_rebuilt_from_the_storage_nodes(s3cluster: LocalClus
     one = s3.get_object(Bucket="rebuild", Key="a/one.txt")
     assert one["Body"].read() == b"one again"
     assert s3.get_object(Bucket="rebuild", Key="b/big.bin")["Body"].read() == big
+
+
+def files_on(c: LocalCluster) -> set[str]:
+    """The files the storage node holds (its replication listing)."""
+    r = httpx.get(f"{c.members[0].url}/v1/sync/files?limit=1000", headers={"x-fdfs-cluster-secret": c.secret})
+    r.raise_for_status()
+    return {f["id"] for f in r.json()["files"]}
+
+
+def test_a_gateway_killed_between_storing_and_recording_leaves_no_orphan(fdfs_bin: str, data_root: Path) -> None:
+    env = {
+        "FDFS_TEST_S3_PAUSE_BEFORE_RECORD_MS": "3000",  # the window between the file and its key, made wide
+        "FDFS_S3_COLLECT_INTERVAL_SECS": "1",
+        "FDFS_S3_ORPHAN_GRACE_SECS": "6",  # longer than the window: a file about to get its key stays
+    }
+    with LocalCluster(fdfs_bin, data_root / "s3-orphans", groups=1, members=1, s3_port=0, env=env) as c:
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{c.s3}/").status_code == 503:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        s3 = client(c)
+        s3.create_bucket(Bucket="orphans")
+        s3.put_object(Bucket="orphans", Key="kept.txt", Body=b"kept")
+        kept = files_on(c)
+        assert len(kept) == 1
+
+        def put_lost() -> None:
+            with contextlib.suppress(Exception):
+                s3.put_object(Bucket="orphans", Key="lost.txt", Body=b"lost")
+
+        t = threading.Thread(target=put_lost)
+        t.start()
+        deadline = time.monotonic() + 10
+        while len(files_on(c)) < 2:  # the file is stored; its key is not recorded yet
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        os.kill(c.gateway_pid(), signal.SIGKILL)
+        t.join()
+        assert len(files_on(c)) == 2, "the orphan is on the storage node"
+        # The restarted gateway's collector removes it once past its grace; the recorded object stays.
+        deadline = time.monotonic() + 60
+        while files_on(c) != kept:
+            assert time.monotonic() < deadline, "the orphan was not collected"
+            time.sleep(0.5)
+        s3 = client(c)
+        assert s3.get_object(Bucket="orphans", Key="kept.txt")["Body"].read() == b"kept"
+        with pytest.raises(ClientError) as e:
+            s3.head_object(Bucket="orphans", Key="lost.txt")
+        assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404

@@ -733,6 +733,7 @@ async fn put_object(
         Err(e) => return Err(src.failed.take().unwrap_or_else(|| S3Error::from(e))),
     };
     let etag = src.etag.clone().unwrap_or_default();
+    test_pause_before_record().await;
     let object = Object {
         file_id: result.file_id.to_string(),
         size: result.size,
@@ -893,6 +894,21 @@ async fn copy_object(
         resp.headers_mut().insert(FILE_ID_HEADER, v);
     }
     Ok(resp)
+}
+
+/// Tests only: `FDFS_TEST_S3_PAUSE_BEFORE_RECORD_MS` holds a PutObject between storing its file and recording
+/// its key, so a test can kill the gateway there (the orphan the collector must find).
+async fn test_pause_before_record() {
+    static PAUSE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let ms = *PAUSE.get_or_init(|| {
+        std::env::var("FDFS_TEST_S3_PAUSE_BEFORE_RECORD_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    });
+    if ms > 0 {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
 }
 
 /// An ETag list of `If-Match` / `If-None-Match` holds `etag` (or `*`).

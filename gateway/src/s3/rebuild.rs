@@ -7,6 +7,8 @@
 //! key; the ETag of a single-part object is its MD5, computed again from its bytes. When several files name the
 //! same key (an overwritten object whose old file could not be deleted), the newest file wins. Empty buckets are
 //! not recovered (they leave no file), nor multipart uploads under way (their parts stay as files).
+//!
+//! The same walk finds orphans ([`collect`]): tagged files the namespace does not point at.
 
 use std::collections::BTreeMap;
 
@@ -33,90 +35,157 @@ pub struct Rebuilt {
     pub buckets: u64,
 }
 
+/// A file of the cluster that carries metadata, with the member it was listed on.
+pub(crate) struct Tagged {
+    /// The member that listed it.
+    pub addr: String,
+    /// The file.
+    pub id: FileId,
+    /// Its size.
+    pub size: u64,
+    /// Its metadata.
+    pub meta: Metadata,
+}
+
+/// Every file of the cluster that carries metadata with an `s3-` key, group by group (each listed on one of its
+/// active members), a listing page at a time.
+pub(crate) struct Walk {
+    /// Each group's member to list, still to go.
+    groups: std::vec::IntoIter<String>,
+    /// The member being listed, and the last ID it listed.
+    at: Option<(String, String)>,
+    /// Files listed so far.
+    pub listed: u64,
+}
+
+impl Walk {
+    /// A walk over the cluster as the trackers describe it now.
+    pub(crate) async fn start(app: &App) -> anyhow::Result<Walk> {
+        let cluster = app.tracker.cluster().await?;
+        let mut addrs = Vec::new();
+        for group in &cluster.groups {
+            let member = group
+                .members
+                .iter()
+                .filter(|m| m.state == MemberState::Active)
+                .min_by_key(|m| m.node_id);
+            let Some(member) = member else {
+                anyhow::bail!("group {} has no active member to list", group.name);
+            };
+            addrs.push(member.addr.clone());
+        }
+        Ok(Walk {
+            groups: addrs.into_iter(),
+            at: None,
+            listed: 0,
+        })
+    }
+
+    /// The tagged files of the next listing page; `None` at the end.
+    pub(crate) async fn next_page(&mut self, app: &App) -> anyhow::Result<Option<Vec<Tagged>>> {
+        let (addr, after) = match self.at.take() {
+            Some(at) => at,
+            None => match self.groups.next() {
+                Some(addr) => (addr, String::new()),
+                None => return Ok(None),
+            },
+        };
+        let holder = vec![addr.clone()];
+        let path = format!(
+            "/v1/sync/files?after={}&limit={PAGE}",
+            percent_encoding::utf8_percent_encode(&after, percent_encoding::NON_ALPHANUMERIC)
+        );
+        let page: serde_json::Value = app
+            .storage
+            .on_holder(&holder, Method::GET, &path, None::<&()>)
+            .await?;
+        let files = page["files"].as_array().cloned().unwrap_or_default();
+        let mut last = after;
+        let mut tagged = Vec::new();
+        for f in &files {
+            self.listed += 1;
+            let Some(raw) = f["id"].as_str() else {
+                continue;
+            };
+            last = raw.to_owned();
+            if f["meta"] != true {
+                continue;
+            }
+            let Ok(id) = raw.parse::<FileId>() else {
+                continue;
+            };
+            let meta: Metadata = match app
+                .storage
+                .on_holder(&holder, Method::GET, &format!("/v1/meta/{id}"), None::<&()>)
+                .await
+            {
+                Ok(m) => m,
+                // Deleted since it was listed.
+                Err(crate::error::GatewayError::Upstream { status, .. }) if status == 404 => {
+                    continue
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if meta.keys().any(|k| k.starts_with("s3-")) {
+                tagged.push(Tagged {
+                    addr: addr.clone(),
+                    id,
+                    size: f["size"].as_u64().unwrap_or(0),
+                    meta,
+                });
+            }
+        }
+        if files.len() == PAGE {
+            self.at = Some((addr, last));
+        }
+        Ok(Some(tagged))
+    }
+}
+
 /// Rebuild `ns` from the cluster `app` talks to.
 pub(crate) async fn rebuild(app: &App, ns: &Namespace) -> anyhow::Result<Rebuilt> {
     let mut found = Rebuilt::default();
     // (bucket, key) -> (created, object)
     let mut objects: BTreeMap<(String, String), (u32, Object)> = BTreeMap::new();
-    let cluster = app.tracker.cluster().await?;
-    for group in &cluster.groups {
-        let mut members: Vec<_> = group
-            .members
-            .iter()
-            .filter(|m| m.state == MemberState::Active)
-            .collect();
-        members.sort_by_key(|m| m.node_id);
-        let Some(member) = members.first() else {
-            anyhow::bail!("group {} has no active member to list", group.name);
-        };
-        let addr = vec![member.addr.clone()];
-        let mut after = String::new();
-        loop {
-            let path = format!(
-                "/v1/sync/files?after={}&limit={PAGE}",
-                percent_encoding::utf8_percent_encode(&after, percent_encoding::NON_ALPHANUMERIC)
-            );
-            let page: serde_json::Value = app
-                .storage
-                .on_holder(&addr, Method::GET, &path, None::<&()>)
-                .await?;
-            let files = page["files"].as_array().cloned().unwrap_or_default();
-            if files.is_empty() {
-                break;
-            }
-            for f in &files {
-                found.listed += 1;
-                let Some(raw) = f["id"].as_str() else {
-                    continue;
-                };
-                after = raw.to_owned();
-                if f["meta"] != true {
-                    continue;
-                }
-                let Ok(id) = raw.parse::<FileId>() else {
-                    continue;
-                };
-                let meta: Metadata = app
-                    .storage
-                    .on_holder(&addr, Method::GET, &format!("/v1/meta/{id}"), None::<&()>)
-                    .await?;
-                let (Some(bucket), Some(key)) = (meta.get("s3-bucket"), meta.get("s3-key")) else {
-                    continue;
-                };
-                let etag = match meta.get("s3-etag") {
-                    Some(e) => e.clone(),
-                    None => md5_of(app, &member.addr, &id).await?,
-                };
-                let user: BTreeMap<String, String> = meta
-                    .iter()
-                    .filter(|(k, _)| !k.starts_with("s3-"))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                let info = id.info();
-                let object = Object {
-                    file_id: id.to_string(),
-                    size: f["size"].as_u64().unwrap_or(info.size),
-                    etag,
-                    content_type: meta
-                        .get("s3-content-type")
-                        .cloned()
-                        .unwrap_or_else(|| "application/octet-stream".into()),
-                    modified: i64::from(info.created),
-                    meta: user,
-                };
-                let slot = (bucket.clone(), key.clone());
-                let newer = objects
-                    .get(&slot)
-                    .is_none_or(|(c, o)| (info.created, &object.file_id) > (*c, &o.file_id));
-                if newer {
-                    objects.insert(slot, (info.created, object));
-                }
-            }
-            if files.len() < PAGE {
-                break;
+    let mut walk = Walk::start(app).await?;
+    while let Some(page) = walk.next_page(app).await? {
+        for t in page {
+            let (Some(bucket), Some(key)) = (t.meta.get("s3-bucket"), t.meta.get("s3-key")) else {
+                continue;
+            };
+            let etag = match t.meta.get("s3-etag") {
+                Some(e) => e.clone(),
+                None => md5_of(app, &t.addr, &t.id).await?,
+            };
+            let user: BTreeMap<String, String> = t
+                .meta
+                .iter()
+                .filter(|(k, _)| !k.starts_with("s3-"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let info = t.id.info();
+            let object = Object {
+                file_id: t.id.to_string(),
+                size: if t.size > 0 { t.size } else { info.size },
+                etag,
+                content_type: t
+                    .meta
+                    .get("s3-content-type")
+                    .cloned()
+                    .unwrap_or_else(|| "application/octet-stream".into()),
+                modified: i64::from(info.created),
+                meta: user,
+            };
+            let slot = (bucket.clone(), key.clone());
+            let newer = objects
+                .get(&slot)
+                .is_none_or(|(c, o)| (info.created, &object.file_id) > (*c, &o.file_id));
+            if newer {
+                objects.insert(slot, (info.created, object));
             }
         }
     }
+    found.listed = walk.listed;
     let ns = ns.clone();
     let counts = tokio::task::spawn_blocking(move || -> Result<(u64, u64), sled::Error> {
         let mut buckets: BTreeMap<String, i64> = BTreeMap::new();
@@ -133,6 +202,82 @@ pub(crate) async fn rebuild(app: &App, ns: &Namespace) -> anyhow::Result<Rebuilt
     .await??;
     (found.objects, found.buckets) = counts;
     Ok(found)
+}
+
+/// Whether a tagged file is an orphan: an object's file its key no longer points at, or a part of an upload that
+/// no longer has it (its bucket and key, or upload and part, from its metadata).
+fn orphan(ns: &Namespace, t: &Tagged) -> Result<bool, sled::Error> {
+    let file = t.id.to_string();
+    if let Some(upload) = t.meta.get("s3-upload") {
+        let part: u32 = t
+            .meta
+            .get("s3-part")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        return Ok(ns
+            .upload(upload)?
+            .and_then(|u| u.parts.get(&part).map(|p| p.file_id != file))
+            .unwrap_or(true));
+    }
+    let (Some(bucket), Some(key)) = (t.meta.get("s3-bucket"), t.meta.get("s3-key")) else {
+        return Ok(false);
+    };
+    Ok(ns.get(bucket, key)?.is_none_or(|o| o.file_id != file))
+}
+
+/// Delete the files of S3 objects and parts that the namespace does not point at and that are older than
+/// `grace` (a file younger than that may belong to an upload whose key is about to be recorded): a gateway
+/// killed between storing an object's file and recording its key, a replaced object whose file could not be
+/// deleted, parts of an aborted upload whose delete failed. Returns how many files were deleted.
+pub(crate) async fn collect(
+    app: &App,
+    ns: &Namespace,
+    grace: std::time::Duration,
+) -> anyhow::Result<u64> {
+    let now = fdfs_common::time::unix_now();
+    let mut gone = 0;
+    let mut walk = Walk::start(app).await?;
+    while let Some(page) = walk.next_page(app).await? {
+        let n = ns.clone();
+        let (page, orphans) = tokio::task::spawn_blocking(move || {
+            let orphans: Result<Vec<bool>, sled::Error> = page
+                .iter()
+                .map(|t| {
+                    let young =
+                        now.saturating_sub(u64::from(t.id.info().created)) < grace.as_secs();
+                    Ok(!young && orphan(&n, t)?)
+                })
+                .collect();
+            (page, orphans)
+        })
+        .await?;
+        for (t, is_orphan) in page.iter().zip(orphans?) {
+            if !is_orphan {
+                continue;
+            }
+            let addrs = app.member_addrs(&t.id).await?;
+            match app
+                .storage
+                .on_holder::<serde_json::Value>(
+                    &addrs,
+                    Method::DELETE,
+                    &format!("/v1/files/{}", t.id),
+                    None::<&()>,
+                )
+                .await
+            {
+                Ok(_) => {
+                    gone += 1;
+                    metrics::counter!("fdfs_s3_orphans_removed_total").increment(1);
+                    tracing::info!(file_id = %t.id, "removed an S3 file no key points at");
+                }
+                Err(e) => {
+                    tracing::warn!(file_id = %t.id, error = %e, "could not remove an orphaned S3 file");
+                }
+            }
+        }
+    }
+    Ok(gone)
 }
 
 /// The MD5 of file `id`, read from member `addr`.
