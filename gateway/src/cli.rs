@@ -77,6 +77,10 @@ pub struct Args {
     /// Buckets anyone may read without a signature, comma separated.
     #[arg(long, env = "FDFS_S3_PUBLIC_BUCKETS", value_delimiter = ',')]
     pub s3_public_buckets: Option<Vec<String>>,
+    /// Name of this door's S3 namespace, tagged on its files (distinct per gateway when several gateways with
+    /// their own namespaces share a cluster) [default: s3].
+    #[arg(long, env = "FDFS_S3_NAMESPACE")]
+    pub s3_namespace: Option<String>,
     /// Seconds between passes of the S3 orphan collector, 0 for none [default: 21600].
     #[arg(long, env = "FDFS_S3_COLLECT_INTERVAL_SECS")]
     pub s3_collect_interval_secs: Option<u64>,
@@ -147,6 +151,9 @@ impl Args {
         }
         if let Some(v) = &self.s3_secret_key {
             c.s3_secret_key = Some(v.clone());
+        }
+        if let Some(v) = &self.s3_namespace {
+            c.s3_namespace = v.clone();
         }
         if let Some(v) = self.s3_collect_interval_secs {
             c.s3_collect_interval_secs = v;

@@ -98,6 +98,9 @@ pub struct Config {
     pub s3_keys: Vec<s3::S3Key>,
     /// Buckets whose objects anyone may read (and list) without a signature.
     pub s3_public_buckets: Vec<String>,
+    /// The name of this door's namespace, tagged on every file it stores: a rebuild and the orphan collector
+    /// touch only files with this name. Gateways with their own namespaces on one cluster need distinct names.
+    pub s3_namespace: String,
     /// Seconds between two passes of the S3 door's orphan collector (0: none), which deletes object and part
     /// files no key points at (a gateway killed between storing a file and recording its key).
     pub s3_collect_interval_secs: u64,
@@ -129,6 +132,7 @@ impl Default for Config {
             s3_secret_key: None,
             s3_keys: Vec::new(),
             s3_public_buckets: Vec::new(),
+            s3_namespace: "s3".into(),
             s3_collect_interval_secs: 6 * 3600,
             s3_orphan_grace_secs: 3600,
         }

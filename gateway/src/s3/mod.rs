@@ -40,6 +40,10 @@ use crate::App;
 
 type Result<T, E = S3Error> = std::result::Result<T, E>;
 
+/// The metadata key naming the namespace a file belongs to (`s3_namespace`): a rebuild and the orphan collector
+/// touch only their own namespace's files.
+pub const NAMESPACE_TAG: &str = "s3-namespace";
+
 /// Header carrying an object's FastDFS file ID on every object answer.
 pub const FILE_ID_HEADER: &str = "x-fdfs-file-id";
 
@@ -175,6 +179,23 @@ impl S3 {
             Some(_) => Ok(()),
             None => Err(S3Error::no_bucket(bucket)),
         }
+    }
+
+    /// The metadata an object's file carries: its `x-amz-meta-*`, and its namespace, bucket, key and content type
+    /// (so the namespace can be rebuilt from the storage nodes, see [`rebuild`]).
+    fn object_tags(
+        &self,
+        meta: &BTreeMap<String, String>,
+        bucket: &str,
+        key: &str,
+        content_type: &str,
+    ) -> BTreeMap<String, String> {
+        let mut tags = meta.clone();
+        tags.insert(NAMESPACE_TAG.into(), self.app.config.s3_namespace.clone());
+        tags.insert("s3-bucket".into(), bucket.to_owned());
+        tags.insert("s3-key".into(), key.to_owned());
+        tags.insert("s3-content-type".into(), content_type.to_owned());
+        tags
     }
 
     /// Point `bucket/key` at `object`, then delete the file it pointed at before.
@@ -727,7 +748,7 @@ async fn put_object(
     let meta = user_meta(headers);
     let content_type = content_type_of(headers, key);
     // The file carries its bucket and key, so the namespace can be rebuilt from the storage nodes.
-    let tags = object_tags(&meta, bucket, key, &content_type);
+    let tags = s3.object_tags(&meta, bucket, key, &content_type);
     let result = match store_file(s3, &mut src, &tags, key, size).await {
         Ok(r) => r,
         Err(e) => return Err(src.failed.take().unwrap_or_else(|| S3Error::from(e))),
@@ -772,21 +793,6 @@ fn content_type_of(headers: &HeaderMap, key: &str) -> String {
             },
             str::to_owned,
         )
-}
-
-/// The metadata an object's file carries: its `x-amz-meta-*`, and its bucket, key and content type (so the
-/// namespace can be rebuilt from the storage nodes).
-fn object_tags(
-    meta: &BTreeMap<String, String>,
-    bucket: &str,
-    key: &str,
-    content_type: &str,
-) -> BTreeMap<String, String> {
-    let mut tags = meta.clone();
-    tags.insert("s3-bucket".into(), bucket.to_owned());
-    tags.insert("s3-key".into(), key.to_owned());
-    tags.insert("s3-content-type".into(), content_type.to_owned());
-    tags
 }
 
 /// Store what `src` yields as a new FastDFS file carrying `meta`, named after the last segment of `key` (its
@@ -868,7 +874,7 @@ async fn copy_object(
     } else {
         (src.meta.clone(), src.content_type.clone())
     };
-    let tags = object_tags(&meta, bucket, key, &content_type);
+    let tags = s3.object_tags(&meta, bucket, key, &content_type);
     let mut bytes = multipart::Parts::new(s3, vec![src.file_id.clone()]);
     let stored = store_file(s3, &mut bytes, &tags, key, Some(src.size))
         .await

@@ -105,6 +105,10 @@ pub(super) async fn upload_part(
     let mut src = S3Body::new(body.into_data_stream(), headers, signed)?;
     let size = src.declared(headers);
     let tags: BTreeMap<String, String> = [
+        (
+            super::NAMESPACE_TAG.to_owned(),
+            s3.app.config.s3_namespace.clone(),
+        ),
         ("s3-bucket".to_owned(), bucket.to_owned()),
         ("s3-upload".to_owned(), id.to_owned()),
         ("s3-part".to_owned(), n.to_string()),
@@ -275,7 +279,7 @@ pub(super) async fn complete(
         md5s.update(hex::decode(&p.etag).unwrap_or_default());
     }
     let etag = format!("{}-{}", hex::encode(md5s.finalize()), chosen.len());
-    let mut tags = super::object_tags(&upload.meta, bucket, key, &upload.content_type);
+    let mut tags = s3.object_tags(&upload.meta, bucket, key, &upload.content_type);
     // Not recomputable from the bytes alone (it hashes the parts' hashes): kept with the file for a rebuild.
     tags.insert("s3-etag".into(), etag.clone());
     let mut parts = Parts::new(s3, chosen.iter().map(|p| p.file_id.clone()).collect());

@@ -20,7 +20,7 @@ use md5::{Digest as _, Md5};
 
 use super::error::{escape, S3Error};
 use super::namespace::Object;
-use super::{count, object_tags, sigv4, store_file, xml, Result, S3, XMLNS};
+use super::{count, sigv4, store_file, xml, Result, S3, XMLNS};
 use crate::error::GatewayError;
 use crate::upload::ChunkSource;
 
@@ -288,7 +288,7 @@ pub(super) async fn post_object(
         .iter()
         .filter_map(|(k, v)| Some((k.strip_prefix("x-amz-meta-")?.to_owned(), v.clone())))
         .collect();
-    let tags = object_tags(&meta, bucket, &object_key, &content_type);
+    let tags = s3.object_tags(&meta, bucket, &object_key, &content_type);
     let mut src = FormFile {
         field,
         md5: Md5::new(),

@@ -47,7 +47,7 @@ pub(crate) struct Tagged {
     pub meta: Metadata,
 }
 
-/// Every file of the cluster that carries metadata with an `s3-` key, group by group (each listed on one of its
+/// Every file of the cluster tagged with this door's namespace (`s3_namespace`), group by group (each listed on one of its
 /// active members), a listing page at a time.
 pub(crate) struct Walk {
     /// Each group's member to list, still to go.
@@ -126,7 +126,8 @@ impl Walk {
                 }
                 Err(e) => return Err(e.into()),
             };
-            if meta.keys().any(|k| k.starts_with("s3-")) {
+            // Only this door's namespace: another gateway's files are not ours to record or delete.
+            if meta.get(super::NAMESPACE_TAG) == Some(&app.config.s3_namespace) {
                 tagged.push(Tagged {
                     addr: addr.clone(),
                     id,
