@@ -274,6 +274,9 @@ fn build(
         .route("/upload/{filename}", put(upload::raw_upload))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::disable())
+        // A refusal after the body started (no storage node could take it) drains what the client is still
+        // sending, so that it reads the JSON error instead of a cut connection.
+        .layer(axum::middleware::from_fn(fdfs_common::drain::drain_refused))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             upload::gate,
