@@ -147,31 +147,39 @@ async fn proxy(
             forward.insert(name, v.clone());
         }
     }
-    let mut not_found = None;
-    for (addr, _) in members {
-        let url = format!("http://{addr}/{id}{token}");
-        let resp = match app
-            .storage
-            .fetch(method.clone(), &url, forward.clone())
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(storage = %addr, error = %e, "storage node unreachable");
-                continue;
-            }
-        };
-        if resp.status() == StatusCode::NOT_FOUND {
-            not_found = Some(resp);
-            continue;
-        }
-        return Ok(pass_through(resp));
-    }
-    match not_found {
+    match app.fetch_from(&method, id, members, token, &forward).await {
         Some(resp) => Ok(pass_through(resp)),
         None => Err(GatewayError::BadGateway(
             "no storage member of the group could be reached".into(),
         )),
+    }
+}
+
+impl App {
+    /// Send `method` for `id` (with `token`, the `forward` headers) to `members` in turn: the first answer other
+    /// than 404, else the last 404; `None` when no member could be reached.
+    pub(crate) async fn fetch_from(
+        &self,
+        method: &Method,
+        id: &FileId,
+        members: &[(String, String)],
+        token: &str,
+        forward: &HeaderMap,
+    ) -> Option<reqwest::Response> {
+        let mut not_found = None;
+        for (addr, _) in members {
+            let url = format!("http://{addr}/{id}{token}");
+            match self
+                .storage
+                .fetch(method.clone(), &url, forward.clone())
+                .await
+            {
+                Ok(r) if r.status() == StatusCode::NOT_FOUND => not_found = Some(r),
+                Ok(r) => return Some(r),
+                Err(e) => tracing::warn!(storage = %addr, error = %e, "storage node unreachable"),
+            }
+        }
+        not_found
     }
 }
 

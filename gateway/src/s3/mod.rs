@@ -755,14 +755,7 @@ async fn put_object(
     };
     let etag = src.etag.clone().unwrap_or_default();
     test_pause_before_record().await;
-    let object = Object {
-        file_id: result.file_id.to_string(),
-        size: result.size,
-        etag: etag.clone(),
-        content_type,
-        modified: fdfs_common::time::unix_now() as i64,
-        meta,
-    };
+    let object = Object::stored(&result, &etag, content_type, meta);
     s3.record(bucket, key, &object).await?;
     tracing::info!(bucket, key, file_id = %object.file_id, size = object.size, "object stored");
     Ok((
@@ -880,14 +873,7 @@ async fn copy_object(
         .await
         .map_err(S3Error::from)?;
     let etag = hex::encode(std::mem::take(&mut bytes.md5).finalize());
-    let object = Object {
-        file_id: stored.file_id.to_string(),
-        size: stored.size,
-        etag: etag.clone(),
-        content_type,
-        modified: fdfs_common::time::unix_now() as i64,
-        meta,
-    };
+    let object = Object::stored(&stored, &etag, content_type, meta);
     s3.record(bucket, key, &object).await?;
     let mut resp = xml(
         StatusCode::OK,
@@ -981,55 +967,46 @@ async fn get_object(
         forward.insert(header::RANGE, r.clone());
     }
     let token = s3.app.token_query(&id);
-    for (addr, _) in &members {
-        let url = format!("http://{addr}/{id}{token}");
-        let resp = match s3
-            .app
-            .storage
-            .fetch(method.clone(), &url, forward.clone())
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(storage = %addr, error = %e, "storage node unreachable");
-                continue;
-            }
-        };
-        let status = resp.status();
-        if status == StatusCode::NOT_FOUND {
-            continue;
-        }
-        if status == StatusCode::RANGE_NOT_SATISFIABLE {
-            return Err(S3Error::new(
-                416,
-                "InvalidRange",
-                "The requested range is not satisfiable",
-            ));
-        }
-        if !status.is_success() {
+    let resp = match s3
+        .app
+        .fetch_from(method, &id, &members, &token, &forward)
+        .await
+    {
+        Some(r) if r.status() != StatusCode::NOT_FOUND => r,
+        _ => {
             return Err(S3Error::new(
                 503,
                 "ServiceUnavailable",
-                format!("the storage node answered {status}"),
-            ));
+                "no storage node holding the object answers",
+            ))
         }
-        for n in [header::CONTENT_LENGTH, header::CONTENT_RANGE] {
-            if let Some(v) = resp.headers().get(&n) {
-                out.insert(n, v.clone());
-            }
-        }
-        let body = if method == Method::HEAD {
-            Body::empty()
-        } else {
-            Body::from_stream(resp.bytes_stream())
-        };
-        return Ok((status, out, body).into_response());
+    };
+    let status = resp.status();
+    if status == StatusCode::RANGE_NOT_SATISFIABLE {
+        return Err(S3Error::new(
+            416,
+            "InvalidRange",
+            "The requested range is not satisfiable",
+        ));
     }
-    Err(S3Error::new(
-        503,
-        "ServiceUnavailable",
-        "no storage node holding the object answers",
-    ))
+    if !status.is_success() {
+        return Err(S3Error::new(
+            503,
+            "ServiceUnavailable",
+            format!("the storage node answered {status}"),
+        ));
+    }
+    for n in [header::CONTENT_LENGTH, header::CONTENT_RANGE] {
+        if let Some(v) = resp.headers().get(&n) {
+            out.insert(n, v.clone());
+        }
+    }
+    let body = if method == Method::HEAD {
+        Body::empty()
+    } else {
+        Body::from_stream(resp.bytes_stream())
+    };
+    Ok((status, out, body).into_response())
 }
 
 #[cfg(test)]

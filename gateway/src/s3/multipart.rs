@@ -293,14 +293,13 @@ pub(super) async fn complete(
             stored.size
         )));
     }
-    let object = Object {
-        file_id: stored.file_id.to_string(),
-        size,
-        etag: etag.clone(),
-        content_type: upload.content_type.clone(),
-        modified: fdfs_common::time::unix_now() as i64,
-        meta: upload.meta.clone(),
-    };
+    // stored.size == size (checked above).
+    let object = Object::stored(
+        &stored,
+        &etag,
+        upload.content_type.clone(),
+        upload.meta.clone(),
+    );
     let (b, k, o, i) = (
         bucket.to_owned(),
         key.to_owned(),

@@ -28,6 +28,25 @@ pub struct Object {
     pub meta: BTreeMap<String, String>,
 }
 
+impl Object {
+    /// The object whose bytes were just stored as `file` (recorded as modified now).
+    pub fn stored(
+        file: &fdfs_common::wire::UploadResult,
+        etag: &str,
+        content_type: String,
+        meta: BTreeMap<String, String>,
+    ) -> Object {
+        Object {
+            file_id: file.file_id.to_string(),
+            size: file.size,
+            etag: etag.to_owned(),
+            content_type,
+            modified: fdfs_common::time::unix_now() as i64,
+            meta,
+        }
+    }
+}
+
 /// One part of a multipart upload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Part {

@@ -301,14 +301,7 @@ pub(super) async fn post_object(
         Err(e) => return Err(src.failed.take().unwrap_or_else(|| S3Error::from(e))),
     };
     let etag = hex::encode(std::mem::take(&mut src.md5).finalize());
-    let object = Object {
-        file_id: stored.file_id.to_string(),
-        size: stored.size,
-        etag: etag.clone(),
-        content_type,
-        modified: now,
-        meta,
-    };
+    let object = Object::stored(&stored, &etag, content_type, meta);
     s3.record(bucket, &object_key, &object).await?;
     tracing::info!(bucket, key = %object_key, file_id = %object.file_id, "object stored by a form upload");
     let location = format!("/{bucket}/{}", sigv4::uri_encode(&object_key, true));
