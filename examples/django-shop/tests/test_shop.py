@@ -4,6 +4,7 @@ see it on the list page, and fetch the picture from the cluster by the URL the p
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -61,12 +62,14 @@ def env(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> dict
     }
 
 
-@pytest.fixture(scope="module")
-def shop(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@contextlib.contextmanager
+def running_shop(env: dict[str, str], logs: Path) -> Iterator[str]:
+    """The shop as its README runs it: migrate, createsuperuser (admin / DJANGO_SUPERUSER_PASSWORD), runserver on
+    a free port (its output in `logs`); yields its URL and stops it."""
     manage(env, "migrate", "--noinput")
     manage(env, "createsuperuser", "--noinput", "--username", "admin", "--email", "admin@example.com")
     port = free_port()
-    log = tmp_path_factory.mktemp("shop-log") / "runserver.log"
+    log = logs / "runserver.log"
     with open(log, "wb") as out:
         server = subprocess.Popen(
             [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"],
@@ -95,6 +98,12 @@ def shop(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Itera
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+@pytest.fixture(scope="module")
+def shop(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with running_shop(env, tmp_path_factory.mktemp("shop-log")) as url:
+        yield url
 
 
 def csrf_of(html: str) -> str:

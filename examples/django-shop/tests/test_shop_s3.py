@@ -7,11 +7,7 @@ from __future__ import annotations
 import io
 import os
 import re
-import signal
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,7 +19,7 @@ from fdfs_http import is_file_id
 from fdfs_http.testing import LocalCluster, fdfs_binary
 from PIL import Image
 
-from tests.test_shop import REPO, SHOP, csrf_of, free_port, manage
+from tests.test_shop import REPO, csrf_of, running_shop
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +31,6 @@ def cluster() -> Iterator[LocalCluster]:
         tempfile.TemporaryDirectory(prefix="fdfs-shop-s3-") as d,
         LocalCluster(fdfs, d, groups=1, members=2, s3_port=0) as c,
     ):
-        # A new door builds its namespace from the storage nodes first (503 until then).
-        deadline = time.monotonic() + 30
-        while httpx.get(f"{c.s3}/").status_code == 503:
-            assert time.monotonic() < deadline, "the S3 door never became ready"
-            time.sleep(0.2)
         yield c
 
 
@@ -71,38 +62,8 @@ def shop(cluster: LocalCluster, s3: Any, tmp_path_factory: pytest.TempPathFactor
         "DJANGO_SUPERUSER_PASSWORD": "shop-admin-pw",
         "PYTHONUNBUFFERED": "1",
     }
-    manage(env, "migrate", "--noinput")
-    manage(env, "createsuperuser", "--noinput", "--username", "admin", "--email", "admin@example.com")
-    port = free_port()
-    log = tmp_path_factory.mktemp("shop-s3-log") / "runserver.log"
-    with open(log, "wb") as out:
-        server = subprocess.Popen(
-            [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"],
-            cwd=SHOP,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("runserver did not start:\n" + log.read_text(errors="replace"))
-            time.sleep(0.2)
+    with running_shop(env, tmp_path_factory.mktemp("shop-s3-log")) as url:
         yield url
-    finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 def test_a_product_picture_through_s3storage(shop: str, cluster: LocalCluster, s3: Any) -> None:

@@ -146,6 +146,18 @@ class LocalCluster:
                 raise RuntimeError(f"fdfs up did not become ready:\n{self.output()}")
             time.sleep(0.1)
         self._parse()
+        if self.s3:
+            self._wait_s3_ready(deadline)
+
+    def _wait_s3_ready(self, deadline: float) -> None:
+        """A new S3 door builds its namespace from the storage nodes first, answering 503 until then."""
+        import httpx
+
+        while httpx.get(f"{self.s3}/").status_code == 503:
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the S3 door never became ready:\n{self.output()}")
+            time.sleep(0.2)
 
     def _read(self) -> None:
         assert self._proc is not None and self._proc.stdout is not None
