@@ -22,6 +22,17 @@ fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// Two groups of one member; the trackers take every member for alive (a minute of heartbeat timeout), so only
+/// the gateway's own watch notices a frozen one.
+fn two_groups_of_one() -> ClusterSpec {
+    ClusterSpec {
+        groups: 2,
+        members: 1,
+        tracker_args: fdfs_testkit::args(&["--heartbeat-timeout-ms", "60000"]),
+        ..ClusterSpec::default()
+    }
+}
+
 /// PUT `body` through the gateway; the answer and how long it took.
 async fn timed_upload(
     http: &reqwest::Client,
@@ -232,13 +243,7 @@ async fn downloads_are_not_redirected_to_a_frozen_member() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_keeps_stalling_costs_seconds_not_the_request_timeout() {
     // Two groups of one; the trackers take every member for alive (a minute of heartbeat timeout).
-    let c = Cluster::start(ClusterSpec {
-        groups: 2,
-        members: 1,
-        tracker_args: fdfs_testkit::args(&["--heartbeat-timeout-ms", "60000"]),
-        ..ClusterSpec::default()
-    })
-    .await;
+    let c = Cluster::start(two_groups_of_one()).await;
     let gw = c.gateway_url();
     let slow = &c.storage[1][0];
     let on_slow: Vec<(String, usize)> = {
@@ -332,13 +337,7 @@ async fn files_on(c: &Cluster, node: &fdfs_testkit::Node) -> Vec<String> {
 /// store it, or removes what it stored, so nothing is left on it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_given_up_on_a_frozen_node_leaves_no_file_there() {
-    let c = Cluster::start(ClusterSpec {
-        groups: 2,
-        members: 1,
-        tracker_args: fdfs_testkit::args(&["--heartbeat-timeout-ms", "60000"]),
-        ..ClusterSpec::default()
-    })
-    .await;
+    let c = Cluster::start(two_groups_of_one()).await;
     let gw = c.gateway_url();
     let http = client();
     let frozen = &c.storage[1][0];

@@ -40,19 +40,24 @@ mod found {
     use fdfs_testkit::{Cluster, ClusterSpec, RequestExt, STATE_TIMEOUT};
     use serde_json::Value;
 
+    /// Group1 of three members (peers given up after 2 s of stall) with one file on all of them.
+    async fn group_of_three_with_a_file() -> (Cluster, fdfs_testkit::Uploaded) {
+        let c = Cluster::start(ClusterSpec::group(3).storage(&["--peer-stall-timeout-ms", "2000"]))
+            .await;
+        c.wait_peers_active().await;
+        let up = c.upload_content("f.bin", 1, 5000).await;
+        c.wait_held(&up.id, Some(&up.body), "replicated to every member")
+            .await;
+        (c, up)
+    }
+
     /// Group1 of three members with one file on all of them. Members 2 and 3 frozen (SIGSTOP): `change` sent to
     /// member 1 is not acknowledged (503: no peer takes it; it was acknowledged by member 1 alone before). Member
     /// 2 thawed: the change sent again is acknowledged (members 1 and 2 hold it; member 3 is still frozen). Then
     /// member 1's disk is wiped and it starts again empty, member 3 thawed. Returns the cluster (converged) and
     /// the file's ID.
     async fn change_then_wipe_the_member_that_took_it(change: &str) -> (Cluster, String) {
-        let mut c =
-            Cluster::start(ClusterSpec::group(3).storage(&["--peer-stall-timeout-ms", "2000"]))
-                .await;
-        c.wait_peers_active().await;
-        let up = c.upload_content("f.bin", 1, 5000).await;
-        c.wait_held(&up.id, Some(&up.body), "replicated to every member")
-            .await;
+        let (mut c, up) = group_of_three_with_a_file().await;
         c.storage[0][1].freeze();
         c.storage[0][2].freeze();
         let m1 = c.storage[0][0].internal_url();
@@ -138,13 +143,7 @@ mod found {
     /// everywhere.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_member_that_missed_a_metadata_change_gets_it_and_no_older_value_wins() {
-        let mut c =
-            Cluster::start(ClusterSpec::group(3).storage(&["--peer-stall-timeout-ms", "2000"]))
-                .await;
-        c.wait_peers_active().await;
-        let up = c.upload_content("f.bin", 1, 5000).await;
-        c.wait_held(&up.id, Some(&up.body), "replicated to every member")
-            .await;
+        let (mut c, up) = group_of_three_with_a_file().await;
         let m1 = c.storage[0][0].internal_url();
         let set = |c: &Cluster, v: &'static str| {
             c.http
