@@ -639,36 +639,21 @@ pub(crate) async fn peer_range(
     }
     let query = query.map(|q| format!("?{q}")).unwrap_or_default();
     let range = format!("bytes={offset}-{}", offset + count - 1);
-    for peer in node
-        .peers
-        .get()
-        .iter()
-        .filter(|p| p.state == MemberState::Active && p.node_id != node.node_id)
-    {
-        let url = format!("{}/{id}{query}", peer.public_url.trim_end_matches('/'));
-        let resp = node
-            .http
-            .get(&url)
-            .header(NO_PROXY_HEADER, "1")
-            .header(header::RANGE, &range)
-            .send()
-            .await;
-        match resp {
-            Ok(r)
-                if r.status() == StatusCode::PARTIAL_CONTENT
-                    && r.content_length() == Some(count) =>
-            {
+    from_peers(
+        node,
+        id,
+        Method::GET,
+        &query,
+        |rb| rb.header(header::RANGE, &range),
+        |peer, r| {
+            if r.status() == StatusCode::PARTIAL_CONTENT && r.content_length() == Some(count) {
                 return Some(r.bytes_stream().boxed());
             }
-            Ok(r) => {
-                tracing::debug!(file_id = %id, peer = peer.node_id, status = %r.status(), "peer cannot serve the range");
-            }
-            Err(e) => {
-                tracing::debug!(file_id = %id, peer = peer.node_id, error = %e, "peer unreachable");
-            }
-        }
-    }
-    None
+            tracing::debug!(file_id = %id, peer = peer.node_id, status = %r.status(), "peer cannot serve the range");
+            None
+        },
+    )
+    .await
 }
 
 /// How to answer a `Range` header.
