@@ -347,18 +347,29 @@ async fn rest_from_peer(
     offset: u64,
     left: u64,
 ) -> Flow {
-    use futures_util::StreamExt;
     let query = node
         .config
         .anti_leech_secret
         .as_deref()
         .map(|secret| fdfs_common::token::query(id, secret, fdfs_common::time::unix_now()));
-    let Some(mut rest) = crate::serve::peer_range(node, id, query.as_deref(), offset, left).await
+    let Some(rest) = crate::serve::peer_range(node, id, query.as_deref(), offset, left).await
     else {
         return Flow::Close;
     };
+    send_all(conn, rest, left).await
+}
+
+/// Relay a peer's bytes to the client, exactly `len` of them (the reply head promised them): the connection is
+/// closed when the peer breaks off or sends another count.
+async fn send_all(
+    conn: &mut Conn,
+    body: impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>>,
+    len: u64,
+) -> Flow {
+    use futures_util::StreamExt;
+    let mut body = std::pin::pin!(body);
     let mut sent = 0u64;
-    while let Some(chunk) = rest.next().await {
+    while let Some(chunk) = body.next().await {
         let Ok(chunk) = chunk else {
             return Flow::Close;
         };
@@ -367,7 +378,7 @@ async fn rest_from_peer(
         }
         sent += chunk.len() as u64;
     }
-    if sent == left {
+    if sent == len {
         Flow::Continue
     } else {
         Flow::Close
@@ -384,7 +395,6 @@ async fn from_peer(
     offset: u64,
     length: u64,
 ) -> Option<Flow> {
-    use futures_util::StreamExt;
     let query = node
         .config
         .anti_leech_secret
@@ -424,23 +434,7 @@ async fn from_peer(
     if conn.reply_header(len).await.is_err() {
         return Some(Flow::Close);
     }
-    let mut sent = 0u64;
-    let mut body = resp.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        let Ok(chunk) = chunk else {
-            return Some(Flow::Close);
-        };
-        if conn.write_all(&chunk).await.is_err() {
-            return Some(Flow::Close);
-        }
-        sent += chunk.len() as u64;
-    }
-    // The header promised `len` bytes: a peer that sent fewer broke the stream.
-    Some(if sent == len {
-        Flow::Continue
-    } else {
-        Flow::Close
-    })
+    Some(send_all(conn, resp.bytes_stream(), len).await)
 }
 
 /// What an upload request asks for, from its fixed fields.
