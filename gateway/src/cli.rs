@@ -77,6 +77,10 @@ pub struct Args {
     /// Buckets anyone may read without a signature, comma separated.
     #[arg(long, env = "FDFS_S3_PUBLIC_BUCKETS", value_delimiter = ',')]
     pub s3_public_buckets: Option<Vec<String>>,
+    /// Domains for virtual-host-style S3 requests, comma separated: `Host: photos.s3.example.com` with
+    /// `s3.example.com` names bucket `photos` (path style works on every host).
+    #[arg(long, env = "FDFS_S3_DOMAINS", value_delimiter = ',')]
+    pub s3_domains: Option<Vec<String>>,
     /// Name of this door's S3 namespace, tagged on its files (distinct per gateway when several gateways with
     /// their own namespaces share a cluster) [default: s3].
     #[arg(long, env = "FDFS_S3_NAMESPACE")]
@@ -163,6 +167,9 @@ impl Args {
         }
         if let Some(v) = &self.s3_public_buckets {
             c.s3_public_buckets = v.iter().filter(|s| !s.is_empty()).cloned().collect();
+        }
+        if let Some(v) = &self.s3_domains {
+            c.s3_domains = v.iter().filter(|s| !s.is_empty()).cloned().collect();
         }
         Ok(c)
     }

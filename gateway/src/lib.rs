@@ -98,6 +98,9 @@ pub struct Config {
     pub s3_keys: Vec<s3::S3Key>,
     /// Buckets whose objects anyone may read (and list) without a signature.
     pub s3_public_buckets: Vec<String>,
+    /// Domains of virtual-host-style requests: `Host: photos.s3.example.com` with `s3.example.com` here names
+    /// bucket `photos` (the path is then the key). Path style works on any host, these domains included.
+    pub s3_domains: Vec<String>,
     /// The name of this door's namespace, tagged on every file it stores: a rebuild and the orphan collector
     /// touch only files with this name. Gateways with their own namespaces on one cluster need distinct names.
     pub s3_namespace: String,
@@ -132,6 +135,7 @@ impl Default for Config {
             s3_secret_key: None,
             s3_keys: Vec::new(),
             s3_public_buckets: Vec::new(),
+            s3_domains: Vec::new(),
             s3_namespace: "s3".into(),
             s3_collect_interval_secs: 6 * 3600,
             s3_orphan_grace_secs: 3600,

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import boto3
 import httpx
@@ -24,10 +25,14 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from fdfs_http import is_file_id
 from fdfs_http.testing import LocalCluster
 
+# The door's `s3_domains`: `Host: <bucket>.s3.test` names the bucket (virtual-host style).
+VIRTUAL_DOMAIN = "s3.test"
+
 
 @pytest.fixture(scope="module")
 def s3cluster(fdfs_bin: str, data_root: Path) -> Iterator[LocalCluster]:
-    with LocalCluster(fdfs_bin, data_root / "s3", groups=1, members=2, s3_port=0) as c:
+    env = {"FDFS_S3_DOMAINS": VIRTUAL_DOMAIN}
+    with LocalCluster(fdfs_bin, data_root / "s3", groups=1, members=2, s3_port=0, env=env) as c:
         assert c.s3 and c.s3_access_key and c.s3_secret_key, c.output()
         yield c
 
@@ -169,6 +174,65 @@ def test_presigned_urls_and_anonymous_requests(s3cluster: LocalCluster) -> None:
     # No signature: refused (the bucket is not public).
     r = httpx.get(f"{s3cluster.s3}/presign/p.txt")
     assert r.status_code == 403 and b"<Code>AccessDenied</Code>" in r.content
+
+
+def test_virtual_host_style_addressing(s3cluster: LocalCluster) -> None:
+    """With `s3_domains`, `Host: <bucket>.<domain>` names the bucket and the path is the key, as boto3's
+    `addressing_style="virtual"` (and most tools, CDNs in front) address S3. No DNS names `*.s3.test` here, so
+    the client reaches the door as its HTTP proxy: the same request, `Host` included, sent to the door's
+    address."""
+    port = urlsplit(s3cluster.s3).port
+    virtual = boto3.client(
+        "s3",
+        endpoint_url=f"http://{VIRTUAL_DOMAIN}:{port}",
+        aws_access_key_id=s3cluster.s3_access_key,
+        aws_secret_access_key=s3cluster.s3_secret_key,
+        region_name="us-east-1",
+        config=Config(s3={"addressing_style": "virtual"}, proxies={"http": s3cluster.s3}, retries={"max_attempts": 1}),
+    )
+    path = client(s3cluster)
+    path.create_bucket(Bucket="vhost")
+    # Routed as path style would take it, `/img/a.jpg` would name bucket "img": this lands in "vhost".
+    put = virtual.put_object(Bucket="vhost", Key="img/a.jpg", Body=b"virtual", ContentType="image/jpeg")
+    file_id = put["ResponseMetadata"]["HTTPHeaders"]["x-fdfs-file-id"]
+    assert path.get_object(Bucket="vhost", Key="img/a.jpg")["Body"].read() == b"virtual"
+    assert on_storage(s3cluster, file_id).content == b"virtual"
+    assert virtual.get_object(Bucket="vhost", Key="img/a.jpg")["Body"].read() == b"virtual"
+    listed = virtual.list_objects_v2(Bucket="vhost", Prefix="img/")
+    assert [o["Key"] for o in listed["Contents"]] == ["img/a.jpg"]
+    virtual.head_bucket(Bucket="vhost")
+    # Presigned URLs: V4 signs the path as sent (`/img/a.jpg`), V2 (boto3's default for us-east-1) the bucket too.
+    v4 = boto3.client(
+        "s3",
+        endpoint_url=f"http://{VIRTUAL_DOMAIN}:{port}",
+        aws_access_key_id=s3cluster.s3_access_key,
+        aws_secret_access_key=s3cluster.s3_secret_key,
+        region_name="us-east-1",
+        config=Config(signature_version="s3v4", s3={"addressing_style": "virtual"}),
+    )
+    for signer in (virtual, v4):
+        url = signer.generate_presigned_url("get_object", Params={"Bucket": "vhost", "Key": "img/a.jpg"})
+        assert urlsplit(url).hostname == f"vhost.{VIRTUAL_DOMAIN}"
+        assert httpx.get(url, proxy=s3cluster.s3).content == b"virtual", url
+    # A bad signature is refused in this style too.
+    wrong = boto3.client(
+        "s3",
+        endpoint_url=f"http://{VIRTUAL_DOMAIN}:{port}",
+        aws_access_key_id=s3cluster.s3_access_key,
+        aws_secret_access_key="not-the-secret",
+        region_name="us-east-1",
+        config=Config(s3={"addressing_style": "virtual"}, proxies={"http": s3cluster.s3}, retries={"max_attempts": 1}),
+    )
+    with pytest.raises(ClientError) as e:
+        wrong.get_object(Bucket="vhost", Key="img/a.jpg")
+    assert code(e) == "SignatureDoesNotMatch"
+    with pytest.raises(ClientError) as e:
+        virtual.get_object(Bucket="vhost", Key="img/missing.jpg")
+    assert code(e) == "NoSuchKey"
+    virtual.delete_object(Bucket="vhost", Key="img/a.jpg")
+    assert path.list_objects_v2(Bucket="vhost").get("KeyCount") == 0
+    virtual.delete_bucket(Bucket="vhost")
+    assert "vhost" not in [b["Name"] for b in path.list_buckets()["Buckets"]]
 
 
 def test_minio_client(s3cluster: LocalCluster) -> None:

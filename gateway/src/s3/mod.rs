@@ -1,5 +1,5 @@
 //! The S3-compatible door (issue 20): its own listener (`s3_listen`), path-style addressing
-//! (`/{bucket}/{key}`), Signature V4 (header and presigned), and a namespace mapping `bucket/key` to an ordinary
+//! (`/{bucket}/{key}`) and virtual-host style (`{bucket}.{domain}/{key}` for the `s3_domains`), Signature V4 (header and presigned), and a namespace mapping `bucket/key` to an ordinary
 //! FastDFS file (see [`namespace`]), so every object's bytes are a file that storage nodes and nginx serve under
 //! its file ID (every object answer carries it in `x-fdfs-file-id`).
 //!
@@ -7,7 +7,7 @@
 //! (plain, `aws-chunked` with signed chunks or an unsigned trailer, checksums and `Content-MD5` verified while
 //! streaming), GetObject (Range, conditional requests), HeadObject, DeleteObject, DeleteObjects,
 //! ListObjectsV2 and ListObjects, multipart uploads ([`multipart`]). docs/S3.md lists what is not supported yet
-//! (UploadPartCopy, virtual-host addressing, ...): those answer S3's `NotImplemented`. Browser form uploads:
+//! (UploadPartCopy, ...): those answer S3's `NotImplemented`. Browser form uploads:
 //! [`post`].
 
 pub mod body;
@@ -71,6 +71,8 @@ struct S3 {
     ns: Namespace,
     keys: Vec<S3Key>,
     public: Vec<String>,
+    /// `s3_domains`: virtual-host-style requests name their bucket in `Host` (see [`virtual_host`]).
+    domains: Arc<Vec<String>>,
 }
 
 /// Whether the namespace can be used (false while it is being rebuilt, see [`rebuild`]).
@@ -98,23 +100,79 @@ async fn while_rebuilding(
 
 /// The S3 routes, on the gateway's `app`, with the namespace in `ns`, answering 503 until `ready`.
 pub(crate) fn router(app: Arc<App>, ns: Namespace, ready: Ready) -> Router {
+    let domains: Vec<String> = (app.config.s3_domains.iter())
+        .map(|d| d.trim_matches('.').to_ascii_lowercase())
+        .filter(|d| !d.is_empty())
+        .collect();
+    let domains = Arc::new(domains);
     let state = Arc::new(S3 {
         keys: app.config.s3_all_keys(),
         public: app.config.s3_public_buckets.clone(),
+        domains: domains.clone(),
         app,
         ns,
     });
-    Router::new()
+    let routes = Router::new()
         .route("/", get(list_buckets))
         .route("/{bucket}", any(bucket_op))
         .route("/{bucket}/", any(bucket_op))
         .route("/{bucket}/{*key}", any(object_op))
         .layer(DefaultBodyLimit::disable())
-        .with_state(state)
-        .layer(axum::middleware::from_fn_with_state(
-            ready,
-            while_rebuilding,
-        ))
+        .with_state(state);
+    // Virtual-host style is routed as path style: the rewrite runs before the inner router picks a route.
+    let routes = if domains.is_empty() {
+        routes
+    } else {
+        Router::new()
+            .fallback_service(routes)
+            .layer(axum::middleware::from_fn_with_state(domains, virtual_host))
+    };
+    routes.layer(axum::middleware::from_fn_with_state(
+        ready,
+        while_rebuilding,
+    ))
+}
+
+/// The bucket a virtual-host-style request names: its `Host` is `<bucket>.<domain>` for one of `domains`
+/// (`s3_domains`; the port and letter case do not matter). `None` for path style (any other host, including a
+/// domain itself).
+fn virtual_bucket(domains: &[String], headers: &HeaderMap) -> Option<String> {
+    let host = headers
+        .get(header::HOST)?
+        .to_str()
+        .ok()?
+        .to_ascii_lowercase();
+    let host = match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host.as_str(),
+    };
+    domains.iter().find_map(|d| {
+        let bucket = host.strip_suffix(d.as_str())?.strip_suffix('.')?;
+        (!bucket.is_empty()).then(|| bucket.to_owned())
+    })
+}
+
+/// Virtual-host style (`PUT http://photos.s3.example.com/a/b.jpg`) rewritten to path style
+/// (`/photos/a/b.jpg`) so the same routes serve it. The signature still covers the path as sent: see
+/// [`S3::signed_uri`].
+async fn virtual_host(
+    State(domains): State<Arc<Vec<String>>>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(bucket) = virtual_bucket(&domains, req.headers()) {
+        let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        let mut parts = req.uri().clone().into_parts();
+        parts.path_and_query = format!("/{bucket}{pq}").parse().ok();
+        match Uri::from_parts(parts) {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(_) => {
+                return S3Error::new(400, "InvalidURI", "Couldn't parse the specified URI.")
+                    .into_response()
+            }
+        }
+    }
+    next.run(req).await
 }
 
 /// What a request does, for access checks.
@@ -138,6 +196,7 @@ impl S3 {
         bucket: &str,
         access: Access,
     ) -> Result<Option<Signed>> {
+        let uri = &self.signed_uri(uri, headers);
         if !sigv4::is_signed(headers, uri) {
             if access == Access::Read && self.public.iter().any(|b| b == bucket) {
                 return Ok(None);
@@ -159,6 +218,29 @@ impl S3 {
             return Err(S3Error::denied("Access Denied").on(bucket));
         }
         Ok(Some(signed))
+    }
+
+    /// The URI as the client signed it: a virtual-host-style request's path without the `/{bucket}`
+    /// [`virtual_host`] put in front (V4 signs the path as sent; V2 signs `/{bucket}/{key}` in either style).
+    fn signed_uri(&self, uri: &Uri, headers: &HeaderMap) -> Uri {
+        let Some(bucket) = virtual_bucket(&self.domains, headers) else {
+            return uri.clone();
+        };
+        if sigv4::is_v2_presigned(uri, headers) {
+            return uri.clone();
+        }
+        let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let sent = match pq
+            .strip_prefix('/')
+            .and_then(|p| p.strip_prefix(bucket.as_str()))
+        {
+            Some(rest) if rest.is_empty() || rest.starts_with('?') => format!("/{rest}"),
+            Some(rest) if rest.starts_with('/') => rest.to_owned(),
+            _ => return uri.clone(),
+        };
+        let mut parts = uri.clone().into_parts();
+        parts.path_and_query = sent.parse().ok();
+        Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
     }
 
     /// Run a namespace call on the blocking pool.
@@ -812,6 +894,7 @@ async fn store_file<S: ChunkSource>(
 
 /// The key that signed the request (CopyObject checks its right to read the source bucket too).
 fn signed_key(s3: &S3, method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<Option<S3Key>> {
+    let uri = &s3.signed_uri(uri, headers);
     if !sigv4::is_signed(headers, uri) {
         return Ok(None);
     }
@@ -1012,6 +1095,37 @@ async fn get_object(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_under_a_domain_names_the_bucket() {
+        let domains = vec!["s3.example.com".to_owned(), "localhost".to_owned()];
+        let host = |h: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::HOST, HeaderValue::from_str(h).unwrap());
+            virtual_bucket(&domains, &m)
+        };
+        assert_eq!(host("photos.s3.example.com").as_deref(), Some("photos"));
+        assert_eq!(
+            host("Photos.S3.Example.com:9000").as_deref(),
+            Some("photos")
+        );
+        assert_eq!(
+            host("my.dotted.bucket.s3.example.com").as_deref(),
+            Some("my.dotted.bucket")
+        );
+        assert_eq!(host("b.localhost:80").as_deref(), Some("b"));
+        // The domain itself, other hosts and look-alikes are path style.
+        for path_style in [
+            "s3.example.com",
+            "s3.example.com:9000",
+            "127.0.0.1:9000",
+            "xs3.example.com",
+            ".s3.example.com",
+        ] {
+            assert_eq!(host(path_style), None, "{path_style}");
+        }
+        assert_eq!(virtual_bucket(&domains, &HeaderMap::new()), None);
+    }
 
     #[test]
     fn times_and_names() {

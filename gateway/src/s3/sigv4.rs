@@ -290,6 +290,12 @@ pub fn is_signed(headers: &HeaderMap, uri: &Uri) -> bool {
             .any(|(k, _)| k == "X-Amz-Signature" || k == "Signature")
 }
 
+/// Whether the request is a V2 presigned URL (`Signature` in the query, no `Authorization`). Its signature covers
+/// `/{bucket}/{key}` in every addressing style, a V4 signature the path as sent.
+pub fn is_v2_presigned(uri: &Uri, headers: &HeaderMap) -> bool {
+    !headers.contains_key("authorization") && query_pairs(uri).iter().any(|(k, _)| k == "Signature")
+}
+
 /// Query parameters that are part of a V2 signature's resource.
 const V2_SUBRESOURCES: &[&str] = &[
     "acl",
@@ -420,7 +426,7 @@ pub fn verify(
     now: i64,
 ) -> Result<Signed, S3Error> {
     let query = query_pairs(uri);
-    if query.iter().any(|(k, _)| k == "Signature") && !headers.contains_key("authorization") {
+    if is_v2_presigned(uri, headers) {
         return verify_v2_query(method, uri, headers, keys, now, &query);
     }
     let presigned = query.iter().any(|(k, _)| k == "X-Amz-Signature");
