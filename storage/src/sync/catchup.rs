@@ -273,8 +273,18 @@ async fn apply_page(
             let mut attempt = 0;
             loop {
                 attempt += 1;
-                // Another member's push may have brought it meanwhile.
+                // Another member's push may have brought it meanwhile: without its metadata (a pushed upload
+                // carries none; the metadata change that followed may never be pushed, e.g. when the member
+                // that took it lost its disk), so that is still copied from here.
                 if engine.store.exists(&id).await? {
+                    if meta {
+                        match client::fetch_meta(engine, source, &id).await {
+                            Err(PushError::Rejected(e)) => {
+                                tracing::warn!(file_id = %id, error = %e, "cannot copy metadata; skipping it");
+                            }
+                            r => r?,
+                        }
+                    }
                     return Ok(None);
                 }
                 match client::fetch(engine, source, &id, meta).await {
