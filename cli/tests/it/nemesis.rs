@@ -80,6 +80,27 @@ mod found {
         );
         assert!(body["error"]["code"].is_string(), "{body}");
         c.storage[0][1].thaw();
+        // Member 2 live again in member 1's view before the change is sent again: the write quorum is capped by
+        // the members that are live (README, "Reliability"), and the tracker, whose probe of the frozen members
+        // timed out, may have put both offline meanwhile (it does under load); member 1 would then acknowledge
+        // the change alone, and the wipe below would rightly take it.
+        let m2 = c
+            .sync_status(&c.storage[0][1])
+            .await
+            .expect("member 2 answers")["node_id"]
+            .clone();
+        c.wait_sync(
+            &c.storage[0][0],
+            "member 2 live again",
+            STATE_TIMEOUT,
+            |st| {
+                st["peers"].as_array().is_some_and(|p| {
+                    p.iter()
+                        .any(|p| p["node_id"] == m2 && p["state"] == "active")
+                })
+            },
+        )
+        .await;
         // A delete sent again finds the file gone here: 404 once the quorum holds the delete.
         let acked = fdfs_testkit::eventually(
             STATE_TIMEOUT,
