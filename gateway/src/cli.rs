@@ -81,6 +81,9 @@ pub struct Args {
     /// `s3.example.com` names bucket `photos` (path style works on every host).
     #[arg(long, env = "FDFS_S3_DOMAINS", value_delimiter = ',')]
     pub s3_domains: Option<Vec<String>>,
+    /// Origins allowed to call the S3 door from a browser (CORS), comma separated; `*` for any.
+    #[arg(long, env = "FDFS_S3_CORS_ORIGINS", value_delimiter = ',')]
+    pub s3_cors_origins: Option<Vec<String>>,
     /// Name of this door's S3 namespace, tagged on its files (distinct per gateway when several gateways with
     /// their own namespaces share a cluster) [default: s3].
     #[arg(long, env = "FDFS_S3_NAMESPACE")]
@@ -170,6 +173,9 @@ impl Args {
         }
         if let Some(v) = &self.s3_domains {
             c.s3_domains = v.iter().filter(|s| !s.is_empty()).cloned().collect();
+        }
+        if let Some(v) = &self.s3_cors_origins {
+            c.s3_cors_origins = v.iter().filter(|s| !s.is_empty()).cloned().collect();
         }
         Ok(c)
     }

@@ -98,6 +98,9 @@ pub struct Config {
     pub s3_keys: Vec<s3::S3Key>,
     /// Buckets whose objects anyone may read (and list) without a signature.
     pub s3_public_buckets: Vec<String>,
+    /// Origins whose pages may call the S3 door from a browser (CORS: presigned PUTs and GETs from `fetch`);
+    /// empty disables CORS, `"*"` allows any origin. The door's own, apart from `cors_origins`.
+    pub s3_cors_origins: Vec<String>,
     /// Domains of virtual-host-style requests: `Host: photos.s3.example.com` with `s3.example.com` here names
     /// bucket `photos` (the path is then the key). Path style works on any host, these domains included.
     pub s3_domains: Vec<String>,
@@ -136,6 +139,7 @@ impl Default for Config {
             s3_keys: Vec::new(),
             s3_public_buckets: Vec::new(),
             s3_domains: Vec::new(),
+            s3_cors_origins: Vec::new(),
             s3_namespace: "s3".into(),
             s3_collect_interval_secs: 6 * 3600,
             s3_orphan_grace_secs: 3600,
@@ -409,7 +413,12 @@ fn s3_router(app: Arc<App>, stopping: fdfs_common::health::Stopping) -> Result<R
             }
         });
     }
-    let routes = s3::router(app, ns, ready)
+    let cors = allow_origin(&app.config.s3_cors_origins)?.map(s3::cors);
+    let mut routes = s3::router(app, ns, ready);
+    if let Some(cors) = cors {
+        routes = routes.layer(cors);
+    }
+    let routes = routes
         .layer(axum::middleware::from_fn(request_id::scope))
         .layer(axum::middleware::from_fn_with_state(
             stopping,
@@ -436,18 +445,24 @@ async fn method_not_allowed() -> GatewayError {
     GatewayError::MethodNotAllowed
 }
 
-fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, StartError> {
+/// The origins of `cors_origins` or `s3_cors_origins`; `None` when empty (no CORS).
+fn allow_origin(origins: &[String]) -> Result<Option<AllowOrigin>, StartError> {
     if origins.is_empty() {
         return Ok(None);
     }
-    let allow = if origins.iter().any(|o| o == "*") {
-        AllowOrigin::any()
-    } else {
-        let list = origins
-            .iter()
-            .map(|o| HeaderValue::from_str(o).map_err(|_| StartError::CorsOrigin(o.clone())))
-            .collect::<Result<Vec<_>, _>>()?;
-        AllowOrigin::list(list)
+    if origins.iter().any(|o| o == "*") {
+        return Ok(Some(AllowOrigin::any()));
+    }
+    let list = origins
+        .iter()
+        .map(|o| HeaderValue::from_str(o).map_err(|_| StartError::CorsOrigin(o.clone())))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(AllowOrigin::list(list)))
+}
+
+fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, StartError> {
+    let Some(allow) = allow_origin(origins)? else {
+        return Ok(None);
     };
     Ok(Some(
         CorsLayer::new()

@@ -27,11 +27,13 @@ from fdfs_http.testing import LocalCluster
 
 # The door's `s3_domains`: `Host: <bucket>.s3.test` names the bucket (virtual-host style).
 VIRTUAL_DOMAIN = "s3.test"
+# The door's `s3_cors_origins`: pages from this origin may call it.
+SHOP_ORIGIN = "http://shop.test"
 
 
 @pytest.fixture(scope="module")
 def s3cluster(fdfs_bin: str, data_root: Path) -> Iterator[LocalCluster]:
-    env = {"FDFS_S3_DOMAINS": VIRTUAL_DOMAIN}
+    env = {"FDFS_S3_DOMAINS": VIRTUAL_DOMAIN, "FDFS_S3_CORS_ORIGINS": SHOP_ORIGIN}
     with LocalCluster(fdfs_bin, data_root / "s3", groups=1, members=2, s3_port=0, env=env) as c:
         assert c.s3 and c.s3_access_key and c.s3_secret_key, c.output()
         yield c
@@ -233,6 +235,40 @@ def test_virtual_host_style_addressing(s3cluster: LocalCluster) -> None:
     assert path.list_objects_v2(Bucket="vhost").get("KeyCount") == 0
     virtual.delete_bucket(Bucket="vhost")
     assert "vhost" not in [b["Name"] for b in path.list_buckets()["Buckets"]]
+
+
+def test_cors_for_pages_that_upload_by_presigned_put(s3cluster: LocalCluster) -> None:
+    """A page of an origin in `s3_cors_origins` may PUT to a presigned URL with `fetch` (the browser's preflight
+    is answered without a signature, whatever headers it asks for) and read the ETag and file ID back; other
+    origins get no CORS headers."""
+    s3 = client(s3cluster)
+    s3.create_bucket(Bucket="cors")
+    url = s3.generate_presigned_url(
+        "put_object", Params={"Bucket": "cors", "Key": "up.jpg", "ContentType": "image/jpeg"}, ExpiresIn=60
+    )
+    asked = "content-type,x-amz-checksum-crc32"
+    pre = httpx.options(
+        url,
+        headers={
+            "Origin": SHOP_ORIGIN,
+            "Access-Control-Request-Method": "PUT",
+            "Access-Control-Request-Headers": asked,
+        },
+    )
+    assert pre.status_code == 200, pre.text
+    assert pre.headers["access-control-allow-origin"] == SHOP_ORIGIN
+    assert "PUT" in pre.headers["access-control-allow-methods"]
+    assert pre.headers["access-control-allow-headers"] == asked
+    put = httpx.put(url, content=b"jpeg bytes", headers={"Origin": SHOP_ORIGIN, "Content-Type": "image/jpeg"})
+    assert put.status_code == 200, put.text
+    assert put.headers["access-control-allow-origin"] == SHOP_ORIGIN
+    exposed = put.headers["access-control-expose-headers"].lower()
+    assert "etag" in exposed and "x-fdfs-file-id" in exposed
+    assert s3.get_object(Bucket="cors", Key="up.jpg")["Body"].read() == b"jpeg bytes"
+    other = httpx.options(url, headers={"Origin": "http://evil.test", "Access-Control-Request-Method": "PUT"})
+    assert "access-control-allow-origin" not in other.headers
+    s3.delete_object(Bucket="cors", Key="up.jpg")
+    s3.delete_bucket(Bucket="cors")
 
 
 def test_minio_client(s3cluster: LocalCluster) -> None:

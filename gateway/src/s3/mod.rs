@@ -133,6 +133,40 @@ pub(crate) fn router(app: Arc<App>, ns: Namespace, ready: Ready) -> Router {
     ))
 }
 
+/// CORS for the door (`s3_cors_origins`), as S3 answers a bucket's CORS rules: any method S3 clients use,
+/// whatever request headers the preflight asks for (signatures, `x-amz-*`, checksums), and the answer headers
+/// a page needs to read (ETag, the file ID, versions and checksums).
+pub(crate) fn cors(origins: tower_http::cors::AllowOrigin) -> tower_http::cors::CorsLayer {
+    use tower_http::cors::{AllowHeaders, CorsLayer, ExposeHeaders};
+    CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([
+            Method::GET,
+            Method::HEAD,
+            Method::PUT,
+            Method::POST,
+            Method::DELETE,
+        ])
+        .allow_headers(AllowHeaders::mirror_request())
+        .expose_headers(ExposeHeaders::list(
+            [
+                "etag",
+                "content-length",
+                "content-range",
+                "last-modified",
+                "x-amz-request-id",
+                "x-amz-version-id",
+                "x-amz-checksum-crc32",
+                "x-amz-checksum-crc32c",
+                "x-amz-checksum-sha1",
+                "x-amz-checksum-sha256",
+                FILE_ID_HEADER,
+            ]
+            .map(axum::http::HeaderName::from_static),
+        ))
+        .max_age(Duration::from_secs(3600))
+}
+
 /// The bucket a virtual-host-style request names: its `Host` is `<bucket>.<domain>` for one of `domains`
 /// (`s3_domains`; the port and letter case do not matter). `None` for path style (any other host, including a
 /// domain itself).
