@@ -73,7 +73,7 @@ pub use http::{
     client, error_code, error_of, follow_client, json_ok, metric, metric_sum, metrics, redirected,
     RequestExt,
 };
-pub use node::{args, signal, Node, Role, SECRET};
+pub use node::{args, freeze, signal, Node, Role, SECRET};
 pub use server::{closed_addr, Server};
 pub use turns::big_transfer;
 pub use wait::{eventually, eventually_ok, wait_until};

@@ -410,7 +410,7 @@ impl NetNode {
 
     /// Freeze the process (SIGSTOP): it keeps its sockets but answers nothing.
     pub fn freeze(&self) {
-        signal(self.pid().expect("node is running"), Signal::STOP);
+        crate::node::freeze(self.pid().expect("node is running"));
     }
 
     /// Resume a frozen process (SIGCONT).

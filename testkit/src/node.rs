@@ -289,6 +289,39 @@ pub fn signal(pid: u32, sig: Signal) {
     sys::kill(pid, sig).unwrap_or_else(|e| panic!("kill({pid}, {sig:?}): {e}"));
 }
 
+/// Freeze process `pid` (SIGSTOP) and wait until it is frozen: `kill` returns once the signal is queued, and one
+/// thread of the process takes it and then stops the others, so on a busy machine another thread can still
+/// answer a request for some milliseconds (seen: a "frozen" member took a metadata change 3 ms after `kill`).
+/// Returns once every thread is stopped (or the process is gone); after 5 s it says so and returns anyway (a
+/// thread in uninterruptible sleep, on a hung disk, stops only when that ends).
+pub fn freeze(pid: u32) {
+    signal(pid, Signal::STOP);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !all_threads_stopped(pid) {
+        if Instant::now() > deadline {
+            eprintln!("process {pid}: some threads still running 5 s after SIGSTOP");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Whether every thread of `pid` is in the stopped state (`T` in `/proc/<pid>/task/<tid>/stat`); true when the
+/// process is gone.
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat")).map_or(true, |stat| {
+            // `tid (comm) S ...`: the state follows the last ')' (comm may contain anything).
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next())
+                .is_some_and(|state| state == 'T' || state == 't')
+        })
+    })
+}
+
 /// Poll a child until it exits; kills it and panics after `timeout`.
 pub fn wait_exit(child: &mut Child, what: &str, timeout: Duration) -> ExitStatus {
     let deadline = Instant::now() + timeout;
@@ -364,7 +397,7 @@ impl Node {
 
     /// Freeze the process (SIGSTOP): it keeps its sockets but answers nothing.
     pub fn freeze(&self) {
-        signal(self.pid().expect("node is running"), Signal::STOP);
+        freeze(self.pid().expect("node is running"));
     }
 
     /// Resume a frozen process (SIGCONT).

@@ -74,6 +74,7 @@ impl Writes {
         let live = reach.order(self.engine.live_peers());
         let need = quorum(self.engine.config().write_quorum, live.len()) - 1;
         if need == 0 {
+            tracing::debug!(file_id = %id, live = live.len(), "a {what} needs no peer: none is live");
             return Ok(());
         }
         // Peers that timed out lately would only hold the answer up (`quorum_check` made sure enough others are
@@ -86,9 +87,17 @@ impl Writes {
         // A change is a small request: sent to every candidate at once, it is acknowledged as soon as the
         // quickest ones took it, and a peer frozen since it was last heard of costs nothing.
         let at_once = candidates.len();
+        tracing::debug!(
+            file_id = %id,
+            live = live.len(),
+            need,
+            candidates = at_once,
+            "holding a {what} on the write quorum"
+        );
         let (ok, down) = self
             .reach_quorum(id, what, need, at_once, candidates, push)
             .await;
+        tracing::debug!(file_id = %id, ok, down, "{what}: peers that took it");
         let need = self.still_needed(live.len(), down);
         if ok < need {
             return Err(StorageError::Unavailable(format!(
