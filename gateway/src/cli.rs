@@ -94,6 +94,10 @@ pub struct Args {
     /// Age in seconds before the collector deletes an S3 file no key points at [default: 3600].
     #[arg(long, env = "FDFS_S3_ORPHAN_GRACE_SECS")]
     pub s3_orphan_grace_secs: Option<u64>,
+    /// Seconds after which the collector aborts a multipart upload never completed nor aborted, 0 for never
+    /// [default: 604800].
+    #[arg(long, env = "FDFS_S3_UPLOAD_EXPIRY_SECS")]
+    pub s3_upload_expiry_secs: Option<u64>,
 }
 
 impl Args {
@@ -167,6 +171,9 @@ impl Args {
         }
         if let Some(v) = self.s3_orphan_grace_secs {
             c.s3_orphan_grace_secs = v;
+        }
+        if let Some(v) = self.s3_upload_expiry_secs {
+            c.s3_upload_expiry_secs = v;
         }
         if let Some(v) = &self.s3_public_buckets {
             c.s3_public_buckets = v.iter().filter(|s| !s.is_empty()).cloned().collect();

@@ -113,6 +113,10 @@ pub struct Config {
     /// Age in seconds a file no key points at must reach before the collector deletes it (a younger one may
     /// belong to an upload whose key is about to be recorded).
     pub s3_orphan_grace_secs: u64,
+    /// Multipart uploads neither completed nor aborted this many seconds after they were created are aborted by
+    /// the collector, their parts deleted (S3's `AbortIncompleteMultipartUpload` lifecycle rule, for every
+    /// bucket); 0: kept until a client aborts them.
+    pub s3_upload_expiry_secs: u64,
 }
 
 impl Default for Config {
@@ -143,6 +147,7 @@ impl Default for Config {
             s3_namespace: "s3".into(),
             s3_collect_interval_secs: 6 * 3600,
             s3_orphan_grace_secs: 3600,
+            s3_upload_expiry_secs: 7 * 86_400,
         }
     }
 }
@@ -402,6 +407,17 @@ fn s3_router(app: Arc<App>, stopping: fdfs_common::health::Stopping) -> Result<R
                 let Some(app) = app.upgrade() else { return };
                 if !ready.load(std::sync::atomic::Ordering::Acquire) {
                     continue;
+                }
+                let expiry = app.config.s3_upload_expiry_secs;
+                if expiry > 0 {
+                    let expiry = Duration::from_secs(expiry);
+                    match s3::rebuild::expire_uploads(&app, &ns, expiry).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(aborted = n, "S3 multipart uploads expired"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "expiring S3 multipart uploads failed")
+                        }
+                    }
                 }
                 let grace = Duration::from_secs(app.config.s3_orphan_grace_secs);
                 match s3::rebuild::collect(&app, &ns, grace).await {

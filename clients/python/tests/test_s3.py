@@ -479,6 +479,7 @@ def test_a_gateway_killed_between_storing_and_recording_leaves_no_orphan(fdfs_bi
         "FDFS_TEST_S3_PAUSE_BEFORE_RECORD_MS": "3000",  # the window between the file and its key, made wide
         "FDFS_S3_COLLECT_INTERVAL_SECS": "1",
         "FDFS_S3_ORPHAN_GRACE_SECS": "6",  # longer than the window: a file about to get its key stays
+        "FDFS_S3_UPLOAD_EXPIRY_SECS": "4",  # multipart uploads left unfinished are aborted after 4 s
     }
     with LocalCluster(fdfs_bin, data_root / "s3-orphans", groups=1, members=1, s3_port=0, env=env) as c:
         s3 = client(c)
@@ -510,3 +511,15 @@ def test_a_gateway_killed_between_storing_and_recording_leaves_no_orphan(fdfs_bi
         with pytest.raises(ClientError) as e:
             s3.head_object(Bucket="orphans", Key="lost.txt")
         assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+
+        # A multipart upload a client never completed nor aborted: aborted by the collector, its part deleted.
+        up = s3.create_multipart_upload(Bucket="orphans", Key="abandoned.bin")
+        s3.upload_part(Bucket="orphans", Key="abandoned.bin", UploadId=up["UploadId"], PartNumber=1, Body=b"p" * 1000)
+        assert len(files_on(c)) == 2, "the part is a file"
+        deadline = time.monotonic() + 60
+        while s3.list_multipart_uploads(Bucket="orphans").get("Uploads") or files_on(c) != kept:
+            assert time.monotonic() < deadline, "the abandoned upload was not expired"
+            time.sleep(0.5)
+        with pytest.raises(ClientError) as e:
+            s3.list_parts(Bucket="orphans", Key="abandoned.bin", UploadId=up["UploadId"])
+        assert code(e) == "NoSuchUpload"

@@ -8,7 +8,8 @@
 //! same key (an overwritten object whose old file could not be deleted), the newest file wins. Empty buckets are
 //! not recovered (they leave no file), nor multipart uploads under way (their parts stay as files).
 //!
-//! The same walk finds orphans ([`collect`]): tagged files the namespace does not point at.
+//! The same walk finds orphans ([`collect`]): tagged files the namespace does not point at. The collector also
+//! aborts multipart uploads left unfinished too long ([`expire_uploads`]).
 
 use std::collections::BTreeMap;
 
@@ -256,18 +257,8 @@ pub(crate) async fn collect(
             if !is_orphan {
                 continue;
             }
-            let addrs = app.member_addrs(&t.id).await?;
-            match app
-                .storage
-                .on_holder::<serde_json::Value>(
-                    &addrs,
-                    Method::DELETE,
-                    &format!("/v1/files/{}", t.id),
-                    None::<&()>,
-                )
-                .await
-            {
-                Ok(_) => {
+            match delete(app, &t.id).await {
+                Ok(()) => {
                     gone += 1;
                     metrics::counter!("fdfs_s3_orphans_removed_total").increment(1);
                     tracing::info!(file_id = %t.id, "removed an S3 file no key points at");
@@ -279,6 +270,66 @@ pub(crate) async fn collect(
         }
     }
     Ok(gone)
+}
+
+/// Abort the multipart uploads created more than `max_age` ago and never completed nor aborted (a client that
+/// died, a tool killed mid-copy): S3 keeps them until a lifecycle rule says otherwise, which leaves their parts on
+/// disk for good; here `s3_upload_expiry_secs` is that rule. Their part files are deleted now (one that cannot be
+/// is an orphan the next [`collect`] pass takes). Returns the uploads aborted.
+pub(crate) async fn expire_uploads(
+    app: &App,
+    ns: &Namespace,
+    max_age: std::time::Duration,
+) -> anyhow::Result<u64> {
+    let oldest = fdfs_common::time::unix_now().saturating_sub(max_age.as_secs()) as i64;
+    let n = ns.clone();
+    let expired = tokio::task::spawn_blocking(move || -> Result<Vec<_>, sled::Error> {
+        let mut expired = Vec::new();
+        for (bucket, _) in n.buckets()? {
+            for (id, upload) in n.uploads_in(&bucket)? {
+                if upload.created < oldest {
+                    if let Some(upload) = n.remove_upload(&id)? {
+                        expired.push((id, upload));
+                    }
+                }
+            }
+        }
+        Ok(expired)
+    })
+    .await??;
+    for (id, upload) in &expired {
+        tracing::info!(
+            upload_id = %id,
+            bucket = %upload.bucket,
+            key = %upload.key,
+            parts = upload.parts.len(),
+            "aborted a multipart upload left unfinished past s3_upload_expiry_secs"
+        );
+        metrics::counter!("fdfs_s3_uploads_expired_total").increment(1);
+        for part in upload.parts.values() {
+            let Ok(file) = part.file_id.parse::<FileId>() else {
+                continue;
+            };
+            if let Err(e) = delete(app, &file).await {
+                tracing::warn!(file_id = %file, error = %e, "could not remove the part of an expired upload");
+            }
+        }
+    }
+    Ok(expired.len() as u64)
+}
+
+/// Delete file `id` on a member that holds it.
+async fn delete(app: &App, id: &FileId) -> anyhow::Result<()> {
+    let addrs = app.member_addrs(id).await?;
+    app.storage
+        .on_holder::<serde_json::Value>(
+            &addrs,
+            Method::DELETE,
+            &format!("/v1/files/{id}"),
+            None::<&()>,
+        )
+        .await?;
+    Ok(())
 }
 
 /// The MD5 of file `id`, read from member `addr`.
