@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use self::body::S3Body;
 use self::error::{escape, S3Error};
-use self::namespace::{DeleteBucket, Namespace, Object};
+use self::namespace::{DeleteBucket, Namespace, NsError, Object};
 use self::sigv4::Signed;
 use crate::upload::{Budget, ChunkSource, UploadFields};
 use crate::App;
@@ -164,13 +164,12 @@ impl S3 {
     /// Run a namespace call on the blocking pool.
     async fn ns<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Namespace) -> Result<T, sled::Error> + Send + 'static,
+        f: impl FnOnce(&Namespace) -> Result<T, NsError> + Send + 'static,
     ) -> Result<T> {
         let ns = self.ns.clone();
-        tokio::task::spawn_blocking(move || f(&ns))
+        Ok(tokio::task::spawn_blocking(move || f(&ns))
             .await
-            .map_err(S3Error::internal)?
-            .map_err(S3Error::internal)
+            .map_err(S3Error::internal)??)
     }
 
     async fn require_bucket(&self, bucket: &str) -> Result<()> {

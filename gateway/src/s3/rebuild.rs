@@ -2,7 +2,9 @@
 //!
 //! Every object's file carries its bucket, key and content type (`s3-bucket`, `s3-key`, `s3-content-type`) and
 //! its `x-amz-meta-*` in its FastDFS metadata, and a multipart object its ETag (`s3-etag`). A gateway that starts
-//! with no namespace directory (a new door, or a lost disk) lists every group on one of its active members
+//! with no namespace (embedded: no namespace directory, a new door or a lost disk; PostgreSQL: a schema it just
+//! created, or one whose rebuild never finished, see [`Namespace::prepare`]) lists every group on one of its
+//! active members
 //! (`/v1/sync/files`), reads the metadata of the files that have some, and records each tagged file under its
 //! key; the ETag of a single-part object is its MD5, computed again from its bytes. When several files name the
 //! same key (an overwritten object whose old file could not be deleted), the newest file wins. Empty buckets are
@@ -18,7 +20,7 @@ use fdfs_common::FileId;
 use futures_util::StreamExt;
 use md5::{Digest as _, Md5};
 
-use super::namespace::{Namespace, Object};
+use super::namespace::{Namespace, NsError, Object};
 use crate::App;
 
 /// Files per listing page.
@@ -188,16 +190,20 @@ pub(crate) async fn rebuild(app: &App, ns: &Namespace) -> anyhow::Result<Rebuilt
     }
     found.listed = walk.listed;
     let ns = ns.clone();
-    let counts = tokio::task::spawn_blocking(move || -> Result<(u64, u64), sled::Error> {
+    let counts = tokio::task::spawn_blocking(move || -> Result<(u64, u64), NsError> {
         let mut buckets: BTreeMap<String, i64> = BTreeMap::new();
-        for ((bucket, key), (_, o)) in &objects {
+        for ((bucket, _), (_, o)) in &objects {
             let created = buckets.entry(bucket.clone()).or_insert(o.modified);
             *created = (*created).min(o.modified);
-            ns.put(bucket, key, o)?;
         }
+        // Buckets first: a shared namespace refuses an object outside a bucket.
         for (b, created) in &buckets {
             ns.create_bucket(b, *created)?;
         }
+        for ((bucket, key), (_, o)) in &objects {
+            ns.put(bucket, key, o)?;
+        }
+        ns.rebuilt()?;
         Ok((objects.len() as u64, buckets.len() as u64))
     })
     .await??;
@@ -207,7 +213,7 @@ pub(crate) async fn rebuild(app: &App, ns: &Namespace) -> anyhow::Result<Rebuilt
 
 /// Whether a tagged file is an orphan: an object's file its key no longer points at, or a part of an upload that
 /// no longer has it (its bucket and key, or upload and part, from its metadata).
-fn orphan(ns: &Namespace, t: &Tagged) -> Result<bool, sled::Error> {
+fn orphan(ns: &Namespace, t: &Tagged) -> Result<bool, NsError> {
     let file = t.id.to_string();
     if let Some(upload) = t.meta.get("s3-upload") {
         let part: u32 = t
@@ -241,7 +247,7 @@ pub(crate) async fn collect(
     while let Some(page) = walk.next_page(app).await? {
         let n = ns.clone();
         let (page, orphans) = tokio::task::spawn_blocking(move || {
-            let orphans: Result<Vec<bool>, sled::Error> = page
+            let orphans: Result<Vec<bool>, NsError> = page
                 .iter()
                 .map(|t| {
                     let young =
