@@ -165,10 +165,15 @@ impl Drop for Conn<'_> {
         let Some(client) = self.client.take() else {
             return;
         };
+        let mut idle = self.pool.idle.lock().unwrap_or_else(|p| p.into_inner());
         if client.is_closed() {
+            // The server went away (or restarted): the idle connections are as dead, though they do not know it
+            // until used. Dropped, so the next call connects again instead of failing on each of them in turn.
+            let dead = std::mem::take(&mut *idle);
+            drop(idle);
+            drop(dead);
             return;
         }
-        let mut idle = self.pool.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE {
             idle.push(client);
         }
@@ -435,7 +440,7 @@ impl Shared {
                 if let Some(cp) = &rolled {
                     if cp.as_str() <= after || page.prefixes.last() == Some(cp) {
                         // `after` is this prefix (a continuation), or it was rolled up already: skip it.
-                        (from, inclusive) = (past(cp), false);
+                        (from, inclusive) = (past(cp).max(key), false);
                         continue 'scan;
                     }
                 }
@@ -465,8 +470,8 @@ impl Shared {
     }
 }
 
-/// A key after every key under common prefix `cp` but (almost) none outside it: `cp` and the largest character.
-/// A key under `cp` past even that is rolled up again and skipped.
+/// A key after every key under common prefix `cp` but none outside it: `cp` and the largest character. A key
+/// under `cp` past even that (it has that character next) is rolled up again and skipped.
 fn past(cp: &str) -> String {
     format!("{cp}{}", char::MAX)
 }
