@@ -82,7 +82,14 @@ impl Postgres {
         let out = as_owner(&bin.join("initdb"))
             .arg("-D")
             .arg(dir.path().join("data"))
-            .args(["-U", "fdfs", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"])
+            .args([
+                "-U",
+                "fdfs",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+            ])
             .output()
             .expect("run initdb");
         assert!(
@@ -171,7 +178,7 @@ impl Drop for Postgres {
             // SIGINT: fast shutdown.
             let _ = rustix::process::kill_process(
                 rustix::process::Pid::from_raw(c.id() as i32).expect("a pid"),
-                rustix::process::Signal::Int,
+                rustix::process::Signal::INT,
             );
             let deadline = Instant::now() + Duration::from_secs(30);
             while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {

@@ -4,6 +4,8 @@ missing) runs in a temp dir for the module; boto3 talks to both gateways."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import signal
@@ -20,7 +22,7 @@ import boto3
 import httpx
 import pytest
 from botocore.client import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, EndpointConnectionError
 
 from fdfs_http.testing import Gateway, LocalCluster
 
@@ -93,6 +95,11 @@ class Postgres:
                 self.stop()
                 raise RuntimeError(f"PostgreSQL did not start:\n{self.log.read_text(errors='replace')}")
             time.sleep(0.5)
+
+    def sql(self, statement: str) -> str:
+        """Run `statement` with psql; its output."""
+        cmd = [str(self.bindir / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "fdfs", "-d", "postgres"]
+        return subprocess.run([*cmd, "-XAtc", statement], check=True, capture_output=True, text=True).stdout
 
     def kill(self) -> None:
         """SIGKILL the server (its backends notice and exit)."""
@@ -353,3 +360,92 @@ def test_postgres_killed_gives_503s_and_its_restart_recovers(
     # Both gateway processes are still the ones started (no panic, no restart).
     assert gw.proc.poll() is None
     assert c.gateway_pid() == pid
+
+
+def files_on(c: LocalCluster) -> set[str]:
+    """The files the first storage node holds (its replication listing)."""
+    r = httpx.get(f"{c.members[0].url}/v1/sync/files?limit=1000", headers={"x-fdfs-cluster-secret": c.secret})
+    r.raise_for_status()
+    return {f["id"] for f in r.json()["files"]}
+
+
+def test_a_collector_spares_uploads_in_flight_on_another_gateway_and_removes_what_a_killed_one_left(
+    two: tuple[LocalCluster, Gateway],
+) -> None:
+    c, _ = two
+    a = client(c, c.s3)
+    # A gateway whose PutObject waits 3 s between storing the file and recording its key, and another whose
+    # collector passes every second, with a grace period longer than that window.
+    slow = c.start_gateway(env={"FDFS_TEST_S3_PAUSE_BEFORE_RECORD_MS": "3000"})
+    collector = c.start_gateway("--s3-collect-interval-secs", "1", "--s3-orphan-grace-secs", "6")
+    try:
+        s = client(c, slow.s3)
+        s.create_bucket(Bucket="inflight")
+        put = file_id(s.put_object(Bucket="inflight", Key="slow.txt", Body=b"slow"))
+        # Older than the grace period and recorded: still there after more passes.
+        time.sleep(8)
+        assert collector.log.read_text().count("S3 orphan collection done") >= 3, collector.log.read_text()
+        assert stored(c, put) == 200
+        assert a.get_object(Bucket="inflight", Key="slow.txt")["Body"].read() == b"slow"
+        # What the other tests stored stays too.
+        assert a.get_object(Bucket="race", Key="hot")["Body"].read()
+
+        # The slow gateway is killed between storing a file and recording its key: the collector of the other
+        # removes that file once past its grace.
+        before = files_on(c)
+
+        def put_lost() -> None:
+            with contextlib.suppress(Exception):
+                s.put_object(Bucket="inflight", Key="lost.txt", Body=b"lost")
+
+        t = threading.Thread(target=put_lost)
+        t.start()
+        eventually(lambda: len(files_on(c) - before) == 1, "the file is stored, its key not yet recorded")
+        (lost,) = files_on(c) - before
+        slow.proc.send_signal(signal.SIGKILL)
+        t.join()
+        eventually(lambda: lost not in files_on(c), "the orphan is collected by the other gateway", timeout=60)
+        with pytest.raises(ClientError) as e:
+            a.head_object(Bucket="inflight", Key="lost.txt")
+        assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+        assert stored(c, put) == 200
+    finally:
+        slow.stop()
+        collector.stop()
+
+
+def test_a_lost_postgres_namespace_is_rebuilt_from_the_storage_nodes(
+    two: tuple[LocalCluster, Gateway], postgres: Postgres
+) -> None:
+    from boto3.s3.transfer import TransferConfig
+
+    c, gw = two
+    a, b = clients(two)
+    a.create_bucket(Bucket="rebuilt")
+    a.put_object(Bucket="rebuilt", Key="a/one.txt", Body=b"one", ContentType="text/plain", Metadata={"x": "1"})
+    b.put_object(Bucket="rebuilt", Key="a/one.txt", Body=b"one again")  # overwritten: the newest file wins
+    big = os.urandom(11 << 20)
+    cfg = TransferConfig(multipart_threshold=5 << 20, multipart_chunksize=5 << 20)
+    b.upload_fileobj(io.BytesIO(big), "rebuilt", "b/big.bin", Config=cfg)
+    before = {o["Key"]: o["ETag"] for o in a.list_objects_v2(Bucket="rebuilt")["Contents"]}
+    assert before["b/big.bin"].endswith('-3"')
+
+    # The namespace is lost (its tables dropped), and both gateways restart.
+    postgres.sql("DROP TABLE fdfs_s3_parts, fdfs_s3_uploads, fdfs_s3_objects, fdfs_s3_buckets, fdfs_s3_schema")
+    gw.stop()
+    os.kill(c.gateway_pid(), signal.SIGKILL)  # fdfs up restarts it
+    second = c.start_gateway()  # returns once its door is past the rebuild
+
+    def rebuilt(s3: Any) -> bool:
+        try:
+            return {o["Key"]: o["ETag"] for o in s3.list_objects_v2(Bucket="rebuilt")["Contents"]} == before
+        except (ClientError, EndpointConnectionError, KeyError):
+            return False
+
+    eventually(lambda: rebuilt(client(c, c.s3)) and rebuilt(client(c, second.s3)), "the namespace is rebuilt", 90)
+    assert postgres.sql("SELECT rebuilt_at IS NOT NULL FROM fdfs_s3_schema").strip() == "t"
+    a, b = client(c, c.s3), client(c, second.s3)
+    one = b.get_object(Bucket="rebuilt", Key="a/one.txt")
+    assert one["Body"].read() == b"one again"
+    assert a.get_object(Bucket="rebuilt", Key="b/big.bin")["Body"].read() == big
+    assert a.head_object(Bucket="race", Key="hot")["ETag"] == b.head_object(Bucket="race", Key="hot")["ETag"]

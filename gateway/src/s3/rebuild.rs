@@ -247,14 +247,25 @@ pub(crate) async fn collect(
     while let Some(page) = walk.next_page(app).await? {
         let n = ns.clone();
         let (page, orphans) = tokio::task::spawn_blocking(move || {
-            let orphans: Result<Vec<bool>, NsError> = page
-                .iter()
-                .map(|t| {
-                    let young =
-                        now.saturating_sub(u64::from(t.id.info().created)) < grace.as_secs();
-                    Ok(!young && orphan(&n, t)?)
-                })
-                .collect();
+            let orphans = (|| -> Result<Vec<bool>, anyhow::Error> {
+                // A shared namespace that another gateway dropped and is rebuilding points at nothing yet:
+                // judged against it, every file would look like an orphan. Judged only while it is whole, and
+                // the same one before and after.
+                let before = n.whole()?;
+                let orphans = page
+                    .iter()
+                    .map(|t| {
+                        let young =
+                            now.saturating_sub(u64::from(t.id.info().created)) < grace.as_secs();
+                        Ok(!young && orphan(&n, t)?)
+                    })
+                    .collect::<Result<Vec<bool>, NsError>>()?;
+                let after = n.whole()?;
+                if before.is_none() || before != after {
+                    anyhow::bail!("the namespace is being rebuilt; no orphans collected");
+                }
+                Ok(orphans)
+            })();
             (page, orphans)
         })
         .await?;

@@ -47,8 +47,25 @@ fn postgres_listings_equal_the_embedded_ones() {
     let dir = tempdir(0);
     let embedded = Namespace::embedded(dir.path()).unwrap();
     let keys = [
-        "a.txt", "B", "d/1", "d/2", "d/e/3", "d/e/4", "d/f", "dz", "z", "é", "é/x", "ü/y/z", "a/b/c", "a/b/d",
-        "a-b", "a/", "a//x", "\u{10FFFF}", "d/\u{10FFFF}/x",
+        "a.txt",
+        "B",
+        "d/1",
+        "d/2",
+        "d/e/3",
+        "d/e/4",
+        "d/f",
+        "dz",
+        "z",
+        "é",
+        "é/x",
+        "ü/y/z",
+        "a/b/c",
+        "a/b/d",
+        "a-b",
+        "a/",
+        "a//x",
+        "\u{10FFFF}",
+        "d/\u{10FFFF}/x",
     ];
     for ns in [&shared, &embedded] {
         assert!(ns.create_bucket("b", 1).unwrap());
@@ -64,10 +81,10 @@ fn postgres_listings_equal_the_embedded_ones() {
             for after in ["", "a", "a/b/", "d/", "d/e/", "d/e/3", "é", "zzz"] {
                 for max in [1, 2, 3, 1000] {
                     let s = shared.list("b", prefix, delimiter, after, max).unwrap();
-                    let e = embedded
-                        .list("b", prefix, delimiter, after, max)
-                        .unwrap();
-                    let what = format!("prefix {prefix:?} delimiter {delimiter:?} after {after:?} max {max}");
+                    let e = embedded.list("b", prefix, delimiter, after, max).unwrap();
+                    let what = format!(
+                        "prefix {prefix:?} delimiter {delimiter:?} after {after:?} max {max}"
+                    );
                     assert_eq!(s.objects, e.objects, "{what}");
                     assert_eq!(s.prefixes, e.prefixes, "{what}");
                     assert_eq!(s.truncated, e.truncated, "{what}");
@@ -84,7 +101,13 @@ fn postgres_listings_equal_the_embedded_ones() {
     let mut sorted = keys.to_vec();
     sorted.sort_by(|x, y| x.as_bytes().cmp(y.as_bytes()));
     assert_eq!(listed, sorted);
-    assert_eq!(all.objects[0].1, obj(&format!("f{}", keys.iter().position(|k| *k == "B").unwrap())));
+    assert_eq!(
+        all.objects[0].1,
+        obj(&format!(
+            "f{}",
+            keys.iter().position(|k| *k == "B").unwrap()
+        ))
+    );
     assert_eq!(shared.buckets().unwrap(), embedded.buckets().unwrap());
 }
 
@@ -182,14 +205,29 @@ fn a_multipart_upload_is_shared_between_gateways() {
         parts: BTreeMap::new(),
     };
     a.create_upload("u1", &upload).unwrap();
-    a.create_upload("u0", &Upload { key: "big".into(), ..upload.clone() }).unwrap();
+    a.create_upload(
+        "u0",
+        &Upload {
+            key: "big".into(),
+            ..upload.clone()
+        },
+    )
+    .unwrap();
     assert_eq!(b.put_part("u1", 1, &part("p1")).unwrap(), Ok(None));
     assert_eq!(a.put_part("u1", 2, &part("p2")).unwrap(), Ok(None));
-    assert_eq!(b.put_part("u1", 2, &part("p2b")).unwrap(), Ok(Some(part("p2"))));
+    assert_eq!(
+        b.put_part("u1", 2, &part("p2b")).unwrap(),
+        Ok(Some(part("p2")))
+    );
     let seen = b.upload("u1").unwrap().unwrap();
     assert_eq!(seen.parts.keys().copied().collect::<Vec<_>>(), [1, 2]);
     assert_eq!(seen.meta, upload.meta);
-    let ids: Vec<String> = a.uploads_in("m").unwrap().into_iter().map(|(id, _)| id).collect();
+    let ids: Vec<String> = a
+        .uploads_in("m")
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     assert_eq!(ids, ["u0", "u1"]);
     // Completed on B: the object is recorded and the upload ended with its parts, once.
     let (old, ended) = b.complete("m", "big", &obj("whole"), "u1").unwrap();
@@ -198,7 +236,10 @@ fn a_multipart_upload_is_shared_between_gateways() {
     assert_eq!(a.complete("m", "big", &obj("again"), "u1").unwrap().1, None);
     assert_eq!(a.put_part("u1", 3, &part("late")).unwrap(), Err(()));
     assert_eq!(a.get("m", "big").unwrap(), Some(obj("again")));
-    assert_eq!(b.remove_upload("u0").unwrap().map(|u| u.key), Some("big".into()));
+    assert_eq!(
+        b.remove_upload("u0").unwrap().map(|u| u.key),
+        Some("big".into())
+    );
     assert!(a.uploads_in("m").unwrap().is_empty());
 }
 
@@ -215,12 +256,19 @@ fn a_killed_server_is_unavailable_until_it_is_back() {
             other => panic!("with the server killed: {other:?}"),
         }
     }
-    assert!(matches!(a.put("k", "y", &obj("g")), Err(NsError::Unavailable(_))));
+    assert!(matches!(
+        a.put("k", "y", &obj("g")),
+        Err(NsError::Unavailable(_))
+    ));
     pg.restart();
     // The broken connections were dropped: the next call connects again. What was committed is there.
     assert_eq!(a.get("k", "x").unwrap(), Some(obj("f")));
     assert_eq!(a.get("k", "y").unwrap(), None);
     // A namespace whose server is down from the start is unavailable too, not a panic.
-    let closed = Namespace::shared(&format!("postgres://fdfs@{}/postgres", fdfs_testkit::closed_addr())).unwrap();
+    let closed = Namespace::shared(&format!(
+        "postgres://fdfs@{}/postgres",
+        fdfs_testkit::closed_addr()
+    ))
+    .unwrap();
     assert!(matches!(closed.prepare(), Err(NsError::Unavailable(_))));
 }

@@ -188,10 +188,10 @@ class LocalCluster:
                 raise RuntimeError(f"the S3 door never became ready:\n{self.output()}")
             time.sleep(0.2)
 
-    def start_gateway(self, *args: str, timeout: float = 60.0) -> Gateway:
+    def start_gateway(self, *args: str, env: Mapping[str, str] | None = None, timeout: float = 60.0) -> Gateway:
         """One more gateway on this cluster's trackers, on free ports, with an S3 door that has this cluster's
-        access key and `--s3-postgres` (when the cluster has one); `args` are more `fdfs gateway` flags. Returns
-        once it listens (and its S3 door answers other than 503)."""
+        access key and `--s3-postgres` (when the cluster has one); `args` are more `fdfs gateway` flags, `env`
+        more environment. Returns once it listens (and its S3 door answers other than 503)."""
         n = len(self.gateways) + 1
         log = self.data_dir / "logs" / f"gateway-{n + 1}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -205,13 +205,13 @@ class LocalCluster:
             else:
                 cmd += ["--s3-data-dir", str(self.data_dir / f"s3-{n + 1}")]
         cmd += list(args)
-        env = {**os.environ, **self.env, "FDFS_CLUSTER_SECRET": self.secret, "NO_COLOR": "1"}
-        env.pop("FDFS_CONFIG", None)
+        environ = {**os.environ, **self.env, **(env or {}), "FDFS_CLUSTER_SECRET": self.secret, "NO_COLOR": "1"}
+        environ.pop("FDFS_CONFIG", None)
         if self.s3:
-            env["FDFS_S3_SECRET_KEY"] = self.s3_secret_key
+            environ["FDFS_S3_SECRET_KEY"] = self.s3_secret_key
         with open(log, "a") as err:
             proc = subprocess.Popen(
-                cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, text=True, env=env
+                cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, text=True, env=environ
             )
         assert proc.stdout is not None
         # It prints `listening on ADDR` for its HTTP listener, then for its S3 door.

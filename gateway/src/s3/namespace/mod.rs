@@ -178,6 +178,17 @@ impl Namespace {
         }
     }
 
+    /// Whether the namespace is whole, and which one it is: `None` while it has yet to be rebuilt, else a value
+    /// that changes when it is replaced (PostgreSQL: when its rebuild finished; embedded: always `Some(0)`). The
+    /// orphan collector reads it before and after judging files, so that a namespace dropped and being rebuilt
+    /// by another gateway never makes every file look like an orphan. Blocks.
+    pub fn whole(&self) -> Result<Option<i64>> {
+        match self {
+            Namespace::Embedded(_) => Ok(Some(0)),
+            Namespace::Shared(s) => s.whole(),
+        }
+    }
+
     /// Create a bucket; `false` when it exists already.
     pub fn create_bucket(&self, name: &str, now: i64) -> Result<bool> {
         each!(self, ns => ns.create_bucket(name, now))

@@ -94,7 +94,10 @@ impl From<postgres::Error> for NsError {
             None => true,
             Some(c) => {
                 let c = c.code();
-                c.starts_with("08") || c.starts_with("57P") || c.starts_with("53") || c.starts_with("40")
+                c.starts_with("08")
+                    || c.starts_with("57P")
+                    || c.starts_with("53")
+                    || c.starts_with("40")
             }
         };
         if unavailable {
@@ -257,6 +260,14 @@ impl Shared {
         Ok(())
     }
 
+    /// [`Namespace::whole`](super::Namespace::whole).
+    pub fn whole(&self) -> Result<Option<i64>> {
+        Ok(self
+            .conn()?
+            .query_opt("SELECT rebuilt_at FROM fdfs_s3_schema LIMIT 1", &[])?
+            .and_then(|r| r.get(0)))
+    }
+
     /// [`Namespace::create_bucket`](super::Namespace::create_bucket).
     pub fn create_bucket(&self, name: &str, now: i64) -> Result<bool> {
         let n = self.conn()?.execute(
@@ -270,7 +281,10 @@ impl Shared {
     pub fn bucket(&self, name: &str) -> Result<Option<i64>> {
         Ok(self
             .conn()?
-            .query_opt("SELECT created FROM fdfs_s3_buckets WHERE name = $1", &[&name])?
+            .query_opt(
+                "SELECT created FROM fdfs_s3_buckets WHERE name = $1",
+                &[&name],
+            )?
             .map(|r| r.get(0)))
     }
 
@@ -278,7 +292,10 @@ impl Shared {
     pub fn buckets(&self) -> Result<Vec<(String, i64)>> {
         Ok(self
             .conn()?
-            .query("SELECT name, created FROM fdfs_s3_buckets ORDER BY name", &[])?
+            .query(
+                "SELECT name, created FROM fdfs_s3_buckets ORDER BY name",
+                &[],
+            )?
             .iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect())
@@ -337,7 +354,14 @@ impl Shared {
         tx.execute(
             "INSERT INTO fdfs_s3_uploads (id, bucket, key, created, content_type, meta) \
              VALUES ($1, $2, $3, $4, $5, $6)",
-            &[&id, &u.bucket, &u.key, &u.created, &u.content_type, &encode_meta(&u.meta)],
+            &[
+                &id,
+                &u.bucket,
+                &u.key,
+                &u.created,
+                &u.content_type,
+                &encode_meta(&u.meta),
+            ],
         )?;
         for (n, p) in &u.parts {
             put_part_in(&mut tx, id, *n, p)?;
@@ -365,7 +389,10 @@ impl Shared {
         let mut tx = c.transaction()?;
         // The upload's row stays while the part is recorded: a concurrent completion or abort waits for it.
         if tx
-            .query_opt("SELECT 1 FROM fdfs_s3_uploads WHERE id = $1 FOR SHARE", &[&id])?
+            .query_opt(
+                "SELECT 1 FROM fdfs_s3_uploads WHERE id = $1 FOR SHARE",
+                &[&id],
+            )?
             .is_none()
         {
             return Ok(Err(()));
@@ -481,7 +508,10 @@ fn create_schema(c: &mut Client) -> Result<bool> {
     let mut tx = c.transaction()?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])?;
     tx.batch_execute(SCHEMA)?;
-    let row = tx.query_opt("SELECT version, rebuilt_at FROM fdfs_s3_schema LIMIT 1", &[])?;
+    let row = tx.query_opt(
+        "SELECT version, rebuilt_at FROM fdfs_s3_schema LIMIT 1",
+        &[],
+    )?;
     let rebuild = match row {
         Some(r) => {
             let version: i32 = r.get(0);
@@ -583,12 +613,17 @@ fn put_part_in(
 fn remove_upload_in(tx: &mut postgres::Transaction<'_>, id: &str) -> Result<Option<Upload>> {
     // Locking its row first waits for parts being recorded, which are then in what is returned.
     if tx
-        .query_opt("SELECT 1 FROM fdfs_s3_uploads WHERE id = $1 FOR UPDATE", &[&id])?
+        .query_opt(
+            "SELECT 1 FROM fdfs_s3_uploads WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )?
         .is_none()
     {
         return Ok(None);
     }
-    let ended = uploads(tx, "WHERE u.id = $1", &[&id])?.pop().map(|(_, u)| u);
+    let ended = uploads(tx, "WHERE u.id = $1", &[&id])?
+        .pop()
+        .map(|(_, u)| u);
     tx.execute("DELETE FROM fdfs_s3_uploads WHERE id = $1", &[&id])?;
     Ok(ended)
 }
