@@ -28,7 +28,7 @@ use super::{rolled_up, DeleteBucket, NsError, Object, Page, Part, Result, Upload
 const SCHEMA_VERSION: i32 = 1;
 
 /// The advisory lock key held while the schema is created ("fdfs-s3" in ASCII).
-const SCHEMA_LOCK: i64 = 0x6664_6673_2d73_33;
+const SCHEMA_LOCK: i64 = 0x0066_6466_732d_7333;
 
 /// Idle connections kept for the next calls.
 const MAX_IDLE: usize = 8;
