@@ -36,6 +36,10 @@ const MAX_IDLE: usize = 8;
 /// How long a connection attempt may take when the URL does not say (`connect_timeout`).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long unacknowledged data (`tcp_user_timeout`) may wait, and a connection stay idle before keepalives
+/// probe it, when the URL does not say.
+const DEAD_PEER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The schema, created when missing.
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS fdfs_s3_schema (
@@ -220,6 +224,14 @@ impl Shared {
             .map_err(|e: postgres::Error| NsError::Unavailable(format!("s3_postgres: {e}")))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        // A server host that vanishes (no reset, no answer) fails the calls waiting on it within about this
+        // long, instead of holding them for TCP's default of minutes to hours.
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(DEAD_PEER_TIMEOUT);
+        }
+        if config.get_keepalives_idle() > DEAD_PEER_TIMEOUT {
+            config.keepalives_idle(DEAD_PEER_TIMEOUT);
         }
         if config.get_application_name().is_none() {
             config.application_name("fdfs-gateway");
