@@ -73,10 +73,10 @@ struct S3 {
     public: Vec<String>,
 }
 
-/// Whether the namespace can be used (false while it is being rebuilt, see [`rebuild`]).
+/// Whether the namespace can be used (false while it is being prepared or rebuilt, see [`rebuild`]).
 pub type Ready = Arc<std::sync::atomic::AtomicBool>;
 
-/// 503 `ServiceUnavailable` while the namespace is being rebuilt.
+/// 503 `ServiceUnavailable` while the namespace is being prepared (connected to, rebuilt).
 async fn while_rebuilding(
     State(ready): State<Ready>,
     req: axum::extract::Request,
@@ -88,7 +88,7 @@ async fn while_rebuilding(
     let mut resp = S3Error::new(
         503,
         "ServiceUnavailable",
-        "The namespace is being rebuilt from the storage nodes; please retry.",
+        "The namespace is not ready (being rebuilt from the storage nodes, or its database unreachable); please retry.",
     )
     .into_response();
     resp.headers_mut()
