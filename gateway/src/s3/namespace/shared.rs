@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use postgres::error::SqlState;
 use postgres::{Client, GenericClient, NoTls, Row};
@@ -32,6 +32,9 @@ const SCHEMA_LOCK: i64 = 0x0066_6466_732d_7333;
 
 /// Idle connections kept for the next calls.
 const MAX_IDLE: usize = 8;
+
+/// An idle connection unused for longer than this is checked (a round trip) before it is used again.
+const CHECK_IDLE_AFTER: Duration = Duration::from_secs(2);
 
 /// How long a connection attempt may take when the URL does not say (`connect_timeout`).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -132,8 +135,8 @@ impl std::fmt::Debug for Shared {
 struct Pool {
     /// Where and how to connect.
     config: postgres::Config,
-    /// Connections not in use.
-    idle: Mutex<Vec<Client>>,
+    /// Connections not in use, each with when it was last used.
+    idle: Mutex<Vec<(Client, Instant)>>,
     /// Whether this gateway created or checked the schema already.
     schema_ready: AtomicBool,
 }
@@ -182,7 +185,7 @@ impl Drop for Conn<'_> {
             return;
         }
         if idle.len() < MAX_IDLE {
-            idle.push(client);
+            idle.push((client, Instant::now()));
         }
     }
 }
@@ -193,8 +196,22 @@ impl Pool {
         loop {
             let client = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
             match client {
-                Some(c) if c.is_closed() => continue,
-                Some(c) => {
+                Some((c, _)) if c.is_closed() => continue,
+                // Idle a while: the server may have restarted since (a broken connection does not know it
+                // until used). Checked with a round trip; a dead one means the others are dead too.
+                Some((mut c, since)) if since.elapsed() > CHECK_IDLE_AFTER => {
+                    if c.is_valid(CONNECT_TIMEOUT).is_ok() {
+                        return Ok(Conn {
+                            client: Some(c),
+                            pool: self,
+                        });
+                    }
+                    let dead =
+                        std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()));
+                    drop(dead);
+                    break;
+                }
+                Some((c, _)) => {
                     return Ok(Conn {
                         client: Some(c),
                         pool: self,
