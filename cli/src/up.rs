@@ -90,6 +90,10 @@ pub struct Args {
     /// `<data>/s3`.
     #[arg(long, value_name = "PORT")]
     pub s3_port: Option<u16>,
+    /// Keep the S3 door's namespace in this PostgreSQL database (`postgres://user:password@host:port/db`)
+    /// instead of `<data>/s3`: other gateways given the same URL share it.
+    #[arg(long, value_name = "URL", requires = "s3_port")]
+    pub s3_postgres: Option<String>,
     /// Access key of the S3 door (default: the one kept in `<data>/s3-keys`, else a new pair written there).
     #[arg(long, value_name = "KEY", requires = "s3_secret_key")]
     pub s3_access_key: Option<String>,
@@ -455,11 +459,12 @@ async fn start(a: &Args, procs: &mut Vec<Proc>, secret: &str, s3: Option<&S3Door
         args.extend([arg("--api-key"), arg(key)]);
     }
     if let Some(door) = s3 {
+        args.extend([arg("--s3-listen"), arg(door.addr.to_string())]);
+        match &a.s3_postgres {
+            Some(url) => args.extend([arg("--s3-postgres"), arg(url)]),
+            None => args.extend([arg("--s3-data-dir"), arg(a.data.join("s3"))]),
+        }
         args.extend([
-            arg("--s3-listen"),
-            arg(door.addr.to_string()),
-            arg("--s3-data-dir"),
-            arg(a.data.join("s3")),
             arg("--s3-access-key"),
             arg(&door.access_key),
             arg("--s3-secret-key"),

@@ -18,6 +18,10 @@ if [[ ! -x "$PY" ]]; then
     fi
 fi
 "$PY" -m pip install -q --disable-pip-version-check --upgrade "$ROOT/clients/python[test]"
+# tests/test_s3_postgres.py runs a PostgreSQL server of its own (Debian's; it fails, not skips, without one).
+if ! compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
+fi
 # `--setup`: only the installs (.ci/prepare runs them while cargo builds).
 [[ ${1:-} == --setup ]] && exit 0
 (cd "$ROOT" && cargo build -q -p fdfs)

@@ -62,6 +62,10 @@ pub struct Args {
     /// Directory of the S3 door's namespace (bucket/key -> file ID).
     #[arg(long, env = "FDFS_S3_DATA_DIR")]
     pub s3_data_dir: Option<PathBuf>,
+    /// PostgreSQL URL of a namespace several gateways share, e.g. postgres://fdfs:secret@db:5432/fdfs (instead
+    /// of --s3-data-dir).
+    #[arg(long, env = "FDFS_S3_POSTGRES", hide_env_values = true)]
+    pub s3_postgres: Option<String>,
     /// An S3 access key with every bucket (with --s3-secret-key); more keys (limited to some buckets, or read-only)
     /// in the config file's `s3_keys`.
     #[arg(long, env = "FDFS_S3_ACCESS_KEY")]
@@ -156,6 +160,9 @@ impl Args {
         }
         if let Some(v) = &self.s3_data_dir {
             c.s3_data_dir = Some(v.clone());
+        }
+        if let Some(v) = &self.s3_postgres {
+            c.s3_postgres = Some(v.clone());
         }
         if let Some(v) = &self.s3_access_key {
             c.s3_access_key = Some(v.clone());

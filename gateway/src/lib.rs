@@ -87,8 +87,11 @@ pub struct Config {
     pub shutdown_delay_ms: u64,
     /// The S3-compatible door's listen address (`host:port`); none: no S3 door (see [`s3`] and docs/S3.md).
     pub s3_listen: Option<String>,
-    /// Where the S3 door keeps its namespace (needed with `s3_listen`).
+    /// Where the S3 door keeps its namespace (needed with `s3_listen`, unless `s3_postgres` is set).
     pub s3_data_dir: Option<std::path::PathBuf>,
+    /// The S3 door's namespace in PostgreSQL (`postgres://user:password@host:port/database`), shared by every
+    /// gateway given the same URL; none: the embedded namespace under `s3_data_dir` (one gateway).
+    pub s3_postgres: Option<String>,
     /// An access key of the S3 door with every bucket (with `s3_secret_key`).
     pub s3_access_key: Option<String>,
     /// The secret of `s3_access_key`.
@@ -138,6 +141,7 @@ impl Default for Config {
             shutdown_delay_ms: 0,
             s3_listen: None,
             s3_data_dir: None,
+            s3_postgres: None,
             s3_access_key: None,
             s3_secret_key: None,
             s3_keys: Vec::new(),
@@ -353,42 +357,46 @@ fn build(
     Ok((shared, router))
 }
 
-/// The S3 door's routes on `app`, its namespace opened from `s3_data_dir`.
+/// The S3 door's routes on `app`, its namespace in PostgreSQL (`s3_postgres`) or opened from `s3_data_dir`.
 fn s3_router(app: Arc<App>, stopping: fdfs_common::health::Stopping) -> Result<Router, StartError> {
-    let dir = app
-        .config
-        .s3_data_dir
-        .clone()
-        .ok_or_else(|| StartError::S3("s3_listen needs s3_data_dir (--s3-data-dir)".into()))?;
     if app.config.s3_all_keys().is_empty() && app.config.s3_public_buckets.is_empty() {
         return Err(StartError::S3(
             "no access key (--s3-access-key and --s3-secret-key, or [[s3_keys]])".into(),
         ));
     }
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| StartError::S3(format!("creating {}: {e}", dir.display())))?;
-    // No namespace at all (a new door, or a lost disk): rebuilt from the storage nodes before it answers.
-    let lost = !dir.join("namespace").exists();
-    let ns = s3::namespace::Namespace::open(&dir)
-        .map_err(|e| StartError::S3(format!("opening the namespace in {}: {e}", dir.display())))?;
-    let ready: s3::Ready = Arc::new(std::sync::atomic::AtomicBool::new(!lost));
-    if lost {
+    let ns = match (&app.config.s3_postgres, &app.config.s3_data_dir) {
+        (Some(url), _) => s3::namespace::Namespace::shared(url)
+            .map_err(|e| StartError::S3(format!("s3_postgres: {e}")))?,
+        (None, Some(dir)) => {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StartError::S3(format!("creating {}: {e}", dir.display())))?;
+            s3::namespace::Namespace::embedded(dir).map_err(|e| {
+                StartError::S3(format!("opening the namespace in {}: {e}", dir.display()))
+            })?
+        }
+        (None, None) => {
+            return Err(StartError::S3(
+                "s3_listen needs s3_data_dir (--s3-data-dir) or s3_postgres (--s3-postgres)".into(),
+            ))
+        }
+    };
+    // An embedded namespace whose directory exists is ready now. Else, before the door answers: connect and
+    // create the schema (PostgreSQL), and rebuild from the storage nodes a namespace that is new or lost.
+    let ready: s3::Ready = Arc::new(std::sync::atomic::AtomicBool::new(matches!(
+        &ns,
+        s3::namespace::Namespace::Embedded(e) if !e.lost
+    )));
+    if !ready.load(std::sync::atomic::Ordering::Acquire) {
         let (app, ns, ready) = (app.clone(), ns.clone(), ready.clone());
         tokio::spawn(async move {
             loop {
-                match s3::rebuild::rebuild(&app, &ns).await {
-                    Ok(r) => {
-                        tracing::info!(
-                            listed = r.listed,
-                            objects = r.objects,
-                            buckets = r.buckets,
-                            "S3 namespace rebuilt from the storage nodes"
-                        );
+                match prepare_s3(&app, &ns).await {
+                    Ok(()) => {
                         ready.store(true, std::sync::atomic::Ordering::Release);
                         return;
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "rebuilding the S3 namespace failed; retrying in 1 s");
+                        tracing::warn!(error = %e, "preparing the S3 namespace failed; retrying in 1 s");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 }
@@ -441,6 +449,22 @@ fn s3_router(app: Arc<App>, stopping: fdfs_common::health::Stopping) -> Result<R
             fdfs_common::health::close_when_stopping,
         ));
     Ok(fdfs_common::metrics::instrument(routes, "gateway_s3"))
+}
+
+/// Make the S3 door's namespace usable, rebuilding it from the storage nodes when it is new or lost.
+async fn prepare_s3(app: &App, ns: &s3::namespace::Namespace) -> anyhow::Result<()> {
+    let n = ns.clone();
+    if !tokio::task::spawn_blocking(move || n.prepare()).await?? {
+        return Ok(());
+    }
+    let r = s3::rebuild::rebuild(app, ns).await?;
+    tracing::info!(
+        listed = r.listed,
+        objects = r.objects,
+        buckets = r.buckets,
+        "S3 namespace rebuilt from the storage nodes"
+    );
+    Ok(())
 }
 
 /// `TimeoutLayer` answers a bare 408; give it the JSON error body every answer has.

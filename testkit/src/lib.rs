@@ -22,6 +22,8 @@
 //!   ([`Cluster::kill9`], [`Cluster::restart`], [`Cluster::wipe`], [`Cluster::add_storage`]); peak RSS while
 //!   a transfer runs ([`Cluster::sample_rss`]); [`Cluster::for_big_files`].
 //! - [`netns`]: servers in network namespaces, for partitions (cut and heal the link between two of them).
+//! - [`postgres`]: a PostgreSQL server of the test's own ([`postgres::Postgres`]: Debian's, in a temp dir, on a
+//!   free port; kill -9 and restart).
 //! - [`unit`]: servers started as the shipped systemd units start them, on simulated hosts (namespaces).
 //! - [`nemesis`]: a fault schedule from a seed against a cluster in namespaces, with a history checker and a
 //!   report (the cli test `nemesis_short_run`, `bench/nemesis.sh`).
@@ -58,6 +60,7 @@ pub mod inproc;
 pub mod nemesis;
 pub mod netns;
 pub mod node;
+pub mod postgres;
 pub mod powercut;
 pub mod raw;
 pub mod server;

@@ -3,6 +3,7 @@
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use super::namespace::NsError;
 use crate::error::GatewayError;
 
 /// An S3 error answer.
@@ -94,6 +95,23 @@ impl From<GatewayError> for S3Error {
             GatewayError::BadGateway(_)
             | GatewayError::StorageRefused(_)
             | GatewayError::StorageLost(_) => S3Error::new(503, "ServiceUnavailable", message),
+            other => S3Error::internal(other),
+        }
+    }
+}
+
+impl From<NsError> for S3Error {
+    fn from(e: NsError) -> S3Error {
+        match e {
+            NsError::NoBucket(b) => S3Error::no_bucket(&b),
+            NsError::Unavailable(_) => {
+                tracing::warn!(error = %e, "S3 namespace unavailable");
+                S3Error::new(
+                    503,
+                    "ServiceUnavailable",
+                    "The namespace database is unavailable; please retry.",
+                )
+            }
             other => S3Error::internal(other),
         }
     }

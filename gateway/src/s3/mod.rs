@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use self::body::S3Body;
 use self::error::{escape, S3Error};
-use self::namespace::{DeleteBucket, Namespace, Object};
+use self::namespace::{DeleteBucket, Namespace, NsError, Object};
 use self::sigv4::Signed;
 use crate::upload::{Budget, ChunkSource, UploadFields};
 use crate::App;
@@ -75,10 +75,10 @@ struct S3 {
     domains: Arc<Vec<String>>,
 }
 
-/// Whether the namespace can be used (false while it is being rebuilt, see [`rebuild`]).
+/// Whether the namespace can be used (false while it is being prepared or rebuilt, see [`rebuild`]).
 pub type Ready = Arc<std::sync::atomic::AtomicBool>;
 
-/// 503 `ServiceUnavailable` while the namespace is being rebuilt.
+/// 503 `ServiceUnavailable` while the namespace is being prepared (connected to, rebuilt).
 async fn while_rebuilding(
     State(ready): State<Ready>,
     req: axum::extract::Request,
@@ -90,7 +90,7 @@ async fn while_rebuilding(
     let mut resp = S3Error::new(
         503,
         "ServiceUnavailable",
-        "The namespace is being rebuilt from the storage nodes; please retry.",
+        "The namespace is not ready (being rebuilt from the storage nodes, or its database unreachable); please retry.",
     )
     .into_response();
     resp.headers_mut()
@@ -280,13 +280,12 @@ impl S3 {
     /// Run a namespace call on the blocking pool.
     async fn ns<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Namespace) -> Result<T, sled::Error> + Send + 'static,
+        f: impl FnOnce(&Namespace) -> Result<T, NsError> + Send + 'static,
     ) -> Result<T> {
         let ns = self.ns.clone();
-        tokio::task::spawn_blocking(move || f(&ns))
+        Ok(tokio::task::spawn_blocking(move || f(&ns))
             .await
-            .map_err(S3Error::internal)?
-            .map_err(S3Error::internal)
+            .map_err(S3Error::internal)??)
     }
 
     async fn require_bucket(&self, bucket: &str) -> Result<()> {

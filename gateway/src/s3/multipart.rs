@@ -306,12 +306,7 @@ pub(super) async fn complete(
         object.clone(),
         id.to_owned(),
     );
-    let (old, ended) = s3
-        .ns(move |ns| {
-            let old = ns.put(&b, &k, &o)?;
-            Ok((old, ns.remove_upload(&i)?))
-        })
-        .await?;
+    let (old, ended) = s3.ns(move |ns| ns.complete(&b, &k, &o, &i)).await?;
     if let Some(old) = old.filter(|o| o.file_id != object.file_id) {
         s3.drop_file(&old.file_id).await;
     }

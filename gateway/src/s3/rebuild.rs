@@ -2,7 +2,9 @@
 //!
 //! Every object's file carries its bucket, key and content type (`s3-bucket`, `s3-key`, `s3-content-type`) and
 //! its `x-amz-meta-*` in its FastDFS metadata, and a multipart object its ETag (`s3-etag`). A gateway that starts
-//! with no namespace directory (a new door, or a lost disk) lists every group on one of its active members
+//! with no namespace (embedded: no namespace directory, a new door or a lost disk; PostgreSQL: a schema it just
+//! created, or one whose rebuild never finished, see [`Namespace::prepare`]) lists every group on one of its
+//! active members
 //! (`/v1/sync/files`), reads the metadata of the files that have some, and records each tagged file under its
 //! key; the ETag of a single-part object is its MD5, computed again from its bytes. When several files name the
 //! same key (an overwritten object whose old file could not be deleted), the newest file wins. Empty buckets are
@@ -19,7 +21,7 @@ use fdfs_common::FileId;
 use futures_util::StreamExt;
 use md5::{Digest as _, Md5};
 
-use super::namespace::{Namespace, Object};
+use super::namespace::{Namespace, NsError, Object};
 use crate::App;
 
 /// Files per listing page.
@@ -189,16 +191,20 @@ pub(crate) async fn rebuild(app: &App, ns: &Namespace) -> anyhow::Result<Rebuilt
     }
     found.listed = walk.listed;
     let ns = ns.clone();
-    let counts = tokio::task::spawn_blocking(move || -> Result<(u64, u64), sled::Error> {
+    let counts = tokio::task::spawn_blocking(move || -> Result<(u64, u64), NsError> {
         let mut buckets: BTreeMap<String, i64> = BTreeMap::new();
-        for ((bucket, key), (_, o)) in &objects {
+        for ((bucket, _), (_, o)) in &objects {
             let created = buckets.entry(bucket.clone()).or_insert(o.modified);
             *created = (*created).min(o.modified);
-            ns.put(bucket, key, o)?;
         }
+        // Buckets first: a shared namespace refuses an object outside a bucket.
         for (b, created) in &buckets {
             ns.create_bucket(b, *created)?;
         }
+        for ((bucket, key), (_, o)) in &objects {
+            ns.put(bucket, key, o)?;
+        }
+        ns.rebuilt()?;
         Ok((objects.len() as u64, buckets.len() as u64))
     })
     .await??;
@@ -208,7 +214,7 @@ pub(crate) async fn rebuild(app: &App, ns: &Namespace) -> anyhow::Result<Rebuilt
 
 /// Whether a tagged file is an orphan: an object's file its key no longer points at, or a part of an upload that
 /// no longer has it (its bucket and key, or upload and part, from its metadata).
-fn orphan(ns: &Namespace, t: &Tagged) -> Result<bool, sled::Error> {
+fn orphan(ns: &Namespace, t: &Tagged) -> Result<bool, NsError> {
     let file = t.id.to_string();
     if let Some(upload) = t.meta.get("s3-upload") {
         let part: u32 = t
@@ -242,14 +248,25 @@ pub(crate) async fn collect(
     while let Some(page) = walk.next_page(app).await? {
         let n = ns.clone();
         let (page, orphans) = tokio::task::spawn_blocking(move || {
-            let orphans: Result<Vec<bool>, sled::Error> = page
-                .iter()
-                .map(|t| {
-                    let young =
-                        now.saturating_sub(u64::from(t.id.info().created)) < grace.as_secs();
-                    Ok(!young && orphan(&n, t)?)
-                })
-                .collect();
+            let orphans = (|| -> Result<Vec<bool>, anyhow::Error> {
+                // A shared namespace that another gateway dropped and is rebuilding points at nothing yet:
+                // judged against it, every file would look like an orphan. Judged only while it is whole, and
+                // the same one before and after.
+                let before = n.whole()?;
+                let orphans = page
+                    .iter()
+                    .map(|t| {
+                        let young =
+                            now.saturating_sub(u64::from(t.id.info().created)) < grace.as_secs();
+                        Ok(!young && orphan(&n, t)?)
+                    })
+                    .collect::<Result<Vec<bool>, NsError>>()?;
+                let after = n.whole()?;
+                if before.is_none() || before != after {
+                    anyhow::bail!("the namespace is being rebuilt; no orphans collected");
+                }
+                Ok(orphans)
+            })();
             (page, orphans)
         })
         .await?;
@@ -283,7 +300,7 @@ pub(crate) async fn expire_uploads(
 ) -> anyhow::Result<u64> {
     let oldest = fdfs_common::time::unix_now().saturating_sub(max_age.as_secs()) as i64;
     let n = ns.clone();
-    let expired = tokio::task::spawn_blocking(move || -> Result<Vec<_>, sled::Error> {
+    let expired = tokio::task::spawn_blocking(move || -> Result<Vec<_>, NsError> {
         let mut expired = Vec::new();
         for (bucket, _) in n.buckets()? {
             for (id, upload) in n.uploads_in(&bucket)? {

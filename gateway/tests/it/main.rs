@@ -5,4 +5,5 @@ mod cluster;
 mod common;
 mod dashboard;
 mod import_auth;
+mod s3_postgres;
 mod standalone;

@@ -3,7 +3,8 @@
     with LocalCluster("target/debug/fdfs", tmp_path) as cluster:
         client = Client(cluster.gateway)
 
-Standard library only. `kill_member` SIGKILLs one storage node (a child of `fdfs up`) to test failures.
+Standard library only. `kill_member` SIGKILLs one storage node (a child of `fdfs up`) to test failures;
+`start_gateway` starts one more gateway on the cluster (with an S3 door sharing a PostgreSQL namespace, say).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-__all__ = ["LocalCluster", "Member", "fdfs_binary"]
+__all__ = ["Gateway", "LocalCluster", "Member", "fdfs_binary"]
 
 _MEMBER = re.compile(r"^  (?P<label>\S*)\s+(?P<url>http://\S+)\s+node\s+(?P<node>\d+)\s+(?P<data>\S.*?)\s*$")
 _S3 = re.compile(
@@ -49,6 +50,28 @@ class Member:
     data_dir: str
 
 
+@dataclass
+class Gateway:
+    """A gateway started with `LocalCluster.start_gateway` (stopped with the cluster, or by `stop()`)."""
+
+    url: str
+    s3: str
+    proc: subprocess.Popen[str]
+    log: Path
+
+    def stop(self) -> None:
+        """SIGTERM, SIGKILL after 30 s."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
 class LocalCluster:
     """`fdfs up` in a temp dir on free ports; `start()` returns once every storage node is active."""
 
@@ -66,10 +89,12 @@ class LocalCluster:
         thumbnail_sizes: str | Iterable[str] | None = None,
         restart: bool = True,
         s3_port: int | None = None,
+        s3_postgres: str | None = None,
     ) -> None:
-        """`api_key`, `cluster_secret`, `thumbnail_sizes`, `restart=False` and `s3_port` are `fdfs up`'s
-        `--api-key`, `--cluster-secret`, `--thumbnail-sizes`, `--no-restart` and `--s3-port` (0: a free port;
-        then `s3`, `s3_access_key` and `s3_secret_key` say where and how); `env` is added to its environment."""
+        """`api_key`, `cluster_secret`, `thumbnail_sizes`, `restart=False`, `s3_port` and `s3_postgres` are
+        `fdfs up`'s `--api-key`, `--cluster-secret`, `--thumbnail-sizes`, `--no-restart`, `--s3-port` (0: a free
+        port; then `s3`, `s3_access_key` and `s3_secret_key` say where and how) and `--s3-postgres` (the S3
+        namespace in that PostgreSQL database); `env` is added to its environment."""
         self.fdfs = os.fspath(fdfs)
         self.data_dir = Path(data_dir)
         self.groups = groups
@@ -82,6 +107,8 @@ class LocalCluster:
         self.thumbnail_sizes = sizes if sizes is None or isinstance(sizes, str) else ",".join(sizes)
         self.restart = restart
         self.s3_port = s3_port
+        self.s3_postgres = s3_postgres
+        self.gateways: list[Gateway] = []
         self.s3 = ""
         self.s3_access_key = ""
         self.s3_secret_key = ""
@@ -129,6 +156,8 @@ class LocalCluster:
             cmd.append("--no-restart")
         if self.s3_port is not None:
             cmd += ["--s3-port", str(self.s3_port)]
+        if self.s3_postgres is not None:
+            cmd += ["--s3-postgres", self.s3_postgres]
         self._proc = subprocess.Popen(
             cmd,
             stdout=subprocess.PIPE,
@@ -149,15 +178,56 @@ class LocalCluster:
         if self.s3:
             self._wait_s3_ready(deadline)
 
-    def _wait_s3_ready(self, deadline: float) -> None:
+    def _wait_s3_ready(self, deadline: float, s3: str | None = None) -> None:
         """A new S3 door builds its namespace from the storage nodes first, answering 503 until then."""
         import httpx
 
-        while httpx.get(f"{self.s3}/").status_code == 503:
+        while httpx.get(f"{s3 or self.s3}/").status_code == 503:
             if time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"the S3 door never became ready:\n{self.output()}")
             time.sleep(0.2)
+
+    def start_gateway(self, *args: str, env: Mapping[str, str] | None = None, timeout: float = 60.0) -> Gateway:
+        """One more gateway on this cluster's trackers, on free ports, with an S3 door that has this cluster's
+        access key and `--s3-postgres` (when the cluster has one); `args` are more `fdfs gateway` flags, `env`
+        more environment. Returns once it listens (and its S3 door answers other than 503)."""
+        n = len(self.gateways) + 1
+        log = self.data_dir / "logs" / f"gateway-{n + 1}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [self.fdfs, "gateway", "--listen", "127.0.0.1:0", "--tracker", ",".join(self.trackers)]
+        if self.api_key is not None:
+            cmd += ["--api-key", self.api_key]
+        if self.s3:
+            cmd += ["--s3-listen", "127.0.0.1:0", "--s3-access-key", self.s3_access_key]
+            if self.s3_postgres is not None:
+                cmd += ["--s3-postgres", self.s3_postgres]
+            else:
+                cmd += ["--s3-data-dir", str(self.data_dir / f"s3-{n + 1}")]
+        cmd += list(args)
+        environ = {**os.environ, **self.env, **(env or {}), "FDFS_CLUSTER_SECRET": self.secret, "NO_COLOR": "1"}
+        environ.pop("FDFS_CONFIG", None)
+        if self.s3:
+            environ["FDFS_S3_SECRET_KEY"] = self.s3_secret_key
+        with open(log, "a") as err:
+            proc = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, text=True, env=environ
+            )
+        assert proc.stdout is not None
+        # It prints `listening on ADDR` for its HTTP listener, then for its S3 door.
+        addrs: list[str] = []
+        while len(addrs) < (2 if self.s3 else 1):
+            line = proc.stdout.readline()
+            if not line:
+                proc.wait()
+                raise RuntimeError(f"the gateway exited before listening:\n{log.read_text(errors='replace')}")
+            if line.startswith("listening on "):
+                addrs.append(line.split()[-1])
+        gw = Gateway(f"http://{addrs[0]}", f"http://{addrs[1]}" if self.s3 else "", proc, log)
+        self.gateways.append(gw)
+        if gw.s3:
+            self._wait_s3_ready(time.monotonic() + timeout, gw.s3)
+        return gw
 
     def _read(self) -> None:
         assert self._proc is not None and self._proc.stdout is not None
@@ -230,7 +300,10 @@ class LocalCluster:
         os.kill(self.pid_of(member), signal.SIGKILL)
 
     def stop(self) -> None:
-        """SIGTERM `fdfs up` (it stops its children in order), SIGKILL after 30 s."""
+        """SIGTERM the gateways `start_gateway` started, then `fdfs up` (it stops its children in order); SIGKILL
+        after 30 s."""
+        for gw in self.gateways:
+            gw.stop()
         proc = self._proc
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)

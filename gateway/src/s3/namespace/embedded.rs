@@ -1,109 +1,16 @@
-//! The S3 namespace: buckets, and `bucket/key` -> the object's FastDFS file and what S3 says about it, in a sled
-//! database under the gateway's `s3_data_dir` (one gateway; see docs/S3.md). Every call blocks (the handlers
-//! run them on the blocking pool) and a change is flushed to disk before it returns.
-//!
-//! The namespace is never the only copy of anything: each object's file carries its bucket and key in its
-//! metadata (`s3-bucket`, `s3-key`), so the storage nodes' listings say what it held.
+//! The embedded namespace (the default, one gateway): a sled database under the gateway's `s3_data_dir`. Every
+//! call blocks (the handlers run them on the blocking pool) and a change is flushed to disk before it returns.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
-
-/// What S3 says about an object, and where it is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Object {
-    /// The FastDFS file holding its bytes.
-    pub file_id: String,
-    /// Its size in bytes.
-    pub size: u64,
-    /// The MD5 of its bytes, hex, without quotes.
-    pub etag: String,
-    /// Its `Content-Type`.
-    pub content_type: String,
-    /// When it was stored, unix seconds.
-    pub modified: i64,
-    /// Its `x-amz-meta-*` metadata (names lower-cased, without the prefix).
-    #[serde(default)]
-    pub meta: BTreeMap<String, String>,
-}
-
-impl Object {
-    /// The object whose bytes were just stored as `file` (recorded as modified now).
-    pub fn stored(
-        file: &fdfs_common::wire::UploadResult,
-        etag: &str,
-        content_type: String,
-        meta: BTreeMap<String, String>,
-    ) -> Object {
-        Object {
-            file_id: file.file_id.to_string(),
-            size: file.size,
-            etag: etag.to_owned(),
-            content_type,
-            modified: fdfs_common::time::unix_now() as i64,
-            meta,
-        }
-    }
-}
-
-/// One part of a multipart upload.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Part {
-    /// The FastDFS file holding the part until the upload completes.
-    pub file_id: String,
-    /// Its size.
-    pub size: u64,
-    /// Its MD5, hex.
-    pub etag: String,
-    /// When it was stored, unix seconds.
-    pub modified: i64,
-}
-
-/// A multipart upload under way.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Upload {
-    /// Its bucket.
-    pub bucket: String,
-    /// Its key.
-    pub key: String,
-    /// When it was created, unix seconds.
-    pub created: i64,
-    /// The object's `Content-Type`.
-    pub content_type: String,
-    /// The object's `x-amz-meta-*`.
-    #[serde(default)]
-    pub meta: BTreeMap<String, String>,
-    /// The parts stored so far, by number.
-    #[serde(default)]
-    pub parts: BTreeMap<u32, Part>,
-}
-
-/// One page of a listing.
-#[derive(Debug, Default)]
-pub struct Page {
-    /// Objects, in key order.
-    pub objects: Vec<(String, Object)>,
-    /// Common prefixes (with a delimiter), in order.
-    pub prefixes: Vec<String>,
-    /// Whether more follow.
-    pub truncated: bool,
-    /// The last key or common prefix of this page (where the next page starts after).
-    pub last: Option<String>,
-}
-
-/// Why a bucket cannot be deleted.
-#[derive(Debug, PartialEq, Eq)]
-pub enum DeleteBucket {
-    /// No such bucket.
-    Missing,
-    /// It holds objects.
-    NotEmpty,
-}
+use super::{DeleteBucket, Object, Page, Part, Upload};
 
 /// The namespace database.
 #[derive(Debug, Clone)]
-pub struct Namespace {
+pub struct Embedded {
+    /// Whether its directory did not exist when it was opened (a new door, or a lost disk): then it is rebuilt
+    /// from the storage nodes before the door answers.
+    pub lost: bool,
     db: sled::Db,
     buckets: sled::Tree,
     objects: sled::Tree,
@@ -120,11 +27,14 @@ fn decode(v: &[u8]) -> Option<Object> {
     serde_json::from_slice(v).ok()
 }
 
-impl Namespace {
+impl Embedded {
     /// Open (or create) the namespace in `dir`.
-    pub fn open(dir: &Path) -> Result<Namespace> {
-        let db = sled::Config::new().path(dir.join("namespace")).open()?;
-        Ok(Namespace {
+    pub fn open(dir: &Path) -> Result<Embedded> {
+        let path = dir.join("namespace");
+        let lost = !path.exists();
+        let db = sled::Config::new().path(path).open()?;
+        Ok(Embedded {
+            lost,
             buckets: db.open_tree("buckets")?,
             objects: db.open_tree("objects")?,
             uploads: db.open_tree("uploads")?,
@@ -338,6 +248,8 @@ impl Namespace {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn obj(n: u64) -> Object {
@@ -354,7 +266,7 @@ mod tests {
     #[test]
     fn listing_rolls_up_prefixes_and_pages() {
         let dir = tempfile::tempdir().unwrap();
-        let ns = Namespace::open(dir.path()).unwrap();
+        let ns = Embedded::open(dir.path()).unwrap();
         assert!(ns.create_bucket("b", 1).unwrap());
         assert!(!ns.create_bucket("b", 2).unwrap());
         for (i, k) in ["a.txt", "d/1", "d/2", "d/e/3", "z"].iter().enumerate() {
