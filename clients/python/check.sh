@@ -5,6 +5,7 @@
 #
 # The aws CLI (awscli from PyPI, pinned) gets a venv of its own, target/awscli-venv: awscli 1.x pins a botocore
 # that is not the one boto3 in the test venv needs. tests/test_s3_awscli.py runs it (FDFS_AWS_CLI).
+# tests/test_s3_big.py runs nginx (Debian's; .ci/run installs it before this script).
 #
 # Environment: FDFS_PY_VENV (default target/py-venv), FDFS_PY_BIG_FILE_MB (size of the streamed big-file tests,
 # plain and through the S3 door, default 1024).
