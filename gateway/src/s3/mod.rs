@@ -6,9 +6,9 @@
 //! Supported: ListBuckets, CreateBucket, HeadBucket, DeleteBucket (empty only), GetBucketLocation, PutObject
 //! (plain, `aws-chunked` with signed chunks or an unsigned trailer, checksums and `Content-MD5` verified while
 //! streaming), GetObject (Range, conditional requests), HeadObject, DeleteObject, DeleteObjects,
-//! ListObjectsV2 and ListObjects, multipart uploads (UploadPartCopy too: [`multipart`]). docs/S3.md lists what is not supported yet
-//! (virtual-host addressing, ...): those answer S3's `NotImplemented`. Browser form uploads:
-//! [`post`].
+//! ListObjectsV2 and ListObjects, multipart uploads with UploadPartCopy ([`multipart`]). docs/S3.md lists what
+//! is not supported yet (virtual-host addressing, ...): those answer S3's `NotImplemented`. Browser form
+//! uploads: [`post`].
 
 pub mod body;
 pub mod error;

@@ -1,5 +1,5 @@
-//! Multipart uploads: CreateMultipartUpload, UploadPart, UploadPartCopy, CompleteMultipartUpload, AbortMultipartUpload,
-//! ListParts, ListMultipartUploads.
+//! Multipart uploads: CreateMultipartUpload, UploadPart, UploadPartCopy, CompleteMultipartUpload,
+//! AbortMultipartUpload, ListParts, ListMultipartUploads.
 //!
 //! Each part streams to a storage node as a file of its own (tagged `s3-upload`, `s3-part`), recorded under the
 //! upload in the namespace; parts may come in any order and in parallel, and a part sent again replaces the
