@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -246,6 +247,10 @@ def test_multipart_upload_presign_and_sync(aws: Aws, tmp_path: Path) -> None:
     for rel, body in [("a.txt", b"a"), ("sub/b.txt", b"bb"), ("sub/deep/c.bin", pattern(300_000, 2))]:
         (tree / rel).parent.mkdir(parents=True, exist_ok=True)
         (tree / rel).write_bytes(body)
+        # sync sends a file newer than its object, and LastModified has whole seconds (as S3's): a file written
+        # in the second of its upload would look newer than its object.
+        past = time.time() - 60
+        os.utime(tree / rel, (past, past))
     out = aws.ok("s3", "sync", str(tree), "s3://cli-big/tree").decode()
     assert out.count("upload: ") == 3, out
     assert aws.ok("s3", "sync", str(tree), "s3://cli-big/tree").decode().count("upload: ") == 0
