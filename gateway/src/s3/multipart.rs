@@ -496,3 +496,49 @@ pub(super) async fn list_uploads(s3: &S3, bucket: &str, prefix: &str) -> Result<
     out.push_str("</ListMultipartUploadsResult>");
     Ok(xml(StatusCode::OK, out))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range_of(value: Option<&str>, size: u64) -> Result<Option<(u64, u64)>> {
+        let mut headers = HeaderMap::new();
+        if let Some(v) = value {
+            headers.insert("x-amz-copy-source-range", v.parse().unwrap());
+        }
+        copy_range(&headers, size)
+    }
+
+    #[test]
+    fn copy_source_ranges() {
+        assert_eq!(range_of(None, 10).unwrap(), None);
+        assert_eq!(range_of(Some("bytes=0-9"), 10).unwrap(), Some((0, 9)));
+        assert_eq!(range_of(Some("bytes=3-3"), 10).unwrap(), Some((3, 3)));
+        let out = range_of(Some("bytes=0-10"), 10).unwrap_err();
+        assert_eq!((out.status, out.code), (416, "InvalidRange"));
+        for bad in [
+            "bytes=5-4",
+            "bytes=-4",
+            "bytes=4-",
+            "0-4",
+            "bytes=a-b",
+            "bytes=1-2,4-5",
+        ] {
+            let e = range_of(Some(bad), 10).unwrap_err();
+            assert_eq!((e.status, e.code), (400, "InvalidArgument"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn part_numbers() {
+        assert_eq!(part_number("1").unwrap(), 1);
+        assert_eq!(part_number("10000").unwrap(), 10_000);
+        for bad in ["0", "10001", "", "x", "-1"] {
+            assert_eq!(
+                part_number(bad).unwrap_err().code,
+                "InvalidArgument",
+                "{bad}"
+            );
+        }
+    }
+}
