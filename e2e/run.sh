@@ -5,9 +5,10 @@
 #   c. the real nginx serves a storage node's files with deploy/nginx/fdfs-storage.conf;
 #   d. the cluster dashboard (GET /dashboard) in the browser: every member shown, a frozen member turns offline;
 #   e. real tus clients (tus-js-client from npm, tuspy from PyPI) upload, break off and resume through /tus/;
-#   f. the example Django shop in the browser: its list page and admin load thumbnails only (bytes counted).
-# Installs what it lacks (Debian: chromium, nginx, nodejs/npm; npm: playwright-core; pip: schemathesis in
-# e2e/.venv), builds `fdfs` (debug), starts the cluster, prints `PASS`/`FAIL` lines and ends with exactly one
+#   f. the example Django shop in the browser: its list page and admin load thumbnails only (bytes counted);
+#   g. the S3 door: a browser form upload by presigned POST (boto3's policy) in Chromium, and forms it refuses.
+# Installs what it lacks (Debian: chromium, nginx, nodejs/npm; npm: playwright-core; pip: schemathesis, tuspy,
+# boto3 and the example shop's requirements in e2e/.venv), builds `fdfs` (debug), starts the cluster, prints `PASS`/`FAIL` lines and ends with exactly one
 # line `e2e: N passed, M failed`; exit code 1 if anything failed. The cluster and nginx are always stopped.
 #
 # Environment: FDFS_E2E_MAX_EXAMPLES (schemathesis examples per operation, default 100),
@@ -106,6 +107,13 @@ if ! "$VENV/bin/python" -c 'import tusclient' 2>/dev/null; then
         || abort "setup: pip install tuspy==$TUSPY_VERSION"
 fi
 
+BOTO3_VERSION="1.44.18"
+if ! "$VENV/bin/python" -c "import boto3, sys; sys.exit(boto3.__version__ != '$BOTO3_VERSION')" 2>/dev/null; then
+    log "pip install boto3==$BOTO3_VERSION into $VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check "boto3==$BOTO3_VERSION" >&2 \
+        || abort "setup: pip install boto3==$BOTO3_VERSION"
+fi
+
 # The example shop (Django, Pillow, the fdfs client) for its browser check.
 if ! "$VENV/bin/python" -c 'import django, PIL, fdfs_http.django' 2>/dev/null; then
     log "pip install the example shop's requirements into $VENV"
@@ -167,8 +175,8 @@ wait_for() {
 PORT="$(free_base_port 20)"
 GATEWAY="http://127.0.0.1:$PORT"
 DATA="$WORK/cluster"
-log "starting fdfs up --port $PORT --data $DATA"
-"$FDFS" up --data "$DATA" --port "$PORT" >"$WORK/up.out" 2>"$WORK/up.err" &
+log "starting fdfs up --port $PORT --data $DATA --s3-port 0"
+"$FDFS" up --data "$DATA" --port "$PORT" --s3-port 0 >"$WORK/up.out" 2>"$WORK/up.err" &
 UP_PID=$!
 up_ready() { kill -0 "$UP_PID" && grep -q "^fdfs cluster is up" "$WORK/up.out"; }
 if wait_for "the cluster" 120 up_ready && curl -fsS "$GATEWAY/health" >/dev/null; then
@@ -506,6 +514,30 @@ print(total)
     wait "$SHOP_PID" 2>/dev/null || true
 else
     fail "shop: migrate/createsuperuser failed: $(tail -5 "$SHOP_WORK/migrate.log")"
+fi
+
+# ------------------------------------------------------------------------------- g. S3 form upload (POST)
+# The S3 door of this cluster: boto3 signs a POST policy, Chromium submits the form page with a chosen file.
+S3_LINE="$(grep -E '^  s3 +http://' "$WORK/up.out" | head -1 || true)"
+S3_URL="$(awk '{ print $2 }' <<<"$S3_LINE")"
+S3_ACCESS="$(sed -nE 's/.*access key ([^ ,]+),.*/\1/p' <<<"$S3_LINE")"
+S3_SECRET="$(sed -nE 's/.*secret key ([^ ;]+);.*/\1/p' <<<"$S3_LINE")"
+s3_ready() { [[ "$(curl -s -o /dev/null -w '%{http_code}' "$S3_URL/")" =~ ^[1-4] ]]; }
+mkdir -p "$WORK/s3post"
+if [[ -n "$S3_URL" && -n "$S3_ACCESS" && -n "$S3_SECRET" ]] && wait_for "the S3 door" 60 s3_ready \
+    && "$VENV/bin/python" "$HERE/s3_post_form.py" "$S3_URL" "$S3_ACCESS" "$S3_SECRET" "$WORK/s3post" \
+        >"$WORK/s3post/form.log" 2>&1; then
+    node "$HERE/s3post.test.mjs" "$WORK/s3post" "$WORK/s3post" >"$WORK/s3post.out" 2>&1 || true
+    while IFS= read -r line; do
+        case "$line" in
+            PASS\ *) pass "${line#PASS }" ;;
+            FAIL\ *) fail "${line#FAIL }" ;;
+            *) echo "    | $line" >&2 ;;
+        esac
+    done <"$WORK/s3post.out"
+    grep -q '^PASS' "$WORK/s3post.out" || fail "s3 form: the browser check printed no result"
+else
+    fail "s3 form: no S3 door or no form ('$S3_LINE'): $(tail -5 "$WORK/s3post/form.log" 2>/dev/null)"
 fi
 
 # -------------------------------------------------------------------------------------------- d. dashboard

@@ -401,6 +401,33 @@ def test_copy_object(s3cluster: LocalCluster) -> None:
     assert code(e) == "NoSuchKey"
 
 
+def test_upload_part_copy(s3cluster: LocalCluster) -> None:
+    """UploadPartCopy: parts copied from other objects, whole or by a byte range, next to an uploaded part."""
+    s3 = client(s3cluster)
+    s3.create_bucket(Bucket="partcopy")
+    src = bytes((i * 31) % 251 for i in range(7 << 20))
+    s3.put_object(Bucket="partcopy", Key="src.bin", Body=src)
+    uid = s3.create_multipart_upload(Bucket="partcopy", Key="dst.bin")["UploadId"]
+    args = {"Bucket": "partcopy", "Key": "dst.bin", "UploadId": uid}
+    whole = s3.upload_part_copy(**args, PartNumber=1, CopySource="partcopy/src.bin")["CopyPartResult"]
+    assert whole["ETag"] == s3.head_object(Bucket="partcopy", Key="src.bin")["ETag"]
+    ranged = s3.upload_part_copy(
+        **args, PartNumber=2, CopySource={"Bucket": "partcopy", "Key": "src.bin"}, CopySourceRange="bytes=1000-5243879"
+    )["CopyPartResult"]
+    last = s3.upload_part(**args, PartNumber=3, Body=b"the end")
+    with pytest.raises(ClientError) as e:
+        s3.upload_part_copy(**args, PartNumber=4, CopySource="partcopy/src.bin", CopySourceRange=f"bytes=0-{len(src)}")
+    assert code(e) == "InvalidRange"
+    with pytest.raises(ClientError) as e:
+        s3.upload_part_copy(**args, PartNumber=4, CopySource="partcopy/missing")
+    assert code(e) == "NoSuchKey"
+    parts = [{"PartNumber": 1, "ETag": whole["ETag"]}, {"PartNumber": 2, "ETag": ranged["ETag"]}]
+    parts.append({"PartNumber": 3, "ETag": last["ETag"]})
+    s3.complete_multipart_upload(**args, MultipartUpload={"Parts": parts})
+    got = s3.get_object(Bucket="partcopy", Key="dst.bin")["Body"].read()
+    assert got == src + src[1000:5243880] + b"the end"
+
+
 def test_browser_form_upload_by_presigned_post(s3cluster: LocalCluster) -> None:
     s3 = client(s3cluster)
     s3.create_bucket(Bucket="forms")

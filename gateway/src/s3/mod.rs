@@ -6,9 +6,8 @@
 //! Supported: ListBuckets, CreateBucket, HeadBucket, DeleteBucket (empty only), GetBucketLocation, PutObject
 //! (plain, `aws-chunked` with signed chunks or an unsigned trailer, checksums and `Content-MD5` verified while
 //! streaming), GetObject (Range, conditional requests), HeadObject, DeleteObject, DeleteObjects,
-//! ListObjectsV2 and ListObjects, multipart uploads ([`multipart`]). docs/S3.md lists what is not supported yet
-//! (UploadPartCopy, ...): those answer S3's `NotImplemented`. Browser form uploads:
-//! [`post`].
+//! ListObjectsV2 and ListObjects, multipart uploads with UploadPartCopy ([`multipart`]). docs/S3.md lists what
+//! is not supported yet: those answer S3's `NotImplemented`. Browser form uploads: [`post`].
 
 pub mod body;
 pub mod error;
@@ -757,7 +756,9 @@ async fn object_op(
         s3.require_bucket(&bucket).await?;
         return match method {
             Method::PUT if headers.contains_key("x-amz-copy-source") => {
-                Err(not_implemented("UploadPartCopy"))
+                let n = get("partNumber").unwrap_or("");
+                let signer = signed.map(|s| s.key);
+                multipart::upload_part_copy(&s3, &bucket, &key, (id, n), &headers, signer).await
             }
             Method::PUT => {
                 let n = get("partNumber").unwrap_or("");
@@ -937,16 +938,9 @@ fn signed_key(s3: &S3, method: &Method, uri: &Uri, headers: &HeaderMap) -> Resul
     ))
 }
 
-/// `PUT /{bucket}/{key}` with `x-amz-copy-source`: CopyObject. The source's bytes stream from the storage nodes
-/// into a new file (a storage node links identical content instead of storing it twice when the copy lands in
-/// the same group); its metadata and content type go with it unless `x-amz-metadata-directive: REPLACE`.
-async fn copy_object(
-    s3: &S3,
-    bucket: &str,
-    key: &str,
-    headers: &HeaderMap,
-    signer: Option<S3Key>,
-) -> Result<Response> {
+/// The object `x-amz-copy-source` names (`bucket/key`, URL-encoded, a `?versionId=` ignored), if `signer` may
+/// read its bucket (CopyObject, UploadPartCopy).
+async fn copy_source(s3: &S3, headers: &HeaderMap, signer: Option<S3Key>) -> Result<Object> {
     let raw = headers
         .get("x-amz-copy-source")
         .and_then(|v| v.to_str().ok())
@@ -967,9 +961,23 @@ async fn copy_object(
     }
     s3.require_bucket(src_bucket).await?;
     let (b, k) = (src_bucket.to_owned(), src_key.to_owned());
-    let Some(src) = s3.ns(move |ns| ns.get(&b, &k)).await? else {
-        return Err(S3Error::no_key(src_key));
-    };
+    match s3.ns(move |ns| ns.get(&b, &k)).await? {
+        Some(src) => Ok(src),
+        None => Err(S3Error::no_key(src_key)),
+    }
+}
+
+/// `PUT /{bucket}/{key}` with `x-amz-copy-source`: CopyObject. The source's bytes stream from the storage nodes
+/// into a new file (a storage node links identical content instead of storing it twice when the copy lands in
+/// the same group); its metadata and content type go with it unless `x-amz-metadata-directive: REPLACE`.
+async fn copy_object(
+    s3: &S3,
+    bucket: &str,
+    key: &str,
+    headers: &HeaderMap,
+    signer: Option<S3Key>,
+) -> Result<Response> {
+    let src = copy_source(s3, headers, signer).await?;
     let replace = headers
         .get("x-amz-metadata-directive")
         .and_then(|v| v.to_str().ok())

@@ -1,5 +1,5 @@
-//! Multipart uploads: CreateMultipartUpload, UploadPart, CompleteMultipartUpload, AbortMultipartUpload,
-//! ListParts, ListMultipartUploads.
+//! Multipart uploads: CreateMultipartUpload, UploadPart, UploadPartCopy, CompleteMultipartUpload,
+//! AbortMultipartUpload, ListParts, ListMultipartUploads.
 //!
 //! Each part streams to a storage node as a file of its own (tagged `s3-upload`, `s3-part`), recorded under the
 //! upload in the namespace; parts may come in any order and in parallel, and a part sent again replaces the
@@ -79,18 +79,9 @@ async fn upload_of(s3: &S3, bucket: &str, key: &str, id: &str) -> Result<Upload>
     }
 }
 
-/// `PUT /{bucket}/{key}?partNumber=N&uploadId=U` (`part`: the upload ID and the part number as given).
-pub(super) async fn upload_part(
-    s3: &S3,
-    bucket: &str,
-    key: &str,
-    (id, number): (&str, &str),
-    headers: &HeaderMap,
-    signed: Option<&Signed>,
-    body: Body,
-) -> Result<Response> {
-    count("UploadPart");
-    let n: u32 = number
+/// A part number as given, checked.
+fn part_number(number: &str) -> Result<u32> {
+    number
         .parse()
         .ok()
         .filter(|n| (1..=MAX_PART).contains(n))
@@ -100,11 +91,12 @@ pub(super) async fn upload_part(
                 "InvalidArgument",
                 "Part number must be an integer between 1 and 10000, inclusive",
             )
-        })?;
-    upload_of(s3, bucket, key, id).await?;
-    let mut src = S3Body::new(body.into_data_stream(), headers, signed)?;
-    let size = src.declared(headers);
-    let tags: BTreeMap<String, String> = [
+        })
+}
+
+/// What a part's file carries: the namespace, the bucket, the upload and the part number.
+fn part_tags(s3: &S3, bucket: &str, id: &str, n: u32) -> BTreeMap<String, String> {
+    [
         (
             super::NAMESPACE_TAG.to_owned(),
             s3.app.config.s3_namespace.clone(),
@@ -113,16 +105,21 @@ pub(super) async fn upload_part(
         ("s3-upload".to_owned(), id.to_owned()),
         ("s3-part".to_owned(), n.to_string()),
     ]
-    .into();
-    let stored = match store_file(s3, &mut src, &tags, &format!("part{n}"), size).await {
-        Ok(r) => r,
-        Err(e) => return Err(src.failed.take().unwrap_or_else(|| S3Error::from(e))),
-    };
-    let etag = src.etag.clone().unwrap_or_default();
+    .into()
+}
+
+/// Record a just-stored part file as part `n` of upload `id` (replacing and deleting an earlier one); the part.
+async fn keep_part(
+    s3: &S3,
+    id: &str,
+    n: u32,
+    stored: &fdfs_common::wire::UploadResult,
+    etag: String,
+) -> Result<Part> {
     let part = Part {
         file_id: stored.file_id.to_string(),
         size: stored.size,
-        etag: etag.clone(),
+        etag,
         modified: fdfs_common::time::unix_now() as i64,
     };
     let (i, p) = (id.to_owned(), part.clone());
@@ -135,7 +132,102 @@ pub(super) async fn upload_part(
             return Err(no_upload(id));
         }
     }
-    Ok((StatusCode::OK, [(header::ETAG, format!("\"{etag}\""))]).into_response())
+    Ok(part)
+}
+
+/// `PUT /{bucket}/{key}?partNumber=N&uploadId=U` (`part`: the upload ID and the part number as given).
+pub(super) async fn upload_part(
+    s3: &S3,
+    bucket: &str,
+    key: &str,
+    (id, number): (&str, &str),
+    headers: &HeaderMap,
+    signed: Option<&Signed>,
+    body: Body,
+) -> Result<Response> {
+    count("UploadPart");
+    let n = part_number(number)?;
+    upload_of(s3, bucket, key, id).await?;
+    let mut src = S3Body::new(body.into_data_stream(), headers, signed)?;
+    let size = src.declared(headers);
+    let tags = part_tags(s3, bucket, id, n);
+    let stored = match store_file(s3, &mut src, &tags, &format!("part{n}"), size).await {
+        Ok(r) => r,
+        Err(e) => return Err(src.failed.take().unwrap_or_else(|| S3Error::from(e))),
+    };
+    let part = keep_part(s3, id, n, &stored, src.etag.clone().unwrap_or_default()).await?;
+    Ok((
+        StatusCode::OK,
+        [(header::ETAG, format!("\"{}\"", part.etag))],
+    )
+        .into_response())
+}
+
+/// `x-amz-copy-source-range: bytes=FIRST-LAST` of an object of `size` bytes: the range, inclusive.
+fn copy_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>> {
+    let Some(v) = headers.get("x-amz-copy-source-range") else {
+        return Ok(None);
+    };
+    let bad = || {
+        S3Error::new(
+            400,
+            "InvalidArgument",
+            "The x-amz-copy-source-range value must be of the form bytes=first-last where first and last are the zero-based offsets of the first and last bytes to copy",
+        )
+    };
+    let (first, last) = v
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().strip_prefix("bytes="))
+        .and_then(|r| r.split_once('-'))
+        .and_then(|(a, b)| Some((a.trim().parse::<u64>().ok()?, b.trim().parse::<u64>().ok()?)))
+        .ok_or_else(bad)?;
+    if first > last {
+        return Err(bad());
+    }
+    if last >= size {
+        return Err(S3Error::new(
+            416,
+            "InvalidRange",
+            "The requested range is not satisfiable",
+        ));
+    }
+    Ok(Some((first, last)))
+}
+
+/// `PUT /{bucket}/{key}?partNumber=N&uploadId=U` with `x-amz-copy-source` (and `x-amz-copy-source-range`):
+/// UploadPartCopy. The part is a new file streamed from the source object's file on the storage nodes (the
+/// range only), as CopyObject does for a whole object (`aws s3 cp` between keys copies big objects this way).
+pub(super) async fn upload_part_copy(
+    s3: &S3,
+    bucket: &str,
+    key: &str,
+    (id, number): (&str, &str),
+    headers: &HeaderMap,
+    signer: Option<super::S3Key>,
+) -> Result<Response> {
+    count("UploadPartCopy");
+    let n = part_number(number)?;
+    upload_of(s3, bucket, key, id).await?;
+    let src = super::copy_source(s3, headers, signer).await?;
+    let range = copy_range(headers, src.size)?;
+    let size = range.map_or(src.size, |(first, last)| last - first + 1);
+    let mut bytes = Parts::new(s3, vec![src.file_id.clone()]);
+    bytes.range = range;
+    let tags = part_tags(s3, bucket, id, n);
+    let stored = store_file(s3, &mut bytes, &tags, &format!("part{n}"), Some(size))
+        .await
+        .map_err(S3Error::from)?;
+    let etag = hex::encode(std::mem::take(&mut bytes.md5).finalize());
+    let part = keep_part(s3, id, n, &stored, etag).await?;
+    Ok(xml(
+        StatusCode::OK,
+        format!(
+            "<CopyPartResult xmlns=\"{XMLNS}\"><LastModified>{}</LastModified><ETag>&quot;{}&quot;</ETag></CopyPartResult>",
+            iso8601(part.modified),
+            part.etag
+        ),
+    ))
 }
 
 /// Files read in order from the storage nodes, as one stream (the parts of an upload, a copied object), with
@@ -144,6 +236,8 @@ pub(super) struct Parts<'a> {
     s3: &'a S3,
     files: std::vec::IntoIter<String>,
     current: Option<BoxStream<'static, reqwest::Result<Bytes>>>,
+    /// Read only these bytes (first, last: inclusive) of each file (UploadPartCopy's one file).
+    pub range: Option<(u64, u64)>,
     /// The MD5 of the bytes read so far.
     pub md5: Md5,
 }
@@ -155,28 +249,38 @@ impl<'a> Parts<'a> {
             s3,
             files: files.into_iter(),
             current: None,
+            range: None,
             md5: Md5::new(),
         }
     }
 }
 
-/// Open a part's file on a member that holds it.
+/// Open a part's file (only `range` of it, when given) on a member that holds it.
 async fn open_part(
     s3: &S3,
     file_id: &str,
+    range: Option<(u64, u64)>,
 ) -> Result<BoxStream<'static, reqwest::Result<Bytes>>, GatewayError> {
     let id: fdfs_common::FileId = file_id.parse()?;
     let members = s3.app.members(&id).await?;
     let token = s3.app.token_query(&id);
+    let mut ask = reqwest::header::HeaderMap::new();
+    if let Some((first, last)) = range {
+        let v = format!("bytes={first}-{last}");
+        ask.insert(
+            reqwest::header::RANGE,
+            v.parse().expect("a range is a header value"),
+        );
+    }
+    let want = if range.is_some() {
+        reqwest::StatusCode::PARTIAL_CONTENT
+    } else {
+        reqwest::StatusCode::OK
+    };
     for (addr, _) in &members {
         let url = format!("http://{addr}/{id}{token}");
-        match s3
-            .app
-            .storage
-            .fetch(Method::GET, &url, reqwest::header::HeaderMap::new())
-            .await
-        {
-            Ok(r) if r.status().is_success() => return Ok(r.bytes_stream().boxed()),
+        match s3.app.storage.fetch(Method::GET, &url, ask.clone()).await {
+            Ok(r) if r.status() == want => return Ok(r.bytes_stream().boxed()),
             Ok(r) => {
                 tracing::warn!(storage = %addr, status = %r.status(), file_id, "part not served")
             }
@@ -207,7 +311,7 @@ impl ChunkSource for Parts<'_> {
                 return Ok(None);
             };
             let s3 = self.s3;
-            self.current = Some(open_part(s3, &next).await?);
+            self.current = Some(open_part(s3, &next, self.range).await?);
         }
     }
 }
@@ -386,4 +490,50 @@ pub(super) async fn list_uploads(s3: &S3, bucket: &str, prefix: &str) -> Result<
     }
     out.push_str("</ListMultipartUploadsResult>");
     Ok(xml(StatusCode::OK, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range_of(value: Option<&str>, size: u64) -> Result<Option<(u64, u64)>> {
+        let mut headers = HeaderMap::new();
+        if let Some(v) = value {
+            headers.insert("x-amz-copy-source-range", v.parse().unwrap());
+        }
+        copy_range(&headers, size)
+    }
+
+    #[test]
+    fn copy_source_ranges() {
+        assert_eq!(range_of(None, 10).unwrap(), None);
+        assert_eq!(range_of(Some("bytes=0-9"), 10).unwrap(), Some((0, 9)));
+        assert_eq!(range_of(Some("bytes=3-3"), 10).unwrap(), Some((3, 3)));
+        let out = range_of(Some("bytes=0-10"), 10).unwrap_err();
+        assert_eq!((out.status, out.code), (416, "InvalidRange"));
+        for bad in [
+            "bytes=5-4",
+            "bytes=-4",
+            "bytes=4-",
+            "0-4",
+            "bytes=a-b",
+            "bytes=1-2,4-5",
+        ] {
+            let e = range_of(Some(bad), 10).unwrap_err();
+            assert_eq!((e.status, e.code), (400, "InvalidArgument"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn part_numbers() {
+        assert_eq!(part_number("1").unwrap(), 1);
+        assert_eq!(part_number("10000").unwrap(), 10_000);
+        for bad in ["0", "10001", "", "x", "-1"] {
+            assert_eq!(
+                part_number(bad).unwrap_err().code,
+                "InvalidArgument",
+                "{bad}"
+            );
+        }
+    }
 }

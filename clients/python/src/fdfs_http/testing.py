@@ -280,7 +280,15 @@ class LocalCluster:
         return self._child_with(b"gateway")
 
     def _child_with(self, word: bytes) -> int:
+        for pid, cmdline in self._children():
+            if word in cmdline:
+                return pid
+        raise LookupError(f"no child of fdfs up with {word!r} in its command line")
+
+    def _children(self) -> list[tuple[int, list[bytes]]]:
+        """The children of `fdfs up`: process id and command line."""
         assert self._proc is not None
+        found = []
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
@@ -290,9 +298,35 @@ class LocalCluster:
                 cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
             except (OSError, ValueError, IndexError):
                 continue
-            if ppid == self._proc.pid and word in cmdline:
-                return int(entry)
-        raise LookupError(f"no child of fdfs up with {word!r} in its command line")
+            if ppid == self._proc.pid:
+                found.append((int(entry), cmdline))
+        return found
+
+    def processes(self) -> dict[str, int]:
+        """Every process of the cluster by name: `up` (the supervisor), then its servers as `tracker-1`,
+        `gateway` and each storage node's store path base name (`storage-g1-m1`), with their process ids."""
+        assert self._proc is not None
+        named = {"up": self._proc.pid}
+        trackers = 0
+        for pid, cmdline in sorted(self._children()):
+            role = cmdline[1].decode() if len(cmdline) > 1 else "?"
+            if role == "tracker":
+                trackers += 1
+                named[f"tracker-{trackers}"] = pid
+            elif role == "storage" and b"--store-path" in cmdline:
+                named[Path(cmdline[cmdline.index(b"--store-path") + 1].decode()).name] = pid
+            else:
+                named[role] = pid
+        return named
+
+    def peak_rss(self) -> dict[str, int]:
+        """Each process's peak resident set so far (`VmHWM`, bytes), by the names of `processes()`."""
+        peaks = {}
+        for name, pid in self.processes().items():
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peaks[name] = int(line.split()[1]) * 1024
+        return peaks
 
     def kill_member(self, member: Member) -> None:
         """SIGKILL one storage node (the rest of the cluster keeps running; `fdfs up` restarts it unless
