@@ -14,8 +14,9 @@
 #   FDFS_BIN= / S3LOAD= / LG= / WEED=   use these binaries instead of building or installing them
 #   SKIP_FSYNC=1    leave out the SeaweedFS runs with fsync configured on the bucket
 #   KEEP=1          keep $WORK/run (data and logs) after the run
-#   PROFILE=1       `perf record -e cpu-clock` the fdfs gateway during the 4 KiB PutObject run; a flat profile
-#                   goes to $WORK/profile-s3-put-4k.txt
+#   PROFILE=1       `perf record -e cpu-clock` the fdfs servers during the 4 KiB PutObject run; a flat profile
+#                   (by process, then the gateway's and the storage nodes' top symbols) goes to
+#                   $WORK/profile-s3-put-4k.txt
 #
 # The systems, both keeping 2 copies of every object, both checking SigV4 on every request:
 #   fdfs       `fdfs up --s3-port P`, the default layout: 1 tracker, 2 groups x 2 storage nodes (write quorum 2:
@@ -61,20 +62,27 @@ mkdir -p "$RESULTS"
 # `run LABEL PIDS CMD...`: CMD's RESULT line to $RESULTS/LABEL, with cpu_us (server CPU per successful request of
 # PIDS and their children) appended.
 run() {
-    local label=$1 pids=$2 rc=0 before after ok us
+    local label=$1 pids=$2 rc=0 before after ok us gw0 gw1
     shift 2
     log "run $label"
+    gw0=$(gw_ticks)
     before=$(cpu_ticks $pids)
     "$@" --threads "$THREADS" >"$RESULTS/$label.txt" 2>"$RESULTS/$label.err" || rc=$?
     after=$(cpu_ticks $pids)
+    gw1=$(gw_ticks)
     [[ $rc == 0 ]] || log "$label: exit $rc: $(head -3 "$RESULTS/$label.err")"
     grep '^RESULT' "$RESULTS/$label.txt" >"$RESULTS/$label" || echo "RESULT err=1" >"$RESULTS/$label"
     ok=$(res "$label" ok)
     us=$(awk -v b="$before" -v a="$after" -v n="${ok:-0}" -v hz="$(getconf CLK_TCK)" \
         'BEGIN { if (n > 0) printf "%.0f", (a - b) * 1e6 / hz / n }')
     [[ -n $us ]] && sed -i "1s/\$/ cpu_us=$us/" "$RESULTS/$label"
+    us=$(awk -v b="$gw0" -v a="$gw1" -v n="${ok:-0}" -v hz="$(getconf CLK_TCK)" \
+        'BEGIN { if (n > 0) printf "%.0f", (a - b) * 1e6 / hz / n }')
+    [[ $label != fdfs-* || -z $us ]] || sed -i "1s/\$/ gw_cpu_us=$us/" "$RESULTS/$label"
     if [[ -s $RESULTS/$label.err ]]; then head -3 "$RESULTS/$label.err" | sed "s/^/[$NAME] $label: /" >&2; fi
 }
+# CPU ticks of the fdfs gateway alone (part of the fdfs figure).
+gw_ticks() { awk '{ print $14 + $15 }' "/proc/${PID_fdfs_gw:-0}/stat" 2>/dev/null || echo 0; }
 res() {
     awk -v k="$2" '/^RESULT/ { for (i = 2; i <= NF; i++) { split($i, kv, "="); if (kv[1] == k) print kv[2] } }' \
         "$RESULTS/$1" 2>/dev/null | head -1
@@ -152,10 +160,15 @@ for _ in $(seq 150); do
 done
 
 # ---------------------------------------------------------------- perf
+# `profile NAME`: sample every fdfs server (gateway, storage nodes, tracker) for $SECS seconds in the background;
+# `profile_done NAME` writes the flat profile: CPU share by process, then the top symbols of the gateway and of
+# the storage nodes.
 PERF_JOB=""
 profile() {
-    [[ -n ${PROFILE:-} && -n $PID_fdfs_gw ]] || return 0
-    perf record -q -e cpu-clock -F 499 -g -p "$PID_fdfs_gw" -o "$WORK/perf-$1.data" -- sleep "$SECS" \
+    [[ -n ${PROFILE:-} ]] || return 0
+    local kids
+    kids=$(pgrep -P "$PID_fdfs" | paste -sd, -)
+    perf record -q -e cpu-clock -F 499 -g -p "$PID_fdfs,$kids" -o "$WORK/perf-$1.data" -- sleep "$SECS" \
         >"$RUN/logs/perf-$1.log" 2>&1 &
     PERF_JOB=$!
 }
@@ -163,11 +176,19 @@ profile_done() {
     [[ -n $PERF_JOB ]] || return 0
     wait "$PERF_JOB" || true
     PERF_JOB=""
+    local data=$WORK/perf-$1.data storage
+    storage=$(pgrep -P "$PID_fdfs" -f 'fdfs storage' | paste -sd, -)
     {
-        echo "== share of samples by thread and object"
-        perf report -i "$WORK/perf-$1.data" --no-children -g none --sort comm,dso --stdio 2>/dev/null | grep '%' | head -20
-        echo "== top symbols"
-        perf report -i "$WORK/perf-$1.data" --no-children -g none --sort dso,symbol --stdio 2>/dev/null | grep '%' | head -60
+        echo "== processes"
+        ps -o pid=,args= --ppid "$PID_fdfs" | cut -c1-60
+        echo "== samples by process"
+        perf script -i "$data" -F pid 2>/dev/null | sort | uniq -c | sort -rn
+        echo "== gateway ($PID_fdfs_gw): top symbols, % of its samples"
+        perf report -i "$data" --pid "$PID_fdfs_gw" --percentage relative --no-children -g none --sort dso,symbol \
+            --stdio 2>/dev/null | grep '%' | head -50
+        echo "== storage nodes ($storage): top symbols, % of their samples"
+        perf report -i "$data" --pid "$storage" --percentage relative --no-children -g none --sort dso,symbol \
+            --stdio 2>/dev/null | grep '%' | head -40
     } >"$WORK/profile-$1.txt" || true
     log "profile of $1 in $WORK/profile-$1.txt"
 }
@@ -214,6 +235,9 @@ done
             done
         done
     done
+    printf '  of which the fdfs gateway (cpu_us):'
+    for size in $SIZES; do for op in put get; do printf ' %s %s %s;' "$op" "$size" "$(res "fdfs-$op-$size" gw_cpu_us)"; done; done
+    echo
     echo "  client cpu_pct (of one core), s3load puts / loadgen gets:"
     for f in "$RESULTS"/*-*-*; do
         case $f in *.txt | *.err | *.urls) continue ;; esac
