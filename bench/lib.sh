@@ -1,5 +1,5 @@
-# Shared by the benchmark scripts (bench/compare.sh, bench/thumbs.sh): installing the peers, building the
-# client and fdfs, starting and stopping servers, reading loadgen's RESULT lines. Source it after setting
+# Shared by the benchmark scripts (bench/compare.sh, bench/thumbs.sh, bench/s3.sh): installing the peers, building
+# the client and fdfs, starting and stopping servers, reading loadgen's RESULT lines. Source it after setting
 # NAME (the log prefix) and WORK (where data, logs, the venv and the loadgen build go); it sets ROOT, RUN and
 # SECRET, cd's to ROOT, and stops every process started through it (PIDS) on exit.
 #
