@@ -359,6 +359,22 @@ fn xml(status: StatusCode, body: String) -> Response {
         .into_response()
 }
 
+/// The query's parameters that name an operation or its arguments: not a presigned URL's signature (V4's
+/// `X-Amz-*`, V2's `AWSAccessKeyId`, `Expires`, `Signature`) nor boto3's `x-id` hint, so that a presigned
+/// CreateBucket is routed as the signed one is.
+fn operation_params(query: &[(String, String)]) -> Vec<&(String, String)> {
+    query
+        .iter()
+        .filter(|(k, _)| {
+            !(k.starts_with("X-Amz-")
+                || matches!(
+                    k.as_str(),
+                    "AWSAccessKeyId" | "Expires" | "Signature" | "x-id"
+                ))
+        })
+        .collect()
+}
+
 fn not_implemented(what: &str) -> S3Error {
     S3Error::new(
         501,
@@ -446,8 +462,9 @@ async fn bucket_op(
     let query = sigv4::query_pairs(&uri);
     let has = |k: &str| query.iter().any(|(q, _)| q == k);
     let get = |k: &str| query.iter().find(|(q, _)| q == k).map(|(_, v)| v.as_str());
+    let ops = operation_params(&query);
     match method {
-        Method::PUT if query.is_empty() => {
+        Method::PUT if ops.is_empty() => {
             count("CreateBucket");
             s3.authorize(&method, &uri, &headers, &bucket, Access::Admin)?;
             if !valid_bucket(&bucket) {
@@ -475,7 +492,7 @@ async fn bucket_op(
             s3.require_bucket(&bucket).await?;
             Ok((StatusCode::OK, [("x-amz-bucket-region", "us-east-1")]).into_response())
         }
-        Method::DELETE if query.is_empty() => {
+        Method::DELETE if ops.is_empty() => {
             count("DeleteBucket");
             s3.authorize(&method, &uri, &headers, &bucket, Access::Admin)?;
             let b = bucket.clone();
@@ -505,7 +522,7 @@ async fn bucket_op(
             multipart::list_uploads(&s3, &bucket, get("prefix").unwrap_or("")).await
         }
         Method::GET
-            if query.iter().all(|(k, _)| {
+            if ops.iter().all(|(k, _)| {
                 matches!(
                     k.as_str(),
                     "list-type"
@@ -517,8 +534,7 @@ async fn bucket_op(
                         | "marker"
                         | "encoding-type"
                         | "fetch-owner"
-                        | "x-id"
-                ) || k.starts_with("X-Amz-")
+                )
             }) =>
         {
             s3.authorize(&method, &uri, &headers, &bucket, Access::Read)?;
@@ -532,13 +548,13 @@ async fn bucket_op(
             delete_objects(&s3, &bucket, body).await
         }
         // A browser form upload: its signature is in the form (see [`post`]).
-        Method::POST if query.is_empty() => {
+        Method::POST if ops.is_empty() => {
             s3.require_bucket(&bucket).await?;
             post::post_object(&s3, &bucket, &headers, body).await
         }
         Method::POST => Err(not_implemented("this POST on a bucket")),
         _ => {
-            let what = query.first().map_or("this bucket operation", |(k, _)| k);
+            let what = ops.first().map_or("this bucket operation", |(k, _)| k);
             Err(not_implemented(&format!("{method} ?{what}")))
         }
     }
