@@ -1,20 +1,37 @@
 //! The embedded namespace (the default, one gateway): a sled database under the gateway's `s3_data_dir`. Every
-//! call blocks (the handlers run them on the blocking pool) and a change is flushed to disk before it returns.
+//! call blocks (the handlers run them on the blocking pool) and a change is on disk before it returns: sled's
+//! `flush` ends with `sync_file_range`, which writes the pages but neither the file's new size nor the disk's
+//! cache, so each flush is followed by an `fdatasync` of sled's log (a power cut keeps every change a client
+//! was told of: `cli/tests/it/s3_power_cut.rs`), and the directories sled creates are synced once at open.
+//!
+//! Whether the namespace is whole is recorded in it: a new one (or one whose rebuild from the storage nodes was
+//! cut short) is rebuilt before the door answers and before the orphan collector may judge a file by it.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use super::{DeleteBucket, Object, Page, Part, Upload};
+
+/// Key of the `meta` tree set once the namespace is whole (it began empty on an empty door, or a rebuild
+/// finished).
+const WHOLE: &str = "whole";
+/// Key of the `meta` tree set while a rebuild is due and not finished.
+const PENDING: &str = "rebuild-pending";
 
 /// The namespace database.
 #[derive(Debug, Clone)]
 pub struct Embedded {
-    /// Whether its directory did not exist when it was opened (a new door, or a lost disk): then it is rebuilt
-    /// from the storage nodes before the door answers.
+    /// Whether it must be rebuilt from the storage nodes before the door answers: its directory did not exist
+    /// when it was opened (a new door, or a lost disk), or a rebuild was cut short, or it holds nothing and was
+    /// never recorded whole (its creation was cut short).
     pub lost: bool,
     db: sled::Db,
     buckets: sled::Tree,
     objects: sled::Tree,
     uploads: sled::Tree,
+    meta: sled::Tree,
+    /// sled's log file, synced after every flush.
+    log: Arc<std::fs::File>,
 }
 
 type Result<T> = std::result::Result<T, sled::Error>;
@@ -27,19 +44,66 @@ fn decode(v: &[u8]) -> Option<Object> {
     serde_json::from_slice(v).ok()
 }
 
+/// `fsync` a file or directory.
+fn sync_path(path: &Path) -> std::io::Result<()> {
+    std::fs::File::open(path)?.sync_all()
+}
+
 impl Embedded {
     /// Open (or create) the namespace in `dir`.
     pub fn open(dir: &Path) -> Result<Embedded> {
         let path = dir.join("namespace");
-        let lost = !path.exists();
-        let db = sled::Config::new().path(path).open()?;
-        Ok(Embedded {
-            lost,
+        let fresh = !path.exists();
+        let db = sled::Config::new().path(&path).open()?;
+        // What sled created (its directory, `conf`, the log) must survive a power cut before anything is
+        // recorded in it: sled syncs none of their directory entries.
+        for p in [path.join("conf"), path.join("db"), path.clone()] {
+            sync_path(&p)?;
+        }
+        if let Some(parent) = path.parent() {
+            sync_path(parent)?;
+        }
+        let log = Arc::new(std::fs::File::open(path.join("db"))?);
+        let mut ns = Embedded {
+            lost: false,
             buckets: db.open_tree("buckets")?,
             objects: db.open_tree("objects")?,
             uploads: db.open_tree("uploads")?,
+            meta: db.open_tree("meta")?,
             db,
-        })
+            log,
+        };
+        let whole = ns.meta.contains_key(WHOLE)?;
+        let empty = ns.buckets.is_empty() && ns.objects.is_empty() && ns.uploads.is_empty();
+        ns.lost = fresh || ns.meta.contains_key(PENDING)? || (!whole && empty);
+        if ns.lost {
+            ns.meta.insert(PENDING, b"1")?;
+            ns.meta.remove(WHOLE)?;
+        } else if !whole {
+            // Written before the namespace recorded this, and in use since.
+            ns.meta.insert(WHOLE, b"1")?;
+        }
+        ns.commit()?;
+        Ok(ns)
+    }
+
+    /// Make every change so far durable.
+    fn commit(&self) -> Result<()> {
+        self.db.flush()?;
+        self.log.sync_data()?;
+        Ok(())
+    }
+
+    /// Record that a rebuild finished.
+    pub fn rebuilt(&self) -> Result<()> {
+        self.meta.insert(WHOLE, b"1")?;
+        self.meta.remove(PENDING)?;
+        self.commit()
+    }
+
+    /// Whether the namespace is whole (not due for a rebuild).
+    pub fn whole(&self) -> Result<bool> {
+        self.meta.contains_key(WHOLE)
     }
 
     /// Create a bucket; `false` when it exists already.
@@ -52,7 +116,7 @@ impl Embedded {
                 Some(now.to_string().as_bytes()),
             )?
             .is_ok();
-        self.db.flush()?;
+        self.commit()?;
         Ok(created)
     }
 
@@ -93,7 +157,7 @@ impl Embedded {
             return Ok(Err(DeleteBucket::NotEmpty));
         }
         self.buckets.remove(name)?;
-        self.db.flush()?;
+        self.commit()?;
         Ok(Ok(()))
     }
 
@@ -109,7 +173,7 @@ impl Embedded {
     pub fn put(&self, bucket: &str, key: &str, object: &Object) -> Result<Option<Object>> {
         let value = serde_json::to_vec(object).expect("an object encodes");
         let old = self.objects.insert(object_key(bucket, key), value)?;
-        self.db.flush()?;
+        self.commit()?;
         Ok(old.and_then(|v| decode(&v)))
     }
 
@@ -117,7 +181,7 @@ impl Embedded {
     pub fn remove(&self, bucket: &str, key: &str) -> Result<Option<Object>> {
         let old = self.objects.remove(object_key(bucket, key))?;
         if old.is_some() {
-            self.db.flush()?;
+            self.commit()?;
         }
         Ok(old.and_then(|v| decode(&v)))
     }
@@ -126,7 +190,7 @@ impl Embedded {
     pub fn create_upload(&self, id: &str, upload: &Upload) -> Result<()> {
         self.uploads
             .insert(id, serde_json::to_vec(upload).expect("an upload encodes"))?;
-        self.db.flush()?;
+        self.commit()?;
         Ok(())
     }
 
@@ -151,14 +215,14 @@ impl Embedded {
             replaced = Ok(u.parts.insert(n, part.clone()));
             Some(serde_json::to_vec(&u).expect("an upload encodes"))
         })?;
-        self.db.flush()?;
+        self.commit()?;
         Ok(replaced)
     }
 
     /// End upload `id` (completed or aborted); what it was.
     pub fn remove_upload(&self, id: &str) -> Result<Option<Upload>> {
         let old = self.uploads.remove(id)?;
-        self.db.flush()?;
+        self.commit()?;
         Ok(old.and_then(|v| serde_json::from_slice(&v).ok()))
     }
 
@@ -261,6 +325,38 @@ mod tests {
             modified: 0,
             meta: BTreeMap::new(),
         }
+    }
+
+    /// A new namespace is due for a rebuild until one finishes, across restarts (a rebuild cut short runs
+    /// again); a whole one is not, nor one in use that predates the record.
+    #[test]
+    fn a_namespace_is_rebuilt_until_a_rebuild_finishes() {
+        let dir = tempfile::tempdir().unwrap();
+        let ns = Embedded::open(dir.path()).unwrap();
+        assert!(ns.lost);
+        assert!(!ns.whole().unwrap());
+        ns.create_bucket("b", 1).unwrap();
+        drop(ns);
+        let ns = Embedded::open(dir.path()).unwrap();
+        assert!(ns.lost, "a rebuild cut short runs again");
+        ns.rebuilt().unwrap();
+        assert!(ns.whole().unwrap());
+        drop(ns);
+        let ns = Embedded::open(dir.path()).unwrap();
+        assert!(!ns.lost);
+        // In use before wholeness was recorded: taken as whole.
+        ns.meta.remove(WHOLE).unwrap();
+        ns.commit().unwrap();
+        drop(ns);
+        let ns = Embedded::open(dir.path()).unwrap();
+        assert!(!ns.lost);
+        assert!(ns.whole().unwrap());
+        // Empty and never recorded whole (its creation was cut short): rebuilt.
+        ns.delete_bucket("b").unwrap().unwrap();
+        ns.meta.remove(WHOLE).unwrap();
+        ns.commit().unwrap();
+        drop(ns);
+        assert!(Embedded::open(dir.path()).unwrap().lost);
     }
 
     #[test]

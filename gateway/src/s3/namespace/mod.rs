@@ -173,18 +173,18 @@ impl Namespace {
     /// Record that a rebuild finished (PostgreSQL: the other gateways do not rebuild again). Blocks.
     pub fn rebuilt(&self) -> Result<()> {
         match self {
-            Namespace::Embedded(_) => Ok(()),
+            Namespace::Embedded(e) => Ok(e.rebuilt()?),
             Namespace::Shared(s) => s.rebuilt(),
         }
     }
 
     /// Whether the namespace is whole, and which one it is: `None` while it has yet to be rebuilt, else a value
-    /// that changes when it is replaced (PostgreSQL: when its rebuild finished; embedded: always `Some(0)`). The
+    /// that changes when it is replaced (PostgreSQL: when its rebuild finished; embedded: `Some(0)` once whole). The
     /// orphan collector reads it before and after judging files, so that a namespace dropped and being rebuilt
     /// by another gateway never makes every file look like an orphan. Blocks.
     pub fn whole(&self) -> Result<Option<i64>> {
         match self {
-            Namespace::Embedded(_) => Ok(Some(0)),
+            Namespace::Embedded(e) => Ok(e.whole()?.then_some(0)),
             Namespace::Shared(s) => s.whole(),
         }
     }
