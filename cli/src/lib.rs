@@ -55,6 +55,8 @@ pub enum Command {
     Meta(files::MetaArgs),
     /// Print a signed (anti-leech) download link for a file, minted locally.
     Sign(files::SignArgs),
+    /// Print a presigned URL of the S3 door for one object (GET, HEAD, PUT or DELETE), minted locally.
+    Presign(commands::presign::Args),
     /// Show the cluster: groups, members, state, space, files, sync lag.
     Monitor(monitor::Args),
     /// Upload then download-and-verify many generated files; print throughput and latency.
@@ -133,6 +135,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Meta(a) => files::meta(&client()?, a).await?,
         Command::Sign(a) => files::sign(a)?,
+        Command::Presign(a) => commands::presign::run(a)?,
         Command::Monitor(a) => monitor::run(&client()?, a).await?,
         Command::Bench(a) => bench::run(&client()?, a).await?,
         Command::Verify(a) => verify::run(&client()?, a).await?,

@@ -6,6 +6,7 @@ pub mod download;
 pub mod files;
 pub mod import_fastdfs;
 pub mod monitor;
+pub mod presign;
 pub mod resumable;
 pub mod upload;
 pub mod verify;
