@@ -18,13 +18,13 @@ use serde_json::Value;
 const MIB: u64 = 1 << 20;
 
 /// A tmpfs mounted for the test; unmounted (and `cleanup` removed) on drop.
-struct Tmpfs {
-    at: PathBuf,
+pub(crate) struct Tmpfs {
+    pub(crate) at: PathBuf,
     cleanup: PathBuf,
 }
 
 impl Tmpfs {
-    fn mount(at: &Path, size: &str, cleanup: &Path) -> Result<Tmpfs, String> {
+    pub(crate) fn mount(at: &Path, size: &str, cleanup: &Path) -> Result<Tmpfs, String> {
         std::fs::create_dir_all(at).map_err(|e| e.to_string())?;
         let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
@@ -55,7 +55,7 @@ async fn replica_status(c: &Cluster, node: &str, id: &str) -> StatusCode {
 }
 
 /// Fill the filesystem of `dir` until `leave` bytes are free (a file of zeros).
-fn fill(dir: &Path, leave: u64) -> PathBuf {
+pub(crate) fn fill(dir: &Path, leave: u64) -> PathBuf {
     use std::io::Write;
     let free = free_bytes(dir).expect("free space of the tmpfs");
     let mut left = free.saturating_sub(leave);

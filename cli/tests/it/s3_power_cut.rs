@@ -12,11 +12,11 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use fdfs_gateway::s3::{sigv4, S3Key};
 use fdfs_testkit::powercut::{Cut, Disk};
 use fdfs_testkit::{content, eventually, tempdir, Cluster, ClusterSpec, STATE_TIMEOUT};
+
+use crate::s3door::Door;
 
 const BUCKET: &str = "shop";
 
@@ -31,81 +31,6 @@ struct Told {
     /// Keys operations were in flight on, or failed on, since the last acknowledged one, with the values they
     /// would have left.
     uncertain: BTreeMap<String, Vec<Value>>,
-}
-
-/// Signs requests to the S3 door.
-#[derive(Clone)]
-struct Door {
-    base: String,
-    key: S3Key,
-}
-
-impl Door {
-    fn url(&self, method: &str, path: &str, query: &[(&str, &str)]) -> String {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        sigv4::presign(
-            &self.key,
-            "us-east-1",
-            method,
-            &self.base,
-            path,
-            query,
-            now as i64,
-            600,
-        )
-    }
-
-    /// `key`'s value as the door answers it (`Err` when it does not answer as S3 would).
-    async fn get(&self, http: &reqwest::Client, key: &str) -> Result<Option<Vec<u8>>, String> {
-        let r = http
-            .get(self.url("GET", &format!("/{BUCKET}/{key}"), &[]))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        match r.status().as_u16() {
-            200 => Ok(Some(r.bytes().await.map_err(|e| e.to_string())?.to_vec())),
-            404 => Ok(None),
-            s => Err(format!("GET {key}: {s}")),
-        }
-    }
-
-    /// Every key of the bucket, by ListObjectsV2 pages.
-    async fn list(&self, http: &reqwest::Client) -> Result<Vec<String>, String> {
-        let mut keys = Vec::new();
-        let mut token = String::new();
-        loop {
-            let mut q = vec![("list-type", "2"), ("max-keys", "100")];
-            if !token.is_empty() {
-                q.push(("continuation-token", &token));
-            }
-            let r = http
-                .get(self.url("GET", &format!("/{BUCKET}"), &q))
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            if !r.status().is_success() {
-                return Err(format!("list: {}", r.status()));
-            }
-            let xml = r.text().await.map_err(|e| e.to_string())?;
-            keys.extend(between(&xml, "Key"));
-            match between(&xml, "NextContinuationToken").pop() {
-                Some(t) => token = t,
-                None => return Ok(keys),
-            }
-        }
-    }
-}
-
-/// The text of every `<tag>` element of `xml`.
-fn between(xml: &str, tag: &str) -> Vec<String> {
-    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
-    xml.split(&open)
-        .skip(1)
-        .filter_map(|s| s.split_once(&close).map(|(v, _)| v.to_owned()))
-        .collect()
 }
 
 /// A client putting new keys, overwriting and deleting its own (disjoint from the other clients').
@@ -170,46 +95,10 @@ async fn s3_power_cut(ops: usize, how: Cut) {
     std::fs::create_dir_all(&state).unwrap();
     std::fs::create_dir_all(&mount).unwrap();
     let disk = Disk::mount(&state, &mount).expect("mount the simulated disk");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let key = S3Key {
-        access_key: "SHOPAPP".into(),
-        secret_key: "power-cut-test-secret-key-0123456789abcd".into(),
-        buckets: Vec::new(),
-        read_only: false,
-    };
-    let door = Door {
-        base: format!("http://127.0.0.1:{port}"),
-        key: key.clone(),
-    };
-    let (listen, ns) = (
-        format!("127.0.0.1:{port}"),
-        mount.join("ns").display().to_string(),
-    );
-    let spec = ClusterSpec::group(2).gateway(&[
-        "--s3-listen",
-        &listen,
-        "--s3-data-dir",
-        &ns,
-        "--s3-access-key",
-        &key.access_key,
-        "--s3-secret-key",
-        &key.secret_key,
-    ]);
+    let (door, spec) = Door::open(ClusterSpec::group(2), &mount.join("ns"));
     let mut c = Cluster::start_in(spec, dir).await;
     let http = c.http.clone();
-    eventually(STATE_TIMEOUT, "the bucket to be created", || async {
-        let r = http
-            .put(door.url("PUT", &format!("/{BUCKET}"), &[]))
-            .send()
-            .await
-            .ok()?;
-        r.status().is_success().then_some(())
-    })
-    .await;
+    door.create_bucket(&http, BUCKET).await;
 
     // An old namespace: everything on the disk durable, as after a remount.
     c.gateway.kill9();
@@ -259,7 +148,7 @@ async fn s3_power_cut(ops: usize, how: Cut) {
 
     // Every key as it was last acknowledged (or, with an operation in flight, either way, whole).
     let listed = eventually(STATE_TIMEOUT, "the door to list the bucket", || async {
-        door.list(&http).await.ok()
+        door.list(&http, BUCKET).await.ok()
     })
     .await;
     let keys: std::collections::BTreeSet<&String> =
@@ -268,7 +157,7 @@ async fn s3_power_cut(ops: usize, how: Cut) {
         let mut allowed: Vec<Value> = Vec::new();
         allowed.push(told.acked.get(key).copied().flatten());
         allowed.extend(told.uncertain.get(key).into_iter().flatten());
-        let got = door.get(&http, key).await.unwrap();
+        let got = door.get(&http, BUCKET, key).await.unwrap();
         let ok = allowed.iter().any(|v| match (v, &got) {
             (None, None) => true,
             (Some((n, len)), Some(bytes)) => *bytes == content(*n, *len),

@@ -929,7 +929,20 @@ async fn store_file<S: ChunkSource>(
     key: &str,
     size: Option<u64>,
 ) -> Result<fdfs_common::wire::UploadResult, crate::error::GatewayError> {
+    store_file_in(s3, src, meta, key, size, None).await
+}
+
+/// [`store_file`] in `group` (any when `None`).
+async fn store_file_in<S: ChunkSource>(
+    s3: &S3,
+    src: &mut S,
+    meta: &BTreeMap<String, String>,
+    key: &str,
+    size: Option<u64>,
+    group: Option<fdfs_common::GroupName>,
+) -> Result<fdfs_common::wire::UploadResult, crate::error::GatewayError> {
     let mut fields = UploadFields::default();
+    fields.group = group;
     for (k, v) in meta {
         fields.apply(&format!("meta.{k}"), v)?;
     }
@@ -1008,10 +1021,24 @@ async fn copy_object(
         (src.meta.clone(), src.content_type.clone())
     };
     let tags = s3.object_tags(&meta, bucket, key, &content_type);
+    // The copy goes to the source's group when it can: its members already hold the bytes, and a storage node
+    // stores identical content once (a hard link), so the copy costs no disk there. When that group cannot take
+    // it (no member up, no room), any group does.
+    let home = src.file_id.split('/').next().and_then(|g| g.parse().ok());
     let mut bytes = multipart::Parts::new(s3, vec![src.file_id.clone()]);
-    let stored = store_file(s3, &mut bytes, &tags, key, Some(src.size))
-        .await
-        .map_err(S3Error::from)?;
+    let stored = match store_file_in(s3, &mut bytes, &tags, key, Some(src.size), home).await {
+        Err(crate::error::GatewayError::Upstream { code, .. })
+            if matches!(
+                code.as_str(),
+                "no_storage" | "insufficient_storage" | "unknown_group"
+            ) =>
+        {
+            bytes = multipart::Parts::new(s3, vec![src.file_id.clone()]);
+            store_file(s3, &mut bytes, &tags, key, Some(src.size)).await
+        }
+        other => other,
+    }
+    .map_err(S3Error::from)?;
     let etag = hex::encode(std::mem::take(&mut bytes.md5).finalize());
     let object = Object::stored(&stored, &etag, content_type, meta);
     s3.record(bucket, key, &object).await?;
