@@ -118,15 +118,7 @@ fn s3_door(a: &Args) -> Result<Option<S3Door>> {
     let Some(port) = a.s3_port else {
         return Ok(None);
     };
-    let port = if port == 0 {
-        // A free port now; the gateway binds it a moment later.
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| CliError::Up(format!("finding a free port for the S3 door: {e}")))?
-            .port()
-    } else {
-        port
-    };
+    // Port 0: the gateway binds a free one and prints it (`s3 listening on`); `run` takes it from there.
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     if let (Some(k), Some(s)) = (&a.s3_access_key, &a.s3_secret_key) {
         return Ok(Some(S3Door {
@@ -189,6 +181,8 @@ struct Proc {
     exited: Option<ExitStatus>,
     /// Address of its FastDFS protocol listener (`--fastdfs-port`).
     fastdfs: Option<SocketAddr>,
+    /// The gateway's S3 door (`--s3-port`).
+    s3: Option<SocketAddr>,
     /// Its command-line arguments, with the listen addresses it got (a restart keeps them).
     args: Vec<OsString>,
     /// When it was (re)started, how many times it was restarted, when the next restart is due.
@@ -242,7 +236,18 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
-/// Start one child and wait for its `listening on ADDR` line.
+/// The addresses a child bound, from its stdout lines.
+#[derive(Debug, Clone, Copy)]
+struct Bound {
+    /// `listening on ADDR`: its HTTP listener.
+    addr: SocketAddr,
+    /// `fastdfs listening on ADDR`, when it runs with `--fastdfs-listen`.
+    fastdfs: Option<SocketAddr>,
+    /// `s3 listening on ADDR`, the gateway's S3 door, when it runs with `--s3-listen`.
+    s3: Option<SocketAddr>,
+}
+
+/// Start one child and wait for its `listening on ADDR` line (and those of the other listeners its flags open).
 async fn spawn(
     exe: &Path,
     name: &str,
@@ -250,13 +255,9 @@ async fn spawn(
     args: &[OsString],
     logs: &Path,
     secret: &str,
-) -> Result<(
-    tokio::process::Child,
-    SocketAddr,
-    PathBuf,
-    Option<SocketAddr>,
-)> {
-    let fastdfs = args.iter().any(|a| a == "--fastdfs-listen");
+) -> Result<(tokio::process::Child, Bound, PathBuf)> {
+    let want_fastdfs = args.iter().any(|a| a == "--fastdfs-listen");
+    let want_s3 = args.iter().any(|a| a == "--s3-listen");
     let log = logs.join(format!("{name}.log"));
     // Appended to: a restarted child's log keeps what its previous run said before it died.
     let log_file = std::fs::OpenOptions::new()
@@ -290,8 +291,8 @@ async fn spawn(
     let stdout = child.stdout.take().expect("stdout is piped");
     let mut lines = BufReader::new(stdout).lines();
     let deadline = Instant::now() + LISTEN_TIMEOUT;
-    let mut fastdfs_addr = None;
-    let addr = loop {
+    let (mut http, mut fastdfs, mut s3) = (None, None, None);
+    let bound = loop {
         match tokio::time::timeout_at(deadline, lines.next_line()).await {
             Err(_) => {
                 return Err(CliError::Up(format!(
@@ -302,26 +303,22 @@ async fn spawn(
                 )))
             }
             Ok(Ok(Some(line))) => {
-                if let Some(a) = line.trim().strip_prefix("listening on ") {
-                    let addr = a.trim().parse().map_err(|_| {
+                let line = line.trim();
+                let parse = |a: &str| {
+                    a.trim().parse::<SocketAddr>().map_err(|_| {
                         CliError::Up(format!("{name} printed a bad address: {line:?}"))
-                    })?;
-                    // With a FastDFS listener, its `fastdfs listening on` line follows.
-                    if !fastdfs {
-                        break addr;
-                    }
-                    fastdfs_addr = Some(addr);
-                } else if let Some(a) = line.trim().strip_prefix("fastdfs listening on ") {
-                    let door: SocketAddr = a.trim().parse().map_err(|_| {
-                        CliError::Up(format!("{name} printed a bad address: {line:?}"))
-                    })?;
-                    match fastdfs_addr.replace(door) {
-                        Some(http) => break http,
-                        None => {
-                            return Err(CliError::Up(format!(
-                                "{name} printed its FastDFS address before its HTTP one"
-                            )))
-                        }
+                    })
+                };
+                if let Some(a) = line.strip_prefix("listening on ") {
+                    http = Some(parse(a)?);
+                } else if let Some(a) = line.strip_prefix("fastdfs listening on ") {
+                    fastdfs = Some(parse(a)?);
+                } else if let Some(a) = line.strip_prefix("s3 listening on ") {
+                    s3 = Some(parse(a)?);
+                }
+                if let Some(addr) = http {
+                    if fastdfs.is_some() == want_fastdfs && s3.is_some() == want_s3 {
+                        break Bound { addr, fastdfs, s3 };
                     }
                 }
             }
@@ -337,7 +334,7 @@ async fn spawn(
     };
     // Keep draining stdout so the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok((child, addr, log, fastdfs_addr.filter(|_| fastdfs)))
+    Ok((child, bound, log))
 }
 
 fn arg(s: impl Into<OsString>) -> OsString {
@@ -345,10 +342,13 @@ fn arg(s: impl Into<OsString>) -> OsString {
 }
 
 /// `args` with the addresses the child bound instead of port 0.
-fn pinned(mut args: Vec<OsString>, addr: SocketAddr, fastdfs: Option<SocketAddr>) -> Vec<OsString> {
-    pin_addr(&mut args, "--listen", addr);
-    if let Some(f) = fastdfs {
+fn pinned(mut args: Vec<OsString>, bound: Bound) -> Vec<OsString> {
+    pin_addr(&mut args, "--listen", bound.addr);
+    if let Some(f) = bound.fastdfs {
         pin_addr(&mut args, "--fastdfs-listen", f);
+    }
+    if let Some(d) = bound.s3 {
+        pin_addr(&mut args, "--s3-listen", d);
     }
     args
 }
@@ -376,9 +376,9 @@ async fn start(a: &Args, procs: &mut Vec<Proc>, secret: &str, s3: Option<&S3Door
             let p = if t == 1 { p } else { 0 };
             args.extend([arg("--fastdfs-listen"), arg(format!("127.0.0.1:{p}"))]);
         }
-        let (child, addr, log, fastdfs) =
-            spawn(&exe, &name, Role::Tracker, &args, &logs, secret).await?;
-        let pinned = pinned(args, addr, fastdfs);
+        let (child, bound, log) = spawn(&exe, &name, Role::Tracker, &args, &logs, secret).await?;
+        let (addr, fastdfs, s3) = (bound.addr, bound.fastdfs, bound.s3);
+        let pinned = pinned(args, bound);
         procs.push(Proc {
             name,
             role: Role::Tracker,
@@ -389,6 +389,7 @@ async fn start(a: &Args, procs: &mut Vec<Proc>, secret: &str, s3: Option<&S3Door
             child,
             exited: None,
             fastdfs,
+            s3,
             args: pinned,
             started: Instant::now(),
             restarts: 0,
@@ -426,9 +427,10 @@ async fn start(a: &Args, procs: &mut Vec<Proc>, secret: &str, s3: Option<&S3Door
             if let Some(sizes) = &a.thumbnail_sizes {
                 args.extend([arg("--thumbnail-sizes"), arg(sizes)]);
             }
-            let (child, addr, log, fastdfs) =
+            let (child, bound, log) =
                 spawn(&exe, &name, Role::Storage, &args, &logs, secret).await?;
-            let pinned = pinned(args, addr, fastdfs);
+            let (addr, fastdfs, s3) = (bound.addr, bound.fastdfs, bound.s3);
+            let pinned = pinned(args, bound);
             procs.push(Proc {
                 name,
                 role: Role::Storage,
@@ -439,6 +441,7 @@ async fn start(a: &Args, procs: &mut Vec<Proc>, secret: &str, s3: Option<&S3Door
                 child,
                 exited: None,
                 fastdfs,
+                s3,
                 args: pinned,
                 started: Instant::now(),
                 restarts: 0,
@@ -471,9 +474,9 @@ async fn start(a: &Args, procs: &mut Vec<Proc>, secret: &str, s3: Option<&S3Door
             arg(&door.secret_key),
         ]);
     }
-    let (child, addr, log, fastdfs) =
-        spawn(&exe, "gateway", Role::Gateway, &args, &logs, secret).await?;
-    let pinned = pinned(args, addr, fastdfs);
+    let (child, bound, log) = spawn(&exe, "gateway", Role::Gateway, &args, &logs, secret).await?;
+    let (addr, fastdfs, s3) = (bound.addr, bound.fastdfs, bound.s3);
+    let pinned = pinned(args, bound);
     procs.push(Proc {
         name: "gateway".into(),
         role: Role::Gateway,
@@ -484,6 +487,7 @@ async fn start(a: &Args, procs: &mut Vec<Proc>, secret: &str, s3: Option<&S3Door
         child,
         exited: None,
         fastdfs,
+        s3,
         args: pinned,
         started: Instant::now(),
         restarts: 0,
@@ -778,7 +782,7 @@ async fn supervise(p: &mut Proc, restart: bool, exe: &Path, logs: &Path, secret:
         return;
     }
     match spawn(exe, &p.name, p.role, &p.args, logs, secret).await {
-        Ok((child, addr, _, _)) => {
+        Ok((child, Bound { addr, .. }, _)) => {
             p.child = child;
             p.exited = None;
             p.restart_at = None;
@@ -805,7 +809,7 @@ async fn supervise(p: &mut Proc, restart: bool, exe: &Path, logs: &Path, secret:
 pub async fn run(a: Args) -> Result<()> {
     std::fs::create_dir_all(&a.data).map_err(|e| CliError::io(&a.data, e))?;
     let (secret, secret_source) = resolve_secret(&a)?;
-    let s3 = s3_door(&a)?;
+    let mut s3 = s3_door(&a)?;
     let mut procs: Vec<Proc> = Vec::new();
     let shutdown = fdfs_common::shutdown_signal();
     tokio::pin!(shutdown);
@@ -814,6 +818,9 @@ pub async fn run(a: Args) -> Result<()> {
         r = async {
             start(&a, &mut procs, &secret, s3.as_ref()).await?;
             let gw = procs.last().map(|p| p.addr).expect("gateway started");
+            if let (Some(door), Some(bound)) = (s3.as_mut(), procs.last().and_then(|p| p.s3)) {
+                door.addr = bound;
+            }
             let gateway = format!("http://{gw}");
             let client = Client::new(&gateway)?;
             let view = wait_ready(&client, &mut procs, Duration::from_secs(a.timeout)).await?;

@@ -211,7 +211,7 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let s3 = match config.s3_listen.clone() {
         Some(l) => {
-            let s3 = fdfs_common::serve::bind_and_announce(&l)
+            let s3 = fdfs_common::serve::bind_and_announce_as("s3 listening on", &l)
                 .await
                 .with_context(|| format!("binding the S3 door on {l}"))?;
             tracing::info!(addr = %s3.local_addr()?, "S3 door listening");

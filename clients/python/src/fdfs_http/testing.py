@@ -214,16 +214,18 @@ class LocalCluster:
                 cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, text=True, env=environ
             )
         assert proc.stdout is not None
-        # It prints `listening on ADDR` for its HTTP listener, then for its S3 door.
-        addrs: list[str] = []
-        while len(addrs) < (2 if self.s3 else 1):
+        # It prints `listening on ADDR` for its HTTP listener, then `s3 listening on ADDR` for its S3 door.
+        http, door = "", ""
+        while not http or (self.s3 and not door):
             line = proc.stdout.readline()
             if not line:
                 proc.wait()
                 raise RuntimeError(f"the gateway exited before listening:\n{log.read_text(errors='replace')}")
             if line.startswith("listening on "):
-                addrs.append(line.split()[-1])
-        gw = Gateway(f"http://{addrs[0]}", f"http://{addrs[1]}" if self.s3 else "", proc, log)
+                http = line.split()[-1]
+            elif line.startswith("s3 listening on "):
+                door = line.split()[-1]
+        gw = Gateway(f"http://{http}", f"http://{door}" if door else "", proc, log)
         self.gateways.append(gw)
         if gw.s3:
             self._wait_s3_ready(time.monotonic() + timeout, gw.s3)
