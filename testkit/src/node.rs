@@ -188,18 +188,37 @@ impl Launch {
     /// (printed when it runs with `--internal-listen`). On failure the child is killed and the error carries
     /// what it logged.
     pub fn wait_internal(
-        mut self,
+        self,
         internal: bool,
     ) -> Result<(Child, SocketAddr, Option<SocketAddr>), String> {
-        let found = wait_listening(&self.lines, LISTEN_TIMEOUT).and_then(|addr| {
-            if !internal {
-                return Ok((addr, None));
+        self.wait_all(internal, false)
+            .map(|(child, addr, internal, _)| (child, addr, internal))
+    }
+
+    /// [`Launch::wait_internal`], and when `s3` the gateway's `s3 listening on` line (printed when it runs with
+    /// `--s3-listen`): the child, its address, its internal address, its S3 door's address.
+    #[allow(clippy::type_complexity)]
+    pub fn wait_all(
+        mut self,
+        internal: bool,
+        s3: bool,
+    ) -> Result<(Child, SocketAddr, Option<SocketAddr>, Option<SocketAddr>), String> {
+        let other = |prefix: &str, wanted: bool| {
+            if wanted {
+                wait_prefixed(&self.lines, prefix, LISTEN_TIMEOUT).map(Some)
+            } else {
+                Ok(None)
             }
-            wait_prefixed(&self.lines, "internal listening on ", LISTEN_TIMEOUT)
-                .map(|i| (addr, Some(i)))
+        };
+        let found = wait_listening(&self.lines, LISTEN_TIMEOUT).and_then(|addr| {
+            Ok((
+                addr,
+                other("internal listening on ", internal)?,
+                other("s3 listening on ", s3)?,
+            ))
         });
         match found {
-            Ok((addr, internal)) => Ok((self.child, addr, internal)),
+            Ok((addr, internal, s3)) => Ok((self.child, addr, internal, s3)),
             Err(e) => {
                 let _ = self.child.kill();
                 let status = self.child.wait().ok();
@@ -350,6 +369,9 @@ pub struct Node {
     /// Address of the internal routes of a storage node started with `--internal-listen` (a restart binds
     /// what the flag says again).
     pub internal: Option<SocketAddr>,
+    /// Address of the S3 door of a gateway started with `--s3-listen` (port 0 allowed; a restart binds the same
+    /// address again).
+    pub s3: Option<SocketAddr>,
     /// Data directory (the store path for storage nodes).
     pub dir: PathBuf,
     /// Flags other than `--listen`.
@@ -460,16 +482,20 @@ impl Node {
         ) {
             args[i + 1] = internal.to_string();
         }
+        if let (Some(s3), Some(i)) = (self.s3, args.iter().position(|a| a == "--s3-listen")) {
+            args[i + 1] = s3.to_string();
+        }
         args.extend(extra.iter().cloned());
         // The old socket may linger briefly; retry the bind for a while.
         let deadline = Instant::now() + REBIND_TIMEOUT;
         loop {
             match launch(self.role, &listen, &args, &self.log)
-                .wait_internal(self.internal.is_some())
+                .wait_all(self.internal.is_some(), self.s3.is_some())
             {
-                Ok((child, addr, internal)) => {
+                Ok((child, addr, internal, s3)) => {
                     assert_eq!(addr, self.addr);
                     assert_eq!(internal, self.internal);
+                    assert_eq!(s3, self.s3);
                     self.child = Some(child);
                     return;
                 }
@@ -524,15 +550,17 @@ impl PendingNode {
     /// Wait until it listens; panics with its log if it does not.
     pub fn finish(self) -> Node {
         let internal = self.args.iter().any(|a| a == "--internal-listen");
-        let (child, addr, internal) = self
+        let s3 = self.args.iter().any(|a| a == "--s3-listen");
+        let (child, addr, internal, s3) = self
             .launch
-            .wait_internal(internal)
+            .wait_all(internal, s3)
             .unwrap_or_else(|e| panic!("{e}"));
         Node {
             name: self.name,
             role: self.role,
             addr,
             internal,
+            s3,
             dir: self.dir,
             args: self.args,
             log: self.log,

@@ -58,8 +58,8 @@ async fn a_copy_is_stored_in_its_source_group_as_a_link_and_elsewhere_when_that_
     let spec = ClusterSpec::default()
         .tracker(&["--reserved-storage-space", "4MiB"])
         .storage(&["--reserved-storage-space", "1MiB"]);
-    let (door, spec) = Door::open(spec, &ns);
-    let c = Cluster::start_in(spec, dir).await;
+    let c = Cluster::start_in(Door::spec(spec, &ns), dir).await;
+    let door = Door::of(&c);
     door.create_bucket(&c.http, "shop").await;
 
     // Sources with distinct bytes, spread over both groups by the tracker.

@@ -95,8 +95,9 @@ async fn s3_power_cut(ops: usize, how: Cut) {
     std::fs::create_dir_all(&state).unwrap();
     std::fs::create_dir_all(&mount).unwrap();
     let disk = Disk::mount(&state, &mount).expect("mount the simulated disk");
-    let (door, spec) = Door::open(ClusterSpec::group(2), &mount.join("ns"));
+    let spec = Door::spec(ClusterSpec::group(2), &mount.join("ns"));
     let mut c = Cluster::start_in(spec, dir).await;
+    let door = Door::of(&c);
     let http = c.http.clone();
     door.create_bucket(&http, BUCKET).await;
 

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use fdfs_gateway::s3::{sigv4, S3Key};
-use fdfs_testkit::ClusterSpec;
+use fdfs_testkit::{Cluster, ClusterSpec};
 
 /// Signs requests to one S3 door.
 #[derive(Clone)]
@@ -18,35 +18,39 @@ pub struct Door {
 }
 
 impl Door {
-    /// A door on a free loopback port with a fixed key pair, and `spec` with the gateway flags that open it,
-    /// its embedded namespace under `ns_dir`.
-    pub fn open(spec: ClusterSpec, ns_dir: &Path) -> (Door, ClusterSpec) {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let door = Door {
-            base: format!("http://127.0.0.1:{port}"),
-            key: S3Key {
-                access_key: "SHOPAPP".into(),
-                secret_key: "s3-door-test-secret-key-0123456789abcdef".into(),
-                buckets: Vec::new(),
-                read_only: false,
-            },
-        };
-        let (listen, ns) = (format!("127.0.0.1:{port}"), ns_dir.display().to_string());
-        let spec = spec.gateway(&[
+    /// `spec` with the gateway flags that open the door (on a loopback port the gateway picks, with the key pair
+    /// of [`Door::key`]), its embedded namespace under `ns_dir`.
+    pub fn spec(spec: ClusterSpec, ns_dir: &Path) -> ClusterSpec {
+        let key = Door::key();
+        spec.gateway(&[
             "--s3-listen",
-            &listen,
+            "127.0.0.1:0",
             "--s3-data-dir",
-            &ns,
+            &ns_dir.display().to_string(),
             "--s3-access-key",
-            &door.key.access_key,
+            &key.access_key,
             "--s3-secret-key",
-            &door.key.secret_key,
-        ]);
-        (door, spec)
+            &key.secret_key,
+        ])
+    }
+
+    /// The door of `c`, started from [`Door::spec`].
+    pub fn of(c: &Cluster) -> Door {
+        let addr = c.gateway.s3.expect("the gateway runs with --s3-listen");
+        Door {
+            base: format!("http://{addr}"),
+            key: Door::key(),
+        }
+    }
+
+    /// The key pair the doors of these tests take.
+    pub fn key() -> S3Key {
+        S3Key {
+            access_key: "SHOPAPP".into(),
+            secret_key: "s3-door-test-secret-key-0123456789abcdef".into(),
+            buckets: Vec::new(),
+            read_only: false,
+        }
     }
 
     /// A presigned URL for `method` on `path` (`/bucket/key`) with `query`, valid 10 minutes.
@@ -69,18 +73,19 @@ impl Door {
 
     /// Create `bucket`, waiting out the door's first start (503 while a new namespace is rebuilt).
     pub async fn create_bucket(&self, http: &reqwest::Client, bucket: &str) {
-        fdfs_testkit::eventually(
-            fdfs_testkit::STATE_TIMEOUT,
-            "the bucket to be created",
-            || async {
-                let r = http
-                    .put(self.url("PUT", &format!("/{bucket}"), &[]))
-                    .send()
-                    .await
-                    .ok()?;
-                r.status().is_success().then_some(())
-            },
-        )
+        let what = format!("the door at {} to create bucket {bucket}", self.base);
+        fdfs_testkit::eventually_ok(fdfs_testkit::STATE_TIMEOUT, &what, || async {
+            let r = http
+                .put(self.url("PUT", &format!("/{bucket}"), &[]))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            if r.status().is_success() {
+                return Ok(());
+            }
+            let status = r.status();
+            Err(format!("{status}: {}", r.text().await.unwrap_or_default()))
+        })
         .await;
     }
 
