@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{DeleteBucket, Object, Page, Part, Upload};
+use super::{DeleteBucket, Expect, Object, Page, Part, Upload};
 
 /// Key of the `meta` tree set once the namespace is whole (it began empty on an empty door, or a rebuild
 /// finished).
@@ -175,6 +175,34 @@ impl Embedded {
         let old = self.objects.insert(object_key(bucket, key), value)?;
         self.commit()?;
         Ok(old.and_then(|v| decode(&v)))
+    }
+
+    /// [`Namespace::put_if`](super::Namespace::put_if): a compare-and-swap on the key's current value.
+    pub fn put_if(
+        &self,
+        bucket: &str,
+        key: &str,
+        object: &Object,
+        expect: &Expect,
+    ) -> Result<std::result::Result<Option<Object>, ()>> {
+        let k = object_key(bucket, key);
+        let value = serde_json::to_vec(object).expect("an object encodes");
+        loop {
+            let current = self.objects.get(&k)?;
+            let old = current.as_deref().and_then(decode);
+            if !expect.holds(old.as_ref()) {
+                return Ok(Err(()));
+            }
+            // Changed since it was read: read it again.
+            if self
+                .objects
+                .compare_and_swap(&k, current, Some(value.as_slice()))?
+                .is_ok()
+            {
+                self.commit()?;
+                return Ok(Ok(old));
+            }
+        }
     }
 
     /// Remove `bucket/key`; the object it pointed at.
@@ -357,6 +385,59 @@ mod tests {
         ns.commit().unwrap();
         drop(ns);
         assert!(Embedded::open(dir.path()).unwrap().lost);
+    }
+
+    #[test]
+    fn a_conditional_put_changes_the_key_only_when_it_holds_what_is_expected() {
+        let dir = tempfile::tempdir().unwrap();
+        let ns = Embedded::open(dir.path()).unwrap();
+        let obj = |f: &str, etag: &str| Object {
+            file_id: f.into(),
+            size: 1,
+            etag: etag.into(),
+            content_type: "text/plain".into(),
+            modified: 1,
+            meta: Default::default(),
+        };
+        let etag = |e: &str| Expect::Etag(e.into());
+        assert_eq!(
+            ns.put_if("b", "k", &obj("f1", "e1"), &etag("e1")).unwrap(),
+            Err(())
+        );
+        assert_eq!(
+            ns.put_if("b", "k", &obj("f1", "e1"), &Expect::Absent)
+                .unwrap(),
+            Ok(None)
+        );
+        assert_eq!(
+            ns.put_if("b", "k", &obj("f2", "e2"), &Expect::Absent)
+                .unwrap(),
+            Err(())
+        );
+        assert_eq!(
+            ns.put_if("b", "k", &obj("f2", "e2"), &etag("e9")).unwrap(),
+            Err(())
+        );
+        assert_eq!(
+            ns.put_if("b", "k", &obj("f2", "e2"), &etag("e1")).unwrap(),
+            Ok(Some(obj("f1", "e1")))
+        );
+        assert_eq!(ns.get("b", "k").unwrap(), Some(obj("f2", "e2")));
+        // Racing creators: exactly one wins.
+        let won: usize = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8)
+                .map(|i| {
+                    let ns = &ns;
+                    s.spawn(move || {
+                        ns.put_if("b", "race", &obj(&format!("r{i}"), "e"), &Expect::Absent)
+                            .unwrap()
+                            .is_ok() as usize
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(won, 1);
     }
 
     #[test]

@@ -36,6 +36,26 @@ pub struct Object {
     pub meta: BTreeMap<String, String>,
 }
 
+/// What a conditional write expects a key to hold (`If-None-Match: *`, `If-Match: "etag"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// No object.
+    Absent,
+    /// An object with this ETag (hex, without quotes).
+    Etag(String),
+}
+
+impl Expect {
+    /// Whether `current` is what is expected.
+    pub fn holds(&self, current: Option<&Object>) -> bool {
+        match (self, current) {
+            (Expect::Absent, None) => true,
+            (Expect::Etag(e), Some(o)) => o.etag == *e,
+            _ => false,
+        }
+    }
+}
+
 impl Object {
     /// The object whose bytes were just stored as `file` (recorded as modified now).
     pub fn stored(
@@ -218,6 +238,19 @@ impl Namespace {
     /// key, each gets back exactly the object it replaced).
     pub fn put(&self, bucket: &str, key: &str, object: &Object) -> Result<Option<Object>> {
         each!(self, ns => ns.put(bucket, key, object))
+    }
+
+    /// Point `bucket/key` at `object` if it holds what `expect` says, atomically against every other change of
+    /// the key (on every gateway sharing the namespace): `Ok(the object it pointed at)`, or `Err(())` when it
+    /// did not hold that (nothing changed).
+    pub fn put_if(
+        &self,
+        bucket: &str,
+        key: &str,
+        object: &Object,
+        expect: &Expect,
+    ) -> Result<std::result::Result<Option<Object>, ()>> {
+        each!(self, ns => ns.put_if(bucket, key, object, expect))
     }
 
     /// Remove `bucket/key`; the object it pointed at.

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use postgres::error::SqlState;
 use postgres::{Client, GenericClient, NoTls, Row};
 
-use super::{rolled_up, DeleteBucket, NsError, Object, Page, Part, Result, Upload};
+use super::{rolled_up, DeleteBucket, Expect, NsError, Object, Page, Part, Result, Upload};
 
 /// The schema version this gateway writes; a database with a newer one is refused.
 const SCHEMA_VERSION: i32 = 1;
@@ -363,6 +363,60 @@ impl Shared {
         let old = put_in(&mut tx, bucket, key, o)?;
         tx.commit()?;
         Ok(old)
+    }
+
+    /// [`Namespace::put_if`](super::Namespace::put_if): the key's row locked while it is checked and changed;
+    /// an absent key is created only if no other gateway creates it first.
+    pub fn put_if(
+        &self,
+        bucket: &str,
+        key: &str,
+        o: &Object,
+        expect: &Expect,
+    ) -> Result<std::result::Result<Option<Object>, ()>> {
+        let mut c = self.conn()?;
+        let mut tx = c.transaction()?;
+        let current = tx.query_opt(
+            &format!(
+                "SELECT {OBJECT_COLUMNS} FROM fdfs_s3_objects WHERE bucket = $1 AND key = $2 FOR UPDATE"
+            ),
+            &[&bucket, &key],
+        )?;
+        let old = current.map(|r| object(&r, 0));
+        if !expect.holds(old.as_ref()) {
+            return Ok(Err(()));
+        }
+        if old.is_some() {
+            put_in(&mut tx, bucket, key, o)?;
+        } else {
+            let inserted = tx.execute(
+                &format!(
+                    "INSERT INTO fdfs_s3_objects (bucket, key, {OBJECT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                     ON CONFLICT (bucket, key) DO NOTHING"
+                ),
+                &[
+                    &bucket,
+                    &key,
+                    &o.file_id,
+                    &(o.size as i64),
+                    &o.etag,
+                    &o.content_type,
+                    &o.modified,
+                    &encode_meta(&o.meta),
+                ],
+            );
+            match inserted {
+                Ok(1) => {}
+                // Another gateway created the key since it was read.
+                Ok(_) => return Ok(Err(())),
+                Err(e) if e.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => {
+                    return Err(NsError::NoBucket(bucket.to_owned()))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        tx.commit()?;
+        Ok(Ok(old))
     }
 
     /// [`Namespace::remove`](super::Namespace::remove).
