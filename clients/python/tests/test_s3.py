@@ -401,6 +401,20 @@ def test_copy_object(s3cluster: LocalCluster) -> None:
     assert code(e) == "NoSuchKey"
 
 
+def test_conditional_writes(s3cluster: LocalCluster) -> None:
+    s3 = client(s3cluster)
+    s3.create_bucket(Bucket="cond")
+    first = s3.put_object(Bucket="cond", Key="lock", Body=b"mine", IfNoneMatch="*")
+    with pytest.raises(ClientError) as e:
+        s3.put_object(Bucket="cond", Key="lock", Body=b"theirs", IfNoneMatch="*")
+    assert code(e) == "PreconditionFailed"
+    with pytest.raises(ClientError) as e:
+        s3.put_object(Bucket="cond", Key="lock", Body=b"theirs", IfMatch='"0123"')
+    assert code(e) == "PreconditionFailed"
+    s3.put_object(Bucket="cond", Key="lock", Body=b"mine, 2", IfMatch=first["ETag"])
+    assert s3.get_object(Bucket="cond", Key="lock")["Body"].read() == b"mine, 2"
+
+
 def test_upload_part_copy(s3cluster: LocalCluster) -> None:
     """UploadPartCopy: parts copied from other objects, whole or by a byte range, next to an uploaded part."""
     s3 = client(s3cluster)

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use self::body::S3Body;
 use self::error::{escape, S3Error};
-use self::namespace::{DeleteBucket, Namespace, NsError, Object};
+use self::namespace::{DeleteBucket, Expect, Namespace, NsError, Object};
 use self::sigv4::Signed;
 use crate::upload::{Budget, ChunkSource, UploadFields};
 use crate::App;
@@ -313,6 +313,41 @@ impl S3 {
     }
 
     /// Point `bucket/key` at `object`, then delete the file it pointed at before.
+    /// [`S3::record`] if the key holds what `expect` says; else the stored file is deleted and the request
+    /// answers 409 `ConditionalRequestConflict` (the key changed while the object was being stored: it held what
+    /// was expected when the request began).
+    async fn record_if(
+        &self,
+        bucket: &str,
+        key: &str,
+        object: &Object,
+        expect: &Expect,
+    ) -> Result<()> {
+        let (b, k, o, e) = (
+            bucket.to_owned(),
+            key.to_owned(),
+            object.clone(),
+            expect.clone(),
+        );
+        match self.ns(move |ns| ns.put_if(&b, &k, &o, &e)).await? {
+            Ok(old) => {
+                if let Some(old) = old.filter(|o| o.file_id != object.file_id) {
+                    self.drop_file(&old.file_id).await;
+                }
+                Ok(())
+            }
+            Err(()) => {
+                self.drop_file(&object.file_id).await;
+                Err(S3Error::new(
+                    409,
+                    "ConditionalRequestConflict",
+                    "A conflicting operation occurred. If using PutObject you can retry the request.",
+                )
+                .on(key))
+            }
+        }
+    }
+
     async fn record(&self, bucket: &str, key: &str, object: &Object) -> Result<()> {
         let (b, k, o) = (bucket.to_owned(), key.to_owned(), object.clone());
         let old = self.ns(move |ns| ns.put(&b, &k, &o)).await?;
@@ -877,6 +912,23 @@ async fn put_object(
             "Your proposed upload exceeds the maximum allowed object size.",
         ));
     }
+    // A conditional write is refused before any byte is stored when the key does not hold what it expects.
+    let expect = write_condition(headers)?;
+    if let Some(e) = &expect {
+        let (b, k) = (bucket.to_owned(), key.to_owned());
+        let current = s3.ns(move |ns| ns.get(&b, &k)).await?;
+        if !e.holds(current.as_ref()) {
+            return Err(match e {
+                Expect::Etag(_) if current.is_none() => S3Error::no_key(key),
+                _ => S3Error::new(
+                    412,
+                    "PreconditionFailed",
+                    "At least one of the pre-conditions you specified did not hold",
+                )
+                .on(key),
+            });
+        }
+    }
     let meta = user_meta(headers);
     let content_type = content_type_of(headers, key);
     // The file carries its bucket and key, so the namespace can be rebuilt from the storage nodes.
@@ -888,7 +940,10 @@ async fn put_object(
     let etag = src.etag.clone().unwrap_or_default();
     test_pause_before_record().await;
     let object = Object::stored(&result, &etag, content_type, meta);
-    s3.record(bucket, key, &object).await?;
+    match &expect {
+        Some(e) => s3.record_if(bucket, key, &object, e).await?,
+        None => s3.record(bucket, key, &object).await?,
+    }
     tracing::info!(bucket, key, file_id = %object.file_id, size = object.size, "object stored");
     Ok((
         StatusCode::OK,
@@ -904,6 +959,29 @@ async fn put_object(
 }
 
 use axum::http::HeaderName;
+
+/// The condition of a conditional write: `If-None-Match: *` (create only) or `If-Match: "etag"` (replace only
+/// that version), as S3 takes them on PutObject. Other `If-None-Match` values are S3's `NotImplemented`.
+fn write_condition(headers: &HeaderMap) -> Result<Option<Expect>> {
+    let h = |n: header::HeaderName| headers.get(n).and_then(|v| v.to_str().ok()).map(str::trim);
+    match (h(header::IF_NONE_MATCH), h(header::IF_MATCH)) {
+        (Some(_), Some(_)) => Err(S3Error::new(
+            400,
+            "InvalidArgument",
+            "If-Match and If-None-Match cannot be given together",
+        )),
+        (Some("*"), None) => Ok(Some(Expect::Absent)),
+        (Some(_), None) => Err(S3Error::new(
+            501,
+            "NotImplemented",
+            "If-None-Match on a write takes only *",
+        )),
+        (None, Some(etag)) => Ok(Some(Expect::Etag(
+            etag.trim_start_matches("W/").trim_matches('"').to_owned(),
+        ))),
+        (None, None) => Ok(None),
+    }
+}
 
 /// The `Content-Type` a request gives an object, else the one its key's extension names.
 fn content_type_of(headers: &HeaderMap, key: &str) -> String {

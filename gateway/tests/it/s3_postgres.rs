@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Barrier};
 
-use fdfs_gateway::s3::namespace::{DeleteBucket, Namespace, NsError, Object, Part, Upload};
+use fdfs_gateway::s3::namespace::{DeleteBucket, Expect, Namespace, NsError, Object, Part, Upload};
 use fdfs_testkit::postgres::Postgres;
 use fdfs_testkit::tempdir;
 
@@ -277,4 +277,85 @@ fn a_killed_server_is_unavailable_until_it_is_back() {
     ))
     .unwrap();
     assert!(matches!(closed.prepare(), Err(NsError::Unavailable(_))));
+}
+
+/// Conditional writes from several gateways: of the writers creating one key at once (`If-None-Match: *`)
+/// exactly one wins each round, and writers replacing the version they read (`If-Match`) form one chain: every
+/// version is replaced at most once, so no acknowledged write is lost to another.
+#[test]
+fn conditional_puts_from_several_gateways_are_compare_and_swaps() {
+    let pg = Postgres::start();
+    let (a, b) = shared_pair(&pg);
+    a.create_bucket("cas", 1).unwrap();
+    let with_etag = |file: &str| Object {
+        etag: file.to_owned(),
+        ..obj(file)
+    };
+    let (writers, rounds) = (6, 15);
+    let start = Arc::new(Barrier::new(writers));
+    let handles: Vec<_> = (0..writers)
+        .map(|w| {
+            let ns = if w % 2 == 0 { a.clone() } else { b.clone() };
+            let start = start.clone();
+            std::thread::spawn(move || {
+                start.wait();
+                let mut created = Vec::new();
+                for r in 0..rounds {
+                    let o = with_etag(&format!("w{w}-r{r}"));
+                    if ns
+                        .put_if("cas", &format!("new{r}"), &o, &Expect::Absent)
+                        .unwrap()
+                        == Ok(None)
+                    {
+                        created.push(r);
+                    }
+                }
+                // Replace the version read, `rounds` times at most.
+                let mut chain = Vec::new();
+                for i in 0..rounds {
+                    let current = ns.get("cas", "new0").unwrap().unwrap().etag;
+                    let o = with_etag(&format!("w{w}-v{i}"));
+                    if let Ok(old) = ns
+                        .put_if("cas", "new0", &o, &Expect::Etag(current.clone()))
+                        .unwrap()
+                    {
+                        assert_eq!(old.unwrap().etag, current);
+                        chain.push((current, o.etag));
+                    }
+                }
+                (created, chain)
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let mut created: Vec<usize> = results.iter().flat_map(|(c, _)| c.clone()).collect();
+    created.sort();
+    assert_eq!(
+        created,
+        (0..rounds).collect::<Vec<_>>(),
+        "one creator per key"
+    );
+    // The replacements form one chain from the first version to the live one.
+    let mut next: BTreeMap<String, String> = BTreeMap::new();
+    for (old, new) in results.iter().flat_map(|(_, c)| c.clone()) {
+        assert!(
+            next.insert(old.clone(), new).is_none(),
+            "{old} was replaced twice"
+        );
+    }
+    let mut at = a.get("cas", "new0").unwrap().unwrap().etag;
+    let live = at.clone();
+    let mut steps = 0;
+    let first = next
+        .keys()
+        .find(|k| !next.values().any(|v| v == *k))
+        .cloned()
+        .expect("the chain has a start");
+    at.clone_from(&first);
+    while let Some(n) = next.get(&at) {
+        at.clone_from(n);
+        steps += 1;
+    }
+    assert_eq!(at, live, "the chain ends at the live version");
+    assert_eq!(steps, next.len(), "one chain");
 }
