@@ -68,8 +68,8 @@ fn postgres_listings_equal_the_embedded_ones() {
         "d/\u{10FFFF}/x",
     ];
     for ns in [&shared, &embedded] {
-        assert!(ns.create_bucket("b", 1).unwrap());
-        assert!(ns.create_bucket("bb", 1).unwrap());
+        assert!(ns.create_bucket("b", 1, None).unwrap());
+        assert!(ns.create_bucket("bb", 1, None).unwrap());
         for (i, k) in keys.iter().enumerate() {
             ns.put("b", k, &obj(&format!("f{i}"))).unwrap();
         }
@@ -115,7 +115,7 @@ fn postgres_listings_equal_the_embedded_ones() {
 fn concurrent_puts_of_one_key_each_get_back_what_they_replaced() {
     let pg = Postgres::start();
     let (a, b) = shared_pair(&pg);
-    a.create_bucket("race", 1).unwrap();
+    a.create_bucket("race", 1, None).unwrap();
     let (writers, puts) = (8, 25);
     let start = Arc::new(Barrier::new(writers));
     let handles: Vec<_> = (0..writers)
@@ -156,8 +156,8 @@ fn a_bucket_is_deleted_only_when_empty_even_against_concurrent_puts() {
     let (a, b) = shared_pair(&pg);
     for round in 0..20 {
         let bucket = format!("b{round}");
-        assert!(a.create_bucket(&bucket, 1).unwrap());
-        assert!(!b.create_bucket(&bucket, 2).unwrap());
+        assert!(a.create_bucket(&bucket, 1, None).unwrap());
+        assert!(!b.create_bucket(&bucket, 2, None).unwrap());
         let start = Arc::new(Barrier::new(2));
         let put = {
             let (b, bucket, start) = (b.clone(), bucket.clone(), start.clone());
@@ -175,7 +175,7 @@ fn a_bucket_is_deleted_only_when_empty_even_against_concurrent_puts() {
                 assert_eq!(a.bucket(&bucket).unwrap(), Some(1));
             }
             // The delete won: the put found no bucket, and nothing was left behind.
-            (Err(NsError::NoBucket(b)), Ok(())) => {
+            (Err(NsError::NoBucket(b)), Ok(None)) => {
                 assert_eq!(b, bucket);
                 assert!(a.get(&bucket, "k").unwrap().is_none());
             }
@@ -183,19 +183,32 @@ fn a_bucket_is_deleted_only_when_empty_even_against_concurrent_puts() {
         }
     }
     assert_eq!(a.delete_bucket("none").unwrap(), Err(DeleteBucket::Missing));
-    a.create_bucket("one", 1).unwrap();
+    a.create_bucket("one", 1, None).unwrap();
     a.put("one", "k", &obj("f")).unwrap();
     assert_eq!(b.delete_bucket("one").unwrap(), Err(DeleteBucket::NotEmpty));
     assert_eq!(b.remove("one", "k").unwrap(), Some(obj("f")));
     assert_eq!(a.remove("one", "k").unwrap(), None);
-    assert_eq!(b.delete_bucket("one").unwrap(), Ok(()));
+    assert_eq!(b.delete_bucket("one").unwrap(), Ok(None));
+    // A bucket's marker file is recorded with it and handed back when it is deleted.
+    assert!(a
+        .create_bucket("marked", 5, Some("group1/M00/00/00/marker"))
+        .unwrap());
+    assert_eq!(
+        b.bucket_marker("marked").unwrap(),
+        Some(Some("group1/M00/00/00/marker".to_owned()))
+    );
+    assert_eq!(
+        b.delete_bucket("marked").unwrap(),
+        Ok(Some("group1/M00/00/00/marker".to_owned()))
+    );
+    assert_eq!(a.bucket_marker("marked").unwrap(), None);
 }
 
 #[test]
 fn a_multipart_upload_is_shared_between_gateways() {
     let pg = Postgres::start();
     let (a, b) = shared_pair(&pg);
-    a.create_bucket("m", 1).unwrap();
+    a.create_bucket("m", 1, None).unwrap();
     let upload = Upload {
         bucket: "m".into(),
         key: "big".into(),
@@ -247,7 +260,7 @@ fn a_multipart_upload_is_shared_between_gateways() {
 fn a_killed_server_is_unavailable_until_it_is_back() {
     let mut pg = Postgres::start();
     let (a, _) = shared_pair(&pg);
-    a.create_bucket("k", 1).unwrap();
+    a.create_bucket("k", 1, None).unwrap();
     a.put("k", "x", &obj("f")).unwrap();
     pg.kill9();
     for _ in 0..3 {
@@ -286,7 +299,7 @@ fn a_killed_server_is_unavailable_until_it_is_back() {
 fn conditional_puts_from_several_gateways_are_compare_and_swaps() {
     let pg = Postgres::start();
     let (a, b) = shared_pair(&pg);
-    a.create_bucket("cas", 1).unwrap();
+    a.create_bucket("cas", 1, None).unwrap();
     let with_etag = |file: &str| Object {
         etag: file.to_owned(),
         ..obj(file)

@@ -44,6 +44,16 @@ fn decode(v: &[u8]) -> Option<Object> {
     serde_json::from_slice(v).ok()
 }
 
+/// A bucket's value: its creation time, then its marker file's ID after a space (none in a namespace written
+/// before markers).
+fn bucket_value(v: &[u8]) -> (i64, Option<String>) {
+    let v = String::from_utf8_lossy(v);
+    match v.split_once(' ') {
+        Some((created, marker)) => (created.parse().unwrap_or(0), Some(marker.to_owned())),
+        None => (v.parse().unwrap_or(0), None),
+    }
+}
+
 /// `fsync` a file or directory.
 fn sync_path(path: &Path) -> std::io::Result<()> {
     std::fs::File::open(path)?.sync_all()
@@ -106,15 +116,15 @@ impl Embedded {
         self.meta.contains_key(WHOLE)
     }
 
-    /// Create a bucket; `false` when it exists already.
-    pub fn create_bucket(&self, name: &str, now: i64) -> Result<bool> {
+    /// Create a bucket with its marker file; `false` when it exists already.
+    pub fn create_bucket(&self, name: &str, now: i64, marker: Option<&str>) -> Result<bool> {
+        let value = match marker {
+            Some(m) => format!("{now} {m}"),
+            None => now.to_string(),
+        };
         let created = self
             .buckets
-            .compare_and_swap(
-                name,
-                None as Option<&[u8]>,
-                Some(now.to_string().as_bytes()),
-            )?
+            .compare_and_swap(name, None as Option<&[u8]>, Some(value.as_bytes()))?
             .is_ok();
         self.commit()?;
         Ok(created)
@@ -122,10 +132,12 @@ impl Embedded {
 
     /// When the bucket was created, if it exists.
     pub fn bucket(&self, name: &str) -> Result<Option<i64>> {
-        Ok(self
-            .buckets
-            .get(name)?
-            .map(|v| String::from_utf8_lossy(&v).parse().unwrap_or(0)))
+        Ok(self.buckets.get(name)?.map(|v| bucket_value(&v).0))
+    }
+
+    /// The marker file of the bucket: `None` when the bucket does not exist, `Some(None)` when it has none.
+    pub fn bucket_marker(&self, name: &str) -> Result<Option<Option<String>>> {
+        Ok(self.buckets.get(name)?.map(|v| bucket_value(&v).1))
     }
 
     /// Every bucket with its creation time, by name.
@@ -134,16 +146,16 @@ impl Embedded {
             .iter()
             .map(|r| {
                 let (k, v) = r?;
-                Ok((
-                    String::from_utf8_lossy(&k).into_owned(),
-                    String::from_utf8_lossy(&v).parse().unwrap_or(0),
-                ))
+                Ok((String::from_utf8_lossy(&k).into_owned(), bucket_value(&v).0))
             })
             .collect()
     }
 
-    /// Delete an empty bucket.
-    pub fn delete_bucket(&self, name: &str) -> Result<std::result::Result<(), DeleteBucket>> {
+    /// Delete an empty bucket; its marker file.
+    pub fn delete_bucket(
+        &self,
+        name: &str,
+    ) -> Result<std::result::Result<Option<String>, DeleteBucket>> {
         if self.buckets.get(name)?.is_none() {
             return Ok(Err(DeleteBucket::Missing));
         }
@@ -156,9 +168,9 @@ impl Embedded {
         {
             return Ok(Err(DeleteBucket::NotEmpty));
         }
-        self.buckets.remove(name)?;
+        let old = self.buckets.remove(name)?;
         self.commit()?;
-        Ok(Ok(()))
+        Ok(Ok(old.and_then(|v| bucket_value(&v).1)))
     }
 
     /// The object at `bucket/key`.
@@ -363,7 +375,7 @@ mod tests {
         let ns = Embedded::open(dir.path()).unwrap();
         assert!(ns.lost);
         assert!(!ns.whole().unwrap());
-        ns.create_bucket("b", 1).unwrap();
+        ns.create_bucket("b", 1, None).unwrap();
         drop(ns);
         let ns = Embedded::open(dir.path()).unwrap();
         assert!(ns.lost, "a rebuild cut short runs again");
@@ -444,8 +456,15 @@ mod tests {
     fn listing_rolls_up_prefixes_and_pages() {
         let dir = tempfile::tempdir().unwrap();
         let ns = Embedded::open(dir.path()).unwrap();
-        assert!(ns.create_bucket("b", 1).unwrap());
-        assert!(!ns.create_bucket("b", 2).unwrap());
+        assert!(ns
+            .create_bucket("b", 1, Some("group1/M00/00/00/marker"))
+            .unwrap());
+        assert!(!ns.create_bucket("b", 2, None).unwrap());
+        assert_eq!(ns.bucket("b").unwrap(), Some(1));
+        assert_eq!(
+            ns.bucket_marker("b").unwrap(),
+            Some(Some("group1/M00/00/00/marker".into()))
+        );
         for (i, k) in ["a.txt", "d/1", "d/2", "d/e/3", "z"].iter().enumerate() {
             ns.put("b", k, &obj(i as u64)).unwrap();
         }
@@ -471,7 +490,11 @@ mod tests {
         for k in ["a.txt", "d/1", "d/2", "d/e/3", "z"] {
             assert!(ns.remove("b", k).unwrap().is_some());
         }
-        assert_eq!(ns.delete_bucket("b").unwrap(), Ok(()));
+        assert_eq!(
+            ns.delete_bucket("b").unwrap(),
+            Ok(Some("group1/M00/00/00/marker".into()))
+        );
+        assert_eq!(ns.bucket_marker("b").unwrap(), None);
         assert_eq!(ns.delete_bucket("b").unwrap(), Err(DeleteBucket::Missing));
     }
 }

@@ -209,9 +209,10 @@ impl Namespace {
         }
     }
 
-    /// Create a bucket; `false` when it exists already.
-    pub fn create_bucket(&self, name: &str, now: i64) -> Result<bool> {
-        each!(self, ns => ns.create_bucket(name, now))
+    /// Create a bucket, with the ID of its marker file (a file on the storage nodes that names the bucket, so a
+    /// rebuild finds it even empty); `false` when it exists already.
+    pub fn create_bucket(&self, name: &str, now: i64, marker: Option<&str>) -> Result<bool> {
+        each!(self, ns => ns.create_bucket(name, now, marker))
     }
 
     /// When the bucket was created, if it exists.
@@ -219,13 +220,21 @@ impl Namespace {
         each!(self, ns => ns.bucket(name))
     }
 
+    /// The bucket's marker file: `None` when the bucket does not exist, `Some(None)` when it has none.
+    pub fn bucket_marker(&self, name: &str) -> Result<Option<Option<String>>> {
+        each!(self, ns => ns.bucket_marker(name))
+    }
+
     /// Every bucket with its creation time, by name.
     pub fn buckets(&self) -> Result<Vec<(String, i64)>> {
         each!(self, ns => ns.buckets())
     }
 
-    /// Delete an empty bucket (atomically against a concurrent put in it, with PostgreSQL).
-    pub fn delete_bucket(&self, name: &str) -> Result<std::result::Result<(), DeleteBucket>> {
+    /// Delete an empty bucket (atomically against a concurrent put in it, with PostgreSQL); its marker file.
+    pub fn delete_bucket(
+        &self,
+        name: &str,
+    ) -> Result<std::result::Result<Option<String>, DeleteBucket>> {
         each!(self, ns => ns.delete_bucket(name))
     }
 

@@ -53,6 +53,8 @@ CREATE TABLE IF NOT EXISTS fdfs_s3_buckets (
     name text COLLATE "C" PRIMARY KEY,
     created bigint NOT NULL
 );
+-- The bucket's marker file (added after version 1's first release; old gateways leave it NULL).
+ALTER TABLE fdfs_s3_buckets ADD COLUMN IF NOT EXISTS marker text;
 CREATE TABLE IF NOT EXISTS fdfs_s3_objects (
     bucket text COLLATE "C" NOT NULL REFERENCES fdfs_s3_buckets (name),
     key text COLLATE "C" NOT NULL,
@@ -298,10 +300,11 @@ impl Shared {
     }
 
     /// [`Namespace::create_bucket`](super::Namespace::create_bucket).
-    pub fn create_bucket(&self, name: &str, now: i64) -> Result<bool> {
+    pub fn create_bucket(&self, name: &str, now: i64, marker: Option<&str>) -> Result<bool> {
         let n = self.conn()?.execute(
-            "INSERT INTO fdfs_s3_buckets (name, created) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
-            &[&name, &now],
+            "INSERT INTO fdfs_s3_buckets (name, created, marker) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO NOTHING",
+            &[&name, &now, &marker],
         )?;
         Ok(n == 1)
     }
@@ -312,6 +315,17 @@ impl Shared {
             .conn()?
             .query_opt(
                 "SELECT created FROM fdfs_s3_buckets WHERE name = $1",
+                &[&name],
+            )?
+            .map(|r| r.get(0)))
+    }
+
+    /// [`Namespace::bucket_marker`](super::Namespace::bucket_marker).
+    pub fn bucket_marker(&self, name: &str) -> Result<Option<Option<String>>> {
+        Ok(self
+            .conn()?
+            .query_opt(
+                "SELECT marker FROM fdfs_s3_buckets WHERE name = $1",
                 &[&name],
             )?
             .map(|r| r.get(0)))
@@ -331,15 +345,18 @@ impl Shared {
     }
 
     /// [`Namespace::delete_bucket`](super::Namespace::delete_bucket).
-    pub fn delete_bucket(&self, name: &str) -> Result<std::result::Result<(), DeleteBucket>> {
+    pub fn delete_bucket(
+        &self,
+        name: &str,
+    ) -> Result<std::result::Result<Option<String>, DeleteBucket>> {
         // The objects' foreign key refuses the delete while the bucket holds one (or one is being recorded:
         // its insert holds a lock on the bucket's row until it commits).
-        match self
-            .conn()?
-            .execute("DELETE FROM fdfs_s3_buckets WHERE name = $1", &[&name])
-        {
-            Ok(0) => Ok(Err(DeleteBucket::Missing)),
-            Ok(_) => Ok(Ok(())),
+        match self.conn()?.query_opt(
+            "DELETE FROM fdfs_s3_buckets WHERE name = $1 RETURNING marker",
+            &[&name],
+        ) {
+            Ok(None) => Ok(Err(DeleteBucket::Missing)),
+            Ok(Some(r)) => Ok(Ok(r.get(0))),
             Err(e) if e.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => {
                 Ok(Err(DeleteBucket::NotEmpty))
             }
