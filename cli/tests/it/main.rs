@@ -21,6 +21,7 @@ mod peer_faults;
 mod power_cut;
 mod refused_member;
 mod replication;
+mod s3_buckets;
 mod s3_conditional;
 mod s3_copy;
 mod s3_power_cut;

@@ -27,6 +27,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
+use bytes::Bytes;
 use md5::Digest as _;
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +43,9 @@ type Result<T, E = S3Error> = std::result::Result<T, E>;
 /// The metadata key naming the namespace a file belongs to (`s3_namespace`): a rebuild and the orphan collector
 /// touch only their own namespace's files.
 pub const NAMESPACE_TAG: &str = "s3-namespace";
+
+/// The metadata key of a bucket's marker file (with `s3-bucket`, no `s3-key`).
+pub const MARKER_TAG: &str = "s3-bucket-marker";
 
 /// Header carrying an object's FastDFS file ID on every object answer.
 pub const FILE_ID_HEADER: &str = "x-fdfs-file-id";
@@ -312,7 +316,6 @@ impl S3 {
         tags
     }
 
-    /// Point `bucket/key` at `object`, then delete the file it pointed at before.
     /// [`S3::record`] if the key holds what `expect` says; else the stored file is deleted and the request
     /// answers 409 `ConditionalRequestConflict` (the key changed while the object was being stored: it held what
     /// was expected when the request began).
@@ -348,6 +351,26 @@ impl S3 {
         }
     }
 
+    /// Store the marker file of `bucket`: a small file tagged with the bucket (`s3-bucket-marker`), so the
+    /// bucket is on the storage nodes even while it holds nothing, and a rebuild finds it. Its ID.
+    async fn store_marker(&self, bucket: &str) -> Result<String> {
+        let tags = BTreeMap::from([
+            (
+                NAMESPACE_TAG.to_owned(),
+                self.app.config.s3_namespace.clone(),
+            ),
+            ("s3-bucket".to_owned(), bucket.to_owned()),
+            (MARKER_TAG.to_owned(), "1".to_owned()),
+        ]);
+        let body = Bytes::from(format!("{bucket}\n"));
+        let size = body.len() as u64;
+        let stored = store_file(self, &mut Once(Some(body)), &tags, "bucket", Some(size))
+            .await
+            .map_err(S3Error::from)?;
+        Ok(stored.file_id.to_string())
+    }
+
+    /// Point `bucket/key` at `object`, then delete the file it pointed at before.
     async fn record(&self, bucket: &str, key: &str, object: &Object) -> Result<()> {
         let (b, k, o) = (bucket.to_owned(), key.to_owned(), object.clone());
         let old = self.ns(move |ns| ns.put(&b, &k, &o)).await?;
@@ -510,14 +533,29 @@ async fn bucket_op(
                 )
                 .on(&bucket));
             }
-            let (b, now) = (bucket.clone(), fdfs_common::time::unix_now() as i64);
-            if !s3.ns(move |ns| ns.create_bucket(&b, now)).await? {
-                return Err(S3Error::new(
+            let exists = || {
+                S3Error::new(
                     409,
                     "BucketAlreadyOwnedByYou",
                     "Your previous request to create the named bucket succeeded and you already own it.",
                 )
-                .on(&bucket));
+                .on(&bucket)
+            };
+            let b = bucket.clone();
+            if s3.ns(move |ns| ns.bucket(&b)).await?.is_some() {
+                return Err(exists());
+            }
+            // The marker first: a bucket recorded is then always on the storage nodes too (a marker whose bucket
+            // was never recorded is an orphan the collector removes).
+            let marker = s3.store_marker(&bucket).await?;
+            let (b, m, now) = (
+                bucket.clone(),
+                marker.clone(),
+                fdfs_common::time::unix_now() as i64,
+            );
+            if !s3.ns(move |ns| ns.create_bucket(&b, now, Some(&m))).await? {
+                s3.drop_file(&marker).await;
+                return Err(exists());
             }
             Ok((StatusCode::OK, [(header::LOCATION, format!("/{bucket}"))]).into_response())
         }
@@ -532,7 +570,12 @@ async fn bucket_op(
             s3.authorize(&method, &uri, &headers, &bucket, Access::Admin)?;
             let b = bucket.clone();
             match s3.ns(move |ns| ns.delete_bucket(&b)).await? {
-                Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
+                Ok(marker) => {
+                    if let Some(m) = marker {
+                        s3.drop_file(&m).await;
+                    }
+                    Ok(StatusCode::NO_CONTENT.into_response())
+                }
                 Err(DeleteBucket::Missing) => Err(S3Error::no_bucket(&bucket)),
                 Err(DeleteBucket::NotEmpty) => Err(S3Error::new(
                     409,
@@ -1008,6 +1051,15 @@ async fn store_file<S: ChunkSource>(
     size: Option<u64>,
 ) -> Result<fdfs_common::wire::UploadResult, crate::error::GatewayError> {
     store_file_in(s3, src, meta, key, size, None).await
+}
+
+/// A body given whole (a bucket's marker file: a few bytes).
+struct Once(Option<Bytes>);
+
+impl ChunkSource for Once {
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, crate::error::GatewayError> {
+        Ok(self.0.take())
+    }
 }
 
 /// [`store_file`] in `group` (any when `None`).

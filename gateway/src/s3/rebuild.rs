@@ -7,8 +7,9 @@
 //! active members
 //! (`/v1/sync/files`), reads the metadata of the files that have some, and records each tagged file under its
 //! key; the ETag of a single-part object is its MD5, computed again from its bytes. When several files name the
-//! same key (an overwritten object whose old file could not be deleted), the newest file wins. Empty buckets are
-//! not recovered (they leave no file), nor multipart uploads under way (their parts stay as files).
+//! same key (an overwritten object whose old file could not be deleted), the newest file wins. Each bucket has a
+//! marker file too (`s3-bucket-marker`, stored when the bucket is created, deleted with it), so an empty bucket
+//! is recovered as well. Multipart uploads under way are not (their parts stay as files).
 //!
 //! The same walk finds orphans ([`collect`]): tagged files the namespace does not point at. The collector also
 //! aborts multipart uploads left unfinished too long ([`expire_uploads`]).
@@ -22,6 +23,7 @@ use futures_util::StreamExt;
 use md5::{Digest as _, Md5};
 
 use super::namespace::{Namespace, NsError, Object};
+use super::MARKER_TAG;
 use crate::App;
 
 /// Files per listing page.
@@ -151,9 +153,22 @@ pub(crate) async fn rebuild(app: &App, ns: &Namespace) -> anyhow::Result<Rebuilt
     let mut found = Rebuilt::default();
     // (bucket, key) -> (created, object)
     let mut objects: BTreeMap<(String, String), (u32, Object)> = BTreeMap::new();
+    // bucket -> (created, marker file): the newest marker of each bucket.
+    let mut markers: BTreeMap<String, (u32, String)> = BTreeMap::new();
     let mut walk = Walk::start(app).await?;
     while let Some(page) = walk.next_page(app).await? {
         for t in page {
+            if let (Some(bucket), true) = (t.meta.get("s3-bucket"), t.meta.contains_key(MARKER_TAG))
+            {
+                let (created, id) = (t.id.info().created, t.id.to_string());
+                let newer = markers
+                    .get(bucket)
+                    .is_none_or(|(c, m)| (created, &id) > (*c, m));
+                if newer {
+                    markers.insert(bucket.clone(), (created, id));
+                }
+                continue;
+            }
             let (Some(bucket), Some(key)) = (t.meta.get("s3-bucket"), t.meta.get("s3-key")) else {
                 continue;
             };
@@ -192,14 +207,21 @@ pub(crate) async fn rebuild(app: &App, ns: &Namespace) -> anyhow::Result<Rebuilt
     found.listed = walk.listed;
     let ns = ns.clone();
     let counts = tokio::task::spawn_blocking(move || -> Result<(u64, u64), NsError> {
-        let mut buckets: BTreeMap<String, i64> = BTreeMap::new();
+        // A bucket with a marker was created when its marker was; one without (made before markers) when its
+        // oldest object was.
+        let mut buckets: BTreeMap<String, (i64, Option<String>)> = markers
+            .into_iter()
+            .map(|(b, (created, m))| (b, (i64::from(created), Some(m))))
+            .collect();
         for ((bucket, _), (_, o)) in &objects {
-            let created = buckets.entry(bucket.clone()).or_insert(o.modified);
-            *created = (*created).min(o.modified);
+            let (created, marker) = buckets.entry(bucket.clone()).or_insert((o.modified, None));
+            if marker.is_none() {
+                *created = (*created).min(o.modified);
+            }
         }
         // Buckets first: a shared namespace refuses an object outside a bucket.
-        for (b, created) in &buckets {
-            ns.create_bucket(b, *created)?;
+        for (b, (created, marker)) in &buckets {
+            ns.create_bucket(b, *created, marker.as_deref())?;
         }
         for ((bucket, key), (_, o)) in &objects {
             ns.put(bucket, key, o)?;
@@ -212,8 +234,9 @@ pub(crate) async fn rebuild(app: &App, ns: &Namespace) -> anyhow::Result<Rebuilt
     Ok(found)
 }
 
-/// Whether a tagged file is an orphan: an object's file its key no longer points at, or a part of an upload that
-/// no longer has it (its bucket and key, or upload and part, from its metadata).
+/// Whether a tagged file is an orphan: an object's file its key no longer points at, a part of an upload that
+/// no longer has it, or the marker of a bucket that no longer has it (its bucket and key, upload and part, or
+/// bucket, from its metadata).
 fn orphan(ns: &Namespace, t: &Tagged) -> Result<bool, NsError> {
     let file = t.id.to_string();
     if let Some(upload) = t.meta.get("s3-upload") {
@@ -227,7 +250,19 @@ fn orphan(ns: &Namespace, t: &Tagged) -> Result<bool, NsError> {
             .and_then(|u| u.parts.get(&part).map(|p| p.file_id != file))
             .unwrap_or(true));
     }
-    let (Some(bucket), Some(key)) = (t.meta.get("s3-bucket"), t.meta.get("s3-key")) else {
+    let Some(bucket) = t.meta.get("s3-bucket") else {
+        return Ok(false);
+    };
+    if t.meta.contains_key(MARKER_TAG) {
+        // A bucket's marker: an orphan once its bucket is gone or records another one (a bucket deleted, or
+        // a create that lost a race). A bucket that records none (made before markers) keeps it.
+        return Ok(match ns.bucket_marker(bucket)? {
+            None => true,
+            Some(Some(m)) => m != file,
+            Some(None) => false,
+        });
+    }
+    let Some(key) = t.meta.get("s3-key") else {
         return Ok(false);
     };
     Ok(ns.get(bucket, key)?.is_none_or(|o| o.file_id != file))

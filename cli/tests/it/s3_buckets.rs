@@ -1,0 +1,63 @@
+//! Buckets outlive the namespace too: each bucket has a marker file on the storage nodes (tagged with the
+//! bucket), so a gateway that lost its namespace rebuilds even the buckets that hold nothing, and a deleted
+//! bucket's marker goes with it (a rebuild does not bring the bucket back).
+
+use fdfs_testkit::{tempdir, Cluster, ClusterSpec, STATE_TIMEOUT};
+
+use crate::s3door::{between, Door};
+
+/// The buckets ListBuckets answers (`Err` while the door does not answer 200, e.g. during a rebuild).
+async fn buckets(c: &Cluster, door: &Door) -> Result<Vec<String>, String> {
+    let r = c
+        .http
+        .get(door.url("GET", "/", &[]))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if r.status() != 200 {
+        return Err(format!("ListBuckets: {}", r.status()));
+    }
+    Ok(between(&r.text().await.map_err(|e| e.to_string())?, "Name"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_buckets_are_rebuilt_and_deleted_ones_stay_deleted() {
+    let dir = tempdir(1 << 30);
+    let ns = dir.path().join("gateway-s3");
+    let mut c = Cluster::start_in(Door::spec(ClusterSpec::group(2), &ns), dir).await;
+    let door = Door::of(&c);
+    for b in ["empty", "full", "gone"] {
+        door.create_bucket(&c.http, b).await;
+    }
+    let r = c.http.put(door.url("PUT", "/full/k.txt", &[])).body("kept");
+    assert_eq!(r.send().await.unwrap().status(), 200);
+    let r = c.http.delete(door.url("DELETE", "/gone", &[]));
+    assert_eq!(r.send().await.unwrap().status(), 204);
+    assert_eq!(buckets(&c, &door).await.unwrap(), ["empty", "full"]);
+
+    // The gateway loses its disk, and starts again on the same S3 port.
+    c.gateway.kill9();
+    std::fs::remove_dir_all(&ns).unwrap();
+    c.gateway.restart();
+    let rebuilt =
+        fdfs_testkit::eventually(STATE_TIMEOUT, "the namespace to be rebuilt", || async {
+            buckets(&c, &door).await.ok()
+        })
+        .await;
+    assert_eq!(rebuilt, ["empty", "full"]);
+    assert_eq!(
+        door.get(&c.http, "full", "k.txt").await.unwrap(),
+        Some(b"kept".to_vec())
+    );
+    // The rebuilt bucket is a bucket like any other: it takes objects and can be deleted again.
+    let r = c
+        .http
+        .put(door.url("PUT", "/empty/new.txt", &[]))
+        .body("new");
+    assert_eq!(r.send().await.unwrap().status(), 200);
+    let r = c.http.delete(door.url("DELETE", "/empty/new.txt", &[]));
+    assert_eq!(r.send().await.unwrap().status(), 204);
+    let r = c.http.delete(door.url("DELETE", "/empty", &[]));
+    assert_eq!(r.send().await.unwrap().status(), 204);
+    assert_eq!(buckets(&c, &door).await.unwrap(), ["full"]);
+}
