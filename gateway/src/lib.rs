@@ -403,6 +403,33 @@ fn s3_router(app: Arc<App>, stopping: fdfs_common::health::Stopping) -> Result<R
             }
         });
     }
+    // Buckets recorded before buckets had marker files get one, once the door is ready (retried while the
+    // storage nodes cannot take a write).
+    {
+        let (app, ns, ready) = (Arc::downgrade(&app), ns.clone(), ready.clone());
+        tokio::spawn(async move {
+            let mut wait = Duration::from_secs(1);
+            loop {
+                tokio::time::sleep(wait).await;
+                let Some(app) = app.upgrade() else { return };
+                if !ready.load(std::sync::atomic::Ordering::Acquire) {
+                    continue;
+                }
+                match s3::rebuild::mark_buckets(&app, &ns).await {
+                    Ok(n) => {
+                        if n > 0 {
+                            tracing::info!(marked = n, "S3 buckets given their marker files");
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        wait = (wait * 2).min(Duration::from_secs(300));
+                        tracing::warn!(error = %e, retry_in_secs = wait.as_secs(), "giving S3 buckets their marker files failed");
+                    }
+                }
+            }
+        });
+    }
     if app.config.s3_collect_interval_secs > 0 {
         let (app, ns, ready) = (Arc::downgrade(&app), ns.clone(), ready.clone());
         tokio::spawn(async move {

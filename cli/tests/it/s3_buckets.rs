@@ -61,3 +61,51 @@ async fn empty_buckets_are_rebuilt_and_deleted_ones_stay_deleted() {
     assert_eq!(r.send().await.unwrap().status(), 204);
     assert_eq!(buckets(&c, &door).await.unwrap(), ["full"]);
 }
+
+/// Whether a storage node of `c` holds a file with exactly `bytes` (a bucket's marker holds its name).
+fn on_some_disk(c: &Cluster, bytes: &[u8]) -> bool {
+    fn walk(dir: &std::path::Path, bytes: &[u8]) -> bool {
+        std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries.flatten().any(|e| {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, bytes)
+                } else {
+                    !p.to_string_lossy().ends_with("-m")
+                        && std::fs::read(&p).is_ok_and(|b| b == bytes)
+                }
+            })
+        })
+    }
+    c.all_storage().any(|n| walk(&n.dir.join("data"), bytes))
+}
+
+/// A bucket recorded before buckets had markers (a namespace written by an older gateway) is given one at start,
+/// and from then on survives the loss of the namespace like the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_from_before_markers_is_given_one() {
+    let dir = tempdir(1 << 30);
+    let ns = dir.path().join("gateway-s3");
+    std::fs::create_dir_all(&ns).unwrap();
+    {
+        let old = fdfs_gateway::s3::namespace::Namespace::embedded(&ns).unwrap();
+        assert!(old.create_bucket("legacy", 1_700_000_000, None).unwrap());
+        old.rebuilt().unwrap();
+    }
+    let mut c = Cluster::start_in(Door::spec(ClusterSpec::group(2), &ns), dir).await;
+    let door = Door::of(&c);
+    fdfs_testkit::wait_until(STATE_TIMEOUT, "the old bucket's marker file", || {
+        on_some_disk(&c, b"legacy\n")
+    })
+    .await;
+
+    c.gateway.kill9();
+    std::fs::remove_dir_all(&ns).unwrap();
+    c.gateway.restart();
+    let rebuilt =
+        fdfs_testkit::eventually(STATE_TIMEOUT, "the namespace to be rebuilt", || async {
+            buckets(&c, &door).await.ok()
+        })
+        .await;
+    assert_eq!(rebuilt, ["legacy"]);
+}

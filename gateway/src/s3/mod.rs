@@ -351,23 +351,9 @@ impl S3 {
         }
     }
 
-    /// Store the marker file of `bucket`: a small file tagged with the bucket (`s3-bucket-marker`), so the
-    /// bucket is on the storage nodes even while it holds nothing, and a rebuild finds it. Its ID.
+    /// Store the marker file of `bucket` ([`store_marker`]).
     async fn store_marker(&self, bucket: &str) -> Result<String> {
-        let tags = BTreeMap::from([
-            (
-                NAMESPACE_TAG.to_owned(),
-                self.app.config.s3_namespace.clone(),
-            ),
-            ("s3-bucket".to_owned(), bucket.to_owned()),
-            (MARKER_TAG.to_owned(), "1".to_owned()),
-        ]);
-        let body = Bytes::from(format!("{bucket}\n"));
-        let size = body.len() as u64;
-        let stored = store_file(self, &mut Once(Some(body)), &tags, "bucket", Some(size))
-            .await
-            .map_err(S3Error::from)?;
-        Ok(stored.file_id.to_string())
+        Ok(store_marker(&self.app, bucket).await?)
     }
 
     /// Point `bucket/key` at `object`, then delete the file it pointed at before.
@@ -1051,6 +1037,30 @@ async fn store_file<S: ChunkSource>(
     size: Option<u64>,
 ) -> Result<fdfs_common::wire::UploadResult, crate::error::GatewayError> {
     store_file_in(s3, src, meta, key, size, None).await
+}
+
+/// Store the marker file of `bucket`: a small file tagged with the bucket (`s3-bucket-marker`), so the bucket
+/// is on the storage nodes even while it holds nothing, and a rebuild finds it. Its ID.
+pub(crate) async fn store_marker(
+    app: &App,
+    bucket: &str,
+) -> Result<String, crate::error::GatewayError> {
+    let mut fields = UploadFields::default();
+    fields.apply(&format!("meta.{NAMESPACE_TAG}"), &app.config.s3_namespace)?;
+    fields.apply("meta.s3-bucket", bucket)?;
+    fields.apply(&format!("meta.{MARKER_TAG}"), "1")?;
+    let body = Bytes::from(format!("{bucket}\n"));
+    let size = body.len() as u64;
+    let (stored, _) = app
+        .store(
+            &mut Once(Some(body)),
+            &mut Budget::new(size),
+            &fields,
+            Some("bucket".to_owned()),
+            Some(size),
+        )
+        .await?;
+    Ok(stored.file_id.to_string())
 }
 
 /// A body given whole (a bucket's marker file: a few bytes).

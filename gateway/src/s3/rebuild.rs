@@ -370,6 +370,35 @@ pub(crate) async fn expire_uploads(
     Ok(expired.len() as u64)
 }
 
+/// Give a marker file to every bucket recorded without one (before markers existed): until it has one, such a
+/// bucket comes back from a rebuild only if it holds an object. Returns how many were given one.
+pub(crate) async fn mark_buckets(app: &App, ns: &Namespace) -> anyhow::Result<u64> {
+    let n = ns.clone();
+    let unmarked = tokio::task::spawn_blocking(move || -> Result<Vec<String>, NsError> {
+        let mut unmarked = Vec::new();
+        for (bucket, _) in n.buckets()? {
+            if n.bucket_marker(&bucket)? == Some(None) {
+                unmarked.push(bucket);
+            }
+        }
+        Ok(unmarked)
+    })
+    .await??;
+    let mut marked = 0;
+    for bucket in unmarked {
+        let marker = super::store_marker(app, &bucket).await?;
+        let (n, b, m) = (ns.clone(), bucket.clone(), marker.clone());
+        if tokio::task::spawn_blocking(move || n.mark_bucket(&b, &m)).await?? {
+            marked += 1;
+            tracing::info!(bucket, marker, "gave an S3 bucket its marker file");
+        } else if let Ok(id) = marker.parse::<FileId>() {
+            // Deleted, or marked by another gateway, meanwhile.
+            delete(app, &id).await?;
+        }
+    }
+    Ok(marked)
+}
+
 /// Delete file `id` on a member that holds it.
 async fn delete(app: &App, id: &FileId) -> anyhow::Result<()> {
     let addrs = app.member_addrs(id).await?;

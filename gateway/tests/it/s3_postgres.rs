@@ -202,6 +202,15 @@ fn a_bucket_is_deleted_only_when_empty_even_against_concurrent_puts() {
         Ok(Some("group1/M00/00/00/marker".to_owned()))
     );
     assert_eq!(a.bucket_marker("marked").unwrap(), None);
+    // A bucket recorded without one is given one, once.
+    assert!(a.create_bucket("old", 3, None).unwrap());
+    assert!(b.mark_bucket("old", "group1/M00/00/00/m1").unwrap());
+    assert!(!a.mark_bucket("old", "group1/M00/00/00/m2").unwrap());
+    assert!(!a.mark_bucket("none", "group1/M00/00/00/m3").unwrap());
+    assert_eq!(
+        a.bucket_marker("old").unwrap(),
+        Some(Some("group1/M00/00/00/m1".to_owned()))
+    );
 }
 
 #[test]

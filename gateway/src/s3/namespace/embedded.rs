@@ -140,6 +140,27 @@ impl Embedded {
         Ok(self.buckets.get(name)?.map(|v| bucket_value(&v).1))
     }
 
+    /// [`Namespace::mark_bucket`](super::Namespace::mark_bucket).
+    pub fn mark_bucket(&self, name: &str, marker: &str) -> Result<bool> {
+        loop {
+            let Some(old) = self.buckets.get(name)? else {
+                return Ok(false);
+            };
+            let (created, None) = bucket_value(&old) else {
+                return Ok(false);
+            };
+            let new = format!("{created} {marker}");
+            if self
+                .buckets
+                .compare_and_swap(name, Some(old), Some(new.as_bytes()))?
+                .is_ok()
+            {
+                self.commit()?;
+                return Ok(true);
+            }
+        }
+    }
+
     /// Every bucket with its creation time, by name.
     pub fn buckets(&self) -> Result<Vec<(String, i64)>> {
         self.buckets
@@ -495,6 +516,17 @@ mod tests {
             Ok(Some("group1/M00/00/00/marker".into()))
         );
         assert_eq!(ns.bucket_marker("b").unwrap(), None);
+        // A bucket recorded before markers gets one, once.
+        assert!(ns.create_bucket("old", 3, None).unwrap());
+        assert_eq!(ns.bucket_marker("old").unwrap(), Some(None));
+        assert!(ns.mark_bucket("old", "group1/M00/00/00/m1").unwrap());
+        assert!(!ns.mark_bucket("old", "group1/M00/00/00/m2").unwrap());
+        assert!(!ns.mark_bucket("none", "group1/M00/00/00/m3").unwrap());
+        assert_eq!(ns.bucket("old").unwrap(), Some(3));
+        assert_eq!(
+            ns.bucket_marker("old").unwrap(),
+            Some(Some("group1/M00/00/00/m1".into()))
+        );
         assert_eq!(ns.delete_bucket("b").unwrap(), Err(DeleteBucket::Missing));
     }
 }

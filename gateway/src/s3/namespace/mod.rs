@@ -225,6 +225,12 @@ impl Namespace {
         each!(self, ns => ns.bucket_marker(name))
     }
 
+    /// Give a bucket recorded without a marker file this one: `false` (nothing changed) when the bucket is gone
+    /// or has one.
+    pub fn mark_bucket(&self, name: &str, marker: &str) -> Result<bool> {
+        each!(self, ns => ns.mark_bucket(name, marker))
+    }
+
     /// Every bucket with its creation time, by name.
     pub fn buckets(&self) -> Result<Vec<(String, i64)>> {
         each!(self, ns => ns.buckets())

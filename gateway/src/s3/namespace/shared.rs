@@ -331,6 +331,15 @@ impl Shared {
             .map(|r| r.get(0)))
     }
 
+    /// [`Namespace::mark_bucket`](super::Namespace::mark_bucket).
+    pub fn mark_bucket(&self, name: &str, marker: &str) -> Result<bool> {
+        let n = self.conn()?.execute(
+            "UPDATE fdfs_s3_buckets SET marker = $2 WHERE name = $1 AND marker IS NULL",
+            &[&name, &marker],
+        )?;
+        Ok(n == 1)
+    }
+
     /// [`Namespace::buckets`](super::Namespace::buckets).
     pub fn buckets(&self) -> Result<Vec<(String, i64)>> {
         Ok(self
