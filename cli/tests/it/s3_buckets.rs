@@ -20,6 +20,19 @@ async fn buckets(c: &Cluster, door: &Door) -> Result<Vec<String>, String> {
     Ok(between(&r.text().await.map_err(|e| e.to_string())?, "Name"))
 }
 
+/// The gateway loses its disk (its namespace in `ns`) and starts again on the same S3 port: the buckets once it
+/// has rebuilt the namespace from the storage nodes.
+async fn lose_namespace(c: &mut Cluster, door: &Door, ns: &std::path::Path) -> Vec<String> {
+    c.gateway.kill9();
+    std::fs::remove_dir_all(ns).unwrap();
+    c.gateway.restart();
+    let c = &*c;
+    fdfs_testkit::eventually(STATE_TIMEOUT, "the namespace to be rebuilt", || async {
+        buckets(c, door).await.ok()
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_buckets_are_rebuilt_and_deleted_ones_stay_deleted() {
     let dir = tempdir(1 << 30);
@@ -35,16 +48,7 @@ async fn empty_buckets_are_rebuilt_and_deleted_ones_stay_deleted() {
     assert_eq!(r.send().await.unwrap().status(), 204);
     assert_eq!(buckets(&c, &door).await.unwrap(), ["empty", "full"]);
 
-    // The gateway loses its disk, and starts again on the same S3 port.
-    c.gateway.kill9();
-    std::fs::remove_dir_all(&ns).unwrap();
-    c.gateway.restart();
-    let rebuilt =
-        fdfs_testkit::eventually(STATE_TIMEOUT, "the namespace to be rebuilt", || async {
-            buckets(&c, &door).await.ok()
-        })
-        .await;
-    assert_eq!(rebuilt, ["empty", "full"]);
+    assert_eq!(lose_namespace(&mut c, &door, &ns).await, ["empty", "full"]);
     assert_eq!(
         door.get(&c.http, "full", "k.txt").await.unwrap(),
         Some(b"kept".to_vec())
@@ -99,13 +103,5 @@ async fn a_bucket_from_before_markers_is_given_one() {
     })
     .await;
 
-    c.gateway.kill9();
-    std::fs::remove_dir_all(&ns).unwrap();
-    c.gateway.restart();
-    let rebuilt =
-        fdfs_testkit::eventually(STATE_TIMEOUT, "the namespace to be rebuilt", || async {
-            buckets(&c, &door).await.ok()
-        })
-        .await;
-    assert_eq!(rebuilt, ["legacy"]);
+    assert_eq!(lose_namespace(&mut c, &door, &ns).await, ["legacy"]);
 }

@@ -1036,7 +1036,7 @@ async fn store_file<S: ChunkSource>(
     key: &str,
     size: Option<u64>,
 ) -> Result<fdfs_common::wire::UploadResult, crate::error::GatewayError> {
-    store_file_in(s3, src, meta, key, size, None).await
+    store_file_in(&s3.app, src, meta, key, size, None).await
 }
 
 /// Store the marker file of `bucket`: a small file tagged with the bucket (`s3-bucket-marker`), so the bucket
@@ -1045,21 +1045,15 @@ pub(crate) async fn store_marker(
     app: &App,
     bucket: &str,
 ) -> Result<String, crate::error::GatewayError> {
-    let mut fields = UploadFields::default();
-    fields.apply(&format!("meta.{NAMESPACE_TAG}"), &app.config.s3_namespace)?;
-    fields.apply("meta.s3-bucket", bucket)?;
-    fields.apply(&format!("meta.{MARKER_TAG}"), "1")?;
+    let tags = BTreeMap::from([
+        (NAMESPACE_TAG.to_owned(), app.config.s3_namespace.clone()),
+        ("s3-bucket".to_owned(), bucket.to_owned()),
+        (MARKER_TAG.to_owned(), "1".to_owned()),
+    ]);
     let body = Bytes::from(format!("{bucket}\n"));
-    let size = body.len() as u64;
-    let (stored, _) = app
-        .store(
-            &mut Once(Some(body)),
-            &mut Budget::new(size),
-            &fields,
-            Some("bucket".to_owned()),
-            Some(size),
-        )
-        .await?;
+    let size = Some(body.len() as u64);
+    let mut src = Once(Some(body));
+    let stored = store_file_in(app, &mut src, &tags, "bucket", size, None).await?;
     Ok(stored.file_id.to_string())
 }
 
@@ -1074,7 +1068,7 @@ impl ChunkSource for Once {
 
 /// [`store_file`] in `group` (any when `None`).
 async fn store_file_in<S: ChunkSource>(
-    s3: &S3,
+    app: &App,
     src: &mut S,
     meta: &BTreeMap<String, String>,
     key: &str,
@@ -1087,9 +1081,8 @@ async fn store_file_in<S: ChunkSource>(
         fields.apply(&format!("meta.{k}"), v)?;
     }
     let filename = key.rsplit('/').next().unwrap_or(key).to_owned();
-    let limit = s3.app.config.max_upload_size;
-    let (result, _) = s3
-        .app
+    let limit = app.config.max_upload_size;
+    let (result, _) = app
         .store(src, &mut Budget::new(limit), &fields, Some(filename), size)
         .await?;
     Ok(result)
@@ -1166,7 +1159,7 @@ async fn copy_object(
     // it (no member up, no room), any group does.
     let home = src.file_id.split('/').next().and_then(|g| g.parse().ok());
     let mut bytes = multipart::Parts::new(s3, vec![src.file_id.clone()]);
-    let stored = match store_file_in(s3, &mut bytes, &tags, key, Some(src.size), home).await {
+    let stored = match store_file_in(&s3.app, &mut bytes, &tags, key, Some(src.size), home).await {
         Err(crate::error::GatewayError::Upstream { code, .. })
             if matches!(
                 code.as_str(),
