@@ -334,9 +334,7 @@ impl S3 {
         );
         match self.ns(move |ns| ns.put_if(&b, &k, &o, &e)).await? {
             Ok(old) => {
-                if let Some(old) = old.filter(|o| o.file_id != object.file_id) {
-                    self.drop_file(&old.file_id).await;
-                }
+                self.drop_replaced(old, object).await;
                 Ok(())
             }
             Err(()) => {
@@ -351,19 +349,19 @@ impl S3 {
         }
     }
 
-    /// Store the marker file of `bucket` ([`store_marker`]).
-    async fn store_marker(&self, bucket: &str) -> Result<String> {
-        Ok(store_marker(&self.app, bucket).await?)
-    }
-
     /// Point `bucket/key` at `object`, then delete the file it pointed at before.
     async fn record(&self, bucket: &str, key: &str, object: &Object) -> Result<()> {
         let (b, k, o) = (bucket.to_owned(), key.to_owned(), object.clone());
         let old = self.ns(move |ns| ns.put(&b, &k, &o)).await?;
+        self.drop_replaced(old, object).await;
+        Ok(())
+    }
+
+    /// Delete the file of `old`, the object `object` replaced under its key, unless it is the same file.
+    async fn drop_replaced(&self, old: Option<Object>, object: &Object) {
         if let Some(old) = old.filter(|o| o.file_id != object.file_id) {
             self.drop_file(&old.file_id).await;
         }
-        Ok(())
     }
 
     /// Delete a file the namespace no longer points at (logged when that fails: it stays an orphan).
@@ -533,7 +531,7 @@ async fn bucket_op(
             }
             // The marker first: a bucket recorded is then always on the storage nodes too (a marker whose bucket
             // was never recorded is an orphan the collector removes).
-            let marker = s3.store_marker(&bucket).await?;
+            let marker = store_marker(&s3.app, &bucket).await?;
             let (b, m, now) = (
                 bucket.clone(),
                 marker.clone(),

@@ -411,9 +411,7 @@ pub(super) async fn complete(
         id.to_owned(),
     );
     let (old, ended) = s3.ns(move |ns| ns.complete(&b, &k, &o, &i)).await?;
-    if let Some(old) = old.filter(|o| o.file_id != object.file_id) {
-        s3.drop_file(&old.file_id).await;
-    }
+    s3.drop_replaced(old, &object).await;
     for p in ended.map(|u| u.parts).unwrap_or_default().values() {
         s3.drop_file(&p.file_id).await;
     }
