@@ -193,6 +193,37 @@ struct Proc {
     backoff: Duration,
 }
 
+impl Proc {
+    /// A child [`spawn`] just started with `args`, which are kept with the addresses it bound (a restart binds
+    /// them again).
+    fn started(
+        name: String,
+        role: Role,
+        group: Option<String>,
+        data: Option<PathBuf>,
+        args: Vec<OsString>,
+        (child, bound, log): (tokio::process::Child, Bound, PathBuf),
+    ) -> Proc {
+        Proc {
+            name,
+            role,
+            group,
+            data,
+            addr: bound.addr,
+            log,
+            child,
+            exited: None,
+            fastdfs: bound.fastdfs,
+            s3: bound.s3,
+            args: pinned(args, bound),
+            started: Instant::now(),
+            restarts: 0,
+            restart_at: None,
+            backoff: Duration::ZERO,
+        }
+    }
+}
+
 /// Replace the value after `flag` (its bound address, so a restart keeps it).
 fn pin_addr(args: &mut [OsString], flag: &str, addr: SocketAddr) {
     if let Some(i) = args.iter().position(|a| a == flag) {
@@ -376,26 +407,15 @@ async fn start(a: &Args, procs: &mut Vec<Proc>, secret: &str, s3: Option<&S3Door
             let p = if t == 1 { p } else { 0 };
             args.extend([arg("--fastdfs-listen"), arg(format!("127.0.0.1:{p}"))]);
         }
-        let (child, bound, log) = spawn(&exe, &name, Role::Tracker, &args, &logs, secret).await?;
-        let (addr, fastdfs, s3) = (bound.addr, bound.fastdfs, bound.s3);
-        let pinned = pinned(args, bound);
-        procs.push(Proc {
+        let spawned = spawn(&exe, &name, Role::Tracker, &args, &logs, secret).await?;
+        procs.push(Proc::started(
             name,
-            role: Role::Tracker,
-            group: None,
-            data: None,
-            addr,
-            log,
-            child,
-            exited: None,
-            fastdfs,
-            s3,
-            args: pinned,
-            started: Instant::now(),
-            restarts: 0,
-            restart_at: None,
-            backoff: Duration::ZERO,
-        });
+            Role::Tracker,
+            None,
+            None,
+            args,
+            spawned,
+        ));
     }
     let trackers: Vec<String> = procs.iter().map(|p| p.addr.to_string()).collect();
     let trackers = trackers.join(",");
@@ -427,27 +447,15 @@ async fn start(a: &Args, procs: &mut Vec<Proc>, secret: &str, s3: Option<&S3Door
             if let Some(sizes) = &a.thumbnail_sizes {
                 args.extend([arg("--thumbnail-sizes"), arg(sizes)]);
             }
-            let (child, bound, log) =
-                spawn(&exe, &name, Role::Storage, &args, &logs, secret).await?;
-            let (addr, fastdfs, s3) = (bound.addr, bound.fastdfs, bound.s3);
-            let pinned = pinned(args, bound);
-            procs.push(Proc {
+            let spawned = spawn(&exe, &name, Role::Storage, &args, &logs, secret).await?;
+            procs.push(Proc::started(
                 name,
-                role: Role::Storage,
-                group: Some(group),
-                data: Some(dir),
-                addr,
-                log,
-                child,
-                exited: None,
-                fastdfs,
-                s3,
-                args: pinned,
-                started: Instant::now(),
-                restarts: 0,
-                restart_at: None,
-                backoff: Duration::ZERO,
-            });
+                Role::Storage,
+                Some(group),
+                Some(dir),
+                args,
+                spawned,
+            ));
         }
     }
 
@@ -474,26 +482,15 @@ async fn start(a: &Args, procs: &mut Vec<Proc>, secret: &str, s3: Option<&S3Door
             arg(&door.secret_key),
         ]);
     }
-    let (child, bound, log) = spawn(&exe, "gateway", Role::Gateway, &args, &logs, secret).await?;
-    let (addr, fastdfs, s3) = (bound.addr, bound.fastdfs, bound.s3);
-    let pinned = pinned(args, bound);
-    procs.push(Proc {
-        name: "gateway".into(),
-        role: Role::Gateway,
-        group: None,
-        data: None,
-        addr,
-        log,
-        child,
-        exited: None,
-        fastdfs,
-        s3,
-        args: pinned,
-        started: Instant::now(),
-        restarts: 0,
-        restart_at: None,
-        backoff: Duration::ZERO,
-    });
+    let spawned = spawn(&exe, "gateway", Role::Gateway, &args, &logs, secret).await?;
+    procs.push(Proc::started(
+        "gateway".into(),
+        Role::Gateway,
+        None,
+        None,
+        args,
+        spawned,
+    ));
     Ok(())
 }
 

@@ -181,22 +181,13 @@ pub fn launch_with(
 impl Launch {
     /// Wait for the `listening on` line.
     pub fn wait(self) -> Result<(Child, SocketAddr), String> {
-        self.wait_internal(false).map(|(c, a, _)| (c, a))
+        self.wait_all(false, false).map(|(c, a, _, _)| (c, a))
     }
 
     /// Wait for the `listening on` line and, when `internal`, the storage node's `internal listening on` line
-    /// (printed when it runs with `--internal-listen`). On failure the child is killed and the error carries
-    /// what it logged.
-    pub fn wait_internal(
-        self,
-        internal: bool,
-    ) -> Result<(Child, SocketAddr, Option<SocketAddr>), String> {
-        self.wait_all(internal, false)
-            .map(|(child, addr, internal, _)| (child, addr, internal))
-    }
-
-    /// [`Launch::wait_internal`], and when `s3` the gateway's `s3 listening on` line (printed when it runs with
-    /// `--s3-listen`): the child, its address, its internal address, its S3 door's address.
+    /// (printed when it runs with `--internal-listen`), when `s3` the gateway's `s3 listening on` line (printed
+    /// when it runs with `--s3-listen`): the child, its address, its internal address, its S3 door's address. On
+    /// failure the child is killed and the error carries what it logged.
     #[allow(clippy::type_complexity)]
     pub fn wait_all(
         mut self,
